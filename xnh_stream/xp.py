@@ -1,0 +1,101 @@
+"""Array-module plumbing: one place that decides between NumPy and CuPy.
+
+The numerical core never imports CuPy at module import time and never falls back
+silently. Functions take an ``xp`` argument (the array module) or infer it from
+their inputs with :func:`array_module_of`.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+
+def get_array_module(name: str = "numpy") -> ModuleType:
+    """Return the array module called ``name``.
+
+    Parameters
+    ----------
+    name : {"numpy", "cupy"}
+        Which backend to use. ``"cupy"`` requires a working CuPy install and a GPU.
+
+    Returns
+    -------
+    module
+        ``numpy`` or ``cupy``.
+
+    Raises
+    ------
+    RuntimeError
+        If ``"cupy"`` is requested but cannot be imported or sees no device.
+    ValueError
+        For an unknown backend name.
+    """
+    if name == "numpy":
+        return np
+    if name == "cupy":
+        try:
+            import cupy  # noqa: PLC0415
+        except ImportError as exc:  # pragma: no cover - depends on the machine
+            raise RuntimeError(
+                "backend 'cupy' was requested but CuPy is not installed; "
+                "install xnh-stream[gpu] or choose backend 'numpy'"
+            ) from exc
+        try:
+            cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # pragma: no cover - depends on the machine
+            raise RuntimeError(f"backend 'cupy' was requested but no CUDA device is usable: {exc}") from exc
+        return cupy
+    raise ValueError(f"unknown array backend {name!r}; expected 'numpy' or 'cupy'")
+
+
+def array_module_of(*arrays: Any) -> ModuleType:
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``.
+
+    CuPy is only consulted when it is already imported, so this never triggers a
+    GPU initialisation on CPU-only machines.
+    """
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        for a in arrays:
+            if isinstance(a, cupy.ndarray):
+                return cupy
+    return np
+
+
+def fft_module(xp: ModuleType) -> ModuleType:
+    """Return the SciPy-compatible FFT module for ``xp`` (``scipy.fft`` or ``cupyx.scipy.fft``)."""
+    if xp is np:
+        import scipy.fft  # noqa: PLC0415
+
+        return scipy.fft
+    import cupyx.scipy.fft  # noqa: PLC0415  # pragma: no cover
+
+    return cupyx.scipy.fft  # pragma: no cover
+
+
+def ndimage_module(xp: ModuleType) -> ModuleType:
+    """Return the SciPy-compatible ``ndimage`` module for ``xp``."""
+    if xp is np:
+        import scipy.ndimage  # noqa: PLC0415
+
+        return scipy.ndimage
+    import cupyx.scipy.ndimage  # noqa: PLC0415  # pragma: no cover
+
+    return cupyx.scipy.ndimage  # pragma: no cover
+
+
+def fft_workers(xp: ModuleType) -> dict[str, int]:
+    """Keyword arguments that parallelise FFTs on the CPU (``workers=-1``); empty on the GPU."""
+    return {"workers": -1} if xp is np else {}
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Copy ``a`` to host memory as a NumPy array (no-op for NumPy input)."""
+    if isinstance(a, np.ndarray):
+        return a
+    get = getattr(a, "get", None)
+    return np.asarray(get() if get is not None else a)
