@@ -1,0 +1,1 @@
+"""Thin Ray actors that wire the :mod:`xnh_stream` core into a live stream."""
