@@ -1,0 +1,122 @@
+"""Processing options: one typed, validated dataclass, loadable from a YAML file.
+
+Unknown keys and bad values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key that is unknown or has a bad value."""
+
+
+@dataclass
+class ProcessConfig:
+    """Options of the processing chain (defaults suit ID16A-like scans of stained resin-embedded tissue).
+
+    Attributes
+    ----------
+    delta_beta : float or None
+        delta/beta of the homogeneous-object approximation; ``None`` derives it from ``sample_formula``
+        and ``sample_density`` at the scan energy (xraydb).
+    sample_formula, sample_density : str, float
+        Mean sample composition (chemical formula, g/cm^3), for delta/beta and for the dose.
+    ctf_alpha_low, ctf_alpha_high : float
+        Two-level Tikhonov regularisation of the CTF inversion (low / high frequencies).
+    paganin_delta_beta_scale : float
+        Multiplier on delta/beta for Paganin previews (1 = physical value).
+    fbp_window : str
+        Ramp filter window: ram-lak, shepp-logan, cosine, hamming, hann.
+    cor : float or None
+        Rotation-axis column in reference-detector pixels; ``None`` estimates it.
+    align : bool
+        Register distances against the reference (rescale + shift); False only rescales.
+    align_angles : int
+        Number of evenly spread angles on which distance shifts are measured before fitting the model.
+    align_model_degree : int
+        Polynomial degree of the smooth shift-versus-angle model.
+    flat_pca_components : int
+        0 for interpolated flats; >0 for dynamic (PCA) flat-field with that many components.
+    detector_gain : float
+        Detector counts per detected photon (dose).
+    detector_efficiency : float
+        Detected fraction of incident photons (dose).
+    backend : str
+        Array backend: ``numpy`` or ``cupy``.
+    """
+
+    delta_beta: float | None = None
+    sample_formula: str = "C5H8O2Os0.02"
+    sample_density: float = 1.3
+    ctf_alpha_low: float = 1e-3
+    ctf_alpha_high: float = 1e-1
+    paganin_delta_beta_scale: float = 1.0
+    fbp_window: str = "shepp-logan"
+    cor: float | None = None
+    align: bool = True
+    align_angles: int = 48
+    align_model_degree: int = 2
+    flat_pca_components: int = 0
+    detector_gain: float = 1.0
+    detector_efficiency: float = 1.0
+    backend: str = "numpy"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "ctf_alpha_low": self.ctf_alpha_low >= 0, "ctf_alpha_high": self.ctf_alpha_high >= 0,
+            "paganin_delta_beta_scale": self.paganin_delta_beta_scale > 0,
+            "fbp_window": self.fbp_window in {"ram-lak", "shepp-logan", "cosine", "hamming", "hann"},
+            "align_angles": self.align_angles >= 3, "align_model_degree": 0 <= self.align_model_degree <= 6,
+            "flat_pca_components": self.flat_pca_components >= 0, "detector_gain": self.detector_gain > 0,
+            "detector_efficiency": 0 < self.detector_efficiency <= 1, "sample_density": self.sample_density > 0,
+            "backend": self.backend in {"numpy", "cupy"},
+            "delta_beta": self.delta_beta is None or self.delta_beta > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"config key {key!r} has an invalid value {getattr(self, key)!r}")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> ProcessConfig:
+        """Build from a mapping, rejecting unknown keys and values of the wrong type."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            default = getattr(cls, key, None)
+            try:
+                if isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise TypeError("expected true or false")
+                elif isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+                    value = type(default)(value) if isinstance(default, float) or isinstance(value, int) else int(value)
+                elif default is None and value is not None:
+                    value = float(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"config key {key!r}: bad value {value!r} ({exc})") from exc
+            clean[key] = value
+        return cls(**clean)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ProcessConfig:
+        """Load a YAML file whose top level maps keys of this class to values."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of key: value")
+        return cls.from_mapping(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary of all options (for the report)."""
+        return dataclasses.asdict(self)
