@@ -330,7 +330,8 @@ class NXtomoWriter:
         self.path = Path(path)
         self._f = h5py.File(self.path, "w")
         e = self._f.create_group(entry)
-        e.attrs.update(NX_class="NXentry", definition="NXtomo")
+        # "version" is the nxtomo-package layout version this writer follows (beam under instrument/).
+        e.attrs.update(NX_class="NXentry", definition="NXtomo", version=2.1)
         e["definition"] = "NXtomo"
         e["start_time"] = _dt.datetime.now().isoformat()
         inst = e.create_group("instrument")
@@ -409,23 +410,16 @@ def is_nxtomo_file(path: Path) -> bool:
         return False
 
 
-def find_distance_files(folder: str | Path) -> list[Path]:
-    """NXtomo files (``*.nx``, ``*.h5``, ``*.hdf5``) directly in ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(folder, "is not a folder (a scan is a folder with one NXtomo file per distance)")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".nx", ".h5", ".hdf5"} and is_nxtomo_file(p))
-    if not files:
-        raise InputError(folder, "contains no NXtomo file (*.nx, *.h5, *.hdf5 with instrument/detector/data)")
-    return files
-
-
 @dataclass
 class Scan:
-    """A multi-distance XNH scan: one :class:`NXtomoScan` per distance, sorted by z1 (most magnified first)."""
+    """A multi-distance XNH scan: one :class:`NXtomoScan` per distance, sorted by z1 (most magnified first).
+
+    ``rejected`` holds the files of the folder that could not be used, each with its reason.
+    """
 
     folder: Path
     distances: list[NXtomoScan]
+    rejected: list[InputError] = field(default_factory=list)
 
     @property
     def geometry(self) -> ScanGeometry:
@@ -441,22 +435,42 @@ class Scan:
 def read_scan(folder: str | Path) -> Scan:
     """Read and cross-check the metadata of every distance of a scan folder.
 
+    A file that is unreadable, or disagrees with the most magnified distance on frame shape or energy, is
+    set aside in ``Scan.rejected`` (with the reason) and the scan goes on with the others.
+
     Raises
     ------
     InputError
-        If a file is bad, or the distances disagree on energy or frame shape.
+        If the folder holds no usable NXtomo file.
     """
-    files = find_distance_files(folder)
-    scans = sorted((read_nxtomo(p) for p in files), key=lambda s: s.geometry.z1_m)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "is not a folder (a scan is a folder with one NXtomo file per distance)")
+    candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".nx", ".h5", ".hdf5"})
+    scans: list[NXtomoScan] = []
+    rejected: list[InputError] = []
+    for p in candidates:
+        try:
+            scans.append(read_nxtomo(p))
+        except InputError as exc:
+            rejected.append(exc)
+    if not scans:
+        detail = "; ".join(str(e) for e in rejected)
+        raise InputError(folder, "contains no NXtomo file (*.nx, *.h5, *.hdf5 with instrument/detector/data)"
+                         + (f"; rejected: {detail}" if detail else ""))
+    scans.sort(key=lambda s: s.geometry.z1_m)
     first = scans[0]
+    kept = [first]
     for s in scans[1:]:
         if s.frame_shape != first.frame_shape:
-            raise InputError(s.path, f"frame shape {s.frame_shape} differs from {first.path.name}'s "
-                             f"{first.frame_shape}", FIELDS["data"])
-        if abs(s.geometry.energy_kev - first.geometry.energy_kev) > 1e-6 * first.geometry.energy_kev:
-            raise InputError(s.path, f"energy {s.geometry.energy_kev} keV differs from {first.path.name}'s "
-                             f"{first.geometry.energy_kev} keV", FIELDS["energy"])
-    return Scan(Path(folder), scans)
+            rejected.append(InputError(s.path, f"frame shape {s.frame_shape} differs from {first.path.name}'s "
+                                       f"{first.frame_shape}", FIELDS["data"]))
+        elif abs(s.geometry.energy_kev - first.geometry.energy_kev) > 1e-6 * first.geometry.energy_kev:
+            rejected.append(InputError(s.path, f"energy {s.geometry.energy_kev} keV differs from "
+                                       f"{first.path.name}'s {first.geometry.energy_kev} keV", FIELDS["energy"]))
+        else:
+            kept.append(s)
+    return Scan(folder, kept, rejected)
 
 
 def frame_problem(frame: np.ndarray, shape: tuple[int, int]) -> str | None:
