@@ -1,0 +1,423 @@
+"""Phase retrieval: multi-distance CTF (Cloetens 1999) and single-distance Paganin.
+
+Conventions (project-wide)
+--------------------------
+Refractive index ``n = 1 - delta + i beta``, wave ``exp(i(kz - wt))``. The object
+transmission is ``T = exp(-B + i phi)`` with ``phi = -k int(delta dz)`` (NEGATIVE for
+matter) and ``B = k int(beta dz)``. Free-space propagation over the effective distance
+``D`` multiplies the spectrum by ``exp(-i pi lambda D f^2)`` (``f`` in cycles per metre).
+To first order in ``phi`` and ``B``::
+
+    FT(I - 1) = 2 sin(chi) FT(phi) - 2 cos(chi) FT(B),   chi = pi lambda D f^2
+
+and for a homogeneous object (``B = -(beta/delta) phi``) ``FT(I - 1) = 2 A FT(phi)`` with
+``A = sin(chi) + (beta/delta) cos(chi)``. Both retrievals return ``phi`` in radians with
+this sign (negative where there is matter), on the reference pixel grid.
+
+Multi-distance CTF::
+
+    phi_hat = sum_k A_k FT(I_k - 1) / (2 sum_k A_k^2 + alpha(f))
+
+with a two-level regularisation ``alpha(f) = alpha_low + (alpha_high - alpha_low) s(f)``,
+``s(f) = erfc((f_c - f) / (w f_c)) / 2``, rising from 0 to 1 around ``f_c``, the first CTF
+maximum of the largest propagation distance (``pi lambda D_max f_c^2 = pi/2``; the
+smallest Fresnel number). ``alpha_low`` is an absolute value to compare with
+``2 sum_k A_k(0)^2 = 2 K (beta/delta)^2``; ``alpha_high`` with ``2 sum_k A_k^2 ~ K``.
+
+Padding: each image is padded to ``next_fast_len(ceil(pad * n))`` per axis (``pad=2`` by
+default), centred, with mirror values (``pad_mode="symmetric"``: ``... b a | a b c ... |
+... c b``), which keeps the periodic extension continuous; the result is cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from scipy import fft as _sfft
+from scipy.special import erfc
+
+from .geometry import DistanceGeometry, ScanGeometry
+from .xp import fft_module, fft_workers, to_numpy
+
+__all__ = [
+    "DEFAULT_ALPHA_LOW",
+    "DEFAULT_ALPHA_HIGH",
+    "CTFFilter",
+    "ctf_filter",
+    "paganin_filter",
+    "CTFRetriever",
+    "retrieve_phase_ctf",
+    "retrieve_phase_paganin",
+    "padded_shape",
+]
+
+#: Regularisation below the first CTF maximum (absolute; compare with ``2 K (beta/delta)^2``).
+DEFAULT_ALPHA_LOW = 1e-3
+#: Regularisation above the first CTF maximum (absolute; compare with ``2 sum A_k^2 ~ K``).
+DEFAULT_ALPHA_HIGH = 0.05
+#: Width of the erfc transition of alpha(f), as a fraction of the transition frequency.
+DEFAULT_TRANSITION_WIDTH = 0.2
+#: Paganin: smallest value allowed under the logarithm.
+PAGANIN_MIN_INTENSITY = 1e-6
+
+PAD_MODES = ("symmetric", "reflect", "edge")
+
+
+def padded_shape(shape: tuple[int, int], pad: float | tuple[int, int]) -> tuple[int, int]:
+    """Padded FFT shape: ``next_fast_len(ceil(pad * n))`` per axis, or an explicit ``(ny, nx)``.
+
+    ``pad == 1`` means no padding (the shape itself, even if not a fast FFT size).
+    """
+    if isinstance(pad, tuple):
+        if len(pad) != 2 or pad[0] < shape[0] or pad[1] < shape[1]:
+            raise ValueError(f"explicit padded shape {pad} must be 2-D and at least the image shape {shape}")
+        return (int(pad[0]), int(pad[1]))
+    if not pad >= 1:
+        raise ValueError(f"pad factor must be >= 1, got {pad}")
+    if pad == 1:
+        return (int(shape[0]), int(shape[1]))
+    return tuple(_sfft.next_fast_len(math.ceil(pad * n), real=True) for n in shape)  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=32)
+def _pad_indices(n: int, n_pad: int, mode: str) -> tuple[int, np.ndarray]:
+    """Offset of the image in the padded axis and the source index of every padded sample."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {mode!r}")
+    before = (n_pad - n) // 2
+    idx = np.pad(np.arange(n), (before, n_pad - n - before), mode=mode)
+    return before, idx
+
+
+@lru_cache(maxsize=16)
+def _freq_squared(shape_p: tuple[int, int], pixel_m: float) -> np.ndarray:
+    """``f^2`` in (cycles / m)^2 on the rfft2 grid of ``shape_p``, float64."""
+    fy = np.fft.fftfreq(shape_p[0], d=pixel_m)
+    fx = np.fft.rfftfreq(shape_p[1], d=pixel_m)
+    return fy[:, None] ** 2 + fx[None, :] ** 2
+
+
+@dataclass(frozen=True)
+class CTFFilter:
+    """Cached multi-distance CTF filter on the rfft2 grid of the padded shape.
+
+    Attributes
+    ----------
+    numerators : array [K, ny_p, nx_p // 2 + 1] float32
+        ``A_k(f) = sin(chi_k) + (beta/delta) cos(chi_k)``.
+    inverse_denominator : array [ny_p, nx_p // 2 + 1] float32
+        ``1 / (2 sum_k A_k^2 + alpha(f))``.
+    alpha : array [ny_p, nx_p // 2 + 1] float32
+        The regularisation ``alpha(f)``.
+    cutoff_frequency : float
+        ``f_c`` of the alpha transition, cycles per metre.
+    """
+
+    numerators: Any
+    inverse_denominator: Any
+    alpha: Any
+    cutoff_frequency: float
+
+    @property
+    def denominator(self) -> Any:
+        """``2 sum_k A_k^2 + alpha(f)``."""
+        return 1.0 / self.inverse_denominator
+
+
+@lru_cache(maxsize=4)
+def ctf_filter(
+    shape_padded: tuple[int, int],
+    distances_m: tuple[float, ...],
+    wavelength_m: float,
+    pixel_m: float,
+    delta_beta: float,
+    alpha_low: float = DEFAULT_ALPHA_LOW,
+    alpha_high: float = DEFAULT_ALPHA_HIGH,
+    transition_width: float = DEFAULT_TRANSITION_WIDTH,
+    xp: ModuleType = np,
+) -> CTFFilter:
+    """Multi-distance CTF filter for one geometry, cached on its (hashable) parameters.
+
+    Parameters
+    ----------
+    shape_padded : (int, int)
+        FFT shape (after padding).
+    distances_m : tuple of float
+        Effective propagation distances ``D_k``.
+    wavelength_m, pixel_m : float
+        Wavelength and the (common, reference) pixel size in the sample plane.
+    delta_beta : float
+        ``delta / beta`` of the homogeneous-object assumption (``> 0``; ``inf`` = pure phase).
+    alpha_low, alpha_high : float
+        Regularisation below / above the first CTF maximum of the largest ``D``.
+    transition_width : float
+        Width of the erfc transition as a fraction of ``f_c``.
+    xp : module
+        Array module of the returned arrays.
+    """
+    if not distances_m or any(not (d > 0) for d in distances_m):
+        raise ValueError(f"propagation distances must be positive, got {distances_m}")
+    if not delta_beta > 0:
+        raise ValueError(f"delta/beta must be positive, got {delta_beta}")
+    if alpha_low < 0 or alpha_high < 0 or transition_width <= 0:
+        raise ValueError("alpha_low, alpha_high must be >= 0 and transition_width > 0")
+    f2 = _freq_squared(tuple(shape_padded), float(pixel_m))
+    beta_delta = 1.0 / delta_beta
+    num = np.empty((len(distances_m),) + f2.shape, dtype=np.float32)
+    den = np.zeros(f2.shape, dtype=np.float64)
+    for k, d in enumerate(distances_m):
+        chi = np.pi * wavelength_m * d * f2
+        a = np.sin(chi) + beta_delta * np.cos(chi)
+        num[k] = a
+        den += 2.0 * a * a
+    f_c = 1.0 / math.sqrt(2.0 * wavelength_m * max(distances_m))
+    step = 0.5 * erfc((f_c - np.sqrt(f2)) / (transition_width * f_c))
+    alpha = alpha_low + (alpha_high - alpha_low) * step
+    den += alpha
+    if not np.all(den > 0):
+        raise ValueError("CTF denominator is not positive everywhere; use alpha_low > 0")
+    out = CTFFilter(
+        numerators=xp.asarray(num),
+        inverse_denominator=xp.asarray((1.0 / den).astype(np.float32)),
+        alpha=xp.asarray(alpha.astype(np.float32)),
+        cutoff_frequency=f_c,
+    )
+    return out
+
+
+@lru_cache(maxsize=8)
+def paganin_filter(
+    shape_padded: tuple[int, int],
+    distance_m: float,
+    wavelength_m: float,
+    pixel_m: float,
+    delta_beta: float,
+    xp: ModuleType = np,
+) -> Any:
+    """Paganin low-pass ``1 / (1 + pi lambda D (delta/beta) f^2)`` on the rfft2 grid, float32."""
+    if not (distance_m >= 0 and delta_beta > 0):
+        raise ValueError(f"need distance >= 0 and delta/beta > 0, got {distance_m}, {delta_beta}")
+    f2 = _freq_squared(tuple(shape_padded), float(pixel_m))
+    return xp.asarray((1.0 / (1.0 + np.pi * wavelength_m * distance_m * delta_beta * f2)).astype(np.float32))
+
+
+def _check_image(xp: ModuleType, img: Any, shape: tuple[int, int], name: str) -> None:
+    if img.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {img.shape}, expected {tuple(shape)}")
+    if not bool(xp.isfinite(img).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+class _Padder:
+    """Mirror/edge padding into a reusable float32 buffer, and the crop back."""
+
+    def __init__(self, shape: tuple[int, int], shape_p: tuple[int, int], mode: str, xp: ModuleType) -> None:
+        self.xp = xp
+        self.shape = shape
+        self.shape_p = shape_p
+        self.y0, iy = _pad_indices(shape[0], shape_p[0], mode)
+        self.x0, ix = _pad_indices(shape[1], shape_p[1], mode)
+        self.iy = xp.asarray(iy)
+        self.ix = xp.asarray(ix)
+        self.buffer = xp.empty(shape_p, dtype=xp.float32)
+
+    def __call__(self, img: Any) -> Any:
+        xp = self.xp
+        rows = xp.take(xp.asarray(img, dtype=xp.float32), self.iy, axis=0)
+        xp.take(rows, self.ix, axis=1, out=self.buffer)
+        return self.buffer
+
+    def crop(self, a: Any) -> Any:
+        return a[self.y0 : self.y0 + self.shape[0], self.x0 : self.x0 + self.shape[1]]
+
+
+class CTFRetriever:
+    """Multi-distance CTF phase retrieval for one geometry and image shape (streaming path).
+
+    Holds the cached filter and a reusable padding buffer; call it on the K aligned,
+    flat-fielded images of one angle.
+
+    Parameters
+    ----------
+    geometry : ScanGeometry
+        The scan; every image must already be on the reference pixel ``geometry.voxel_m``;
+        each distance keeps its own ``D_k``.
+    shape : (int, int)
+        Image shape ``(ny, nx)``.
+    delta_beta : float
+        ``delta / beta`` of the homogeneous-object assumption.
+    alpha_low, alpha_high, transition_width : float
+        Regularisation, see :func:`ctf_filter`.
+    pad : float or (int, int)
+        Padding factor or explicit padded shape, see :func:`padded_shape`.
+    pad_mode : {"symmetric", "reflect", "edge"}
+        Values in the padded margin.
+    xp : module
+        Array module.
+    """
+
+    def __init__(
+        self,
+        geometry: ScanGeometry,
+        shape: tuple[int, int],
+        delta_beta: float,
+        alpha_low: float = DEFAULT_ALPHA_LOW,
+        alpha_high: float = DEFAULT_ALPHA_HIGH,
+        transition_width: float = DEFAULT_TRANSITION_WIDTH,
+        pad: float | tuple[int, int] = 2.0,
+        pad_mode: str = "symmetric",
+        xp: ModuleType = np,
+    ) -> None:
+        if len(shape) != 2 or min(shape) < 2:
+            raise ValueError(f"shape must be (ny, nx) with both >= 2, got {shape}")
+        self.geometry = geometry
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.shape_padded = padded_shape(self.shape, pad)
+        self.xp = xp
+        self.filter = ctf_filter(
+            self.shape_padded,
+            tuple(float(d) for d in geometry.propagation_distances_m),
+            float(geometry.distances[0].wavelength_m),
+            float(geometry.voxel_m),
+            float(delta_beta),
+            float(alpha_low),
+            float(alpha_high),
+            float(transition_width),
+            xp,
+        )
+        self._pad = _Padder(self.shape, self.shape_padded, pad_mode, xp)
+        n_pix = self.shape_padded[0] * self.shape_padded[1]
+        # FT(I - 1) = FT(I) - N delta(f): the "- 1" only touches the DC sample
+        self._dc = float(n_pix * np.sum(to_numpy(self.filter.numerators[:, 0, 0]).astype(np.float64)))
+        self._fft = fft_module(xp)
+        self._workers = fft_workers(xp)
+
+    def __call__(self, images: Any) -> Any:
+        """Phase ``phi`` [ny, nx] float32 (radians, negative for matter) from K images [K, ny, nx]."""
+        xp = self.xp
+        k_expected = len(self.geometry.distances)
+        if len(images) != k_expected:
+            raise ValueError(f"got {len(images)} images for a geometry with {k_expected} distances")
+        acc = None
+        for k in range(k_expected):
+            img = xp.asarray(images[k])
+            _check_image(xp, img, self.shape, f"image of distance {k}")
+            spec = self._fft.rfft2(self._pad(img), overwrite_x=True, **self._workers)
+            spec *= self.filter.numerators[k]
+            if acc is None:
+                acc = spec
+            else:
+                acc += spec
+        acc[0, 0] -= self._dc
+        acc *= self.filter.inverse_denominator
+        phi = self._fft.irfft2(acc, s=self.shape_padded, overwrite_x=True, **self._workers)
+        return xp.ascontiguousarray(self._pad.crop(phi), dtype=xp.float32)
+
+
+def retrieve_phase_ctf(
+    images: Any,
+    geometry: ScanGeometry,
+    delta_beta: float,
+    alpha_low: float = DEFAULT_ALPHA_LOW,
+    alpha_high: float = DEFAULT_ALPHA_HIGH,
+    pad: float | tuple[int, int] = 2.0,
+    pad_mode: str = "symmetric",
+    transition_width: float = DEFAULT_TRANSITION_WIDTH,
+    xp: ModuleType = np,
+) -> Any:
+    """Multi-distance CTF phase retrieval of one angle.
+
+    Parameters
+    ----------
+    images : array [K, ny, nx] or sequence of K arrays [ny, nx]
+        Flat-fielded intensities (mean ~ transmission, not log), already rescaled and
+        aligned to the reference pixel ``geometry.voxel_m``, in the order of
+        ``geometry.distances``.
+    geometry : ScanGeometry
+        Gives ``D_k``, the wavelength and the reference pixel.
+    delta_beta : float
+        ``delta / beta``.
+    alpha_low, alpha_high, pad, pad_mode, transition_width :
+        See :class:`CTFRetriever`.
+    xp : module
+        Array module.
+
+    Returns
+    -------
+    array [ny, nx] float32
+        ``phi`` in radians (negative for matter).
+    """
+    first = xp.asarray(images[0])
+    if first.ndim != 2:
+        raise ValueError(f"each image must be 2-D, got shape {first.shape}")
+    retr = CTFRetriever(
+        geometry,
+        first.shape,
+        delta_beta,
+        alpha_low=alpha_low,
+        alpha_high=alpha_high,
+        transition_width=transition_width,
+        pad=pad,
+        pad_mode=pad_mode,
+        xp=xp,
+    )
+    return retr(images)
+
+
+def retrieve_phase_paganin(
+    image: Any,
+    distance: DistanceGeometry | tuple[float, float, float],
+    delta_beta: float,
+    pad: float | tuple[int, int] = 2.0,
+    pad_mode: str = "symmetric",
+    xp: ModuleType = np,
+) -> Any:
+    """Single-distance Paganin phase ``phi = (delta/beta)/2 ln(IFFT[FFT(I) / (1 + pi lambda D (delta/beta) f^2)])``.
+
+    Parameters
+    ----------
+    image : array [ny, nx]
+        Flat-fielded intensity.
+    distance : DistanceGeometry or (D_m, wavelength_m, pixel_m)
+        A :class:`DistanceGeometry` (its effective ``D``, wavelength and effective pixel
+        ``p/M``: the image is at its native pixel), or an explicit triple, e.g. the
+        reference pixel for an image already rescaled to it.
+    delta_beta : float
+        ``delta / beta``.
+    pad, pad_mode :
+        See :class:`CTFRetriever`.
+    xp : module
+        Array module.
+
+    Returns
+    -------
+    array [ny, nx] float32
+        ``phi`` in radians (negative for matter). Filtered intensities below
+        :data:`PAGANIN_MIN_INTENSITY` are clipped to it before the logarithm.
+    """
+    if isinstance(distance, DistanceGeometry):
+        d_m, lam, pix = distance.propagation_distance_m, distance.wavelength_m, distance.effective_pixel_m
+    else:
+        if len(distance) != 3:
+            raise ValueError("distance must be a DistanceGeometry or a (D_m, wavelength_m, pixel_m) triple")
+        d_m, lam, pix = (float(v) for v in distance)
+        if not (lam > 0 and pix > 0):
+            raise ValueError(f"wavelength and pixel must be positive, got {lam}, {pix}")
+    image = xp.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {image.shape}")
+    _check_image(xp, image, image.shape, "image")
+    shape_p = padded_shape(image.shape, pad)
+    filt = paganin_filter(shape_p, float(d_m), float(lam), float(pix), float(delta_beta), xp)
+    padder = _Padder(image.shape, shape_p, pad_mode, xp)
+    fftm, workers = fft_module(xp), fft_workers(xp)
+    spec = fftm.rfft2(padder(image), overwrite_x=True, **workers)
+    spec *= filt
+    low = padder.crop(fftm.irfft2(spec, s=shape_p, overwrite_x=True, **workers))
+    low = xp.maximum(low, xp.float32(PAGANIN_MIN_INTENSITY))
+    return (xp.log(low) * xp.float32(0.5 * delta_beta)).astype(xp.float32)
