@@ -379,7 +379,8 @@ class FBPAccumulator:
         """Even- and odd-angle reconstructions, each scaled ``pi / N_half``."""
         if min(self._counts) == 0:
             raise ValueError(f"both halves need at least one projection, have {self.counts}")
-        return tuple(s * np.float32(np.pi / c) for s, c in zip(self._sums, self._counts))  # type: ignore[return-value]
+        h0, h1 = (s * np.float32(np.pi / c) for s, c in zip(self._sums, self._counts))
+        return h0, h1
 
 
 def fbp(
