@@ -125,7 +125,9 @@ def _slices_as_columns(volume: Any, xp: ModuleType) -> Any:
     return xp.ascontiguousarray(volume.reshape(nz, -1).T, dtype=xp.float32)
 
 
-def _project_columns(cols: Any, theta: float, shape: tuple[int, int, int], n_det: int, cor: float, xp: ModuleType) -> Any:
+def _project_columns(
+    cols: Any, theta: float, shape: tuple[int, int, int], n_det: int, cor: float, xp: ModuleType
+) -> Any:
     _, ny, nx = shape
     w = _to_xp_sparse(ray_matrix(theta, ny, nx, n_det, cor), xp)
     return xp.ascontiguousarray((w @ cols).T, dtype=xp.float32)
