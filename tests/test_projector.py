@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from skimage.transform import radon
 
-from xnh_stream.projector import forward_project, project_angle
+from xnh_stream.projector import ParallelProjector, forward_project, project_angle
 
 
 def _disk_slice(n: int, r: float, x0: float = 0.0, y0: float = 0.0, sub: int = 8) -> np.ndarray:
@@ -102,6 +102,18 @@ def test_slices_are_independent_and_stacking_matches():
     for i, th in enumerate(ANGLES[:3]):
         np.testing.assert_allclose(sino[i], project_angle(vol, th, 60, 28.0), rtol=1e-6)
         np.testing.assert_allclose(sino[i, 1], project_angle(vol[1:2], th, 60, 28.0)[0], rtol=1e-6)
+
+
+def test_prepared_projector_stacks_volumes_along_z():
+    rng = np.random.default_rng(5)
+    a = rng.random((4, 30, 36)).astype(np.float32)
+    b = rng.random((4, 30, 36)).astype(np.float32)
+    proj = ParallelProjector(np.concatenate([a, b]), n_det=44, cor=21.7)
+    for th in (0.4, 2.2, 0.4):
+        both = proj(th)
+        assert both.shape == (8, 44)
+        np.testing.assert_allclose(both[:4], project_angle(a, th, 44, 21.7), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(both[4:], project_angle(b, th, 44, 21.7), rtol=1e-6, atol=1e-6)
 
 
 def test_bad_input_is_rejected():
