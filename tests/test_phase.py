@@ -202,3 +202,18 @@ def test_single_distance_ctf_matches_nabu(textured: dict) -> None:
     corr, slope, _ = _fit(ours, ref, margin=8)
     assert corr > 0.9, corr
     assert 0.9 < slope < 1.1, slope
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "reflect", "edge"])
+def test_padding_matches_numpy_pad(mode: str) -> None:
+    """The slicing padder equals numpy.pad (centred), including margins wider than the image."""
+    from xnh_stream.phase import _Padder
+
+    rng = np.random.default_rng(0)
+    for shape, shape_p in (((7, 9), (20, 31)), ((5, 4), (40, 33)), ((64, 64), (128, 128)), ((10, 11), (10, 11))):
+        img = rng.standard_normal(shape).astype(np.float32)
+        y0, x0 = (shape_p[0] - shape[0]) // 2, (shape_p[1] - shape[1]) // 2
+        ref = np.pad(img, ((y0, shape_p[0] - shape[0] - y0), (x0, shape_p[1] - shape[1] - x0)), mode=mode)
+        pad = _Padder(shape, shape_p, mode, np)
+        np.testing.assert_array_equal(pad(img), ref)
+        np.testing.assert_array_equal(pad.crop(ref), img)

@@ -11,7 +11,7 @@ A *shift* ``(dy, dx)`` is in OUTPUT (reference) pixels and moves the content by 
     output(y, x) = input( (y - dy - c_out_y) / scale + c_in_y , (x - dx - c_out_x) / scale + c_in_x )
 
 so one input pixel covers ``scale`` output pixels. Outside the input field of view the
-nearest edge value is used (``mode="nearest"``).
+nearest edge value is used (coordinates clamped).
 
 Registration returns the shift to APPLY to ``moving`` so that it matches ``reference``:
 ``reference(x) ~ moving(x - shift)``; :func:`align_to_reference` then applies magnification
@@ -52,16 +52,59 @@ DEFAULT_MIN_PEAK = 0.3
 DEFAULT_UNIQUENESS = 0.8
 
 
+def _kernel_weights(order: int, t: np.ndarray) -> np.ndarray:
+    """Interpolation kernel at offsets ``t`` (float64): nearest, linear or cubic B-spline."""
+    t = np.abs(t)
+    if order == 0:
+        return np.ones_like(t)
+    if order == 1:
+        return np.clip(1.0 - t, 0.0, None)
+    return np.where(t < 1, 2.0 / 3.0 - t**2 + 0.5 * t**3, np.where(t < 2, (2.0 - t) ** 3 / 6.0, 0.0))
+
+
+def _resample_matrix(n_in: int, n_out: int, scale: float, shift: float, order: int) -> Any:
+    """Sparse ``[n_out, n_in]`` 1-D resampling matrix (host, float32) for one axis.
+
+    Output sample ``i`` reads input coordinate ``c_in + (i - shift - c_out) / scale``, clamped to
+    ``[0, n_in - 1]`` (outside the field of view: the edge value). Taps that fall outside the
+    input use the mirror (whole-sample symmetric) extension, matching the boundary of the
+    B-spline prefilter.
+    """
+    from scipy import sparse  # noqa: PLC0415
+
+    c_in, c_out = (n_in - 1) / 2.0, (n_out - 1) / 2.0
+    x = np.clip(c_in + (np.arange(n_out) - shift - c_out) / scale, 0.0, n_in - 1.0)
+    n_taps = {0: 1, 1: 2, 3: 4}[order]
+    first = np.floor(x + 0.5).astype(np.int64) if order == 0 else np.floor(x).astype(np.int64) - (order // 2)
+    cols = first[:, None] + np.arange(n_taps)[None, :]
+    w = _kernel_weights(order, x[:, None] - cols)
+    if n_in > 1:
+        period = 2 * (n_in - 1)
+        cols = np.mod(cols, period)
+        cols = np.where(cols > n_in - 1, period - cols, cols)
+    else:
+        cols = np.zeros_like(cols)
+    rows = np.repeat(np.arange(n_out), n_taps)
+    return sparse.csr_matrix(
+        (w.ravel().astype(np.float32), (rows, cols.ravel())), shape=(n_out, n_in), dtype=np.float32
+    )
+
+
 def rescale_shift(
     image: Any,
     scale: float,
     shift_yx: tuple[float, float] = (0.0, 0.0),
     out_shape: tuple[int, int] | None = None,
     order: int = 3,
-    mode: str = "nearest",
     xp: ModuleType = np,
 ) -> Any:
     """Magnify ``image`` by ``scale`` about its centre and shift it, in one interpolation.
+
+    The transform is separable (no rotation), so it is applied as a cubic B-spline
+    prefilter (``mirror`` boundary) and two sparse 1-D resampling matrices; inside the
+    field of view this equals ``scipy.ndimage.affine_transform(order=3)``, about twice as
+    fast on the CPU. Output points that map outside the input take the nearest edge
+    value (coordinates clamped).
 
     Parameters
     ----------
@@ -70,15 +113,14 @@ def rescale_shift(
     scale : float
         Magnification (> 0): one input pixel becomes ``scale`` output pixels; to bring a
         distance to the reference pixel use ``geometry.scale_to_reference(k)`` (>= 1).
+        With ``scale < 1`` there is no anti-aliasing.
     shift_yx : (float, float)
         Shift in output pixels; content moves by ``+shift``. See the module docstring for
         the exact formula.
     out_shape : (int, int), optional
         Output shape (default: the input shape); centred on the same optical axis.
-    order : int
-        Spline order of :func:`scipy.ndimage.affine_transform`.
-    mode : str
-        Boundary mode outside the input (default ``"nearest"`` = edge values).
+    order : {3, 1, 0}
+        Cubic B-spline, linear or nearest-neighbour interpolation.
     xp : module
         Array module.
 
@@ -89,29 +131,29 @@ def rescale_shift(
     image = xp.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {image.shape}")
+    if order not in (0, 1, 3):
+        raise ValueError(f"order must be 0, 1 or 3, got {order}")
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale}")
     dy, dx = (float(s) for s in shift_yx)
     if not (np.isfinite(dy) and np.isfinite(dx)):
         raise ValueError(f"shift must be finite, got {shift_yx}")
     out_shape = tuple(image.shape) if out_shape is None else (int(out_shape[0]), int(out_shape[1]))
-    c_in = [(n - 1) / 2.0 for n in image.shape]
-    c_out = [(n - 1) / 2.0 for n in out_shape]
+    if min(out_shape) < 1:
+        raise ValueError(f"out_shape must be positive, got {out_shape}")
+    img = image.astype(xp.float32, copy=False)
     if scale == 1.0 and dy == 0.0 and dx == 0.0 and out_shape == tuple(image.shape):
-        return image.astype(xp.float32, copy=True)
-    inv = 1.0 / scale
-    offset = [c_in[0] - (c_out[0] + dy) * inv, c_in[1] - (c_out[1] + dx) * inv]
-    ndi = ndimage_module(xp)
-    return ndi.affine_transform(
-        image.astype(xp.float32, copy=False),
-        xp.asarray([inv, inv], dtype=xp.float64),
-        offset=offset,
-        output_shape=out_shape,
-        output=xp.float32,
-        order=order,
-        mode=mode,
-        prefilter=order > 1,
-    )
+        return img.copy()
+    if order == 3:
+        img = ndimage_module(xp).spline_filter(img, 3, output=xp.float32, mode="mirror")
+    wy = _resample_matrix(image.shape[0], out_shape[0], float(scale), dy, order)
+    wx = _resample_matrix(image.shape[1], out_shape[1], float(scale), dx, order)
+    if xp is not np:
+        import cupyx.scipy.sparse as xsparse  # noqa: PLC0415  # pragma: no cover
+
+        wy, wx = xsparse.csr_matrix(wy), xsparse.csr_matrix(wx)  # pragma: no cover
+    rows = wy @ img  # [ny_out, nx_in]
+    return xp.ascontiguousarray((wx @ rows.T).T, dtype=xp.float32)
 
 
 @dataclass(frozen=True)
@@ -339,7 +381,7 @@ def register_lowpass_ncc(
         # shift (by ~ a percent of the shift). Second pass: pre-shift ``moving`` by the
         # estimate and measure the (small, hence unbiased) residual.
         if refine and (sy != 0.0 or sx != 0.0):
-            moved = ndi.shift(moving.astype(xp.float32, copy=False), (sy, sx), order=3, mode="nearest")
+            moved = rescale_shift(moving, 1.0, (sy, sx), xp=xp)
             fm2, e_m2 = spectrum(moved)
             if e_m2 > 0:
                 norm2 = math.sqrt(e_r * e_m2)
