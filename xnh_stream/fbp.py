@@ -25,9 +25,11 @@ Mapping to astra-toolbox (found by test, see ``tests/test_fbp.py``)
 -------------------------------------------------------------------
 astra's 2D ``parallel`` geometry with ``det_spacing = 1``, a volume geometry ``n x n`` and the
 sinogram ``[n_angles, n_det]`` reproduces this convention with ``astra_angles = -theta`` and the
-astra image equal to our slice ``[y, x]`` (no flip); astra's detector centre is ``(n_det - 1) / 2``,
-so an off-centre ``cor`` needs a ``parallel_vec`` geometry (or a shifted sinogram). astra's CPU
-``FBP`` output is then in the same units as ours.
+astra image equal to our slice ``[y, x]`` (no flip). astra puts the rotation axis on the detector
+centre ``(n_det - 1) / 2`` and its CPU ``FBP`` takes only the plain ``parallel`` geometry (not
+``parallel_vec``), so an off-centre ``cor`` is matched by moving the sinogram columns left by
+``cor - (n_det - 1) / 2``. With ``FilterType`` equal to our window name, astra's CPU FBP ('linear'
+projector) agrees with ours to correlation > 0.9997 and scale within 0.2 %.
 """
 
 from __future__ import annotations
@@ -163,32 +165,38 @@ def filter_projection(
 # --------------------------------------------------------------------------------------------------
 # Back-projection
 # --------------------------------------------------------------------------------------------------
-def _index_map(n: int, n_det: int, theta: float, cor: float, xp: ModuleType) -> tuple[Any, Any]:
+def _row_margins(n: int, n_det: int, cor: float) -> tuple[int, int]:
+    """Zeros to put left and right of a detector row so that every voxel of an ``n x n`` slice, at any
+    angle, falls on the padded row: rays off the detector then read zeros with no masking."""
+    reach = (n - 1) / math.sqrt(2.0) + 1.0
+    left = max(1, int(math.ceil(reach - cor)) + 1)
+    right = max(2, int(math.ceil(cor + reach - (n_det - 1))) + 2)
+    return left, right
+
+
+def _index_map(n: int, theta: float, origin: float, xp: ModuleType) -> tuple[Any, Any]:
     """Per-angle interpolation map of an ``n x n`` slice, flattened ``[n * n]`` (row-major ``y, x``).
 
-    Returns ``(k, w)``: ``k`` indexes the padded row ``[0, q_0 .. q_{n_det-1}, 0, 0]`` so that the value
-    is ``row[k] + w * (row[k + 1] - row[k])``; rays off the detector point at the last (zero) pair.
+    ``origin`` is the padded-row position of the rotation axis (``cor`` plus the left margin). Returns
+    ``(k, w)`` such that the interpolated value is ``row[k] + w * (row[k + 1] - row[k])``.
     """
     c = xp.arange(n, dtype=xp.float32) - xp.float32((n - 1) / 2.0)
-    cos_t = xp.float32(math.cos(theta))
-    sin_t = xp.float32(math.sin(theta))
-    t = (c * cos_t)[None, :] + (c * sin_t)[:, None]
-    t += xp.float32(cor + 1.0)  # +1: one leading zero in the padded row
+    tx = c * xp.float32(math.cos(theta)) + xp.float32(origin)
+    ty = c * xp.float32(math.sin(theta))
+    t = tx[None, :] + ty[:, None]
     t = t.ravel()
-    j = xp.floor(t)
-    w = (t - j).astype(xp.float32)
-    k = j.astype(xp.intp)
-    k[(k < 0) | (k > n_det)] = n_det + 2
+    k = t.astype(xp.intp)  # t > 0 by construction of the margins: truncation is floor
+    w = t - xp.floor(t)
     return k, w
 
 
-def _pair_rows(filtered: Any, xp: ModuleType) -> tuple[Any, Any]:
-    """Padded rows ``[0, q, 0, 0]`` and their forward differences, both ``[nz, n_det + 3]``."""
+def _pair_rows(filtered: Any, left: int, right: int, xp: ModuleType) -> tuple[Any, Any]:
+    """Zero-padded rows ``[0 * left, q, 0 * right]`` and their forward differences (last one 0)."""
     nz, n_det = filtered.shape
-    val = xp.zeros((nz, n_det + 3), dtype=xp.float32)
-    val[:, 1 : n_det + 1] = filtered
+    val = xp.zeros((nz, left + n_det + right), dtype=xp.float32)
+    val[:, left : left + n_det] = filtered
     dif = xp.zeros_like(val)
-    dif[:, :-2] = val[:, 1:-1] - val[:, :-2]
+    dif[:, :-1] = val[:, 1:] - val[:, :-1]
     return val, dif
 
 
@@ -237,15 +245,16 @@ def backproject(
         raise ValueError(f"theta and cor must be finite, got theta={theta}, cor={cor}")
     nz, n_det = filtered.shape
     n = out.shape[1]
-    k, w = _index_map(n, n_det, float(theta), float(cor), xp)
-    val, dif = _pair_rows(filtered.astype(xp.float32, copy=False), xp)
+    left, right = _row_margins(n, n_det, float(cor))
+    k, w = _index_map(n, float(theta), float(cor) + left, xp)
+    val, dif = _pair_rows(filtered.astype(xp.float32, copy=False), left, right, xp)
     flat = out.reshape(nz, n * n)
     if xp is not np:
         # Device path: plain gathers (memory traffic is cheap there).
         flat += xp.take(val, k, axis=1) + w * xp.take(dif, k, axis=1)
         return out
     # Host path: gather (value, difference) pairs in one go through a complex64 view.
-    pair = np.empty((nz, n_det + 3, 2), dtype=np.float32)
+    pair = np.empty(val.shape + (2,), dtype=np.float32)
     pair[..., 0] = val
     pair[..., 1] = dif
     pc = pair.view(np.complex64)[..., 0]
@@ -263,9 +272,14 @@ def backproject(
         for s in starts:
             work(s)
     else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, starts))
+        list(_thread_pool(int(workers)).map(work, starts))
     return out
+
+
+@lru_cache(maxsize=4)
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """Long-lived pool for :func:`backproject` (one per thread count; numpy's gather releases the GIL)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xnh-bp")
 
 
 def _check_cor(cor: float, n_det: int) -> float:
@@ -443,9 +457,9 @@ def fbp(
 # Centre of rotation
 # --------------------------------------------------------------------------------------------------
 def _tukey(n: int, alpha: float = 0.25) -> np.ndarray:
-    import scipy.signal  # noqa: PLC0415
+    from xnh_stream.fsc import tukey_window  # noqa: PLC0415
 
-    return scipy.signal.windows.tukey(n, alpha) if n > 2 else np.ones(n)
+    return tukey_window(n, alpha).astype(np.float64)
 
 
 def _correlation_shift(

@@ -37,7 +37,7 @@ DEFAULT_TUKEY_ALPHA = 0.25
 # Fourier shell correlation
 # --------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=16)
-def _tukey(n: int, alpha: float) -> np.ndarray:
+def tukey_window(n: int, alpha: float) -> np.ndarray:
     """Tukey window (flat top, cosine edges covering ``alpha`` of the length), read-only float32."""
     if alpha <= 0 or n < 3:
         w = np.ones(n)
@@ -65,11 +65,16 @@ def _shell_map(shape: tuple[int, ...], n_shells: int, xp: ModuleType) -> tuple[A
     axes = [np.fft.fftfreq(n) / 0.5 for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1]) / 0.5]
     r2 = np.zeros([len(a) for a in axes], dtype=np.float32)
     for i, a in enumerate(axes):
-        sl = [None] * len(axes)
+        sl: list[Any] = [None] * len(axes)
         sl[i] = slice(None)
-        r2 = r2 + (a.astype(np.float32) ** 2)[tuple(sl)]
-    idx = np.rint(np.sqrt(r2) * n_shells).astype(np.intp)
-    np.minimum(idx, n_shells + 1, out=idx)
+        r2 += (a.astype(np.float32) ** 2)[tuple(sl)]
+    np.sqrt(r2, out=r2)
+    r2 *= np.float32(n_shells)
+    np.rint(r2, out=r2)
+    np.minimum(r2, n_shells + 1, out=r2)
+    # Small integer type: the map is cached, and bincount widens one slab at a time.
+    idx = r2.astype(np.uint16 if n_shells + 1 < 2**16 else np.int32)
+    del r2
     flat = idx.ravel()
     counts = 2 * np.bincount(flat, minlength=n_shells + 2)
     counts -= np.bincount(idx[..., 0].ravel(), minlength=n_shells + 2)
@@ -77,6 +82,7 @@ def _shell_map(shape: tuple[int, ...], n_shells: int, xp: ModuleType) -> tuple[A
         counts -= np.bincount(idx[..., -1].ravel(), minlength=n_shells + 2)
     counts = counts[: n_shells + 1]
     counts.flags.writeable = False
+    idx.flags.writeable = False
     return xp.asarray(idx), counts
 
 
@@ -86,7 +92,7 @@ def _apodise(v: Any, alpha: float, xp: ModuleType) -> Any:
     for axis, n in enumerate(v.shape):
         shape = [1] * v.ndim
         shape[axis] = n
-        w = xp.asarray(_tukey(n, alpha)).reshape(shape)
+        w = xp.asarray(tukey_window(n, alpha)).reshape(shape)
         win = w if win is None else win * w
     mean = (v * win).sum(dtype=xp.float64) / win.sum(dtype=xp.float64)
     return (v - v.dtype.type(float(mean))) * win
@@ -144,21 +150,32 @@ def fourier_shell_correlation(
         b = _apodise(b, alpha, xp)
     fft = fft_module(xp)
     f1 = fft.rfftn(a, **fft_workers(xp))
+    del a
     f2 = fft.rfftn(b, **fft_workers(xp))
+    del b
     idx, counts = _shell_map(tuple(int(n) for n in v1.shape), shells, xp)
     even = v1.shape[-1] % 2 == 0
-
-    def sums(values: Any) -> np.ndarray:
-        m = shells + 2
-        total = 2 * xp.bincount(idx.ravel(), weights=values.ravel(), minlength=m)
-        total -= xp.bincount(idx[..., 0].ravel(), weights=values[..., 0].ravel(), minlength=m)
-        if even:
-            total -= xp.bincount(idx[..., -1].ravel(), weights=values[..., -1].ravel(), minlength=m)
-        return to_numpy(total)[: shells + 1].astype(np.float64)
-
-    cross = sums(f1.real * f2.real + f1.imag * f2.imag)
-    p1 = sums(f1.real * f1.real + f1.imag * f1.imag)
-    p2 = sums(f2.real * f2.real + f2.imag * f2.imag)
+    m = shells + 2
+    totals = [xp.zeros(m, dtype=xp.float64) for _ in range(3)]
+    # Slabs along the first axis keep the temporaries small (and in cache).
+    step = max(1, (1 << 20) // max(1, int(np.prod(f1.shape[1:]))))
+    for s0 in range(0, f1.shape[0], step):
+        g1, g2, ix = f1[s0 : s0 + step], f2[s0 : s0 + step], idx[s0 : s0 + step]
+        for total, values in zip(
+            totals,
+            (
+                g1.real * g2.real + g1.imag * g2.imag,
+                g1.real * g1.real + g1.imag * g1.imag,
+                g2.real * g2.real + g2.imag * g2.imag,
+            ),
+        ):
+            # Two-sided sums from the half spectrum: every coefficient twice, except the planes
+            # k_last = 0 and (even length) k_last = Nyquist, which are their own mirror images.
+            total += 2 * xp.bincount(ix.ravel(), weights=values.ravel(), minlength=m)
+            total -= xp.bincount(ix[..., 0].ravel(), weights=values[..., 0].ravel(), minlength=m)
+            if even:
+                total -= xp.bincount(ix[..., -1].ravel(), weights=values[..., -1].ravel(), minlength=m)
+    cross, p1, p2 = (to_numpy(t)[: shells + 1].astype(np.float64) for t in totals)
     denom = np.sqrt(p1 * p2)
     with np.errstate(invalid="ignore", divide="ignore"):
         fsc = np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), np.nan)
