@@ -68,7 +68,7 @@ def main() -> None:
     nab.retrieve_phase(frames[0])  # warm-up
     nabu_ms = _median_ms(lambda: nab.retrieve_phase(frames[0]), repeats)
 
-    print(f"frames: 4 x {n} x {n} float32, padded FFT shape {retr.shape_padded}, {os.cpu_count()} CPU threads")
+    print(f"frames: 4 x {n} x {n} float32, padded FFT {retr.shape_padded}, {os.cpu_count()} CPU threads")
     print(f"xnh_stream CTFRetriever, 4 distances : {ours_ms:8.1f} ms per angle")
     print(f"nabu CTFPhaseRetrieval, 1 distance   : {nabu_ms:8.1f} ms per frame")
     print(f"ratio ours(4 dist) / nabu(1 frame)   : {ours_ms / nabu_ms:8.2f}")

@@ -41,7 +41,9 @@ def make_object(rng: np.random.Generator, n_blob: int = 1500, half_width_m: floa
     return centres, sigmas, amps
 
 
-def phase_on_grid(obj: tuple, n: int | tuple[int, int], pixel_m: float, offset_m: tuple[float, float]) -> np.ndarray:
+def phase_on_grid(
+    obj: tuple, n: int | tuple[int, int], pixel_m: float, offset_m: tuple[float, float]
+) -> np.ndarray:
     """Phase at pixel centres ``(j - (n-1)/2) * pixel`` (optical axis at the centre), content
     moved by ``+offset``; separable blobs, so the sum is one matrix product."""
     c, s, a = obj
@@ -123,7 +125,8 @@ def test_rescale_shift_equals_ndimage_affine_transform(order: int) -> None:
     spline order) wherever the output maps inside the input; outside: the edge value."""
     rng = np.random.default_rng(5)
     img = ndimage.gaussian_filter(rng.standard_normal((90, 77)), 1.5).astype(np.float32)
-    for scale, shift, out_shape in ((1.25, (3.2, -5.7), (101, 96)), (0.8, (0.4, 1.3), (90, 77)), (1.0, (-2.5, 0.0), (90, 77))):
+    cases = ((1.25, (3.2, -5.7), (101, 96)), (0.8, (0.4, 1.3), (90, 77)), (1.0, (-2.5, 0.0), (90, 77)))
+    for scale, shift, out_shape in cases:
         ours = rescale_shift(img, scale, shift, out_shape, order=order)
         c_in = np.array([(n - 1) / 2 for n in img.shape])
         c_out = np.array([(n - 1) / 2 for n in out_shape])
@@ -144,7 +147,8 @@ def test_rescale_shift_equals_ndimage_affine_transform(order: int) -> None:
         outy = yy < 0
         if outy.any():
             edge = ndimage.map_coordinates(img, [np.zeros(inx.sum()), xx[inx]], order=order, mode="mirror")
-            np.testing.assert_allclose(ours[outy][:, inx], np.broadcast_to(edge, (outy.sum(), inx.sum())), atol=2e-6)
+            expected = np.broadcast_to(edge, (outy.sum(), inx.sum()))
+            np.testing.assert_allclose(ours[outy][:, inx], expected, atol=2e-6)
 
 
 def test_register_recovers_subpixel_shifts() -> None:

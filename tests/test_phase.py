@@ -86,7 +86,8 @@ def test_forward_model_sign_matches_tie() -> None:
     phi = -0.2 * np.exp(-(x**2 + y**2) / (2 * 12.0**2))  # matter: negative phase
     d = 2e-4
     i = propagate(np.exp(1j * phi), d, VOXEL)
-    lap = (np.roll(phi, 1, 0) + np.roll(phi, -1, 0) + np.roll(phi, 1, 1) + np.roll(phi, -1, 1) - 4 * phi) / VOXEL**2
+    lap = np.roll(phi, 1, 0) + np.roll(phi, -1, 0) + np.roll(phi, 1, 1) + np.roll(phi, -1, 1) - 4 * phi
+    lap /= VOXEL**2
     tie = 1 - LAM * d / (2 * np.pi) * lap
     np.testing.assert_allclose(i - 1, tie - 1, atol=0.03 * np.abs(tie - 1).max())
     assert i[n // 2, n // 2] < 1  # a converging (negative) phase bump darkens its centre at short D
@@ -210,7 +211,8 @@ def test_padding_matches_numpy_pad(mode: str) -> None:
     from xnh_stream.phase import _Padder
 
     rng = np.random.default_rng(0)
-    for shape, shape_p in (((7, 9), (20, 31)), ((5, 4), (40, 33)), ((64, 64), (128, 128)), ((10, 11), (10, 11))):
+    cases = (((7, 9), (20, 31)), ((5, 4), (40, 33)), ((64, 64), (128, 128)), ((10, 11), (10, 11)))
+    for shape, shape_p in cases:
         img = rng.standard_normal(shape).astype(np.float32)
         y0, x0 = (shape_p[0] - shape[0]) // 2, (shape_p[1] - shape[1]) // 2
         ref = np.pad(img, ((y0, shape_p[0] - shape[0] - y0), (x0, shape_p[1] - shape[1] - x0)), mode=mode)

@@ -321,7 +321,9 @@ def register_lowpass_ncc(
     reference = xp.asarray(reference)
     moving = xp.asarray(moving)
     if reference.ndim != 2 or reference.shape != moving.shape:
-        raise ValueError(f"reference {reference.shape} and moving {moving.shape} must be 2-D of the same shape")
+        raise ValueError(
+            f"reference {reference.shape} and moving {moving.shape} must be 2-D of the same shape"
+        )
     for name, a in (("reference", reference), ("moving", moving)):
         if not bool(xp.isfinite(a).all()):
             raise ValueError(f"{name} image contains NaN or inf")
@@ -334,6 +336,7 @@ def register_lowpass_ncc(
     win = xp.asarray(_apodisation(shape, float(apodize_fraction)))
     h2 = xp.asarray(_lowpass_squared(shape, float(sigma_px), highpass_sigma_px))
     colw = xp.asarray(_half_weights(nx).astype(np.float32))
+
     def spectrum(img: Any) -> tuple[Any, float]:
         f = fftm.rfft2(_prepare(xp, img, win), **workers)
         return f, float((xp.abs(f) ** 2 * h2 * colw).sum(dtype=xp.float64)) / n_pix
@@ -530,6 +533,8 @@ def align_to_reference(
 class ShiftModel:
     """Smooth, outlier-robust model of a shift (or any few values) against rotation angle.
 
+    One model per distance; the values are e.g. ``(dy, dx)`` or ``(dy, dx, scale - 1)``.
+
     Feed it measurements as they arrive (:meth:`add`), evaluate at any angle
     (:meth:`__call__`). The fit is linear least squares on a low-order basis, with
     iterative rejection of points whose residual exceeds ``k_mad`` robust standard
@@ -598,6 +603,11 @@ class ShiftModel:
     def n_points(self) -> int:
         """Number of measurements added."""
         return len(self._angles)
+
+    @property
+    def n_valid(self) -> int:
+        """Number of measurements added with ``ok=True`` and finite values."""
+        return int(sum(self._valid))
 
     @property
     def inliers(self) -> np.ndarray:

@@ -81,7 +81,8 @@ def padded_shape(shape: tuple[int, int], pad: float | tuple[int, int]) -> tuple[
         raise ValueError(f"pad factor must be >= 1, got {pad}")
     if pad == 1:
         return (int(shape[0]), int(shape[1]))
-    return tuple(_sfft.next_fast_len(math.ceil(pad * n), real=True) for n in shape)  # type: ignore[return-value]
+    ny, nx = (_sfft.next_fast_len(math.ceil(pad * n), real=True) for n in shape)
+    return (int(ny), int(nx))
 
 
 @lru_cache(maxsize=32)
@@ -304,6 +305,9 @@ class CTFRetriever:
         Padding factor or explicit padded shape, see :func:`padded_shape`.
     pad_mode : {"symmetric", "reflect", "edge"}
         Values in the padded margin.
+    pixel_m : float, optional
+        Pixel of the images; default ``geometry.voxel_m``. Give the full scan's reference pixel when
+        ``geometry`` holds only the distances present at an angle.
     xp : module
         Array module.
     """
@@ -318,6 +322,7 @@ class CTFRetriever:
         transition_width: float = DEFAULT_TRANSITION_WIDTH,
         pad: float | tuple[int, int] = 2.0,
         pad_mode: str = "symmetric",
+        pixel_m: float | None = None,
         xp: ModuleType = np,
     ) -> None:
         if len(shape) != 2 or min(shape) < 2:
@@ -330,7 +335,7 @@ class CTFRetriever:
             self.shape_padded,
             tuple(float(d) for d in geometry.propagation_distances_m),
             float(geometry.distances[0].wavelength_m),
-            float(geometry.voxel_m),
+            float(pixel_m if pixel_m is not None else geometry.voxel_m),
             float(delta_beta),
             float(alpha_low),
             float(alpha_high),
@@ -424,7 +429,9 @@ def retrieve_phase_paganin(
     pad_mode: str = "symmetric",
     xp: ModuleType = np,
 ) -> Any:
-    """Single-distance Paganin phase ``phi = (delta/beta)/2 ln(IFFT[FFT(I) / (1 + pi lambda D (delta/beta) f^2)])``.
+    """Single-distance Paganin phase.
+
+    ``phi = (delta/beta)/2 ln(IFFT[FFT(I) / (1 + pi lambda D (delta/beta) f^2)])``.
 
     Parameters
     ----------
