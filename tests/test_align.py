@@ -248,6 +248,7 @@ def test_shift_model_smooth_drift_and_outlier() -> None:
     np.testing.assert_allclose(model(fine), truth, atol=0.03)
     inl = model.inliers
     assert not inl[40] and not inl[-1] and inl.sum() == 90
+    assert model.n_points == 92 and model.n_valid == 91
     assert model(90.0).shape == (2,)
     # a naive least-squares fit would be pulled by the outlier
     naive = np.polynomial.legendre.legval(0.0, np.polynomial.legendre.legfit(angles / 90 - 1, meas[:, 0], 2))

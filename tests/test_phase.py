@@ -152,6 +152,12 @@ def test_ctf_retriever_reuse_cache_and_bad_input(textured: dict) -> None:
         retr(bad)
     with pytest.raises(ValueError, match="delta/beta"):
         ctf_filter((8, 8), (0.01,), LAM, VOXEL, -1.0)
+    # a subset of distances without the scan's reference: same pixel given explicitly
+    sub = ScanGeometry(g.distances[1:])
+    assert sub.voxel_m != g.voxel_m
+    r_sub = retrieve_phase_ctf(textured["noisy"][1:], sub, db, pixel_m=g.voxel_m)
+    corr, slope, _ = _fit(r_sub, textured["phi"], 32)
+    assert corr > 0.9 and 0.85 < slope < 1.15, (corr, slope)
 
 
 def test_paganin_recovers_sphere_thickness() -> None:

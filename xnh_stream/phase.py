@@ -310,6 +310,10 @@ class CTFRetriever:
         ``geometry`` holds only the distances present at an angle.
     xp : module
         Array module.
+
+    Notes
+    -----
+    Not thread-safe: one padding buffer is reused across calls.
     """
 
     def __init__(
@@ -330,12 +334,15 @@ class CTFRetriever:
         self.geometry = geometry
         self.shape = (int(shape[0]), int(shape[1]))
         self.shape_padded = padded_shape(self.shape, pad)
+        self.pixel_m = float(geometry.voxel_m if pixel_m is None else pixel_m)
+        if not (np.isfinite(self.pixel_m) and self.pixel_m > 0):
+            raise ValueError(f"pixel_m must be a positive finite number, got {pixel_m}")
         self.xp = xp
         self.filter = ctf_filter(
             self.shape_padded,
             tuple(float(d) for d in geometry.propagation_distances_m),
             float(geometry.distances[0].wavelength_m),
-            float(pixel_m if pixel_m is not None else geometry.voxel_m),
+            self.pixel_m,
             float(delta_beta),
             float(alpha_low),
             float(alpha_high),
@@ -380,6 +387,7 @@ def retrieve_phase_ctf(
     pad: float | tuple[int, int] = 2.0,
     pad_mode: str = "symmetric",
     transition_width: float = DEFAULT_TRANSITION_WIDTH,
+    pixel_m: float | None = None,
     xp: ModuleType = np,
 ) -> Any:
     """Multi-distance CTF phase retrieval of one angle.
@@ -394,7 +402,7 @@ def retrieve_phase_ctf(
         Gives ``D_k``, the wavelength and the reference pixel.
     delta_beta : float
         ``delta / beta``.
-    alpha_low, alpha_high, pad, pad_mode, transition_width :
+    alpha_low, alpha_high, pad, pad_mode, transition_width, pixel_m :
         See :class:`CTFRetriever`.
     xp : module
         Array module.
@@ -416,6 +424,7 @@ def retrieve_phase_ctf(
         transition_width=transition_width,
         pad=pad,
         pad_mode=pad_mode,
+        pixel_m=pixel_m,
         xp=xp,
     )
     return retr(images)
