@@ -20,6 +20,7 @@ read-only and without HDF5 file locking, so a file held open by a detector write
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ from ..geometry import DistanceGeometry, ScanGeometry
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
 RETURN = -1  # image_key_control of return / alignment projections
+NOT_NXTOMO = "no NXtomo entry"  # start of the problem text of an HDF5 file that is not a distance file
+
+log = logging.getLogger(__name__)
 
 DETECTOR = "instrument/detector"
 FIELDS = {
@@ -143,7 +147,7 @@ def _find_entry(path: Path, f: h5py.File, entry: str | None) -> str:
         return entry
     candidates = [k for k, g in f.items() if isinstance(g, h5py.Group) and FIELDS["data"] in g]
     if not candidates:
-        raise InputError(path, f"no NXtomo entry with {FIELDS['data']} (top-level groups: {sorted(f.keys())})")
+        raise InputError(path, f"{NOT_NXTOMO} with {FIELDS['data']} (top-level groups: {sorted(f.keys())})")
     tomo = [k for k in candidates if _text(f[k], "definition") == "NXtomo"]
     return sorted(tomo or candidates)[0]
 
@@ -220,12 +224,12 @@ class NXtomoScan:
                 raise InputError(self.path, f"frames {indices} cannot be read: {exc}", FIELDS["data"]) from exc
 
     def flat_series(self) -> list[tuple[float, np.ndarray]]:
-        """Mean image of each run of consecutive flats, with the mean frame index of the run."""
+        """Each run of consecutive flats as ``(mean frame index, frames [m, ny, nx])``."""
         idx = self.indices(FLAT)
         if idx.size == 0:
             return []
         runs = np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
-        return [(float(r.mean()), self.read_frames(r).mean(axis=0)) for r in runs]
+        return [(float(r.mean()), self.read_frames(r)) for r in runs]
 
     def mean_dark(self) -> np.ndarray | None:
         """Mean of all dark frames, or ``None`` when the file has none."""
@@ -401,15 +405,6 @@ class NXtomoWriter:
         self.close()
 
 
-def is_nxtomo_file(path: Path) -> bool:
-    """True if ``path`` opens as HDF5 and holds an entry with detector data."""
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return any(isinstance(g, h5py.Group) and FIELDS["data"] in g for g in f.values())
-    except OSError:
-        return False
-
-
 @dataclass
 class Scan:
     """A multi-distance XNH scan: one :class:`NXtomoScan` per distance, sorted by z1 (most magnified first).
@@ -453,7 +448,10 @@ def read_scan(folder: str | Path) -> Scan:
         try:
             scans.append(read_nxtomo(p))
         except InputError as exc:
-            rejected.append(exc)
+            if exc.problem.startswith(NOT_NXTOMO):
+                log.info("ignoring %s: %s", p, exc.problem)  # another HDF5 file (a master file, a truth file)
+            else:
+                rejected.append(exc)
     if not scans:
         detail = "; ".join(str(e) for e in rejected)
         raise InputError(folder, "contains no NXtomo file (*.nx, *.h5, *.hdf5 with instrument/detector/data)"
