@@ -58,7 +58,7 @@ def test_staining_ranks_the_classes():
     assert b["membrane"] > b["mitochondrion"] > b["cytoplasm"] > b["resin"]
     for name in ("cytoplasm", "membrane", "mitochondrion", "nucleoplasm", "chromatin"):
         assert d[name] > d["resin"]
-        assert 1.1 < MATERIALS[name].density < 1.5
+        assert 1.1 < MATERIALS[name].density < 1.7  # heavily stained membranes reach ~1.6 g/cm^3
 
 
 def test_stain_is_osmium_its_l3_edge_shows():

@@ -27,9 +27,12 @@ Densities follow from volume additivity, ``1 / rho = sum_i w_i / rho_i``.
 
 The stain fractions are order-of-magnitude choices, not measurements: the phantom's
 "membrane" is an *effective* voxel material (a 1-2 voxel, i.e. 30-240 nm, shell that stands
-for two ~8 nm osmium-rich bilayers plus the cytoplasm around them), tuned so that membranes
-absorb several times more than cytoplasm and stand out in phase, as in the stained XNH data of
-Kuan et al. (2020). Change :data:`_RECIPES` to model another protocol.
+for two ~8 nm osmium-rich bilayers plus the cytoplasm around them), tuned for heavy en-bloc
+staining (EM protocols of the rOTO kind, as used for the XNH data of Kuan et al. 2020): membranes
+absorb ~15 times more than cytoplasm and their delta is ~20 % higher, so that single membranes
+seen edge-on stand out in phase as they do in those data. With light staining (a few percent
+of osmium in membranes) the phase contrast of tissue is ~2 % and drowns in photon noise at the
+doses XNH uses. Change :data:`_RECIPES` to model another protocol.
 """
 
 from __future__ import annotations
@@ -94,23 +97,23 @@ _INGREDIENTS: dict[str, tuple[dict[str, float], float]] = {
 _RECIPES: dict[str, tuple[dict[str, float], str]] = {
     "resin": ({"epoxy": 1.0}, "extracellular space and sample rim: cured Epon-812-type epoxy"),
     "cytoplasm": (
-        {"epoxy": 0.76, "protein": 0.20, "lipid": 0.03, "stain": 0.01},
+        {"epoxy": 0.75, "protein": 0.20, "lipid": 0.03, "stain": 0.02},
         "neuropil / axoplasm / cytoplasm, lightly stained",
     ),
     "membrane": (
-        {"epoxy": 0.35, "protein": 0.25, "lipid": 0.30, "stain": 0.10},
+        {"epoxy": 0.20, "protein": 0.22, "lipid": 0.28, "stain": 0.30},
         "plasma membrane and nuclear envelope (effective voxel material), strongly stained",
     ),
     "mitochondrion": (
-        {"epoxy": 0.48, "protein": 0.35, "lipid": 0.12, "stain": 0.05},
+        {"epoxy": 0.40, "protein": 0.35, "lipid": 0.10, "stain": 0.15},
         "mitochondria: dense matrix and cristae, stained",
     ),
     "nucleoplasm": (
-        {"epoxy": 0.80, "protein": 0.15, "dna": 0.04, "stain": 0.01},
+        {"epoxy": 0.79, "protein": 0.15, "dna": 0.04, "stain": 0.02},
         "nucleoplasm / euchromatin, lightly stained",
     ),
     "chromatin": (
-        {"epoxy": 0.57, "protein": 0.25, "dna": 0.15, "stain": 0.03},
+        {"epoxy": 0.52, "protein": 0.23, "dna": 0.15, "stain": 0.10},
         "heterochromatin clumps and nucleolus, moderately stained",
     ),
 }
