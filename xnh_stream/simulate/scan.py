@@ -1,0 +1,393 @@
+"""Simulate a four-distance XNH scan in the NXtomo input layout, with its ground truth.
+
+Physics (SI units, sign convention of :mod:`xnh_stream.phase`): the refractive index is
+``n = 1 - delta + i beta``; the exit wave behind the sample is ``T = exp(-k int beta dz) exp(-i k int delta dz)``
+(phase negative for matter). By the Fresnel scaling theorem the cone-beam geometry of distance k is
+simulated as a plane wave propagated over ``D_k = z1 z2 / (z1 + z2)`` in the sample plane, exactly, with
+the Fresnel transfer function ``exp(-i pi lambda D_k f^2)``, then imaged onto detector pixels of size
+``p / M_k`` (integrated over the pixel, magnified about the optical axis at the detector centre).
+
+Detector counts are ``Poisson(N0 * beam_k(t) * I) + dark`` with a beam profile that drifts during the
+scan; flats are taken before and after each distance, darks at the start, return projections (image key
+control -1) at 180, 90 and 0 degrees at the end of each distance. Each distance has a random lateral
+offset (the sample re-positioned between distances), all frames a slow common drift, and optionally the
+sample warps (a growing scale change plus a smooth non-rigid displacement).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.fft as sfft
+from scipy import ndimage
+
+from ..geometry import DistanceGeometry, ScanGeometry, wavelength_m
+from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN, NXtomoWriter
+from ..projector import ParallelProjector
+from .phantom import Phantom, make_neural_phantom
+
+TRUTH_FILE = "truth.h5"
+
+
+@dataclass
+class SimulationConfig:
+    """Parameters of a simulated XNH scan (defaults: ID16A-like, 17 keV, ~100 nm voxels).
+
+    Attributes
+    ----------
+    nx, ny : int
+        Detector columns and rows.
+    n_angles : int
+        Projections per distance over ``angular_range_deg``.
+    z1_m : tuple of float
+        Focus-to-sample distance of each distance (the first is the most magnified).
+    focus_detector_m : float
+        Focus-to-detector distance ``z1 + z2`` (fixed detector, the sample moves).
+    pixel_m : float
+        Detector pixel size.
+    energy_kev : float
+        Photon energy.
+    photons : float
+        Mean photons per detector pixel in a flat frame (sets the noise level).
+    count_time_s, dead_time_s : float
+        Exposure per frame and read-out dead time between frames.
+    n_flats, n_darks : int
+        Frames per flat series and darks.
+    offset_px : float
+        Maximum lateral offset of distances 2..K relative to the first (reference pixels).
+    drift_px : float
+        Amplitude of the slow common drift over the whole acquisition (reference pixels).
+    cor_offset_px : float
+        Rotation-axis position relative to the detector centre (reference pixels).
+    warp_scale : float
+        Fractional scale change of the sample reached at the end of the acquisition (0 = none).
+    warp_px : float
+        Amplitude of the smooth non-rigid warp reached at the end (reference pixels).
+    beam_drift : float
+        Relative amplitude of the beam-profile change over the acquisition.
+    detector_blur_px : float
+        Gaussian sigma of the scintillator point-spread function (detector pixels).
+    dark_level, read_noise : float
+        Mean dark counts and read noise (counts).
+    seed : int
+        Random seed (phantom, offsets, noise).
+    sample_radius_px : float or None
+        Radius of the cylindrical sample (reference pixels). ``None``: the sample fills the field of
+        view of every distance, as in XNH (local tomography); a smaller value puts a pin in air.
+    """
+
+    nx: int = 128
+    ny: int = 64
+    n_angles: int = 180
+    angular_range_deg: float = 180.0
+    z1_m: tuple[float, ...] = (0.0400, 0.0412, 0.0448, 0.0520)
+    focus_detector_m: float = 1.208
+    pixel_m: float = 3.0e-6
+    energy_kev: float = 17.0
+    photons: float = 5000.0
+    count_time_s: float = 0.1
+    dead_time_s: float = 0.01
+    n_flats: int = 11
+    n_darks: int = 5
+    offset_px: float = 4.0
+    drift_px: float = 0.3
+    cor_offset_px: float = 2.3
+    warp_scale: float = 0.0
+    warp_px: float = 0.0
+    beam_drift: float = 0.05
+    detector_blur_px: float = 0.5
+    dark_level: float = 100.0
+    read_noise: float = 2.0
+    seed: int = 0
+    sample_radius_px: float | None = None
+    name: str = "phantom"
+    return_angles_deg: tuple[float, ...] = (180.0, 90.0, 0.0)
+
+    def geometry(self) -> ScanGeometry:
+        """The scan geometry these parameters describe."""
+        return ScanGeometry(tuple(DistanceGeometry(z1, self.focus_detector_m - z1, self.pixel_m, self.energy_kev)
+                                  for z1 in self.z1_m))
+
+    def validate(self) -> None:
+        """Raise ValueError for parameters that cannot describe a scan."""
+        if self.nx < 16 or self.ny < 8:
+            raise ValueError(f"detector too small: {self.ny} x {self.nx} (need at least 8 x 16)")
+        if self.n_angles < 2:
+            raise ValueError("n_angles must be at least 2")
+        if any(z <= 0 or z >= self.focus_detector_m for z in self.z1_m):
+            raise ValueError(f"every z1 must lie between 0 and focus_detector_m={self.focus_detector_m}")
+        if self.photons <= 0:
+            raise ValueError("photons must be positive")
+        if self.detector_dtype is np.uint32 and self.photons * 2 > np.iinfo(np.uint32).max:
+            raise ValueError(f"photons={self.photons} overflows the 32-bit detector")
+
+    @property
+    def detector_dtype(self) -> type:
+        """uint16 like a real detector, or uint32 when the flat counts would saturate 16 bits."""
+        peak = self.photons * (1 + self.beam_drift) * 1.6 + self.dark_level + 6 * self.read_noise
+        return np.uint16 if peak < np.iinfo(np.uint16).max else np.uint32
+        self.geometry()
+
+
+@dataclass
+class SimulatedScan:
+    """Where a simulated scan was written and what the truth is."""
+
+    folder: Path
+    files: list[Path]
+    truth_file: Path
+    config: SimulationConfig
+    offsets_px: np.ndarray  # [K, 2] (dy, dx) per distance, reference pixels
+    cor_px: float  # rotation axis in reference-detector columns
+    extra: dict = field(default_factory=dict)
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    f = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return (f / (np.abs(f).max() + 1e-12)).astype(np.float32)
+
+
+class _Beam:
+    """Beam profile on the detector: a broad Gaussian with low-frequency ripple that drifts in time."""
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int], drift: float) -> None:
+        ny, nx = shape
+        y, x = np.mgrid[0:ny, 0:nx].astype(np.float32)
+        cy, cx = ny / 2 + rng.uniform(-0.1, 0.1) * ny, nx / 2 + rng.uniform(-0.1, 0.1) * nx
+        self.base = np.exp(-(((y - cy) / (1.2 * ny)) ** 2 + ((x - cx) / (1.0 * nx)) ** 2)).astype(np.float32)
+        self.base *= 1 + 0.05 * _smooth_field(rng, shape, max(2.0, nx / 24))
+        self.mode1 = self.base * _smooth_field(rng, shape, max(3.0, nx / 10))
+        self.mode2 = self.base * _smooth_field(rng, shape, max(3.0, nx / 10))
+        self.drift = drift
+
+    def at(self, t: float) -> np.ndarray:
+        """Profile at normalised acquisition time ``t`` in [0, 1] (mean ~1)."""
+        return self.base + self.drift * (t * self.mode1 + np.sin(2 * np.pi * 1.5 * t) * self.mode2)
+
+
+def _warp_maps(maps: np.ndarray, scale: float, disp: np.ndarray | None, amount: float) -> np.ndarray:
+    """Apply isotropic scaling about the centre and a displacement field to projected maps [c, ny, nx]."""
+    c, ny, nx = maps.shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    cy, cx = (ny - 1) / 2, (nx - 1) / 2
+    sy = cy + (yy - cy) / scale
+    sx = cx + (xx - cx) / scale
+    if disp is not None and amount:
+        sy = sy - amount * disp[0]
+        sx = sx - amount * disp[1]
+    return np.stack([ndimage.map_coordinates(m, [sy, sx], order=1, mode="nearest") for m in maps])
+
+
+def _fourier_shift(maps: np.ndarray, shift_yx: tuple[float, float]) -> np.ndarray:
+    """Shift real maps [c, ny, nx] by a subpixel amount (periodic; the grid has an air margin)."""
+    spec = sfft.rfft2(maps, workers=-1)
+    fy = sfft.fftfreq(maps.shape[-2])[:, None]
+    fx = sfft.rfftfreq(maps.shape[-1])[None, :]
+    spec *= np.exp(-2j * np.pi * (fy * shift_yx[0] + fx * shift_yx[1]))
+    return sfft.irfft2(spec, s=maps.shape[-2:], workers=-1).astype(np.float32)
+
+
+def propagate(wave: np.ndarray, distance_m: float, wavelength: float, pixel_m: float, pad: int) -> np.ndarray:
+    """Exact Fresnel propagation of a complex wave with reflect padding; returns the intensity.
+
+    Parameters
+    ----------
+    wave : ndarray, complex
+        Exit wave ``[ny, nx]`` sampled at ``pixel_m``.
+    distance_m : float
+        Effective propagation distance ``D``.
+    wavelength, pixel_m : float
+        Wavelength and sampling pitch in metres.
+    pad : int
+        Padding on each side (reflect), removed afterwards.
+
+    Returns
+    -------
+    ndarray
+        ``|U|^2`` on the input grid, float64.
+    """
+    w = np.pad(wave, pad, mode="reflect")
+    fy = sfft.fftfreq(w.shape[0], d=pixel_m)[:, None]
+    fx = sfft.fftfreq(w.shape[1], d=pixel_m)[None, :]
+    h = np.exp(-1j * np.pi * wavelength * distance_m * (fx**2 + fy**2))
+    u = sfft.ifft2(sfft.fft2(w, workers=-1) * h, workers=-1)
+    return np.abs(u[pad:-pad, pad:-pad]) ** 2
+
+
+def _detector_sample(intensity: np.ndarray, ratio: float, origin_yx: tuple[float, float], shape: tuple[int, int],
+                     blur_px: float) -> np.ndarray:
+    """Integrate ``intensity`` (sim grid, pitch 1) over detector pixels of pitch ``ratio`` and sample them.
+
+    Detector pixel (i, j) is centred on sim-grid position ``origin + ((i, j) - centre) * ratio``.
+    """
+    spec = sfft.rfft2(intensity, workers=-1)
+    fy = sfft.fftfreq(intensity.shape[0])[:, None]
+    fx = sfft.rfftfreq(intensity.shape[1])[None, :]
+    # Box of one detector pixel (sinc) times the scintillator PSF (Gaussian), both in sim-grid units.
+    mtf = np.sinc(fy * ratio) * np.sinc(fx * ratio) * np.exp(-2 * (np.pi * blur_px * ratio) ** 2 * (fx**2 + fy**2))
+    smooth = sfft.irfft2(spec * mtf, s=intensity.shape, workers=-1)
+    ny, nx = shape
+    ii, jj = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    coords = [origin_yx[0] + (ii - (ny - 1) / 2) * ratio, origin_yx[1] + (jj - (nx - 1) / 2) * ratio]
+    return ndimage.map_coordinates(smooth, coords, order=3, mode="nearest")
+
+
+def simulation_grid(cfg: SimulationConfig) -> tuple[int, int, int]:
+    """Size ``(nz, n, margin)`` of the phantom grid that covers every distance's field of view."""
+    geo = cfg.geometry()
+    r_max = max(geo.scale_to_reference(k) for k in range(len(geo.distances)))
+    reach = cfg.offset_px + cfg.drift_px + abs(cfg.cor_offset_px) + cfg.warp_px + 4
+    margin = int(np.ceil(0.5 * (r_max - 1) * max(cfg.nx, cfg.ny) + reach))
+    return cfg.ny + 2 * margin, cfg.nx + 2 * margin, margin
+
+
+def simulate_scan(out: str | Path, cfg: SimulationConfig | None = None, phantom: Phantom | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> SimulatedScan:
+    """Write a simulated multi-distance scan and its ground truth into folder ``out``.
+
+    Parameters
+    ----------
+    out : str or Path
+        Output folder (created). Receives one ``{name}_{k}_.nx`` NXtomo file per distance and
+        ``truth.h5`` (delta, beta, labels on the reference reconstruction grid, and the simulation record).
+    cfg : SimulationConfig, optional
+        Parameters; defaults give a small, moderately noisy scan.
+    phantom : Phantom, optional
+        A phantom on the grid of :func:`simulation_grid`; generated from ``cfg.seed`` if omitted.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each angle.
+
+    Returns
+    -------
+    SimulatedScan
+    """
+    cfg = cfg or SimulationConfig()
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    geo = cfg.geometry()
+    ref = geo.reference
+    K = len(geo.distances)
+    nz_sim, n_sim, margin = simulation_grid(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    voxel = geo.voxel_m
+    if phantom is None:
+        radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else (n_sim - 1) / 2
+        phantom = make_neural_phantom((nz_sim, n_sim, n_sim), voxel_m=voxel, energy_kev=cfg.energy_kev,
+                                      seed=cfg.seed, sample_radius_px=radius)
+    if phantom.delta.shape != (nz_sim, n_sim, n_sim):
+        raise ValueError(f"phantom shape {phantom.delta.shape} must be {(nz_sim, n_sim, n_sim)} for this config")
+
+    offsets = np.zeros((K, 2))
+    for k in range(K):
+        if k != ref:
+            offsets[k] = rng.uniform(-cfg.offset_px, cfg.offset_px, size=2)
+    drift_dir = rng.standard_normal(2)
+    drift_dir /= np.linalg.norm(drift_dir)
+    warp_field = np.stack([_smooth_field(rng, (nz_sim, n_sim), n_sim / 6) for _ in range(2)])
+    beams = [_Beam(rng, (cfg.ny, cfg.nx), cfg.beam_drift) for _ in range(K)]
+    lam = wavelength_m(cfg.energy_kev)
+    k_wave = 2 * np.pi / lam
+    c_sim = (n_sim - 1) / 2
+    cz_sim = (nz_sim - 1) / 2
+    cor_px = (cfg.nx - 1) / 2 + cfg.cor_offset_px
+    pad = max(16, int(2 * np.sqrt(lam * max(geo.propagation_distances_m)) / voxel))
+
+    angles = np.arange(cfg.n_angles) * cfg.angular_range_deg / cfg.n_angles
+    returns = np.asarray(cfg.return_angles_deg, dtype=float)
+    frames_per_distance = cfg.n_darks + 2 * cfg.n_flats + cfg.n_angles + returns.size
+    total_frames = K * frames_per_distance
+
+    def t_of(k: int, i: int) -> float:
+        """Normalised acquisition time of frame i of distance k (distances recorded one after another)."""
+        return (k * frames_per_distance + i) / max(total_frames - 1, 1)
+
+    def drift(t: float) -> np.ndarray:
+        return cfg.drift_px * drift_dir * np.sin(0.5 * np.pi * t)
+
+    def counts(k: int, intensity: np.ndarray, t: float) -> np.ndarray:
+        mean = cfg.photons * beams[k].at(t) * np.clip(intensity, 0, None)
+        return rng.poisson(mean) + cfg.dark_level + cfg.read_noise * rng.standard_normal(mean.shape)
+
+    def hologram(k: int, maps: np.ndarray, theta_t: float) -> np.ndarray:
+        """Detector intensity (no noise, unit beam) of distance k for projected maps [2, nz, n] in voxels."""
+        t = theta_t
+        shift = offsets[k] + drift(t)
+        m = _fourier_shift(maps, (shift[0], shift[1]))
+        if cfg.warp_scale or cfg.warp_px:
+            m = _warp_maps(m, 1.0 - cfg.warp_scale * t, warp_field, cfg.warp_px * t)
+        wave = np.exp(-k_wave * voxel * m[1] - 1j * k_wave * voxel * m[0])
+        inten = propagate(wave, geo.distances[k].propagation_distance_m, lam, voxel, pad)
+        ratio = geo.scale_to_reference(k)
+        origin = (cz_sim, c_sim - cfg.cor_offset_px)  # optical axis in sim coordinates
+        return _detector_sample(inten, ratio, origin, (cfg.ny, cfg.nx), cfg.detector_blur_px)
+
+    projector = ParallelProjector(np.concatenate([phantom.delta, phantom.beta], axis=0), n_det=n_sim, cor=c_sim)
+
+    def project(theta_deg: float) -> np.ndarray:
+        """Line integrals of delta and beta (voxel units) at one angle, [2, nz, n]."""
+        return projector(np.deg2rad(theta_deg)).reshape(2, nz_sim, n_sim)
+
+    files = [out / f"{cfg.name}_{k + 1}_.nx" for k in range(K)]
+    writers = [NXtomoWriter(files[k], (cfg.ny, cfg.nx), geo.distances[k], dtype=cfg.detector_dtype)
+               for k in range(K)]
+    ones = np.ones((cfg.ny, cfg.nx))
+    try:
+        for k, w in enumerate(writers):
+            dark = cfg.dark_level + cfg.read_noise * rng.standard_normal((cfg.n_darks, cfg.ny, cfg.nx))
+            w.append(dark, DARK, 0.0, cfg.count_time_s)
+            w.append(np.stack([counts(k, ones, t_of(k, cfg.n_darks + i)) for i in range(cfg.n_flats)]),
+                     FLAT, 0.0, cfg.count_time_s)
+        start = cfg.n_darks + cfg.n_flats
+        for i, theta in enumerate(angles):
+            maps = project(theta)
+            for k, w in enumerate(writers):
+                t = t_of(k, start + i)
+                w.append(counts(k, hologram(k, maps, t), t), PROJECTION, theta, cfg.count_time_s)
+            if progress:
+                progress(i + 1, cfg.n_angles + returns.size)
+        for k, w in enumerate(writers):
+            t0 = start + cfg.n_angles
+            w.append(np.stack([counts(k, ones, t_of(k, t0 + i)) for i in range(cfg.n_flats)]),
+                     FLAT, angles[-1], cfg.count_time_s)
+        for j, theta in enumerate(returns):
+            maps = project(theta)
+            for k, w in enumerate(writers):
+                t = t_of(k, start + cfg.n_angles + cfg.n_flats + j)
+                w.append(counts(k, hologram(k, maps, t), t), PROJECTION, theta, cfg.count_time_s,
+                         image_key_control=RETURN)
+            if progress:
+                progress(cfg.n_angles + j + 1, cfg.n_angles + returns.size)
+    finally:
+        for w in writers:
+            w.close()
+
+    # Ground truth on the reference reconstruction grid: rows of the reference detector, an nx x nx slice
+    # centred on the rotation axis.
+    z0 = margin
+    x0 = int(round(c_sim - (cfg.nx - 1) / 2))
+    crop = (slice(z0, z0 + cfg.ny), slice(x0, x0 + cfg.nx), slice(x0, x0 + cfg.nx))
+    truth_file = out / TRUTH_FILE
+    record = {"config": asdict(cfg), "offsets_px": offsets.tolist(), "cor_px": cor_px,
+              "voxel_m": voxel, "sign_convention": "n = 1 - delta + i beta; phase = -k * integral(delta)"}
+    # Voxels seen at every angle: the cylinder inscribed in the reference field of view.
+    yy, xx = np.mgrid[0 : cfg.nx, 0 : cfg.nx] - (cfg.nx - 1) / 2
+    seen = np.hypot(yy, xx) <= (cfg.nx - 1) / 2 - abs(cfg.cor_offset_px) - cfg.drift_px - 1
+    with h5py.File(truth_file, "w") as f:
+        for name in ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample"):
+            f.create_dataset(name, data=getattr(phantom, name)[crop], compression="gzip")
+        f.create_dataset("field_of_view", data=np.broadcast_to(seen, (cfg.ny, cfg.nx, cfg.nx)), compression="gzip")
+        f["delta"].attrs["voxel_m"] = voxel
+        f.attrs["record"] = json.dumps(record)
+    return SimulatedScan(out, files, truth_file, cfg, offsets, cor_px)
+
+
+def read_truth(folder: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read the ground truth and simulation record written by :func:`simulate_scan`."""
+    with h5py.File(Path(folder) / TRUTH_FILE, "r") as f:
+        return {k: f[k][()] for k in f}, json.loads(f.attrs["record"])
