@@ -34,6 +34,9 @@ class ProcessConfig:
         Multiplier on delta/beta for Paganin previews (1 = physical value).
     fbp_window : str
         Ramp filter window: ram-lak, shepp-logan, cosine, hamming, hann.
+    fbp_padding : str
+        How detector rows are extended before ramp filtering: ``edge`` (default; XNH projections are
+        truncated because the sample fills the field of view) or ``zeros`` (a sample entirely inside it).
     cor : float or None
         Rotation-axis column in reference-detector pixels; ``None`` estimates it.
     align : bool
@@ -42,6 +45,10 @@ class ProcessConfig:
         Number of evenly spread angles on which distance shifts are measured before fitting the model.
     align_model_degree : int
         Polynomial degree of the smooth shift-versus-angle model.
+    align_delta_beta : float
+        delta/beta of the Paganin filter that makes the distances comparable for registration. Small
+        values keep the filter kernel short, so that the different fields of view of the distances do
+        not bias the shifts.
     flat_pca_components : int
         0 for interpolated flats; >0 for dynamic (PCA) flat-field with that many components.
     detector_gain : float
@@ -59,10 +66,12 @@ class ProcessConfig:
     ctf_alpha_high: float = 1e-1
     paganin_delta_beta_scale: float = 1.0
     fbp_window: str = "shepp-logan"
+    fbp_padding: str = "edge"
     cor: float | None = None
     align: bool = True
     align_angles: int = 48
     align_model_degree: int = 2
+    align_delta_beta: float = 3.0
     flat_pca_components: int = 0
     detector_gain: float = 1.0
     detector_efficiency: float = 1.0
@@ -74,9 +83,11 @@ class ProcessConfig:
             "paganin_delta_beta_scale": self.paganin_delta_beta_scale > 0,
             "fbp_window": self.fbp_window in {"ram-lak", "shepp-logan", "cosine", "hamming", "hann"},
             "align_angles": self.align_angles >= 3, "align_model_degree": 0 <= self.align_model_degree <= 6,
+            "align_delta_beta": self.align_delta_beta > 0,
             "flat_pca_components": self.flat_pca_components >= 0, "detector_gain": self.detector_gain > 0,
             "detector_efficiency": 0 < self.detector_efficiency <= 1, "sample_density": self.sample_density > 0,
             "backend": self.backend in {"numpy", "cupy"},
+            "fbp_padding": self.fbp_padding in {"edge", "zeros"},
             "delta_beta": self.delta_beta is None or self.delta_beta > 0,
         }
         for key, ok in checks.items():
