@@ -28,8 +28,11 @@ class ProcessConfig:
         and ``sample_density`` at the scan energy (xraydb).
     sample_formula, sample_density : str, float
         Mean sample composition (chemical formula, g/cm^3), for delta/beta and for the dose.
-    ctf_alpha_low, ctf_alpha_high : float
-        Two-level Tikhonov regularisation of the CTF inversion (low / high frequencies).
+    ctf_alpha_low : float
+        CTF regularisation at low frequencies, relative to ``2 K (beta/delta)^2`` (the CTF denominator at
+        zero frequency for K distances): 0.1 keeps 90 % of the mean phase.
+    ctf_alpha_high : float
+        CTF regularisation at high frequencies (absolute; compare with ``2 sum_k A_k^2 ~ K``).
     paganin_delta_beta_scale : float
         Multiplier on delta/beta for Paganin previews (1 = physical value).
     fbp_window : str
@@ -60,10 +63,10 @@ class ProcessConfig:
     """
 
     delta_beta: float | None = None
-    sample_formula: str = "C5H8O2Os0.02"
-    sample_density: float = 1.3
-    ctf_alpha_low: float = 1e-3
-    ctf_alpha_high: float = 1e-1
+    sample_formula: str = "C5H8O2Os0.065"
+    sample_density: float = 1.35
+    ctf_alpha_low: float = 0.1
+    ctf_alpha_high: float = 0.05
     paganin_delta_beta_scale: float = 1.0
     fbp_window: str = "shepp-logan"
     fbp_padding: str = "edge"
@@ -71,7 +74,7 @@ class ProcessConfig:
     align: bool = True
     align_angles: int = 48
     align_model_degree: int = 2
-    align_delta_beta: float = 3.0
+    align_delta_beta: float = 0.3
     flat_pca_components: int = 0
     detector_gain: float = 1.0
     detector_efficiency: float = 1.0

@@ -297,7 +297,8 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
         inl = model.inliers
         shift_record[f"distance_{k + 1}"] = {
             "measured_angles": model.n_points, "inliers": int(inl.sum()),
-            "mean_shift_px": model(float(np.median(thetas_deg))).round(3).tolist(),
+            "at_angle_deg": float(np.median(thetas_deg)),
+            "shift_px": model(float(np.median(thetas_deg))).round(3).tolist(),
             "rms_residual_px": float(np.sqrt(np.mean(model.residuals()[inl] ** 2)))}
 
     # --- centre of rotation --------------------------------------------------------------------------
@@ -314,7 +315,8 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
         """CTF inversion for the distances present at an angle (all four, normally), on the reference pixel."""
         if which not in retrievers:
             sub = ScanGeometry(tuple(geo.distances[k] for k in which))
-            retrievers[which] = CTFRetriever(sub, (ny, nx), delta_beta, alpha_low=config.ctf_alpha_low,
+            alpha_low = config.ctf_alpha_low * 2 * len(which) / delta_beta**2
+            retrievers[which] = CTFRetriever(sub, (ny, nx), delta_beta, alpha_low=alpha_low,
                                              alpha_high=config.ctf_alpha_high, pixel_m=voxel, xp=xp)
         return retrievers[which]
 

@@ -36,7 +36,13 @@ TRUTH_FILE = "truth.h5"
 
 @dataclass
 class SimulationConfig:
-    """Parameters of a simulated XNH scan (defaults: ID16A-like, 17 keV, ~100 nm voxels).
+    """Parameters of a simulated XNH scan (17 keV, 100 nm voxels, a stained neural-tissue pin).
+
+    The default distances are those of ID16A scaled down 16 times (pixel Fresnel numbers 0.055 to
+    0.072 instead of 0.0035 to 0.0046) so that a small test frame (128 px) spans about as many Fresnel
+    zones as a 2048-px ID16A frame does; at the real Fresnel numbers the first Fresnel zone (17 px) and
+    the Paganin kernel (~80 px at delta/beta ~ 300) are a large fraction of a 128-px frame and edge
+    truncation dominates. :meth:`id16a` gives the real distances, for frames of 1024 px and more.
 
     Attributes
     ----------
@@ -76,20 +82,23 @@ class SimulationConfig:
         Mean dark counts and read noise (counts).
     seed : int
         Random seed (phantom, offsets, noise).
+    membrane_px, calibre_px : float
+        Phantom membrane thickness and typical neurite radius, in voxels.
     sample_radius_px : float or None
-        Radius of the cylindrical sample (reference pixels). ``None``: the sample fills the field of
-        view of every distance, as in XNH (local tomography); a smaller value puts a pin in air.
+        Radius of the cylindrical sample pin (reference pixels). ``None``: 0.44 nx, a re-embedded pin
+        just inside the field of view (the paper's sample preparation). A radius beyond the simulation
+        grid makes the sample fill the field of view of every distance (local tomography).
     """
 
     nx: int = 128
     ny: int = 64
     n_angles: int = 180
     angular_range_deg: float = 180.0
-    z1_m: tuple[float, ...] = (0.0400, 0.0412, 0.0448, 0.0520)
+    z1_m: tuple[float, ...] = (0.00250, 0.002575, 0.00280, 0.00325)
     focus_detector_m: float = 1.208
-    pixel_m: float = 3.0e-6
+    pixel_m: float = 100e-9 * 1.208 / 0.00250  # 100 nm voxels at the first distance
     energy_kev: float = 17.0
-    photons: float = 5000.0
+    photons: float = 20000.0
     count_time_s: float = 0.1
     dead_time_s: float = 0.01
     n_flats: int = 11
@@ -99,14 +108,23 @@ class SimulationConfig:
     cor_offset_px: float = 2.3
     warp_scale: float = 0.0
     warp_px: float = 0.0
-    beam_drift: float = 0.05
+    beam_drift: float = 0.02
     detector_blur_px: float = 0.5
     dark_level: float = 100.0
     read_noise: float = 2.0
     seed: int = 0
+    membrane_px: float = 2.0
+    calibre_px: float = 6.0
     sample_radius_px: float | None = None
     name: str = "phantom"
     return_angles_deg: tuple[float, ...] = (180.0, 90.0, 0.0)
+
+    @classmethod
+    def id16a(cls, **overrides: object) -> SimulationConfig:
+        """ID16A-like distances at 17 keV (Fresnel numbers ~0.004, 100 nm voxels) on a 2048-px frame."""
+        z1 = (0.0400, 0.0412, 0.0448, 0.0520)
+        base = {"z1_m": z1, "pixel_m": 100e-9 * 1.208 / z1[0], "nx": 2048, "ny": 2048, "n_angles": 1800}
+        return cls(**{**base, **overrides})  # type: ignore[arg-type]
 
     def geometry(self) -> ScanGeometry:
         """The scan geometry these parameters describe."""
@@ -277,9 +295,10 @@ def simulate_scan(out: str | Path, cfg: SimulationConfig | None = None, phantom:
     rng = np.random.default_rng(cfg.seed)
     voxel = geo.voxel_m
     if phantom is None:
-        radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else (n_sim - 1) / 2
+        radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else 0.44 * cfg.nx
         phantom = make_neural_phantom((nz_sim, n_sim, n_sim), voxel_m=voxel, energy_kev=cfg.energy_kev,
-                                      seed=cfg.seed, sample_radius_px=radius)
+                                      seed=cfg.seed, sample_radius_px=radius, membrane_px=cfg.membrane_px,
+                                      calibre_px=cfg.calibre_px)
     if phantom.delta.shape != (nz_sim, n_sim, n_sim):
         raise ValueError(f"phantom shape {phantom.delta.shape} must be {(nz_sim, n_sim, n_sim)} for this config")
 
@@ -333,6 +352,9 @@ def simulate_scan(out: str | Path, cfg: SimulationConfig | None = None, phantom:
         """Line integrals of delta and beta (voxel units) at one angle, [2, nz, n]."""
         return projector(np.deg2rad(theta_deg)).reshape(2, nz_sim, n_sim)
 
+    # Lateral displacement of the sample (reference pixels; content moves by +d) at every projection.
+    displacement = np.stack([[offsets[k] + drift(t_of(k, cfg.n_darks + cfg.n_flats + i)) for i in range(cfg.n_angles)]
+                             for k in range(K)])
     files = [out / f"{cfg.name}_{k + 1}_.nx" for k in range(K)]
     writers = [NXtomoWriter(files[k], (cfg.ny, cfg.nx), geo.distances[k], dtype=cfg.detector_dtype)
                for k in range(K)]
@@ -373,7 +395,9 @@ def simulate_scan(out: str | Path, cfg: SimulationConfig | None = None, phantom:
     x0 = int(round(c_sim - (cfg.nx - 1) / 2))
     crop = (slice(z0, z0 + cfg.ny), slice(x0, x0 + cfg.nx), slice(x0, x0 + cfg.nx))
     truth_file = out / TRUTH_FILE
+    sample = phantom.sample[crop]
     record = {"config": asdict(cfg), "offsets_px": offsets.tolist(), "cor_px": cor_px,
+              "delta_beta": float(phantom.delta[crop][sample].sum() / max(phantom.beta[crop][sample].sum(), 1e-30)),
               "voxel_m": voxel, "sign_convention": "n = 1 - delta + i beta; phase = -k * integral(delta)"}
     # Voxels seen at every angle: the cylinder inscribed in the reference field of view.
     yy, xx = np.mgrid[0 : cfg.nx, 0 : cfg.nx] - (cfg.nx - 1) / 2
@@ -382,6 +406,8 @@ def simulate_scan(out: str | Path, cfg: SimulationConfig | None = None, phantom:
         for name in ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample"):
             f.create_dataset(name, data=getattr(phantom, name)[crop], compression="gzip")
         f.create_dataset("field_of_view", data=np.broadcast_to(seen, (cfg.ny, cfg.nx, cfg.nx)), compression="gzip")
+        f.create_dataset("displacement_px", data=displacement)  # [K, n_angles, (dy, dx)]
+        f.create_dataset("angles_deg", data=angles)
         f["delta"].attrs["voxel_m"] = voxel
         f.attrs["record"] = json.dumps(record)
     return SimulatedScan(out, files, truth_file, cfg, offsets, cor_px)
