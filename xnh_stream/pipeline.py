@@ -348,7 +348,7 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
 
     # --- quality: FSC, edge fit, dose ----------------------------------------------------------------
     res = half_volume_resolution(halves[0], halves[1], voxel)
-    edge = edge_resolution(volume, voxel_m=voxel)
+    edge = edge_resolution(volume, voxel_m=voxel, half_length=float(max(3, min(12, (min(volume.shape) - 4) // 2))))
     mu_rho = mass_attenuation_m2_per_kg(config.sample_formula, config.sample_density, energy)
     per_distance = []
     for r, d in zip(readers, scan.distances):

@@ -222,19 +222,21 @@ def propagate(wave: np.ndarray, distance_m: float, wavelength: float, pixel_m: f
     wavelength, pixel_m : float
         Wavelength and sampling pitch in metres.
     pad : int
-        Padding on each side (reflect), removed afterwards.
+        Padding on each side (reflect), removed afterwards; 0 propagates the wave as periodic.
 
     Returns
     -------
     ndarray
         ``|U|^2`` on the input grid, float64.
     """
-    w = np.pad(wave, pad, mode="reflect")
+    w = np.pad(wave, pad, mode="reflect") if pad else wave
     fy = sfft.fftfreq(w.shape[0], d=pixel_m)[:, None]
     fx = sfft.fftfreq(w.shape[1], d=pixel_m)[None, :]
     h = np.exp(-1j * np.pi * wavelength * distance_m * (fx**2 + fy**2))
     u = sfft.ifft2(sfft.fft2(w, workers=-1) * h, workers=-1)
-    return np.abs(u[pad:-pad, pad:-pad]) ** 2
+    if pad:
+        u = u[pad:-pad, pad:-pad]
+    return np.abs(u) ** 2
 
 
 def _detector_sample(intensity: np.ndarray, ratio: float, origin_yx: tuple[float, float], shape: tuple[int, int],
