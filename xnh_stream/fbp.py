@@ -44,7 +44,8 @@ import numpy as np
 import scipy.fft
 import scipy.optimize
 
-from xnh_stream.xp import fft_module, fft_workers
+from xnh_stream.fsc import tukey_window
+from xnh_stream.xp import check_finite, fft_module, fft_workers
 
 WINDOWS: tuple[str, ...] = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 PADDINGS: tuple[str, ...] = ("zeros", "edge")
@@ -111,11 +112,6 @@ def ramp_filter(n_det: int, window: str = "shepp-logan", dtype: str = "float32")
     return out
 
 
-def _check_finite(a: Any, xp: ModuleType, what: str) -> None:
-    if not bool(xp.isfinite(a).all()):
-        raise ValueError(f"{what} contains NaN or infinite values")
-
-
 def filter_projection(
     proj: Any, window: str = "shepp-logan", xp: ModuleType = np, padding: str = "zeros"
 ) -> Any:
@@ -143,7 +139,7 @@ def filter_projection(
     proj = xp.asarray(proj)
     if proj.ndim < 1 or proj.shape[-1] < 1:
         raise ValueError(f"projection must have at least one detector column, got shape {proj.shape}")
-    _check_finite(proj, xp, "projection")
+    check_finite(proj, "projection", xp)
     n_det = int(proj.shape[-1])
     length = padded_length(n_det)
     fft = fft_module(xp)
@@ -456,12 +452,6 @@ def fbp(
 # --------------------------------------------------------------------------------------------------
 # Centre of rotation
 # --------------------------------------------------------------------------------------------------
-def _tukey(n: int, alpha: float = 0.25) -> np.ndarray:
-    from xnh_stream.fsc import tukey_window  # noqa: PLC0415
-
-    return tukey_window(n, alpha).astype(np.float64)
-
-
 def _correlation_shift(
     a: np.ndarray, b: np.ndarray, lowpass_px: float, max_dy: int
 ) -> tuple[float, float]:
@@ -471,7 +461,7 @@ def _correlation_shift(
     refined by maximising the correlation evaluated off-grid by its Fourier series.
     """
     ny, nx = a.shape
-    win = _tukey(ny)[:, None] * _tukey(nx)[None, :]
+    win = tukey_window(ny, 0.25).astype(np.float64)[:, None] * tukey_window(nx, 0.25)[None, :]
 
     def prep(im: np.ndarray) -> np.ndarray:
         return (im - np.average(im, weights=win)) * win
@@ -573,8 +563,8 @@ def estimate_cor(
         a, b = a[None], b[None]
     if a.ndim != 2 or a.shape[1] < 4:
         raise ValueError(f"projections must be [rows, n_det] with n_det >= 4, got {a.shape}")
-    _check_finite(a, np, "proj0")
-    _check_finite(b, np, "proj180")
+    check_finite(a, "proj0", np)
+    check_finite(b, "proj180", np)
     ny, nx = a.shape
     mirrored = b[:, ::-1]
     max_dy = ny // 4 if max_vertical_shift is None else int(max_vertical_shift)
@@ -646,8 +636,8 @@ def estimate_cor_sinogram(
         raise ValueError(f"{thetas.size} angles for {n_angles} sinogram rows")
     if n_det < 8 or n_angles < 8:
         raise ValueError(f"sinogram too small for a centre search: {sino.shape}")
-    _check_finite(sino, np, "sinogram")
-    _check_finite(thetas, np, "thetas")
+    check_finite(sino, "sinogram", np)
+    check_finite(thetas, "thetas", np)
     centre = (n_det - 1) / 2.0
     search = n_det / 8.0 if search_px is None else float(search_px)
     if not 0 < search < n_det / 2:

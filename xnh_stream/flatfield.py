@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .xp import ndimage_module, to_numpy
+from .xp import check_finite, ndimage_module, to_numpy
 
 __all__ = ["flat_field", "FlatInterpolator", "PCAFlats"]
 
@@ -34,13 +34,6 @@ log = logging.getLogger(__name__)
 
 #: Output value of pixels whose ``flat - dark`` is not positive (neutral transmission).
 DEAD_PIXEL_VALUE = 1.0
-
-
-def _check_finite(xp: ModuleType, name: str, a: Any) -> None:
-    if not bool(xp.isfinite(a).all()):
-        n_nan = int(xp.isnan(a).sum())
-        n_inf = int(xp.isinf(a).sum())
-        raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} inf)")
 
 
 def flat_field(frame: Any, dark: Any, flat: Any, xp: ModuleType = np) -> Any:
@@ -77,7 +70,7 @@ def flat_field(frame: Any, dark: Any, flat: Any, xp: ModuleType = np) -> Any:
     if dark.ndim != 0 and dark.shape != det:
         raise ValueError(f"dark shape {dark.shape} does not match frame detector shape {det}")
     for name, a in (("frame", frame), ("dark", dark), ("flat", flat)):
-        _check_finite(xp, name, a)
+        check_finite(a, name, xp)
     dark32 = dark.astype(xp.float32, copy=False)
     den = flat.astype(xp.float32) - dark32
     bad = den <= 0
@@ -118,7 +111,7 @@ class FlatInterpolator:
             raise ValueError(f"flats must be a stack [m, ny, nx], got shape {stack.shape}")
         if stack.shape[0] != pos.size:
             raise ValueError(f"{stack.shape[0]} flat images but {pos.size} positions")
-        _check_finite(xp, "flats", stack)
+        check_finite(stack, "flats", xp)
         order = np.argsort(pos, kind="stable")
         pos = pos[order]
         if np.any(np.diff(pos) == 0):
@@ -227,8 +220,8 @@ class PCAFlats:
         dark = xp.asarray(dark, dtype=xp.float32)
         if dark.ndim != 0 and dark.shape != flats.shape[1:]:
             raise ValueError(f"dark shape {dark.shape} does not match flats shape {flats.shape[1:]}")
-        _check_finite(xp, "flats", flats)
-        _check_finite(xp, "dark", dark)
+        check_finite(flats, "flats", xp)
+        check_finite(dark, "dark", xp)
         if bin_px < 1 or sigma_px < 0:
             raise ValueError(f"bin_px must be >= 1 and sigma_px >= 0, got {bin_px}, {sigma_px}")
         self.xp = xp
@@ -286,7 +279,7 @@ class PCAFlats:
         frame = xp.asarray(frame)
         if frame.shape != self.mean_flat.shape:
             raise ValueError(f"frame shape {frame.shape} does not match flats shape {self.mean_flat.shape}")
-        _check_finite(xp, "frame", frame)
+        check_finite(frame, "frame", xp)
         if self.n_components == 0:
             return np.zeros(0)
         target = to_numpy(self._lowpass(frame.astype(xp.float32) - self.dark).reshape(-1))

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import scipy.optimize
+import scipy.signal
 import scipy.special
 
 from xnh_stream.xp import fft_module, fft_workers, to_numpy
@@ -38,18 +39,8 @@ DEFAULT_TUKEY_ALPHA = 0.25
 # --------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=16)
 def tukey_window(n: int, alpha: float) -> np.ndarray:
-    """Tukey window (flat top, cosine edges covering ``alpha`` of the length), read-only float32."""
-    if alpha <= 0 or n < 3:
-        w = np.ones(n)
-    else:
-        x = np.arange(n) / (n - 1)
-        w = np.ones(n)
-        edge = alpha / 2
-        lo = x < edge
-        hi = x > 1 - edge
-        w[lo] = 0.5 * (1 - np.cos(np.pi * x[lo] / edge))
-        w[hi] = 0.5 * (1 - np.cos(np.pi * (1 - x[hi]) / edge))
-    w = w.astype(np.float32)
+    """Tukey window (flat top, cosine edges covering ``alpha`` of the length), cached, read-only float32."""
+    w = scipy.signal.windows.tukey(n, alpha).astype(np.float32) if alpha > 0 and n >= 3 else np.ones(n, np.float32)
     w.flags.writeable = False
     return w
 

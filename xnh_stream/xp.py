@@ -99,3 +99,11 @@ def to_numpy(a: Any) -> np.ndarray:
         return a
     get = getattr(a, "get", None)
     return np.asarray(get() if get is not None else a)
+
+
+def check_finite(a: Any, name: str, xp: ModuleType = np) -> None:
+    """Raise ValueError naming ``name`` when ``a`` holds NaN or infinite values."""
+    if not bool(xp.isfinite(a).all()):
+        n_nan = int(xp.isnan(a).sum())
+        n_inf = int(xp.isinf(a).sum())
+        raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} inf)")
