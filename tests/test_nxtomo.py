@@ -38,7 +38,7 @@ def test_round_trip_geometry_keys_and_frames(tmp_path):
     with h5py.File(p) as f:
         raw = f["entry0000/instrument/detector/data"][5:8].astype(np.float32)
     np.testing.assert_array_equal(frames, raw[[2, 0, 1]])
-    assert np.all(s.mean_dark() == 100)
+    assert np.all(s.read_frames(s.indices(DARK)) == 100)
 
 
 def test_our_files_load_in_the_nxtomo_package(tmp_path):

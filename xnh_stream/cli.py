@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -115,12 +114,12 @@ def cmd_process(a: argparse.Namespace) -> int:
         result = process_scan(a.scan, a.out, config, progress=update)
     finally:
         close()
-    _summarise(result.report, Path(a.out))
+    _summarise(result.report)
     print(f"volume: {Path(a.out) / VOLUME_NAME}\nreport: {Path(a.out) / REPORT_NAME}")
     return 0
 
 
-def _summarise(report: dict, out: Path) -> None:
+def _summarise(report: dict) -> None:
     fr = report["frames"]
     print(f"frames: {fr['received']} received, {fr['processed']} processed, {fr['quarantined']} quarantined")
     print(f"FSC resolution (half-bit): {report['fsc']['resolution_m'] * 1e9:.0f} nm; "
@@ -144,7 +143,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         result = process_scan(sim.folder, out_dir, _process_config(a), progress=update)
     finally:
         close()
-    _summarise(result.report, out_dir)
+    _summarise(result.report)
     print(f"scan:   {scan_dir}\nvolume: {out_dir / 'volume.ome.zarr'}\nreport: {out_dir / 'report.json'}")
     return 0
 

@@ -33,8 +33,6 @@ class ProcessConfig:
         zero frequency for K distances): 0.1 keeps 90 % of the mean phase.
     ctf_alpha_high : float
         CTF regularisation at high frequencies (absolute; compare with ``2 sum_k A_k^2 ~ K``).
-    paganin_delta_beta_scale : float
-        Multiplier on delta/beta for Paganin previews (1 = physical value).
     fbp_window : str
         Ramp filter window: ram-lak, shepp-logan, cosine, hamming, hann.
     fbp_padding : str
@@ -67,7 +65,6 @@ class ProcessConfig:
     sample_density: float = 1.35
     ctf_alpha_low: float = 0.1
     ctf_alpha_high: float = 0.05
-    paganin_delta_beta_scale: float = 1.0
     fbp_window: str = "shepp-logan"
     fbp_padding: str = "edge"
     cor: float | None = None
@@ -83,7 +80,6 @@ class ProcessConfig:
     def __post_init__(self) -> None:
         checks = {
             "ctf_alpha_low": self.ctf_alpha_low >= 0, "ctf_alpha_high": self.ctf_alpha_high >= 0,
-            "paganin_delta_beta_scale": self.paganin_delta_beta_scale > 0,
             "fbp_window": self.fbp_window in {"ram-lak", "shepp-logan", "cosine", "hamming", "hann"},
             "align_angles": self.align_angles >= 3, "align_model_degree": 0 <= self.align_model_degree <= 6,
             "align_delta_beta": self.align_delta_beta > 0,

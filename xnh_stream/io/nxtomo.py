@@ -223,19 +223,6 @@ class NXtomoScan:
             except (OSError, ValueError) as exc:
                 raise InputError(self.path, f"frames {indices} cannot be read: {exc}", FIELDS["data"]) from exc
 
-    def flat_series(self) -> list[tuple[float, np.ndarray]]:
-        """Each run of consecutive flats as ``(mean frame index, frames [m, ny, nx])``."""
-        idx = self.indices(FLAT)
-        if idx.size == 0:
-            return []
-        runs = np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
-        return [(float(r.mean()), self.read_frames(r)) for r in runs]
-
-    def mean_dark(self) -> np.ndarray | None:
-        """Mean of all dark frames, or ``None`` when the file has none."""
-        idx = self.indices(DARK)
-        return self.read_frames(idx).mean(axis=0) if idx.size else None
-
 
 def read_nxtomo(path: str | Path, entry: str | None = None) -> NXtomoScan:
     """Read and validate the metadata of one NXtomo file.
