@@ -377,6 +377,22 @@ class FBPAccumulator:
         backproject(filtered, float(theta), self.cor, self._sums[half], xp=xp, workers=self.workers)
         self._counts[half] += 1
 
+    def replace(self, old: Any, new: Any, theta: float, index: int) -> None:
+        """Swap an added projection for another of the same angle (FBP is linear: back-project ``new - old``).
+
+        The angle count is unchanged; used to replace a preview (Paganin) contribution by the final one.
+        """
+        xp = self.xp
+        diff = xp.asarray(new, dtype=xp.float32) - xp.asarray(old, dtype=xp.float32)
+        if diff.shape != (self.n_slices, self.n_det):
+            raise ValueError(f"projection shape {diff.shape} does not match the accumulator "
+                             f"({self.n_slices}, {self.n_det})")
+        half = int(index) % 2
+        if self._counts[half] == 0:
+            raise ValueError("replace() needs a projection added to that half first")
+        filtered = filter_projection(diff, self.window, xp=xp, padding=self.padding)
+        backproject(filtered, float(theta), self.cor, self._sums[half], xp=xp, workers=self.workers)
+
     def volume(self) -> Any:
         """Full reconstruction ``pi / N * sum`` (a new array); raises if nothing was added."""
         if self.n_added == 0:

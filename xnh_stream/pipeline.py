@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import numpy as np
 import xraydb
 
 from . import __version__
-from .align import ShiftModel, align_to_reference, measure_distance_shifts
+from .align import ShiftModel, measure_distance_shifts
 from .config import ProcessConfig
 from .dose import central_mean, dose_gray, fluence_per_frame, mass_attenuation_m2_per_kg
 from .fbp import FBPAccumulator, estimate_cor, estimate_cor_sinogram
@@ -34,7 +33,8 @@ from .fsc import edge_resolution, half_volume_resolution
 from .geometry import ScanGeometry
 from .io.nxtomo import DARK, FLAT, FIELDS, InputError, NXtomoScan, Scan, frame_problem, read_scan
 from .io.omezarr import write_volume
-from .phase import CTFRetriever, retrieve_phase_paganin
+from .incremental import AngleProcessor
+from .phase import retrieve_phase_paganin
 from .xp import get_array_module, to_numpy
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,6 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
     energy = geo.energy_kev
     delta_beta = config.delta_beta or delta_beta_of(config.sample_formula, config.sample_density, energy)
     voxel = geo.voxel_m
-    k_wave = 2 * math.pi / geo.distances[0].wavelength_m
 
     readers = [DistanceFrames(d, config, ledger, xp) for d in scan.distances]
     thetas_deg, frames = match_angles(scan)
@@ -309,37 +308,18 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
     log.info("centre of rotation %.2f px (%s)", cor, cor_method)
 
     # --- phase retrieval and incremental FBP ---------------------------------------------------------
-    retrievers: dict[tuple[int, ...], CTFRetriever] = {}
-
-    def retriever(which: tuple[int, ...]) -> CTFRetriever:
-        """CTF inversion for the distances present at an angle (all four, normally), on the reference pixel."""
-        if which not in retrievers:
-            sub = ScanGeometry(tuple(geo.distances[k] for k in which))
-            alpha_low = config.ctf_alpha_low * 2 * len(which) / delta_beta**2
-            retrievers[which] = CTFRetriever(sub, (ny, nx), delta_beta, alpha_low=alpha_low,
-                                             alpha_high=config.ctf_alpha_high, pixel_m=voxel, xp=xp)
-        return retrievers[which]
-
+    processor = AngleProcessor(geo, (ny, nx), delta_beta, config, xp=xp)
+    processor.models = models
     acc = FBPAccumulator(ny, nx, cor=cor, window=config.fbp_window, padding=config.fbp_padding, xp=xp)
-    scale = -1.0 / (k_wave * voxel)  # phase [rad] -> line integral of delta in voxel units
     thetas = np.deg2rad(thetas_deg)
     used_angles = 0
     for i in range(n_angles):
-        aligned, which = [], []
-        for k in range(K):
-            img = readers[k].corrected(int(frames[i, k])) if frames[i, k] >= 0 else None
-            if img is None:
-                continue
-            if k != ref:
-                shift = tuple(models[k](thetas_deg[i])) if models[k] is not None else (0.0, 0.0)
-                img = align_to_reference(img, k, geo, shift, (ny, nx), xp=xp)
-            aligned.append(img)
-            which.append(k)
-        if not which:
+        images = {k: readers[k].corrected(int(frames[i, k])) for k in range(K) if frames[i, k] >= 0}
+        images = {k: im for k, im in images.items() if im is not None}
+        if not images:
             log.warning("angle %.3f deg: no usable frame at any distance", thetas_deg[i])
             continue
-        phi = retriever(tuple(which))(xp.stack(aligned))
-        acc.add(phi * scale, thetas[i], index=i)
+        acc.add(processor.ctf(images, float(thetas_deg[i])), thetas[i], index=i)
         used_angles += 1
         report_progress(i + 1, n_angles, "reconstruct")
 
