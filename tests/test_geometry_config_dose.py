@@ -56,3 +56,13 @@ def test_howells_dose_by_hand():
     with pytest.raises(ValueError):
         fluence_per_frame(1, 0, gain=1, efficiency=1.5, effective_pixel_m=1e-7)
     assert math.isfinite(dose_gray(mu_rho, 0.0, 17.0))
+
+
+def test_config_layers_file_env_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("delta_beta: 250\nfbp_window: hann\nalign_angles: 12\n")
+    env = {"XNH_DELTA_BETA": "300", "XNH_ALIGN": "false", "XNH_SOMETHING_ELSE": "x", "PATH": "/bin"}
+    c = ProcessConfig.layered(f, env=env, overrides={"fbp_window": "cosine", "cor": None})
+    assert (c.delta_beta, c.align, c.fbp_window, c.align_angles) == (300.0, False, "cosine", 12)
+    with pytest.raises(ConfigError, match="'align'"):
+        ProcessConfig.layered(env={"XNH_ALIGN": "maybe"})

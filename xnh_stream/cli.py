@@ -67,16 +67,12 @@ def _simulation_config(a: argparse.Namespace):  # noqa: ANN202
 
 
 def _process_config(a: argparse.Namespace) -> ProcessConfig:
-    values = ProcessConfig.from_file(a.config).to_dict() if a.config else {}
-    for key in ("delta_beta", "cor", "backend", "fbp_window"):
-        v = getattr(a, key, None)
-        if v is not None:
-            values[key] = v
-    if getattr(a, "pca", None) is not None:
-        values["flat_pca_components"] = a.pca
+    """Defaults < config file < XNH_* environment < command-line flags."""
+    flags = {key: getattr(a, key, None) for key in ("delta_beta", "cor", "backend", "fbp_window")}
+    flags["flat_pca_components"] = getattr(a, "pca", None)
     if getattr(a, "no_align", False):
-        values["align"] = False
-    return ProcessConfig.from_mapping(values)
+        flags["align"] = False
+    return ProcessConfig.layered(a.config, overrides=flags)
 
 
 def _add_process_args(p: argparse.ArgumentParser) -> None:

@@ -1,11 +1,14 @@
 """Processing options: one typed, validated dataclass, loadable from a YAML file.
 
-Unknown keys and bad values raise :class:`ConfigError` naming the key.
+Precedence (lowest to highest): defaults, the YAML file, environment variables ``XNH_<KEY>`` (upper
+case, e.g. ``XNH_DELTA_BETA=250``), command-line flags. Unknown keys and bad values raise
+:class:`ConfigError` naming the key (and the variable, for the environment).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -127,6 +130,31 @@ class ProcessConfig:
             raise ConfigError(f"{path}: top level must be a mapping of key: value")
         return cls.from_mapping(data)
 
+    @classmethod
+    def layered(cls, path: str | Path | None = None, env: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> ProcessConfig:
+        """Defaults, then the YAML file ``path``, then ``XNH_*`` environment variables, then ``overrides``."""
+        values = cls.from_file(path).to_dict() if path else {}
+        env = os.environ if env is None else env
+        known = {f.name for f in fields(cls)}
+        for name, raw in env.items():
+            if not name.startswith("XNH_"):
+                continue
+            key = name[4:].lower()
+            if key not in known:
+                continue  # XNH_* variables of other components (e.g. the stream) are not ours
+            values[key] = _parse_env(name, raw)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_mapping(values)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary of all options (for the report)."""
         return dataclasses.asdict(self)
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    """Parse an environment value with YAML rules (numbers, true/false, null), naming the variable on error."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"environment variable {name}: cannot parse {raw!r} ({exc})") from exc
