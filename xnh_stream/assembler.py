@@ -1,0 +1,213 @@
+"""Assemble a running scan from frames arriving in any order (Ray-free).
+
+:class:`ScanAssembler` receives every frame once (with its metadata), keeps the darks and flats of each
+distance, flat-fields projections with the flats known so far, and says what to compute next:
+
+* a ``preview`` of an angle as soon as one distance has it (single-distance Paganin, fast feedback);
+* the ``final`` CTF projection of an angle once every distance has it.
+
+It also fits the distance alignment progressively: on every ``align_every``-th complete angle the shifts
+of each distance are measured and added to a :class:`~xnh_stream.align.ShiftModel`.
+
+Distances are told apart by ``z1`` and numbered by increasing ``z1`` (the reference, most magnified,
+is 0) once ``n_distances`` are known; before that, previews use the distances seen so far.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .align import ShiftModel, measure_distance_shifts
+from .flatfield import FlatInterpolator
+from .geometry import DistanceGeometry, ScanGeometry
+from .io.nxtomo import DARK, FLAT, INVALID, PROJECTION, RETURN, frame_problem
+
+log = logging.getLogger(__name__)
+
+
+class Frame(Protocol):
+    """What the assembler needs to know about a frame (ingest's records satisfy it)."""
+
+    frame_id: str
+    image_key: int
+    image_key_control: int
+    angle_deg: float
+    geometry: DistanceGeometry
+
+
+@dataclass
+class AngleWork:
+    """One unit of phase-retrieval work."""
+
+    kind: str  # "preview" or "final"
+    index: int  # angle index: order of first arrival of the angle (picks the FSC half)
+    theta_deg: float
+    frames: dict[int, np.ndarray]  # distance number -> flat-fielded frame
+    geometry: ScanGeometry
+
+
+@dataclass
+class _Distance:
+    geometry: DistanceGeometry
+    darks: list[np.ndarray] = field(default_factory=list)
+    flat_runs: list[tuple[float, list[np.ndarray]]] = field(default_factory=list)
+    last_kind: int | None = None
+    n_seen: int = 0
+    waiting: list[tuple[Frame, np.ndarray, float]] = field(default_factory=list)  # projections before flats
+    frames: dict[int, np.ndarray] = field(default_factory=dict)  # angle index -> flat-fielded frame
+    returns: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    interpolator: FlatInterpolator | None = None  # rebuilt when a flat arrives
+    dark: np.ndarray | None = None
+
+
+class ScanAssembler:
+    """Turn frames into preview and final work; see the module docstring.
+
+    Parameters
+    ----------
+    n_distances : int
+        Distances the scan has (4 for XNH).
+    frame_shape : tuple of int
+        ``(ny, nx)``.
+    delta_beta_align : float
+        delta/beta of the Paganin filter used to register distances.
+    align_every : int
+        Measure distance shifts on every n-th complete angle.
+    angle_tol_deg : float
+        Angles closer than this are the same angle.
+    """
+
+    def __init__(self, n_distances: int, frame_shape: tuple[int, int], delta_beta_align: float = 0.3,
+                 align_every: int = 4, align_degree: int = 2, angle_tol_deg: float = 0.01) -> None:
+        self.n_distances = n_distances
+        self.shape = tuple(frame_shape)
+        self.delta_beta_align = delta_beta_align
+        self.align_every = max(1, align_every)
+        self.align_degree = align_degree
+        self.tol = angle_tol_deg
+        self._dist: dict[float, _Distance] = {}
+        self._angles: list[float] = []  # angle of each index
+        self._final: set[int] = set()
+        self._n_complete = 0
+        self.models: dict[float, ShiftModel] = {}
+        self.quarantined: list[tuple[str, str]] = []
+
+    # ---------------------------------------------------------------------------------------------------
+    @property
+    def distance_keys(self) -> list[float]:
+        """z1 of the distances seen, increasing (index = distance number)."""
+        return sorted(self._dist)
+
+    @property
+    def geometry(self) -> ScanGeometry | None:
+        """Geometry of the distances seen so far (None before the first frame)."""
+        keys = self.distance_keys
+        return ScanGeometry(tuple(self._dist[k].geometry for k in keys)) if keys else None
+
+    @property
+    def complete(self) -> bool:
+        """All distances known."""
+        return len(self._dist) >= self.n_distances
+
+    def angle_index(self, theta_deg: float) -> int:
+        """Index of an angle, creating it at first sight."""
+        for i, a in enumerate(self._angles):
+            if abs(a - theta_deg) <= self.tol:
+                return i
+        self._angles.append(float(theta_deg))
+        return len(self._angles) - 1
+
+    # ---------------------------------------------------------------------------------------------------
+    def add(self, rec: Frame, frame: np.ndarray) -> list[AngleWork]:
+        """Take one frame; returns the work it makes possible (possibly none).
+
+        Unusable frames are recorded in :attr:`quarantined` as ``(frame_id, reason)``.
+        """
+        problem = frame_problem(np.asarray(frame), self.shape)
+        if problem:
+            self.quarantined.append((rec.frame_id, problem))
+            return []
+        key = round(rec.geometry.z1_m, 9)
+        d = self._dist.get(key)
+        if d is None:
+            d = self._dist[key] = _Distance(rec.geometry)
+            if len(self._dist) > self.n_distances:
+                raise ValueError(f"frame {rec.frame_id}: a {len(self._dist)}th distance (z1 = {key} m) in a "
+                                 f"scan of {self.n_distances}")
+        frame = np.asarray(frame, dtype=np.float32)
+        kind = rec.image_key
+        d.n_seen += 1
+        work: list[AngleWork] = []
+        if kind == DARK:
+            d.darks.append(frame)
+            d.dark = None
+        elif kind == FLAT:
+            if d.last_kind != FLAT or not d.flat_runs:
+                d.flat_runs.append((float(d.n_seen), []))
+            d.flat_runs[-1][1].append(frame)
+            d.interpolator = None
+            waiting, d.waiting = d.waiting, []
+            for r, f, p in waiting:  # projections that arrived before any flat
+                work += self._projection(d, r, f, p)
+        elif kind == PROJECTION and rec.image_key_control == RETURN:
+            d.returns.append((rec.angle_deg, frame))
+        elif kind == PROJECTION:
+            if not d.flat_runs:
+                d.waiting.append((rec, frame, float(d.n_seen)))
+            else:
+                work += self._projection(d, rec, frame, float(d.n_seen))
+        elif kind == INVALID:
+            self.quarantined.append((rec.frame_id, "image_key 3 (invalid) set by the acquisition"))
+        d.last_kind = kind
+        return work
+
+    def _flat_fielded(self, d: _Distance, frame: np.ndarray, position: float) -> np.ndarray:
+        if d.dark is None:
+            d.dark = np.mean(d.darks, axis=0) if d.darks else np.zeros(self.shape, np.float32)
+        if d.interpolator is None:
+            d.interpolator = FlatInterpolator.from_series([(p, np.stack(run)) for p, run in d.flat_runs])
+        return d.interpolator.correct(frame, position, d.dark)
+
+    def _projection(self, d: _Distance, rec: Frame, frame: np.ndarray, position: float) -> list[AngleWork]:
+        ff = self._flat_fielded(d, frame, position)
+        i = self.angle_index(rec.angle_deg)
+        d.frames[i] = ff
+        geo = self.geometry
+        k = self.distance_keys.index(round(d.geometry.z1_m, 9))
+        work = [AngleWork("preview", i, self._angles[i], {k: ff}, geo)]
+        if self.complete and i not in self._final and all(i in x.frames for x in self._dist.values()):
+            frames = {n: self._dist[z].frames.pop(i) for n, z in enumerate(self.distance_keys)}
+            self._final.add(i)
+            self._n_complete += 1
+            if self._n_complete % self.align_every == 1 or self.align_every == 1:
+                self._measure_shifts(frames, geo, self._angles[i])
+            work.append(AngleWork("final", i, self._angles[i], frames, geo))
+        return work
+
+    def _measure_shifts(self, frames: dict[int, np.ndarray], geo: ScanGeometry, theta: float) -> None:
+        res = measure_distance_shifts([frames[n] for n in range(len(frames))], geo, self.delta_beta_align)
+        for n, z in enumerate(self.distance_keys):
+            if n == geo.reference:
+                continue
+            model = self.models.setdefault(z, ShiftModel(order=self.align_degree))
+            model.add(theta, res.shifts_yx[n], ok=bool(res.ok[n]))
+
+    def shift_models(self) -> list[ShiftModel | None]:
+        """Current shift model of each distance number (None for the reference and unmeasured ones)."""
+        out: list[ShiftModel | None] = []
+        for z in self.distance_keys:
+            m = self.models.get(z)
+            out.append(m if m is not None and m.n_valid >= 1 else None)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """Progress per distance for logs and the live page."""
+        return {"distances": [{"z1_m": z, "frames": self._dist[z].n_seen,
+                               "projections_waiting_for_flats": len(self._dist[z].waiting)}
+                              for z in self.distance_keys],
+                "angles_seen": len(self._angles), "angles_final": len(self._final),
+                "quarantined": len(self.quarantined)}
