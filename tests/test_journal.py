@@ -11,8 +11,16 @@ import time
 
 import pytest
 
-from xnh_stream.journal import (PROCESSED, QUARANTINED, RECEIVED, FrameJournal, FrameRecord, TransitionError,
-                                frame_id, split_frame_id)
+from xnh_stream.journal import (
+    PROCESSED,
+    QUARANTINED,
+    RECEIVED,
+    FrameJournal,
+    FrameRecord,
+    TransitionError,
+    frame_id,
+    split_frame_id,
+)
 
 # --------------------------------------------------------------------------------------------------
 # A writer in a child process, killed with SIGKILL while it writes. Transaction b receives batch b,
