@@ -46,9 +46,13 @@ def run(assembler, frames):
     return works
 
 
-def test_sequential_acquisition(scan):
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_sequential_acquisition(scan, tmp_path, on_disk):
+    from xnh_stream.store import DistanceStore
+
     folder, s, frames = scan
-    a = ScanAssembler(4, s.frame_shape)
+    store = DistanceStore(tmp_path / "store", s.frame_shape) if on_disk else None
+    a = ScanAssembler(4, s.frame_shape, store=store)
     works = run(a, frames)
     n = s.distances[0].projection_indices.size
     finals = [w for w in works if w.kind == "final"]

@@ -25,6 +25,7 @@ from .align import ShiftModel, measure_distance_shifts
 from .flatfield import FlatInterpolator
 from .geometry import DistanceGeometry, ScanGeometry
 from .io.nxtomo import DARK, FLAT, INVALID, PROJECTION, RETURN, frame_problem
+from .store import DistanceStore
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class _Distance:
     last_kind: int | None = None
     n_seen: int = 0
     waiting: list[tuple[Frame, np.ndarray, float]] = field(default_factory=list)  # projections before flats
-    frames: dict[int, np.ndarray] = field(default_factory=dict)  # angle index -> flat-fielded frame
+    frames: dict[int, np.ndarray] = field(default_factory=dict)  # angle index -> frame (no store)
+    have: set[int] = field(default_factory=set)  # angle indices with a flat-fielded frame
     returns: list[tuple[float, np.ndarray]] = field(default_factory=list)
     interpolator: FlatInterpolator | None = None  # rebuilt when a flat arrives
     dark: np.ndarray | None = None
@@ -79,10 +81,15 @@ class ScanAssembler:
         Measure distance shifts on every n-th complete angle.
     angle_tol_deg : float
         Angles closer than this are the same angle.
+    store : DistanceStore, optional
+        Where flat-fielded frames wait for the other distances (on disk, so memory stays bounded over a
+        four-hour scan); without one they wait in memory.
     """
 
     def __init__(self, n_distances: int, frame_shape: tuple[int, int], delta_beta_align: float = 0.3,
-                 align_every: int = 4, align_degree: int = 2, angle_tol_deg: float = 0.01) -> None:
+                 align_every: int = 4, align_degree: int = 2, angle_tol_deg: float = 0.01,
+                 store: DistanceStore | None = None) -> None:
+        self.store = store
         self.n_distances = n_distances
         self.shape = tuple(frame_shape)
         self.delta_beta_align = delta_beta_align
@@ -175,18 +182,28 @@ class ScanAssembler:
     def _projection(self, d: _Distance, rec: Frame, frame: np.ndarray, position: float) -> list[AngleWork]:
         ff = self._flat_fielded(d, frame, position)
         i = self.angle_index(rec.angle_deg)
-        d.frames[i] = ff
+        if self.store is not None:
+            self.store.put(_store_key(d), self._angles[i], ff)
+        else:
+            d.frames[i] = ff
+        d.have.add(i)
         geo = self.geometry
         k = self.distance_keys.index(round(d.geometry.z1_m, 9))
         work = [AngleWork("preview", i, self._angles[i], {k: ff}, geo)]
-        if self.complete and i not in self._final and all(i in x.frames for x in self._dist.values()):
-            frames = {n: self._dist[z].frames.pop(i) for n, z in enumerate(self.distance_keys)}
+        if self.complete and i not in self._final and all(i in x.have for x in self._dist.values()):
+            frames = {n: self._take(self._dist[z], i) for n, z in enumerate(self.distance_keys)}
             self._final.add(i)
             self._n_complete += 1
             if self._n_complete % self.align_every == 1 or self.align_every == 1:
                 self._measure_shifts(frames, geo, self._angles[i])
             work.append(AngleWork("final", i, self._angles[i], frames, geo))
         return work
+
+    def _take(self, d: _Distance, i: int) -> np.ndarray:
+        """The flat-fielded frame of angle ``i`` of a distance (from the store, or from memory)."""
+        if self.store is not None:
+            return self.store.get(_store_key(d), self._angles[i])
+        return d.frames.pop(i)
 
     def _measure_shifts(self, frames: dict[int, np.ndarray], geo: ScanGeometry, theta: float) -> None:
         res = measure_distance_shifts([frames[n] for n in range(len(frames))], geo, self.delta_beta_align)
@@ -211,3 +228,8 @@ class ScanAssembler:
                               for z in self.distance_keys],
                 "angles_seen": len(self._angles), "angles_final": len(self._final),
                 "quarantined": len(self.quarantined)}
+
+
+def _store_key(d: _Distance) -> int:
+    """Store key of a distance: its z1 in nanometres."""
+    return int(round(d.geometry.z1_m * 1e9))
