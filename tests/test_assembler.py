@@ -57,7 +57,9 @@ def test_sequential_acquisition(scan, tmp_path, on_disk):
     n = s.distances[0].projection_indices.size
     finals = [w for w in works if w.kind == "final"]
     previews = [w for w in works if w.kind == "preview"]
-    assert len(previews) == 4 * n
+    assert sorted(w.index for w in previews) == list(range(n))  # one preview per angle
+    assert all(w.preview_distance == 0 for w in finals)  # distance 1 came first
+    assert all(len(set(w.frame_ids)) == 4 for w in finals)
     assert sorted(w.index for w in finals) == list(range(n))
     assert all(len(w.frames) == 4 for w in finals)
     assert a.quarantined == [] and a.state()["angles_final"] == n

@@ -49,6 +49,8 @@ class AngleWork:
     theta_deg: float
     frames: dict[int, np.ndarray]  # distance number -> flat-fielded frame
     geometry: ScanGeometry
+    frame_ids: list[str] = field(default_factory=list)  # the frames this work consumes
+    preview_distance: int | None = None  # final work: the distance whose preview it replaces
 
 
 @dataclass
@@ -60,7 +62,7 @@ class _Distance:
     n_seen: int = 0
     waiting: list[tuple[Frame, np.ndarray, float]] = field(default_factory=list)  # projections before flats
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # angle index -> frame (no store)
-    have: set[int] = field(default_factory=set)  # angle indices with a flat-fielded frame
+    have: dict[int, str] = field(default_factory=dict)  # angle index -> frame id of its flat-fielded frame
     returns: list[tuple[float, np.ndarray]] = field(default_factory=list)
     interpolator: FlatInterpolator | None = None  # rebuilt when a flat arrives
     dark: np.ndarray | None = None
@@ -99,6 +101,7 @@ class ScanAssembler:
         self._dist: dict[float, _Distance] = {}
         self._angles: list[float] = []  # angle of each index
         self._final: set[int] = set()
+        self._previewed: dict[int, float] = {}  # angle index -> z1 key of the distance previewed
         self._n_complete = 0
         self.models: dict[float, ShiftModel] = {}
         self.quarantined: list[tuple[str, str]] = []
@@ -186,17 +189,23 @@ class ScanAssembler:
             self.store.put(_store_key(d), self._angles[i], ff)
         else:
             d.frames[i] = ff
-        d.have.add(i)
+        d.have[i] = rec.frame_id
         geo = self.geometry
-        k = self.distance_keys.index(round(d.geometry.z1_m, 9))
-        work = [AngleWork("preview", i, self._angles[i], {k: ff}, geo)]
+        zkey = round(d.geometry.z1_m, 9)
+        work = []
+        if i not in self._previewed:  # one preview per angle, from the first distance that has it
+            self._previewed[i] = zkey
+            work.append(AngleWork("preview", i, self._angles[i], {self.distance_keys.index(zkey): ff}, geo,
+                                  [rec.frame_id]))
         if self.complete and i not in self._final and all(i in x.have for x in self._dist.values()):
             frames = {n: self._take(self._dist[z], i) for n, z in enumerate(self.distance_keys)}
+            ids = [self._dist[z].have[i] for z in self.distance_keys]
             self._final.add(i)
             self._n_complete += 1
             if self._n_complete % self.align_every == 1 or self.align_every == 1:
                 self._measure_shifts(frames, geo, self._angles[i])
-            work.append(AngleWork("final", i, self._angles[i], frames, geo))
+            work.append(AngleWork("final", i, self._angles[i], frames, geo, ids,
+                                  preview_distance=self.distance_keys.index(self._previewed[i])))
         return work
 
     def _take(self, d: _Distance, i: int) -> np.ndarray:

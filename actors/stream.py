@@ -1,0 +1,241 @@
+"""Ray actors of the live stream: thin wrappers around the :mod:`xnh_stream` core.
+
+Data flow (see DESIGN.md)::
+
+    source.poll() --> driver: journal + ScanAssembler (flat-field, DistanceStore)
+        --> PhaseWorker pool (Paganin preview / multi-distance CTF), bounded in flight
+        --> ReconShard actors (a slab of rows each, even/odd halves; previews replaced by CTF)
+    scan complete --> final pass: the batch chain on the same files (OUT/volume.ome.zarr, report.json)
+                  --> "scan_complete" event to the journal and to subscribers
+
+Frames and projections travel as Ray object references: a projection is put once and every shard
+reads it from the shared object store without a copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import ray
+
+from xnh_stream.assembler import AngleWork, ScanAssembler
+from xnh_stream.config import ProcessConfig
+from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
+from xnh_stream.journal import FrameJournal, frame_id
+from xnh_stream.pipeline import ChainResult, delta_beta_of, process_scan
+from xnh_stream.store import DistanceStore
+
+log = logging.getLogger(__name__)
+
+#: An actor that dies is restarted this many times, then the stream fails loudly.
+MAX_RESTARTS = 3
+
+
+@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+class PhaseWorker:
+    """Phase retrieval of one angle: a Paganin preview or the multi-distance CTF projection."""
+
+    def __init__(self, frame_shape: tuple[int, int], delta_beta: float, config: dict[str, Any]) -> None:
+        self.shape, self.delta_beta = tuple(frame_shape), delta_beta
+        self.config = ProcessConfig.from_mapping(config)
+        self._proc: AngleProcessor | None = None
+
+    def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The projection of ``work``; for final work also the preview it replaces (recomputed)."""
+        if self._proc is None or self._proc.geometry != work.geometry:
+            self._proc = AngleProcessor(work.geometry, self.shape, self.delta_beta, self.config)
+        self._proc.models = models if len(models) == len(work.geometry.distances) else [None] * len(models)
+        if work.kind == "preview":
+            ((k, frame),) = work.frames.items()
+            return self._proc.preview(k, frame, work.theta_deg), None
+        final = self._proc.ctf(work.frames, work.theta_deg)
+        k = work.preview_distance
+        previous = self._proc.preview(k, work.frames[k], work.theta_deg) if k is not None else None
+        return final, previous
+
+
+@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+class ReconShard:
+    """A slab of rows of the live volume (two half-volumes for FSC)."""
+
+    def __init__(self, frame_shape: tuple[int, int], rows: tuple[int, int], cor: float, window: str,
+                 padding: str) -> None:
+        ny, nx = frame_shape
+        self.rows = slice(*rows)
+        self.vol = ProgressiveVolume(ny, nx, cor=cor, window=window, padding=padding, rows=self.rows)
+
+    def add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool) -> int:
+        """Back-project one projection (previews are not kept: finals carry the preview they replace)."""
+        projection, previous = result
+        if final and index not in self.vol._state:  # no preview of this angle reached the shard
+            self.vol.add(index, theta_rad, projection, final=True)
+        else:
+            self.vol.add(index, theta_rad, projection, final=final, previous=previous)
+        self.vol.forget_preview(index)
+        return self.vol.n_final
+
+    def volume(self) -> tuple[int, np.ndarray]:
+        """First row and the slab's current volume."""
+        return self.rows.start, np.asarray(self.vol.volume())
+
+    def progress(self) -> dict[str, int]:
+        """Angles in the slab as preview and as final."""
+        return {"preview": self.vol.n_preview, "final": self.vol.n_final}
+
+
+class FrameSource(Protocol):
+    """Where frames come from (a folder watcher, a list in tests)."""
+
+    def poll(self) -> list[tuple[Any, np.ndarray]]:
+        """New complete frames as ``(record, pixels)``; each frame once."""
+
+    def finished(self) -> bool:
+        """True once the scan's last frame has been delivered."""
+
+
+@dataclass
+class StreamResult:
+    """What :func:`run_stream` produced."""
+
+    final: ChainResult | None
+    live_volume: np.ndarray | None
+    counts: dict[str, int]
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: ProcessConfig, n_distances: int = 4,
+               n_workers: int = 2, n_shards: int = 2, max_in_flight: int = 8, poll_interval_s: float = 0.2,
+               on_progress: Callable[[dict[str, Any]], None] | None = None,
+               subscribers: tuple[Callable[[dict[str, Any]], None], ...] = (), timeout_s: float | None = None,
+               final_pass: bool = True) -> StreamResult:
+    """Process a running scan as its frames arrive; at completion write the final outputs.
+
+    Parameters
+    ----------
+    source : FrameSource
+        Gives ``(record, pixels)`` of complete frames.
+    scan_folder : Path
+        The scan's folder (the final pass runs the batch chain on it).
+    out : Path
+        Output folder: ``journal.sqlite``, ``store/`` (flat-fielded frames), ``volume.ome.zarr``,
+        ``report.json``.
+    config : ProcessConfig
+        Processing options.
+    n_distances, n_workers, n_shards, max_in_flight : int
+        Scan distances, phase workers, reconstruction shards, phase tasks in flight (backpressure).
+    on_progress : callable, optional
+        Called with a progress dictionary after each poll.
+    subscribers : callables
+        Called with the ``scan_complete`` event (segmentation subscribes here).
+    timeout_s : float, optional
+        Give up waiting for frames after this long (the scan is reported incomplete).
+    final_pass : bool
+        Run the batch chain at completion (the exact final volume).
+
+    Returns
+    -------
+    StreamResult
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    journal = FrameJournal(out / "journal.sqlite")
+    assembler: ScanAssembler | None = None
+    workers: list[Any] = []
+    shards: list[Any] = []
+    in_flight: dict[Any, AngleWork] = {}
+    delta_beta = config.delta_beta
+    started = time.monotonic()
+    n_done = 0
+
+    def dispatch(work: AngleWork) -> None:
+        nonlocal n_done
+        while len(in_flight) >= max_in_flight:  # backpressure: wait for a slot
+            drain(block=True)
+        worker = workers[n_done % len(workers)]
+        n_done += 1
+        in_flight[worker.project.remote(work, assembler.shift_models())] = work
+
+    def drain(block: bool) -> None:
+        if not in_flight:
+            return
+        ready, _ = ray.wait(list(in_flight), num_returns=1 if block else len(in_flight), timeout=None if block else 0)
+        for ref in ready:
+            work = in_flight.pop(ref)
+            ray.get([s.add.remote(work.index, float(np.deg2rad(work.theta_deg)), ref, work.kind == "final")
+                     for s in shards])
+            if work.kind == "final":
+                journal.mark_many(work.frame_ids, "processed", stage="phase")
+
+    while True:
+        batch = source.poll()
+        for rec, pixels in batch:
+            journal.receive(rec.frame_id, image_key=rec.image_key, angle_deg=rec.angle_deg)
+            if assembler is None:
+                ny, nx = np.asarray(pixels).shape
+                assembler = ScanAssembler(n_distances, (ny, nx), delta_beta_align=config.align_delta_beta,
+                                          store=DistanceStore(out / "store", (ny, nx)))
+                if delta_beta is None:
+                    delta_beta = delta_beta_of(config.sample_formula, config.sample_density, rec.geometry.energy_kev)
+                workers = [PhaseWorker.remote((ny, nx), delta_beta, config.to_dict()) for _ in range(n_workers)]
+                cor = config.cor if config.cor is not None else (nx - 1) / 2
+                edges = np.linspace(0, ny, n_shards + 1).round().astype(int)
+                shards = [ReconShard.remote((ny, nx), (int(a), int(b)), cor, config.fbp_window, config.fbp_padding)
+                          for a, b in zip(edges[:-1], edges[1:]) if b > a]
+            n_quarantined = len(assembler.quarantined)
+            works = assembler.add(rec, pixels)
+            for fid, reason in assembler.quarantined[n_quarantined:]:
+                journal.quarantine(fid, reason, stage="assemble")
+            if rec.image_key != 0 or rec.image_key_control != 0:  # darks, flats, returns: used on arrival
+                if fid_state(journal, rec.frame_id) == "received":
+                    journal.processed(rec.frame_id, stage="assemble")
+            for work in works:
+                dispatch(work)
+        drain(block=False)
+        if on_progress and assembler is not None:
+            on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": len(in_flight)})
+        if source.finished() and not batch:
+            break
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            log.error("stream: no end of scan after %.0f s; stopping with what arrived", timeout_s)
+            break
+        if not batch:
+            time.sleep(poll_interval_s)
+    while in_flight:
+        drain(block=True)
+
+    live = None
+    if shards:
+        parts = sorted(ray.get([s.volume.remote() for s in shards]), key=lambda p: p[0])
+        live = np.concatenate([p[1] for p in parts], axis=0)
+    final = None
+    if final_pass and source.finished():
+        final = process_scan(scan_folder, out, config)
+        # Frames the live path could not finish (an angle missing at some distance) are accounted for by
+        # the final pass: processed there, or quarantined with the batch chain's reason.
+        batch_quarantine = {frame_id(q["file"], q["index"]): q["reason"]
+                            for q in final.report["frames"]["quarantine"] if q["index"] is not None}
+        for rec in journal.pending():
+            if rec.frame_id in batch_quarantine:
+                journal.quarantine(rec.frame_id, batch_quarantine[rec.frame_id], stage="final")
+            else:
+                journal.processed(rec.frame_id, stage="final")
+        event = journal.emit("scan_complete", {"scan": str(scan_folder), "out": str(out),
+                                               "resolution_m": final.report["fsc"]["resolution_m"]},
+                             key=str(scan_folder))
+        for callback in subscribers:
+            callback({"event": "scan_complete", "id": event, "scan": str(scan_folder), "out": str(out)})
+    counts = journal.counts()
+    events = journal.events()
+    journal.close()
+    return StreamResult(final, live, counts, events)
+
+
+def fid_state(journal: FrameJournal, fid: str) -> str | None:
+    """Current journal state of a frame (None if unknown)."""
+    rec = journal.get(fid)
+    return None if rec is None else rec.state
