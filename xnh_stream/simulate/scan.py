@@ -17,7 +17,7 @@ sample warps (a growing scale change plus a smooth non-rigid displacement).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -273,6 +273,213 @@ def simulation_grid(cfg: SimulationConfig) -> tuple[int, int, int]:
     return cfg.ny + 2 * margin, cfg.nx + 2 * margin, margin
 
 
+@dataclass(frozen=True)
+class SimFrame:
+    """One detector frame of a simulated scan, as the simulator draws it.
+
+    Attributes
+    ----------
+    distance : int
+        Index of the distance (0 = first z1 of the config).
+    index : int
+        Position of the frame in its distance's file (acquisition order within the distance).
+    image_key, image_key_control : int
+        NXtomo keys (0 projection, 1 flat, 2 dark; control -1 for return projections).
+    angle_deg, count_time_s : float
+        Rotation angle and exposure.
+    counts : ndarray
+        Detector counts ``[ny, nx]`` (float64, before digitisation to the detector type).
+    """
+
+    distance: int
+    index: int
+    image_key: int
+    image_key_control: int
+    angle_deg: float
+    count_time_s: float
+    counts: np.ndarray
+
+
+class ScanModel:
+    """The physics of one simulated scan: phantom, offsets, drift, beams, and a generator of its frames.
+
+    :func:`simulate_scan` writes all frames at once; :func:`xnh_stream.simulate.stream.stream_scan` writes
+    the same frames progressively. Frames are drawn in one fixed order (darks and flats of every distance,
+    then each angle at every distance, then the closing flats and the return projections), so a given
+    ``cfg`` gives the same counts whatever the order the frames are later written in.
+
+    Parameters
+    ----------
+    cfg : SimulationConfig, optional
+        Parameters; defaults give a small, moderately noisy scan.
+    phantom : Phantom, optional
+        A phantom on the grid of :func:`simulation_grid`; generated from ``cfg.seed`` if omitted.
+    """
+
+    def __init__(self, cfg: SimulationConfig | None = None, phantom: Phantom | None = None) -> None:
+        cfg = cfg or SimulationConfig()
+        cfg.validate()
+        self.cfg = cfg
+        geo = self.geometry = cfg.geometry()
+        K = len(geo.distances)
+        nz_sim, n_sim, self._margin = simulation_grid(cfg)
+        rng = self._rng = np.random.default_rng(cfg.seed)
+        voxel = self._voxel = geo.voxel_m
+        if phantom is None:
+            radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else 0.44 * cfg.nx
+            phantom = make_neural_phantom((nz_sim, n_sim, n_sim), voxel_m=voxel, energy_kev=cfg.energy_kev,
+                                          seed=cfg.seed, sample_radius_px=radius, membrane_px=cfg.membrane_px,
+                                          calibre_px=cfg.calibre_px)
+        if phantom.delta.shape != (nz_sim, n_sim, n_sim):
+            raise ValueError(f"phantom shape {phantom.delta.shape} must be {(nz_sim, n_sim, n_sim)} for this config")
+        self.phantom = phantom
+
+        offsets = np.zeros((K, 2))
+        for k in range(K):
+            if k != geo.reference:
+                offsets[k] = rng.uniform(-cfg.offset_px, cfg.offset_px, size=2)
+        self.offsets_px = offsets
+        drift_dir = rng.standard_normal(2)
+        self._drift_dir = drift_dir / np.linalg.norm(drift_dir)
+        self._warp_field = np.stack([_smooth_field(rng, (nz_sim, n_sim), n_sim / 6) for _ in range(2)])
+        self._beams = [_Beam(rng, (cfg.ny, cfg.nx), cfg.beam_drift) for _ in range(K)]
+        self._lam = wavelength_m(cfg.energy_kev)
+        self._c_sim = (n_sim - 1) / 2
+        self._cz_sim = (nz_sim - 1) / 2
+        self.cor_px = (cfg.nx - 1) / 2 + cfg.cor_offset_px
+        self._pad = max(16, int(2 * np.sqrt(self._lam * max(geo.propagation_distances_m)) / voxel))
+        self._shape_sim = (nz_sim, n_sim)
+        self.angles_deg = np.arange(cfg.n_angles) * cfg.angular_range_deg / cfg.n_angles
+        self.return_angles_deg = np.asarray(cfg.return_angles_deg, dtype=float)
+        #: frames in each distance's file: darks, flats, projections, flats, return projections
+        self.frames_per_distance = cfg.n_darks + 2 * cfg.n_flats + cfg.n_angles + self.return_angles_deg.size
+        self._projector: ParallelProjector | None = None
+
+    def _t(self, k: int, i: int) -> float:
+        """Normalised acquisition time of frame i of distance k (distances recorded one after another)."""
+        total = len(self.geometry.distances) * self.frames_per_distance
+        return (k * self.frames_per_distance + i) / max(total - 1, 1)
+
+    def _drift(self, t: float) -> np.ndarray:
+        return self.cfg.drift_px * self._drift_dir * np.sin(0.5 * np.pi * t)
+
+    def _counts(self, k: int, intensity: np.ndarray, t: float) -> np.ndarray:
+        cfg = self.cfg
+        mean = cfg.photons * self._beams[k].at(t) * np.clip(intensity, 0, None)
+        return self._rng.poisson(mean) + cfg.dark_level + cfg.read_noise * self._rng.standard_normal(mean.shape)
+
+    def _hologram(self, k: int, maps: np.ndarray, t: float) -> np.ndarray:
+        """Detector intensity (no noise, unit beam) of distance k for projected maps [2, nz, n] in voxels."""
+        cfg, geo, voxel = self.cfg, self.geometry, self._voxel
+        shift = self.offsets_px[k] + self._drift(t)
+        m = _fourier_shift(maps, (shift[0], shift[1]))
+        if cfg.warp_scale or cfg.warp_px:
+            m = _warp_maps(m, 1.0 - cfg.warp_scale * t, self._warp_field, cfg.warp_px * t)
+        q = cfg.oversample
+        if q > 1:  # fine sub-pixels: fine index i covers coarse coordinate (i - (q - 1) / 2) / q
+            m = ndimage.zoom(m, (1, q, q), order=3, grid_mode=True, mode="nearest")
+        k_wave = 2 * np.pi / self._lam
+        wave = np.exp(-k_wave * voxel * m[1] - 1j * k_wave * voxel * m[0])
+        inten = propagate(wave, geo.distances[k].propagation_distance_m, self._lam, voxel / q, self._pad * q)
+        ratio = geo.scale_to_reference(k) * q
+        origin = (q * self._cz_sim + (q - 1) / 2, q * (self._c_sim - cfg.cor_offset_px) + (q - 1) / 2)  # optical axis
+        return _detector_sample(inten, ratio, origin, (cfg.ny, cfg.nx), cfg.detector_blur_px)
+
+    def _project(self, theta_deg: float) -> np.ndarray:
+        """Line integrals of delta and beta (voxel units) at one angle, [2, nz, n]."""
+        if self._projector is None:
+            self._projector = ParallelProjector(np.concatenate([self.phantom.delta, self.phantom.beta], axis=0),
+                                                n_det=self._shape_sim[1], cor=self._c_sim)
+        nz_sim, n_sim = self._shape_sim
+        return self._projector(np.deg2rad(theta_deg)).reshape(2, nz_sim, n_sim)
+
+    def frames(self, progress: Callable[[int, int], None] | None = None) -> Iterator[SimFrame]:
+        """Draw every frame of the scan, once (the generator consumes the model's random stream).
+
+        Parameters
+        ----------
+        progress : callable, optional
+            Called as ``progress(done, total)`` after each angle (projections and return projections).
+        """
+        if getattr(self, "_drawn", False):
+            raise RuntimeError("ScanModel.frames() can be drawn only once; make a new ScanModel")
+        self._drawn = True
+        cfg, K = self.cfg, len(self.geometry.distances)
+        ones = np.ones((cfg.ny, cfg.nx))
+        n_steps = cfg.n_angles + self.return_angles_deg.size
+        for k in range(K):
+            dark = cfg.dark_level + cfg.read_noise * self._rng.standard_normal((cfg.n_darks, cfg.ny, cfg.nx))
+            for i in range(cfg.n_darks):
+                yield SimFrame(k, i, DARK, DARK, 0.0, cfg.count_time_s, dark[i])
+            for i in range(cfg.n_flats):
+                j = cfg.n_darks + i
+                yield SimFrame(k, j, FLAT, FLAT, 0.0, cfg.count_time_s, self._counts(k, ones, self._t(k, j)))
+        start = cfg.n_darks + cfg.n_flats
+        for i, theta in enumerate(self.angles_deg):
+            maps = self._project(theta)
+            for k in range(K):
+                t = self._t(k, start + i)
+                yield SimFrame(k, start + i, PROJECTION, PROJECTION, float(theta), cfg.count_time_s,
+                               self._counts(k, self._hologram(k, maps, t), t))
+            if progress:
+                progress(i + 1, n_steps)
+        t0 = start + cfg.n_angles
+        for k in range(K):
+            for i in range(cfg.n_flats):
+                yield SimFrame(k, t0 + i, FLAT, FLAT, float(self.angles_deg[-1]), cfg.count_time_s,
+                               self._counts(k, ones, self._t(k, t0 + i)))
+        for j, theta in enumerate(self.return_angles_deg):
+            maps = self._project(theta)
+            for k in range(K):
+                idx = t0 + cfg.n_flats + j
+                t = self._t(k, idx)
+                yield SimFrame(k, idx, PROJECTION, RETURN, float(theta), cfg.count_time_s,
+                               self._counts(k, self._hologram(k, maps, t), t))
+            if progress:
+                progress(cfg.n_angles + j + 1, n_steps)
+
+    def displacement_px(self) -> np.ndarray:
+        """Lateral displacement of the sample (reference pixels; content moves by +d), ``[K, n_angles, 2]``."""
+        cfg, K = self.cfg, len(self.geometry.distances)
+        start = cfg.n_darks + cfg.n_flats
+        return np.stack([[self.offsets_px[k] + self._drift(self._t(k, start + i)) for i in range(cfg.n_angles)]
+                         for k in range(K)])
+
+    def write_truth(self, out: str | Path) -> Path:
+        """Write ``truth.h5`` (ground truth on the reference reconstruction grid and the simulation record).
+
+        The file is written under a temporary name and renamed, so a folder watcher never sees it half-written.
+        """
+        cfg, phantom = self.cfg, self.phantom
+        # Ground truth on the reference reconstruction grid: rows of the reference detector, an nx x nx slice
+        # centred on the rotation axis.
+        z0 = self._margin
+        x0 = int(round(self._c_sim - (cfg.nx - 1) / 2))
+        crop = (slice(z0, z0 + cfg.ny), slice(x0, x0 + cfg.nx), slice(x0, x0 + cfg.nx))
+        truth_file = Path(out) / TRUTH_FILE
+        part = truth_file.with_name(truth_file.name + ".part")
+        sample = phantom.sample[crop]
+        record = {"config": asdict(cfg), "offsets_px": self.offsets_px.tolist(), "cor_px": self.cor_px,
+                  "delta_beta": float(phantom.delta[crop][sample].sum()
+                                      / max(phantom.beta[crop][sample].sum(), 1e-30)),
+                  "voxel_m": self._voxel,
+                  "sign_convention": "n = 1 - delta + i beta; phase = -k * integral(delta)"}
+        # Voxels seen at every angle: the cylinder inscribed in the reference field of view.
+        yy, xx = np.mgrid[0 : cfg.nx, 0 : cfg.nx] - (cfg.nx - 1) / 2
+        seen = np.hypot(yy, xx) <= (cfg.nx - 1) / 2 - abs(cfg.cor_offset_px) - cfg.drift_px - 1
+        with h5py.File(part, "w") as f:
+            for name in ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample"):
+                f.create_dataset(name, data=getattr(phantom, name)[crop], compression="gzip")
+            f.create_dataset("field_of_view", data=np.broadcast_to(seen, (cfg.ny, cfg.nx, cfg.nx)),
+                             compression="gzip")
+            f.create_dataset("displacement_px", data=self.displacement_px())  # [K, n_angles, (dy, dx)]
+            f.create_dataset("angles_deg", data=self.angles_deg)
+            f["delta"].attrs["voxel_m"] = self._voxel
+            f.attrs["record"] = json.dumps(record)
+        part.replace(truth_file)
+        return truth_file
+
+
 def simulate_scan(out: str | Path, cfg: SimulationConfig | None = None, phantom: Phantom | None = None,
                   progress: Callable[[int, int], None] | None = None) -> SimulatedScan:
     """Write a simulated multi-distance scan and its ground truth into folder ``out``.
@@ -293,136 +500,23 @@ def simulate_scan(out: str | Path, cfg: SimulationConfig | None = None, phantom:
     -------
     SimulatedScan
     """
-    cfg = cfg or SimulationConfig()
-    cfg.validate()
+    model = ScanModel(cfg, phantom)
+    cfg = model.cfg
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    geo = cfg.geometry()
-    ref = geo.reference
-    K = len(geo.distances)
-    nz_sim, n_sim, margin = simulation_grid(cfg)
-    rng = np.random.default_rng(cfg.seed)
-    voxel = geo.voxel_m
-    if phantom is None:
-        radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else 0.44 * cfg.nx
-        phantom = make_neural_phantom((nz_sim, n_sim, n_sim), voxel_m=voxel, energy_kev=cfg.energy_kev,
-                                      seed=cfg.seed, sample_radius_px=radius, membrane_px=cfg.membrane_px,
-                                      calibre_px=cfg.calibre_px)
-    if phantom.delta.shape != (nz_sim, n_sim, n_sim):
-        raise ValueError(f"phantom shape {phantom.delta.shape} must be {(nz_sim, n_sim, n_sim)} for this config")
-
-    offsets = np.zeros((K, 2))
-    for k in range(K):
-        if k != ref:
-            offsets[k] = rng.uniform(-cfg.offset_px, cfg.offset_px, size=2)
-    drift_dir = rng.standard_normal(2)
-    drift_dir /= np.linalg.norm(drift_dir)
-    warp_field = np.stack([_smooth_field(rng, (nz_sim, n_sim), n_sim / 6) for _ in range(2)])
-    beams = [_Beam(rng, (cfg.ny, cfg.nx), cfg.beam_drift) for _ in range(K)]
-    lam = wavelength_m(cfg.energy_kev)
-    k_wave = 2 * np.pi / lam
-    c_sim = (n_sim - 1) / 2
-    cz_sim = (nz_sim - 1) / 2
-    cor_px = (cfg.nx - 1) / 2 + cfg.cor_offset_px
-    pad = max(16, int(2 * np.sqrt(lam * max(geo.propagation_distances_m)) / voxel))
-
-    angles = np.arange(cfg.n_angles) * cfg.angular_range_deg / cfg.n_angles
-    returns = np.asarray(cfg.return_angles_deg, dtype=float)
-    frames_per_distance = cfg.n_darks + 2 * cfg.n_flats + cfg.n_angles + returns.size
-    total_frames = K * frames_per_distance
-
-    def t_of(k: int, i: int) -> float:
-        """Normalised acquisition time of frame i of distance k (distances recorded one after another)."""
-        return (k * frames_per_distance + i) / max(total_frames - 1, 1)
-
-    def drift(t: float) -> np.ndarray:
-        return cfg.drift_px * drift_dir * np.sin(0.5 * np.pi * t)
-
-    def counts(k: int, intensity: np.ndarray, t: float) -> np.ndarray:
-        mean = cfg.photons * beams[k].at(t) * np.clip(intensity, 0, None)
-        return rng.poisson(mean) + cfg.dark_level + cfg.read_noise * rng.standard_normal(mean.shape)
-
-    def hologram(k: int, maps: np.ndarray, theta_t: float) -> np.ndarray:
-        """Detector intensity (no noise, unit beam) of distance k for projected maps [2, nz, n] in voxels."""
-        t = theta_t
-        shift = offsets[k] + drift(t)
-        m = _fourier_shift(maps, (shift[0], shift[1]))
-        if cfg.warp_scale or cfg.warp_px:
-            m = _warp_maps(m, 1.0 - cfg.warp_scale * t, warp_field, cfg.warp_px * t)
-        q = cfg.oversample
-        if q > 1:  # fine sub-pixels: fine index i covers coarse coordinate (i - (q - 1) / 2) / q
-            m = ndimage.zoom(m, (1, q, q), order=3, grid_mode=True, mode="nearest")
-        wave = np.exp(-k_wave * voxel * m[1] - 1j * k_wave * voxel * m[0])
-        inten = propagate(wave, geo.distances[k].propagation_distance_m, lam, voxel / q, pad * q)
-        ratio = geo.scale_to_reference(k) * q
-        origin = (q * cz_sim + (q - 1) / 2, q * (c_sim - cfg.cor_offset_px) + (q - 1) / 2)  # optical axis
-        return _detector_sample(inten, ratio, origin, (cfg.ny, cfg.nx), cfg.detector_blur_px)
-
-    projector = ParallelProjector(np.concatenate([phantom.delta, phantom.beta], axis=0), n_det=n_sim, cor=c_sim)
-
-    def project(theta_deg: float) -> np.ndarray:
-        """Line integrals of delta and beta (voxel units) at one angle, [2, nz, n]."""
-        return projector(np.deg2rad(theta_deg)).reshape(2, nz_sim, n_sim)
-
-    # Lateral displacement of the sample (reference pixels; content moves by +d) at every projection.
-    displacement = np.stack([[offsets[k] + drift(t_of(k, cfg.n_darks + cfg.n_flats + i)) for i in range(cfg.n_angles)]
-                             for k in range(K)])
-    files = [out / f"{cfg.name}_{k + 1}_.nx" for k in range(K)]
+    geo = model.geometry
+    files = [out / f"{cfg.name}_{k + 1}_.nx" for k in range(len(geo.distances))]
     writers = [NXtomoWriter(files[k], (cfg.ny, cfg.nx), geo.distances[k], dtype=cfg.detector_dtype)
-               for k in range(K)]
-    ones = np.ones((cfg.ny, cfg.nx))
+               for k in range(len(geo.distances))]
     try:
-        for k, w in enumerate(writers):
-            dark = cfg.dark_level + cfg.read_noise * rng.standard_normal((cfg.n_darks, cfg.ny, cfg.nx))
-            w.append(dark, DARK, 0.0, cfg.count_time_s)
-            w.append(np.stack([counts(k, ones, t_of(k, cfg.n_darks + i)) for i in range(cfg.n_flats)]),
-                     FLAT, 0.0, cfg.count_time_s)
-        start = cfg.n_darks + cfg.n_flats
-        for i, theta in enumerate(angles):
-            maps = project(theta)
-            for k, w in enumerate(writers):
-                t = t_of(k, start + i)
-                w.append(counts(k, hologram(k, maps, t), t), PROJECTION, theta, cfg.count_time_s)
-            if progress:
-                progress(i + 1, cfg.n_angles + returns.size)
-        for k, w in enumerate(writers):
-            t0 = start + cfg.n_angles
-            w.append(np.stack([counts(k, ones, t_of(k, t0 + i)) for i in range(cfg.n_flats)]),
-                     FLAT, angles[-1], cfg.count_time_s)
-        for j, theta in enumerate(returns):
-            maps = project(theta)
-            for k, w in enumerate(writers):
-                t = t_of(k, start + cfg.n_angles + cfg.n_flats + j)
-                w.append(counts(k, hologram(k, maps, t), t), PROJECTION, theta, cfg.count_time_s,
-                         image_key_control=RETURN)
-            if progress:
-                progress(cfg.n_angles + j + 1, cfg.n_angles + returns.size)
+        for fr in model.frames(progress):
+            writers[fr.distance].append(fr.counts, fr.image_key, fr.angle_deg, fr.count_time_s,
+                                        image_key_control=fr.image_key_control)
     finally:
         for w in writers:
             w.close()
-
-    # Ground truth on the reference reconstruction grid: rows of the reference detector, an nx x nx slice
-    # centred on the rotation axis.
-    z0 = margin
-    x0 = int(round(c_sim - (cfg.nx - 1) / 2))
-    crop = (slice(z0, z0 + cfg.ny), slice(x0, x0 + cfg.nx), slice(x0, x0 + cfg.nx))
-    truth_file = out / TRUTH_FILE
-    sample = phantom.sample[crop]
-    record = {"config": asdict(cfg), "offsets_px": offsets.tolist(), "cor_px": cor_px,
-              "delta_beta": float(phantom.delta[crop][sample].sum() / max(phantom.beta[crop][sample].sum(), 1e-30)),
-              "voxel_m": voxel, "sign_convention": "n = 1 - delta + i beta; phase = -k * integral(delta)"}
-    # Voxels seen at every angle: the cylinder inscribed in the reference field of view.
-    yy, xx = np.mgrid[0 : cfg.nx, 0 : cfg.nx] - (cfg.nx - 1) / 2
-    seen = np.hypot(yy, xx) <= (cfg.nx - 1) / 2 - abs(cfg.cor_offset_px) - cfg.drift_px - 1
-    with h5py.File(truth_file, "w") as f:
-        for name in ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample"):
-            f.create_dataset(name, data=getattr(phantom, name)[crop], compression="gzip")
-        f.create_dataset("field_of_view", data=np.broadcast_to(seen, (cfg.ny, cfg.nx, cfg.nx)), compression="gzip")
-        f.create_dataset("displacement_px", data=displacement)  # [K, n_angles, (dy, dx)]
-        f.create_dataset("angles_deg", data=angles)
-        f["delta"].attrs["voxel_m"] = voxel
-        f.attrs["record"] = json.dumps(record)
-    return SimulatedScan(out, files, truth_file, cfg, offsets, cor_px)
+    truth_file = model.write_truth(out)
+    return SimulatedScan(out, files, truth_file, cfg, model.offsets_px, model.cor_px)
 
 
 def read_truth(folder: str | Path) -> tuple[dict[str, np.ndarray], dict]:
