@@ -8,6 +8,7 @@ written here with fabio, and files damaged by hand.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -232,8 +233,12 @@ def test_stalled_incomplete_file_is_quarantined_only_when_asked(tmp_path):
 
 def test_restart_with_known_frame_ids_emits_only_the_rest(tmp_path, chunked_scan):
     with FolderWatcher(chunked_scan, use_inotify=False) as w:
-        all_ids = [r.frame_id for r in w.poll()]
+        recs = w.poll()
+    all_ids = [r.frame_id for r in recs]
     assert len(all_ids) == K * N_PER and all(not i.startswith("/") for i in all_ids)  # relative ids
+    again = pickle.loads(pickle.dumps(recs[7]))  # records cross process boundaries (actors)
+    assert again == recs[7]
+    np.testing.assert_array_equal(again.read(), recs[7].read())
     known = set(all_ids[::3])
     root = tmp_path / "moved"  # the journal's ids stay valid when the scan folder is mounted elsewhere
     shutil.copytree(chunked_scan, root)

@@ -27,8 +27,9 @@ that disappears is ``vanished``. While pending, its frames are handed out as soo
 - within one distance (same z1) every file must have the same frame shape and geometry, and every distance
   the same energy as the first file seen; a file that disagrees is quarantined.
 
-Call :meth:`FolderWatcher.poll` from one thread. The watchdog observer thread only records which paths
-changed.
+Call :meth:`FolderWatcher.poll` from one thread (``counters``, :meth:`~FolderWatcher.distance_progress`
+and :meth:`~FolderWatcher.pending_files` may be read from others). The watchdog observer thread only
+records which paths changed.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ class FolderWatcher:
         self._quarantine: list[QuarantineRecord] = []
         self.quarantined: list[QuarantineRecord] = []  #: every quarantine record so far
         self._counters = WatchCounters()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the dirty set, shared with the observer thread
+        self._state = threading.RLock()  # the tracked files: poll() against readers of counters and progress
         self._dirty: set[str] = set()
         self._wake = threading.Event()
         self._next_scan = 0.0
@@ -267,8 +269,9 @@ class FolderWatcher:
     @property
     def counters(self) -> WatchCounters:
         """A copy of the counters."""
-        c = WatchCounters(**asdict(self._counters))
-        c.incomplete_pending = sum(1 for t in self._tracked.values() if t.state == PENDING)
+        with self._state:
+            c = WatchCounters(**asdict(self._counters))
+            c.incomplete_pending = sum(1 for t in self._tracked.values() if t.state == PENDING)
         return c
 
     def poll(self, timeout_s: float = 0.0) -> list[FrameRecord]:
@@ -299,6 +302,10 @@ class FolderWatcher:
         self._wake.clear()
         with self._lock:
             dirty_paths, self._dirty = self._dirty, set()
+        with self._state:
+            return self._poll_paths(dirty_paths)
+
+    def _poll_paths(self, dirty_paths: set[str]) -> list[FrameRecord]:
         self._poll_id += 1
         candidates: set[Path] = set()
         for s in dirty_paths:
@@ -306,9 +313,10 @@ class FolderWatcher:
             if is_candidate(p):
                 candidates.add(p)
             elif p.suffix.lower() in _METADATA_SUFFIXES or p.name == SIDECAR_NAME:
-                # acquisition metadata changed: look again at the pending files of that folder
-                candidates.update(t.path for t in self._tracked.values()
-                                  if t.state == PENDING and t.path.parent == p.parent)
+                # acquisition metadata changed: look again at the pending files of that folder (and of its
+                # distance folders, for the scan folder's sidecar)
+                candidates.update(t.path for t in self._tracked.values() if t.state == PENDING
+                                  and p.parent in (t.path.parent, t.path.parent.parent))
         now = time.monotonic()
         if now >= self._next_scan:
             candidates |= self._scan()
@@ -323,16 +331,22 @@ class FolderWatcher:
 
     def drain_quarantine(self) -> list[QuarantineRecord]:
         """Quarantine records found since the last call (each returned once; all are in ``quarantined``)."""
-        out, self._quarantine = self._quarantine, []
+        with self._state:
+            out, self._quarantine = self._quarantine, []
         return out
 
     def pending_files(self) -> dict[str, str | None]:
         """Files not complete yet, with the problem that keeps them waiting (None: still being written)."""
-        return {str(t.path): (str(t.error) if t.error else None)
-                for t in self._tracked.values() if t.state == PENDING}
+        with self._state:
+            return {str(t.path): (str(t.error) if t.error else None)
+                    for t in self._tracked.values() if t.state == PENDING}
 
     def distance_progress(self) -> dict[float, DistanceProgress]:
         """Frames received per distance (keyed by :func:`~xnh_stream.ingest.sources.distance_key`)."""
+        with self._state:
+            return self._progress()
+
+    def _progress(self) -> dict[float, DistanceProgress]:
         out = {}
         for key, d in self._distances.items():
             tracked = [self._tracked[p] for p in d.files if p in self._tracked]
