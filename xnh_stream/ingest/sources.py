@@ -386,8 +386,9 @@ def inspect_nxtomo(path: str | Path, root: str | Path | None = None, signature: 
         complete = end_time is not None or (expected is not None and m >= expected and n_data == expected)
         consistent = m == n_data
         if end_time is not None and not consistent:
-            raise InputError(path, f"has end_time but only {m} of its {n_data} frames have keys",
-                             FIELDS["image_key"])
+            raise InputError(path, f"has end_time but only the first {m} of its {n_data} frames have every "
+                             "per-frame entry (image_key, image_key_control, rotation_angle, count_time: "
+                             "missing, NaN, or the fill value)", FIELDS["image_key"])
         frame0 = np.asarray(data[0]).tobytes() if (m >= 1 and signature) else None
         shape = (int(data.shape[1]), int(data.shape[2]))
         dtype = str(data.dtype)
