@@ -27,7 +27,9 @@ import ray
 from xnh_stream.assembler import AngleWork, ScanAssembler
 from xnh_stream.config import ProcessConfig
 from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
-from xnh_stream.journal import FrameJournal, frame_id
+from xnh_stream.ingest.sources import frame_id_of
+from xnh_stream.ingest.watch import FolderWatcher
+from xnh_stream.journal import FrameJournal
 from xnh_stream.pipeline import ChainResult, delta_beta_of, process_scan
 from xnh_stream.store import DistanceStore
 
@@ -73,7 +75,10 @@ class ReconShard:
     def add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool) -> int:
         """Back-project one projection (previews are not kept: finals carry the preview they replace)."""
         projection, previous = result
-        if final and index not in self.vol._state:  # no preview of this angle reached the shard
+        state = self.vol.state(index)
+        if not final and state == "final":
+            return self.vol.n_final  # a preview that finished after its angle's final: stale, dropped
+        if final and state is None:  # the final overtook its preview, which will be dropped when it comes
             self.vol.add(index, theta_rad, projection, final=True)
         else:
             self.vol.add(index, theta_rad, projection, final=final, previous=previous)
@@ -87,6 +92,49 @@ class ReconShard:
     def progress(self) -> dict[str, int]:
         """Angles in the slab as preview and as final."""
         return {"preview": self.vol.n_preview, "final": self.vol.n_final}
+
+
+class WatcherSource:
+    """Frames of a scan folder as a :class:`FolderWatcher` finds them, with the end-of-scan rule.
+
+    The scan is finished when ``n_distances`` distances have shown their return projections (taken at the
+    end of each distance), no file is still being written, and nothing new arrived for ``quiet_s``.
+
+    Parameters
+    ----------
+    watcher : FolderWatcher
+        The folder's watcher.
+    n_distances : int
+        Distances of the scan.
+    quiet_s : float
+        Idle time after the last frame before the scan counts as finished.
+    """
+
+    def __init__(self, watcher: FolderWatcher, n_distances: int = 4, quiet_s: float = 3.0) -> None:
+        self.watcher, self.n_distances, self.quiet_s = watcher, n_distances, quiet_s
+        self._returns: set[float] = set()
+        self._last = time.monotonic()
+
+    def poll(self) -> list[tuple[Any, np.ndarray]]:
+        """New frames with their pixels."""
+        records = self.watcher.poll()
+        if records:
+            self._last = time.monotonic()
+        out = []
+        for rec in records:
+            if rec.is_return:
+                self._returns.add(rec.distance_key)
+            out.append((rec, rec.read()))
+        return out
+
+    def drain_quarantine(self) -> list[Any]:
+        """Files the watcher set aside since the last call."""
+        return self.watcher.drain_quarantine()
+
+    def finished(self) -> bool:
+        """All distances done, nothing pending, and quiet for ``quiet_s``."""
+        return (len(self._returns) >= self.n_distances and not self.watcher.pending_files()
+                and time.monotonic() - self._last >= self.quiet_s)
 
 
 class FrameSource(Protocol):
@@ -173,8 +221,12 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
 
     while True:
         batch = source.poll()
+        for q in getattr(source, "drain_quarantine", lambda: [])():
+            fid = f"{q.file_id}#file"
+            journal.receive(fid, stage="ingest")
+            journal.quarantine(fid, q.reason, stage="ingest")
         for rec, pixels in batch:
-            journal.receive(rec.frame_id, image_key=rec.image_key, angle_deg=rec.angle_deg)
+            journal.receive(rec.frame_id, image_key=rec.image_key, angle_deg=rec.rotation_angle_deg)
             if assembler is None:
                 ny, nx = np.asarray(pixels).shape
                 assembler = ScanAssembler(n_distances, (ny, nx), delta_beta_align=config.align_delta_beta,
@@ -217,7 +269,7 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
         final = process_scan(scan_folder, out, config)
         # Frames the live path could not finish (an angle missing at some distance) are accounted for by
         # the final pass: processed there, or quarantined with the batch chain's reason.
-        batch_quarantine = {frame_id(q["file"], q["index"]): q["reason"]
+        batch_quarantine = {frame_id_of(q["file"], q["index"], root=scan_folder): q["reason"]
                             for q in final.report["frames"]["quarantine"] if q["index"] is not None}
         for rec in journal.pending():
             if rec.frame_id in batch_quarantine:

@@ -21,7 +21,8 @@ class Rec:
     frame_id: str
     image_key: int
     image_key_control: int
-    angle_deg: float
+    rotation_angle_deg: float
+    sequence: float
     geometry: DistanceGeometry
 
 
@@ -35,7 +36,7 @@ def scan(tmp_path_factory):
         data = d.read_frames(slice(None))
         for i in range(d.n_frames):
             frames.append((Rec(f"{d.path}::{i}", int(d.image_key[i]), int(d.image_key_control[i]),
-                               float(d.rotation_angle_deg[i]), d.geometry), data[i]))
+                               float(d.rotation_angle_deg[i]), float(i), d.geometry), data[i]))
     return folder, s, frames
 
 
@@ -71,8 +72,8 @@ def test_interleaved_order_and_bad_frames(scan):
     folder, s, frames = scan
     # every distance's darks and flats first, then projections of all distances interleaved by angle
     calib = [fr for fr in frames if fr[0].image_key != 0]
-    proj = sorted((fr for fr in frames if fr[0].image_key == 0), key=lambda fr: (fr[0].angle_deg, fr[0].geometry.z1_m))
-    victim = next(j for j, (r, _) in enumerate(proj) if r.image_key_control == 0 and r.angle_deg > 0
+    proj = sorted((fr for fr in frames if fr[0].image_key == 0), key=lambda fr: (fr[0].rotation_angle_deg, fr[0].geometry.z1_m))
+    victim = next(j for j, (r, _) in enumerate(proj) if r.image_key_control == 0 and r.rotation_angle_deg > 0
                   and r.geometry.z1_m == s.distances[1].geometry.z1_m)
     proj[victim] = (proj[victim][0], np.full_like(proj[victim][1], np.nan))
     a = ScanAssembler(4, s.frame_shape)

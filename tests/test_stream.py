@@ -10,7 +10,7 @@ import pytest
 from xnh_stream.config import ProcessConfig
 from xnh_stream.geometry import DistanceGeometry
 from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.journal import frame_id
+from xnh_stream.ingest.sources import frame_id_of
 from xnh_stream.pipeline import process_scan
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
@@ -20,7 +20,8 @@ class Rec:
     frame_id: str
     image_key: int
     image_key_control: int
-    angle_deg: float
+    rotation_angle_deg: float
+    sequence: float
     geometry: DistanceGeometry
 
 
@@ -29,14 +30,15 @@ class ListSource:
 
     def __init__(self, folder, per_poll: int = 25, corrupt: int | None = None):
         self.items = []
+        self.folder = folder
         for d in read_scan(folder).distances:
             data = d.read_frames(slice(None))
             for i in range(d.n_frames):
                 frame = data[i]
                 if corrupt is not None and len(self.items) == corrupt:
                     frame = np.full_like(frame, np.nan)
-                self.items.append((Rec(frame_id(d.path, i), int(d.image_key[i]), int(d.image_key_control[i]),
-                                       float(d.rotation_angle_deg[i]), d.geometry), frame))
+                self.items.append((Rec(frame_id_of(d.path, i, root=folder), int(d.image_key[i]), int(d.image_key_control[i]),
+                                       float(d.rotation_angle_deg[i]), float(i), d.geometry), frame))
         self.pos, self.per_poll = 0, per_poll
 
     def poll(self):
@@ -93,3 +95,33 @@ def test_a_bad_frame_is_quarantined_and_the_stream_goes_on(ray_local, small_scan
     assert result.counts["quarantined"] == 1
     assert result.counts["received"] == len(source.items)
     assert result.live_volume is not None and np.isfinite(result.live_volume).all()
+
+
+def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
+    """stream_scan writes growing NXtomo chunk files; the FolderWatcher + Ray stream follow them live."""
+    import threading
+
+    from actors.stream import WatcherSource, run_stream
+    from xnh_stream.ingest.watch import FolderWatcher
+    from xnh_stream.simulate.stream import stream_scan
+
+    cfg = SimulationConfig(nx=48, ny=16, n_angles=24, seed=6, oversample=1, n_flats=3, n_darks=2)
+    scan_dir, out = tmp_path / "scan", tmp_path / "out"
+    scan_dir.mkdir()
+    writer = threading.Thread(target=stream_scan, args=(scan_dir, cfg),
+                              kwargs={"frames_per_second": 400.0, "chunk_frames": 8}, daemon=True)
+    writer.start()
+    _, _ = None, None
+    with FolderWatcher(scan_dir, poll_interval_s=0.05, use_inotify=False, settle_s=0.3) as watcher:
+        source = WatcherSource(watcher, n_distances=4, quiet_s=1.0)
+        config = ProcessConfig(align_angles=8)
+        result = run_stream(source, scan_dir, out, config, poll_interval_s=0.05, timeout_s=240)
+    writer.join()
+    per_distance = cfg.n_darks + 2 * cfg.n_flats + cfg.n_angles + len(cfg.return_angles_deg)
+    c = result.counts
+    assert c["received"] == 4 * per_distance and c["pending"] == 0
+    assert c["processed"] + c["quarantined"] == c["received"]
+    assert result.final is not None
+    batch = process_scan(scan_dir, None, config)
+    np.testing.assert_array_equal(result.final.volume, batch.volume)
+    assert batch.report["frames"]["received"] == c["received"]

@@ -36,7 +36,8 @@ class Frame(Protocol):
     frame_id: str
     image_key: int
     image_key_control: int
-    angle_deg: float
+    rotation_angle_deg: float
+    sequence: float  # acquisition position within the distance (orders frames, interpolates flats)
     geometry: DistanceGeometry
 
 
@@ -152,24 +153,25 @@ class ScanAssembler:
         kind = rec.image_key
         d.n_seen += 1
         work: list[AngleWork] = []
+        position = float(rec.sequence)
         if kind == DARK:
             d.darks.append(frame)
             d.dark = None
         elif kind == FLAT:
             if d.last_kind != FLAT or not d.flat_runs:
-                d.flat_runs.append((float(d.n_seen), []))
+                d.flat_runs.append((position, []))
             d.flat_runs[-1][1].append(frame)
             d.interpolator = None
             waiting, d.waiting = d.waiting, []
             for r, f, p in waiting:  # projections that arrived before any flat
                 work += self._projection(d, r, f, p)
         elif kind == PROJECTION and rec.image_key_control == RETURN:
-            d.returns.append((rec.angle_deg, frame))
+            d.returns.append((rec.rotation_angle_deg, frame))
         elif kind == PROJECTION:
             if not d.flat_runs:
-                d.waiting.append((rec, frame, float(d.n_seen)))
+                d.waiting.append((rec, frame, position))
             else:
-                work += self._projection(d, rec, frame, float(d.n_seen))
+                work += self._projection(d, rec, frame, position)
         elif kind == INVALID:
             self.quarantined.append((rec.frame_id, "image_key 3 (invalid) set by the acquisition"))
         d.last_kind = kind
@@ -184,7 +186,7 @@ class ScanAssembler:
 
     def _projection(self, d: _Distance, rec: Frame, frame: np.ndarray, position: float) -> list[AngleWork]:
         ff = self._flat_fielded(d, frame, position)
-        i = self.angle_index(rec.angle_deg)
+        i = self.angle_index(rec.rotation_angle_deg)
         if self.store is not None:
             self.store.put(_store_key(d), self._angles[i], ff)
         else:

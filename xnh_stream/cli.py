@@ -1,4 +1,4 @@
-"""Command line: ``xnh-stream simulate | process | demo``."""
+"""Command line: ``xnh-stream simulate | process | watch | demo``."""
 
 from __future__ import annotations
 
@@ -125,23 +125,117 @@ def _summarise(report: dict) -> None:
         print(f"ALERT [{alert['severity']}] {alert['name']}: {alert['message']}")
 
 
+def _stream_progress() -> tuple[Callable[[dict], None], Callable[[], None]]:
+    """Progress bars per distance (frames received) and for the CTF angles, fed by the stream."""
+    bars: dict[str, tqdm] = {}
+
+    def update(state: dict) -> None:
+        for n, d in enumerate(state.get("distances", [])):
+            name = f"distance {n + 1}"
+            if name not in bars:
+                bars[name] = tqdm(desc=f"{name:>11}", unit="frame", file=sys.stderr, dynamic_ncols=True)
+            bar = bars[name]
+            bar.update(d["frames"] - bar.n)
+        if "ctf" not in bars:
+            bars["ctf"] = tqdm(desc="  CTF final", unit="angle", file=sys.stderr, dynamic_ncols=True)
+        bar = bars["ctf"]
+        bar.update(state.get("angles_final", 0) - bar.n)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return update, close
+
+
+def _start_ray(address: str | None) -> None:
+    import ray  # noqa: PLC0415
+
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        import os  # noqa: PLC0415
+
+        ray.init(num_cpus=min(os.cpu_count() or 2, 8), include_dashboard=False, log_to_driver=False)
+
+
+def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace) -> int:
+    from actors.stream import WatcherSource, run_stream  # noqa: PLC0415
+
+    from .ingest.watch import FolderWatcher  # noqa: PLC0415
+
+    update, close = _stream_progress()
+    with FolderWatcher(folder, poll_interval_s=a.poll_s, use_inotify=not a.no_inotify) as watcher:
+        source = WatcherSource(watcher, n_distances=a.distances, quiet_s=a.quiet_s)
+        try:
+            result = run_stream(source, folder, out, config, n_distances=a.distances, n_workers=a.workers,
+                                n_shards=a.shards, on_progress=update, poll_interval_s=a.poll_s,
+                                timeout_s=a.timeout_s)
+        finally:
+            close()
+        counts = watcher.counters.as_dict()
+    c = result.counts
+    print(f"frames: {c['received']} received, {c['processed']} processed, {c['quarantined']} quarantined, "
+          f"{c['duplicates']} duplicate arrivals; files: {counts}")
+    if result.final is None:
+        print("scan did not complete: no final volume written (the journal keeps what arrived)")
+        return 1
+    _summarise(result.final.report)
+    print(f"volume: {out / 'volume.ome.zarr'}\nreport: {out / 'report.json'}\njournal: {out / 'journal.sqlite'}")
+    return 0
+
+
+def cmd_watch(a: argparse.Namespace) -> int:
+    """Watch a beamline folder and process the scan as it is written."""
+    config = _process_config(a)
+    _start_ray(a.address)
+    return _watch(a.folder, a.out, config, a)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
-    """Simulate a small scan into a folder and process it."""
-    from .pipeline import process_scan
-    from .simulate.scan import simulate_scan
+    """Write a simulated scan progressively into a folder and stream it through the pipeline on Ray."""
+    import threading  # noqa: PLC0415
+
+    from .simulate.stream import stream_scan  # noqa: PLC0415
 
     base = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="xnh-demo-"))
     scan_dir, out_dir = base / "scan", base / "out"
+    scan_dir.mkdir(parents=True, exist_ok=True)
     cfg = _simulation_config(a)
-    update, close = _progress_bars()
-    try:
-        sim = simulate_scan(scan_dir, cfg, progress=lambda d, t: update(d, t, "simulate"))
-        result = process_scan(sim.folder, out_dir, _process_config(a), progress=update)
-    finally:
-        close()
-    _summarise(result.report)
-    print(f"scan:   {scan_dir}\nvolume: {out_dir / 'volume.ome.zarr'}\nreport: {out_dir / 'report.json'}")
-    return 0
+    print(f"simulating a {cfg.nx}x{cfg.ny}-px, {cfg.n_angles}-angle four-distance scan into {scan_dir} "
+          f"at {a.fps} frames/s; processing it live into {out_dir}", file=sys.stderr)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            stream_scan(scan_dir, cfg, frames_per_second=a.fps, layout="nxtomo-chunks")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    writer = threading.Thread(target=write, name="simulated-detector", daemon=True)
+    writer.start()
+    config = _process_config(a)
+    _start_ray(a.address)
+    code = _watch(scan_dir, out_dir, config, a)
+    writer.join()
+    if errors:
+        raise errors[0]
+    print(f"scan:    {scan_dir}")
+    return code
+
+
+def _add_stream_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("streaming")
+    g.add_argument("--address", help="join this Ray cluster (e.g. auto, host:6379); default: embedded local Ray")
+    g.add_argument("--distances", type=int, default=4, help="distances in the scan (default %(default)s)")
+    g.add_argument("--workers", type=int, default=2, help="phase-retrieval workers (default %(default)s)")
+    g.add_argument("--shards", type=int, default=2, help="reconstruction shards (default %(default)s)")
+    g.add_argument("--poll-s", type=float, default=0.5, help="folder polling interval, s (default %(default)s)")
+    g.add_argument("--no-inotify", action="store_true",
+                   help="poll only (network filesystems: inotify misses writes from other hosts)")
+    g.add_argument("--quiet-s", type=float, default=3.0,
+                   help="idle time after the last frame before the scan counts as complete (default %(default)s)")
+    g.add_argument("--timeout-s", type=float, help="give up after this long without completion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,9 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_args(s)
     s.set_defaults(func=cmd_process)
 
-    s = sub.add_parser("demo", help="simulate a small scan and run the whole chain on it")
+    s = sub.add_parser("watch", help="process a scan live as its frames are written into a folder (Ray)")
+    s.add_argument("folder", type=Path, help="scan folder (NXtomo files or chunk files, or ID16A EDF folders)")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_stream_args(s)
+    _add_process_args(s)
+    s.set_defaults(func=cmd_watch)
+
+    s = sub.add_parser("demo", help="simulate a scan being written and stream it through the pipeline (Ray)")
     s.add_argument("--out", type=Path, help="working folder (default: a new temporary folder)")
+    s.add_argument("--fps", type=float, default=200.0, help="simulated detector frame rate (default %(default)s)")
     _add_simulation_args(s)
+    _add_stream_args(s)
     _add_process_args(s)
     s.set_defaults(func=cmd_demo)
     return p

@@ -151,6 +151,10 @@ class ProgressiveVolume:
                 self._previews[index] = p
         self._state[index] = "final" if final else "preview"
 
+    def state(self, index: int) -> str | None:
+        """``"preview"``, ``"final"`` or None (angle not added yet)."""
+        return self._state.get(index)
+
     def forget_preview(self, index: int) -> None:
         """Drop the kept copy of a preview (bounded memory); :meth:`add` then needs ``previous=``."""
         self._previews.pop(index, None)

@@ -118,11 +118,11 @@ class DistanceFrames:
         try:
             frame = self.scan.read_frames([index])[0]
         except InputError as exc:
-            self.ledger.quarantine(self.scan.path, index, exc.problem)
+            self.ledger.quarantine(*self.scan.locate(index), exc.problem)
             return None
         problem = frame_problem(frame, self.shape)
         if problem:
-            self.ledger.quarantine(self.scan.path, index, problem)
+            self.ledger.quarantine(*self.scan.locate(index), problem)
             return None
         return frame
 
@@ -253,7 +253,7 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
     for k, d in enumerate(scan.distances):
         unused = np.setdiff1d(d.projection_indices, frames[:, k])
         for i in unused:
-            ledger.quarantine(d.path, int(i), "projection angle has no match in the reference distance")
+            ledger.quarantine(*d.locate(int(i)), "projection angle has no match in the reference distance")
 
     def report_progress(done: int, total: int, stage: str) -> None:
         if progress:
