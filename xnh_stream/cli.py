@@ -56,6 +56,8 @@ def _add_simulation_args(p: argparse.ArgumentParser) -> None:
                    help="fractional sample shrinkage reached at the end (default %(default)s)")
     g.add_argument("--warp-px", type=float, default=d.warp_px, help="non-rigid warp amplitude, px (default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    g.add_argument("--oversample", type=int, default=d.oversample,
+                   help="propagate on a grid this many times finer than the voxels (default %(default)s)")
 
 
 def _simulation_config(a: argparse.Namespace):  # noqa: ANN202
@@ -63,7 +65,7 @@ def _simulation_config(a: argparse.Namespace):  # noqa: ANN202
 
     return SimulationConfig(nx=a.nx, ny=a.ny, n_angles=a.angles, photons=a.photons, energy_kev=a.energy,
                             offset_px=a.offset_px, drift_px=a.drift_px, cor_offset_px=a.cor_offset_px,
-                            warp_scale=a.warp_scale, warp_px=a.warp_px, seed=a.seed)
+                            warp_scale=a.warp_scale, warp_px=a.warp_px, seed=a.seed, oversample=a.oversample)
 
 
 def _process_config(a: argparse.Namespace) -> ProcessConfig:
@@ -175,13 +177,14 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
             close()
         counts = watcher.counters.as_dict()
     c = result.counts
-    print(f"frames: {c['received']} received, {c['processed']} processed, {c['quarantined']} quarantined, "
-          f"{c['duplicates']} duplicate arrivals; files: {counts}")
+    print(f"journal: {c['received']} frames received, {c['processed']} processed, {c['quarantined']} quarantined, "
+          f"{c['duplicates']} duplicate arrivals; files: {counts['complete_files']} complete, "
+          f"{counts['quarantined_files']} quarantined, {counts['ignored_files']} ignored, {counts['vanished']} vanished")
     if result.final is None:
         print("scan did not complete: no final volume written (the journal keeps what arrived)")
         return 1
     _summarise(result.final.report)
-    print(f"volume: {out / 'volume.ome.zarr'}\nreport: {out / 'report.json'}\njournal: {out / 'journal.sqlite'}")
+    print(f"volume:  {out / 'volume.ome.zarr'}\nreport:  {out / 'report.json'}\njournal: {out / 'journal.sqlite'}")
     return 0
 
 

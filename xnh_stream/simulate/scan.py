@@ -83,7 +83,9 @@ class SimulationConfig:
     oversample : int
         The exit wave is formed and propagated on a grid this many times finer than the voxel grid, then
         integrated onto detector pixels: the intensity ``|U|^2`` has twice the bandwidth of the wave, so
-        propagating on the voxel grid itself aliases the finest fringes into false detail.
+        propagating on the voxel grid itself can alias the finest fringes. Default 1: on the default scan
+        2 changed the reconstruction's correlation with the phantom by less than 0.01 and made the
+        simulation 5 times slower.
     seed : int
         Random seed (phantom, offsets, noise).
     membrane_px, calibre_px : float
@@ -116,7 +118,7 @@ class SimulationConfig:
     detector_blur_px: float = 0.5
     dark_level: float = 100.0
     read_noise: float = 2.0
-    oversample: int = 2
+    oversample: int = 1
     seed: int = 0
     membrane_px: float = 2.0
     calibre_px: float = 6.0
