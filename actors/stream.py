@@ -27,9 +27,8 @@ import ray
 from xnh_stream.assembler import AngleWork, ScanAssembler
 from xnh_stream.config import ProcessConfig
 from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
-from xnh_stream.ingest.sources import frame_id_of
 from xnh_stream.ingest.watch import FolderWatcher
-from xnh_stream.journal import FrameJournal
+from xnh_stream.journal import FrameJournal, frame_id_of
 from xnh_stream.pipeline import ChainResult, delta_beta_of, process_scan
 from xnh_stream.store import DistanceStore
 

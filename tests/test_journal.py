@@ -18,7 +18,7 @@ from xnh_stream.journal import (
     FrameJournal,
     FrameRecord,
     TransitionError,
-    frame_id,
+    frame_id_of,
     split_frame_id,
 )
 
@@ -114,7 +114,7 @@ def test_kill9_mid_write_then_reopen_and_resume(tmp_path, synchronous, extra_s):
 
 def test_transitions_are_validated_and_idempotent(tmp_path):
     j = FrameJournal(tmp_path / "j.sqlite")
-    a, b = frame_id("scan/d1.nx", 3), frame_id("scan/d1.nx", 4)
+    a, b = frame_id_of("scan/d1.nx", 3), frame_id_of("scan/d1.nx", 4)
     assert split_frame_id(a) == (os.path.abspath("scan/d1.nx"), 3)
     assert j.receive(a, distance=0, image_key=0, angle_deg=1.5) is True
     assert j.receive(a, distance=0, image_key=0, angle_deg=1.5) is False  # duplicate, counted
@@ -141,11 +141,11 @@ def test_transitions_are_validated_and_idempotent(tmp_path):
     with pytest.raises(ValueError, match="state must be one of"):
         j.mark(a, "done")
     with pytest.raises(ValueError, match="image_key"):
-        j.receive(frame_id("x", 1), image_key=7)
+        j.receive(frame_id_of("x", 1), image_key=7)
     with pytest.raises(ValueError, match="angle_deg must be finite"):
-        j.receive(frame_id("x", 1), angle_deg=float("nan"))
+        j.receive(frame_id_of("x", 1), angle_deg=float("nan"))
     with pytest.raises(ValueError, match="non-negative int"):
-        frame_id("x", -1)
+        frame_id_of("x", -1)
     assert j.counts() == {"received": 2, "processed": 1, "quarantined": 1, "pending": 0, "duplicates": 2}
     s = j.summary()
     assert s["quarantine"] == [{"file": os.path.abspath("scan/d1.nx"), "index": 4, "reason": "NaN in frame",

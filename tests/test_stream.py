@@ -10,7 +10,7 @@ import pytest
 from xnh_stream.config import ProcessConfig
 from xnh_stream.geometry import DistanceGeometry
 from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.ingest.sources import frame_id_of
+from xnh_stream.journal import frame_id_of
 from xnh_stream.pipeline import process_scan
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 

@@ -1,7 +1,7 @@
 """Crash-safe journal of every frame of a running scan, and of scan-level events.
 
 A :class:`FrameJournal` is one SQLite database (standard library ``sqlite3``) in WAL mode. Every frame
-is keyed by a string ``frame_id`` (:func:`frame_id`: file path and index in the file) and moves through
+is keyed by a string ``frame_id`` (:func:`frame_id_of`: file path and index in the file) and moves through
 
 ``received`` -> ``processed``  or  ``received`` -> ``quarantined`` (with a reason)
 
@@ -41,6 +41,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 RECEIVED = "received"
 PROCESSED = "processed"
@@ -91,19 +93,30 @@ class TransitionError(ValueError):
     without its metadata)."""
 
 
-def frame_id(path: str | os.PathLike[str], index: int) -> str:
-    """The journal key of frame ``index`` of file ``path``: ``"<absolute path>#<index>"``.
+def file_id_of(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str:
+    """Stable id of a file: its path relative to ``root`` (POSIX), or its absolute path outside ``root``.
 
-    The path is made absolute (without resolving links or touching the disk) so that a restart from
-    another working directory finds the same keys.
+    Relative ids let a restart find the same keys after the scan folder was moved or mounted elsewhere;
+    the path is made absolute without resolving links or touching the disk.
     """
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+    p = Path(os.path.abspath(os.fspath(path)))
+    if root is not None:
+        try:
+            return p.relative_to(Path(os.path.abspath(os.fspath(root)))).as_posix()
+        except ValueError:
+            pass
+    return p.as_posix()
+
+
+def frame_id_of(path: str | os.PathLike[str], index: int, root: str | os.PathLike[str] | None = None) -> str:
+    """The journal key of frame ``index`` of file ``path``: :func:`file_id_of`, ``#``, the index."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ValueError(f"frame index must be a non-negative int, got {index!r}")
-    return f"{os.path.abspath(os.fspath(path))}#{index}"
+    return f"{file_id_of(path, root)}#{int(index)}"
 
 
 def split_frame_id(fid: str) -> tuple[str, int | None]:
-    """``(path, index)`` of a key made by :func:`frame_id` (index None for a key of another form)."""
+    """``(path, index)`` of a key made by :func:`frame_id_of` (index None for a key of another form)."""
     path, sep, idx = fid.rpartition("#")
     if sep and idx.isdigit():
         return path, int(idx)
@@ -117,7 +130,7 @@ class FrameRecord:
     Attributes
     ----------
     frame_id : str
-        Key, normally from :func:`frame_id`.
+        Key, normally from :func:`frame_id_of`.
     state : str
         ``"received"``, ``"processed"`` or ``"quarantined"``.
     distance : int or None

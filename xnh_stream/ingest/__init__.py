@@ -11,12 +11,12 @@ from .sources import (
     NotAFrameFile,
     distance_key,
     edf_geometry,
-    frame_id_of,
     inspect_edf,
     inspect_file,
     inspect_nxtomo,
     iter_records,
 )
+from ..journal import frame_id_of
 from .watch import DistanceProgress, FolderWatcher, QuarantineRecord, WatchCounters
 
 __all__ = [

@@ -70,6 +70,7 @@ import numpy as np
 import yaml
 
 from ..geometry import DistanceGeometry
+from ..journal import file_id_of
 from ..io.nxtomo import (
     _ANGLE,
     _ENERGY,
@@ -123,22 +124,6 @@ class NotAFrameFile(Exception):
 def distance_key(z1_m: float) -> float:
     """Key that groups the files of one distance: focus-to-sample distance in metres, rounded to 0.1 um."""
     return round(float(z1_m), 7)
-
-
-def file_id_of(path: str | Path, root: str | Path | None = None) -> str:
-    """Stable id of a file: its path relative to ``root`` (POSIX), or its absolute path outside ``root``."""
-    p = Path(path).absolute()
-    if root is not None:
-        try:
-            return p.relative_to(Path(root).absolute()).as_posix()
-        except ValueError:
-            pass
-    return p.as_posix()
-
-
-def frame_id_of(path: str | Path, index: int, root: str | Path | None = None) -> str:
-    """Stable id of frame ``index`` of file ``path``: :func:`file_id_of`, ``#``, the index."""
-    return f"{file_id_of(path, root)}#{int(index)}"
 
 
 @dataclass(frozen=True)

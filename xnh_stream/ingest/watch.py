@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io.nxtomo import FIELDS, InputError
+from ..journal import file_id_of
 from .sources import (
     EDF_SUFFIX,
     SIDECAR_NAME,
@@ -50,7 +51,6 @@ from .sources import (
     FileView,
     FrameRecord,
     NotAFrameFile,
-    file_id_of,
     inspect_file,
     is_candidate,
 )
