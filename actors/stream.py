@@ -26,6 +26,7 @@ import ray
 
 from xnh_stream.assembler import AngleWork, ScanAssembler
 from xnh_stream.config import ProcessConfig
+from xnh_stream.fbp import estimate_cor
 from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
 from xnh_stream.ingest.watch import FolderWatcher
 from xnh_stream.journal import FrameJournal, frame_id_of
@@ -199,6 +200,14 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     started = time.monotonic()
     n_done = 0
 
+    cor_known = config.cor is not None
+
+    def make_shards(cor: float) -> list[Any]:
+        ny, nx = assembler.shape
+        edges = np.linspace(0, ny, n_shards + 1).round().astype(int)
+        return [ReconShard.remote((ny, nx), (int(a), int(b)), cor, config.fbp_window, config.fbp_padding)
+                for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
     def dispatch(work: AngleWork) -> None:
         nonlocal n_done
         while len(in_flight) >= max_in_flight:  # backpressure: wait for a slot
@@ -233,10 +242,7 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                 if delta_beta is None:
                     delta_beta = delta_beta_of(config.sample_formula, config.sample_density, rec.geometry.energy_kev)
                 workers = [PhaseWorker.remote((ny, nx), delta_beta, config.to_dict()) for _ in range(n_workers)]
-                cor = config.cor if config.cor is not None else (nx - 1) / 2
-                edges = np.linspace(0, ny, n_shards + 1).round().astype(int)
-                shards = [ReconShard.remote((ny, nx), (int(a), int(b)), cor, config.fbp_window, config.fbp_padding)
-                          for a, b in zip(edges[:-1], edges[1:]) if b > a]
+                shards = make_shards(config.cor if config.cor is not None else (nx - 1) / 2)
             n_quarantined = len(assembler.quarantined)
             works = assembler.add(rec, pixels)
             for fid, reason in assembler.quarantined[n_quarantined:]:
@@ -245,6 +251,19 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                 if fid_state(journal, rec.frame_id) == "received":
                     journal.processed(rec.frame_id, stage="assemble")
             for work in works:
+                dispatch(work)
+        if not cor_known and assembler is not None and (pair := assembler.cor_pair()) is not None:
+            # The first 0/180 degree pair of the reference distance: estimate the rotation axis and rebuild
+            # the live volume around it from the frames on disk (once).
+            cor_known = True
+            cor = float(estimate_cor(*pair))
+            log.info("live centre of rotation %.2f px; rebuilding the live volume", cor)
+            while in_flight:
+                drain(block=True)
+            for s in shards:
+                ray.kill(s)
+            shards = make_shards(cor)
+            for work in assembler.replay():
                 dispatch(work)
         drain(block=False)
         if on_progress and assembler is not None:

@@ -166,7 +166,8 @@ class ScanAssembler:
             for r, f, p in waiting:  # projections that arrived before any flat
                 work += self._projection(d, r, f, p)
         elif kind == PROJECTION and rec.image_key_control == RETURN:
-            d.returns.append((rec.rotation_angle_deg, frame))
+            if d.flat_runs:
+                d.returns.append((rec.rotation_angle_deg, self._flat_fielded(d, frame, position)))
         elif kind == PROJECTION:
             if not d.flat_runs:
                 d.waiting.append((rec, frame, position))
@@ -223,6 +224,39 @@ class ScanAssembler:
                 continue
             model = self.models.setdefault(z, ShiftModel(order=self.align_degree))
             model.add(theta, res.shifts_yx[n], ok=bool(res.ok[n]))
+
+    def cor_pair(self, tol_deg: float = 0.05) -> tuple[np.ndarray, np.ndarray] | None:
+        """Flat-fielded projection and return projection of the reference distance 180 degrees apart."""
+        keys = self.distance_keys
+        if not keys:
+            return None
+        d = self._dist[keys[0]]
+        for angle, ret in d.returns:
+            for i, theta in enumerate(self._angles):
+                if i in d.have and abs(abs(angle - theta) - 180.0) <= tol_deg:
+                    frame = self.store.get(_store_key(d), theta) if self.store is not None else d.frames.get(i)
+                    if frame is not None:
+                        return frame, ret
+        return None
+
+    def replay(self) -> list[AngleWork]:
+        """Work that rebuilds the live volume from scratch: finals for final angles, previews for the rest.
+
+        Needs the on-disk store (frames of final angles are not kept in memory).
+        """
+        if self.store is None:
+            raise ValueError("replay needs a DistanceStore")
+        geo = self.geometry
+        works = []
+        for i, theta in enumerate(self._angles):
+            if i in self._final:
+                frames = {n: self.store.get(_store_key(self._dist[z]), theta) for n, z in enumerate(self.distance_keys)}
+                works.append(AngleWork("final", i, theta, frames, geo))
+            elif i in self._previewed:
+                z = self._previewed[i]
+                frame = self.store.get(_store_key(self._dist[z]), theta)
+                works.append(AngleWork("preview", i, theta, {self.distance_keys.index(z): frame}, geo))
+        return works
 
     def shift_models(self) -> list[ShiftModel | None]:
         """Current shift model of each distance number (None for the reference and unmeasured ones)."""
