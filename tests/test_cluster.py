@@ -1,0 +1,44 @@
+"""The stream on a two-node local Ray cluster (ray.cluster_utils.Cluster), joined by address."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_stream_runs_on_a_two_node_cluster(tmp_path):
+    # A separate interpreter: this test session already runs an embedded Ray of its own.
+    script = textwrap.dedent(f"""
+        import numpy as np, ray
+        from ray.cluster_utils import Cluster
+        from actors.stream import run_stream
+        from xnh_stream.config import ProcessConfig
+        from xnh_stream.simulate.scan import SimulationConfig, simulate_scan, read_truth
+        from xnh_stream.pipeline import process_scan
+        from tests.test_stream import ListSource
+
+        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        folder = r"{tmp_path / 'scan'}"
+        simulate_scan(folder, SimulationConfig(nx=48, ny=16, n_angles=24, seed=8, n_flats=3, n_darks=2))
+        _, rec = read_truth(folder)
+        config = ProcessConfig(delta_beta=rec["delta_beta"], cor=rec["cor_px"], align_angles=8)
+        result = run_stream(ListSource(folder), folder, r"{tmp_path / 'out'}", config, n_workers=2, n_shards=2,
+                            poll_interval_s=0.0)
+        used = {{n["NodeID"] for n in ray.nodes() if n["Alive"]}}
+        batch = process_scan(folder, None, config).volume
+        assert np.array_equal(result.final.volume, batch)
+        assert result.counts["pending"] == 0
+        print("NODES", len(used), "FRAMES", result.counts["received"])
+        ray.shutdown(); cluster.shutdown()
+    """)
+    from pathlib import Path
+
+    script = script.replace(f"r\"{tmp_path / 'out'}\"", f"__import__('pathlib').Path(r\"{tmp_path / 'out'}\")")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NODES 2" in proc.stdout
