@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from xnh_stream.config import ProcessConfig
 from xnh_stream.fbp import estimate_cor
 from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
 from xnh_stream.ingest.watch import FolderWatcher
-from xnh_stream.journal import FrameJournal, frame_id_of
+from xnh_stream.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal, frame_id_of
+from xnh_stream.journal import FrameRecord as JournalEntry
 from xnh_stream.pipeline import ChainResult, delta_beta_of, process_scan
 from xnh_stream.store import DistanceStore
 
@@ -161,7 +163,7 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                n_workers: int = 2, n_shards: int = 2, max_in_flight: int = 8, poll_interval_s: float = 0.2,
                on_progress: Callable[[dict[str, Any]], None] | None = None,
                subscribers: tuple[Callable[[dict[str, Any]], None], ...] = (), timeout_s: float | None = None,
-               final_pass: bool = True) -> StreamResult:
+               final_pass: bool = True, on_result: Callable[[AngleWork], None] | None = None) -> StreamResult:
     """Process a running scan as its frames arrive; at completion write the final outputs.
 
     Parameters
@@ -185,6 +187,8 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
         Give up waiting for frames after this long (the scan is reported incomplete).
     final_pass : bool
         Run the batch chain at completion (the exact final volume).
+    on_result : callable, optional
+        Called with each work item once its projection is in every shard (latency measurements).
 
     Returns
     -------
@@ -216,16 +220,32 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
         n_done += 1
         in_flight[worker.project.remote(work, assembler.shift_models())] = work
 
-    def drain(block: bool) -> None:
-        if not in_flight:
-            return
-        ready, _ = ray.wait(list(in_flight), num_returns=1 if block else len(in_flight), timeout=None if block else 0)
-        for ref in ready:
-            work = in_flight.pop(ref)
-            ray.get([s.add.remote(work.index, float(np.deg2rad(work.theta_deg)), ref, work.kind == "final")
-                     for s in shards])
+    adding: deque[tuple[AngleWork, list[Any]]] = deque()  # projections being back-projected, in order
+
+    def settle(all_of_them: bool = False) -> None:
+        """Book the work whose back-projection finished (oldest first); wait while too much is queued."""
+        while adding:
+            work, refs = adding[0]
+            must_wait = all_of_them or len(adding) > 2 * max_in_flight
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if must_wait else 0)
+            if len(ready) < len(refs):
+                return
+            ray.get(refs)  # raise a shard's error here
+            adding.popleft()
             if work.kind == "final":
-                journal.mark_many(work.frame_ids, "processed", stage="phase")
+                journal.mark_many(work.frame_ids, PROCESSED, stage="phase")
+            if on_result:
+                on_result(work)
+
+    def drain(block: bool) -> None:
+        if in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1 if block else len(in_flight),
+                                timeout=None if block else 0)
+            for ref in ready:  # every shard takes the projection by reference; Ray keeps per-caller order
+                work = in_flight.pop(ref)
+                theta = float(np.deg2rad(work.theta_deg))
+                adding.append((work, [s.add.remote(work.index, theta, ref, work.kind == "final") for s in shards]))
+        settle()
 
     while True:
         batch = source.poll()
@@ -233,11 +253,16 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             fid = f"{q.file_id}#file"
             journal.receive(fid, stage="ingest")
             journal.quarantine(fid, q.reason, stage="ingest")
+        # One journal transaction per poll: arrivals first, then what became of them.
+        journal.record_many(JournalEntry(rec.frame_id, RECEIVED, image_key=rec.image_key,
+                                         angle_deg=rec.rotation_angle_deg) for rec, _ in batch)
+        quarantined: dict[str, str] = {}
+        used_on_arrival: list[str] = []
         for rec, pixels in batch:
-            journal.receive(rec.frame_id, image_key=rec.image_key, angle_deg=rec.rotation_angle_deg)
             if assembler is None:
                 ny, nx = np.asarray(pixels).shape
                 assembler = ScanAssembler(n_distances, (ny, nx), delta_beta_align=config.align_delta_beta,
+                                          align_bin_px=max(1, min(ny, nx) // 256),
                                           store=DistanceStore(out / "store", (ny, nx)))
                 if delta_beta is None:
                     delta_beta = delta_beta_of(config.sample_formula, config.sample_density, rec.geometry.energy_kev)
@@ -245,13 +270,15 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                 shards = make_shards(config.cor if config.cor is not None else (nx - 1) / 2)
             n_quarantined = len(assembler.quarantined)
             works = assembler.add(rec, pixels)
-            for fid, reason in assembler.quarantined[n_quarantined:]:
-                journal.quarantine(fid, reason, stage="assemble")
-            if rec.image_key != 0 or rec.image_key_control != 0:  # darks, flats, returns: used on arrival
-                if fid_state(journal, rec.frame_id) == "received":
-                    journal.processed(rec.frame_id, stage="assemble")
+            quarantined.update(assembler.quarantined[n_quarantined:])
+            if (rec.image_key != 0 or rec.image_key_control != 0) and rec.frame_id not in quarantined:
+                used_on_arrival.append(rec.frame_id)  # darks, flats, return projections: used on arrival
             for work in works:
                 dispatch(work)
+        if quarantined:
+            journal.mark_many(list(quarantined), QUARANTINED, stage="assemble", reasons=list(quarantined.values()))
+        if used_on_arrival:
+            journal.mark_many(used_on_arrival, PROCESSED, stage="assemble")
         if not cor_known and assembler is not None and (pair := assembler.cor_pair()) is not None:
             # The first 0/180 degree pair of the reference distance: estimate the rotation axis and rebuild
             # the live volume around it from the frames on disk (once).
@@ -260,6 +287,7 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             log.info("live centre of rotation %.2f px; rebuilding the live volume", cor)
             while in_flight:
                 drain(block=True)
+            settle(all_of_them=True)
             for s in shards:
                 ray.kill(s)
             shards = make_shards(cor)
@@ -277,6 +305,7 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             time.sleep(poll_interval_s)
     while in_flight:
         drain(block=True)
+    settle(all_of_them=True)
 
     live = None
     if shards:
@@ -304,8 +333,3 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     journal.close()
     return StreamResult(final, live, counts, events)
 
-
-def fid_state(journal: FrameJournal, fid: str) -> str | None:
-    """Current journal state of a frame (None if unknown)."""
-    rec = journal.get(fid)
-    return None if rec is None else rec.state

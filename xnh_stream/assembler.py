@@ -82,6 +82,8 @@ class ScanAssembler:
         delta/beta of the Paganin filter used to register distances.
     align_every : int
         Measure distance shifts on every n-th complete angle.
+    align_bin_px : int
+        Bin frames by this factor for registration (speed on large frames; shifts stay in full pixels).
     angle_tol_deg : float
         Angles closer than this are the same angle.
     store : DistanceStore, optional
@@ -91,8 +93,9 @@ class ScanAssembler:
 
     def __init__(self, n_distances: int, frame_shape: tuple[int, int], delta_beta_align: float = 0.3,
                  align_every: int = 4, align_degree: int = 2, angle_tol_deg: float = 0.01,
-                 store: DistanceStore | None = None) -> None:
+                 store: DistanceStore | None = None, align_bin_px: int = 1) -> None:
         self.store = store
+        self.align_bin_px = align_bin_px
         self.n_distances = n_distances
         self.shape = tuple(frame_shape)
         self.delta_beta_align = delta_beta_align
@@ -218,7 +221,8 @@ class ScanAssembler:
         return d.frames.pop(i)
 
     def _measure_shifts(self, frames: dict[int, np.ndarray], geo: ScanGeometry, theta: float) -> None:
-        res = measure_distance_shifts([frames[n] for n in range(len(frames))], geo, self.delta_beta_align)
+        res = measure_distance_shifts([frames[n] for n in range(len(frames))], geo, self.delta_beta_align,
+                                      bin_px=self.align_bin_px)
         for n, z in enumerate(self.distance_keys):
             if n == geo.reference:
                 continue

@@ -1,0 +1,161 @@
+"""Streaming throughput, latency and memory on this machine (embedded local Ray).
+
+Figures printed:
+* sustained frames per second and p50 / p95 latency from a frame "landing" (handed to the stream by a
+  synthetic detector) to its contribution in the live (preview) volume, for 512^2 and 2048^2 frames;
+* resident memory of the driver and all Ray workers sampled across a long synthetic scan (it must stay
+  flat: frames wait on disk in the distance store, previews are not kept);
+* the cost of moving a frame between actors (put + actor call by reference) against processing it
+  (Paganin preview of one frame), measured in the same run.
+
+Usage: python bench/bench_stream.py [--small] [--long N_ANGLES]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import ray
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from actors.stream import run_stream  # noqa: E402
+from xnh_stream.config import ProcessConfig  # noqa: E402
+from xnh_stream.geometry import DistanceGeometry  # noqa: E402
+from xnh_stream.incremental import AngleProcessor  # noqa: E402
+from xnh_stream.simulate.scan import SimulationConfig  # noqa: E402
+
+
+@dataclass
+class Rec:
+    frame_id: str
+    image_key: int
+    image_key_control: int
+    rotation_angle_deg: float
+    sequence: float
+    geometry: DistanceGeometry
+
+
+class SyntheticDetector:
+    """Frames of a four-distance scan made on the fly (noise on a smooth beam; the processing cost is real)."""
+
+    def __init__(self, n: int, n_angles: int, per_poll: int = 8, seed: int = 0) -> None:
+        self.geo = SimulationConfig().geometry().distances
+        self.n, self.rng = n, np.random.default_rng(seed)
+        self.plan = []
+        for k, g in enumerate(self.geo):
+            seq = [(2, 0.0, 0)] * 2 + [(1, 0.0, 0)] * 3 + [(0, a, 0) for a in np.arange(n_angles) * 180 / n_angles]
+            seq += [(1, 180.0, 0)] * 3 + [(0, 180.0, -1), (0, 0.0, -1)]
+            self.plan += [(k, i, key, ang, ctrl) for i, (key, ang, ctrl) in enumerate(seq)]
+        self.pos, self.per_poll, self.landed = 0, per_poll, {}
+        y, x = np.mgrid[0:n, 0:n] / n
+        self.beam = (10000 * np.exp(-((y - 0.5) ** 2 + (x - 0.5) ** 2))).astype(np.float32)
+
+    def poll(self):
+        out = []
+        for k, i, key, ang, ctrl in self.plan[self.pos : self.pos + self.per_poll]:
+            level = 0 if key == 2 else (1.0 if key == 1 else 0.9)
+            frame = (self.beam * level + 100 + self.rng.normal(0, 30, (self.n, self.n))).astype(np.float32)
+            fid = f"d{k}#{i}"
+            self.landed[fid] = time.perf_counter()
+            out.append((Rec(fid, key, ctrl, float(ang), float(i), self.geo[k]), frame))
+        self.pos += len(out)
+        return out
+
+    def finished(self):
+        return self.pos >= len(self.plan)
+
+
+def tree_rss_mib() -> float:
+    me = psutil.Process()
+    procs = [me] + me.children(recursive=True)
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def run(n: int, n_angles: int, samples: list | None = None) -> dict:
+    det = SyntheticDetector(n, n_angles)
+    latencies = []
+
+    def done(work):
+        if work.kind == "preview":
+            latencies.append(time.perf_counter() - det.landed[work.frame_ids[0]])
+        if samples is not None and len(latencies) % 50 == 0:
+            samples.append((len(latencies), tree_rss_mib()))
+
+    out = Path(tempfile.mkdtemp(prefix="xnh-bench-"))
+    config = ProcessConfig(delta_beta=100.0, cor=(n - 1) / 2)
+    t0 = time.perf_counter()
+    result = run_stream(det, out, out, config, n_workers=2, n_shards=2, max_in_flight=4, poll_interval_s=0.0,
+                        final_pass=False, on_result=done)
+    dt = time.perf_counter() - t0
+    n_frames = len(det.plan)
+    lat = np.array(latencies) * 1e3
+    return {"frames": n_frames, "fps": n_frames / dt, "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)), "counts": result.counts}
+
+
+def move_vs_process(n: int) -> tuple[float, float]:
+    @ray.remote
+    class Sink:
+        def take(self, frame):
+            return frame.shape[0]
+
+    sink = Sink.remote()
+    frame = np.random.default_rng(0).normal(1, 0.01, (n, n)).astype(np.float32)
+    ray.get(sink.take.remote(ray.put(frame)))
+    reps = 20
+    t = time.perf_counter()
+    for _ in range(reps):
+        ray.get(sink.take.remote(ray.put(frame)))
+    move = (time.perf_counter() - t) / reps
+    geo = SimulationConfig().geometry()
+    proc = AngleProcessor(geo, (n, n), 100.0, ProcessConfig())
+    proc.preview(0, frame, 0.0)
+    t = time.perf_counter()
+    for _ in range(5):
+        proc.preview(0, frame, 0.0)
+    return move * 1e3, (time.perf_counter() - t) / 5 * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--small", action="store_true", help="quick run (fewer angles, no 2048^2)")
+    ap.add_argument("--long", type=int, default=None, help="angles per distance of the memory run")
+    a = ap.parse_args()
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    print(f"embedded local Ray, {os.cpu_count()} CPUs")
+    sizes = [(512, 24 if a.small else 90)] + ([] if a.small else [(2048, 8)])
+    for n, n_angles in sizes:
+        r = run(n, n_angles)
+        print(f"{n}x{n}: {r['frames']} frames, {r['fps']:.1f} frames/s sustained, landing-to-preview latency "
+              f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms; journal {r['counts']}")
+    long_angles = a.long or (60 if a.small else 900)
+    samples: list = []
+    r = run(512, long_angles, samples)
+    rss = np.array([s[1] for s in samples])
+    print(f"memory over a 4 x {long_angles}-angle scan of 512^2 ({r['frames']} frames, {r['fps']:.1f} frames/s): "
+          f"resident MiB (driver + Ray workers) first {rss[0]:.0f}, median {np.median(rss):.0f}, "
+          f"last {rss[-1]:.0f}, max {rss.max():.0f}")
+    for n in (512, 2048):
+        move, proc = move_vs_process(n)
+        print(f"{n}x{n} frame: moving it to an actor {move:.2f} ms vs Paganin preview {proc:.1f} ms "
+              f"(ratio {proc / move:.0f}x)")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
