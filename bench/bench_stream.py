@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +27,12 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.stream import run_stream  # noqa: E402
+from xnh_stream.assembler import FrameInfo
 from xnh_stream.config import ProcessConfig  # noqa: E402
-from xnh_stream.geometry import DistanceGeometry  # noqa: E402
 from xnh_stream.incremental import AngleProcessor  # noqa: E402
 from xnh_stream.simulate.scan import SimulationConfig  # noqa: E402
 
 
-@dataclass
-class Rec:
-    frame_id: str
-    image_key: int
-    image_key_control: int
-    rotation_angle_deg: float
-    sequence: float
-    geometry: DistanceGeometry
 
 
 class SyntheticDetector:
@@ -66,7 +57,7 @@ class SyntheticDetector:
             frame = (self.beam * level + 100 + self.rng.normal(0, 30, (self.n, self.n))).astype(np.float32)
             fid = f"d{k}#{i}"
             self.landed[fid] = time.perf_counter()
-            out.append((Rec(fid, key, ctrl, float(ang), float(i), self.geo[k]), frame))
+            out.append((FrameInfo(fid, key, ctrl, float(ang), float(i), self.geo[k]), frame))
         self.pos += len(out)
         return out
 

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from xnh_stream.assembler import ScanAssembler
+from xnh_stream.assembler import FrameInfo, ScanAssembler
 from xnh_stream.config import ProcessConfig
-from xnh_stream.geometry import DistanceGeometry
 from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
 from xnh_stream.io.nxtomo import read_scan
 from xnh_stream.pipeline import process_scan
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 
-@dataclass
-class Rec:
-    frame_id: str
-    image_key: int
-    image_key_control: int
-    rotation_angle_deg: float
-    sequence: float
-    geometry: DistanceGeometry
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +25,7 @@ def scan(tmp_path_factory):
     for d in s.distances:
         data = d.read_frames(slice(None))
         for i in range(d.n_frames):
-            frames.append((Rec(f"{d.path}::{i}", int(d.image_key[i]), int(d.image_key_control[i]),
+            frames.append((FrameInfo(f"{d.path}::{i}", int(d.image_key[i]), int(d.image_key_control[i]),
                                float(d.rotation_angle_deg[i]), float(i), d.geometry), data[i]))
     return folder, s, frames
 

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from xnh_stream.assembler import FrameInfo
 from xnh_stream.config import ProcessConfig
-from xnh_stream.geometry import DistanceGeometry
 from xnh_stream.io.nxtomo import read_scan
 from xnh_stream.journal import frame_id_of
 from xnh_stream.pipeline import process_scan
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 
-@dataclass
-class Rec:
-    frame_id: str
-    image_key: int
-    image_key_control: int
-    rotation_angle_deg: float
-    sequence: float
-    geometry: DistanceGeometry
 
 
 class ListSource:
@@ -37,7 +28,7 @@ class ListSource:
                 frame = data[i]
                 if corrupt is not None and len(self.items) == corrupt:
                     frame = np.full_like(frame, np.nan)
-                self.items.append((Rec(frame_id_of(d.path, i, root=folder), int(d.image_key[i]), int(d.image_key_control[i]),
+                self.items.append((FrameInfo(frame_id_of(d.path, i, root=folder), int(d.image_key[i]), int(d.image_key_control[i]),
                                        float(d.rotation_angle_deg[i]), float(i), d.geometry), frame))
         self.pos, self.per_poll = 0, per_poll
 

@@ -41,6 +41,18 @@ class Frame(Protocol):
     geometry: DistanceGeometry
 
 
+@dataclass(frozen=True)
+class FrameInfo:
+    """A plain :class:`Frame` (for callers without ingest records: tests, benchmarks, replays)."""
+
+    frame_id: str
+    image_key: int
+    image_key_control: int
+    rotation_angle_deg: float
+    sequence: float
+    geometry: DistanceGeometry
+
+
 @dataclass
 class AngleWork:
     """One unit of phase-retrieval work."""

@@ -297,6 +297,31 @@ def read_nxtomo(path: str | Path, entry: str | None = None) -> NXtomoScan:
         )
 
 
+def write_geometry_fields(entry: h5py.Group, geometry: DistanceGeometry, data: h5py.Dataset) -> None:
+    """Write the per-file NXtomo fields of a distance (pixel, z2, z1, energy) and the NXdata link to ``data``.
+
+    ``entry`` must already hold ``instrument/detector`` (with ``data``); the writers of whole files and of
+    growing chunk files share this.
+    """
+    inst, det = entry["instrument"], entry["instrument/detector"]
+    for name, value in (("x_pixel_size", geometry.pixel_m), ("y_pixel_size", geometry.pixel_m),
+                        ("distance", geometry.z2_m)):
+        det[name] = value
+        det[name].attrs["units"] = "m"
+    src = inst.create_group("source")
+    src.attrs["NX_class"] = "NXsource"
+    src["distance"] = geometry.z1_m
+    src["distance"].attrs["units"] = "m"
+    src["name"], src["type"], src["probe"] = "ESRF", "Synchrotron X-ray Source", "x-ray"
+    beam = inst.create_group("beam")
+    beam.attrs["NX_class"] = "NXbeam"
+    beam["incident_energy"] = geometry.energy_kev
+    beam["incident_energy"].attrs["units"] = "keV"
+    nxdata = entry.create_group("data")
+    nxdata.attrs.update(NX_class="NXdata", signal="data")
+    nxdata["data"] = h5py.SoftLink(data.name)
+
+
 class NXtomoWriter:
     """Write an NXtomo file frame by frame (the simulator, and tests of growing files).
 
@@ -341,26 +366,11 @@ class NXtomoWriter:
         self._ctrl = det.create_dataset("image_key_control", shape=(0,), maxshape=(None,), dtype=np.int32)
         self._count = det.create_dataset("count_time", shape=(0,), maxshape=(None,), dtype=np.float64)
         self._count.attrs["units"] = "s"
-        for name, value in (("x_pixel_size", geometry.pixel_m), ("y_pixel_size", geometry.pixel_m),
-                            ("distance", geometry.z2_m)):
-            det[name] = value
-            det[name].attrs["units"] = "m"
-        src = inst.create_group("source")
-        src.attrs["NX_class"] = "NXsource"
-        src["distance"] = geometry.z1_m
-        src["distance"].attrs["units"] = "m"
-        src["name"], src["type"], src["probe"] = "ESRF", "Synchrotron X-ray Source", "x-ray"
-        beam = inst.create_group("beam")
-        beam.attrs["NX_class"] = "NXbeam"
-        beam["incident_energy"] = geometry.energy_kev
-        beam["incident_energy"].attrs["units"] = "keV"
+        write_geometry_fields(e, geometry, self._data)
         sample = e.create_group("sample")
         sample.attrs["NX_class"] = "NXsample"
         self._angle = sample.create_dataset("rotation_angle", shape=(0,), maxshape=(None,), dtype=np.float64)
         self._angle.attrs["units"] = "degree"
-        data = e.create_group("data")
-        data.attrs.update(NX_class="NXdata", signal="data")
-        data["data"] = h5py.SoftLink(self._data.name)
         self._entry = e
 
     def append(self, frames: np.ndarray, image_key: int, angles_deg: float | np.ndarray,

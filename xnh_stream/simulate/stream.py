@@ -53,7 +53,7 @@ from ..ingest.sources import (
     FRAME_OFFSET_ATTR,
     SIDECAR_NAME,
 )
-from ..io.nxtomo import DARK, FLAT, RETURN
+from ..io.nxtomo import DARK, FLAT, RETURN, write_geometry_fields
 from .phantom import Phantom
 from .scan import ScanModel, SimFrame, SimulationConfig
 
@@ -141,22 +141,7 @@ class LiveNXtomoFile:
                            growing(det, "count_time", np.float64, np.nan, "s"),
                            growing(det, "image_key_control", np.int32, UNWRITTEN_KEY),
                            growing(det, "image_key", np.int32, UNWRITTEN_KEY)]
-        for name, value in (("x_pixel_size", geometry.pixel_m), ("y_pixel_size", geometry.pixel_m),
-                            ("distance", geometry.z2_m)):
-            det[name] = value
-            det[name].attrs["units"] = "m"
-        src = inst.create_group("source")
-        src.attrs["NX_class"] = "NXsource"
-        src["distance"] = geometry.z1_m
-        src["distance"].attrs["units"] = "m"
-        src["name"], src["type"], src["probe"] = "ESRF", "Synchrotron X-ray Source", "x-ray"
-        beam = inst.create_group("beam")
-        beam.attrs["NX_class"] = "NXbeam"
-        beam["incident_energy"] = geometry.energy_kev
-        beam["incident_energy"].attrs["units"] = "keV"
-        data = e.create_group("data")
-        data.attrs.update(NX_class="NXdata", signal="data")
-        data["data"] = h5py.SoftLink(self._data.name)
+        write_geometry_fields(e, geometry, self._data)
         self._f.flush()
 
     @property
