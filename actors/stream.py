@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,13 +74,18 @@ class ReconShard:
         ny, nx = frame_shape
         self.rows = slice(*rows)
         self.vol = ProgressiveVolume(ny, nx, cor=cor, window=window, padding=padding, rows=self.rows)
+        self._incarnation = uuid.uuid4().hex  # a restarted actor (empty volume) has a new one
+
+    def incarnation(self) -> str:
+        """Changes when Ray restarts the actor: its volume is then empty and must be replayed."""
+        return self._incarnation
 
     def add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool) -> int:
         """Back-project one projection (previews are not kept: finals carry the preview they replace)."""
         projection, previous = result
         state = self.vol.state(index)
-        if not final and state == "final":
-            return self.vol.n_final  # a preview that finished after its angle's final: stale, dropped
+        if state == "final":
+            return self.vol.n_final  # a stale preview, or a final already replayed/retried: nothing to do
         if final and state is None:  # the final overtook its preview, which will be dropped when it comes
             self.vol.add(index, theta_rad, projection, final=True)
         else:
@@ -212,15 +218,28 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
         return [ReconShard.remote((ny, nx), (int(a), int(b)), cor, config.fbp_window, config.fbp_padding)
                 for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
-    def dispatch(work: AngleWork) -> None:
+    def dispatch(work: AngleWork, targets: list[Any] | None = None) -> None:
         nonlocal n_done
         while len(in_flight) >= max_in_flight:  # backpressure: wait for a slot
             drain(block=True)
         worker = workers[n_done % len(workers)]
         n_done += 1
-        in_flight[worker.project.remote(work, assembler.shift_models())] = work
+        in_flight[worker.project.remote(work, assembler.shift_models())] = (work, targets)
 
     adding: deque[tuple[AngleWork, list[Any]]] = deque()  # projections being back-projected, in order
+    incarnations: dict[Any, str] = {}
+
+    def check_restarts() -> None:
+        """A shard Ray restarted lost its slab: replay every angle into it from the frames on disk."""
+        if not shards:
+            return
+        current = ray.get([s.incarnation.remote() for s in shards])
+        for shard, inc in zip(shards, current):
+            if incarnations.setdefault(shard, inc) != inc:
+                incarnations[shard] = inc
+                log.warning("a reconstruction shard was restarted; replaying its angles from the store")
+                for work in assembler.replay():
+                    dispatch(work, targets=[shard])
 
     def settle(all_of_them: bool = False) -> None:
         """Book the work whose back-projection finished (oldest first); wait while too much is queued."""
@@ -242,9 +261,10 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             ready, _ = ray.wait(list(in_flight), num_returns=1 if block else len(in_flight),
                                 timeout=None if block else 0)
             for ref in ready:  # every shard takes the projection by reference; Ray keeps per-caller order
-                work = in_flight.pop(ref)
+                work, targets = in_flight.pop(ref)
                 theta = float(np.deg2rad(work.theta_deg))
-                adding.append((work, [s.add.remote(work.index, theta, ref, work.kind == "final") for s in shards]))
+                adding.append((work, [s.add.remote(work.index, theta, ref, work.kind == "final")
+                                      for s in (targets or shards)]))
         settle()
 
     while True:
@@ -294,8 +314,10 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             for work in assembler.replay():
                 dispatch(work)
         drain(block=False)
+        check_restarts()
         if on_progress and assembler is not None:
-            on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": len(in_flight)})
+            on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": len(in_flight),
+                         "actors": {"shards": list(shards), "workers": list(workers)}})
         if source.finished() and not batch:
             break
         if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -303,6 +325,10 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             break
         if not batch:
             time.sleep(poll_interval_s)
+    while in_flight:
+        drain(block=True)
+    settle(all_of_them=True)
+    check_restarts()
     while in_flight:
         drain(block=True)
     settle(all_of_them=True)

@@ -267,7 +267,8 @@ class ScanAssembler:
         for i, theta in enumerate(self._angles):
             if i in self._final:
                 frames = {n: self.store.get(_store_key(self._dist[z]), theta) for n, z in enumerate(self.distance_keys)}
-                works.append(AngleWork("final", i, theta, frames, geo))
+                works.append(AngleWork("final", i, theta, frames, geo,
+                                       preview_distance=self.distance_keys.index(self._previewed[i])))
             elif i in self._previewed:
                 z = self._previewed[i]
                 frame = self.store.get(_store_key(self._dist[z]), theta)
