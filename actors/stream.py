@@ -202,6 +202,11 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     """
     out.mkdir(parents=True, exist_ok=True)
     journal = FrameJournal(out / "journal.sqlite")
+    # A restart after a crash: frames the journal already has are fed to the assembler again (it rebuilds
+    # calibration and the live volume from them) but not journaled again, so nothing is counted twice.
+    known = journal.known_ids()
+    if known:
+        log.info("resuming: the journal already knows %d frames", len(known))
     assembler: ScanAssembler | None = None
     workers: list[Any] = []
     shards: list[Any] = []
@@ -275,7 +280,8 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             journal.quarantine(fid, q.reason, stage="ingest")
         # One journal transaction per poll: arrivals first, then what became of them.
         journal.record_many(JournalEntry(rec.frame_id, RECEIVED, image_key=rec.image_key,
-                                         angle_deg=rec.rotation_angle_deg) for rec, _ in batch)
+                                         angle_deg=rec.rotation_angle_deg) for rec, _ in batch
+                            if rec.frame_id not in known)
         quarantined: dict[str, str] = {}
         used_on_arrival: list[str] = []
         for rec, pixels in batch:
