@@ -107,3 +107,5 @@ def test_bad_simulation_parameters_are_rejected():
         SimulationConfig(z1_m=(0.0, 0.1)).validate()
     with pytest.raises(ValueError, match="detector too small"):
         SimulationConfig(nx=4).validate()
+    with pytest.raises(ValueError, match="pixel_m"):
+        SimulationConfig(pixel_m=-1.0).validate()  # the geometry itself is checked too

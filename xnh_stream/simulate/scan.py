@@ -152,13 +152,13 @@ class SimulationConfig:
             raise ValueError(f"oversample must be >= 1, got {self.oversample}")
         if self.detector_dtype is np.uint32 and self.photons * 2 > np.iinfo(np.uint32).max:
             raise ValueError(f"photons={self.photons} overflows the 32-bit detector")
+        self.geometry()
 
     @property
     def detector_dtype(self) -> type:
         """uint16 like a real detector, or uint32 when the flat counts would saturate 16 bits."""
         peak = self.photons * (1 + self.beam_drift) * 1.6 + self.dark_level + 6 * self.read_noise
         return np.uint16 if peak < np.iinfo(np.uint16).max else np.uint32
-        self.geometry()
 
 
 @dataclass
