@@ -304,7 +304,7 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
     cor_method = "config"
     cor = config.cor
     if cor is None:
-        cor, cor_method = _estimate_cor(readers[ref], frames[:, ref], paganin_rows, delta_beta, xp)
+        cor, cor_method = _estimate_cor(readers[ref], frames[:, ref], paganin_rows)
     log.info("centre of rotation %.2f px (%s)", cor, cor_method)
 
     # --- phase retrieval and incremental FBP ---------------------------------------------------------
@@ -384,8 +384,8 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def _estimate_cor(reader: DistanceFrames, ref_frames: np.ndarray, paganin_rows: list[tuple[float, np.ndarray]],
-                  delta_beta: float, xp: ModuleType) -> tuple[float, str]:
+def _estimate_cor(reader: DistanceFrames, ref_frames: np.ndarray,
+                  paganin_rows: list[tuple[float, np.ndarray]]) -> tuple[float, str]:
     """Rotation axis from a 0/180 degree pair of the reference distance, else from a sinogram."""
     d = reader.scan
     angles = d.rotation_angle_deg
