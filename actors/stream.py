@@ -155,6 +155,62 @@ class FrameSource(Protocol):
         """True once the scan's last frame has been delivered."""
 
 
+# --- instrumentation (metrics): figures added to the on_progress dictionary ------------------------------
+class _Instruments:
+    """Stage latencies, restarts, store size and cluster resources of one stream, for ``on_progress``.
+
+    Latency samples accumulate between two progress calls and are handed out once (``latency_s``: {stage:
+    [seconds]}); the slow figures (store size on disk, cluster resources) are refreshed every ``slow_s``.
+    """
+
+    def __init__(self, slow_s: float = 5.0) -> None:
+        self.samples: dict[str, list[float]] = {}
+        self.landed_preview: dict[str, float] = {}  # projection frame id -> time it was handed to the stream
+        self.landed_final: dict[str, float] = {}
+        self.restarts = 0
+        self.slow_s, self._slow_at, self._slow = slow_s, -float("inf"), {}
+
+    def sample(self, stage: str, seconds: float) -> None:
+        self.samples.setdefault(stage, []).append(seconds)
+
+    def landed(self, frame_id: str, t: float) -> None:
+        self.landed_preview.setdefault(frame_id, t)
+        self.landed_final.setdefault(frame_id, t)
+
+    def booked(self, work: AngleWork, t: float) -> None:
+        """``work`` is in every shard: landing-to-preview / landing-to-final latency of its frames."""
+        if work.kind == "preview":
+            t0 = [self.landed_preview.pop(f) for f in work.frame_ids if f in self.landed_preview]
+            if t0:
+                self.sample("landing_to_preview", t - min(t0))
+        else:
+            t0 = [self.landed_final.pop(f) for f in work.frame_ids if f in self.landed_final]
+            for f in work.frame_ids:
+                self.landed_preview.pop(f, None)
+            if t0:
+                self.sample("landing_to_final", t - max(t0))
+
+    def snapshot(self, store: DistanceStore | None) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self._slow_at >= self.slow_s:
+            self._slow_at = now
+            self._slow = {"cluster": _cluster_state()}
+            if store is not None:
+                self._slow["store_bytes"] = store.nbytes_on_disk()
+        samples, self.samples = self.samples, {}
+        return {**self._slow, "latency_s": samples, "restarts": {"recon_shard": self.restarts}}
+
+
+def _cluster_state() -> dict[str, Any]:
+    """Nodes, CPUs and object store memory of the Ray cluster (total and available)."""
+    total, avail = ray.cluster_resources(), ray.available_resources()
+    return {"nodes": sum(1 for n in ray.nodes() if n.get("Alive")), "cpus_total": total.get("CPU", 0.0),
+            "cpus_available": avail.get("CPU", 0.0),
+            "object_store_total_bytes": total.get("object_store_memory", 0.0),
+            "object_store_available_bytes": avail.get("object_store_memory", 0.0)}
+# --- end of instrumentation ---------------------------------------------------------------------------
+
+
 @dataclass
 class StreamResult:
     """What :func:`run_stream` produced."""
@@ -216,6 +272,8 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     n_done = 0
 
     cor_known = config.cor is not None
+    instruments = _Instruments()  # metrics
+    dispatched_at: dict[Any, float] = {}  # metrics: phase task -> dispatch time
 
     def make_shards(cor: float) -> list[Any]:
         ny, nx = assembler.shape
@@ -229,9 +287,11 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             drain(block=True)
         worker = workers[n_done % len(workers)]
         n_done += 1
-        in_flight[worker.project.remote(work, assembler.shift_models())] = (work, targets)
+        ref = worker.project.remote(work, assembler.shift_models())
+        in_flight[ref] = (work, targets)
+        dispatched_at[ref] = time.monotonic()
 
-    adding: deque[tuple[AngleWork, list[Any]]] = deque()  # projections being back-projected, in order
+    adding: deque[tuple[AngleWork, list[Any], float]] = deque()  # projections being back-projected, in order
     incarnations: dict[Any, str] = {}
 
     def check_restarts() -> None:
@@ -243,19 +303,23 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
             if incarnations.setdefault(shard, inc) != inc:
                 incarnations[shard] = inc
                 log.warning("a reconstruction shard was restarted; replaying its angles from the store")
+                instruments.restarts += 1
                 for work in assembler.replay():
                     dispatch(work, targets=[shard])
 
     def settle(all_of_them: bool = False) -> None:
         """Book the work whose back-projection finished (oldest first); wait while too much is queued."""
         while adding:
-            work, refs = adding[0]
+            work, refs, t_added = adding[0]
             must_wait = all_of_them or len(adding) > 2 * max_in_flight
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if must_wait else 0)
             if len(ready) < len(refs):
                 return
             ray.get(refs)  # raise a shard's error here
             adding.popleft()
+            now = time.monotonic()
+            instruments.sample("backprojection", now - t_added)
+            instruments.booked(work, now)
             if work.kind == "final":
                 journal.mark_many(work.frame_ids, PROCESSED, stage="phase")
             if on_result:
@@ -267,13 +331,20 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                                 timeout=None if block else 0)
             for ref in ready:  # every shard takes the projection by reference; Ray keeps per-caller order
                 work, targets = in_flight.pop(ref)
+                now = time.monotonic()
+                instruments.sample("phase_preview" if work.kind == "preview" else "phase_ctf",
+                                   now - dispatched_at.pop(ref, now))
                 theta = float(np.deg2rad(work.theta_deg))
                 adding.append((work, [s.add.remote(work.index, theta, ref, work.kind == "final")
-                                      for s in (targets or shards)]))
+                                      for s in (targets or shards)], now))
         settle()
 
     while True:
         batch = source.poll()
+        t_landed = time.monotonic()
+        for rec, _ in batch:
+            if rec.image_key == 0 and rec.image_key_control == 0:
+                instruments.landed(rec.frame_id, t_landed)
         for q in getattr(source, "drain_quarantine", lambda: [])():
             fid = f"{q.file_id}#file"
             journal.receive(fid, stage="ingest")
@@ -323,7 +394,9 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
         check_restarts()
         if on_progress and assembler is not None:
             on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": len(in_flight),
-                         "actors": {"shards": list(shards), "workers": list(workers)}})
+                         "actors": {"shards": list(shards), "workers": list(workers)},
+                         "queues": {"phase_in_flight": len(in_flight), "backprojection": len(adding)},
+                         **instruments.snapshot(assembler.store)})
         if source.finished() and not batch:
             break
         if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -360,6 +433,10 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                              key=str(scan_folder))
         for callback in subscribers:
             callback({"event": "scan_complete", "id": event, "scan": str(scan_folder), "out": str(out)})
+    if on_progress and assembler is not None:  # metrics: the final account (every frame booked)
+        on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": 0,
+                     "actors": {"shards": list(shards), "workers": list(workers)},
+                     "queues": {"phase_in_flight": 0, "backprojection": 0}, **instruments.snapshot(None)})
     counts = journal.counts()
     events = journal.events()
     journal.close()
