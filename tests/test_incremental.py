@@ -71,7 +71,8 @@ def test_preview_then_ctf_ends_at_the_batch_volume(tmp_path):
     geo = scan.geometry
     readers = [DistanceFrames(d, ProcessConfig(), FrameLedger(), np) for d in scan.distances]
     thetas, frames = match_angles(scan)
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], align=False)
+    # the batch chain with the same single-material CTF as the live path (no envelope pass)
+    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], align=False, ctf_envelope=False)
     proc = AngleProcessor(geo, scan.frame_shape, record["delta_beta"], config)
     vol = ProgressiveVolume(*scan.frame_shape, cor=record["cor_px"])
     m = truth["sample"].astype(bool) & truth["field_of_view"].astype(bool)

@@ -36,6 +36,14 @@ class ProcessConfig:
         zero frequency for K distances): 0.1 keeps 90 % of the mean phase.
     ctf_alpha_high : float
         CTF regularisation at high frequencies (absolute; compare with ``2 sum_k A_k^2 ~ K``).
+    ctf_envelope : bool
+        Two-material CTF in the batch chain (and the stream's final pass): the sample's outline against
+        air is retrieved with ``delta_beta``, its interior with ``delta_beta_contrast`` (docs/configuration.md).
+    delta_beta_contrast : float or None
+        delta/beta of the contrast inside the sample; ``None`` takes the stain's (``stain_formula``,
+        ``stain_density``) at the scan energy.
+    stain_formula, stain_density : str, float
+        The contrast agent (default reduced osmium, OsO2, 11.4 g/cm^3).
     fbp_window : str
         Ramp filter window: ram-lak, shepp-logan, cosine, hamming, hann.
     fbp_padding : str
@@ -68,6 +76,10 @@ class ProcessConfig:
     sample_density: float = 1.35
     ctf_alpha_low: float = 0.1
     ctf_alpha_high: float = 0.05
+    ctf_envelope: bool = True
+    delta_beta_contrast: float | None = None
+    stain_formula: str = "OsO2"
+    stain_density: float = 11.4
     fbp_window: str = "shepp-logan"
     fbp_padding: str = "edge"
     cor: float | None = None
@@ -91,6 +103,8 @@ class ProcessConfig:
             "backend": self.backend in {"numpy", "cupy"},
             "fbp_padding": self.fbp_padding in {"edge", "zeros"},
             "delta_beta": self.delta_beta is None or self.delta_beta > 0,
+            "delta_beta_contrast": self.delta_beta_contrast is None or self.delta_beta_contrast > 0,
+            "stain_density": self.stain_density > 0,
         }
         for key, ok in checks.items():
             if not ok:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .align import ShiftModel, align_to_reference
 from .config import ProcessConfig
+from .envelope import SampleEnvelope
 from .fbp import FBPAccumulator
 from .geometry import ScanGeometry
 from .phase import CTFRetriever, retrieve_phase_paganin
@@ -38,6 +39,12 @@ class AngleProcessor:
         CTF regularisation.
     xp : module
         Array module.
+
+    Attributes
+    ----------
+    envelope : SampleEnvelope or None
+        Set it (with ``contrast_delta_beta``) for the two-material CTF: the envelope carries the
+        sample's outline with ``delta_beta``, the interior is retrieved with ``contrast_delta_beta``.
     """
 
     def __init__(self, geometry: ScanGeometry, frame_shape: tuple[int, int], delta_beta: float,
@@ -47,6 +54,8 @@ class AngleProcessor:
         # phase [rad] -> line integral of delta in voxel units: p = -phi / (k * voxel)
         self.scale = -1.0 / (2 * math.pi / geometry.distances[0].wavelength_m * geometry.voxel_m)
         self._retrievers: dict[tuple[int, ...], CTFRetriever] = {}
+        self.envelope: SampleEnvelope | None = None
+        self.contrast_delta_beta: float | None = None
 
     def aligned(self, k: int, image: Any, theta_deg: float) -> Any:
         """Distance ``k``'s frame rescaled to the reference pixel and shifted by its model at this angle."""
@@ -56,14 +65,17 @@ class AngleProcessor:
         shift = tuple(float(v) for v in model(theta_deg)) if model is not None else (0.0, 0.0)
         return align_to_reference(image, k, self.geometry, shift, self.shape, xp=self.xp)
 
-    def _retriever(self, which: tuple[int, ...]) -> CTFRetriever:
-        if which not in self._retrievers:
+    def _retriever(self, which: tuple[int, ...], two_material: bool) -> CTFRetriever:
+        key = which + ((-1,) if two_material else ())
+        if key not in self._retrievers:
             geo, cfg = self.geometry, self.config
             sub = ScanGeometry(tuple(geo.distances[k] for k in which))
-            alpha_low = cfg.ctf_alpha_low * 2 * len(which) / self.delta_beta**2
-            self._retrievers[which] = CTFRetriever(sub, self.shape, self.delta_beta, alpha_low=alpha_low,
-                                                   alpha_high=cfg.ctf_alpha_high, pixel_m=geo.voxel_m, xp=self.xp)
-        return self._retrievers[which]
+            db = self.contrast_delta_beta if two_material else self.delta_beta
+            alpha_low = cfg.ctf_alpha_low * 2 * len(which) / db**2
+            self._retrievers[key] = CTFRetriever(sub, self.shape, db, alpha_low=alpha_low,
+                                                 alpha_high=cfg.ctf_alpha_high, pixel_m=geo.voxel_m, xp=self.xp,
+                                                 envelope_delta_beta=self.delta_beta if two_material else None)
+        return self._retrievers[key]
 
     def ctf(self, images: Mapping[int, Any], theta_deg: float) -> Any:
         """Projection from the CTF of the distances present (``{distance index: flat-fielded frame}``)."""
@@ -71,7 +83,10 @@ class AngleProcessor:
         if not which:
             raise ValueError("no frame given")
         stack = self.xp.stack([self.aligned(k, images[k], theta_deg) for k in which])
-        return self._retriever(which)(stack) * self.scale
+        if self.envelope is not None and self.contrast_delta_beta:
+            envelope = self.envelope.projection(math.radians(theta_deg)) / self.scale
+            return self._retriever(which, True)(stack, envelope=envelope) * self.scale
+        return self._retriever(which, False)(stack) * self.scale
 
     def preview(self, k: int, image: Any, theta_deg: float) -> Any:
         """Projection from a single-distance Paganin retrieval of distance ``k`` (fast, lower quality)."""

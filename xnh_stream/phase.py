@@ -24,6 +24,18 @@ maximum of the largest propagation distance (``pi lambda D_max f_c^2 = pi/2``; t
 smallest Fresnel number). ``alpha_low`` is an absolute value to compare with
 ``2 sum_k A_k(0)^2 = 2 K (beta/delta)^2``; ``alpha_high`` with ``2 sum_k A_k^2 ~ K``.
 
+Two-material objects (``envelope``): a stained sample in air is not homogeneous. Its outline
+(sample against air) contrasts with the mean ``delta/beta`` of the sample, while the contrast
+inside it comes from the stain, whose ``delta/beta`` is an order of magnitude lower (heavy metal
+against resin). With a known envelope phase ``phi_e`` (the sample's support filled with its mean
+``delta``) and ``A^e_k`` built with the mean ``delta/beta``, the interior is retrieved with the
+contrast ``delta/beta`` from what the envelope does not explain::
+
+    phi_hat = phi_e_hat + sum_k A_k (FT(I_k - 1) - 2 A^e_k phi_e_hat) / (2 sum_k A_k^2 + alpha)
+            = sum_k A_k FT(I_k - 1) / den + G(f) phi_e_hat,   G = 1 - 2 sum_k A_k A^e_k / den
+
+so the envelope costs one more FFT per angle (``G`` is cached with the filter).
+
 Padding: each image is padded to ``next_fast_len(ceil(pad * n))`` per axis (``pad=2`` by
 default), centred, with mirror values (``pad_mode="symmetric"``: ``... b a | a b c ... |
 ... c b``), which keeps the periodic extension continuous; the result is cropped back.
@@ -125,12 +137,16 @@ class CTFFilter:
         The regularisation ``alpha(f)``.
     cutoff_frequency : float
         ``f_c`` of the alpha transition, cycles per metre.
+    envelope_gain : array [ny_p, nx_p // 2 + 1] float32 or None
+        ``G(f) = 1 - 2 sum_k A_k A^e_k / den`` applied to the envelope phase (two-material
+        retrieval); ``None`` when the filter was built without an envelope ``delta/beta``.
     """
 
     numerators: Any
     inverse_denominator: Any
     alpha: Any
     cutoff_frequency: float
+    envelope_gain: Any = None
 
     @property
     def denominator(self) -> Any:
@@ -149,6 +165,7 @@ def ctf_filter(
     alpha_high: float = DEFAULT_ALPHA_HIGH,
     transition_width: float = DEFAULT_TRANSITION_WIDTH,
     xp: ModuleType = np,
+    envelope_delta_beta: float | None = None,
 ) -> CTFFilter:
     """Multi-distance CTF filter for one geometry, cached on its (hashable) parameters.
 
@@ -168,7 +185,12 @@ def ctf_filter(
         Width of the erfc transition as a fraction of ``f_c``.
     xp : module
         Array module of the returned arrays.
+    envelope_delta_beta : float, optional
+        ``delta / beta`` of the sample envelope (two-material retrieval, see the module notes);
+        ``delta_beta`` is then that of the contrast inside the sample.
     """
+    if envelope_delta_beta is not None and not envelope_delta_beta > 0:
+        raise ValueError(f"envelope delta/beta must be positive, got {envelope_delta_beta}")
     if not distances_m or any(not (d > 0) for d in distances_m):
         raise ValueError(f"propagation distances must be positive, got {distances_m}")
     if not delta_beta > 0:
@@ -179,11 +201,14 @@ def ctf_filter(
     beta_delta = 1.0 / delta_beta
     num = np.empty((len(distances_m),) + f2.shape, dtype=np.float32)
     den = np.zeros(f2.shape, dtype=np.float64)
+    cross = np.zeros(f2.shape, dtype=np.float64) if envelope_delta_beta is not None else None
     for k, d in enumerate(distances_m):
         chi = np.pi * wavelength_m * d * f2
         a = np.sin(chi) + beta_delta * np.cos(chi)
         num[k] = a
         den += 2.0 * a * a
+        if cross is not None:
+            cross += 2.0 * a * (np.sin(chi) + np.cos(chi) / envelope_delta_beta)
     f_c = 1.0 / math.sqrt(2.0 * wavelength_m * max(distances_m))
     step = 0.5 * erfc((f_c - np.sqrt(f2)) / (transition_width * f_c))
     alpha = alpha_low + (alpha_high - alpha_low) * step
@@ -195,6 +220,7 @@ def ctf_filter(
         inverse_denominator=_shared(xp, (1.0 / den).astype(np.float32)),
         alpha=_shared(xp, alpha.astype(np.float32)),
         cutoff_frequency=f_c,
+        envelope_gain=None if cross is None else _shared(xp, (1.0 - cross / den).astype(np.float32)),
     )
 
 
@@ -310,6 +336,9 @@ class CTFRetriever:
         ``geometry`` holds only the distances present at an angle.
     xp : module
         Array module.
+    envelope_delta_beta : float, optional
+        Mean ``delta / beta`` of the sample: enables the two-material retrieval, where calls pass
+        the envelope phase and ``delta_beta`` is the contrast's (see the module notes).
 
     Notes
     -----
@@ -328,6 +357,7 @@ class CTFRetriever:
         pad_mode: str = "symmetric",
         pixel_m: float | None = None,
         xp: ModuleType = np,
+        envelope_delta_beta: float | None = None,
     ) -> None:
         if len(shape) != 2 or min(shape) < 2:
             raise ValueError(f"shape must be (ny, nx) with both >= 2, got {shape}")
@@ -348,6 +378,7 @@ class CTFRetriever:
             float(alpha_high),
             float(transition_width),
             xp,
+            None if envelope_delta_beta is None else float(envelope_delta_beta),
         )
         self._pad = _Padder(self.shape, self.shape_padded, pad_mode, xp)
         n_pix = self.shape_padded[0] * self.shape_padded[1]
@@ -356,9 +387,15 @@ class CTFRetriever:
         self._fft = fft_module(xp)
         self._workers = fft_workers(xp)
 
-    def __call__(self, images: Any) -> Any:
-        """Phase ``phi`` [ny, nx] float32 (radians, negative for matter) from K images [K, ny, nx]."""
+    def __call__(self, images: Any, envelope: Any = None) -> Any:
+        """Phase ``phi`` [ny, nx] float32 (radians, negative for matter) from K images [K, ny, nx].
+
+        ``envelope`` is the sample envelope's phase [ny, nx] at this angle (radians, same sign), for
+        a retriever built with ``envelope_delta_beta``; it is part of the returned phase.
+        """
         xp = self.xp
+        if envelope is not None and self.filter.envelope_gain is None:
+            raise ValueError("an envelope phase needs a retriever built with envelope_delta_beta")
         k_expected = len(self.geometry.distances)
         if len(images) != k_expected:
             raise ValueError(f"got {len(images)} images for a geometry with {k_expected} distances")
@@ -374,6 +411,10 @@ class CTFRetriever:
                 acc += spec
         acc[0, 0] -= self._dc
         acc *= self.filter.inverse_denominator
+        if envelope is not None:
+            env = xp.asarray(envelope)
+            _check_image(xp, env, self.shape, "envelope phase")
+            acc += self._fft.rfft2(self._pad(env), overwrite_x=True, **self._workers) * self.filter.envelope_gain
         phi = self._fft.irfft2(acc, s=self.shape_padded, overwrite_x=True, **self._workers)
         return xp.ascontiguousarray(self._pad.crop(phi), dtype=xp.float32)
 

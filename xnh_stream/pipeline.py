@@ -33,6 +33,7 @@ from .fsc import edge_resolution, half_volume_resolution
 from .geometry import ScanGeometry
 from .io.nxtomo import DARK, FLAT, FIELDS, InputError, NXtomoScan, Scan, frame_problem, read_scan
 from .io.omezarr import write_volume
+from .envelope import SampleEnvelope, envelope_binning, estimate_support
 from .incremental import AngleProcessor
 from .phase import retrieve_phase_paganin
 from .xp import get_array_module, to_numpy
@@ -79,6 +80,7 @@ class DistanceFrames:
     def __init__(self, scan: NXtomoScan, config: ProcessConfig, ledger: FrameLedger, xp: ModuleType) -> None:
         self.scan, self.ledger, self.xp = scan, ledger, xp
         self.shape = scan.frame_shape
+        self._bad: set[int] = set()
         dark_idx, flat_idx = scan.indices(DARK), scan.indices(FLAT)
         self.dark = self._mean_of(dark_idx)
         if self.dark is None:
@@ -114,17 +116,20 @@ class DistanceFrames:
         return frames.mean(axis=0) if len(frames) else None
 
     def read_raw(self, index: int) -> np.ndarray | None:
-        """One raw frame, or None (quarantined) if it cannot be read or is unusable."""
+        """One raw frame, or None (quarantined once, however often it is asked for) if unusable."""
+        if index in self._bad:
+            return None
         try:
             frame = self.scan.read_frames([index])[0]
         except InputError as exc:
-            self.ledger.quarantine(*self.scan.locate(index), exc.problem)
-            return None
-        problem = frame_problem(frame, self.shape)
-        if problem:
-            self.ledger.quarantine(*self.scan.locate(index), problem)
-            return None
-        return frame
+            problem = exc.problem
+        else:
+            problem = frame_problem(frame, self.shape)
+            if not problem:
+                return frame
+        self._bad.add(index)
+        self.ledger.quarantine(*self.scan.locate(index), problem)
+        return None
 
     def corrected(self, index: int) -> Any | None:
         """Flat-fielded frame ``index`` on the array backend, or None if quarantined."""
@@ -135,6 +140,60 @@ class DistanceFrames:
         if self.pca is not None:
             return self.pca.correct(frame)
         return self.interp.correct(frame, float(index), self.xp.asarray(self.dark))
+
+
+def sample_envelope(reader: DistanceFrames, frames: np.ndarray, thetas_deg: np.ndarray, geo: ScanGeometry,
+                    delta_beta: float, cor: float, xp: ModuleType,
+                    progress: Callable[[int, int], None] | None = None) -> SampleEnvelope | None:
+    """The sample envelope from a binned Paganin reconstruction of the reference distance.
+
+    Parameters
+    ----------
+    reader : DistanceFrames
+        The reference distance.
+    frames : ndarray of int
+        Its frame index at each angle (-1: none).
+    thetas_deg : ndarray
+        The angles.
+    geo : ScanGeometry
+        The scan.
+    delta_beta : float
+        Mean delta/beta of the sample (Paganin, and the envelope's contrast against air).
+    cor : float
+        Rotation axis, detector pixels.
+    xp : module
+        Array module.
+    progress : callable, optional
+        ``progress(done, total)``.
+
+    Returns
+    -------
+    SampleEnvelope or None
+        None when no plausible support is found (a sample wider than the field of view, or none).
+    """
+    ny, nx = reader.shape
+    b = envelope_binning((ny, nx))
+    d = geo.distances[geo.reference]
+    nyb, nxb = ny // b, nx // b
+    acc = FBPAccumulator(nyb, nxb, cor=(cor + 0.5) / b - 0.5, padding="edge", xp=xp)
+    scale = -1.0 / (2 * np.pi / d.wavelength_m * d.effective_pixel_m)  # phase -> line integral, voxel units
+    for i, (theta, f) in enumerate(zip(thetas_deg, frames)):
+        img = reader.corrected(int(f)) if f >= 0 else None
+        if img is not None:
+            binned = img[: nyb * b, : nxb * b].reshape(nyb, b, nxb, b).mean(axis=(1, 3))
+            phi = retrieve_phase_paganin(binned, (d.propagation_distance_m, d.wavelength_m, d.effective_pixel_m * b),
+                                         delta_beta, xp=xp)
+            acc.add(phi * (scale / b), float(np.deg2rad(theta)), index=i)  # binned-voxel units
+        if progress:
+            progress(i + 1, len(frames))
+    volume = to_numpy(acc.volume())
+    support = estimate_support(volume)
+    if support is None:
+        return None
+    envelope = SampleEnvelope(support, float(volume[support].mean()), b, (ny, nx), cor, xp=xp)
+    log.info("sample envelope: support %.0f %% of the volume, mean delta %.3g (binning %d)",
+             100 * envelope.support_fraction, envelope.delta_mean, b)
+    return envelope
 
 
 def match_angles(scan: Scan, tol_deg: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -310,6 +369,14 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
     # --- phase retrieval and incremental FBP ---------------------------------------------------------
     processor = AngleProcessor(geo, (ny, nx), delta_beta, config, xp=xp)
     processor.models = models
+    envelope = None
+    if config.ctf_envelope and K > 1:
+        envelope = sample_envelope(readers[ref], frames[:, ref], thetas_deg, geo, delta_beta, cor, xp,
+                                   lambda done, total: report_progress(done, total, "envelope"))
+        if envelope is not None:
+            processor.envelope = envelope
+            processor.contrast_delta_beta = config.delta_beta_contrast or delta_beta_of(
+                config.stain_formula, config.stain_density, energy)
     acc = FBPAccumulator(ny, nx, cor=cor, window=config.fbp_window, padding=config.fbp_padding, xp=xp)
     thetas = np.deg2rad(thetas_deg)
     used_angles = 0
@@ -347,7 +414,9 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
                                     "effective_pixel_m": d.effective_pixel_m,
                                     "propagation_distance_m": d.propagation_distance_m,
                                     "fresnel_number": d.fresnel_number} for d in geo.distances]},
-        "phase": {"method": "ctf-multi-distance", "delta_beta": delta_beta,
+        "phase": {"method": "ctf-multi-distance" + ("-two-material" if envelope is not None else ""),
+                  "delta_beta": delta_beta, "delta_beta_contrast": processor.contrast_delta_beta,
+                  "envelope": None if envelope is None else envelope.as_dict(),
                   "alpha_low": config.ctf_alpha_low, "alpha_high": config.ctf_alpha_high,
                   "sign": "phase = -k * integral(delta dz) (negative for matter); volume holds delta"},
         "alignment": shift_record,
