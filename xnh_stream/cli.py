@@ -1,4 +1,4 @@
-"""Command line: ``xnh-stream simulate | process | watch | demo``."""
+"""Command line: ``xnh-stream simulate | process | watch | demo | overnight``."""
 
 from __future__ import annotations
 
@@ -167,14 +167,19 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
     from .ingest.watch import FolderWatcher  # noqa: PLC0415
 
     update, close = _stream_progress()
+    metrics = _start_metrics(a)  # metrics: the exporter consumes the same progress dictionaries
+    consumers = [update] + ([metrics.update] if metrics else [])
     with FolderWatcher(folder, poll_interval_s=a.poll_s, use_inotify=not a.no_inotify) as watcher:
         source = WatcherSource(watcher, n_distances=a.distances, quiet_s=a.quiet_s)
         try:
             result = run_stream(source, folder, out, config, n_distances=a.distances, n_workers=a.workers,
-                                n_shards=a.shards, on_progress=update, poll_interval_s=a.poll_s,
-                                timeout_s=a.timeout_s)
+                                n_shards=a.shards, on_progress=lambda state: [f(state) for f in consumers],
+                                subscribers=(metrics.scan_complete,) if metrics else (),
+                                poll_interval_s=a.poll_s, timeout_s=a.timeout_s)
         finally:
             close()
+            if metrics:
+                metrics.close()
         counts = watcher.counters.as_dict()
     c = result.counts
     print(f"journal: {c['received']} frames received, {c['processed']} processed, {c['quarantined']} quarantined, "
@@ -227,6 +232,72 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return code
 
 
+# --- metrics and the overnight queue ---------------------------------------------------------------------
+LIVE_METRICS_PORT = 9108
+OVERNIGHT_METRICS_PORT = 9109
+
+
+def _add_metrics_args(p: argparse.ArgumentParser, port: int) -> None:
+    g = p.add_argument_group("Prometheus metrics (docs/metrics.md)")
+    g.add_argument("--metrics-port", type=int, default=port,
+                   help="serve /metrics on this port; 0 turns it off (default %(default)s)")
+    g.add_argument("--metrics-address", default="127.0.0.1",
+                   help="interface to listen on; 0.0.0.0 for a Prometheus on another host (default %(default)s)")
+
+
+def _start_metrics(a: argparse.Namespace):  # noqa: ANN202
+    """The pipeline's exporter served on ``--metrics-port`` (None when 0 or when the port is taken)."""
+    from .metrics import PipelineMetrics  # noqa: PLC0415
+
+    if not getattr(a, "metrics_port", 0):
+        return None
+    if not 0 < a.metrics_port < 65536:
+        raise ConfigError(f"--metrics-port {a.metrics_port}: not a port number (1-65535, or 0 for off)")
+    metrics = PipelineMetrics()
+    try:
+        port = metrics.serve(a.metrics_port, a.metrics_address)
+    except OSError as exc:
+        log.error("%s; going on without a metrics endpoint", exc)
+        return None
+    print(f"metrics: http://{a.metrics_address}:{port}/metrics", file=sys.stderr)
+    return metrics
+
+
+def cmd_overnight(a: argparse.Namespace) -> int:
+    """Process every finished scan folder under ROOT with the batch chain, resumably."""
+    import time  # noqa: PLC0415
+
+    from .overnight import SUMMARY_NAME, run_overnight  # noqa: PLC0415
+
+    config = _process_config(a)
+    metrics = _start_metrics(a)
+
+    def report(name: str, status: str, duration_s: float | None) -> None:
+        took = f" in {duration_s:.1f} s" if duration_s is not None else ""
+        print(f"{status:>7}  {name}{took}", file=sys.stderr)
+
+    failed = 0
+    try:
+        while True:
+            result = run_overnight(a.root, a.out, config, metrics=metrics, settle_s=a.settle_s, on_scan=report)
+            failed = len(result.failed)
+            print(f"overnight: {len(result.done)} done, {failed} failed, {len(result.skipped)} skipped "
+                  f"(report.json exists), {len(result.waiting)} not finished; account in "
+                  f"{Path(a.out) / SUMMARY_NAME}")
+            for f in result.failed:
+                print(f"FAILED {f['scan']}: {f['error']}")
+            if not a.follow:
+                break
+            time.sleep(a.poll_s)
+    except KeyboardInterrupt:
+        print("overnight: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        if metrics:
+            metrics.close()
+    return 1 if failed else 0
+
+
 def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("streaming")
     g.add_argument("--address", help="join this Ray cluster (e.g. auto, host:6379); default: embedded local Ray")
@@ -263,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="output folder")
     _add_stream_args(s)
     _add_process_args(s)
+    _add_metrics_args(s, LIVE_METRICS_PORT)
     s.set_defaults(func=cmd_watch)
 
     s = sub.add_parser("demo", help="simulate a scan being written and stream it through the pipeline (Ray)")
@@ -271,7 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulation_args(s)
     _add_stream_args(s)
     _add_process_args(s)
+    _add_metrics_args(s, LIVE_METRICS_PORT)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("overnight", help="process every finished scan folder under ROOT with the batch chain; "
+                                         "resumable (skips scans whose OUT/<scan>/report.json exists)")
+    s.add_argument("root", type=Path, help="folder holding the day's scan folders (searched recursively)")
+    s.add_argument("--out", type=Path, required=True, help="output root: OUT/<scan>/ per scan, OUT/overnight.json")
+    s.add_argument("--settle-s", type=float, default=60.0,
+                   help="a file without end_time counts as finished after this long unchanged (default %(default)s)")
+    s.add_argument("--follow", action="store_true", help="keep going: look for newly finished scans every --poll-s")
+    s.add_argument("--poll-s", type=float, default=300.0, help="seconds between passes with --follow (default %(default)s)")
+    _add_process_args(s)
+    _add_metrics_args(s, OVERNIGHT_METRICS_PORT)
+    s.set_defaults(func=cmd_overnight)
     return p
 
 

@@ -21,11 +21,13 @@ the previous one; call :meth:`PipelineMetrics.new_scan` between scans processed 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -270,13 +272,14 @@ class PipelineMetrics:
             self.alerts.labels(name=name, severity=severity).set(1)
         self._alerts |= firing
 
-    def observe_report(self, report: Mapping[str, Any]) -> None:
+    def observe_report(self, report: Mapping[str, Any], frames: bool = True) -> None:
         """Take a finished scan's report (``report.json`` of the batch chain): frames, FSC, dose, alerts.
 
-        Frame counts are added to the counters (a report is one scan's final account).
+        With ``frames`` the report's frame counts are added to the counters (a report is one scan's final
+        account); the live stream, whose journal already counted them, passes False.
         """
         with self._lock:
-            fr = report.get("frames") or {}
+            fr = (report.get("frames") or {}) if frames else {}
             for counter, key in ((self.frames_received, "received"), (self.frames_processed, "processed"),
                                  (self.frames_quarantined, "quarantined")):
                 if fr.get(key) is not None:
@@ -293,9 +296,19 @@ class PipelineMetrics:
             self.progress_time.set(time.time())
 
     def scan_complete(self, event: Mapping[str, Any]) -> None:
-        """Subscriber of the stream's ``scan_complete`` event."""
-        if event.get("event") == "scan_complete":
-            self.scans_completed.inc()
+        """Subscriber of the stream's ``scan_complete`` event: counts it and takes the final report's FSC,
+        dose and alerts (``OUT/report.json``) when there is one."""
+        if event.get("event") != "scan_complete":
+            return
+        self.scans_completed.inc()
+        report = Path(event["out"]) / "report.json" if event.get("out") else None
+        if report is not None and report.is_file():
+            try:
+                data = json.loads(report.read_text())
+            except (OSError, ValueError) as exc:
+                log.error("metrics: cannot read %s: %s", report, exc)
+                return
+            self.observe_report(data, frames=False)
 
     # ------------------------------------------------------------------ overnight queue
     def overnight_queue_length(self, n: int) -> None:

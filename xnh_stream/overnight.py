@@ -1,0 +1,227 @@
+"""The overnight queue: every finished scan folder under a root, through the batch chain, resumable.
+
+``xnh-stream overnight ROOT --out OUTROOT`` finds the scan folders under ``ROOT`` (NXtomo, one file or one
+folder of chunk files per distance), keeps those whose files are finished, and processes each with
+:func:`xnh_stream.pipeline.process_scan` into ``OUTROOT/<scan>`` (``<scan>`` is the folder's path relative
+to ``ROOT``). Rules:
+
+- **resumable**: a scan whose ``OUTROOT/<scan>/report.json`` exists is skipped (the batch chain writes the
+  report last, so its presence means the scan was completed); after a crash, the same command goes on
+  where it stopped and a half-written output is replaced;
+- **a failing scan does not stop the queue**: its error is written to ``OUTROOT/<scan>/error.json`` (the
+  exception, the file named by the error, a traceback) and logged; it is tried again on the next run
+  (no report.json);
+- **finished**: every NXtomo file of the scan is complete (``end_time`` or its stated frame count), or has
+  every allocated frame written and has not changed for ``settle_s``; files that cannot be read yet must
+  have stopped changing for ``settle_s`` too (the batch chain then reports them). Unfinished scans are
+  listed as waiting and left for a later pass;
+- a scan folder holds NXtomo files of at least two distances (z1), directly or in distance sub-folders
+  (a chunk-file series: one z1 per sub-folder). HDF5 files that are not NXtomo (``truth.h5``, master files)
+  are ignored; ``OUTROOT`` is never searched when it lies inside ``ROOT``.
+
+``OUTROOT/overnight.json`` holds the account of the last pass (rewritten atomically after each scan).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ProcessConfig
+from .ingest.sources import NotAFrameFile, inspect_nxtomo
+from .io.nxtomo import InputError
+from .metrics import PipelineMetrics
+from .pipeline import REPORT_NAME, ChainResult, process_scan
+
+log = logging.getLogger(__name__)
+
+ERROR_NAME = "error.json"
+SUMMARY_NAME = "overnight.json"
+_SUFFIXES = {".nx", ".h5", ".hdf5"}
+
+
+@dataclass
+class ScanFolder:
+    """A scan found under the root: its folder, name (relative path) and whether it is finished."""
+
+    folder: Path
+    name: str
+    finished: bool
+    why_not: str = ""
+
+
+@dataclass
+class OvernightResult:
+    """One pass of the queue: scan names per outcome (failed: name, error)."""
+
+    done: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    durations_s: dict[str, float] = field(default_factory=dict)
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
+    except OSError:
+        return []
+
+
+def _inspect(files: list[Path], settle_s: float, now: float) -> tuple[set[float], str]:
+    """Distances (z1) of the NXtomo files among ``files`` and why they are not finished ('' if finished)."""
+    z1s: set[float] = set()
+    why = ""
+    for p in files:
+        try:
+            settled = now - p.stat().st_mtime >= settle_s
+            view = inspect_nxtomo(p, signature=False)
+        except NotAFrameFile:
+            continue  # truth file, master file: not a distance
+        except (InputError, OSError) as exc:
+            if not settled:
+                why = why or f"{p.name} is being written ({exc})"
+            continue  # settled and still unreadable: the batch chain sets it aside and reports it
+        z1s.add(round(view.geometry.z1_m, 12))
+        if not (view.complete or (view.consistent and settled)):
+            why = why or f"{p.name}: {view.n_available} of {view.n_frames} frames written, no end_time"
+    return z1s, why
+
+
+def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | None = None) -> list[ScanFolder]:
+    """Scan folders under ``root`` (rules in the module docstring), in path order.
+
+    Raises
+    ------
+    InputError
+        If ``root`` is not a folder.
+    """
+    root = Path(root).absolute()
+    if not root.is_dir():
+        raise InputError(root, "is not a folder (the root of the day's scan folders)")
+    skip = Path(exclude).absolute() if exclude is not None else None
+    now = time.time()
+    found: list[ScanFolder] = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if skip is None or here / d != skip)
+        z1s, why = _inspect(_frame_files(here), settle_s, now)
+        for d in dirnames:
+            sub = _frame_files(here / d)
+            if not sub:
+                continue
+            sub_z1, sub_why = _inspect(sub, settle_s, now)
+            if len(sub_z1) == 1:  # a distance folder of chunk files
+                z1s |= sub_z1
+                why = why or (f"{d}/{sub_why}" if sub_why else "")
+        if len(z1s) >= 2:
+            name = here.relative_to(root).as_posix() if here != root else root.name
+            found.append(ScanFolder(here, name, not why, why))
+            dirnames[:] = []  # its sub-folders are its distances
+    return found
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig | None = None,
+                  metrics: PipelineMetrics | None = None, settle_s: float = 60.0,
+                  process: Callable[..., ChainResult] = process_scan,
+                  on_scan: Callable[[str, str, float | None], None] | None = None) -> OvernightResult:
+    """One pass of the overnight queue over ``root`` into ``out_root``.
+
+    Parameters
+    ----------
+    root, out_root : str or Path
+        Where the scan folders are; where their outputs go (``out_root/<scan>``).
+    config : ProcessConfig, optional
+        Options of the batch chain for every scan.
+    metrics : PipelineMetrics, optional
+        Exporter to account the queue in (length, running, done/failed/skipped, durations, each report).
+    settle_s : float
+        Quiet time after which a file without ``end_time`` counts as finished.
+    process : callable
+        The batch chain (``process_scan(folder, out, config)``); replaceable for tests.
+    on_scan : callable, optional
+        ``on_scan(name, status, duration_s)`` after each scan (``done``, ``failed``, ``skipped``).
+
+    Returns
+    -------
+    OvernightResult
+    """
+    out_root = Path(out_root).absolute()
+    config = config or ProcessConfig()
+    result = OvernightResult()
+    scans = find_scans(root, settle_s, exclude=out_root)
+    result.waiting = [s.name for s in scans if not s.finished]
+    for s in scans:
+        if not s.finished:
+            log.info("overnight: %s is not finished (%s); left for a later pass", s.name, s.why_not)
+    todo = []
+    for s in (s for s in scans if s.finished):
+        if (out_root / s.name / REPORT_NAME).exists():
+            result.skipped.append(s.name)
+            if metrics:
+                metrics.overnight_scan("skipped")
+            if on_scan:
+                on_scan(s.name, "skipped", None)
+        else:
+            todo.append(s)
+    summary_path = out_root / SUMMARY_NAME
+    started = time.time()
+
+    def account() -> None:
+        _write_json(summary_path, {"root": str(Path(root).absolute()), "started": started,
+                                   "updated": time.time(), **asdict(result),
+                                   "queued": [s.name for s in todo[len(result.done) + len(result.failed):]]})
+
+    account()
+    for i, s in enumerate(todo):
+        if metrics:
+            metrics.overnight_queue_length(len(todo) - i)
+            metrics.overnight_running.set(1)
+            metrics.new_scan()
+        out = out_root / s.name
+        t0 = time.perf_counter()
+        status = "done"
+        try:
+            chain = process(s.folder, out, config)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the queue goes on
+            status = "failed"
+            dt = time.perf_counter() - t0
+            error = {"scan": str(s.folder), "error": str(exc), "type": type(exc).__name__,
+                     "file": getattr(exc, "path", None), "duration_s": round(dt, 3), "time": time.time(),
+                     "traceback": traceback.format_exc(limit=8)}
+            _write_json(out / ERROR_NAME, error)
+            result.failed.append({"scan": s.name, "error": f"{type(exc).__name__}: {exc}"})
+            log.error("overnight: %s failed after %.1f s: %s: %s (recorded in %s)", s.name, dt,
+                      type(exc).__name__, exc, out / ERROR_NAME)
+        else:
+            dt = time.perf_counter() - t0
+            (out / ERROR_NAME).unlink(missing_ok=True)  # a previous failure of this scan is resolved
+            result.done.append(s.name)
+            if metrics:
+                metrics.observe_report(chain.report)
+        result.durations_s[s.name] = round(dt, 3)
+        if metrics:
+            metrics.overnight_running.set(0)
+            metrics.overnight_scan(status, dt)
+            metrics.overnight_queue_length(len(todo) - i - 1)
+        if on_scan:
+            on_scan(s.name, status, dt)
+        account()
+    if metrics:
+        metrics.overnight_queue_length(0)
+    return result
