@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 import xraydb
+from scipy import ndimage
 
 from . import __version__
 from .align import ShiftModel, measure_distance_shifts
@@ -190,7 +191,10 @@ def sample_envelope(reader: DistanceFrames, frames: np.ndarray, thetas_deg: np.n
     support = estimate_support(volume)
     if support is None:
         return None
-    envelope = SampleEnvelope(support, float(volume[support].mean()), b, (ny, nx), cor, xp=xp)
+    # the mean delta away from the outline, which the coarse reconstruction blurs with air
+    core = ndimage.binary_erosion(support, iterations=2)
+    envelope = SampleEnvelope(support, float(volume[core if core.any() else support].mean()), b, (ny, nx), cor,
+                              xp=xp)
     log.info("sample envelope: support %.0f %% of the volume, mean delta %.3g (binning %d)",
              100 * envelope.support_fraction, envelope.delta_mean, b)
     return envelope
