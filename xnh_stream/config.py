@@ -69,6 +69,37 @@ class ProcessConfig:
         Detected fraction of incident photons (dose).
     backend : str
         Array backend: ``numpy`` or ``cupy``.
+
+    Quality and alerts (:mod:`xnh_stream.quality`, docs/quality.md)
+
+    dose_dead_time_s : float
+        Beam-on time after each exposed frame while the detector does not count (read-out); adds to the dose.
+    sample_name : str
+        Sample the dose ledger accumulates under; empty: the scan folder's name.
+    dose_ledger : str
+        JSON file keeping the dose of every scan of each sample (shared by successive scans); empty: none,
+        the sample dose is this scan's.
+    dose_warning_gray, dose_critical_gray : float
+        Alert thresholds on the dose the sample received (all its scans), Gy.
+    drift_warning_px, drift_critical_px, drift_warning_nm, drift_critical_nm : float or None
+        Alert thresholds on the return-projection drift (reference pixels / nm); None is off.
+    warp_warning_px, warp_critical_px, warp_warning_nm, warp_critical_nm : float or None
+        Alert thresholds on the non-rigid warp (rms of the patch-field residual); None is off.
+    scale_warning, scale_critical : float or None
+        Alert thresholds on the scale change ``|scale - 1|`` between views of the same angle.
+    fsc_warning_voxels : float or None
+        Alert when the running FSC resolution is worse than this many voxels, once ``fsc_min_fraction`` of
+        the angles (covering the whole range) are in.
+    fsc_min_fraction : float
+        See ``fsc_warning_voxels``.
+    fsc_bin : int
+        Block size of the binned whole-volume running FSC.
+    fsc_region_px : int
+        Side of the full-resolution central region of the running FSC.
+    alert_webhook : str
+        Alertmanager-compatible URL (``http://host:9093/api/v2/alerts``) alerts are POSTed to; empty: none.
+    alert_webhook_timeout_s : float
+        Timeout of one POST (sent from a background thread; never blocks the stream).
     """
 
     delta_beta: float | None = None
@@ -91,6 +122,28 @@ class ProcessConfig:
     detector_gain: float = 1.0
     detector_efficiency: float = 1.0
     backend: str = "numpy"
+    # --- quality and alerts (xnh_stream.quality) ---
+    dose_dead_time_s: float = 0.0
+    sample_name: str = ""
+    dose_ledger: str = ""
+    dose_warning_gray: float = 1e8
+    dose_critical_gray: float = 1e9
+    drift_warning_px: float | None = 1.0
+    drift_critical_px: float | None = 3.0
+    drift_warning_nm: float | None = None
+    drift_critical_nm: float | None = None
+    warp_warning_px: float | None = 0.5
+    warp_critical_px: float | None = 1.5
+    warp_warning_nm: float | None = None
+    warp_critical_nm: float | None = None
+    scale_warning: float | None = 0.002
+    scale_critical: float | None = 0.01
+    fsc_warning_voxels: float | None = 5.0
+    fsc_min_fraction: float = 0.5
+    fsc_bin: int = 2
+    fsc_region_px: int = 64
+    alert_webhook: str = ""
+    alert_webhook_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -105,6 +158,19 @@ class ProcessConfig:
             "delta_beta": self.delta_beta is None or self.delta_beta > 0,
             "delta_beta_contrast": self.delta_beta_contrast is None or self.delta_beta_contrast > 0,
             "stain_density": self.stain_density > 0,
+            # --- quality and alerts ---
+            "dose_dead_time_s": self.dose_dead_time_s >= 0, "dose_warning_gray": self.dose_warning_gray > 0,
+            "dose_critical_gray": self.dose_critical_gray >= self.dose_warning_gray,
+            "drift_critical_px": _ordered(self.drift_warning_px, self.drift_critical_px),
+            "drift_critical_nm": _ordered(self.drift_warning_nm, self.drift_critical_nm),
+            "warp_critical_px": _ordered(self.warp_warning_px, self.warp_critical_px),
+            "warp_critical_nm": _ordered(self.warp_warning_nm, self.warp_critical_nm),
+            "scale_critical": _ordered(self.scale_warning, self.scale_critical),
+            "fsc_warning_voxels": self.fsc_warning_voxels is None or self.fsc_warning_voxels > 0,
+            "fsc_min_fraction": 0 <= self.fsc_min_fraction <= 1, "fsc_bin": self.fsc_bin >= 1,
+            "fsc_region_px": self.fsc_region_px >= 8,
+            "alert_webhook": self.alert_webhook == "" or self.alert_webhook.startswith(("http://", "https://")),
+            "alert_webhook_timeout_s": self.alert_webhook_timeout_s > 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -164,6 +230,13 @@ class ProcessConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary of all options (for the report)."""
         return dataclasses.asdict(self)
+
+
+def _ordered(warning: float | None, critical: float | None) -> bool:
+    """Alert thresholds: each None (off) or positive, and critical not below warning."""
+    if any(v is not None and not v > 0 for v in (warning, critical)):
+        return False
+    return warning is None or critical is None or critical >= warning
 
 
 def _parse_env(name: str, raw: str) -> Any:
