@@ -447,6 +447,13 @@ class ScanModel:
         return np.stack([[self.offsets_px[k] + self._drift(self._t(k, start + i)) for i in range(cfg.n_angles)]
                          for k in range(K)])
 
+    def return_displacement_px(self) -> np.ndarray:
+        """Displacement of the return projections (reference pixels), ``[K, n_returns, 2]`` (quality tests)."""
+        cfg, K = self.cfg, len(self.geometry.distances)
+        t0 = cfg.n_darks + 2 * cfg.n_flats + cfg.n_angles
+        return np.stack([[self.offsets_px[k] + self._drift(self._t(k, t0 + j)) for j in range(self.return_angles_deg.size)]
+                         for k in range(K)]).reshape(K, self.return_angles_deg.size, 2)
+
     def write_truth(self, out: str | Path) -> Path:
         """Write ``truth.h5`` (ground truth on the reference reconstruction grid and the simulation record).
 
@@ -476,6 +483,8 @@ class ScanModel:
                              compression="gzip")
             f.create_dataset("displacement_px", data=self.displacement_px())  # [K, n_angles, (dy, dx)]
             f.create_dataset("angles_deg", data=self.angles_deg)
+            f.create_dataset("return_displacement_px", data=self.return_displacement_px())  # [K, n_returns, 2]
+            f.create_dataset("return_angles_deg", data=self.return_angles_deg)
             f["delta"].attrs["voxel_m"] = self._voxel
             f.attrs["record"] = json.dumps(record)
         part.replace(truth_file)
