@@ -35,8 +35,12 @@ from xnh_stream.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal, f
 from xnh_stream.journal import FrameRecord as JournalEntry
 from xnh_stream.pipeline import ChainResult, delta_beta_of, process_scan
 from xnh_stream.store import DistanceStore
+from xnh_stream.xp import bin_2d, binning_for
 
 log = logging.getLogger(__name__)
+
+#: Columns of the live volume when ``live_binning`` is 0 (auto): larger frames are binned to about this.
+LIVE_COLUMNS = 512
 
 #: An actor that dies is restarted this many times, then the stream fails loudly.
 MAX_RESTARTS = 3
@@ -46,13 +50,19 @@ MAX_RESTARTS = 3
 class PhaseWorker:
     """Phase retrieval of one angle: a Paganin preview or the multi-distance CTF projection."""
 
-    def __init__(self, frame_shape: tuple[int, int], delta_beta: float, config: dict[str, Any]) -> None:
-        self.shape, self.delta_beta = tuple(frame_shape), delta_beta
+    def __init__(self, frame_shape: tuple[int, int], delta_beta: float, config: dict[str, Any],
+                 binning: int = 1) -> None:
+        self.shape, self.delta_beta, self.binning = tuple(frame_shape), delta_beta, int(binning)
         self.config = ProcessConfig.from_mapping(config)
         self._proc: AngleProcessor | None = None
 
     def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-        """The projection of ``work``; for final work also the preview it replaces (recomputed)."""
+        """The projection of ``work`` (binned for the live volume); for final work also the preview it
+        replaces (recomputed)."""
+        final, previous = self._project(work, models)
+        return bin_2d(final, self.binning), None if previous is None else bin_2d(previous, self.binning)
+
+    def _project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         if self._proc is None or self._proc.geometry != work.geometry:
             self._proc = AngleProcessor(work.geometry, self.shape, self.delta_beta, self.config)
         self._proc.models = models if len(models) == len(work.geometry.distances) else [None] * len(models)
@@ -219,6 +229,7 @@ class StreamResult:
     live_volume: np.ndarray | None
     counts: dict[str, int]
     events: list[dict[str, Any]] = field(default_factory=list)
+    live_binning: int = 1  # the live volume's voxel is this many final voxels
 
 
 def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: ProcessConfig, n_distances: int = 4,
@@ -272,13 +283,16 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     n_done = 0
 
     cor_known = config.cor is not None
+    live_binning = 1
     instruments = _Instruments()  # metrics
     dispatched_at: dict[Any, float] = {}  # metrics: phase task -> dispatch time
 
     def make_shards(cor: float) -> list[Any]:
-        ny, nx = assembler.shape
+        # the live volume is binned: full-resolution quality comes from the final pass
+        ny, nx = assembler.shape[0] // live_binning, assembler.shape[1] // live_binning
         edges = np.linspace(0, ny, n_shards + 1).round().astype(int)
-        return [ReconShard.remote((ny, nx), (int(a), int(b)), cor, config.fbp_window, config.fbp_padding)
+        return [ReconShard.remote((ny, nx), (int(a), int(b)), (cor + 0.5) / live_binning - 0.5, config.fbp_window,
+                                  config.fbp_padding)
                 for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
     def dispatch(work: AngleWork, targets: list[Any] | None = None) -> None:
@@ -363,7 +377,9 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                                           store=DistanceStore(out / "store", (ny, nx)))
                 if delta_beta is None:
                     delta_beta = delta_beta_of(config.sample_formula, config.sample_density, rec.geometry.energy_kev)
-                workers = [PhaseWorker.remote((ny, nx), delta_beta, config.to_dict()) for _ in range(n_workers)]
+                live_binning = config.live_binning or binning_for((ny, nx), LIVE_COLUMNS)
+                workers = [PhaseWorker.remote((ny, nx), delta_beta, config.to_dict(), live_binning)
+                           for _ in range(n_workers)]
                 shards = make_shards(config.cor if config.cor is not None else (nx - 1) / 2)
             n_quarantined = len(assembler.quarantined)
             works = assembler.add(rec, pixels)
@@ -440,5 +456,5 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     counts = journal.counts()
     events = journal.events()
     journal.close()
-    return StreamResult(final, live, counts, events)
+    return StreamResult(final, live, counts, events, live_binning)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xnh_stream.envelope import SampleEnvelope, envelope_binning, estimate_support
+from xnh_stream.envelope import SampleEnvelope, estimate_support
 from xnh_stream.phase import CTFRetriever
 from xnh_stream.simulate.scan import SimulationConfig
 
@@ -62,10 +62,17 @@ def test_envelope_projection_is_the_chord_of_the_cylinder(binning):
         SampleEnvelope(support, 0.0, binning, (rows, n), cor)
 
 
-def test_binning_keeps_about_256_columns():
-    assert envelope_binning((64, 128)) == 1
-    assert envelope_binning((2048, 2048)) == 8
-    assert envelope_binning((8, 2048)) == 2  # at least 4 rows
+def test_binning_for_a_target_width_and_bin_2d():
+    from xnh_stream.xp import bin_2d, binning_for
+
+    assert binning_for((64, 128), 256) == 1
+    assert binning_for((2048, 2048), 256) == 8
+    assert binning_for((8, 2048), 256) == 2  # at least 4 rows
+    a = np.arange(35, dtype=np.float32).reshape(5, 7)
+    np.testing.assert_allclose(bin_2d(a, 2), [[4, 6, 8], [18, 20, 22]])  # remainder dropped
+    assert bin_2d(a, 1) is a
+    with pytest.raises(ValueError):
+        bin_2d(a, 0)
 
 
 def _linear_intensities(phi_env, phi_int, db_env, db_int, distances, wavelength, pixel):

@@ -76,6 +76,24 @@ def test_stream_journals_every_frame_and_ends_at_the_batch_result(ray_local, sma
     assert r > 0.85
 
 
+def test_a_binned_live_volume_matches_the_binned_final_one(ray_local, small_scan, tmp_path):
+    """live_binning 2: the live volume has half the voxels per axis (8x fewer to back-project into) and
+    agrees with the full-resolution final volume binned the same way."""
+    from actors.stream import run_stream
+
+    _, record = read_truth(small_scan)
+    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], live_binning=2)
+    result = run_stream(ListSource(small_scan), small_scan, tmp_path / "out", config, n_shards=2,
+                        poll_interval_s=0.0)
+    final = result.final.volume
+    assert result.live_binning == 2
+    assert result.live_volume.shape == tuple(n // 2 for n in final.shape)
+    binned = final.reshape(final.shape[0] // 2, 2, final.shape[1] // 2, 2, final.shape[2] // 2, 2).mean(axis=(1, 3, 5))
+    r = np.corrcoef(result.live_volume.ravel(), binned.ravel())[0, 1]
+    print(f"\nbinned live vs binned final volume r = {r:.3f}")
+    assert r > 0.85
+
+
 def test_a_bad_frame_is_quarantined_and_the_stream_goes_on(ray_local, small_scan, tmp_path):
     from actors.stream import run_stream
 

@@ -33,7 +33,7 @@ from scipy.signal.windows import tukey
 
 from .geometry import ScanGeometry
 from .phase import retrieve_phase_paganin
-from .xp import fft_module, fft_workers, ndimage_module
+from .xp import bin_2d, fft_module, fft_workers, ndimage_module
 
 __all__ = [
     "rescale_shift",
@@ -427,13 +427,10 @@ class DistanceShifts:
     reasons: tuple[str, ...]
 
 
-def _bin(xp: ModuleType, a: Any, b: int) -> Any:
-    if b == 1:
-        return a
-    ny, nx = a.shape
-    if ny % b or nx % b:
+def _bin(a: Any, b: int) -> Any:
+    if a.shape[0] % b or a.shape[1] % b:
         raise ValueError(f"bin_px={b} must divide the image shape {a.shape}")
-    return a.reshape(ny // b, b, nx // b, b).mean(axis=(1, 3))
+    return bin_2d(a, b)
 
 
 def measure_distance_shifts(
@@ -487,7 +484,7 @@ def measure_distance_shifts(
         img = xp.asarray(images[k])
         if img.ndim != 2:
             raise ValueError(f"image of distance {k} must be 2-D, got shape {img.shape}")
-        img = _bin(xp, img.astype(xp.float32, copy=False), bin_px)
+        img = _bin(img.astype(xp.float32, copy=False), bin_px)
         trip = (dist.propagation_distance_m, dist.wavelength_m, dist.effective_pixel_m * bin_px)
         phases.append(retrieve_phase_paganin(img, trip, delta_beta, pad=1.5, xp=xp))
     ref_shape = phases[ref].shape

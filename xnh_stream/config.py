@@ -44,6 +44,9 @@ class ProcessConfig:
         ``stain_density``) at the scan energy.
     stain_formula, stain_density : str, float
         The contrast agent (default reduced osmium, OsO2, 11.4 g/cm^3).
+    live_binning : int
+        Binning of the live (streamed) volume against the final one; 0 picks one that keeps about 512
+        columns (full resolution for frames up to ~768 px). The final pass is always at full resolution.
     fbp_window : str
         Ramp filter window: ram-lak, shepp-logan, cosine, hamming, hann.
     fbp_padding : str
@@ -111,6 +114,7 @@ class ProcessConfig:
     delta_beta_contrast: float | None = None
     stain_formula: str = "OsO2"
     stain_density: float = 11.4
+    live_binning: int = 0
     fbp_window: str = "shepp-logan"
     fbp_padding: str = "edge"
     cor: float | None = None
@@ -158,6 +162,7 @@ class ProcessConfig:
             "delta_beta": self.delta_beta is None or self.delta_beta > 0,
             "delta_beta_contrast": self.delta_beta_contrast is None or self.delta_beta_contrast > 0,
             "stain_density": self.stain_density > 0,
+            "live_binning": self.live_binning >= 0,
             # --- quality and alerts ---
             "dose_dead_time_s": self.dose_dead_time_s >= 0, "dose_warning_gray": self.dose_warning_gray > 0,
             "dose_critical_gray": self.dose_critical_gray >= self.dose_warning_gray,

@@ -21,28 +21,9 @@ from skimage.filters import threshold_otsu
 from .projector import ParallelProjector
 from .xp import to_numpy
 
-__all__ = ["SampleEnvelope", "envelope_binning", "estimate_support"]
+__all__ = ["SampleEnvelope", "estimate_support"]
 
 log = logging.getLogger(__name__)
-
-
-def envelope_binning(frame_shape: tuple[int, int], target: int = 256) -> int:
-    """Binning of the support's first pass: frames are reduced to about ``target`` columns.
-
-    Parameters
-    ----------
-    frame_shape : (int, int)
-        ``(ny, nx)`` of the projections.
-    target : int
-        Columns wanted after binning.
-
-    Returns
-    -------
-    int
-        The binning factor, at least 1, keeping at least 4 rows.
-    """
-    ny, nx = frame_shape
-    return int(max(1, min(round(nx / target), ny // 4)))
 
 
 def estimate_support(volume: np.ndarray, min_fraction: float = 0.02, max_fraction: float = 0.95

@@ -107,3 +107,49 @@ def check_finite(a: Any, name: str, xp: ModuleType = np) -> None:
         n_nan = int(xp.isnan(a).sum())
         n_inf = int(xp.isinf(a).sum())
         raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} inf)")
+
+
+def bin_2d(a: Any, b: int) -> Any:
+    """Mean over ``b x b`` blocks of an image (any array module); rows and columns beyond a multiple of
+    ``b`` are dropped.
+
+    Parameters
+    ----------
+    a : array [ny, nx]
+        Image.
+    b : int
+        Binning factor (1 returns ``a`` itself).
+
+    Returns
+    -------
+    array [ny // b, nx // b]
+    """
+    b = int(b)
+    if b < 1:
+        raise ValueError(f"binning must be >= 1, got {b}")
+    if b == 1:
+        return a
+    ny, nx = a.shape[0] // b, a.shape[1] // b
+    if ny == 0 or nx == 0:
+        raise ValueError(f"image of shape {a.shape} is smaller than the binning {b}")
+    return a[: ny * b, : nx * b].reshape(ny, b, nx, b).mean(axis=(1, 3))
+
+
+def binning_for(frame_shape: tuple[int, int], target: int) -> int:
+    """The binning that reduces frames to about ``target`` columns, keeping at least 4 rows.
+
+    Parameters
+    ----------
+    frame_shape : (int, int)
+        ``(ny, nx)`` of the frames.
+    target : int
+        Columns wanted after binning.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    ny, nx = frame_shape
+    return int(max(1, min(round(nx / target), ny // 4)))
+
