@@ -27,17 +27,19 @@ from scipy import ndimage
 from . import __version__
 from .align import ShiftModel, measure_distance_shifts
 from .config import ProcessConfig
-from .dose import central_mean, dose_gray, fluence_per_frame, mass_attenuation_m2_per_kg
+from .dose import central_mean
 from .fbp import FBPAccumulator, estimate_cor, estimate_cor_sinogram
 from .flatfield import FlatInterpolator, PCAFlats
 from .fsc import edge_resolution, half_volume_resolution
 from .geometry import ScanGeometry
 from .io.nxtomo import DARK, FLAT, FIELDS, InputError, NXtomoScan, Scan, frame_problem, read_scan
 from .io.omezarr import write_volume
-from .envelope import SampleEnvelope, estimate_support
+from .envelope import SampleEnvelope, envelope_binning, estimate_support
 from .incremental import AngleProcessor
 from .phase import retrieve_phase_paganin
-from .xp import bin_2d, binning_for, get_array_module, to_numpy
+from .quality.alerts import default_router
+from .quality.monitor import QualityMonitor
+from .xp import get_array_module, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +175,7 @@ def sample_envelope(reader: DistanceFrames, frames: np.ndarray, thetas_deg: np.n
         None when no plausible support is found (a sample wider than the field of view, or none).
     """
     ny, nx = reader.shape
-    b = binning_for((ny, nx), 256)
+    b = envelope_binning((ny, nx))
     d = geo.distances[geo.reference]
     nyb, nxb = ny // b, nx // b
     acc = FBPAccumulator(nyb, nxb, cor=(cor + 0.5) / b - 0.5, padding="edge", xp=xp)
@@ -181,7 +183,7 @@ def sample_envelope(reader: DistanceFrames, frames: np.ndarray, thetas_deg: np.n
     for i, (theta, f) in enumerate(zip(thetas_deg, frames)):
         img = reader.corrected(int(f)) if f >= 0 else None
         if img is not None:
-            binned = bin_2d(img, b)
+            binned = img[: nyb * b, : nxb * b].reshape(nyb, b, nxb, b).mean(axis=(1, 3))
             phi = retrieve_phase_paganin(binned, (d.propagation_distance_m, d.wavelength_m, d.effective_pixel_m * b),
                                          delta_beta, xp=xp)
             acc.add(phi * (scale / b), float(np.deg2rad(theta)), index=i)  # binned-voxel units
@@ -257,7 +259,8 @@ class ChainResult:
 
 
 def process_scan(folder: str | Path, out: str | Path | None = None, config: ProcessConfig | None = None,
-                 progress: Callable[[int, int, str], None] | None = None) -> ChainResult:
+                 progress: Callable[[int, int, str], None] | None = None,
+                 monitor: QualityMonitor | None = None) -> ChainResult:
     """Process a finished multi-distance scan folder.
 
     Parameters
@@ -270,6 +273,10 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
         Options (defaults if omitted).
     progress : callable, optional
         ``progress(done, total, stage)`` after each unit of work.
+    monitor : QualityMonitor, optional
+        The live stream's quality monitor (already fed with every frame): the final FSC is added to its
+        running history and its drift, warp, dose and alerts go into the report. Without one, a monitor
+        is fed here from the files (batch).
 
     Returns
     -------
@@ -400,14 +407,18 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
     # --- quality: FSC, edge fit, dose ----------------------------------------------------------------
     res = half_volume_resolution(halves[0], halves[1], voxel)
     edge = edge_resolution(volume, voxel_m=voxel, half_length=float(max(3, min(12, (min(volume.shape) - 4) // 2))))
-    mu_rho = mass_attenuation_m2_per_kg(config.sample_formula, config.sample_density, energy)
-    per_distance = []
-    for r, d in zip(readers, scan.distances):
-        n_exposed = d.projection_indices.size + d.return_indices.size
-        fl = fluence_per_frame(r.flat_counts, r.dark_counts, config.detector_gain, config.detector_efficiency,
-                               d.geometry.effective_pixel_m)
-        per_distance.append(dose_gray(mu_rho, fl * n_exposed, energy))
-    dose_total = float(sum(per_distance))
+    # --- quality (xnh_stream.quality): dose with dead time, drift / warp, running FSC, alerts -------------
+    own_monitor = monitor is None
+    if own_monitor:
+        monitor = QualityMonitor(config, str(Path(folder).resolve()), router=default_router(config))
+        _feed_monitor(monitor, scan)
+    monitor.add_fsc(n_angles=used_angles, halves=halves, fraction=1.0, voxel_m=voxel)
+    quality = monitor.snapshot()
+    if own_monitor:
+        monitor.close()
+    qdose = quality["dose"]
+    mu_rho, per_distance, dose_total = qdose["mu_rho_m2_per_kg"], qdose["per_distance_gray"], qdose["gray_total"]
+    alerts += list(monitor.alert_history())
 
     report = {
         "software": {"name": "xnh-stream", "version": __version__},
@@ -434,7 +445,12 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
                  "definition": "FWHM of the Gaussian line-spread function from an erf fit across the "
                                "strongest edge"},
         "dose": {"gray": dose_total, "per_distance_gray": per_distance, "mu_rho_m2_per_kg": mu_rho,
-                 "material": {"formula": config.sample_formula, "density_g_cm3": config.sample_density}},
+                 "material": {"formula": config.sample_formula, "density_g_cm3": config.sample_density},
+                 **{k: qdose[k] for k in ("sample", "sample_gray", "previous_scans_gray", "ledger", "dead_time_s",
+                                          "exposed_frames", "exposure_s", "fluence_per_m2") if k in qdose}},
+        "drift": quality["drift"],
+        "warp": quality["warp"],
+        "running_fsc": quality["fsc"]["history"],
         "alerts": alerts,
         "frames": ledger.summary(),
         "config": config.to_dict(),
@@ -447,6 +463,29 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
         write_volume(out_path / VOLUME_NAME, volume, voxel)
         (out_path / REPORT_NAME).write_text(json.dumps(report, indent=2, default=_json_default))
     return ChainResult(volume, halves, report, out_path)
+
+
+def _feed_monitor(monitor: QualityMonitor, scan: Scan) -> None:
+    """Every frame of a finished scan to the quality monitor, in file order; pixels only where it needs them.
+
+    Frames that cannot be read are skipped here: the chain's own reading quarantines them.
+    """
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    for d in scan.distances:
+        for i in range(d.n_frames):
+            rec = SimpleNamespace(image_key=int(d.image_key[i]), image_key_control=int(d.image_key_control[i]),
+                                  rotation_angle_deg=float(d.rotation_angle_deg[i]), geometry=d.geometry,
+                                  count_time_s=float(d.count_time_s[i]))
+            pixels = None
+            if monitor.wants_pixels(rec):
+                try:
+                    pixels = d.read_frames([i])[0]
+                except InputError:
+                    continue
+                if frame_problem(pixels, d.frame_shape):
+                    continue
+            monitor.add_frame(rec, pixels)
 
 
 def _json_default(o: Any) -> Any:

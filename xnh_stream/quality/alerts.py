@@ -383,3 +383,12 @@ class AlertRouter:
         """Close every sink (flushes the webhook)."""
         for sink in self.sinks:
             sink.close()
+
+
+def default_router(config: Any, extra: Sequence[Sink] = (), generator_url: str = "") -> AlertRouter:
+    """The log sink, the Alertmanager webhook when ``config.alert_webhook`` is set, and ``extra`` sinks."""
+    sinks: list[Sink] = [LogSink()]
+    if getattr(config, "alert_webhook", ""):
+        sinks.append(WebhookSink(config.alert_webhook, timeout_s=config.alert_webhook_timeout_s,
+                                 generator_url=generator_url))
+    return AlertRouter([*sinks, *extra])

@@ -130,7 +130,8 @@ class RunningFSC:
         return half_volume_resolution(a, b, voxel, min_freq=self.min_freq)
 
     def update(self, fraction_angles: float, n_angles: int, binned: tuple[Any, Any] | None = None,
-               region: tuple[Any, Any] | None = None, halves: tuple[Any, Any] | None = None) -> FSCPoint:
+               region: tuple[Any, Any] | None = None, halves: tuple[Any, Any] | None = None,
+               voxel_m: float | None = None) -> FSCPoint:
         """Add a measurement.
 
         Parameters
@@ -145,6 +146,8 @@ class RunningFSC:
             Full-resolution central region of both halves.
         halves : (array, array), optional
             Whole full-resolution half-volumes: ``binned`` and ``region`` are taken from them.
+        voxel_m : float, optional
+            Voxel of the half-volumes given here (e.g. a binned live volume), default :attr:`voxel_m`.
 
         Returns
         -------
@@ -156,13 +159,14 @@ class RunningFSC:
             region = (central_region(h0, self.region_px), central_region(h1, self.region_px))
         if binned is None and region is None:
             raise ValueError("running FSC needs binned half-volumes, a region, or the whole halves")
-        rb = self._resolution(*binned, self.voxel_m * self.bin_factor) if binned is not None else None
-        rr = self._resolution(*region, self.voxel_m) if region is not None else None
+        voxel = self.voxel_m if voxel_m is None else float(voxel_m)
+        rb = self._resolution(*binned, voxel * self.bin_factor) if binned is not None else None
+        rr = self._resolution(*region, voxel) if region is not None else None
         edge = None
         if region is not None and min(region[0].shape) >= 10:
             vol = (np.asarray(region[0], np.float64) + np.asarray(region[1], np.float64)) / 2
             try:
-                edge = edge_resolution(vol, voxel_m=self.voxel_m,
+                edge = edge_resolution(vol, voxel_m=voxel,
                                        half_length=float(max(3, min(12, (min(vol.shape) - 4) // 2)))).resolution_m
             except (RuntimeError, ValueError) as exc:  # no clear edge yet (early, noisy volume)
                 log.debug("running FSC: edge fit failed: %s", exc)

@@ -267,11 +267,12 @@ class QualityMonitor:
 
     def add_fsc(self, n_angles: int | None = None, binned: tuple[Any, Any] | None = None,
                 region: tuple[Any, Any] | None = None, halves: tuple[Any, Any] | None = None,
-                fraction: float | None = None) -> None:
+                fraction: float | None = None, voxel_m: float | None = None) -> None:
         """A running-FSC measurement on the current half-volumes (see :meth:`RunningFSC.update`).
 
         ``n_angles`` (angles in the half-volumes) defaults to the projection angles seen; ``fraction`` to
-        ``n_angles`` over the scan's expected angles.
+        ``n_angles`` over the scan's expected angles. ``voxel_m`` is the voxel of the half-volumes given
+        (a binned live volume's), default the scan's.
         """
         geo = self.geometry
         if geo is None:
@@ -282,7 +283,7 @@ class QualityMonitor:
         n = seen if n_angles is None else int(n_angles)
         if fraction is None:
             fraction = frac * n / seen if seen else 0.0
-        self.fsc.update(min(1.0, fraction), n, binned=binned, region=region, halves=halves)
+        self.fsc.update(min(1.0, fraction), n, binned=binned, region=region, halves=halves, voxel_m=voxel_m)
 
     # ------------------------------------------------------------------------------------- snapshot
     def _dose_figures(self) -> dict[str, Any]:
