@@ -77,7 +77,7 @@ def tree_rss_mib() -> float:
     return total / 2**20
 
 
-def run(n: int, n_angles: int, samples: list | None = None) -> dict:
+def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 0) -> dict:
     det = SyntheticDetector(n, n_angles)
     latencies = []
 
@@ -88,7 +88,7 @@ def run(n: int, n_angles: int, samples: list | None = None) -> dict:
             samples.append((len(latencies), tree_rss_mib()))
 
     out = Path(tempfile.mkdtemp(prefix="xnh-bench-"))
-    config = ProcessConfig(delta_beta=100.0, cor=(n - 1) / 2)
+    config = ProcessConfig(delta_beta=100.0, cor=(n - 1) / 2, live_binning=live_binning)
     t0 = time.perf_counter()
     result = run_stream(det, out, out, config, n_workers=2, n_shards=2, max_in_flight=4, poll_interval_s=0.0,
                         final_pass=False, on_result=done)
@@ -96,7 +96,7 @@ def run(n: int, n_angles: int, samples: list | None = None) -> dict:
     n_frames = len(det.plan)
     lat = np.array(latencies) * 1e3
     return {"frames": n_frames, "fps": n_frames / dt, "p50_ms": float(np.percentile(lat, 50)),
-            "p95_ms": float(np.percentile(lat, 95)), "counts": result.counts}
+            "p95_ms": float(np.percentile(lat, 95)), "counts": result.counts, "binning": result.live_binning}
 
 
 def move_vs_process(n: int) -> tuple[float, float]:
@@ -129,11 +129,16 @@ def main() -> None:
     a = ap.parse_args()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     print(f"embedded local Ray, {os.cpu_count()} CPUs")
-    sizes = [(512, 24 if a.small else 90)] + ([] if a.small else [(2048, 8)])
-    for n, n_angles in sizes:
-        r = run(n, n_angles)
-        print(f"{n}x{n}: {r['frames']} frames, {r['fps']:.1f} frames/s sustained, landing-to-preview latency "
-              f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms; journal {r['counts']}")
+    # (frame size, angles per distance, live binning): 512^2 at full resolution and binned 2x (the peer:
+    # the same frames, a live volume 8x smaller); 2048^2 with the automatic binning (4x: a 512^3 live
+    # volume; full resolution would need 2 x 32 GiB of half-volumes).
+    sizes = [(512, 24 if a.small else 90, 1), (512, 24 if a.small else 90, 2)]
+    sizes += [] if a.small else [(2048, 16, 0)]
+    for n, n_angles, b in sizes:
+        r = run(n, n_angles, live_binning=b)
+        print(f"{n}x{n}, live volume binned {r['binning']}x: {r['frames']} frames, {r['fps']:.1f} frames/s "
+              f"sustained, landing-to-preview latency p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms; "
+              f"journal {r['counts']}")
     long_angles = a.long or (60 if a.small else 900)
     samples: list = []
     r = run(512, long_angles, samples)

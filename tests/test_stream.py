@@ -171,6 +171,30 @@ def test_a_shard_killed_mid_scan_is_restarted_and_replayed(ray_local, small_scan
                                atol=1e-5 * np.abs(b).max())  # the other shard was untouched
 
 
+def test_a_phase_worker_killed_mid_scan_is_restarted_and_its_tasks_retried(ray_local, small_scan, tmp_path):
+    """Ray restarts a killed phase-retrieval worker and retries the tasks it held (same arguments): no angle
+    is lost and the live volume is the undisturbed one."""
+    from actors.stream import run_stream
+
+    _, record = read_truth(small_scan)
+    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"])
+    undisturbed = run_stream(ListSource(small_scan), small_scan, tmp_path / "a", config, poll_interval_s=0.0,
+                             final_pass=False)
+    killed = []
+
+    def kill_once(state):
+        if not killed and state["angles_final"] >= 10 and state["in_flight"] > 0:
+            ray_local.kill(state["actors"]["workers"][0], no_restart=False)
+            killed.append(state["angles_final"])
+
+    result = run_stream(ListSource(small_scan), small_scan, tmp_path / "b", config, poll_interval_s=0.0,
+                        final_pass=False, on_progress=kill_once)
+    assert killed, "the worker was never killed"
+    assert result.counts == undisturbed.counts and result.counts["pending"] == 0
+    b = undisturbed.live_volume
+    np.testing.assert_allclose(result.live_volume, b, atol=1e-5 * np.abs(b).max())
+
+
 def test_resume_after_kill_9_loses_no_frame(ray_local, small_scan, tmp_path):
     """kill -9 of the whole stream (driver and its Ray) mid-scan, then a restart on the same OUT: every frame
     ends processed exactly once, none counted twice, and the final volume is the batch chain's."""
