@@ -78,6 +78,22 @@ def test_rule_tests_catch_a_changed_threshold(promtool, tmp_path):
     assert r.returncode != 0 and "XnhWarpWarning" in r.stdout + r.stderr
 
 
+def test_rule_thresholds_are_the_config_defaults():
+    """The quality rules fire where the pipeline's own alerts do with a default configuration."""
+    import re
+
+    c = ProcessConfig()
+    rules = yaml.safe_load((PROM / "rules" / "xnh.yml").read_text())
+    exprs = {r["alert"]: r["expr"].strip() for g in rules["groups"] for r in g["rules"]}
+    expected = {"XnhDoseWarning": c.dose_warning_gray, "XnhDoseCritical": c.dose_critical_gray,
+                "XnhDriftWarning": c.drift_warning_px, "XnhDriftCritical": c.drift_critical_px,
+                "XnhWarpWarning": c.warp_warning_px, "XnhWarpCritical": c.warp_critical_px,
+                "XnhScaleWarning": c.scale_warning, "XnhScaleCritical": c.scale_critical}
+    for name, value in expected.items():
+        threshold = float(re.search(r">\s*([0-9.eE+-]+)$", exprs[name]).group(1))
+        assert threshold == pytest.approx(value), f"{name}: rule {threshold} vs config default {value}"
+
+
 def test_scrape_config_and_rules_are_valid(promtool):
     r = run([promtool, "check", "config", "prometheus.yml"], cwd=PROM)
     assert r.returncode == 0, r.stdout + r.stderr

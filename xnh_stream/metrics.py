@@ -158,18 +158,22 @@ class PipelineMetrics:
             self.queue.labels(queue=q).set(0)
         for kind in ("phase_worker", "recon_shard"):
             self.restarts.labels(kind=kind)
-        self.fsc_resolution.set(math.nan)
-        self.fsc_edge.set(math.nan)
+        self._unmeasured()
 
     # ------------------------------------------------------------------ feeding
+    def _unmeasured(self) -> None:
+        """Figures not measured yet are NaN (a comparison in an alert rule is then false, not 0 > x)."""
+        for g in (self.fsc_resolution, self.fsc_edge, self.warp_rigid, self.warp_scale, self.warp_nonrigid,
+                  self.warp_nonrigid_m):
+            g.set(math.nan)
+
     def new_scan(self) -> None:
         """Start counting a new scan: cumulative counts restart from zero, per-scan gauges are cleared."""
         with self._lock:
             self._last.clear()
             for g in (self.distance_frames, self.dose, self.drift_return, self.drift_return_m, self.drift_inter):
                 g.clear()
-            for g in (self.fsc_resolution, self.fsc_edge):
-                g.set(math.nan)
+            self._unmeasured()
 
     def _advance(self, counter: Any, key: str, value: float | None) -> None:
         """Add the increase of a cumulative count since the last call (a decrease means a new count)."""
