@@ -15,6 +15,8 @@ is 0) once ``n_distances`` are known; before that, previews use the distances se
 
 from __future__ import annotations
 
+import bisect
+
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -97,7 +99,8 @@ class ScanAssembler:
     align_bin_px : int
         Bin frames by this factor for registration (speed on large frames; shifts stay in full pixels).
     angle_tol_deg : float
-        Angles closer than this are the same angle.
+        Angles closer than this are the same angle; once eight angles are known, up to half the angular
+        step (the batch chain's rule, :func:`xnh_stream.pipeline.match_angles`), the nearest one.
     store : DistanceStore, optional
         Where flat-fielded frames wait for the other distances (on disk, so memory stays bounded over a
         four-hour scan); without one they wait in memory.
@@ -116,6 +119,8 @@ class ScanAssembler:
         self.tol = angle_tol_deg
         self._dist: dict[float, _Distance] = {}
         self._angles: list[float] = []  # angle of each index
+        self._by_angle: list[tuple[float, int]] = []  # (angle, index), sorted
+        self._step: float | None = None
         self._final: set[int] = set()
         self._previewed: dict[int, float] = {}  # angle index -> z1 key of the distance previewed
         self._n_complete = 0
@@ -140,11 +145,19 @@ class ScanAssembler:
         return len(self._dist) >= self.n_distances
 
     def angle_index(self, theta_deg: float) -> int:
-        """Index of an angle, creating it at first sight."""
-        for i, a in enumerate(self._angles):
-            if abs(a - theta_deg) <= self.tol:
-                return i
-        self._angles.append(float(theta_deg))
+        """Index of an angle: the nearest known one within the tolerance, else a new one."""
+        theta = float(theta_deg)
+        tol = self.tol if self._step is None else max(self.tol, 0.5 * self._step)
+        j = bisect.bisect_left(self._by_angle, (theta, -1))
+        near = [self._by_angle[c] for c in (j - 1, j) if 0 <= c < len(self._by_angle)]
+        near = [(abs(a - theta), i) for a, i in near if abs(a - theta) <= tol]
+        if near:
+            return min(near)[1]
+        self._angles.append(theta)
+        bisect.insort(self._by_angle, (theta, len(self._angles) - 1))
+        if self._step is None and len(self._angles) >= 8:
+            steps = np.diff([a for a, _ in self._by_angle])
+            self._step = float(np.median(steps)) if np.median(steps) > 0 else None
         return len(self._angles) - 1
 
     # ---------------------------------------------------------------------------------------------------
