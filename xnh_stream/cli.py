@@ -70,10 +70,12 @@ def _simulation_config(a: argparse.Namespace):  # noqa: ANN202
 
 def _process_config(a: argparse.Namespace) -> ProcessConfig:
     """Defaults < config file < XNH_* environment < command-line flags."""
-    flags = {key: getattr(a, key, None) for key in ("delta_beta", "cor", "backend", "fbp_window")}
+    flags = {key: getattr(a, key, None) for key in ("delta_beta", "cor", "backend", "fbp_window", "live_binning")}
     flags["flat_pca_components"] = getattr(a, "pca", None)
     if getattr(a, "no_align", False):
         flags["align"] = False
+    if getattr(a, "no_envelope", False):
+        flags["ctf_envelope"] = False
     return ProcessConfig.layered(a.config, overrides=flags)
 
 
@@ -85,6 +87,10 @@ def _add_process_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fbp-window", help="ramp filter window: ram-lak, shepp-logan, cosine, hamming, hann")
     g.add_argument("--pca", type=int, help="dynamic (PCA) flat-field with this many components")
     g.add_argument("--no-align", action="store_true", help="do not register distances (rescale only)")
+    g.add_argument("--no-envelope", action="store_true",
+                   help="single-material CTF (no sample-envelope pass; see docs/configuration.md)")
+    g.add_argument("--live-binning", type=int,
+                   help="binning of the live volume (watch/demo; 0 = auto, about 512 columns)")
     g.add_argument("--backend", choices=["numpy", "cupy"], help="array backend (default numpy)")
 
 
