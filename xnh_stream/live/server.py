@@ -1,0 +1,160 @@
+"""Live page: latest orthogonal slices, phase map of the latest angle, FSC curve, dose, drift, alerts.
+
+:class:`LivePage` serves, on a local address, a single HTML page whose script polls ``/state.json``
+every second and redraws: progress per distance, the alerts, the running FSC curve and resolution
+against the fraction of angles, dose and drift figures, and the images (``/img/NAME.png``) the pipeline
+published last. It is read-only: only GET is answered (other methods get 405). The stream calls
+:meth:`LivePage.publish` with its progress dictionary and images as it runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from .page import PAGE
+
+log = logging.getLogger(__name__)
+
+#: Default port of ``--live-port`` (0 picks a free one; ``--live-port -1`` turns the page off).
+DEFAULT_PORT = 8765
+
+
+def to_png(image: Any, lo_pct: float = 1.0, hi_pct: float = 99.0) -> bytes:
+    """An 8-bit grey PNG of a 2-D array, contrast stretched between two percentiles (NaN as black)."""
+    from PIL import Image  # noqa: PLC0415
+
+    a = np.asarray(image, dtype=np.float64)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"live page images must be non-empty 2-D arrays, got shape {a.shape}")
+    finite = np.isfinite(a)
+    if finite.any():
+        lo, hi = np.percentile(a[finite], [lo_pct, hi_pct])
+        scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    else:
+        scaled = np.zeros_like(a)
+    u8 = (np.clip(np.nan_to_num(scaled, nan=0.0), 0, 1) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(u8, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _clean(o: Any) -> Any:
+    """JSON-safe copy: NaN and inf as None, numpy scalars and arrays as Python values, unknown objects as text."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, (np.floating, float)):
+        return None if not math.isfinite(float(o)) else float(o)
+    if isinstance(o, (np.integer, int, bool, str)) or o is None:
+        return o.item() if isinstance(o, np.generic) else o
+    return str(o)
+
+
+class LivePage:
+    """The live page server.
+
+    Parameters
+    ----------
+    host : str
+        Address to bind (default loopback: the page is local unless asked otherwise).
+    port : int
+        TCP port; 0 picks a free one (see :attr:`url`).
+    title : str
+        Page title (e.g. the scan folder).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, title: str = "xnh-stream") -> None:
+        self.title = title
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {"status": "waiting for frames"}
+        self._images: dict[str, tuple[int, bytes]] = {}
+        self._version = 0
+        page = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", page._html())
+                elif path == "/state.json":
+                    self._send(200, "application/json", page._state_json())
+                elif path.startswith("/img/") and path.endswith(".png"):
+                    item = page._images.get(path[5:-4])
+                    if item is None:
+                        self._send(404, "text/plain", b"no such image yet")
+                    else:
+                        self._send(200, "image/png", item[1])
+                else:
+                    self._send(404, "text/plain", b"not found")
+
+            def _refuse(self) -> None:
+                self.send_response(405)
+                self.send_header("Allow", "GET")
+                self.end_headers()
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.debug("live page: " + fmt, *args)
+
+        try:
+            self._server = ThreadingHTTPServer((host, int(port)), Handler)
+        except OSError as exc:
+            raise OSError(f"live page: cannot listen on {host}:{port}: {exc}") from exc
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="live-page", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Where the page is served."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def publish(self, state: dict[str, Any] | None = None, images: dict[str, Any] | None = None) -> None:
+        """Replace the page's state and (some of) its images (2-D arrays, or PNG bytes)."""
+        encoded = {}
+        for name, img in (images or {}).items():
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"live page image name must be alphanumeric, got {name!r}")
+            encoded[name] = img if isinstance(img, bytes) else to_png(img)
+        with self._lock:
+            self._version += 1
+            for name, png in encoded.items():
+                self._images[name] = (self._version, png)
+            if state is not None:
+                self._state = _clean(state)
+
+    def _state_json(self) -> bytes:
+        with self._lock:
+            body = {"title": self.title, "version": self._version, "time_s": time.time(), **self._state,
+                    "images": {n: f"/img/{n}.png?v={v}" for n, (v, _) in self._images.items()}}
+        return json.dumps(body, allow_nan=False).encode()
+
+    def _html(self) -> bytes:
+        return PAGE.replace("{{TITLE}}", self.title.replace("<", "&lt;")).encode()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
