@@ -33,6 +33,9 @@ from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
 from xnh_stream.ingest.watch import FolderWatcher
 from xnh_stream.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal, frame_id_of
 from xnh_stream.journal import FrameRecord as JournalEntry
+from xnh_stream.live.views import merge_views, slab_views
+from xnh_stream.quality.alerts import CallbackSink, default_router
+from xnh_stream.quality.monitor import QualityMonitor
 from xnh_stream.pipeline import ChainResult, delta_beta_of, process_scan
 from xnh_stream.store import DistanceStore
 from xnh_stream.xp import bin_2d, binning_for
@@ -110,6 +113,13 @@ class ReconShard:
     def progress(self) -> dict[str, int]:
         """Angles in the slab as preview and as final."""
         return {"preview": self.vol.n_preview, "final": self.vol.n_final}
+
+    def views(self, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:
+        """Small pieces of the slab for the running FSC and the live page (:func:`slab_views`)."""
+        if min(self.vol.acc.counts) < 1:  # nothing in one half yet (a new or rebuilt slab)
+            return {"r0": self.rows.start, "empty": True}
+        h0, h1 = self.vol.half_volumes()
+        return slab_views(h0, h1, self.vol.volume(), self.rows.start, n_rows, fsc_bin, region_px)
 
 
 class WatcherSource:
@@ -236,7 +246,8 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                n_workers: int = 2, n_shards: int = 2, max_in_flight: int = 8, poll_interval_s: float = 0.2,
                on_progress: Callable[[dict[str, Any]], None] | None = None,
                subscribers: tuple[Callable[[dict[str, Any]], None], ...] = (), timeout_s: float | None = None,
-               final_pass: bool = True, on_result: Callable[[AngleWork], None] | None = None) -> StreamResult:
+               final_pass: bool = True, on_result: Callable[[AngleWork], None] | None = None,
+               live_page: Any | None = None, quality_every_s: float = 5.0) -> StreamResult:
     """Process a running scan as its frames arrive; at completion write the final outputs.
 
     Parameters
@@ -262,6 +273,11 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
         Run the batch chain at completion (the exact final volume).
     on_result : callable, optional
         Called with each work item once its projection is in every shard (latency measurements).
+    live_page : LivePage, optional
+        The live page (:class:`xnh_stream.live.LivePage`) to publish progress, quality and images to.
+    quality_every_s : float
+        How often the running FSC and the live images are refreshed from the shards (every progress
+        dictionary carries the latest ``quality`` figures of the :class:`QualityMonitor`).
 
     Returns
     -------
@@ -286,6 +302,34 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     live_binning = 1
     instruments = _Instruments()  # metrics
     dispatched_at: dict[Any, float] = {}  # metrics: phase task -> dispatch time
+    # --- quality (xnh_stream.quality): fed every frame; alerts to the log, the journal, the webhook ---
+    monitor = QualityMonitor(config, str(Path(scan_folder).resolve()), router=default_router(
+        config, extra=[CallbackSink(lambda a: journal.emit("alert", a.as_dict(), key=f"alert:{a.name}:{a.severity}"))],
+        generator_url=getattr(live_page, "url", "")))
+    quality_at = -float("inf")
+    last_final: list[Any] = []  # [angle, result ref] of the latest final (CTF) projection: the live phase map
+
+    def update_quality(status: str) -> dict[str, Any]:
+        """Running FSC from the shards' pieces, live images, and the monitor's snapshot (to the live page)."""
+        images: dict[str, Any] = {}
+        state = assembler.state()
+        if shards and state["angles_seen"] >= 4:
+            n_rows = assembler.shape[0] // live_binning
+            views = merge_views(ray.get([s.views.remote(n_rows, config.fsc_bin, config.fsc_region_px)
+                                         for s in shards]))
+            voxel = assembler.geometry.voxel_m * live_binning
+            if "binned" in views or "region" in views:
+                monitor.add_fsc(n_angles=state["angles_seen"], binned=views.get("binned"),
+                                region=views.get("region"), voxel_m=voxel)
+            images = views["images"]
+        extra = {}
+        if last_final:
+            images["phase"] = -np.asarray(ray.get(last_final[1])[0])  # phase = -k voxel * projected delta
+            extra["phase_angle_deg"] = last_final[0]
+        quality = monitor.snapshot()
+        if live_page is not None:
+            live_page.publish({**state, **extra, "status": status, "quality": quality}, images)
+        return quality
 
     def make_shards(cor: float) -> list[Any]:
         # the live volume is binned: full-resolution quality comes from the final pass
@@ -345,6 +389,8 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                                 timeout=None if block else 0)
             for ref in ready:  # every shard takes the projection by reference; Ray keeps per-caller order
                 work, targets = in_flight.pop(ref)
+                if work.kind == "final":
+                    last_final[:] = [work.theta_deg, ref]
                 now = time.monotonic()
                 instruments.sample("phase_preview" if work.kind == "preview" else "phase_ctf",
                                    now - dispatched_at.pop(ref, now))
@@ -388,6 +434,11 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                 used_on_arrival.append(rec.frame_id)  # darks, flats, return projections: used on arrival
             for work in works:
                 dispatch(work)
+            if rec.frame_id not in quarantined:
+                try:
+                    monitor.add_frame(rec, pixels)
+                except (ValueError, OSError) as exc:  # quality figures must not stop the reconstruction
+                    log.error("quality monitor: frame %s not used: %s", rec.frame_id, exc)
         if quarantined:
             journal.mark_many(list(quarantined), QUARANTINED, stage="assemble", reasons=list(quarantined.values()))
         if used_on_arrival:
@@ -408,11 +459,20 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                 dispatch(work)
         drain(block=False)
         check_restarts()
+        quality = None
+        if assembler is not None:
+            if time.monotonic() - quality_at >= quality_every_s:
+                quality_at = time.monotonic()
+                quality = update_quality("streaming")
+            else:
+                quality = monitor.snapshot()
+                if live_page is not None:
+                    live_page.publish({**assembler.state(), "status": "streaming", "quality": quality})
         if on_progress and assembler is not None:
             on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": len(in_flight),
                          "actors": {"shards": list(shards), "workers": list(workers)},
                          "queues": {"phase_in_flight": len(in_flight), "backprojection": len(adding)},
-                         **instruments.snapshot(assembler.store)})
+                         **instruments.snapshot(assembler.store), "quality": quality})
         if source.finished() and not batch:
             break
         if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -432,9 +492,11 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     if shards:
         parts = sorted(ray.get([s.volume.remote() for s in shards]), key=lambda p: p[0])
         live = np.concatenate([p[1] for p in parts], axis=0)
+    quality = update_quality("final pass") if assembler is not None else None
     final = None
     if final_pass and source.finished():
-        final = process_scan(scan_folder, out, config)
+        final = process_scan(scan_folder, out, config, monitor=monitor)
+        quality = monitor.snapshot()
         # Frames the live path could not finish (an angle missing at some distance) are accounted for by
         # the final pass: processed there, or quarantined with the batch chain's reason.
         batch_quarantine = {frame_id_of(q["file"], q["index"], root=scan_folder): q["reason"]
@@ -449,10 +511,15 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                              key=str(scan_folder))
         for callback in subscribers:
             callback({"event": "scan_complete", "id": event, "scan": str(scan_folder), "out": str(out)})
+    monitor.close()
+    if live_page is not None and assembler is not None:
+        live_page.publish({**assembler.state(), "status": "complete" if final is not None else "stopped",
+                      "quality": quality, "phase_angle_deg": last_final[0] if last_final else None})
     if on_progress and assembler is not None:  # metrics: the final account (every frame booked)
         on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": 0,
                      "actors": {"shards": list(shards), "workers": list(workers)},
-                     "queues": {"phase_in_flight": 0, "backprojection": 0}, **instruments.snapshot(None)})
+                     "queues": {"phase_in_flight": 0, "backprojection": 0}, **instruments.snapshot(None),
+                     "quality": quality})
     counts = journal.counts()
     events = journal.events()
     journal.close()

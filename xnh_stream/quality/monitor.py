@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..align import rescale_shift
+from ..align import register_lowpass_ncc, rescale_shift
 from ..dose import central_mean
 from ..flatfield import flat_field
 from ..geometry import DistanceGeometry, ScanGeometry
@@ -209,7 +209,7 @@ class QualityMonitor:
             log.info("quality: return projection at %.2f deg of distance z1=%.6g m has no start view to compare "
                      "with", theta, z)
             return
-        dec, _ = compare_views(start, ff, bin_px=self._bin(ff.shape))
+        dec = self._compare(start, ff)
         geo = self.geometry
         s = geo.distances[self._number(z)].effective_pixel_m / geo.voxel_m  # to reference pixels
         d.return_results.append(self._record(dec, s, {"angle_deg": theta}))
@@ -238,13 +238,32 @@ class QualityMonitor:
             if ref_phase is None:
                 ref_phase = rd.phases[a] = self._phase_on_ref_grid(ref, rd.starts[a], geo)
             moving = self._phase_on_ref_grid(k, d.starts[a], geo)
-            dec, _ = compare_views(ref_phase, moving, bin_px=self._bin(moving.shape))
+            dec = self._compare(ref_phase, moving)
             d.inter_results.append(self._record(dec, 1.0, {"angle_deg": a, "reference_z1_m": keys[ref]}))
+
+    #: Below this (smaller side after binning, px) the patches are too small for a reliable field: only
+    #: the rigid drift is measured, on the whole image.
+    MIN_FIELD_PX = 48
+
+    def _compare(self, reference: np.ndarray, moving: np.ndarray) -> WarpDecomposition | None:
+        b = self._bin(reference.shape)
+        if min(reference.shape) // b >= self.MIN_FIELD_PX:
+            return compare_views(reference, moving, bin_px=b)[0]
+        res = register_lowpass_ncc(reference, moving, sigma_px=1.5, highpass_sigma_px=8.0)
+        if not res.ok:
+            return None
+        dy, dx = -res.shift_yx[0], -res.shift_yx[1]
+        return WarpDecomposition((dy, dx), math.hypot(dy, dx), math.nan, math.nan, math.nan, 1, 1,
+                                 np.zeros((1, 2)), math.nan)
 
     @staticmethod
     def _record(dec: WarpDecomposition | None, to_ref: float, extra: dict[str, Any]) -> dict[str, Any]:
         if dec is None:
             return {**extra, "ok": False}
+        if not math.isfinite(dec.scale):  # whole-image registration only (small frames)
+            return {**extra, "ok": True, "rigid_yx_px": [dec.rigid_yx[0] * to_ref, dec.rigid_yx[1] * to_ref],
+                    "rigid_px": dec.rigid_px * to_ref, "scale": None, "nonrigid_px": None,
+                    "note": f"frame below {QualityMonitor.MIN_FIELD_PX} px: rigid drift only"}
         return {**extra, "ok": True, "rigid_yx_px": [dec.rigid_yx[0] * to_ref, dec.rigid_yx[1] * to_ref],
                 "rigid_px": dec.rigid_px * to_ref, "scale": dec.scale, "nonrigid_px": dec.nonrigid_rms_px * to_ref,
                 "nonrigid_max_px": dec.nonrigid_max_px * to_ref, "noise_px": dec.noise_px * to_ref,
@@ -346,8 +365,10 @@ class QualityMonitor:
         if ok:
             r = max(ok, key=lambda p: p["rigid_px"])
             warp.update(rigid_px=r["rigid_px"], rigid_m=r["rigid_px"] * voxel)
-            s = max(ok, key=lambda p: abs(p["scale"] - 1))
-            n = max(ok, key=lambda p: p["nonrigid_px"])
+        fields = [p for p in ok if p["scale"] is not None]
+        if fields:
+            s = max(fields, key=lambda p: abs(p["scale"] - 1))
+            n = max(fields, key=lambda p: p["nonrigid_px"])
             warp.update(scale=s["scale"], scale_pair=s["pair"], nonrigid_px=n["nonrigid_px"],
                         nonrigid_m=n["nonrigid_px"] * voxel, worst_pair=n["pair"])
         quality: dict[str, Any] = {
