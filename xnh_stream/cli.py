@@ -175,15 +175,19 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
     update, close = _stream_progress()
     metrics = _start_metrics(a)  # metrics: the exporter consumes the same progress dictionaries
     consumers = [update] + ([metrics.update] if metrics else [])
+    live_page = _start_live(a, folder)  # live page: fed by the stream
     with FolderWatcher(folder, poll_interval_s=a.poll_s, use_inotify=not a.no_inotify) as watcher:
         source = WatcherSource(watcher, n_distances=a.distances, quiet_s=a.quiet_s)
         try:
             result = run_stream(source, folder, out, config, n_distances=a.distances, n_workers=a.workers,
                                 n_shards=a.shards, on_progress=lambda state: [f(state) for f in consumers],
                                 subscribers=(metrics.scan_complete,) if metrics else (),
-                                poll_interval_s=a.poll_s, timeout_s=a.timeout_s)
+                                poll_interval_s=a.poll_s, timeout_s=a.timeout_s, live_page=live_page)
         finally:
             close()
+            if live_page:
+                print(f"live page (stopped now): {live_page.url}", file=sys.stderr)
+                live_page.close()
             if metrics:
                 metrics.close()
         counts = watcher.counters.as_dict()
@@ -236,6 +240,34 @@ def cmd_demo(a: argparse.Namespace) -> int:
         raise errors[0]
     print(f"scan:    {scan_dir}")
     return code
+
+
+# --- live page (xnh_stream.live) --------------------------------------------------------------------------
+def _add_live_args(p: argparse.ArgumentParser) -> None:
+    from .live import DEFAULT_PORT  # noqa: PLC0415
+
+    g = p.add_argument_group("live page (docs/quality.md)")
+    g.add_argument("--live-port", type=int, default=DEFAULT_PORT,
+                   help="serve the read-only live page on this port; 0 turns it off (default %(default)s)")
+    g.add_argument("--live-address", default="127.0.0.1",
+                   help="interface of the live page; 0.0.0.0 to show it to other hosts (default %(default)s)")
+
+
+def _start_live(a: argparse.Namespace, folder: Path):  # noqa: ANN202
+    """The live page on ``--live-port`` (None when 0 or when the port is taken)."""
+    from .live import LivePage  # noqa: PLC0415
+
+    if not getattr(a, "live_port", 0):
+        return None
+    if not 0 < a.live_port < 65536:
+        raise ConfigError(f"--live-port {a.live_port}: not a port number (1-65535, or 0 for off)")
+    try:
+        page = LivePage(a.live_address, a.live_port, title=str(folder))
+    except OSError as exc:
+        log.error("%s; going on without the live page", exc)
+        return None
+    print(f"live page: {page.url}", file=sys.stderr)
+    return page
 
 
 # --- metrics and the overnight queue ---------------------------------------------------------------------
@@ -341,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream_args(s)
     _add_process_args(s)
     _add_metrics_args(s, LIVE_METRICS_PORT)
+    _add_live_args(s)
     s.set_defaults(func=cmd_watch)
 
     s = sub.add_parser("demo", help="simulate a scan being written and stream it through the pipeline (Ray)")
@@ -350,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream_args(s)
     _add_process_args(s)
     _add_metrics_args(s, LIVE_METRICS_PORT)
+    _add_live_args(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("overnight", help="process every finished scan folder under ROOT with the batch chain; "

@@ -24,7 +24,7 @@ from .page import PAGE
 
 log = logging.getLogger(__name__)
 
-#: Default port of ``--live-port`` (0 picks a free one; ``--live-port -1`` turns the page off).
+#: Default port of ``--live-port`` (the command line turns the page off with 0; ``LivePage(port=0)`` picks a free port).
 DEFAULT_PORT = 8765
 
 
