@@ -1,0 +1,172 @@
+"""Segmentation post-processing, evaluation and blockwise scheduling, on synthetic labels (no network)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from xnh_stream.segment.blockwise import BlockwiseSegmentation, BlockwiseSpec, block_grid
+from xnh_stream.segment.data import NEAREST_OFFSETS, LabelledVolume, affinities_from_labels, load_labelled, save_labelled
+from xnh_stream.segment.evaluate import evaluate
+from xnh_stream.segment.postprocess import (agglomerate, apply_lut, fragments_watershed, merge_tree,
+                                            segment_affinities, segment_lut)
+
+
+def cells(shape=(40, 48, 48), n=30, seed=0) -> np.ndarray:
+    """Voronoi cells (labels 1..n) separated by one-voxel-wide background-free borders."""
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, np.int32)
+    pts = np.column_stack([rng.integers(0, s, n) for s in shape])
+    seeds[tuple(pts.T)] = np.arange(1, n + 1)
+    _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    return seeds[tuple(idx)].astype(np.uint32)
+
+
+def noisy_affinities(labels: np.ndarray, noise: float, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = affinities_from_labels(labels) * 0.8 + 0.1
+    return np.clip(a + rng.normal(0, noise, a.shape), 0, 1).astype(np.float32)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when a and b are equal up to a relabelling (a one-to-one map between ids)."""
+    pairs = np.unique(np.column_stack([a.ravel(), b.ravel()]), axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def test_affinities_from_labels_nearest_neighbours():
+    lab = np.zeros((2, 3, 4), np.uint32)
+    lab[:, :, :2], lab[:, :, 2:] = 1, 2
+    lab[1, 0, 0] = 0
+    aff = affinities_from_labels(lab)
+    assert aff.shape == (3, 2, 3, 4) and [list(o) for o in NEAREST_OFFSETS] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+    assert aff[2, 0, 1, 1] == 1 and aff[2, 0, 1, 2] == 0  # x link across the 1|2 border is cut
+    assert aff[:, 0].sum() == aff[0, 0].sum() == 0 or aff[0, 0].sum() == 0  # no z neighbour before slice 0
+    assert aff[0, 1, 0, 0] == 0 and aff[2, 1, 0, 1] == 0  # links to background are 0
+    assert aff[0, 1, 2, 3] == 1
+
+
+def test_segment_affinities_recovers_cells_and_merge_tree_matches_waterz():
+    lab = cells()
+    affs = noisy_affinities(lab, 0.1)
+    seg = segment_affinities(affs, threshold=0.5)
+    s = evaluate(seg, lab)
+    print("noisy ground-truth affinities:", s.line())
+    assert s.adapted_rand < 0.02 and s.voi < 0.1
+    frag = fragments_watershed(affs)
+    assert frag.min() >= 1 and len(np.unique(frag)) > len(np.unique(lab))  # over-segmentation, every voxel
+    tree = merge_tree(affs, frag)
+    assert np.all(np.diff(tree[:, 2]) >= -1e-6)  # merges come in non-decreasing score order
+    for t, ref in zip((0.3, 0.5, 0.7), agglomerate(affs, frag, (0.3, 0.5, 0.7))):
+        ids, segs = segment_lut(tree, np.unique(frag), t)
+        assert same_partition(apply_lut(frag, ids, segs), ref)
+
+
+def test_evaluate_cremi_conventions_analytic():
+    gt = np.zeros((4, 4, 8), np.uint32)
+    gt[:, :, :4], gt[:, :, 4:] = 1, 2
+    assert evaluate(gt * 7, gt).adapted_rand == 0.0 and evaluate(gt * 7, gt).voi == 0.0
+    split = gt.copy()
+    split[:2, :, :4] = 3  # object 1 cut in two halves
+    s = evaluate(split, gt)
+    assert s.voi_split == pytest.approx(0.5)  # bits: half the voxels carry one bit
+    assert s.voi_merge == pytest.approx(0.0, abs=1e-12)
+    # pairs of distinct voxels together: truth 2 * 64 * 63, prediction (all also together in truth)
+    # 2 * 32 * 31 + 64 * 63: precision 1, recall = their ratio
+    recall = (2 * 32 * 31 + 64 * 63) / (2 * 64 * 63)
+    assert s.rand_precision == pytest.approx(1.0) and s.rand_recall == pytest.approx(recall)
+    assert s.adapted_rand == pytest.approx(1 - 2 * recall / (1 + recall))
+    merged = np.ones_like(gt)
+    m = evaluate(merged, gt)
+    assert m.voi_merge == pytest.approx(1.0) and m.voi_split == pytest.approx(0.0, abs=1e-12)
+    gt_bg = gt.copy()
+    gt_bg[0] = 0  # background in the truth is ignored whatever the prediction says there
+    pred = gt.copy()
+    pred[0] = 9
+    assert evaluate(pred, gt_bg).adapted_rand == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(gt[:2], gt)
+
+
+def test_labelled_file_roundtrip_and_errors(tmp_path):
+    lab = cells((8, 12, 12), 5)
+    vol = LabelledVolume(np.random.default_rng(0).random(lab.shape).astype(np.float32), lab, lab > 2,
+                         voxel_m=50e-9, source="x", meta={"seed": 3})
+    back = load_labelled(save_labelled(tmp_path / "v.h5", vol))
+    assert np.array_equal(back.labels, lab) and np.array_equal(back.mask, lab > 2) and back.voxel_m == 50e-9
+    assert back.meta == {"seed": 3}
+    z = zarr.open_group(str(tmp_path / "v.zarr"), mode="w")
+    z["image"], z["gt"] = vol.raw, lab
+    assert np.array_equal(load_labelled(tmp_path / "v.zarr", "image", "gt").labels, lab)
+    with pytest.raises(ValueError, match=r"v\.zarr \[raw\]: dataset missing"):
+        load_labelled(tmp_path / "v.zarr")
+    with pytest.raises(ValueError, match="no such file"):
+        load_labelled(tmp_path / "nope.h5")
+    with pytest.raises(ValueError, match="differs from image shape"):
+        LabelledVolume(vol.raw, lab[:4], vol.mask, source="bad.h5")
+
+
+def _prepared(tmp_path, affs, block_shape, context):
+    """A blockwise work folder whose prediction stage is replaced by given affinities."""
+    raw = tmp_path / "raw.zarr"
+    zarr.open_array(str(raw), mode="w", shape=affs.shape[1:], dtype="float32")[...] = affs.mean(0)
+    spec = BlockwiseSpec(str(tmp_path / "work"), str(raw), block_shape, context, norm=(0.0, 1.0))
+    bw = BlockwiseSegmentation.prepare(spec)
+    zarr.open_array(str(tmp_path / "work" / "affinities.zarr"), mode="r+")[...] = affs
+    for b in bw.blocks:
+        bw._mark("predict", b.index)
+    return bw
+
+
+def _finish(bw):
+    for stage in ("fragments", "agglomerate"):
+        for i in bw.pending(stage):
+            getattr(bw, stage)(i)
+    bw.solve()
+    for i in bw.pending("relabel"):
+        bw.relabel(i)
+    return bw.segmentation()
+
+
+def test_block_grid_covers_volume_once():
+    blocks = block_grid((20, 33, 40), (8, 16, 16))
+    cover = np.zeros((20, 33, 40), int)
+    for b in blocks:
+        cover[b.slices()] += 1
+    assert (cover == 1).all() and len(blocks) == 3 * 3 * 3
+
+
+def test_blockwise_single_block_equals_whole_volume_and_multi_block_has_no_seams(tmp_path):
+    lab = cells((40, 48, 48), 30, seed=2)
+    affs = noisy_affinities(lab, 0.1, seed=3)
+    whole = segment_affinities(affs, threshold=0.5)
+    one = _finish(_prepared(tmp_path / "one", affs, (64, 64, 64), 8))
+    assert same_partition(one, whole)
+    many = _prepared(tmp_path / "many", affs, (16, 24, 24), 8)
+    assert len(many.blocks) == 3 * 2 * 2
+    seg = _finish(many)
+    s = evaluate(seg, lab)
+    print("blockwise on 12 blocks:", s.line())
+    assert s.adapted_rand < 0.02  # no object is split at the block borders
+    ids = np.unique(np.load(tmp_path / "many" / "work" / "lut.npz")["ids"])
+    assert len(ids) == len(np.unique(zarr.open_array(str(tmp_path / "many" / "work" / "fragments.zarr"))[...]))
+
+
+def test_blockwise_resumes_from_done_markers(tmp_path):
+    lab = cells((32, 32, 32), 12, seed=4)
+    affs = noisy_affinities(lab, 0.05, seed=5)
+    bw = _prepared(tmp_path, affs, (16, 16, 16), 6)
+    bw.fragments(0)
+    stamp = (tmp_path / "work" / "done" / "fragments" / "0").stat().st_mtime_ns
+    assert bw.pending("fragments") == list(range(1, 8))
+    again = BlockwiseSegmentation.prepare(BlockwiseSpec(str(tmp_path / "work"), str(tmp_path / "raw.zarr"),
+                                                        (16, 16, 16), 6))
+    assert again.spec.norm == (0.0, 1.0) and again.pending("fragments") == list(range(1, 8))
+    seg = _finish(again)
+    assert (tmp_path / "work" / "done" / "fragments" / "0").stat().st_mtime_ns == stamp
+    assert evaluate(seg, lab).adapted_rand < 0.02
+    with pytest.raises(ValueError, match="another run"):
+        BlockwiseSegmentation.prepare(BlockwiseSpec(str(tmp_path / "work"), str(tmp_path / "raw.zarr"),
+                                                    (8, 16, 16), 6))

@@ -1,0 +1,292 @@
+"""Blockwise segmentation of volumes larger than memory: pure scheduling and per-block work, no Ray.
+
+Stages, each run block by block and marked done per block (a re-run skips finished blocks, so an interrupted
+run resumes):
+
+1. ``predict``   affinities of the block (input read with the network's context; equal to whole-volume prediction)
+2. ``fragments`` seeded watershed on the block's affinities plus ``context``, cropped to the block, ids made
+   unique by a per-block offset (``block index * block voxels``)
+3. ``agglomerate`` waterz merge tree of the fragments in the block plus ``context`` (so fragments cut by block
+   borders are merged across them); merges touching a fragment of the block are kept
+4. ``solve``     (once) all merges gathered, connected components below the threshold: a fragment -> segment table
+5. ``relabel``   the block's fragments through the table, into the segmentation
+
+Work files live in one folder: ``affinities.zarr``, ``fragments.zarr``, ``segmentation.zarr``, ``edges/``,
+``lut.npz``, ``done/<stage>/<block>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .postprocess import apply_lut, fragments_watershed, merge_tree, segment_lut
+
+STAGES = ("predict", "fragments", "agglomerate", "relabel")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the grid: its index and ``[start, stop)`` corners."""
+
+    index: int
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    def slices(self) -> tuple[slice, slice, slice]:
+        """Slices of the block in the volume."""
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    def grown(self, context: int, shape: tuple[int, ...]) -> tuple[slice, slice, slice]:
+        """Slices of the block plus ``context`` voxels on every side, clipped to the volume."""
+        return tuple(slice(max(a - context, 0), min(b + context, n))  # type: ignore[return-value]
+                     for a, b, n in zip(self.start, self.stop, shape))
+
+
+def block_grid(shape: tuple[int, int, int], block_shape: tuple[int, int, int]) -> list[Block]:
+    """Cut ``shape`` into blocks of ``block_shape`` (the last ones smaller), in row-major order."""
+    if any(b <= 0 for b in block_shape):
+        raise ValueError(f"block shape must be positive, got {block_shape}")
+    starts = [range(0, n, b) for n, b in zip(shape, block_shape)]
+    return [Block(i, tuple(s), tuple(min(a + b, n) for a, b, n in zip(s, block_shape, shape)))  # type: ignore[arg-type]
+            for i, s in enumerate(itertools.product(*starts))]
+
+
+@dataclass
+class BlockwiseSpec:
+    """Everything a worker needs to run any stage on any block (plain data: picklable, JSON-able).
+
+    Attributes
+    ----------
+    work : str
+        Work folder.
+    raw : str
+        Image: an OME-Zarr folder (level ``s0``/``0`` is used) or a zarr array folder.
+    block_shape : (int, int, int)
+        Block size; a multiple of the network's downsampling grid (8).
+    context : int
+        Voxels around a block seen by the watershed and the agglomeration.
+    model : str or None
+        Model file (None: the shipped model).
+    threshold, fragment_threshold : float
+        Agglomeration threshold (``1 - mean affinity``) and the watershed interior threshold.
+    seed_distance : int
+        Watershed seed spacing (``distance`` method).
+    fragment_method : str
+        ``affinity`` or ``distance`` (see :func:`~.postprocess.fragments_watershed`).
+    tile : int
+        Prediction tile edge.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    norm : (float, float) or None
+        Input normalisation (offset, scale); computed once by :func:`prepare` if None.
+    """
+
+    work: str
+    raw: str
+    block_shape: tuple[int, int, int] = (64, 128, 128)
+    context: int = 16
+    model: str | None = None
+    threshold: float = 0.5
+    fragment_threshold: float = 0.5
+    seed_distance: int = 2
+    fragment_method: str = "affinity"
+    tile: int = 64
+    device: str = "auto"
+    norm: tuple[float, float] | None = None
+
+
+def open_raw(path: str | Path):
+    """The level-0 array of an OME-Zarr image, or a plain zarr array, opened read-only (not loaded)."""
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Group):
+        for key in ("s0", "0"):
+            if key in node:
+                return node[key]
+        raise ValueError(f"{path}: zarr group without a level-0 array (s0 or 0)")
+    return node
+
+
+class BlockwiseSegmentation:
+    """The per-block operations of a blockwise run over one work folder (see module docstring)."""
+
+    def __init__(self, spec: BlockwiseSpec) -> None:
+        self.spec = spec
+        self.work = Path(spec.work)
+        self.raw = open_raw(spec.raw)
+        if self.raw.ndim != 3:
+            raise ValueError(f"{spec.raw}: image must be 3-D [z, y, x], got shape {self.raw.shape}")
+        self.shape = tuple(int(n) for n in self.raw.shape)
+        self.blocks = block_grid(self.shape, tuple(spec.block_shape))  # type: ignore[arg-type]
+        self.block_voxels = int(np.prod(spec.block_shape))
+        self._model = None
+
+    # ------------------------------------------------------------------ setup and bookkeeping
+    @classmethod
+    def prepare(cls, spec: BlockwiseSpec) -> BlockwiseSegmentation:
+        """Create (or reopen, to resume) the work folder; fixes the input normalisation once."""
+        from .unet import AffinityModel, normalise
+
+        work = Path(spec.work)
+        work.mkdir(parents=True, exist_ok=True)
+        spec_file = work / "spec.json"
+        if spec_file.exists():
+            old = json.loads(spec_file.read_text())
+            mine = {k: v for k, v in asdict(spec).items() if k not in ("norm", "device")}
+            theirs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in old.items() if k in mine}
+            mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in mine.items()}
+            if theirs != mine:
+                raise ValueError(f"{spec_file}: work folder belongs to another run ({theirs} != {mine})")
+            spec.norm = tuple(old["norm"])  # type: ignore[assignment]
+        self = cls(spec)
+        grid = 8
+        if any(b % grid and b < n for b, n in zip(spec.block_shape, self.shape)):
+            raise ValueError(f"block shape {spec.block_shape} must be a multiple of {grid} (the downsampling grid)")
+        if spec.norm is None:
+            model = AffinityModel.load(spec.model, "cpu")
+            step = max(1, int(np.ceil((np.prod(self.shape) / 4e6) ** (1 / 3))))
+            sample = np.asarray(self.raw[::step, ::step, ::step])
+            spec.norm = normalise(sample, model.norm)
+        spec_file.write_text(json.dumps(asdict(spec)))
+        n_aff = 3
+        for name, dtype, shape, chunks in (
+                ("affinities.zarr", "float32", (n_aff, *self.shape), (n_aff, *spec.block_shape)),
+                ("fragments.zarr", "uint64", self.shape, spec.block_shape),
+                ("segmentation.zarr", "uint64", self.shape, spec.block_shape)):
+            if not (work / name).exists():
+                zarr.open_array(str(work / name), mode="w", shape=shape, dtype=dtype,
+                                chunks=tuple(min(c, s) for c, s in zip(chunks, shape)), fill_value=0)
+        for stage in STAGES:
+            (work / "done" / stage).mkdir(parents=True, exist_ok=True)
+        (work / "edges").mkdir(exist_ok=True)
+        return self
+
+    def _array(self, name: str):
+        return zarr.open_array(str(self.work / name), mode="r+")
+
+    def is_done(self, stage: str, index: int) -> bool:
+        """Whether ``stage`` finished on block ``index``."""
+        return (self.work / "done" / stage / str(index)).exists()
+
+    def _mark(self, stage: str, index: int, info: dict | None = None) -> None:
+        path = self.work / "done" / stage / str(index)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info or {}))
+        os.replace(tmp, path)
+
+    def pending(self, stage: str) -> list[int]:
+        """Blocks that still need ``stage``."""
+        return [b.index for b in self.blocks if not self.is_done(stage, b.index)]
+
+    @property
+    def model(self):
+        from .unet import AffinityModel
+
+        if self._model is None:
+            from .train import pick_device
+
+            self._model = AffinityModel.load(self.spec.model, pick_device(self.spec.device))
+        return self._model
+
+    # ------------------------------------------------------------------ stages
+    def predict(self, index: int) -> None:
+        """Stage 1: affinities of block ``index``."""
+        from .predict import predict_affinities
+
+        b = self.blocks[index]
+        affs = predict_affinities(self.model, self.raw, (b.start, b.stop), self.spec.norm, self.spec.tile,
+                                  self.spec.device)
+        self._array("affinities.zarr")[(slice(None),) + b.slices()] = affs
+        self._mark("predict", index)
+
+    def fragments(self, index: int) -> None:
+        """Stage 2: watershed fragments of block ``index`` (needs ``predict`` on it and its neighbours)."""
+        b, ctx = self.blocks[index], self.spec.context
+        grown = b.grown(ctx, self.shape)
+        affs = np.asarray(self._array("affinities.zarr")[(slice(None),) + grown])
+        frag = fragments_watershed(affs, self.spec.fragment_threshold, self.spec.seed_distance,
+                                   method=self.spec.fragment_method)
+        core = frag[tuple(slice(a - g.start, c - g.start) for a, c, g in zip(b.start, b.stop, grown))]
+        ids, local = np.unique(core, return_inverse=True)  # consecutive ids in the block, 0 kept
+        out = local.reshape(core.shape).astype(np.uint64) + np.uint64(0 if ids[0] == 0 else 1)
+        out[out > 0] += np.uint64(index * self.block_voxels)
+        self._array("fragments.zarr")[b.slices()] = out
+        np.save(self.work / "edges" / f"ids_{index}.npy", np.unique(out))
+        self._mark("fragments", index, {"fragments": len(ids)})
+
+    def agglomerate(self, index: int) -> None:
+        """Stage 3: merge tree over block ``index`` plus context (needs ``fragments`` on it and its neighbours)."""
+        b, ctx = self.blocks[index], self.spec.context
+        grown = b.grown(ctx, self.shape)
+        affs = np.asarray(self._array("affinities.zarr")[(slice(None),) + grown])
+        frag = np.asarray(self._array("fragments.zarr")[grown])
+        edges = merge_tree(affs, frag)
+        mine = np.load(self.work / "edges" / f"ids_{index}.npy")
+        if len(edges):
+            a, c = edges[:, 0].astype(np.uint64), edges[:, 1].astype(np.uint64)
+            edges = edges[np.isin(a, mine) | np.isin(c, mine)]
+        tmp = self.work / "edges" / f"edges_{index}.tmp.npy"
+        np.save(tmp, edges)
+        os.replace(tmp, self.work / "edges" / f"edges_{index}.npy")
+        self._mark("agglomerate", index, {"merges": len(edges)})
+
+    def solve(self) -> dict:
+        """Stage 4: gather every block's merges and fragment ids; write the fragment -> segment table."""
+        missing = self.pending("agglomerate")
+        if missing:
+            raise RuntimeError(f"{self.work}: blocks {missing[:10]} not agglomerated yet")
+        ids = np.unique(np.concatenate([np.load(self.work / "edges" / f"ids_{b.index}.npy") for b in self.blocks]))
+        edges = np.concatenate([np.load(self.work / "edges" / f"edges_{b.index}.npy").reshape(-1, 3)
+                                for b in self.blocks])
+        if len(edges):  # a merge seen by two blocks: keep its lowest score (order-independent)
+            pair = np.sort(edges[:, :2].astype(np.uint64), axis=1)
+            order = np.lexsort((edges[:, 2], pair[:, 1], pair[:, 0]))
+            pair, edges = pair[order], edges[order]
+            first = np.ones(len(pair), bool)
+            first[1:] = (pair[1:] != pair[:-1]).any(axis=1)
+            edges = np.column_stack([pair[first].astype(np.float64), edges[first, 2]])
+        lut_ids, segs = segment_lut(edges, ids, self.spec.threshold)
+        tmp = self.work / "lut.tmp.npz"
+        np.savez(tmp, ids=lut_ids, segments=segs)
+        os.replace(tmp, self.work / "lut.npz")
+        return {"fragments": int(len(ids)), "merges": int(len(edges)), "segments": int(segs.max(initial=0))}
+
+    def relabel(self, index: int) -> None:
+        """Stage 5: write the segmentation of block ``index`` (needs :meth:`solve`)."""
+        b = self.blocks[index]
+        lut = np.load(self.work / "lut.npz")
+        frag = np.asarray(self._array("fragments.zarr")[b.slices()])
+        self._array("segmentation.zarr")[b.slices()] = apply_lut(frag, lut["ids"], lut["segments"])
+        self._mark("relabel", index)
+
+    def segmentation(self) -> np.ndarray:
+        """The finished segmentation, read into memory."""
+        if self.pending("relabel"):
+            raise RuntimeError(f"{self.work}: segmentation not finished")
+        return np.asarray(self._array("segmentation.zarr")[...])
+
+
+def run_blockwise(spec: BlockwiseSpec, progress: Callable[[str, int, int], None] | None = None
+                  ) -> BlockwiseSegmentation:
+    """Run (or resume) every stage in this process, block after block; see :mod:`actors.segment` for Ray."""
+    bw = BlockwiseSegmentation.prepare(spec)
+    for stage in ("predict", "fragments", "agglomerate"):
+        todo = bw.pending(stage)
+        for k, i in enumerate(todo):
+            getattr(bw, stage)(i)
+            if progress:
+                progress(stage, k + 1, len(todo))
+    if bw.pending("relabel"):
+        bw.solve()
+    for k, i in enumerate(todo := bw.pending("relabel")):
+        bw.relabel(i)
+        if progress:
+            progress("relabel", k + 1, len(todo))
+    return bw

@@ -1,0 +1,188 @@
+"""From affinities to a segmentation: fragments by seeded watershed, agglomeration along fragment contacts
+(waterz, mean affinity), and the merge tree cut at a threshold.
+
+Affinity convention (waterz): channel c of ``affs[c, z, y, x]`` links a voxel with its neighbour at
+``NEAREST_OFFSETS[c]`` (the previous voxel along z, y, x); 1 = same object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.segmentation import watershed
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence the C++ progress lines waterz prints on file descriptor 1."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stdout (e.g. captured): nothing to silence
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def voxel_affinity(affs: np.ndarray) -> np.ndarray:
+    """Per voxel, the lowest affinity of its six links (its own three channels and its +1 neighbours')."""
+    low = affs.min(axis=0)
+    for c in range(affs.shape[0]):
+        nxt = np.ones_like(low)
+        src = [slice(None)] * 3
+        dst = [slice(None)] * 3
+        src[c], dst[c] = slice(1, None), slice(None, -1)
+        nxt[tuple(dst)] = affs[c][tuple(src)]
+        np.minimum(low, nxt, out=low)
+    return low
+
+
+def fragments_watershed(affs: np.ndarray, threshold: float = 0.5, seed_distance: int = 2,
+                        id_offset: int = 0, method: str = "affinity", high: float = 0.9) -> np.ndarray:
+    """Over-segment into fragments by a seeded watershed on the affinities.
+
+    ``method="affinity"`` (default): watershed on the affinity graph itself (waterz's zwatershed): seeds are
+    the regions connected by affinities above ``high``, grown along decreasing affinities; each voxel goes
+    with the neighbour it is most strongly linked to, so a fragment never takes voxels across a boundary
+    that its affinities resolve. ``method="distance"``: seeds at the maxima of the distance transform of the
+    voxels whose six links all exceed ``threshold`` (maxima closer than ``seed_distance`` merged), flooded
+    on ``1 - voxel_affinity`` (assigns boundary voxels to either side at random: use with blurry affinities).
+
+    Returns
+    -------
+    ndarray of uint64
+        Fragment ids ``id_offset + 1, ...``; 0 only where every link of a voxel is below 1e-4 (affinity method).
+    """
+    if method == "affinity":
+        import waterz
+
+        with _quiet_stdout():
+            (frag,) = waterz.agglomerate(np.ascontiguousarray(affs, np.float32), [0.0],
+                                         aff_threshold_low=1e-4, aff_threshold_high=high)
+        frag = frag.astype(np.uint64)
+    elif method == "distance":
+        low = voxel_affinity(affs)
+        inside = low > threshold
+        dist = ndimage.distance_transform_edt(inside)
+        maxima = inside & (dist == ndimage.maximum_filter(dist, size=2 * seed_distance + 1))
+        seeds, n = ndimage.label(maxima)
+        if n == 0:  # no interior anywhere: a single fragment
+            return np.full(low.shape, id_offset + 1, np.uint64)
+        frag = watershed(1.0 - low, seeds).astype(np.uint64)
+    else:
+        raise ValueError(f"unknown fragment method {method!r} (affinity or distance)")
+    ids, inv = np.unique(frag, return_inverse=True)  # consecutive ids, 0 kept for background
+    inv = inv.reshape(frag.shape).astype(np.uint64) + np.uint64(0 if ids[0] == 0 else 1)
+    inv[inv > 0] += np.uint64(id_offset)
+    return inv
+
+
+def merge_tree(affs: np.ndarray, fragments: np.ndarray) -> np.ndarray:
+    """Agglomerate ``fragments`` completely with waterz (mean affinity along contacts) and return the merges.
+
+    Returns
+    -------
+    ndarray, shape (n, 3), float64
+        Rows ``(a, b, score)``: the regions represented by fragments ``a`` and ``b`` merged at
+        ``score = 1 - mean contact affinity``, in merge order (scores never decrease).
+    """
+    import waterz
+
+    frag = np.ascontiguousarray(fragments, dtype=np.uint64).copy()
+    with _quiet_stdout():
+        (_, history), = waterz.agglomerate(np.ascontiguousarray(affs, np.float32), [1.0 + 1e-6],
+                                           fragments=frag, return_merge_history=True)
+    if not history:
+        return np.zeros((0, 3))
+    return np.array([(h["a"], h["b"], h["score"]) for h in history], dtype=np.float64)
+
+
+def agglomerate(affs: np.ndarray, fragments: np.ndarray, thresholds: Sequence[float]) -> list[np.ndarray]:
+    """Segmentations (uint64) at each threshold: waterz merges fragments while ``1 - mean affinity < t``."""
+    import waterz
+
+    frag = np.ascontiguousarray(fragments, dtype=np.uint64).copy()
+    with _quiet_stdout():
+        return [s.copy() for s in waterz.agglomerate(np.ascontiguousarray(affs, np.float32),
+                                                     sorted(thresholds), fragments=frag)]
+
+
+def segment_lut(edges: np.ndarray, fragment_ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fragment-to-segment lookup table: connected components of the merge edges scoring below ``threshold``.
+
+    Parameters
+    ----------
+    edges : ndarray (n, 3)
+        ``(a, b, score)`` merges (from :func:`merge_tree`, possibly gathered from many blocks).
+    fragment_ids : ndarray
+        Every fragment id present (sorted, unique).
+    threshold : float
+        Merges with ``score < threshold`` are applied.
+
+    Returns
+    -------
+    ids, segments : ndarray
+        Sorted fragment ids and the segment id (1..N, numbered by smallest fragment) of each.
+    """
+    ids = np.unique(fragment_ids).astype(np.uint64)
+    keep = edges[:, 2] < threshold if len(edges) else np.zeros(0, bool)
+    a = np.asarray(edges[keep, 0], dtype=np.uint64) if len(edges) else np.zeros(0, np.uint64)
+    b = np.asarray(edges[keep, 1], dtype=np.uint64) if len(edges) else np.zeros(0, np.uint64)
+    ia, ib = np.searchsorted(ids, a), np.searchsorted(ids, b)
+    ok = (ia < len(ids)) & (ib < len(ids))
+    ok &= (ids[np.minimum(ia, len(ids) - 1)] == a) & (ids[np.minimum(ib, len(ids) - 1)] == b)
+    if not ok.all():
+        raise ValueError(f"{int((~ok).sum())} merge edges name fragments that do not exist")
+    g = coo_matrix((np.ones(len(ia)), (ia, ib)), shape=(len(ids), len(ids)))
+    _, comp = connected_components(g, directed=False)
+    # number segments by first appearance (smallest fragment id) so labels do not depend on graph internals
+    _, first = np.unique(comp, return_index=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    segs = (rank[comp] + 1).astype(np.uint64)
+    if len(ids) and ids[0] == 0:  # background fragment stays 0 (it has no merge edges)
+        segs = segs - np.uint64(1)
+    return ids, segs
+
+
+def apply_lut(fragments: np.ndarray, ids: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Relabel fragments through a lookup table from :func:`segment_lut`."""
+    idx = np.searchsorted(ids, fragments.ravel())
+    if (idx >= len(ids)).any() or (ids[np.minimum(idx, len(ids) - 1)] != fragments.ravel()).any():
+        raise ValueError("fragments missing from the lookup table")
+    return segments[idx].reshape(fragments.shape)
+
+
+def segment_affinities(affs: np.ndarray, threshold: float = 0.5, fragment_threshold: float = 0.5,
+                       seed_distance: int = 2, method: str = "affinity") -> np.ndarray:
+    """Whole-volume segmentation: watershed fragments, then waterz agglomeration up to ``threshold``.
+
+    Returns uint64 labels numbered like :func:`segment_lut` (1..N by smallest fragment).
+    """
+    frag = fragments_watershed(affs, fragment_threshold, seed_distance, method=method)
+    seg = agglomerate(affs, frag, [threshold])[0]
+    # number like segment_lut: by the smallest fragment id of each segment
+    f, s = frag.ravel(), seg.ravel()
+    order = np.lexsort((f, s))
+    seg_ids, first = np.unique(s[order], return_index=True)
+    smallest = f[order][first]
+    rank = np.empty(len(seg_ids), np.uint64)
+    rank[np.argsort(smallest)] = np.arange(1, len(seg_ids) + 1, dtype=np.uint64)
+    if len(seg_ids) and seg_ids[0] == 0:  # background stays 0
+        rank -= np.uint64(1)
+    return rank[np.searchsorted(seg_ids, s)].reshape(seg.shape)

@@ -1,0 +1,212 @@
+"""Training of the affinity U-Net on labelled volumes: random patches inside each volume's mask, augmentation
+(flips, axis transposes, intensity scale/shift, noise), class-balanced binary cross-entropy on nearest-neighbour
+affinities, checkpoints and a record of the run (data, seeds, loss curve) stored in the model file."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import LabelledVolume, affinities_from_labels
+from .unet import AffinityModel, UNet3D, UNetConfig, normalise
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train`.
+
+    Attributes
+    ----------
+    iterations : int
+        Optimiser steps (one patch each).
+    output_shape : (int, int, int)
+        Minimum output patch; the input patch is the smallest valid one around it.
+    lr : float
+        Adam learning rate.
+    seed : int
+        Seed of patch sampling, augmentation and weight initialisation.
+    checkpoint_every : int
+        Write ``checkpoint.pt`` (and keep the newest) every so many iterations; 0 never.
+    augment : bool
+        Random flips, transposes of equal-sized axes, intensity scale/shift and Gaussian noise.
+    min_mask_fraction : float
+        A patch is used only when at least this fraction of its output lies inside the volume's mask.
+    threads : int
+        torch CPU threads (0 keeps torch's default).
+    device : str
+        ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
+    """
+
+    iterations: int = 2000
+    output_shape: tuple[int, int, int] = (24, 24, 24)
+    lr: float = 5e-4
+    seed: int = 0
+    checkpoint_every: int = 200
+    augment: bool = True
+    min_mask_fraction: float = 0.5
+    threads: int = 1
+    device: str = "auto"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else CPU; ``cuda`` without a GPU is an error, never a fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+class PatchSampler:
+    """Random training patches (input image, affinity targets, weights) from labelled volumes."""
+
+    def __init__(self, volumes: Sequence[LabelledVolume], net: UNet3D, norm: dict, output_shape: Sequence[int],
+                 seed: int = 0, augment: bool = True, min_mask_fraction: float = 0.5) -> None:
+        if not volumes:
+            raise ValueError("no training volumes")
+        self.in_shape = net.valid_input_shape(tuple(output_shape))  # type: ignore[arg-type]
+        self.out_shape = net.output_shape(self.in_shape)
+        self.ctx = [(i - o) // 2 for i, o in zip(self.in_shape, self.out_shape)]
+        self.offsets = [tuple(o) for o in net.config.offsets]
+        self.rng = np.random.default_rng(seed)
+        self.augment, self.min_mask = augment, min_mask_fraction
+        self.items = []
+        for v in volumes:
+            if any(s < o for s, o in zip(v.raw.shape, self.out_shape)):
+                raise ValueError(f"{v.source}: volume {v.raw.shape} smaller than the output patch {self.out_shape}")
+            c, s = normalise(v.raw, norm)
+            pad = [(k, k + 1) for k in self.ctx]  # reflect-pad by the context (images end at the volume edge)
+            raw = np.pad((v.raw - c) / s, pad, mode="reflect").astype(np.float32)
+            self.items.append((raw, v.labels, v.mask))
+        self.weights = np.array([v.mask.sum() for v in volumes], float)
+        self.weights /= self.weights.sum()
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One patch: input ``[1, *in_shape]``, targets and weights ``[C, *out_shape]``."""
+        rng, o = self.rng, self.out_shape
+        for _ in range(1000):
+            raw, labels, mask = self.items[rng.choice(len(self.items), p=self.weights)]
+            start = [int(rng.integers(0, s - n + 1)) for s, n in zip(labels.shape, o)]
+            box = tuple(slice(a, a + n) for a, n in zip(start, o))
+            m = mask[box]
+            if m.mean() >= self.min_mask:
+                break
+        else:
+            raise ValueError("no patch with enough masked voxels found: check the masks")
+        x = raw[tuple(slice(a, a + n) for a, n in zip(start, self.in_shape))]
+        lab = labels[box]
+        if self.augment:
+            for ax in range(3):
+                if rng.random() < 0.5:
+                    x, lab, m = (np.flip(a, ax) for a in (x, lab, m))
+            same = [ax for ax in range(3) if self.in_shape[ax] == self.in_shape[0]]
+            if len(same) == 3:
+                perm = tuple(rng.permutation(3))
+                x, lab, m = (np.transpose(a, perm) for a in (x, lab, m))
+            x = x * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)
+            x = x + rng.normal(0, rng.uniform(0, 0.1), x.shape)
+        aff = affinities_from_labels(np.ascontiguousarray(lab), tuple(self.offsets))  # type: ignore[arg-type]
+        # An affinity is known only where both voxels are in the mask and inside the patch.
+        known = np.stack([affinities_from_labels(m.astype(np.int32), ((o_),)).squeeze(0)  # type: ignore[arg-type]
+                          for o_ in self.offsets])
+        pos = (aff > 0) & (known > 0)
+        neg = (aff == 0) & (known > 0)
+        w = np.zeros_like(aff)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos:
+            w[pos] = 0.5 * known.sum() / n_pos
+        if n_neg:
+            w[neg] = 0.5 * known.sum() / n_neg
+        return (np.ascontiguousarray(x, np.float32)[None], aff, w / max(known.sum(), 1) * known.size)
+
+
+def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net_config: UNetConfig | None = None,
+          out: str | Path | None = None, resume: AffinityModel | None = None, progress: bool = True,
+          on_step: Callable[[int, float], None] | None = None) -> AffinityModel:
+    """Train an affinity model on labelled volumes.
+
+    Parameters
+    ----------
+    volumes : sequence of LabelledVolume
+        Training data (image, labels, mask).
+    cfg : TrainConfig, optional
+        Iterations, patch size, seed, checkpoints, device.
+    net_config : UNetConfig, optional
+        Architecture of a new network (ignored when resuming).
+    out : str or Path, optional
+        Model file; checkpoints go beside it (``*.checkpoint.pt``) and the final model to ``out``.
+    resume : AffinityModel, optional
+        Continue training this model (its loss curve is extended).
+    progress : bool
+        Show a progress bar.
+    on_step : callable, optional
+        Called as ``on_step(iteration, loss)``.
+
+    Returns
+    -------
+    AffinityModel
+        The trained model with ``record`` describing the run.
+    """
+    from tqdm import tqdm
+
+    cfg = cfg or TrainConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = resume or AffinityModel(UNet3D(net_config or UNetConfig()))
+    net = model.net.to(device).train()
+    sampler = PatchSampler(volumes, net, model.norm, cfg.output_shape, cfg.seed, cfg.augment, cfg.min_mask_fraction)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    record = dict(model.record) if resume else {}
+    curve: list[list[float]] = list(record.get("loss_curve", []))
+    start_it = int(record.get("iterations", 0))
+    out = Path(out) if out else None
+    t0, window = time.perf_counter(), []
+    bar = tqdm(range(cfg.iterations), desc="train", unit="it", disable=not progress)
+    for it in bar:
+        x, y, w = sampler.sample()
+        xt, yt, wt = (torch.from_numpy(np.ascontiguousarray(a)).to(device)[None] for a in (x, y, w))
+        pred = net(xt)
+        loss = (torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), yt, reduction="none")
+                * wt).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        window.append(float(loss))
+        if on_step:
+            on_step(start_it + it + 1, window[-1])
+        if len(window) == 50 or it == cfg.iterations - 1:
+            curve.append([start_it + it + 1, float(np.mean(window))])
+            bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
+            window = []
+        if out and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
+            model.record = _record(record, cfg, volumes, sampler, curve, start_it + it + 1, t0, device)
+            model.save(out.with_suffix(".checkpoint.pt"))
+    net.eval()
+    model.record = _record(record, cfg, volumes, sampler, curve, start_it + cfg.iterations, t0, device)
+    if out:
+        model.save(out)
+    return model
+
+
+def _record(prev: dict, cfg: TrainConfig, volumes: Sequence[LabelledVolume], sampler: PatchSampler,
+            curve: list, iterations: int, t0: float, device: torch.device) -> dict:
+    rec = dict(prev)
+    rec.update({
+        "iterations": iterations,
+        "train_config": {**asdict(cfg), "output_shape": list(cfg.output_shape)},
+        "input_patch": list(sampler.in_shape), "output_patch": list(sampler.out_shape),
+        "data": [{"source": v.source, "shape": list(v.raw.shape), "voxel_m": v.voxel_m, **v.meta} for v in volumes],
+        "loss": "class-balanced binary cross-entropy on nearest-neighbour affinities, masked",
+        "loss_curve": curve,
+        "train_seconds": float(prev.get("train_seconds", 0.0)) + time.perf_counter() - t0,
+        "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+    })
+    return rec
