@@ -34,12 +34,12 @@ from .fsc import edge_resolution, half_volume_resolution
 from .geometry import ScanGeometry
 from .io.nxtomo import DARK, FLAT, FIELDS, InputError, NXtomoScan, Scan, frame_problem, read_scan
 from .io.omezarr import write_volume
-from .envelope import SampleEnvelope, envelope_binning, estimate_support
+from .envelope import SampleEnvelope, estimate_support
 from .incremental import AngleProcessor
 from .phase import retrieve_phase_paganin
 from .quality.alerts import default_router
 from .quality.monitor import QualityMonitor
-from .xp import get_array_module, to_numpy
+from .xp import bin_2d, binning_for, get_array_module, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def sample_envelope(reader: DistanceFrames, frames: np.ndarray, thetas_deg: np.n
         None when no plausible support is found (a sample wider than the field of view, or none).
     """
     ny, nx = reader.shape
-    b = envelope_binning((ny, nx))
+    b = binning_for((ny, nx), 256)
     d = geo.distances[geo.reference]
     nyb, nxb = ny // b, nx // b
     acc = FBPAccumulator(nyb, nxb, cor=(cor + 0.5) / b - 0.5, padding="edge", xp=xp)
@@ -183,7 +183,7 @@ def sample_envelope(reader: DistanceFrames, frames: np.ndarray, thetas_deg: np.n
     for i, (theta, f) in enumerate(zip(thetas_deg, frames)):
         img = reader.corrected(int(f)) if f >= 0 else None
         if img is not None:
-            binned = img[: nyb * b, : nxb * b].reshape(nyb, b, nxb, b).mean(axis=(1, 3))
+            binned = bin_2d(img, b)
             phi = retrieve_phase_paganin(binned, (d.propagation_distance_m, d.wavelength_m, d.effective_pixel_m * b),
                                          delta_beta, xp=xp)
             acc.add(phi * (scale / b), float(np.deg2rad(theta)), index=i)  # binned-voxel units
