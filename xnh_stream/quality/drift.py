@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..align import register_lowpass_ncc
+from ..xp import bin_2d
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ __all__ = [
     "patch_displacements",
     "decompose_displacements",
     "compare_views",
-    "bin_image",
 ]
 
 
@@ -112,17 +112,6 @@ class WarpDecomposition:
             d.update(rigid_m=self.rigid_px * pixel_m, nonrigid_rms_m=self.nonrigid_rms_px * pixel_m,
                      nonrigid_max_m=self.nonrigid_max_px * pixel_m)
         return d
-
-
-def bin_image(image: Any, b: int, xp: ModuleType = np) -> Any:
-    """Block-average a 2-D image by ``b`` (the trailing rows/columns that do not fill a block are cut)."""
-    image = xp.asarray(image, dtype=xp.float32)
-    if b <= 1:
-        return image
-    ny, nx = (image.shape[0] // b) * b, (image.shape[1] // b) * b
-    if ny == 0 or nx == 0:
-        raise ValueError(f"bin factor {b} larger than the image {image.shape}")
-    return image[:ny, :nx].reshape(ny // b, b, nx // b, b).mean(axis=(1, 3))
 
 
 def default_patch_px(shape: tuple[int, int]) -> int:
@@ -299,7 +288,8 @@ def compare_views(reference: Any, moving: Any, patch_px: int | None = None, bin_
     to input pixels. When too few patches are reliable, the decomposition is None.
     """
     if bin_px > 1:
-        reference, moving = bin_image(reference, bin_px, xp), bin_image(moving, bin_px, xp)
+        reference = bin_2d(xp.asarray(reference, dtype=xp.float32), bin_px)
+        moving = bin_2d(xp.asarray(moving, dtype=xp.float32), bin_px)
         patch_px = None if patch_px is None else max(8, patch_px // bin_px)
     fld = patch_displacements(reference, moving, patch_px=patch_px, xp=xp)
     dec = decompose_displacements(fld)
