@@ -25,13 +25,15 @@ class SegmentParams:
     threshold: float = 0.5
     fragment_threshold: float = 0.5
     seed_distance: int = 2
+    fragment_method: str = "affinity"
 
     @classmethod
     def for_model(cls, model: AffinityModel, **overrides: object) -> SegmentParams:
         """The parameters stored with ``model`` (its ``record['postprocess']``), then ``overrides`` (None ignored)."""
         base = dict(model.record.get("postprocess", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: base[k] for k in ("threshold", "fragment_threshold", "seed_distance") if k in base})
+        return cls(**{k: base[k] for k in ("threshold", "fragment_threshold", "seed_distance", "fragment_method")
+                      if k in base})
 
 
 @dataclass
@@ -52,7 +54,8 @@ def segment_volume(raw: np.ndarray, model: AffinityModel | None = None, params: 
     t0 = time.perf_counter()
     affs = predict_affinities(model, raw, tile=tile, device=device)
     t1 = time.perf_counter()
-    frag = fragments_watershed(affs, params.fragment_threshold, params.seed_distance)
+    frag = fragments_watershed(affs, params.fragment_threshold, params.seed_distance,
+                               method=params.fragment_method)
     t2 = time.perf_counter()
     labels = agglomerate(affs, frag, [params.threshold])[0]
     t3 = time.perf_counter()
@@ -83,22 +86,24 @@ def segment_output(out: str | Path, model_path: str | Path | None = None, device
 
 def tune_postprocess(model: AffinityModel, volumes: list, thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7),
                      fragment_thresholds: tuple[float, ...] = (0.5,), seed_distance: int = 2,
-                     device: str = "auto") -> tuple[SegmentParams, list[dict]]:
+                     device: str = "auto", methods: tuple[str, ...] = ("affinity", "distance")
+                     ) -> tuple[SegmentParams, list[dict]]:
     """Pick the post-processing parameters with the lowest mean adapted Rand error on labelled ``volumes``.
 
     Returns the best parameters and one row per (fragment threshold, threshold) with the mean scores.
     """
     from .evaluate import evaluate
 
-    rows: dict[tuple[float, float], list] = {}
+    rows: dict[tuple[str, float, float], list] = {}
     for vol in volumes:
         affs = predict_affinities(model, vol.raw, device=device)
-        for ft in fragment_thresholds:
-            frag = fragments_watershed(affs, ft, seed_distance)
-            for t, seg in zip(sorted(thresholds), agglomerate(affs, frag, thresholds)):
-                rows.setdefault((ft, t), []).append(evaluate(seg, vol.labels, vol.mask))
-    table = [{"fragment_threshold": ft, "threshold": t,
+        for method in methods:
+            for ft in fragment_thresholds if method == "distance" else (0.5,):
+                frag = fragments_watershed(affs, ft, seed_distance, method=method)
+                for t, seg in zip(sorted(thresholds), agglomerate(affs, frag, thresholds)):
+                    rows.setdefault((method, ft, t), []).append(evaluate(seg, vol.labels, vol.mask))
+    table = [{"fragment_method": m, "fragment_threshold": ft, "threshold": t,
               **{k: float(np.mean([s.as_dict()[k] for s in scores])) for k in
-                 ("voi_split", "voi_merge", "adapted_rand")}} for (ft, t), scores in sorted(rows.items())]
+                 ("voi_split", "voi_merge", "adapted_rand")}} for (m, ft, t), scores in sorted(rows.items())]
     best = min(table, key=lambda r: r["adapted_rand"])
-    return SegmentParams(best["threshold"], best["fragment_threshold"], seed_distance), table
+    return SegmentParams(best["threshold"], best["fragment_threshold"], seed_distance, best["fragment_method"]), table

@@ -207,6 +207,6 @@ def _record(prev: dict, cfg: TrainConfig, volumes: Sequence[LabelledVolume], sam
         "loss": "class-balanced binary cross-entropy on nearest-neighbour affinities, masked",
         "loss_curve": curve,
         "train_seconds": float(prev.get("train_seconds", 0.0)) + time.perf_counter() - t0,
-        "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(device), "torch": str(torch.__version__), "python": platform.python_version(),
     })
     return rec

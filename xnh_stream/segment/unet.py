@@ -146,8 +146,9 @@ class AffinityModel:
         as JSON (``path`` with suffix ``.json``) when it is not empty."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        record = json.loads(json.dumps(self.record, default=str))  # plain types only: loadable weights-only
         torch.save({"format": "xnh-affinity-model/1", "config": asdict(self.net.config), "norm": self.norm,
-                    "state_dict": self.net.state_dict(), "record": self.record}, path)
+                    "state_dict": self.net.state_dict(), "record": record}, path)
         if self.record:
             path.with_suffix(".json").write_text(json.dumps(self.record, indent=1))
         return path

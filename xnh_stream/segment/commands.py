@@ -1,0 +1,261 @@
+"""Command-line subcommands of the segmentation: ``train``, ``segment``, ``evaluate``, ``classify``
+(registered into ``xnh-stream`` by :func:`add_parsers`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..io.nxtomo import InputError
+
+
+def _seeds(text: str) -> list[int]:
+    """``1-8`` or ``1,3,5`` -> list of ints."""
+    out: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def _labelled(paths: list[Path], seeds: list[int], a: argparse.Namespace, what: str) -> list:
+    from .data import LabelledVolumeError, load_labelled, simulate_labelled
+
+    vols = []
+    for p in paths:
+        try:
+            vols.append(load_labelled(p, a.raw_key, a.labels_key, a.mask_key))
+        except LabelledVolumeError as exc:
+            raise InputError(str(p), str(exc).split(": ", 1)[-1]) from exc
+    for s in seeds:
+        t = time.perf_counter()
+        print(f"{what}: simulating and reconstructing seed {s} ...", file=sys.stderr, flush=True)
+        vols.append(simulate_labelled(s))
+        print(f"{what}: seed {s} done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return vols
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    """Train an affinity model; tune the post-processing and score it on validation volumes."""
+    from .pipeline import segment_volume, tune_postprocess
+    from .evaluate import evaluate
+    from .train import TrainConfig, train
+    from .unet import AffinityModel, UNetConfig
+
+    train_vols = _labelled(a.volumes, _seeds(a.simulate or ""), a, "train")
+    if not train_vols:
+        raise InputError("train", "no training data: give labelled volume files and/or --simulate SEEDS")
+    val_vols = _labelled(a.validate, _seeds(a.validate_simulate or ""), a, "validate")
+    cfg = TrainConfig(iterations=a.iterations, output_shape=tuple(a.output_patch), lr=a.lr, seed=a.seed,
+                      checkpoint_every=a.checkpoint_every, threads=a.threads, device=a.device)
+    net_cfg = UNetConfig(num_fmaps=a.fmaps, fmap_inc_factor=a.fmap_inc, convs_per_level=a.convs_per_level)
+    resume = AffinityModel.load(a.resume) if a.resume else None
+    model = train(train_vols, cfg, net_cfg, out=None, resume=resume)
+    model.record["command"] = "xnh-stream " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("xnh-stream") \
+        else model.record.get("command", "")
+    if val_vols:
+        params, table = tune_postprocess(model, val_vols, device=a.device)
+        model.record["postprocess"] = params.__dict__
+        model.record["tuning"] = table
+        scores = [evaluate(segment_volume(v.raw, model, params, a.device).labels, v.labels, v.mask).as_dict()
+                  | {"source": v.source} for v in val_vols]
+        model.record["validation"] = scores
+        for s in scores:
+            print(f"validation {s['source']}: VOI split {s['voi_split']:.3f} merge {s['voi_merge']:.3f}, "
+                  f"adapted Rand {s['adapted_rand']:.3f}")
+    model.save(a.out)
+    print(f"model: {a.out} (record: {Path(a.out).with_suffix('.json')})")
+    return 0
+
+
+def _read_image(path: Path) -> tuple[np.ndarray, float]:
+    from ..io.omezarr import read_volume
+
+    p = path / "volume.ome.zarr" if (path / "volume.ome.zarr").exists() else path
+    if not p.exists():
+        raise InputError(str(p), "no such volume")
+    try:
+        return read_volume(p)
+    except Exception as exc:  # noqa: BLE001 - reported with the file name
+        raise InputError(str(p), f"not an OME-Zarr volume ({exc})") from exc
+
+
+def cmd_segment(a: argparse.Namespace) -> int:
+    """Segment a reconstructed volume into OUT/segmentation.ome.zarr (in memory or blockwise)."""
+    from ..io.omezarr import write_volume
+    from .pipeline import SEGMENTATION_NAME, SegmentParams, segment_volume
+    from .unet import AffinityModel
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    src = a.volume / "volume.ome.zarr" if (a.volume / "volume.ome.zarr").exists() else a.volume
+    model = AffinityModel.load(a.model)
+    params = SegmentParams.for_model(model, threshold=a.threshold)
+    t0 = time.perf_counter()
+    if a.block_shape or a.ray:
+        from .blockwise import BlockwiseSpec, run_blockwise
+
+        spec = BlockwiseSpec(str(out / "segmentation.work"), str(src), tuple(a.block_shape or (64, 128, 128)),
+                             a.context, str(a.model) if a.model else None, params.threshold,
+                             params.fragment_threshold, params.seed_distance, params.fragment_method,
+                             device=a.device)
+        if a.ray:
+            import ray
+
+            from actors.segment import run_blockwise_ray
+
+            ray.init(address=a.address, include_dashboard=False, log_to_driver=False)
+            bw = run_blockwise_ray(spec)
+        else:
+            bw = run_blockwise(spec)
+        labels = bw.segmentation()
+        voxel = _voxel_of(src)
+    else:
+        volume, voxel = _read_image(a.volume)
+        labels = segment_volume(volume, model, params, a.device).labels
+    labels = labels.astype(np.uint32) if labels.max(initial=0) < 2**32 else labels
+    dst = write_volume(out / SEGMENTATION_NAME, labels, voxel, labels=True, name="segmentation")
+    print(f"segmentation: {dst} ({len(np.unique(labels))} segments, {time.perf_counter() - t0:.1f} s)")
+    if a.swc:
+        from .skeleton import skeletonize, write_swc
+
+        files = write_swc(skeletonize(labels, voxel, a.swc_min_voxels), a.swc)
+        print(f"skeletons: {len(files)} SWC files in {a.swc}")
+    return 0
+
+
+def _voxel_of(path: Path) -> float:
+    import zarr
+
+    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    ms = (attrs.get("ome") or attrs)["multiscales"][0]
+    return float(next(t["scale"] for t in ms["datasets"][0]["coordinateTransformations"]
+                      if t["type"] == "scale")[-1])
+
+
+def _labels_of(path: Path, key: str) -> np.ndarray:
+    from .data import LabelledVolumeError, _dataset, _open
+
+    if not path.exists():
+        raise InputError(str(path), "no such file or folder")
+    if path.is_dir() and ((path / "zarr.json").exists() or (path / ".zattrs").exists()):
+        import zarr
+
+        g = zarr.open_group(str(path), mode="r")
+        if "multiscales" in json.dumps(g.attrs.asdict()):
+            return _read_image(path)[0]
+    try:
+        group, kind = _open(path)
+        try:
+            return _dataset(group, key, path)
+        finally:
+            if kind == "hdf5":
+                group.close()
+    except LabelledVolumeError as exc:
+        raise InputError(str(path), str(exc).split(": ", 1)[-1]) from exc
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    """Score a segmentation against ground truth (CREMI conventions)."""
+    from .evaluate import evaluate
+
+    seg = _labels_of(a.segmentation, a.seg_key)
+    truth = _labels_of(a.truth, a.labels_key)
+    mask = _labels_of(a.truth, a.mask_key).astype(bool) if a.mask_key else None
+    if seg.shape != truth.shape:
+        raise InputError(str(a.segmentation), f"shape {seg.shape} differs from the ground truth {truth.shape}")
+    s = evaluate(seg, truth, mask)
+    print(s.line())
+    if a.json:
+        Path(a.json).write_text(json.dumps(s.as_dict(), indent=1))
+    return 0
+
+
+def cmd_classify(a: argparse.Namespace) -> int:
+    """Random-forest pixel classification from labelled strokes."""
+    from ..io.omezarr import write_volume
+    from .classify import PixelClassifier
+
+    volume, voxel = _read_image(a.volume)
+    strokes = _labels_of(a.strokes, a.strokes_key)
+    if strokes.shape != volume.shape:
+        raise InputError(str(a.strokes), f"strokes shape {strokes.shape} differs from the volume {volume.shape}")
+    clf = PixelClassifier.fit(volume, strokes, n_estimators=a.trees, seed=a.seed)
+    pred = clf.predict(volume).astype(np.uint8)
+    dst = write_volume(a.out, pred, voxel, labels=True, name="classes")
+    counts = {int(c): int((pred == c).sum()) for c in np.unique(pred)}
+    print(f"classes: {dst} (voxels per class {counts})")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    """Register ``train``, ``segment``, ``evaluate`` and ``classify``."""
+    s = sub.add_parser("train", help="train the affinity U-Net on labelled volumes (zarr / HDF5 image + labels) "
+                                     "or on simulated, reconstructed XNH tissue")
+    s.add_argument("volumes", type=Path, nargs="*", help="labelled volume files (datasets --raw-key, --labels-key)")
+    s.add_argument("--simulate", help="also simulate + reconstruct these seeds as training data (e.g. 1-8)")
+    s.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out labelled volume files")
+    s.add_argument("--validate-simulate", help="held-out simulated seeds (e.g. 9,10): tune and score on them")
+    s.add_argument("--out", type=Path, required=True, help="model file (.pt); its record goes beside it (.json)")
+    s.add_argument("--resume", type=Path, help="continue training this model")
+    s.add_argument("--iterations", type=int, default=2000)
+    s.add_argument("--output-patch", type=int, nargs=3, default=(32, 32, 32), metavar=("Z", "Y", "X"))
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fmaps", type=int, default=12, help="feature maps at the top level")
+    s.add_argument("--fmap-inc", type=int, default=2, help="feature-map factor per level")
+    s.add_argument("--convs-per-level", type=int, default=1, help="valid 3x3x3 convolutions per level and side")
+    s.add_argument("--checkpoint-every", type=int, default=200)
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+    _add_common(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("segment", help="segment a reconstructed volume into OUT/segmentation.ome.zarr")
+    s.add_argument("volume", type=Path, help="an OME-Zarr volume, or an output folder holding volume.ome.zarr")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--model", type=Path, help="model file (default: the shipped model)")
+    s.add_argument("--threshold", type=float, help="agglomeration threshold (default: the model's tuned value)")
+    s.add_argument("--block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="blockwise, resumable (work files in OUT/segmentation.work); multiples of 8")
+    s.add_argument("--context", type=int, default=16, help="blockwise: voxels of context (default %(default)s)")
+    s.add_argument("--ray", action="store_true", help="blockwise as Ray tasks")
+    s.add_argument("--address", help="with --ray: join this Ray cluster")
+    s.add_argument("--swc", type=Path, help="write skeletons (kimimaro) of the segments as SWC files here")
+    s.add_argument("--swc-min-voxels", type=int, default=200)
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("evaluate", help="VOI split/merge and adapted Rand error (CREMI conventions) against "
+                                        "a labelled volume")
+    s.add_argument("segmentation", type=Path, help="segmentation.ome.zarr, zarr or HDF5 (dataset --seg-key)")
+    s.add_argument("truth", type=Path, help="ground truth: HDF5/zarr (dataset --labels-key), truth.h5, OME-Zarr")
+    s.add_argument("--seg-key", default="labels")
+    s.add_argument("--labels-key", default="labels")
+    s.add_argument("--mask-key", help="only score voxels inside this dataset of TRUTH (e.g. field_of_view)")
+    s.add_argument("--json", type=Path, help="also write the scores as JSON")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("classify", help="random-forest pixel classification (e.g. APEX2-labelled nuclei) "
+                                        "from a few labelled strokes")
+    s.add_argument("volume", type=Path, help="an OME-Zarr volume, or an output folder holding volume.ome.zarr")
+    s.add_argument("--strokes", type=Path, required=True, help="HDF5/zarr/OME-Zarr: 0 unlabelled, 1, 2, ... classes")
+    s.add_argument("--strokes-key", default="strokes")
+    s.add_argument("--out", type=Path, required=True, help="class map (OME-Zarr labels)")
+    s.add_argument("--trees", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_classify)
+
+
+def _add_common(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--raw-key", default="raw")
+    s.add_argument("--labels-key", default="labels")
+    s.add_argument("--mask-key", default="mask")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
