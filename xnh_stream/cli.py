@@ -181,7 +181,7 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
         try:
             result = run_stream(source, folder, out, config, n_distances=a.distances, n_workers=a.workers,
                                 n_shards=a.shards, on_progress=lambda state: [f(state) for f in consumers],
-                                subscribers=(metrics.scan_complete,) if metrics else (),
+                                subscribers=((metrics.scan_complete,) if metrics else ()) + _segment_subscribers(a),
                                 poll_interval_s=a.poll_s, timeout_s=a.timeout_s, live_page=live_page)
         finally:
             close()
@@ -397,7 +397,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_args(s)
     _add_metrics_args(s, OVERNIGHT_METRICS_PORT)
     s.set_defaults(func=cmd_overnight)
+
+    # --- segmentation (xnh_stream/segment) ---
+    from .segment.commands import add_parsers as _add_segment_parsers  # noqa: PLC0415
+
+    _add_segment_parsers(sub)
+    for name in ("watch", "demo"):
+        _add_segment_args(sub.choices[name])
     return p
+
+
+# --- segmentation when a watched scan completes (xnh_stream/segment) -------------------------------------
+def _add_segment_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("segmentation (docs/segmentation.md)")
+    g.add_argument("--no-segment", action="store_true",
+                   help="do not segment OUT/volume.ome.zarr into OUT/segmentation.ome.zarr when the scan completes")
+    g.add_argument("--segment-model", type=Path, help="affinity model file (default: the shipped model)")
+    g.add_argument("--segment-device", default="auto", help="auto (CUDA when present), cpu or cuda")
+
+
+def _segment_subscribers(a: argparse.Namespace) -> tuple:
+    """A scan_complete subscriber that segments the final volume (none with --no-segment)."""
+    if getattr(a, "no_segment", True):
+        return ()
+
+    def segment(event: dict) -> None:
+        from .segment.pipeline import segment_output  # noqa: PLC0415
+
+        try:
+            dst = segment_output(event["out"], a.segment_model, a.segment_device)
+            print(f"segmentation: {dst}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - the scan's outputs stand; the failure is reported
+            logging.getLogger(__name__).error("segmentation of %s failed: %s", event["out"], exc)
+            print(f"segmentation failed: {exc}", file=sys.stderr)
+
+    return (segment,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def _labelled(paths: list[Path], seeds: list[int], a: argparse.Namespace, what: 
         try:
             vols.append(load_labelled(p, a.raw_key, a.labels_key, a.mask_key))
         except LabelledVolumeError as exc:
-            raise InputError(str(p), str(exc).split(": ", 1)[-1]) from exc
+            raise InputError(exc.path, exc.problem, exc.field) from exc
     for s in seeds:
         t = time.perf_counter()
         print(f"{what}: simulating and reconstructing seed {s} ...", file=sys.stderr, flush=True)
@@ -160,7 +160,7 @@ def _labels_of(path: Path, key: str) -> np.ndarray:
             if kind == "hdf5":
                 group.close()
     except LabelledVolumeError as exc:
-        raise InputError(str(path), str(exc).split(": ", 1)[-1]) from exc
+        raise InputError(exc.path, exc.problem, exc.field) from exc
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:

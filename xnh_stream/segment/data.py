@@ -23,7 +23,11 @@ NEAREST_OFFSETS: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -1, 0), (0,
 
 
 class LabelledVolumeError(ValueError):
-    """A labelled-volume file that cannot be used; the message names the file and the problem."""
+    """A labelled-volume file that cannot be used: ``FILE [FIELD]: problem``."""
+
+    def __init__(self, path: str | Path, problem: str, field: str | None = None) -> None:
+        self.path, self.problem, self.field = str(path), problem, field
+        super().__init__(f"{path} [{field}]: {problem}" if field else f"{path}: {problem}")
 
 
 @dataclass
@@ -39,14 +43,14 @@ class LabelledVolume:
 
     def __post_init__(self) -> None:
         if self.raw.ndim != 3:
-            raise LabelledVolumeError(f"{self.source}: image must be 3-D [z, y, x], got shape {self.raw.shape}")
+            raise LabelledVolumeError(self.source, f"image must be 3-D [z, y, x], got shape {self.raw.shape}")
         for name in ("labels", "mask"):
             a = getattr(self, name)
             if a.shape != self.raw.shape:
-                raise LabelledVolumeError(f"{self.source}: {name} shape {a.shape} differs from image shape "
-                                          f"{self.raw.shape}")
+                raise LabelledVolumeError(self.source, f"{name} shape {a.shape} differs from image shape "
+                                                       f"{self.raw.shape}")
         if not np.issubdtype(self.labels.dtype, np.integer):
-            raise LabelledVolumeError(f"{self.source}: labels must be integers, got {self.labels.dtype}")
+            raise LabelledVolumeError(self.source, f"labels must be integers, got {self.labels.dtype}")
 
 
 def affinities_from_labels(labels: np.ndarray,
@@ -66,26 +70,26 @@ def affinities_from_labels(labels: np.ndarray,
 
 def _open(path: Path):
     if not path.exists():
-        raise LabelledVolumeError(f"{path}: no such file or folder")
+        raise LabelledVolumeError(path, "no such file or folder")
     if path.is_dir():
         try:
             return zarr.open_group(str(path), mode="r"), "zarr"
         except Exception as exc:  # noqa: BLE001 - any zarr failure is reported with the file name
-            raise LabelledVolumeError(f"{path}: not a zarr group ({exc})") from exc
+            raise LabelledVolumeError(path, f"not a zarr group ({exc})") from exc
     try:
         return h5py.File(path, "r"), "hdf5"
     except OSError as exc:
-        raise LabelledVolumeError(f"{path}: not an HDF5 file ({exc})") from exc
+        raise LabelledVolumeError(path, f"not an HDF5 file ({exc})") from exc
 
 
 def _dataset(group, key: str, path: Path) -> np.ndarray:
     if key not in group:
-        raise LabelledVolumeError(f"{path} [{key}]: dataset missing (has: {', '.join(sorted(group.keys()))})")
+        raise LabelledVolumeError(path, f"dataset missing (has: {', '.join(sorted(group.keys()))})", key)
     node = group[key]
     if isinstance(node, (zarr.Group, h5py.Group)):  # an OME-Zarr image: take level 0
         keys = sorted(node.keys())
         if not keys:
-            raise LabelledVolumeError(f"{path} [{key}]: empty group")
+            raise LabelledVolumeError(path, "empty group", key)
         node = node["s0" if "s0" in node else "0" if "0" in node else keys[0]]
     return np.asarray(node[...])
 
@@ -106,7 +110,7 @@ def load_labelled(path: str | Path, raw_key: str = "raw", labels_key: str = "lab
         if kind == "hdf5":
             group.close()
     if not np.isfinite(raw).all():
-        raise LabelledVolumeError(f"{path} [{raw_key}]: image holds NaN or infinite values")
+        raise LabelledVolumeError(path, "image holds NaN or infinite values", raw_key)
     return LabelledVolume(raw, labels, mask, voxel, str(path), meta)
 
 
@@ -149,7 +153,7 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, **sim_overri
         truth, record = read_truth(folder / "scan")
     raw = np.asarray(result.volume, np.float32)
     if raw.shape != truth["labels"].shape:
-        raise LabelledVolumeError(f"{folder}: reconstruction {raw.shape} and truth {truth['labels'].shape} differ")
+        raise LabelledVolumeError(folder, f"reconstruction {raw.shape} and truth {truth['labels'].shape} differ")
     meta = {"seed": seed, "simulation": {k: v for k, v in record["config"].items()}}
     return LabelledVolume(raw, truth["labels"].astype(np.uint32), truth["field_of_view"].astype(bool),
                           float(record["voxel_m"]), f"simulated seed {seed}", meta)
