@@ -179,7 +179,7 @@ def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net
         opt.zero_grad()
         loss.backward()
         opt.step()
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         if on_step:
             on_step(start_it + it + 1, window[-1])
         if len(window) == 50 or it == cfg.iterations - 1:
