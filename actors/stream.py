@@ -428,7 +428,12 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
                            for _ in range(n_workers)]
                 shards = make_shards(config.cor if config.cor is not None else (nx - 1) / 2)
             n_quarantined = len(assembler.quarantined)
-            works = assembler.add(rec, pixels)
+            try:
+                works = assembler.add(rec, pixels)
+            except (ValueError, ArithmeticError) as exc:  # one unusable frame must not end the scan
+                log.error("frame %s set aside: %s", rec.frame_id, exc)
+                assembler.quarantined.append((rec.frame_id, f"could not be assembled: {exc}"))
+                works = []
             quarantined.update(assembler.quarantined[n_quarantined:])
             if (rec.image_key != 0 or rec.image_key_control != 0) and rec.frame_id not in quarantined:
                 used_on_arrival.append(rec.frame_id)  # darks, flats, return projections: used on arrival

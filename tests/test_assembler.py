@@ -75,6 +75,19 @@ def test_distances_at_slightly_other_angles_pair_like_the_batch_chain(scan):
     assert a.state()["angles_seen"] == n
 
 
+def test_a_flat_series_arriving_twice_is_one_series(scan):
+    """Flats replayed after other frames (a resumed stream) join their own series instead of making a
+    second series at the same position (which the flat interpolation cannot take)."""
+    folder, s, frames = scan
+    flats = [(rec, f) for rec, f in frames[:40] if rec.image_key == 1]
+    first_projection = next(j for j, (rec, _) in enumerate(frames) if rec.image_key == 0)
+    replay = frames[: first_projection + 3] + flats + frames[first_projection + 3 :]
+    a = ScanAssembler(4, s.frame_shape)
+    works = run(a, replay)
+    n = s.distances[0].projection_indices.size
+    assert sorted(w.index for w in works if w.kind == "final") == list(range(n))
+
+
 def test_interleaved_order_and_bad_frames(scan):
     folder, s, frames = scan
     # every distance's darks and flats first, then projections of all distances interleaved by angle

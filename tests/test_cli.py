@@ -33,3 +33,11 @@ def test_bad_input_exits_2_with_file_named(tmp_path, capsys):
     cfg.write_text("ctf_alpha_lo: 1\n")
     assert main(["process", str(tmp_path / "scan"), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
     assert "ctf_alpha_lo" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "something").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "old")]) == 2
+    assert "not empty" in capsys.readouterr().err
+

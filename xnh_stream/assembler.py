@@ -186,9 +186,13 @@ class ScanAssembler:
             d.darks.append(frame)
             d.dark = None
         elif kind == FLAT:
-            if d.last_kind != FLAT or not d.flat_runs:
-                d.flat_runs.append((position, []))
-            d.flat_runs[-1][1].append(frame)
+            same = [run for p, run in d.flat_runs if p == position]
+            if same:  # a flat series resumed at its own position (e.g. frames replayed): one series
+                same[0].append(frame)
+            elif d.last_kind != FLAT or not d.flat_runs:
+                d.flat_runs.append((position, [frame]))
+            else:
+                d.flat_runs[-1][1].append(frame)
             d.interpolator = None
             waiting, d.waiting = d.waiting, []
             for r, f, p in waiting:  # projections that arrived before any flat

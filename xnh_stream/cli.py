@@ -217,6 +217,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .simulate.stream import stream_scan  # noqa: PLC0415
 
     base = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="xnh-demo-"))
+    if base.exists() and any(base.iterdir()):
+        # a new simulated scan on top of an old one (and its journal) would mix two scans
+        from .io.nxtomo import InputError  # noqa: PLC0415
+
+        raise InputError(base, "the demo folder is not empty; give a new --out (or remove this one)")
     scan_dir, out_dir = base / "scan", base / "out"
     scan_dir.mkdir(parents=True, exist_ok=True)
     cfg = _simulation_config(a)
