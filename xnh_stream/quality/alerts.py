@@ -103,6 +103,13 @@ def _worst(*grades: tuple[str, float, str] | None) -> tuple[str, float, str] | N
     return max(found, key=lambda g: SEVERITIES.index(g[0]))
 
 
+def _grade_px_nm(px: float | None, nm: float | None, thresholds_px: tuple[float | None, float | None],
+                 thresholds_nm: tuple[float | None, float | None]) -> tuple[str, float, str] | None:
+    """The worse of a figure graded in pixels and in nanometres: ``(severity, threshold, unit)`` or None."""
+    return _worst(*(g + (unit,) for g, unit in ((_grade(px, *thresholds_px), "px"), (_grade(nm, *thresholds_nm), "nm"))
+                    if g is not None))
+
+
 def _max_of(values: Sequence[float | None] | None) -> tuple[float | None, int | None]:
     best, where = None, None
     for i, v in enumerate(values or []):
@@ -131,9 +138,8 @@ def evaluate_alerts(quality: Mapping[str, Any], config: Any) -> list[Alert]:
     if px is not None:
         m = (drift.get("return_m") or [None] * (k + 1))[k]
         nm = None if m is None else m * 1e9
-        worst = _worst(*(x + (u,) for x, u in ((_grade(px, config.drift_warning_px, config.drift_critical_px), "px"),
-                                                (_grade(nm, config.drift_warning_nm, config.drift_critical_nm), "nm"))
-                         if x is not None))
+        worst = _grade_px_nm(px, nm, (config.drift_warning_px, config.drift_critical_px),
+                             (config.drift_warning_nm, config.drift_critical_nm))
         if worst:
             alerts.append(Alert("SampleDrift", worst[0], f"distance {k + 1}: return projections moved {px:.2f} px"
                                 + (f" ({nm:.0f} nm)" if nm is not None else "") + f" since the start of the "
@@ -144,9 +150,8 @@ def evaluate_alerts(quality: Mapping[str, Any], config: Any) -> list[Alert]:
     npx, nm_m = warp.get("nonrigid_px"), warp.get("nonrigid_m")
     if npx is not None:
         nnm = None if nm_m is None else nm_m * 1e9
-        worst = _worst(*(x + (u,) for x, u in ((_grade(npx, config.warp_warning_px, config.warp_critical_px), "px"),
-                                                (_grade(nnm, config.warp_warning_nm, config.warp_critical_nm), "nm"))
-                         if x is not None))
+        worst = _grade_px_nm(npx, nnm, (config.warp_warning_px, config.warp_critical_px),
+                             (config.warp_warning_nm, config.warp_critical_nm))
         if worst:
             alerts.append(Alert("SampleWarping", worst[0], f"non-rigid warp {npx:.2f} px"
                                 + (f" ({nnm:.0f} nm)" if nnm is not None else "") + f" rms ({warp.get('worst_pair', '')})"
