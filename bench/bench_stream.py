@@ -126,6 +126,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--small", action="store_true", help="quick run (fewer angles, no 2048^2)")
     ap.add_argument("--long", type=int, default=None, help="angles per distance of the memory run")
+    ap.add_argument("--long-binning", type=int, default=0, help="live binning of the memory run (0 = auto)")
+    ap.add_argument("--memory-only", action="store_true", help="only the long memory run")
     a = ap.parse_args()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     print(f"embedded local Ray, {os.cpu_count()} CPUs")
@@ -134,6 +136,8 @@ def main() -> None:
     # volume; full resolution would need 2 x 32 GiB of half-volumes).
     sizes = [(512, 24 if a.small else 90, 1), (512, 24 if a.small else 90, 2)]
     sizes += [] if a.small else [(2048, 16, 0)]
+    if a.memory_only:
+        sizes = []
     for n, n_angles, b in sizes:
         r = run(n, n_angles, live_binning=b)
         print(f"{n}x{n}, live volume binned {r['binning']}x: {r['frames']} frames, {r['fps']:.1f} frames/s "
@@ -141,12 +145,13 @@ def main() -> None:
               f"journal {r['counts']}")
     long_angles = a.long or (60 if a.small else 900)
     samples: list = []
-    r = run(512, long_angles, samples)
+    r = run(512, long_angles, samples, live_binning=a.long_binning)
     rss = np.array([s[1] for s in samples])
-    print(f"memory over a 4 x {long_angles}-angle scan of 512^2 ({r['frames']} frames, {r['fps']:.1f} frames/s): "
+    print(f"memory over a 4 x {long_angles}-angle scan of 512^2, live volume binned {r['binning']}x "
+          f"({r['frames']} frames, {r['fps']:.1f} frames/s): "
           f"resident MiB (driver + Ray workers) first {rss[0]:.0f}, median {np.median(rss):.0f}, "
           f"last {rss[-1]:.0f}, max {rss.max():.0f}")
-    for n in (512, 2048):
+    for n in () if a.memory_only else (512, 2048):
         move, proc = move_vs_process(n)
         print(f"{n}x{n} frame: moving it to an actor {move:.2f} ms vs Paganin preview {proc:.1f} ms "
               f"(ratio {proc / move:.0f}x)")
