@@ -21,7 +21,7 @@ from skimage.filters import threshold_otsu
 from .projector import ParallelProjector
 from .xp import to_numpy
 
-__all__ = ["SampleEnvelope", "estimate_support"]
+__all__ = ["SampleEnvelope", "envelope_from_volume", "estimate_support"]
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +111,44 @@ class SampleEnvelope:
     def as_dict(self) -> dict[str, Any]:
         """Figures for the report."""
         return {"delta_mean": self.delta_mean, "binning": self.binning, "support_fraction": self.support_fraction}
+
+
+def envelope_from_volume(volume: np.ndarray, binning: int, frame_shape: tuple[int, int], cor: float,
+                         xp: ModuleType = np, max_columns: int = 256) -> SampleEnvelope | None:
+    """The sample envelope from a coarse reconstruction of delta (a Paganin pass, or the live preview).
+
+    Parameters
+    ----------
+    volume : ndarray [rows, n, n]
+        Reconstruction on a grid binned ``binning`` times against the detector.
+    binning : int
+        That binning.
+    frame_shape : (int, int)
+        ``(ny, nx)`` of the full-resolution projections.
+    cor : float
+        Rotation axis, full-resolution detector pixels.
+    xp : module
+        Array module of the envelope's projections.
+    max_columns : int
+        The volume is binned further to about this many columns (the support needs no more).
+
+    Returns
+    -------
+    SampleEnvelope or None
+        None when no plausible support is found (see :func:`estimate_support`).
+    """
+    v = np.asarray(volume, dtype=np.float32)
+    extra = max(1, int(round(v.shape[-1] / max_columns)))
+    if extra > 1:
+        r, n = v.shape[0] // extra, v.shape[-1] // extra
+        v = v[: r * extra, : n * extra, : n * extra].reshape(r, extra, n, extra, n, extra).mean(axis=(1, 3, 5))
+    support = estimate_support(v)
+    if support is None:
+        return None
+    # the mean delta away from the outline, which a coarse reconstruction blurs with air
+    core = ndimage.binary_erosion(support, iterations=2)
+    delta_mean = float(v[core if core.any() else support].mean())
+    if not delta_mean > 0:
+        return None
+    return SampleEnvelope(support, delta_mean, binning * extra, frame_shape, cor, xp=xp)
+

@@ -22,7 +22,6 @@ from typing import Any
 import h5py
 import numpy as np
 import xraydb
-from scipy import ndimage
 
 from . import __version__
 from .align import ShiftModel, measure_distance_shifts
@@ -34,7 +33,7 @@ from .fsc import edge_resolution, half_volume_resolution
 from .geometry import ScanGeometry
 from .io.nxtomo import DARK, FLAT, FIELDS, InputError, NXtomoScan, Scan, frame_problem, read_scan
 from .io.omezarr import write_volume
-from .envelope import SampleEnvelope, estimate_support
+from .envelope import SampleEnvelope, envelope_from_volume
 from .incremental import AngleProcessor
 from .phase import retrieve_phase_paganin
 from .quality.alerts import default_router
@@ -189,14 +188,9 @@ def sample_envelope(reader: DistanceFrames, frames: np.ndarray, thetas_deg: np.n
             acc.add(phi * (scale / b), float(np.deg2rad(theta)), index=i)  # binned-voxel units
         if progress:
             progress(i + 1, len(frames))
-    volume = to_numpy(acc.volume())
-    support = estimate_support(volume)
-    if support is None:
+    envelope = envelope_from_volume(to_numpy(acc.volume()), b, (ny, nx), cor, xp=xp)
+    if envelope is None:
         return None
-    # the mean delta away from the outline, which the coarse reconstruction blurs with air
-    core = ndimage.binary_erosion(support, iterations=2)
-    envelope = SampleEnvelope(support, float(volume[core if core.any() else support].mean()), b, (ny, nx), cor,
-                              xp=xp)
     log.info("sample envelope: support %.0f %% of the volume, mean delta %.3g (binning %d)",
              100 * envelope.support_fraction, envelope.delta_mean, b)
     return envelope
