@@ -208,3 +208,19 @@ def test_training_learns_boundaries_and_resumes(tmp_path):
     else:  # asking for CUDA without a GPU is an error, never a silent fallback
         with pytest.raises(RuntimeError, match="no CUDA"):
             predict_affinities(more, raw[:16, :16, :16], device="cuda")
+
+
+def test_train_command_records_validation_and_names_bad_files(tmp_path, capsys):
+    from xnh_stream.cli import main
+    from xnh_stream.segment.unet import AffinityModel
+
+    lab = cells((24, 32, 32), 8, seed=7)
+    raw = (1.0 - 0.8 * (affinities_from_labels(lab).min(axis=0) < 1)).astype(np.float32)
+    h5 = save_labelled(tmp_path / "cells.h5", LabelledVolume(raw, lab, np.ones(lab.shape, bool)))
+    assert main(["train", str(h5), "--out", str(tmp_path / "m.pt"), "--iterations", "3", "--output-patch",
+                 "8", "8", "8", "--fmaps", "2", "--validate", str(h5), "--device", "cpu"]) == 0
+    rec = AffinityModel.load(tmp_path / "m.pt").record
+    assert rec["iterations"] == 3 and rec["validation"][0]["source"].endswith("cells.h5")
+    assert set(rec["postprocess"]) >= {"threshold", "fragment_method"} and len(rec["tuning"]) > 1
+    assert main(["train", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "nope.h5: no such file" in capsys.readouterr().err
