@@ -84,8 +84,9 @@ def segment_output(out: str | Path, model_path: str | Path | None = None, device
     return dst
 
 
-def tune_postprocess(model: AffinityModel, volumes: list, thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7),
-                     fragment_thresholds: tuple[float, ...] = (0.5,), seed_distance: int = 2,
+def tune_postprocess(model: AffinityModel, volumes: list,
+                     thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+                     fragment_thresholds: tuple[float, ...] = (0.5, 0.7), seed_distance: int = 2,
                      device: str = "auto", methods: tuple[str, ...] = ("affinity", "distance")
                      ) -> tuple[SegmentParams, list[dict]]:
     """Pick the post-processing parameters with the lowest mean adapted Rand error on labelled ``volumes``.
