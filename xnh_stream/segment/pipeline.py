@@ -85,7 +85,7 @@ def segment_output(out: str | Path, model_path: str | Path | None = None, device
 
 
 def tune_postprocess(model: AffinityModel, volumes: list,
-                     thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+                     thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                      fragment_thresholds: tuple[float, ...] = (0.5, 0.7), seed_distance: int = 2,
                      device: str = "auto", methods: tuple[str, ...] = ("affinity", "distance")
                      ) -> tuple[SegmentParams, list[dict]]:
