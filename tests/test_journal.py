@@ -242,6 +242,9 @@ def test_threads_share_one_journal_and_a_reader_process_sees_commits(tmp_path):
     j.close()
     with pytest.raises(ValueError, match="does not exist"):
         FrameJournal(tmp_path / "none.sqlite", readonly=True)
+    (tmp_path / "empty.sqlite").touch()  # what a reader sees between the writer's connect and its schema
+    with pytest.raises(ValueError, match="empty.sqlite has no schema yet"):
+        FrameJournal(tmp_path / "empty.sqlite", readonly=True)
 
 
 def test_throughput_100k_frames(tmp_path):

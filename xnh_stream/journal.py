@@ -227,7 +227,11 @@ class FrameJournal:
 
     # ------------------------------------------------------------------ plumbing
     def _check_schema(self) -> None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError as exc:  # a reader that opened the file between create and schema
+            raise ValueError(f"journal {self.path} has no schema yet (is its writer still creating it?): "
+                             f"{exc}") from exc
         if row is None or int(row[0]) != SCHEMA_VERSION:
             raise ValueError(f"journal {self.path}: schema version {row and row[0]} is not {SCHEMA_VERSION}")
 
