@@ -58,6 +58,11 @@ class PhaseWorker:
         self.shape, self.delta_beta, self.binning = tuple(frame_shape), delta_beta, int(binning)
         self.config = ProcessConfig.from_mapping(config)
         self._proc: AngleProcessor | None = None
+        self._incarnation = uuid.uuid4().hex  # a restarted worker has a new one (counted as a restart)
+
+    def incarnation(self) -> str:
+        """Changes when Ray restarts the actor (its tasks are retried by Ray; the stream only counts it)."""
+        return self._incarnation
 
     def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         """The projection of ``work`` (binned for the live volume); for final work also the preview it
@@ -187,7 +192,7 @@ class _Instruments:
         self.samples: dict[str, list[float]] = {}
         self.landed_preview: dict[str, float] = {}  # projection frame id -> time it was handed to the stream
         self.landed_final: dict[str, float] = {}
-        self.restarts = 0
+        self.restarts = {"phase_worker": 0, "recon_shard": 0}  # restarts noticed, per actor kind
         self.slow_s, self._slow_at, self._slow = slow_s, -float("inf"), {}
 
     def sample(self, stage: str, seconds: float) -> None:
@@ -218,7 +223,7 @@ class _Instruments:
             if store is not None:
                 self._slow["store_bytes"] = store.nbytes_on_disk()
         samples, self.samples = self.samples, {}
-        return {**self._slow, "latency_s": samples, "restarts": {"recon_shard": self.restarts}}
+        return {**self._slow, "latency_s": samples, "restarts": dict(self.restarts)}
 
 
 def _cluster_state() -> dict[str, Any]:
@@ -353,17 +358,23 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     incarnations: dict[Any, str] = {}
 
     def check_restarts() -> None:
-        """A shard Ray restarted lost its slab: replay every angle into it from the frames on disk."""
+        """Count the actors Ray restarted. A restarted shard lost its slab: replay every angle into it from
+        the frames on disk (a restarted phase worker needs nothing: Ray retries the tasks it held)."""
         if not shards:
             return
-        current = ray.get([s.incarnation.remote() for s in shards])
-        for shard, inc in zip(shards, current):
-            if incarnations.setdefault(shard, inc) != inc:
-                incarnations[shard] = inc
-                log.warning("a reconstruction shard was restarted; replaying its angles from the store")
-                instruments.restarts += 1
-                for work in assembler.replay():
-                    dispatch(work, targets=[shard])
+        current = ray.get([a.incarnation.remote() for a in (*workers, *shards)])
+        for actor, inc in zip((*workers, *shards), current):
+            if incarnations.setdefault(actor, inc) == inc:
+                continue
+            incarnations[actor] = inc
+            if actor in workers:
+                log.warning("a phase worker was restarted; Ray retries the tasks it held")
+                instruments.restarts["phase_worker"] += 1
+                continue
+            log.warning("a reconstruction shard was restarted; replaying its angles from the store")
+            instruments.restarts["recon_shard"] += 1
+            for work in assembler.replay():
+                dispatch(work, targets=[actor])
 
     def settle(all_of_them: bool = False) -> None:
         """Book the work whose back-projection finished (oldest first); wait while too much is queued."""

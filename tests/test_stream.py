@@ -150,7 +150,10 @@ def test_a_shard_killed_mid_scan_is_restarted_and_replayed(ray_local, small_scan
                              final_pass=False)
     killed = []
 
+    restarts = []
+
     def kill_once(state):
+        restarts.append(state["restarts"])
         if not killed and state["angles_final"] >= 10:  # distance 4 is arriving: a third of the angles final
             ray_local.kill(state["actors"]["shards"][0], no_restart=False)
             killed.append(state["angles_final"])
@@ -158,6 +161,7 @@ def test_a_shard_killed_mid_scan_is_restarted_and_replayed(ray_local, small_scan
     result = run_stream(ListSource(small_scan), small_scan, tmp_path / "b", config, poll_interval_s=0.0,
                         final_pass=False, on_progress=kill_once)
     assert killed, "the shard was never killed"
+    assert restarts[-1] == {"phase_worker": 0, "recon_shard": 1}  # what the metrics export
     assert result.counts == undisturbed.counts
     # The replayed slab is whole again. It is not bit-identical: its angles were recomputed with the
     # distance-shift models fitted so far, where the undisturbed run used each angle's models of the time.
@@ -182,7 +186,10 @@ def test_a_phase_worker_killed_mid_scan_is_restarted_and_its_tasks_retried(ray_l
                              final_pass=False)
     killed = []
 
+    restarts = []
+
     def kill_once(state):
+        restarts.append(state["restarts"])
         if not killed and state["angles_final"] >= 10 and state["in_flight"] > 0:
             ray_local.kill(state["actors"]["workers"][0], no_restart=False)
             killed.append(state["angles_final"])
@@ -190,6 +197,7 @@ def test_a_phase_worker_killed_mid_scan_is_restarted_and_its_tasks_retried(ray_l
     result = run_stream(ListSource(small_scan), small_scan, tmp_path / "b", config, poll_interval_s=0.0,
                         final_pass=False, on_progress=kill_once)
     assert killed, "the worker was never killed"
+    assert restarts[-1] == {"phase_worker": 1, "recon_shard": 0}  # what the metrics export
     assert result.counts == undisturbed.counts and result.counts["pending"] == 0
     b = undisturbed.live_volume
     np.testing.assert_allclose(result.live_volume, b, atol=1e-5 * np.abs(b).max())
