@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import zarr
 from ome_zarr.writer import write_multiscale
@@ -16,13 +17,20 @@ from skimage.transform import downscale_local_mean
 AXES = [{"name": a, "type": "space", "unit": "meter"} for a in "zyx"]
 
 
-def pyramid(volume: np.ndarray, labels: bool = False, min_size: int = 32) -> list[np.ndarray]:
-    """Halve ``volume`` repeatedly (block mean, or every second voxel for labels) down to ``min_size``."""
+def pyramid(volume: np.ndarray | da.Array, labels: bool = False, min_size: int = 32) -> list:
+    """Halve ``volume`` repeatedly (block mean, or every second voxel for labels) down to ``min_size``.
+
+    A dask array gives lazy levels (dask arrays), so a volume larger than memory is written chunk by chunk.
+    """
     levels = [volume]
     while min(levels[-1].shape) >= 2 * min_size:
         v = levels[-1]
-        levels.append(v[::2, ::2, ::2].copy() if labels
-                      else downscale_local_mean(v, (2, 2, 2)).astype(v.dtype, copy=False))
+        if labels:
+            levels.append(v[::2, ::2, ::2] if isinstance(v, da.Array) else v[::2, ::2, ::2].copy())
+        elif isinstance(v, da.Array):
+            levels.append(da.coarsen(np.mean, v, {0: 2, 1: 2, 2: 2}, trim_excess=True).astype(v.dtype))
+        else:
+            levels.append(downscale_local_mean(v, (2, 2, 2)).astype(v.dtype, copy=False))
     return levels
 
 
@@ -34,8 +42,9 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     ----------
     path : str or Path
         Destination (``*.ome.zarr``), replaced if it exists.
-    volume : ndarray
-        float32 image, or integer labels when ``labels`` is True.
+    volume : ndarray or array-like
+        float32 image, or integer labels when ``labels`` is True. Anything that is not a numpy array (a
+        zarr or dask array) is read and written chunk by chunk, never whole into memory.
     voxel_m : float
         Isotropic voxel size in metres.
     labels : bool
@@ -54,10 +63,15 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     if not voxel_m > 0:
         raise ValueError(f"voxel size must be positive, got {voxel_m}")
     path = Path(path)
-    levels = pyramid(volume if labels else volume.astype(np.float32, copy=False), labels=labels)
+    if not isinstance(volume, np.ndarray):
+        volume = volume if isinstance(volume, da.Array) else da.from_array(volume, chunks=chunks)
+        levels = pyramid(volume if labels else volume.astype(np.float32), labels=labels)
+    else:
+        levels = pyramid(volume if labels else volume.astype(np.float32, copy=False), labels=labels)
     group = zarr.open_group(str(path), mode="w")
     transforms = [[{"type": "scale", "scale": [voxel_m * 2**i] * 3}] for i in range(len(levels))]
     opts = [{"chunks": tuple(min(c, s) for c, s in zip(chunks, lv.shape))} for lv in levels]
+    levels = [lv.rechunk(o["chunks"]) if isinstance(lv, da.Array) else lv for lv, o in zip(levels, opts)]
     write_multiscale(levels, group, axes=AXES, coordinate_transformations=transforms, storage_options=opts,
                      name=name or path.name)
     return path

@@ -266,11 +266,16 @@ class BlockwiseSegmentation:
         self._array("segmentation.zarr")[b.slices()] = apply_lut(frag, lut["ids"], lut["segments"])
         self._mark("relabel", index)
 
-    def segmentation(self) -> np.ndarray:
-        """The finished segmentation, read into memory."""
+    def segmentation(self, in_memory: bool = True) -> np.ndarray | zarr.Array:
+        """The finished segmentation: read into memory, or (``in_memory=False``) the zarr array on disk."""
         if self.pending("relabel"):
             raise RuntimeError(f"{self.work}: segmentation not finished")
-        return np.asarray(self._array("segmentation.zarr")[...])
+        arr = self._array("segmentation.zarr")
+        return np.asarray(arr[...]) if in_memory else arr
+
+    def n_segments(self) -> int:
+        """Segments in the finished segmentation (from the fragment -> segment table, without reading it)."""
+        return int(np.load(self.work / "lut.npz")["segments"].max(initial=0))
 
 
 def run_blockwise(spec: BlockwiseSpec, progress: Callable[[str, int, int], None] | None = None

@@ -116,18 +116,23 @@ def cmd_segment(a: argparse.Namespace) -> int:
             bw = run_blockwise_ray(spec)
         else:
             bw = run_blockwise(spec)
-        labels = bw.segmentation()
+        import dask.array as da
+
+        n_segments = bw.n_segments()
+        on_disk = bw.segmentation(in_memory=False)  # written chunk by chunk, never whole in memory
+        labels = da.from_array(on_disk, chunks=on_disk.chunks)
         voxel = _voxel_of(src)
     else:
         volume, voxel = _read_image(a.volume)
         labels = segment_volume(volume, model, params, a.device).labels
-    labels = labels.astype(np.uint32) if labels.max(initial=0) < 2**32 else labels
+        n_segments = int(np.count_nonzero(np.unique(labels)))
+    labels = labels.astype(np.uint32) if n_segments < 2**32 else labels
     dst = write_volume(out / SEGMENTATION_NAME, labels, voxel, labels=True, name="segmentation")
-    print(f"segmentation: {dst} ({len(np.unique(labels))} segments, {time.perf_counter() - t0:.1f} s)")
+    print(f"segmentation: {dst} ({n_segments} segments, {time.perf_counter() - t0:.1f} s)")
     if a.swc:
         from .skeleton import skeletonize, write_swc
 
-        files = write_swc(skeletonize(labels, voxel, a.swc_min_voxels), a.swc)
+        files = write_swc(skeletonize(np.asarray(labels), voxel, a.swc_min_voxels), a.swc)
         print(f"skeletons: {len(files)} SWC files in {a.swc}")
     return 0
 
