@@ -11,6 +11,7 @@ import zarr
 
 from xnh_stream.cli import main
 from xnh_stream.io.omezarr import pyramid, read_volume, write_volume
+from xnh_stream.io.precomputed import read_precomputed
 from xnh_stream.segment.blockwise import BlockwiseSpec, run_blockwise
 from xnh_stream.segment.data import save_labelled, simulate_labelled
 from xnh_stream.segment.evaluate import evaluate
@@ -129,12 +130,14 @@ def test_commands_segment_evaluate_and_errors(tmp_path, heldout, capsys):
     assert list((out / "swc").glob("*.swc"))
     # Blockwise: the labels go from the work folder to the OME-Zarr chunk by chunk, pyramid included.
     assert main(["segment", str(out), "--out", str(tmp_path / "bw"), "--device", "cpu",
-                 "--block-shape", "16", "40", "40", "--context", "8"]) == 0
+                 "--block-shape", "16", "40", "40", "--context", "8", "--precomputed", str(tmp_path / "ng")]) == 0
     work = zarr.open_array(str(tmp_path / "bw" / "segmentation.work" / "segmentation.zarr"), mode="r")[...]
     for level, expected in enumerate(pyramid(work.astype(np.uint32), labels=True)):
         got, _ = read_volume(tmp_path / "bw" / "segmentation.ome.zarr", level)
         np.testing.assert_array_equal(got, expected)
     assert f"({len(np.unique(work)) - (0 in work)} segments" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_precomputed(tmp_path / "ng" / "segmentation"), work)
+    np.testing.assert_array_equal(read_precomputed(tmp_path / "ng" / "image"), heldout.raw[crop])
     assert main(["evaluate", str(out / "segmentation.ome.zarr"), str(tmp_path / "missing.h5")]) == 2
     assert "missing.h5: no such file" in capsys.readouterr().err
     assert main(["evaluate", str(out / "segmentation.ome.zarr"), str(truth), "--labels-key", "nope"]) == 2

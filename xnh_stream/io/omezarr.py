@@ -77,11 +77,17 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     return path
 
 
-def read_volume(path: str | Path, level: int = 0) -> tuple[np.ndarray, float]:
-    """Read one level of an OME-NGFF volume; returns the array and its voxel size in metres."""
+def open_volume(path: str | Path, level: int = 0) -> tuple[zarr.Array, float]:
+    """Open one level of an OME-NGFF volume on disk (nothing read yet); returns it and its voxel size in m."""
     group = zarr.open_group(str(path), mode="r")
     attrs = group.attrs.asdict()
     ms = (attrs.get("ome") or attrs)["multiscales"][0]
     ds = ms["datasets"][level]
     scale = next(t["scale"] for t in ds["coordinateTransformations"] if t["type"] == "scale")
-    return np.asarray(group[ds["path"]][...]), float(scale[-1])
+    return group[ds["path"]], float(scale[-1])
+
+
+def read_volume(path: str | Path, level: int = 0) -> tuple[np.ndarray, float]:
+    """Read one level of an OME-NGFF volume; returns the array and its voxel size in metres."""
+    arr, voxel = open_volume(path, level)
+    return np.asarray(arr[...]), voxel

@@ -90,7 +90,7 @@ def _read_image(path: Path) -> tuple[np.ndarray, float]:
 
 def cmd_segment(a: argparse.Namespace) -> int:
     """Segment a reconstructed volume into OUT/segmentation.ome.zarr (in memory or blockwise)."""
-    from ..io.omezarr import write_volume
+    from ..io.omezarr import open_volume, write_volume
     from .pipeline import SEGMENTATION_NAME, SegmentParams, segment_volume
     from .unet import AffinityModel
 
@@ -121,7 +121,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
         n_segments = bw.n_segments()
         on_disk = bw.segmentation(in_memory=False)  # written chunk by chunk, never whole in memory
         labels = da.from_array(on_disk, chunks=on_disk.chunks)
-        voxel = _voxel_of(src)
+        voxel = open_volume(src)[1]
     else:
         volume, voxel = _read_image(a.volume)
         labels = segment_volume(volume, model, params, a.device).labels
@@ -134,16 +134,17 @@ def cmd_segment(a: argparse.Namespace) -> int:
 
         files = write_swc(skeletonize(np.asarray(labels), voxel, a.swc_min_voxels), a.swc)
         print(f"skeletons: {len(files)} SWC files in {a.swc}")
+    if a.precomputed:
+        try:
+            from ..io.precomputed import write_precomputed
+        except ImportError as exc:  # tensorstore is an optional dependency
+            raise InputError(str(a.precomputed), f"neuroglancer export needs tensorstore "
+                                                 f"(pip install 'xnh-stream[neuroglancer]'): {exc}") from exc
+        image = write_precomputed(a.precomputed / "image", open_volume(src)[0], voxel)
+        seg = write_precomputed(a.precomputed / "segmentation", labels, voxel, labels=True)
+        print(f"neuroglancer precomputed layers: {image} and {seg} (serve {a.precomputed} over HTTP, e.g. "
+              f"`python -m http.server`, and add precomputed://http://HOST:PORT/image and .../segmentation)")
     return 0
-
-
-def _voxel_of(path: Path) -> float:
-    import zarr
-
-    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-    ms = (attrs.get("ome") or attrs)["multiscales"][0]
-    return float(next(t["scale"] for t in ms["datasets"][0]["coordinateTransformations"]
-                      if t["type"] == "scale")[-1])
 
 
 def _labels_of(path: Path, key: str) -> np.ndarray:
@@ -235,6 +236,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     s.add_argument("--address", help="with --ray: join this Ray cluster")
     s.add_argument("--swc", type=Path, help="write skeletons (kimimaro) of the segments as SWC files here")
     s.add_argument("--swc-min-voxels", type=int, default=200)
+    s.add_argument("--precomputed", type=Path, help="also write neuroglancer precomputed layers (DIR/image, "
+                                                     "DIR/segmentation); needs tensorstore")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     s.set_defaults(func=cmd_segment)
 
