@@ -218,9 +218,40 @@ def test_train_command_records_validation_and_names_bad_files(tmp_path, capsys):
     raw = (1.0 - 0.8 * (affinities_from_labels(lab).min(axis=0) < 1)).astype(np.float32)
     h5 = save_labelled(tmp_path / "cells.h5", LabelledVolume(raw, lab, np.ones(lab.shape, bool)))
     assert main(["train", str(h5), "--out", str(tmp_path / "m.pt"), "--iterations", "3", "--output-patch",
-                 "8", "8", "8", "--fmaps", "2", "--validate", str(h5), "--device", "cpu"]) == 0
+                 "8", "8", "8", "--fmaps", "2", "--validate", str(h5), "--device", "cpu",
+                 "--checkpoint-every", "2"]) == 0
     rec = AffinityModel.load(tmp_path / "m.pt").record
     assert rec["iterations"] == 3 and rec["validation"][0]["source"].endswith("cells.h5")
+    assert AffinityModel.load(tmp_path / "m.checkpoint.pt").record["iterations"] == 2  # beside --out
+    assert rec["loss"].startswith("class-balanced")
+    assert main(["train", str(h5), "--out", str(tmp_path / "u.pt"), "--iterations", "2", "--output-patch",
+                 "8", "8", "8", "--fmaps", "2", "--device", "cpu", "--no-class-balance"]) == 0
+    assert AffinityModel.load(tmp_path / "u.pt").record["loss"].startswith("binary cross-entropy")
     assert set(rec["postprocess"]) >= {"threshold", "fragment_method"} and len(rec["tuning"]) > 1
     assert main(["train", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "nope.h5: no such file" in capsys.readouterr().err
+
+
+def test_patch_weights_balanced_or_plain():
+    """Balanced: boundary and interior links carry equal total weight in each patch; plain: every known
+    link weighs 1 and unknown links (outside the mask) 0 in both."""
+    from xnh_stream.segment.train import PatchSampler
+    from xnh_stream.segment.unet import UNet3D, UNetConfig
+
+    lab = cells((24, 32, 32), 8, seed=3)
+    mask = np.ones(lab.shape, bool)
+    mask[:, :, :6] = False
+    vol = LabelledVolume(lab.astype(np.float32), lab, mask)
+    net = UNet3D(UNetConfig(num_fmaps=2))
+    for balance in (True, False):
+        sampler = PatchSampler([vol], net, {"method": "percentile", "low": 1, "high": 99}, (8, 8, 8), seed=1,
+                               augment=False, class_balance=balance)
+        for _ in range(5):
+            _, aff, w = sampler.sample()
+            known = w > 0
+            pos, neg = known & (aff > 0), known & (aff == 0)
+            if balance and pos.any() and neg.any():
+                assert w[pos].sum() == pytest.approx(w[neg].sum(), rel=1e-5)
+                assert w[neg].max() > w[pos].max()  # boundaries are the rarer class here
+            if not balance:
+                assert set(np.unique(w)) <= {0.0, 1.0}

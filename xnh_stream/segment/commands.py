@@ -55,10 +55,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise InputError("train", "no training data: give labelled volume files and/or --simulate SEEDS")
     val_vols = _labelled(a.validate, _seeds(a.validate_simulate or ""), a, "validate")
     cfg = TrainConfig(iterations=a.iterations, output_shape=tuple(a.output_patch), lr=a.lr, seed=a.seed,
-                      checkpoint_every=a.checkpoint_every, threads=a.threads, device=a.device)
+                      checkpoint_every=a.checkpoint_every, threads=a.threads, device=a.device,
+                      class_balance=not a.no_class_balance)
     net_cfg = UNetConfig(num_fmaps=a.fmaps, fmap_inc_factor=a.fmap_inc, convs_per_level=a.convs_per_level)
     resume = AffinityModel.load(a.resume) if a.resume else None
-    model = train(train_vols, cfg, net_cfg, out=None, resume=resume)
+    model = train(train_vols, cfg, net_cfg, out=a.out, resume=resume)  # checkpoints beside --out
     model.record["command"] = "xnh-stream " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("xnh-stream") \
         else model.record.get("command", "")
     if val_vols:
@@ -219,7 +220,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     s.add_argument("--fmaps", type=int, default=12, help="feature maps at the top level")
     s.add_argument("--fmap-inc", type=int, default=2, help="feature-map factor per level")
     s.add_argument("--convs-per-level", type=int, default=1, help="valid 3x3x3 convolutions per level and side")
-    s.add_argument("--checkpoint-every", type=int, default=200)
+    s.add_argument("--checkpoint-every", type=int, default=200,
+                   help="write OUT.checkpoint.pt every so many iterations (default %(default)s; 0 never)")
+    s.add_argument("--no-class-balance", action="store_true",
+                   help="weigh every link alike instead of balancing boundaries against interiors per patch")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     _add_common(s)
     s.set_defaults(func=cmd_train)

@@ -41,6 +41,9 @@ class TrainConfig:
         torch CPU threads (0 keeps torch's default).
     device : str
         ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
+    class_balance : bool
+        Weigh the links of each patch so that boundaries and interiors count half each (True), or every
+        known link alike (False: interiors of large, textured objects are not pushed towards "boundary").
     """
 
     iterations: int = 2000
@@ -52,6 +55,7 @@ class TrainConfig:
     min_mask_fraction: float = 0.5
     threads: int = 1
     device: str = "auto"
+    class_balance: bool = True
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -67,7 +71,8 @@ class PatchSampler:
     """Random training patches (input image, affinity targets, weights) from labelled volumes."""
 
     def __init__(self, volumes: Sequence[LabelledVolume], net: UNet3D, norm: dict, output_shape: Sequence[int],
-                 seed: int = 0, augment: bool = True, min_mask_fraction: float = 0.5) -> None:
+                 seed: int = 0, augment: bool = True, min_mask_fraction: float = 0.5,
+                 class_balance: bool = True) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.in_shape = net.valid_input_shape(tuple(output_shape))  # type: ignore[arg-type]
@@ -75,7 +80,7 @@ class PatchSampler:
         self.ctx = [(i - o) // 2 for i, o in zip(self.in_shape, self.out_shape)]
         self.offsets = [tuple(o) for o in net.config.offsets]
         self.rng = np.random.default_rng(seed)
-        self.augment, self.min_mask = augment, min_mask_fraction
+        self.augment, self.min_mask, self.class_balance = augment, min_mask_fraction, class_balance
         self.items = []
         for v in volumes:
             if any(s < o for s, o in zip(v.raw.shape, self.out_shape)):
@@ -117,6 +122,8 @@ class PatchSampler:
                           for o_ in self.offsets])
         pos = (aff > 0) & (known > 0)
         neg = (aff == 0) & (known > 0)
+        if not self.class_balance:
+            return np.ascontiguousarray(x, np.float32)[None], aff, known.astype(np.float32)
         w = np.zeros_like(aff)
         n_pos, n_neg = pos.sum(), neg.sum()
         if n_pos:
@@ -162,7 +169,8 @@ def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net
     torch.manual_seed(cfg.seed)
     model = resume or AffinityModel(UNet3D(net_config or UNetConfig()))
     net = model.net.to(device).train()
-    sampler = PatchSampler(volumes, net, model.norm, cfg.output_shape, cfg.seed, cfg.augment, cfg.min_mask_fraction)
+    sampler = PatchSampler(volumes, net, model.norm, cfg.output_shape, cfg.seed, cfg.augment, cfg.min_mask_fraction,
+                           cfg.class_balance)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     record = dict(model.record) if resume else {}
     curve: list[list[float]] = list(record.get("loss_curve", []))
@@ -204,7 +212,8 @@ def _record(prev: dict, cfg: TrainConfig, volumes: Sequence[LabelledVolume], sam
         "train_config": {**asdict(cfg), "output_shape": list(cfg.output_shape)},
         "input_patch": list(sampler.in_shape), "output_patch": list(sampler.out_shape),
         "data": [{"source": v.source, "shape": list(v.raw.shape), "voxel_m": v.voxel_m, **v.meta} for v in volumes],
-        "loss": "class-balanced binary cross-entropy on nearest-neighbour affinities, masked",
+        "loss": ("class-balanced " if cfg.class_balance else "") +
+                "binary cross-entropy on nearest-neighbour affinities, masked",
         "loss_curve": curve,
         "train_seconds": float(prev.get("train_seconds", 0.0)) + time.perf_counter() - t0,
         "device": str(device), "torch": str(torch.__version__), "python": platform.python_version(),
