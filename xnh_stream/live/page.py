@@ -32,17 +32,18 @@ PAGE = r"""<!doctype html>
 const $ = id => document.getElementById(id);
 const fmt = (v, d=3) => v === null || v === undefined ? "-" : Number(v).toPrecision(d);
 const nm = v => v === null || v === undefined ? "-" : (v * 1e9).toFixed(0) + " nm";
-function plot(svg, series, xlab, ylab, ymin, ymax) {
+function plot(svg, series, xlab, ylab, ymin, ymax, xmin, xmax) {
   const W = 300, H = 150, L = 34, B = 20;
   let xs = series.flatMap(s => s.x).filter(v => v !== null);
   if (!xs.length) { svg.innerHTML = ""; return; }
-  const x0 = Math.min(...xs), x1 = Math.max(...xs) || 1;
+  const x0 = xmin ?? Math.min(...xs), x1 = xmax ?? (Math.max(...xs) || 1);
   let ys = series.flatMap(s => s.y).filter(v => v !== null);
   const y0 = ymin ?? Math.min(...ys), y1 = ymax ?? Math.max(...ys);
   const X = x => L + (W - L - 4) * (x - x0) / ((x1 - x0) || 1), Y = y => H - B - (H - B - 4) * (y - y0) / ((y1 - y0) || 1);
   let out = `<line x1="${L}" y1="${H-B}" x2="${W}" y2="${H-B}" stroke="#666"/><line x1="${L}" y1="0" x2="${L}" y2="${H-B}" stroke="#666"/>`;
   out += `<text x="${W-4}" y="${H-4}" fill="#999" font-size="10" text-anchor="end">${xlab}</text>`;
-  out += `<text x="2" y="10" fill="#999" font-size="10">${ylab}</text>`;
+  out += `<text x="${L+4}" y="10" fill="#999" font-size="10">${ylab}</text>`;
+  out += `<text x="${L}" y="${H-6}" fill="#999" font-size="9">${fmt(x0,2)}</text>`;
   out += `<text x="${L-2}" y="${H-B}" fill="#999" font-size="9" text-anchor="end">${fmt(y0,2)}</text><text x="${L-2}" y="12" fill="#999" font-size="9" text-anchor="end">${fmt(y1,2)}</text>`;
   for (const s of series) {
     const pts = s.x.map((x, i) => [x, s.y[i]]).filter(p => p[0] !== null && p[1] !== null);
@@ -72,7 +73,7 @@ function render(s) {
   const h = f.history || [];
   plot($("fschist"), [{x: h.map(p => p.fraction_angles), y: h.map(p => p.resolution_m === null ? null : p.resolution_m * 1e9), color: "#4cf", dots: true},
                       {x: h.map(p => p.fraction_angles), y: h.map(p => p.edge_resolution_m === null ? null : p.edge_resolution_m * 1e9), color: "#c8f", dots: true}],
-       "fraction of angles", "nm");
+       "fraction of angles", "nm", undefined, undefined, 0, 1);
   const d = q.dose || {};
   $("dose").innerHTML = `this scan <b id="dose_total">${fmt(d.gray_total)} Gy</b>; sample ${d.sample || ""} total ${fmt(d.sample_gray)} Gy` +
     ` (earlier scans ${fmt(d.previous_scans_gray)} Gy)<table><tr><th>distance</th><th>Gy</th></tr>` +
