@@ -34,7 +34,7 @@ def run_block(spec: dict, stage: str, index: int) -> int:
 
 @ray.remote
 def solve(spec: dict) -> dict:
-    """Gather the merges of every block into the fragment -> segment table."""
+    """Sum the contacts of every block and agglomerate the fragment graph into the fragment -> segment table."""
     return _worker(spec).solve()
 
 

@@ -21,7 +21,7 @@ from xnh_stream.segment.unet import SHIPPED_MODEL, AffinityModel
 
 HELD_OUT_SEED = 1000  # training used seeds 1-8, tuning 9-10 (see the model's record)
 #: Bound on the held-out adapted Rand error; the shipped model's measured value is in docs/segmentation.md.
-ARAND_BOUND = 0.45  # measured 0.37 on this seed (0.14 and 0.15 on the tuning seeds 9, 10); target 0.1 not reached
+ARAND_BOUND = 0.35  # measured 0.28 on this seed (0.13 and 0.13 on the tuning seeds 9, 10); target 0.1 not reached here
 DICE_BOUND = 0.35  # measured 0.45: nucleoplasm is as light as the resin around the tissue
 
 
@@ -94,7 +94,8 @@ def test_blockwise_equals_single_block(tmp_path, model, heldout, segmented):
     t_many = evaluate(many.segmentation(), heldout.labels, heldout.mask)
     t_one = evaluate(segmented.labels, heldout.labels, heldout.mask)
     print(f"\n8 blocks against one block, in the tissue: {d.line()}\n8 blocks against the truth: {t_many.line()}")
-    # measured 0.12 (merge trees of blocks see 16 voxels of context, not the whole volume); same quality
+    # measured 0.13: the fragments of a block see 16 voxels of context, not the whole volume (agglomeration of
+    # the summed contacts is exact); same quality against the truth (0.285 vs 0.280)
     assert d.adapted_rand < 0.2 and abs(t_many.adapted_rand - t_one.adapted_rand) < 0.05
 
 

@@ -255,3 +255,29 @@ def test_patch_weights_balanced_or_plain():
                 assert w[neg].max() > w[pos].max()  # boundaries are the rarer class here
             if not balance:
                 assert set(np.unique(w)) <= {0.0, 1.0}
+
+
+def test_fragment_graph_agglomeration_is_waterz_and_blocks_sum_to_the_volume():
+    """Contact statistics summed over blocks equal the whole volume's, and agglomerating the fragment graph
+    by mean affinity gives waterz's whole-volume segmentation at every threshold."""
+    from xnh_stream.segment.postprocess import agglomerate_contacts, contact_statistics, sum_contacts
+
+    lab = cells()
+    affs = noisy_affinities(lab, 0.25, seed=4)
+    frag = fragments_watershed(affs)
+    whole = contact_statistics(affs, frag, (False, False, False))
+    parts = []
+    for b in block_grid(frag.shape, (16, 24, 20)):
+        grow = [a > 0 for a in b.start]
+        region = tuple(slice(a - g, c) for a, c, g in zip(b.start, b.stop, grow))
+        parts.append(contact_statistics(affs[(slice(None),) + b.slices()], frag[region], grow))
+    summed = sum_contacts(np.concatenate(parts))
+    np.testing.assert_array_equal(summed[:, [0, 1, 3]], whole[:, [0, 1, 3]])  # same pairs, same link counts
+    np.testing.assert_allclose(summed[:, 2], whole[:, 2], rtol=1e-9)
+    assert whole[:, 3].sum() > 0 and (whole[:, 0] < whole[:, 1]).all()
+    ids = np.unique(frag)
+    for t, ref in zip((0.3, 0.5, 0.7), agglomerate(affs, frag, (0.3, 0.5, 0.7))):
+        merges = agglomerate_contacts(whole, t)
+        assert (merges[:, 2] < t).all()
+        lut_ids, segs = segment_lut(merges, ids, t)
+        assert same_partition(apply_lut(frag, lut_ids, segs), ref)

@@ -6,9 +6,10 @@ run resumes):
 1. ``predict``   affinities of the block (input read with the network's context; equal to whole-volume prediction)
 2. ``fragments`` seeded watershed on the block's affinities plus ``context``, cropped to the block, ids made
    unique by a per-block offset (``block index * block voxels``)
-3. ``agglomerate`` waterz merge tree of the fragments in the block plus ``context`` (so fragments cut by block
-   borders are merged across them); merges touching a fragment of the block are kept
-4. ``solve``     (once) all merges gathered, connected components below the threshold: a fragment -> segment table
+3. ``agglomerate`` affinity sum and count on each contact between two fragments, over the block's links
+   (those to the plane before the block included, so every link of the volume is counted once)
+4. ``solve``     (once) the contacts of all blocks summed, the fragment graph agglomerated by mean affinity
+   below the threshold (the same merges as waterz on the whole volume): a fragment -> segment table
 5. ``relabel``   the block's fragments through the table, into the segmentation
 
 Work files live in one folder: ``affinities.zarr``, ``fragments.zarr``, ``segmentation.zarr``, ``edges/``,
@@ -27,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .postprocess import apply_lut, fragments_watershed, merge_tree, segment_lut
+from .postprocess import (agglomerate_contacts, apply_lut, contact_statistics, fragments_watershed,
+                          segment_lut, sum_contacts)
 
 STAGES = ("predict", "fragments", "agglomerate", "relabel")
 
@@ -222,41 +224,36 @@ class BlockwiseSegmentation:
         self._mark("fragments", index, {"fragments": len(ids)})
 
     def agglomerate(self, index: int) -> None:
-        """Stage 3: merge tree over block ``index`` plus context (needs ``fragments`` on it and its neighbours)."""
-        b, ctx = self.blocks[index], self.spec.context
-        grown = b.grown(ctx, self.shape)
-        affs = np.asarray(self._array("affinities.zarr")[(slice(None),) + grown])
-        frag = np.asarray(self._array("fragments.zarr")[grown])
-        edges = merge_tree(affs, frag)
-        mine = np.load(self.work / "edges" / f"ids_{index}.npy")
-        if len(edges):
-            a, c = edges[:, 0].astype(np.uint64), edges[:, 1].astype(np.uint64)
-            edges = edges[np.isin(a, mine) | np.isin(c, mine)]
+        """Stage 3: affinity sum and count on every fragment contact of block ``index`` (its links to the
+        previous plane included, so each link is counted once over all blocks; needs ``fragments`` on it and
+        its lower neighbours)."""
+        b = self.blocks[index]
+        grow = [a > 0 for a in b.start]
+        region = tuple(slice(a - g, c) for a, c, g in zip(b.start, b.stop, grow))
+        affs = np.asarray(self._array("affinities.zarr")[(slice(None),) + b.slices()])
+        frag = np.asarray(self._array("fragments.zarr")[region])
+        contacts = contact_statistics(affs, frag, grow)
         tmp = self.work / "edges" / f"edges_{index}.tmp.npy"
-        np.save(tmp, edges)
+        np.save(tmp, contacts)
         os.replace(tmp, self.work / "edges" / f"edges_{index}.npy")
-        self._mark("agglomerate", index, {"merges": len(edges)})
+        self._mark("agglomerate", index, {"contacts": len(contacts)})
 
     def solve(self) -> dict:
-        """Stage 4: gather every block's merges and fragment ids; write the fragment -> segment table."""
+        """Stage 4: sum every block's contacts and agglomerate the whole fragment graph by mean affinity
+        (as waterz does on a whole volume); write the fragment -> segment table."""
         missing = self.pending("agglomerate")
         if missing:
             raise RuntimeError(f"{self.work}: blocks {missing[:10]} not agglomerated yet")
         ids = np.unique(np.concatenate([np.load(self.work / "edges" / f"ids_{b.index}.npy") for b in self.blocks]))
-        edges = np.concatenate([np.load(self.work / "edges" / f"edges_{b.index}.npy").reshape(-1, 3)
-                                for b in self.blocks])
-        if len(edges):  # a merge seen by two blocks: keep its lowest score (order-independent)
-            pair = np.sort(edges[:, :2].astype(np.uint64), axis=1)
-            order = np.lexsort((edges[:, 2], pair[:, 1], pair[:, 0]))
-            pair, edges = pair[order], edges[order]
-            first = np.ones(len(pair), bool)
-            first[1:] = (pair[1:] != pair[:-1]).any(axis=1)
-            edges = np.column_stack([pair[first].astype(np.float64), edges[first, 2]])
-        lut_ids, segs = segment_lut(edges, ids, self.spec.threshold)
+        contacts = sum_contacts(np.concatenate([np.load(self.work / "edges" / f"edges_{b.index}.npy").reshape(-1, 4)
+                                                for b in self.blocks]))
+        merges = agglomerate_contacts(contacts, self.spec.threshold)
+        lut_ids, segs = segment_lut(merges, ids, self.spec.threshold)
         tmp = self.work / "lut.tmp.npz"
         np.savez(tmp, ids=lut_ids, segments=segs)
         os.replace(tmp, self.work / "lut.npz")
-        return {"fragments": int(len(ids)), "merges": int(len(edges)), "segments": int(segs.max(initial=0))}
+        return {"fragments": int(len(ids)), "contacts": int(len(contacts)), "merges": int(len(merges)),
+                "segments": int(segs.max(initial=0))}
 
     def relabel(self, index: int) -> None:
         """Stage 5: write the segmentation of block ``index`` (needs :meth:`solve`)."""

@@ -186,3 +186,99 @@ def segment_affinities(affs: np.ndarray, threshold: float = 0.5, fragment_thresh
     if len(seg_ids) and seg_ids[0] == 0:  # background stays 0
         rank -= np.uint64(1)
     return rank[np.searchsorted(seg_ids, s)].reshape(seg.shape)
+
+
+def contact_statistics(affs: np.ndarray, frag: np.ndarray, valid: Sequence[bool] = (True, True, True)
+                       ) -> np.ndarray:
+    """Sum and count of the affinities on every contact between two fragments.
+
+    Channel ``c`` of ``affs[c, z, y, x]`` links a voxel with its neighbour at -1 along axis ``c``; ``frag`` is
+    the fragment volume of the same voxels grown by one voxel at the low side of each axis where ``valid[c]``
+    (so every link of the block is seen exactly once across blocks).
+
+    Returns
+    -------
+    ndarray, shape (n, 4), float64
+        Rows ``(a, b, sum, count)`` with ``a < b``; links touching fragment 0 are left out.
+    """
+    shape = affs.shape[1:]
+    lo = [1 if v else 0 for v in valid]
+    core = frag[tuple(slice(o, o + s) for o, s in zip(lo, shape))]
+    rows = []
+    for c in range(affs.shape[0]):
+        if lo[c]:  # the neighbours of the block's first plane are in the grown plane
+            prev = frag[tuple(slice(o - (k == c), o - (k == c) + n) for k, (o, n) in enumerate(zip(lo, shape)))]
+            a, b, w = core, prev, affs[c]
+        else:  # the block starts at the volume's edge: its first plane has no neighbour
+            hi = tuple(slice(1, None) if k == c else slice(None) for k in range(3))
+            below = tuple(slice(None, -1) if k == c else slice(None) for k in range(3))
+            a, b, w = core[hi], core[below], affs[c][hi]
+        a, b, w = a.ravel(), b.ravel(), w.ravel()
+        keep = (a != b) & (a > 0) & (b > 0)
+        rows.append(np.column_stack([np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep]),
+                                     w[keep].astype(np.float64)]))
+    return sum_contacts(np.concatenate(rows) if rows else np.zeros((0, 3)), with_counts=False)
+
+
+def sum_contacts(rows: np.ndarray, with_counts: bool = True) -> np.ndarray:
+    """Merge rows of the same fragment pair: ``(a, b, sum, count)`` rows (or ``(a, b, value)`` rows, each a
+    count of one) summed into one ``(a, b, sum, count)`` row per pair, sorted by pair."""
+    if not len(rows):
+        return np.zeros((0, 4))
+    counts = rows[:, 3] if with_counts else np.ones(len(rows))
+    pairs, inv = np.unique(rows[:, :2], axis=0, return_inverse=True)
+    inv = inv.ravel()
+    return np.column_stack([pairs, np.bincount(inv, rows[:, 2], len(pairs)), np.bincount(inv, counts, len(pairs))])
+
+
+def agglomerate_contacts(contacts: np.ndarray, threshold: float) -> np.ndarray:
+    """Hierarchical agglomeration by mean affinity on a fragment graph (waterz's ``1 - mean affinity``).
+
+    The pair with the lowest score ``1 - sum / count`` merges first while it is below ``threshold``; the
+    contacts of merged regions are summed, so a region's score is the mean affinity over its whole contact,
+    as when waterz agglomerates the whole volume at once.
+
+    Parameters
+    ----------
+    contacts : ndarray (n, 4)
+        ``(a, b, sum, count)`` per fragment pair (from :func:`contact_statistics`, summed over blocks).
+    threshold : float
+        Merge while the lowest score is below this.
+
+    Returns
+    -------
+    ndarray (m, 3)
+        Merges ``(a, b, score)`` in order, fragment ids as in ``contacts`` (for :func:`segment_lut`).
+    """
+    import heapq
+
+    adj: dict[int, dict[int, list[float]]] = {}
+    for a, b, s, n in contacts:
+        a, b = int(a), int(b)
+        adj.setdefault(a, {})[b] = [s, n]
+        adj.setdefault(b, {})[a] = adj[a][b]
+    heap = [(1.0 - s / n, int(a), int(b)) for a, b, s, n in contacts]
+    heapq.heapify(heap)
+    merges = []
+    while heap and heap[0][0] < threshold:
+        score, a, b = heapq.heappop(heap)
+        if a not in adj or b not in adj[a]:
+            continue  # one side was merged away
+        s, n = adj[a][b]
+        if 1.0 - s / n != score:
+            continue  # an outdated entry: the contact grew since
+        merges.append((a, b, score))
+        if len(adj[a]) < len(adj[b]):
+            a, b = b, a  # keep the region with more neighbours, fold the other into it
+        del adj[a][b]
+        for c, stat in adj.pop(b).items():
+            if c == a:
+                continue
+            del adj[c][b]
+            if c in adj[a]:  # adj[a][c] is adj[c][a]: one list per contact
+                adj[a][c][0] += stat[0]
+                adj[a][c][1] += stat[1]
+            else:
+                adj[a][c] = adj[c][a] = stat
+            heapq.heappush(heap, (1.0 - adj[a][c][0] / adj[a][c][1], min(a, c), max(a, c)))
+    return np.array(merges, dtype=np.float64).reshape(-1, 3)
