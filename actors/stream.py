@@ -47,9 +47,12 @@ LIVE_COLUMNS = 512
 
 #: An actor that dies is restarted this many times, then the stream fails loudly.
 MAX_RESTARTS = 3
+#: A second thread per actor for ``incarnation()``: the driver asks every loop, and in the default group the
+#: question would wait behind the actor's queued work (stalling the driver's loop on a busy worker).
+CONTROL = {"concurrency_groups": {"control": 1}}
 
 
-@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **CONTROL)
 class PhaseWorker:
     """Phase retrieval of one angle: a Paganin preview or the multi-distance CTF projection."""
 
@@ -60,6 +63,7 @@ class PhaseWorker:
         self._proc: AngleProcessor | None = None
         self._incarnation = uuid.uuid4().hex  # a restarted worker has a new one (counted as a restart)
 
+    @ray.method(concurrency_group="control")
     def incarnation(self) -> str:
         """Changes when Ray restarts the actor (its tasks are retried by Ray; the stream only counts it)."""
         return self._incarnation
@@ -83,7 +87,7 @@ class PhaseWorker:
         return final, previous
 
 
-@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **CONTROL)
 class ReconShard:
     """A slab of rows of the live volume (two half-volumes for FSC)."""
 
@@ -94,6 +98,7 @@ class ReconShard:
         self.vol = ProgressiveVolume(ny, nx, cor=cor, window=window, padding=padding, rows=self.rows)
         self._incarnation = uuid.uuid4().hex  # a restarted actor (empty volume) has a new one
 
+    @ray.method(concurrency_group="control")
     def incarnation(self) -> str:
         """Changes when Ray restarts the actor: its volume is then empty and must be replayed."""
         return self._incarnation
