@@ -19,7 +19,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from .projector import ParallelProjector
-from .xp import to_numpy
+from .xp import bin_volume, to_numpy
 
 __all__ = ["SampleEnvelope", "envelope_from_volume", "estimate_support"]
 
@@ -115,7 +115,7 @@ class SampleEnvelope:
 
 def envelope_from_volume(volume: np.ndarray, binning: int, frame_shape: tuple[int, int], cor: float,
                          xp: ModuleType = np, max_columns: int = 256) -> SampleEnvelope | None:
-    """The sample envelope from a coarse reconstruction of delta (a Paganin pass, or the live preview).
+    """The sample envelope from a coarse reconstruction of delta (the batch chain's binned Paganin pass).
 
     Parameters
     ----------
@@ -139,9 +139,7 @@ def envelope_from_volume(volume: np.ndarray, binning: int, frame_shape: tuple[in
     """
     v = np.asarray(volume, dtype=np.float32)
     extra = max(1, int(round(v.shape[-1] / max_columns)))
-    if extra > 1:
-        r, n = v.shape[0] // extra, v.shape[-1] // extra
-        v = v[: r * extra, : n * extra, : n * extra].reshape(r, extra, n, extra, n, extra).mean(axis=(1, 3, 5))
+    v = bin_volume(v, extra)
     support = estimate_support(v)
     if support is None:
         return None

@@ -135,6 +135,20 @@ def bin_2d(a: Any, b: int) -> Any:
     return a[: ny * b, : nx * b].reshape(ny, b, nx, b).mean(axis=(1, 3))
 
 
+def bin_volume(v: Any, b: int, xp: ModuleType = np) -> Any:
+    """Block-average a 3-D volume by ``b`` along every axis (trailing voxels that do not fill a block are cut)."""
+    v = xp.asarray(v, dtype=xp.float32)
+    if v.ndim != 3:
+        raise ValueError(f"bin_volume takes a 3-D volume, got shape {v.shape}")
+    if b <= 1:
+        return v
+    n = [(s // b) * b for s in v.shape]
+    if min(n) == 0:
+        raise ValueError(f"bin factor {b} larger than the volume {v.shape}")
+    v = v[: n[0], : n[1], : n[2]]
+    return v.reshape(n[0] // b, b, n[1] // b, b, n[2] // b, b).mean(axis=(1, 3, 5))
+
+
 def binning_for(frame_shape: tuple[int, int], target: int) -> int:
     """The binning that reduces frames to about ``target`` columns, keeping at least 4 rows.
 

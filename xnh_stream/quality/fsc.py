@@ -26,25 +26,11 @@ from typing import Any
 import numpy as np
 
 from ..fsc import FSCResolution, edge_resolution, half_volume_resolution
-from ..xp import to_numpy
+from ..xp import bin_volume, to_numpy  # bin_volume: re-exported here, where the FSC uses it
 
 log = logging.getLogger(__name__)
 
 __all__ = ["bin_volume", "central_region", "region_bounds", "FSCPoint", "RunningFSC"]
-
-
-def bin_volume(v: Any, b: int, xp: ModuleType = np) -> Any:
-    """Block-average a 3-D volume by ``b`` along every axis (trailing voxels that do not fill a block are cut)."""
-    v = xp.asarray(v, dtype=xp.float32)
-    if v.ndim != 3:
-        raise ValueError(f"bin_volume takes a 3-D volume, got shape {v.shape}")
-    if b <= 1:
-        return v
-    n = [(s // b) * b for s in v.shape]
-    if min(n) == 0:
-        raise ValueError(f"bin factor {b} larger than the volume {v.shape}")
-    v = v[: n[0], : n[1], : n[2]]
-    return v.reshape(n[0] // b, b, n[1] // b, b, n[2] // b, b).mean(axis=(1, 3, 5))
 
 
 def region_bounds(shape: tuple[int, ...], size: int) -> tuple[slice, ...]:
