@@ -140,27 +140,40 @@ def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
     assert r > 0.85
 
 
-def test_a_shard_killed_mid_scan_is_restarted_and_replayed(ray_local, small_scan, tmp_path):
-    """Ray restarts a killed reconstruction shard empty; the stream notices and replays its slab from disk."""
+@pytest.fixture(scope="module")
+def undisturbed(ray_local, small_scan, tmp_path_factory):
+    """The live stream of the small scan with nothing killed (what the kill tests compare against)."""
     from actors.stream import run_stream
 
     _, record = read_truth(small_scan)
     config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"])
-    undisturbed = run_stream(ListSource(small_scan), small_scan, tmp_path / "a", config, poll_interval_s=0.0,
-                             final_pass=False)
-    killed = []
+    return config, run_stream(ListSource(small_scan), small_scan, tmp_path_factory.mktemp("undisturbed"), config,
+                              poll_interval_s=0.0, final_pass=False)
 
-    restarts = []
+
+def stream_killing_one(ray_local, small_scan, out, config, kind: str, need_in_flight: bool = False):
+    """Stream the small scan and kill the first actor of ``kind`` (shards, workers) once a third of the
+    angles are final; returns the result and the ``restarts`` figures of every progress call."""
+    from actors.stream import run_stream
+
+    killed, restarts = [], []
 
     def kill_once(state):
         restarts.append(state["restarts"])
-        if not killed and state["angles_final"] >= 10:  # distance 4 is arriving: a third of the angles final
-            ray_local.kill(state["actors"]["shards"][0], no_restart=False)
+        if not killed and state["angles_final"] >= 10 and (state["in_flight"] > 0 or not need_in_flight):
+            ray_local.kill(state["actors"][kind][0], no_restart=False)  # distance 4 is arriving
             killed.append(state["angles_final"])
 
-    result = run_stream(ListSource(small_scan), small_scan, tmp_path / "b", config, poll_interval_s=0.0,
-                        final_pass=False, on_progress=kill_once)
-    assert killed, "the shard was never killed"
+    result = run_stream(ListSource(small_scan), small_scan, out, config, poll_interval_s=0.0, final_pass=False,
+                        on_progress=kill_once)
+    assert killed, f"no actor of {kind} was killed"
+    return result, restarts
+
+
+def test_a_shard_killed_mid_scan_is_restarted_and_replayed(ray_local, small_scan, undisturbed, tmp_path):
+    """Ray restarts a killed reconstruction shard empty; the stream notices and replays its slab from disk."""
+    config, undisturbed = undisturbed
+    result, restarts = stream_killing_one(ray_local, small_scan, tmp_path / "b", config, "shards")
     assert restarts[-1] == {"phase_worker": 0, "recon_shard": 1}  # what the metrics export
     assert result.counts == undisturbed.counts
     # The replayed slab is whole again. It is not bit-identical: its angles were recomputed with the
@@ -175,28 +188,13 @@ def test_a_shard_killed_mid_scan_is_restarted_and_replayed(ray_local, small_scan
                                atol=1e-5 * np.abs(b).max())  # the other shard was untouched
 
 
-def test_a_phase_worker_killed_mid_scan_is_restarted_and_its_tasks_retried(ray_local, small_scan, tmp_path):
+def test_a_phase_worker_killed_mid_scan_is_restarted_and_its_tasks_retried(ray_local, small_scan, undisturbed,
+                                                                           tmp_path):
     """Ray restarts a killed phase-retrieval worker and retries the tasks it held (same arguments): no angle
     is lost and the live volume is the undisturbed one."""
-    from actors.stream import run_stream
-
-    _, record = read_truth(small_scan)
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"])
-    undisturbed = run_stream(ListSource(small_scan), small_scan, tmp_path / "a", config, poll_interval_s=0.0,
-                             final_pass=False)
-    killed = []
-
-    restarts = []
-
-    def kill_once(state):
-        restarts.append(state["restarts"])
-        if not killed and state["angles_final"] >= 10 and state["in_flight"] > 0:
-            ray_local.kill(state["actors"]["workers"][0], no_restart=False)
-            killed.append(state["angles_final"])
-
-    result = run_stream(ListSource(small_scan), small_scan, tmp_path / "b", config, poll_interval_s=0.0,
-                        final_pass=False, on_progress=kill_once)
-    assert killed, "the worker was never killed"
+    config, undisturbed = undisturbed
+    result, restarts = stream_killing_one(ray_local, small_scan, tmp_path / "b", config, "workers",
+                                          need_in_flight=True)
     assert restarts[-1] == {"phase_worker": 1, "recon_shard": 0}  # what the metrics export
     assert result.counts == undisturbed.counts and result.counts["pending"] == 0
     b = undisturbed.live_volume
