@@ -91,8 +91,8 @@ def _read_image(path: Path) -> tuple[np.ndarray, float]:
 
 def cmd_segment(a: argparse.Namespace) -> int:
     """Segment a reconstructed volume into OUT/segmentation.ome.zarr (in memory or blockwise)."""
-    from ..io.omezarr import open_volume, write_volume
-    from .pipeline import SEGMENTATION_NAME, SegmentParams, segment_volume
+    from ..io.omezarr import open_volume
+    from .pipeline import SegmentParams, segment_volume, write_segmentation
     from .unet import AffinityModel
 
     out = Path(a.out)
@@ -119,7 +119,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
             bw = run_blockwise(spec)
         import dask.array as da
 
-        n_segments = bw.n_segments()
+        n_segments = max_label = bw.n_segments()  # blockwise ids are 1..n_segments
         on_disk = bw.segmentation(in_memory=False)  # written chunk by chunk, never whole in memory
         labels = da.from_array(on_disk, chunks=on_disk.chunks)
         voxel = open_volume(src)[1]
@@ -127,8 +127,8 @@ def cmd_segment(a: argparse.Namespace) -> int:
         volume, voxel = _read_image(a.volume)
         labels = segment_volume(volume, model, params, a.device).labels
         n_segments = int(np.count_nonzero(np.unique(labels)))
-    labels = labels.astype(np.uint32) if n_segments < 2**32 else labels
-    dst = write_volume(out / SEGMENTATION_NAME, labels, voxel, labels=True, name="segmentation")
+        max_label = int(labels.max(initial=0))  # waterz keeps fragment ids
+    dst, labels = write_segmentation(out, labels, voxel, max_label)
     print(f"segmentation: {dst} ({n_segments} segments, {time.perf_counter() - t0:.1f} s)")
     if a.swc:
         from .skeleton import skeletonize, write_swc

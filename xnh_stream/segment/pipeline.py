@@ -76,12 +76,20 @@ def segment_output(out: str | Path, model_path: str | Path | None = None, device
     model = AffinityModel.load(model_path)
     params = SegmentParams.for_model(model, **overrides)
     res = segment_volume(volume, model, params, device)
-    labels = res.labels.astype(np.uint32) if res.labels.max(initial=0) < 2**32 else res.labels
-    dst = write_volume(out / SEGMENTATION_NAME, labels, voxel, labels=True, name="segmentation")
+    dst, _ = write_segmentation(out, res.labels, voxel, int(res.labels.max(initial=0)))
     info = {"segments": int(len(np.unique(res.labels))), "shape": list(volume.shape), "voxel_m": voxel,
             "seconds": res.seconds, "model": str(model_path or "shipped"), "params": params.__dict__}
     (out / "segmentation.json").write_text(json.dumps(info, indent=1))
     return dst
+
+
+def write_segmentation(out: str | Path, labels: np.ndarray, voxel_m: float,
+                       max_label: int) -> tuple[Path, np.ndarray]:
+    """Write labels (numpy, or a dask array written chunk by chunk) as ``OUT/segmentation.ome.zarr``, as
+    uint32 when ``max_label`` (the largest id) fits; returns the path and the labels as written."""
+    labels = labels.astype(np.uint32) if max_label < 2**32 else labels
+    dst = write_volume(Path(out) / SEGMENTATION_NAME, labels, voxel_m, labels=True, name="segmentation")
+    return dst, labels
 
 
 def tune_postprocess(model: AffinityModel, volumes: list,
