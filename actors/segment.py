@@ -1,8 +1,8 @@
 """Ray tasks for blockwise segmentation: each stage's blocks run as independent tasks (thin wrappers around
 :mod:`xnh_stream.segment.blockwise`); finished blocks are skipped, so a re-run resumes.
 
-Stages wait for the previous stage on every block before starting (a block's watershed and agglomeration read
-their neighbours' affinities and fragments within the context).
+Stages wait for the previous stage on every block before starting (a block's watershed reads its neighbours'
+affinities within the context, its contact statistics the fragments of the plane before it).
 """
 
 from __future__ import annotations

@@ -268,8 +268,7 @@ def test_fragment_graph_agglomeration_is_waterz_and_blocks_sum_to_the_volume():
     whole = contact_statistics(affs, frag, (False, False, False))
     parts = []
     for b in block_grid(frag.shape, (16, 24, 20)):
-        grow = [a > 0 for a in b.start]
-        region = tuple(slice(a - g, c) for a, c, g in zip(b.start, b.stop, grow))
+        region, grow = b.with_planes_before()
         parts.append(contact_statistics(affs[(slice(None),) + b.slices()], frag[region], grow))
     summed = sum_contacts(np.concatenate(parts))
     np.testing.assert_array_equal(summed[:, [0, 1, 3]], whole[:, [0, 1, 3]])  # same pairs, same link counts

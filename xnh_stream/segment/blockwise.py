@@ -46,6 +46,12 @@ class Block:
         """Slices of the block in the volume."""
         return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
 
+    def with_planes_before(self) -> tuple[tuple[slice, slice, slice], tuple[bool, bool, bool]]:
+        """Slices of the block plus the plane before it on each axis where there is one, and which axes grew
+        (what :func:`~.postprocess.contact_statistics` takes to see each link of the volume once)."""
+        grow = tuple(a > 0 for a in self.start)
+        return tuple(slice(a - g, b) for a, b, g in zip(self.start, self.stop, grow)), grow  # type: ignore[return-value]
+
     def grown(self, context: int, shape: tuple[int, ...]) -> tuple[slice, slice, slice]:
         """Slices of the block plus ``context`` voxels on every side, clipped to the volume."""
         return tuple(slice(max(a - context, 0), min(b + context, n))  # type: ignore[return-value]
@@ -74,7 +80,7 @@ class BlockwiseSpec:
     block_shape : (int, int, int)
         Block size; a multiple of the network's downsampling grid (8).
     context : int
-        Voxels around a block seen by the watershed and the agglomeration.
+        Voxels around a block seen by its watershed.
     model : str or None
         Model file (None: the shipped model).
     threshold, fragment_threshold : float
@@ -228,8 +234,7 @@ class BlockwiseSegmentation:
         previous plane included, so each link is counted once over all blocks; needs ``fragments`` on it and
         its lower neighbours)."""
         b = self.blocks[index]
-        grow = [a > 0 for a in b.start]
-        region = tuple(slice(a - g, c) for a, c, g in zip(b.start, b.stop, grow))
+        region, grow = b.with_planes_before()
         affs = np.asarray(self._array("affinities.zarr")[(slice(None),) + b.slices()])
         frag = np.asarray(self._array("fragments.zarr")[region])
         contacts = contact_statistics(affs, frag, grow)
