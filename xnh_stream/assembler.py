@@ -16,7 +16,6 @@ is 0) once ``n_distances`` are known; before that, previews use the distances se
 from __future__ import annotations
 
 import bisect
-
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
