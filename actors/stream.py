@@ -535,7 +535,7 @@ def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: Proces
     monitor.close()
     if live_page is not None and assembler is not None:
         live_page.publish({**assembler.state(), "status": "complete" if final is not None else "stopped",
-                      "quality": quality, "phase_angle_deg": last_final[0] if last_final else None})
+                           "quality": quality, "phase_angle_deg": last_final[0] if last_final else None})
     if on_progress and assembler is not None:  # metrics: the final account (every frame booked)
         on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": 0,
                      "actors": {"shards": list(shards), "workers": list(workers)},
