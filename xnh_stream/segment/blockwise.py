@@ -7,9 +7,11 @@ run resumes):
 2. ``fragments`` seeded watershed on the block's affinities plus ``context``, cropped to the block, ids made
    unique by a per-block offset (``block index * block voxels``)
 3. ``agglomerate`` affinity sum and count on each contact between two fragments, over the block's links
-   (those to the plane before the block included, so every link of the volume is counted once)
+   (those to the plane before the block included, so every link of the volume is counted once), and each
+   fragment's area on the volume's surface
 4. ``solve``     (once) the contacts of all blocks summed, the fragment graph agglomerated by mean affinity
-   below the threshold (the same merges as waterz on the whole volume): a fragment -> segment table
+   below the threshold (the same merges as waterz on the whole volume), enclosed segments merged: a
+   fragment -> segment table
 5. ``relabel``   the block's fragments through the table, into the segmentation
 
 Work files live in one folder: ``affinities.zarr``, ``fragments.zarr``, ``segmentation.zarr``, ``edges/``,
@@ -28,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .postprocess import (agglomerate_contacts, apply_lut, contact_statistics, fragments_watershed,
-                          segment_lut, sum_contacts)
+from .postprocess import (agglomerate_contacts, apply_lut, contact_statistics, face_area, fragments_watershed,
+                          merge_enclosed, segment_lut, sum_contacts)
 
 STAGES = ("predict", "fragments", "agglomerate", "relabel")
 
@@ -89,6 +91,8 @@ class BlockwiseSpec:
         Watershed seed spacing (``distance`` method).
     fragment_method : str
         ``affinity`` or ``distance`` (see :func:`~.postprocess.fragments_watershed`).
+    enclosed : float
+        Merge segments enclosed by one neighbour (:func:`~.postprocess.merge_enclosed`); 0 = off.
     tile : int
         Prediction tile edge.
     device : str
@@ -106,6 +110,7 @@ class BlockwiseSpec:
     fragment_threshold: float = 0.5
     seed_distance: int = 2
     fragment_method: str = "affinity"
+    enclosed: float = 0.0
     tile: int = 64
     device: str = "auto"
     norm: tuple[float, float] | None = None
@@ -238,9 +243,12 @@ class BlockwiseSegmentation:
         affs = np.asarray(self._array("affinities.zarr")[(slice(None),) + b.slices()])
         frag = np.asarray(self._array("fragments.zarr")[region])
         contacts = contact_statistics(affs, frag, grow)
-        tmp = self.work / "edges" / f"edges_{index}.tmp.npy"
-        np.save(tmp, contacts)
-        os.replace(tmp, self.work / "edges" / f"edges_{index}.npy")
+        core = frag[tuple(slice(int(g), None) for g in grow)]
+        surface = face_area(core, [(a == 0, c == n) for a, c, n in zip(b.start, b.stop, self.shape)])
+        for name, rows in (("border", surface), ("edges", contacts)):  # edges last: its file means done
+            tmp = self.work / "edges" / f"{name}_{index}.tmp.npy"
+            np.save(tmp, rows)
+            os.replace(tmp, self.work / "edges" / f"{name}_{index}.npy")
         self._mark("agglomerate", index, {"contacts": len(contacts)})
 
     def solve(self) -> dict:
@@ -254,6 +262,13 @@ class BlockwiseSegmentation:
                                                 for b in self.blocks]))
         merges = agglomerate_contacts(contacts, self.spec.threshold)
         lut_ids, segs = segment_lut(merges, ids, self.spec.threshold)
+        if self.spec.enclosed > 0:
+            files = [self.work / "edges" / f"border_{b.index}.npy" for b in self.blocks]
+            if missing := [f.name for f in files if not f.exists()]:
+                raise RuntimeError(f"{self.work}: {missing[:3]} missing (a work folder from an older version?): "
+                                   "segment into a new folder")
+            border = np.concatenate([np.load(f).reshape(-1, 2) for f in files])
+            segs = merge_enclosed(contacts, lut_ids, segs, self.spec.enclosed, border)
         tmp = self.work / "lut.tmp.npz"
         np.savez(tmp, ids=lut_ids, segments=segs)
         os.replace(tmp, self.work / "lut.npz")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.omezarr import read_volume, write_volume
-from .postprocess import agglomerate, fragments_watershed
+from .postprocess import agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed
 from .predict import predict_affinities
 from .unet import AffinityModel
 
@@ -20,20 +20,25 @@ SEGMENTATION_NAME = "segmentation.ome.zarr"
 
 @dataclass
 class SegmentParams:
-    """Post-processing parameters; defaults are taken from the model's record (tuned on held-out volumes)."""
+    """Post-processing parameters; defaults are taken from the model's record (tuned on held-out volumes).
+
+    ``enclosed``: merge a segment into the neighbour holding at least this share of its contact surface
+    (:func:`~.postprocess.merge_enclosed`: nuclei and mitochondria split off their cell); 0 = off.
+    """
 
     threshold: float = 0.5
     fragment_threshold: float = 0.5
     seed_distance: int = 2
     fragment_method: str = "affinity"
+    enclosed: float = 0.0
 
     @classmethod
     def for_model(cls, model: AffinityModel, **overrides: object) -> SegmentParams:
         """The parameters stored with ``model`` (its ``record['postprocess']``), then ``overrides`` (None ignored)."""
         base = dict(model.record.get("postprocess", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: base[k] for k in ("threshold", "fragment_threshold", "seed_distance", "fragment_method")
-                      if k in base})
+        return cls(**{k: base[k] for k in ("threshold", "fragment_threshold", "seed_distance", "fragment_method",
+                                           "enclosed") if k in base})
 
 
 @dataclass
@@ -57,9 +62,22 @@ def segment_volume(raw: np.ndarray, model: AffinityModel | None = None, params: 
     frag = fragments_watershed(affs, params.fragment_threshold, params.seed_distance,
                                method=params.fragment_method)
     t2 = time.perf_counter()
-    labels = agglomerate(affs, frag, [params.threshold])[0]
+    labels = merge_enclosed_segments(affs, frag, agglomerate(affs, frag, [params.threshold])[0], params.enclosed)
     t3 = time.perf_counter()
     return SegmentResult(labels, affs, frag, {"predict": t1 - t0, "watershed": t2 - t1, "agglomerate": t3 - t2})
+
+
+def merge_enclosed_segments(affs: np.ndarray, frag: np.ndarray, labels: np.ndarray, fraction: float,
+                            contacts: np.ndarray | None = None) -> np.ndarray:
+    """Whole-volume :func:`~.postprocess.merge_enclosed` on ``labels`` (segments of the fragments ``frag``);
+    ``contacts`` (:func:`~.postprocess.contact_statistics` of ``frag``) is computed when not given."""
+    if fraction <= 0:
+        return labels
+    if contacts is None:
+        contacts = contact_statistics(affs, frag, (False, False, False))
+    ids, first = np.unique(frag, return_index=True)
+    segs = merge_enclosed(contacts, ids, labels.ravel()[first], fraction, face_area(frag))
+    return apply_lut(frag, ids, segs)
 
 
 def segment_output(out: str | Path, model_path: str | Path | None = None, device: str = "auto",
@@ -95,11 +113,12 @@ def write_segmentation(out: str | Path, labels: np.ndarray, voxel_m: float,
 def tune_postprocess(model: AffinityModel, volumes: list,
                      thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                      fragment_thresholds: tuple[float, ...] = (0.5, 0.7), seed_distance: int = 2,
-                     device: str = "auto", methods: tuple[str, ...] = ("affinity", "distance")
-                     ) -> tuple[SegmentParams, list[dict]]:
+                     device: str = "auto", methods: tuple[str, ...] = ("affinity", "distance"),
+                     enclosed: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8)) -> tuple[SegmentParams, list[dict]]:
     """Pick the post-processing parameters with the lowest mean adapted Rand error on labelled ``volumes``.
 
-    Returns the best parameters and one row per (fragment threshold, threshold) with the mean scores.
+    Returns the best parameters and one row per (method, fragment threshold, threshold, enclosed share) with
+    the mean scores.
     """
     from .evaluate import evaluate
 
@@ -109,10 +128,14 @@ def tune_postprocess(model: AffinityModel, volumes: list,
         for method in methods:
             for ft in fragment_thresholds if method == "distance" else (0.5,):
                 frag = fragments_watershed(affs, ft, seed_distance, method=method)
+                contacts = contact_statistics(affs, frag, (False, False, False))
                 for t, seg in zip(sorted(thresholds), agglomerate(affs, frag, thresholds)):
-                    rows.setdefault((method, ft, t), []).append(evaluate(seg, vol.labels, vol.mask))
-    table = [{"fragment_method": m, "fragment_threshold": ft, "threshold": t,
+                    for e in enclosed:
+                        merged = merge_enclosed_segments(affs, frag, seg, e, contacts)
+                        rows.setdefault((method, ft, t, e), []).append(evaluate(merged, vol.labels, vol.mask))
+    table = [{"fragment_method": m, "fragment_threshold": ft, "threshold": t, "enclosed": e,
               **{k: float(np.mean([s.as_dict()[k] for s in scores])) for k in
-                 ("voi_split", "voi_merge", "adapted_rand")}} for (m, ft, t), scores in sorted(rows.items())]
+                 ("voi_split", "voi_merge", "adapted_rand")}} for (m, ft, t, e), scores in sorted(rows.items())]
     best = min(table, key=lambda r: r["adapted_rand"])
-    return SegmentParams(best["threshold"], best["fragment_threshold"], seed_distance, best["fragment_method"]), table
+    return SegmentParams(best["threshold"], best["fragment_threshold"], seed_distance, best["fragment_method"],
+                         best["enclosed"]), table

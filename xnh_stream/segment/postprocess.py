@@ -149,15 +149,96 @@ def segment_lut(edges: np.ndarray, fragment_ids: np.ndarray, threshold: float) -
         raise ValueError(f"{int((~ok).sum())} merge edges name fragments that do not exist")
     g = coo_matrix((np.ones(len(ia)), (ia, ib)), shape=(len(ids), len(ids)))
     _, comp = connected_components(g, directed=False)
-    # number segments by first appearance (smallest fragment id) so labels do not depend on graph internals
-    _, first = np.unique(comp, return_index=True)
+    return ids, _number_by_first(comp, background=bool(len(ids) and ids[0] == 0))
+
+
+def _number_by_first(comp: np.ndarray, background: bool) -> np.ndarray:
+    """Segment ids 1..N by first appearance (smallest fragment id) of each component, so that labels do not
+    depend on graph internals; with ``background`` the first fragment (id 0) has its own component and stays 0."""
+    _, first, inv = np.unique(comp, return_index=True, return_inverse=True)
     order = np.argsort(first)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    segs = (rank[comp] + 1).astype(np.uint64)
-    if len(ids) and ids[0] == 0:  # background fragment stays 0 (it has no merge edges)
-        segs = segs - np.uint64(1)
-    return ids, segs
+    segs = (rank[inv.ravel()] + 1).astype(np.uint64)
+    return segs - np.uint64(1) if background else segs
+
+
+def face_area(frag: np.ndarray, faces: Sequence[tuple[bool, bool]] = ((True, True),) * 3) -> np.ndarray:
+    """Area (voxel faces) of each fragment on the volume's surface.
+
+    ``faces[axis] = (low, high)`` says which sides of ``frag`` lie on the volume's surface (all six for a
+    whole volume; those on the volume's edge for a block). Returns rows ``(fragment, area)`` (float64),
+    fragment 0 left out.
+    """
+    parts = [np.take(frag, side, axis=ax).ravel()
+             for ax in range(3) for side, on in zip((0, -1), faces[ax]) if on]
+    v = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    ids, counts = np.unique(v[v > 0], return_counts=True)
+    return np.column_stack([ids, counts]).astype(np.float64).reshape(-1, 2)
+
+
+def merge_enclosed(contacts: np.ndarray, ids: np.ndarray, segments: np.ndarray, fraction: float,
+                   border: np.ndarray | None = None, rounds: int = 10) -> np.ndarray:
+    """Merge every segment that is (nearly) enclosed by one other segment into it.
+
+    In neural tissue no cell lies inside another: a segment whose contact surface with other segments is
+    mostly (``>= fraction``) with one neighbour, itself of larger surface, is an organelle split off its
+    cell (a nucleus behind its envelope, a mitochondrion). Where a segment meets the volume's surface its
+    neighbour is unknown: that area (``border``) counts towards its surface but for no neighbour, so two
+    large objects cut by the volume's faces are not taken for enclosed. Repeated until nothing changes (at
+    most ``rounds`` times), since a merge can enclose another segment.
+
+    Parameters
+    ----------
+    contacts : ndarray (n, 4)
+        ``(a, b, sum, count)`` per fragment pair (:func:`contact_statistics`); the count is the contact area.
+    ids, segments : ndarray
+        Fragment-to-segment lookup table (:func:`segment_lut`).
+    fraction : float
+        Share of a segment's surface held by one neighbour for it to be merged; 0 or less: no merging.
+    border : ndarray (k, 2), optional
+        ``(fragment, area)`` on the volume's surface (:func:`face_area`; rows of one fragment are summed).
+
+    Returns
+    -------
+    ndarray
+        New segment of each fragment, numbered like :func:`segment_lut`.
+    """
+    segs = np.asarray(segments, np.int64).copy()
+    if fraction <= 0 or not len(contacts):
+        return segments
+    ia, ib = np.searchsorted(ids, contacts[:, 0]), np.searchsorted(ids, contacts[:, 1])
+    area = contacts[:, 3]
+    frag_border = np.zeros(len(ids))
+    if border is not None and len(border):
+        np.add.at(frag_border, np.searchsorted(ids, border[:, 0]), border[:, 1])
+    for _ in range(rounds):
+        sa, sb = segs[ia], segs[ib]
+        keep = (sa != sb) & (sa > 0) & (sb > 0)
+        src = np.concatenate([sa[keep], sb[keep]])
+        dst = np.concatenate([sb[keep], sa[keep]])
+        if not len(src):
+            break
+        n = int(segs.max()) + 1
+        keys, inv = np.unique(src * n + dst, return_inverse=True)
+        s, t, a = keys // n, keys % n, np.bincount(inv.ravel(), np.concatenate([area[keep]] * 2), len(keys))
+        total = np.bincount(s, a, n) + np.bincount(segs, frag_border, n)[:n]
+        order = np.lexsort((-a, s))  # per segment, its largest contact first
+        s, t, a = s[order], t[order], a[order]
+        first = np.r_[True, s[1:] != s[:-1]]
+        s, t, a = s[first], t[first], a[first]
+        move = (a >= fraction * total[s]) & (total[s] < total[t])
+        if not move.any():
+            break
+        lut = np.arange(n)
+        lut[s[move]] = t[move]
+        while True:  # follow chains (a segment enclosed by one that is itself enclosed); surfaces grow: no cycles
+            nxt = lut[lut]
+            if (nxt == lut).all():
+                break
+            lut = nxt
+        segs = lut[segs]
+    return _number_by_first(segs, background=bool(len(ids) and ids[0] == 0))
 
 
 def apply_lut(fragments: np.ndarray, ids: np.ndarray, segments: np.ndarray) -> np.ndarray:
