@@ -108,11 +108,11 @@ def test_labelled_file_roundtrip_and_errors(tmp_path):
         LabelledVolume(vol.raw, lab[:4], vol.mask, source="bad.h5")
 
 
-def _prepared(tmp_path, affs, block_shape, context):
+def _prepared(tmp_path, affs, block_shape, context, **spec_options):
     """A blockwise work folder whose prediction stage is replaced by given affinities."""
     raw = tmp_path / "raw.zarr"
     zarr.open_array(str(raw), mode="w", shape=affs.shape[1:], dtype="float32")[...] = affs.mean(0)
-    spec = BlockwiseSpec(str(tmp_path / "work"), str(raw), block_shape, context, norm=(0.0, 1.0))
+    spec = BlockwiseSpec(str(tmp_path / "work"), str(raw), block_shape, context, norm=(0.0, 1.0), **spec_options)
     bw = BlockwiseSegmentation.prepare(spec)
     zarr.open_array(str(tmp_path / "work" / "affinities.zarr"), mode="r+")[...] = affs
     for b in bw.blocks:
@@ -280,3 +280,66 @@ def test_fragment_graph_agglomeration_is_waterz_and_blocks_sum_to_the_volume():
         assert (merges[:, 2] < t).all()
         lut_ids, segs = segment_lut(merges, ids, t)
         assert same_partition(apply_lut(frag, lut_ids, segs), ref)
+
+
+def test_shading_darkens_object_interiors_with_depth():
+    """The shading augmentation darkens a large object towards its centre and leaves its boundary and the
+    background untouched (as phase retrieval leaves large cells); it is on by default and only when augmenting."""
+    from xnh_stream.segment.train import SHADING_STRENGTH, PatchSampler, TrainConfig
+    from xnh_stream.segment.unet import UNet3D, UNetConfig
+
+    z, y, x = np.mgrid[:40, :48, :48]
+    r = np.sqrt((z - 20) ** 2 + (y - 24) ** 2 + (x - 24) ** 2)
+    ball = r < 14
+    vol = LabelledVolume(ball.astype(np.float32), ball.astype(np.uint32), np.ones(ball.shape, bool))
+    net = UNet3D(UNetConfig(num_fmaps=2))
+    norm = {"method": "percentile", "low": 1, "high": 99}
+    sampler = PatchSampler([vol], net, norm, (8, 8, 8), seed=1, augment=True, shading=1.0)
+    depth = sampler.depth[0][tuple(slice(c, c + n) for c, n in zip(sampler.ctx, ball.shape))].astype(float)
+    assert depth[~ball].max() == 0 and depth[r > 12.5].max() <= 1.5  # background and the rim stay
+    assert 13 <= depth[20, 24, 24] <= 14  # the centre is 14 voxels deep
+    drops = []
+    for seed in range(12):  # the same patch with and without shading
+        plain = PatchSampler([vol], net, norm, (8, 8, 8), seed=seed, augment=False)
+        shaded = PatchSampler([vol], net, norm, (8, 8, 8), seed=seed, augment=True, shading=1.0)
+        shaded.augment = False  # shading alone (flips, intensity and noise off)
+        (x0, _, _), (x1, _, _) = plain.sample(), shaded.sample()
+        drop = x0 - x1
+        assert drop.min() >= 0 and drop.max() <= SHADING_STRENGTH + 1e-6
+        drops.append(drop)
+    assert np.max(drops) > 0.1  # some patches were darkened
+    assert PatchSampler([vol], net, norm, (8, 8, 8), augment=False, shading=1.0).depth == []
+    assert 0 < TrainConfig().shading <= 1
+
+
+def test_merge_enclosed_joins_organelles_to_their_cell_only(tmp_path):
+    """A nucleus inside a cell (with a nucleolus inside it: a chain), and one cut by the volume's face, join
+    their cells; two cells side by side and a small cell between two others stay apart."""
+    from xnh_stream.segment.pipeline import merge_enclosed_segments
+    from xnh_stream.segment.postprocess import contact_statistics, face_area, merge_enclosed
+
+    z, y, x = np.mgrid[:32, :40, :40]
+    lab = np.where(x < 20, 1, 2).astype(np.uint64)  # two cells
+    lab[(z - 16) ** 2 + (y - 20) ** 2 + (x - 10) ** 2 < 36] = 3  # nucleus of cell 1
+    lab[(z - 16) ** 2 + (y - 20) ** 2 + (x - 10) ** 2 < 4] = 4  # its nucleolus
+    lab[z ** 2 + (y - 20) ** 2 + (x - 30) ** 2 < 25] = 5  # nucleus of cell 2, cut by the face z = 0
+    lab[20:26, 30:40, 17:23] = 6  # a small cell astride the border of cells 1 and 2
+    affs = affinities_from_labels(lab).astype(np.float32)
+    merged = merge_enclosed_segments(affs, lab, lab, 0.6)
+    expect = lab.copy()
+    expect[np.isin(lab, [3, 4])] = 1
+    expect[lab == 5] = 2
+    assert same_partition(merged, expect)
+    assert merge_enclosed_segments(affs, lab, lab, 0.0) is lab  # 0 = off
+    # on the fragment graph (as the blockwise solve uses it): fragments = half-cells, one segment per cell
+    frag = (lab * 2 + (y >= 20)).astype(np.uint64)
+    ids = np.unique(frag)
+    contacts = contact_statistics(affs, frag, (False, False, False))
+    segs = merge_enclosed(contacts, ids, ids // 2, 0.6, face_area(frag))
+    assert same_partition(apply_lut(frag, ids, segs), expect)
+    # without the volume's surface the two cells, which touch only each other, would look enclosed
+    wrong = merge_enclosed(contacts, ids, ids // 2, 0.6)
+    assert wrong[np.searchsorted(ids, 2)] == wrong[np.searchsorted(ids, 4)]  # fragments of cells 1 and 2
+    # blockwise (eight blocks; the surface areas come from the blocks on the volume's edge): the same result
+    bw = _prepared(tmp_path, affs, (16, 24, 24), 4, enclosed=0.6)
+    assert len(bw.blocks) == 8 and same_partition(_finish(bw), expect)

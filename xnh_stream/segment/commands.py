@@ -56,7 +56,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     val_vols = _labelled(a.validate, _seeds(a.validate_simulate or ""), a, "validate")
     cfg = TrainConfig(iterations=a.iterations, output_shape=tuple(a.output_patch), lr=a.lr, seed=a.seed,
                       checkpoint_every=a.checkpoint_every, threads=a.threads, device=a.device,
-                      class_balance=not a.no_class_balance)
+                      class_balance=not a.no_class_balance, shading=a.shading)
     net_cfg = UNetConfig(num_fmaps=a.fmaps, fmap_inc_factor=a.fmap_inc, convs_per_level=a.convs_per_level)
     resume = AffinityModel.load(a.resume) if a.resume else None
     model = train(train_vols, cfg, net_cfg, out=a.out, resume=resume)  # checkpoints beside --out
@@ -99,7 +99,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     src = a.volume / "volume.ome.zarr" if (a.volume / "volume.ome.zarr").exists() else a.volume
     model = AffinityModel.load(a.model)
-    params = SegmentParams.for_model(model, threshold=a.threshold)
+    params = SegmentParams.for_model(model, threshold=a.threshold, enclosed=a.enclosed)
     t0 = time.perf_counter()
     if a.block_shape or a.ray:
         from .blockwise import BlockwiseSpec, run_blockwise
@@ -107,7 +107,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
         spec = BlockwiseSpec(str(out / "segmentation.work"), str(src), tuple(a.block_shape or (64, 128, 128)),
                              a.context, str(a.model) if a.model else None, params.threshold,
                              params.fragment_threshold, params.seed_distance, params.fragment_method,
-                             device=a.device)
+                             params.enclosed, device=a.device)
         if a.ray:
             import ray
 
@@ -224,6 +224,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
                    help="write OUT.checkpoint.pt every so many iterations (default %(default)s; 0 never)")
     s.add_argument("--no-class-balance", action="store_true",
                    help="weigh every link alike instead of balancing boundaries against interiors per patch")
+    s.add_argument("--shading", type=float, default=0.5,
+                   help="probability that a patch's object interiors are darkened with depth, as phase retrieval "
+                        "leaves large cells (default %(default)s; 0 off)")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     _add_common(s)
     s.set_defaults(func=cmd_train)
@@ -233,6 +236,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--model", type=Path, help="model file (default: the shipped model)")
     s.add_argument("--threshold", type=float, help="agglomeration threshold (default: the model's tuned value)")
+    s.add_argument("--enclosed", type=float,
+                   help="merge a segment into the neighbour holding at least this share of its contact surface "
+                        "(nuclei, mitochondria; default: the model's tuned value; 0 off)")
     s.add_argument("--block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="blockwise, resumable (work files in OUT/segmentation.work); multiples of 8")
     s.add_argument("--context", type=int, default=16, help="blockwise: voxels of context (default %(default)s)")

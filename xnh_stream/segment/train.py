@@ -1,6 +1,7 @@
 """Training of the affinity U-Net on labelled volumes: random patches inside each volume's mask, augmentation
-(flips, axis transposes, intensity scale/shift, noise), class-balanced binary cross-entropy on nearest-neighbour
-affinities, checkpoints and a record of the run (data, seeds, loss curve) stored in the model file."""
+(flips, axis transposes, intensity scale/shift, noise, interiors darkened with depth), class-balanced binary
+cross-entropy on nearest-neighbour affinities, checkpoints and a record of the run (data, seeds, loss curve)
+stored in the model file."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .data import LabelledVolume, affinities_from_labels
+from .postprocess import voxel_affinity
 from .unet import AffinityModel, UNet3D, UNetConfig, normalise
 
 
@@ -44,6 +47,12 @@ class TrainConfig:
     class_balance : bool
         Weigh the links of each patch so that boundaries and interiors count half each (True), or every
         known link alike (False: interiors of large, textured objects are not pushed towards "boundary").
+    shading : float
+        Probability that a patch's object interiors are darkened with their depth, ``x - a * min(d / D, 1)``
+        (``d``: distance in voxels to the nearest boundary or background voxel of the labels; ``a`` uniform
+        in 0..:data:`SHADING_STRENGTH` input units, ``D`` uniform in :data:`SHADING_DEPTH` voxels). Phase
+        retrieval with the stain's delta/beta leaves large unstained cells darker towards their centre,
+        down to the resin's grey. 0 disables it (it applies only with ``augment``).
     """
 
     iterations: int = 2000
@@ -56,6 +65,13 @@ class TrainConfig:
     threads: int = 1
     device: str = "auto"
     class_balance: bool = True
+    shading: float = 0.5
+
+
+#: Largest darkening (network input units, where the 1st..99th percentiles span -1..1) of the shading
+#: augmentation, and the range of depths (voxels) over which it ramps up.
+SHADING_STRENGTH = 1.2
+SHADING_DEPTH = (4.0, 16.0)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -72,7 +88,7 @@ class PatchSampler:
 
     def __init__(self, volumes: Sequence[LabelledVolume], net: UNet3D, norm: dict, output_shape: Sequence[int],
                  seed: int = 0, augment: bool = True, min_mask_fraction: float = 0.5,
-                 class_balance: bool = True) -> None:
+                 class_balance: bool = True, shading: float = 0.0) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.in_shape = net.valid_input_shape(tuple(output_shape))  # type: ignore[arg-type]
@@ -81,7 +97,8 @@ class PatchSampler:
         self.offsets = [tuple(o) for o in net.config.offsets]
         self.rng = np.random.default_rng(seed)
         self.augment, self.min_mask, self.class_balance = augment, min_mask_fraction, class_balance
-        self.items = []
+        self.shading = shading if augment else 0.0
+        self.items, self.depth = [], []
         for v in volumes:
             if any(s < o for s, o in zip(v.raw.shape, self.out_shape)):
                 raise ValueError(f"{v.source}: volume {v.raw.shape} smaller than the output patch {self.out_shape}")
@@ -89,6 +106,11 @@ class PatchSampler:
             pad = [(k, k + 1) for k in self.ctx]  # reflect-pad by the context (images end at the volume edge)
             raw = np.pad((v.raw - c) / s, pad, mode="reflect").astype(np.float32)
             self.items.append((raw, v.labels, v.mask))
+            if self.shading > 0:  # depth of each voxel inside its object (0 on boundaries and background)
+                edged = np.pad(v.labels, 1, mode="edge")  # the volume's faces are not boundaries
+                inside = voxel_affinity(affinities_from_labels(edged))[1:-1, 1:-1, 1:-1] > 0
+                depth = ndimage.distance_transform_edt(inside)
+                self.depth.append(np.pad(depth, pad, mode="reflect").astype(np.float16))  # float16: memory
         self.weights = np.array([v.mask.sum() for v in volumes], float)
         self.weights /= self.weights.sum()
 
@@ -96,7 +118,8 @@ class PatchSampler:
         """One patch: input ``[1, *in_shape]``, targets and weights ``[C, *out_shape]``."""
         rng, o = self.rng, self.out_shape
         for _ in range(1000):
-            raw, labels, mask = self.items[rng.choice(len(self.items), p=self.weights)]
+            k = rng.choice(len(self.items), p=self.weights)
+            raw, labels, mask = self.items[k]
             start = [int(rng.integers(0, s - n + 1)) for s, n in zip(labels.shape, o)]
             box = tuple(slice(a, a + n) for a, n in zip(start, o))
             m = mask[box]
@@ -104,7 +127,11 @@ class PatchSampler:
                 break
         else:
             raise ValueError("no patch with enough masked voxels found: check the masks")
-        x = raw[tuple(slice(a, a + n) for a, n in zip(start, self.in_shape))]
+        inbox = tuple(slice(a, a + n) for a, n in zip(start, self.in_shape))
+        x = raw[inbox]
+        if self.shading > 0 and rng.random() < self.shading:
+            ramp = np.minimum(self.depth[k][inbox].astype(np.float32) / np.float32(rng.uniform(*SHADING_DEPTH)), 1)
+            x = x - np.float32(rng.uniform(0.0, SHADING_STRENGTH)) * ramp
         lab = labels[box]
         if self.augment:
             for ax in range(3):
@@ -170,7 +197,7 @@ def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net
     model = resume or AffinityModel(UNet3D(net_config or UNetConfig()))
     net = model.net.to(device).train()
     sampler = PatchSampler(volumes, net, model.norm, cfg.output_shape, cfg.seed, cfg.augment, cfg.min_mask_fraction,
-                           cfg.class_balance)
+                           cfg.class_balance, cfg.shading)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     record = dict(model.record) if resume else {}
     curve: list[list[float]] = list(record.get("loss_curve", []))
