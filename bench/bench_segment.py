@@ -20,7 +20,7 @@ import torch
 
 from xnh_stream.segment.data import simulate_labelled
 from xnh_stream.segment.evaluate import evaluate
-from xnh_stream.segment.pipeline import SegmentParams
+from xnh_stream.segment.pipeline import SegmentParams, merge_enclosed_segments
 from xnh_stream.segment.postprocess import agglomerate, fragments_watershed
 from xnh_stream.segment.predict import predict_affinities
 from xnh_stream.segment.unet import AffinityModel
@@ -80,7 +80,8 @@ def main() -> None:
                        method=params.fragment_method)
     other = "distance" if params.fragment_method == "affinity" else "affinity"
     _, t_ws_peer = timed(fragments_watershed, affs, params.fragment_threshold, params.seed_distance, method=other)
-    (seg,), t_ag = timed(agglomerate, affs, frag, [params.threshold])
+    (seg_waterz,), t_ag = timed(agglomerate, affs, frag, [params.threshold])
+    seg, t_enc = timed(merge_enclosed_segments, affs, frag, seg_waterz, params.enclosed)
     seg_peer, t_ag_peer = timed(skimage_agglomerate, affs, frag, params.threshold)
 
     vox_um3 = (1e-6 / PAPER_VOXEL_M) ** 3
@@ -89,18 +90,22 @@ def main() -> None:
     print(f"{'stage':<34}{'s':>8}{'voxels/s':>12}{'s/um^3 @50nm':>15}")
     rows = [(f"inference, 1 thread", t_inf1), (f"inference, {ncpu} threads", t_inf),
             (f"fragments ({params.fragment_method}, ours)", t_ws), (f"fragments ({other}, peer)", t_ws_peer),
-            ("agglomeration (waterz, ours)", t_ag), ("agglomeration (skimage RAG, peer)", t_ag_peer)]
+            ("agglomeration (waterz, ours)", t_ag), (f"enclosed merge ({params.enclosed}, ours)", t_enc),
+            ("agglomeration (skimage RAG, peer)", t_ag_peer)]
     for name, t in rows:
         print(f"{name:<34}{t:8.2f}{n / t:12.0f}{vox_um3 * t / n:15.3f}")
-    total = t_inf + t_ws + t_ag
+    total = t_inf + t_ws + t_ag + t_enc
     print(f"{'total (all threads, ours)':<34}{total:8.2f}{n / total:12.0f}{vox_um3 * total / n:15.3f}")
     print(f"\npaper: ~{PAPER_S_PER_UM3} s/um^3 at 50 nm (= {vox_um3 / PAPER_S_PER_UM3:.0f} voxels/s); "
           f"ours on this CPU: {vox_um3 * total / n:.3f} s/um^3 = {vox_um3 * total / n / PAPER_S_PER_UM3:.2f} x the paper's "
           f"time; at the simulation's 100 nm voxels {1000 * total / n:.4f} s/um^3")
     print(f"ratios: threads {t_inf1 / t_inf:.2f}x, fragments ours/peer {t_ws / t_ws_peer:.2f}, "
           f"agglomeration ours/peer {t_ag / t_ag_peer:.2f}")
-    print(f"scores (ours): {evaluate(seg, labels, mask).line()}")
-    print(f"scores (skimage RAG peer): {evaluate(seg_peer, labels, mask).line()}")
+    print(f"scores (ours: waterz + enclosed merge): {evaluate(seg, labels, mask).line()}")
+    print(f"scores (waterz alone):                  {evaluate(seg_waterz, labels, mask).line()}")
+    print(f"scores (skimage RAG peer):              {evaluate(seg_peer, labels, mask).line()}")
+    peer_enc = merge_enclosed_segments(affs, frag, seg_peer, params.enclosed)
+    print(f"scores (skimage RAG + enclosed merge):  {evaluate(peer_enc, labels, mask).line()}")
 
 
 if __name__ == "__main__":
