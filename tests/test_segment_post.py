@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -170,6 +172,13 @@ def test_blockwise_resumes_from_done_markers(tmp_path):
     with pytest.raises(ValueError, match="another run"):
         BlockwiseSegmentation.prepare(BlockwiseSpec(str(tmp_path / "work"), str(tmp_path / "raw.zarr"),
                                                     (8, 16, 16), 6))
+    spec_file = tmp_path / "work" / "spec.json"  # a folder written before the format field: refused clearly
+    old = json.loads(spec_file.read_text())
+    del old["format"]
+    spec_file.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="spec.json: work folder of an older xnh-stream"):
+        BlockwiseSegmentation.prepare(BlockwiseSpec(str(tmp_path / "work"), str(tmp_path / "raw.zarr"),
+                                                    (16, 16, 16), 6))
 
 
 def test_training_learns_boundaries_and_resumes(tmp_path):

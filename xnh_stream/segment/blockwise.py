@@ -34,6 +34,8 @@ from .postprocess import (agglomerate_contacts, apply_lut, contact_statistics, f
                           merge_enclosed, segment_lut, sum_contacts)
 
 STAGES = ("predict", "fragments", "agglomerate", "relabel")
+#: Version of the work folder's layout, in ``spec.json``; 2 added each block's surface areas (``border_*.npy``).
+WORK_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class BlockwiseSegmentation:
         spec_file = work / "spec.json"
         if spec_file.exists():
             old = json.loads(spec_file.read_text())
+            if old.get("format", 1) != WORK_FORMAT:
+                raise ValueError(f"{spec_file}: work folder of an older xnh-stream (format {old.get('format', 1)}, "
+                                 f"this version writes {WORK_FORMAT}): segment into a new folder")
             mine = {k: v for k, v in asdict(spec).items() if k not in ("norm", "device")}
             theirs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in old.items() if k in mine}
             mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in mine.items()}
@@ -167,7 +172,7 @@ class BlockwiseSegmentation:
             step = max(1, int(np.ceil((np.prod(self.shape) / 4e6) ** (1 / 3))))
             sample = np.asarray(self.raw[::step, ::step, ::step])
             spec.norm = normalise(sample, model.norm)
-        spec_file.write_text(json.dumps(asdict(spec)))
+        spec_file.write_text(json.dumps({"format": WORK_FORMAT, **asdict(spec)}))
         n_aff = 3
         for name, dtype, shape, chunks in (
                 ("affinities.zarr", "float32", (n_aff, *self.shape), (n_aff, *spec.block_shape)),
@@ -263,11 +268,8 @@ class BlockwiseSegmentation:
         merges = agglomerate_contacts(contacts, self.spec.threshold)
         lut_ids, segs = segment_lut(merges, ids, self.spec.threshold)
         if self.spec.enclosed > 0:
-            files = [self.work / "edges" / f"border_{b.index}.npy" for b in self.blocks]
-            if missing := [f.name for f in files if not f.exists()]:
-                raise RuntimeError(f"{self.work}: {missing[:3]} missing (a work folder from an older version?): "
-                                   "segment into a new folder")
-            border = np.concatenate([np.load(f).reshape(-1, 2) for f in files])
+            border = np.concatenate([np.load(self.work / "edges" / f"border_{b.index}.npy").reshape(-1, 2)
+                                     for b in self.blocks])
             segs = merge_enclosed(contacts, lut_ids, segs, self.spec.enclosed, border)
         tmp = self.work / "lut.tmp.npz"
         np.savez(tmp, ids=lut_ids, segments=segs)
