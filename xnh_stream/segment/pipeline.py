@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io.omezarr import read_volume, write_volume
-from .postprocess import agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed
+from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed,
+                          segments_of_fragments)
 from .predict import predict_affinities
 from .unet import AffinityModel
 
@@ -75,9 +76,8 @@ def merge_enclosed_segments(affs: np.ndarray, frag: np.ndarray, labels: np.ndarr
         return labels
     if contacts is None:
         contacts = contact_statistics(affs, frag, (False, False, False))
-    ids, first = np.unique(frag, return_index=True)
-    segs = merge_enclosed(contacts, ids, labels.ravel()[first], fraction, face_area(frag))
-    return apply_lut(frag, ids, segs)
+    ids, segs = segments_of_fragments(frag, labels)
+    return apply_lut(frag, ids, merge_enclosed(contacts, ids, segs, fraction, face_area(frag)))
 
 
 def segment_output(out: str | Path, model_path: str | Path | None = None, device: str = "auto",

@@ -149,18 +149,25 @@ def segment_lut(edges: np.ndarray, fragment_ids: np.ndarray, threshold: float) -
         raise ValueError(f"{int((~ok).sum())} merge edges name fragments that do not exist")
     g = coo_matrix((np.ones(len(ia)), (ia, ib)), shape=(len(ids), len(ids)))
     _, comp = connected_components(g, directed=False)
-    return ids, _number_by_first(comp, background=bool(len(ids) and ids[0] == 0))
+    return ids, _number_by_first(comp, ids)
 
 
-def _number_by_first(comp: np.ndarray, background: bool) -> np.ndarray:
-    """Segment ids 1..N by first appearance (smallest fragment id) of each component, so that labels do not
-    depend on graph internals; with ``background`` the first fragment (id 0) has its own component and stays 0."""
+def _number_by_first(comp: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Segment ids 1..N for the fragments ``ids`` (sorted) in components ``comp``, numbered by each
+    component's smallest fragment id, so that labels do not depend on graph internals; fragment 0
+    (background, a component of its own) stays 0."""
     _, first, inv = np.unique(comp, return_index=True, return_inverse=True)
     order = np.argsort(first)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     segs = (rank[inv.ravel()] + 1).astype(np.uint64)
-    return segs - np.uint64(1) if background else segs
+    return segs - np.uint64(1) if len(ids) and ids[0] == 0 else segs
+
+
+def segments_of_fragments(frag: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lookup table of a segmentation made of whole fragments: sorted fragment ids and each one's label."""
+    ids, first = np.unique(frag, return_index=True)
+    return ids, labels.ravel()[first]
 
 
 def face_area(frag: np.ndarray, faces: Sequence[tuple[bool, bool]] = ((True, True),) * 3) -> np.ndarray:
@@ -204,9 +211,9 @@ def merge_enclosed(contacts: np.ndarray, ids: np.ndarray, segments: np.ndarray, 
     ndarray
         New segment of each fragment, numbered like :func:`segment_lut`.
     """
-    segs = np.asarray(segments, np.int64).copy()
     if fraction <= 0 or not len(contacts):
         return segments
+    segs = np.asarray(segments, np.int64)
     ia, ib = np.searchsorted(ids, contacts[:, 0]), np.searchsorted(ids, contacts[:, 1])
     area = contacts[:, 3]
     frag_border = np.zeros(len(ids))
@@ -222,7 +229,7 @@ def merge_enclosed(contacts: np.ndarray, ids: np.ndarray, segments: np.ndarray, 
         n = int(segs.max()) + 1
         keys, inv = np.unique(src * n + dst, return_inverse=True)
         s, t, a = keys // n, keys % n, np.bincount(inv.ravel(), np.concatenate([area[keep]] * 2), len(keys))
-        total = np.bincount(s, a, n) + np.bincount(segs, frag_border, n)[:n]
+        total = np.bincount(s, a, n) + np.bincount(segs, frag_border, n)
         order = np.lexsort((-a, s))  # per segment, its largest contact first
         s, t, a = s[order], t[order], a[order]
         first = np.r_[True, s[1:] != s[:-1]]
@@ -238,7 +245,7 @@ def merge_enclosed(contacts: np.ndarray, ids: np.ndarray, segments: np.ndarray, 
                 break
             lut = nxt
         segs = lut[segs]
-    return _number_by_first(segs, background=bool(len(ids) and ids[0] == 0))
+    return _number_by_first(segs, ids)
 
 
 def apply_lut(fragments: np.ndarray, ids: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -256,17 +263,8 @@ def segment_affinities(affs: np.ndarray, threshold: float = 0.5, fragment_thresh
     Returns uint64 labels numbered like :func:`segment_lut` (1..N by smallest fragment).
     """
     frag = fragments_watershed(affs, fragment_threshold, seed_distance, method=method)
-    seg = agglomerate(affs, frag, [threshold])[0]
-    # number like segment_lut: by the smallest fragment id of each segment
-    f, s = frag.ravel(), seg.ravel()
-    order = np.lexsort((f, s))
-    seg_ids, first = np.unique(s[order], return_index=True)
-    smallest = f[order][first]
-    rank = np.empty(len(seg_ids), np.uint64)
-    rank[np.argsort(smallest)] = np.arange(1, len(seg_ids) + 1, dtype=np.uint64)
-    if len(seg_ids) and seg_ids[0] == 0:  # background stays 0
-        rank -= np.uint64(1)
-    return rank[np.searchsorted(seg_ids, s)].reshape(seg.shape)
+    ids, segs = segments_of_fragments(frag, agglomerate(affs, frag, [threshold])[0])
+    return apply_lut(frag, ids, _number_by_first(segs, ids))
 
 
 def contact_statistics(affs: np.ndarray, frag: np.ndarray, valid: Sequence[bool] = (True, True, True)
