@@ -26,19 +26,19 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
-from xnh_stream.assembler import AngleWork, ScanAssembler
+from xnh_stream.chain.assembler import AngleWork, ScanAssembler
 from xnh_stream.config import ProcessConfig
-from xnh_stream.fbp import estimate_cor
-from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
+from xnh_stream.physics.fbp import estimate_cor
+from xnh_stream.chain.incremental import AngleProcessor, ProgressiveVolume
 from xnh_stream.ingest.watch import FolderWatcher
-from xnh_stream.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal, frame_id_of
-from xnh_stream.journal import FrameRecord as JournalEntry
+from xnh_stream.state.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal, frame_id_of
+from xnh_stream.state.journal import FrameRecord as JournalEntry
 from xnh_stream.live.views import merge_views, slab_views
 from xnh_stream.quality.alerts import CallbackSink, default_router
 from xnh_stream.quality.monitor import QualityMonitor
-from xnh_stream.pipeline import ChainResult, delta_beta_of, process_scan
-from xnh_stream.store import DistanceStore
-from xnh_stream.xp import bin_2d, binning_for
+from xnh_stream.chain.batch import ChainResult, delta_beta_of, process_scan
+from xnh_stream.state.store import DistanceStore
+from xnh_stream.physics.xp import bin_2d, binning_for
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from xnh_stream.geometry import DistanceGeometry, ScanGeometry
-from xnh_stream.phase import DEFAULT_ALPHA_HIGH, DEFAULT_ALPHA_LOW, CTFRetriever
+from xnh_stream.physics.geometry import DistanceGeometry, ScanGeometry
+from xnh_stream.physics.phase import DEFAULT_ALPHA_HIGH, DEFAULT_ALPHA_LOW, CTFRetriever
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -1,4 +1,4 @@
-"""FBP speed: xnh_stream.fbp (numpy) beside astra-toolbox's CPU FBP on the same sinograms.
+"""FBP speed: xnh_stream.physics.fbp (numpy) beside astra-toolbox's CPU FBP on the same sinograms.
 
 Run ``python bench/bench_fbp.py`` (16 slices x 512 angles x 512 detector columns) or with ``--small``.
 Prints ms per slice for each, the ratio, and the agreement (correlation, max |diff|) of the results.
@@ -61,7 +61,7 @@ def main() -> None:
     n_angles = args.angles or n_angles
     n_det = args.det or n_det
 
-    from xnh_stream.fbp import FBPAccumulator, fbp
+    from xnh_stream.physics.fbp import FBPAccumulator, fbp
 
     thetas = np.linspace(0, np.pi, n_angles, endpoint=False)
     stack, geom = phantom_sinograms(nz, n_angles, n_det, thetas)

@@ -1,4 +1,4 @@
-"""FSC speed and memory: xnh_stream.fsc beside a plain numpy implementation, same run.
+"""FSC speed and memory: xnh_stream.physics.fsc beside a plain numpy implementation, same run.
 
 Run ``python bench/bench_fsc.py`` (a 256^3 pair) or with ``--small`` (96^3). The peer is the
 straightforward version: full complex ``numpy.fft.fftn`` of both volumes, shell index by rounding the
@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     size = args.size or (96 if args.small else 256)
 
-    from xnh_stream.fsc import fourier_shell_correlation, half_volume_resolution
+    from xnh_stream.physics.fsc import fourier_shell_correlation, half_volume_resolution
 
     rng = np.random.default_rng(0)
     shape = (size, size, size)

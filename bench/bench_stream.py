@@ -27,9 +27,9 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.stream import run_stream  # noqa: E402
-from xnh_stream.assembler import FrameInfo  # noqa: E402
+from xnh_stream.chain.assembler import FrameInfo  # noqa: E402
 from xnh_stream.config import ProcessConfig  # noqa: E402
-from xnh_stream.incremental import AngleProcessor  # noqa: E402
+from xnh_stream.chain.incremental import AngleProcessor  # noqa: E402
 from xnh_stream.simulate.scan import SimulationConfig  # noqa: E402
 
 

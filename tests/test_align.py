@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xnh_stream.align import (
+from xnh_stream.physics.align import (
     ShiftModel,
     align_to_reference,
     measure_distance_shifts,
     register_lowpass_ncc,
     rescale_shift,
 )
-from xnh_stream.geometry import DistanceGeometry, ScanGeometry, wavelength_m
-from xnh_stream.phase import retrieve_phase_ctf
+from xnh_stream.physics.geometry import DistanceGeometry, ScanGeometry, wavelength_m
+from xnh_stream.physics.phase import retrieve_phase_ctf
 
 ENERGY_KEV = 17.0
 LAM = wavelength_m(ENERGY_KEV)
@@ -170,7 +170,7 @@ def test_register_recovers_subpixel_shifts() -> None:
 def test_register_rejects_bad_peaks_loudly(caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(2)
     ref = ndimage.gaussian_filter(rng.standard_normal((256, 256)), 2.5)
-    with caplog.at_level(logging.WARNING, logger="xnh_stream.align"):
+    with caplog.at_level(logging.WARNING, logger="xnh_stream.physics.align"):
         noise = register_lowpass_ncc(ref, rng.standard_normal((256, 256)))
     assert not noise.ok and "low correlation" in noise.reason and noise.peak < 0.3
     assert any("registration rejected" in r.message for r in caplog.records)
@@ -207,7 +207,7 @@ def test_measure_distance_shifts_recovers_injected_offsets(scene: dict) -> None:
 def test_bad_frame_is_flagged(scene: dict, caplog: pytest.LogCaptureFixture) -> None:
     frames = list(scene["frames"])
     frames[2] = np.random.default_rng(9).poisson(3000.0, frames[2].shape).astype(np.float32) / 3000
-    with caplog.at_level(logging.WARNING, logger="xnh_stream.align"):
+    with caplog.at_level(logging.WARNING, logger="xnh_stream.physics.align"):
         res = measure_distance_shifts(frames, scene["geom"], DELTA_BETA)
     assert list(res.ok) == [True, True, False, True]
     assert "distance 2" in caplog.text

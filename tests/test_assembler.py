@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xnh_stream.assembler import FrameInfo, ScanAssembler
+from xnh_stream.chain.assembler import FrameInfo, ScanAssembler
 from xnh_stream.config import ProcessConfig
-from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
+from xnh_stream.chain.incremental import AngleProcessor, ProgressiveVolume
 from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.pipeline import process_scan
+from xnh_stream.chain.batch import process_scan
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 
@@ -39,7 +39,7 @@ def run(assembler, frames):
 
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_sequential_acquisition(scan, tmp_path, on_disk):
-    from xnh_stream.store import DistanceStore
+    from xnh_stream.state.store import DistanceStore
 
     folder, s, frames = scan
     store = DistanceStore(tmp_path / "store", s.frame_shape) if on_disk else None

@@ -10,7 +10,7 @@ import pytest
 
 from xnh_stream.config import ProcessConfig
 from xnh_stream.io.omezarr import read_volume
-from xnh_stream.pipeline import DistanceFrames, FrameLedger, match_angles, process_scan
+from xnh_stream.chain.batch import DistanceFrames, FrameLedger, match_angles, process_scan
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 SIM = SimulationConfig(nx=128, ny=40, n_angles=180, seed=3)  # 20000 photons per pixel: moderate noise
@@ -98,10 +98,10 @@ def test_registration_recovers_injected_offsets(processed, scan):
 
 
 def test_four_distance_ctf_beats_single_distance_methods(processed, scan):
-    from xnh_stream.fbp import FBPAccumulator
+    from xnh_stream.physics.fbp import FBPAccumulator
     from xnh_stream.io.nxtomo import read_scan
-    from xnh_stream.pipeline import delta_beta_of
-    from xnh_stream.phase import retrieve_phase_paganin
+    from xnh_stream.chain.batch import delta_beta_of
+    from xnh_stream.physics.phase import retrieve_phase_paganin
 
     nabu_ctf = pytest.importorskip("nabu.preproc.ctf")
     truth, _ = read_truth(scan.folder)

@@ -15,7 +15,7 @@ def test_stream_runs_on_a_two_node_cluster(tmp_path):
         from actors.stream import run_stream
         from xnh_stream.config import ProcessConfig
         from xnh_stream.simulate.scan import SimulationConfig, simulate_scan, read_truth
-        from xnh_stream.pipeline import process_scan
+        from xnh_stream.chain.batch import process_scan
         from tests.test_stream import ListSource
 
         cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xnh_stream.envelope import SampleEnvelope, estimate_support
-from xnh_stream.phase import CTFRetriever
+from xnh_stream.physics.envelope import SampleEnvelope, estimate_support
+from xnh_stream.physics.phase import CTFRetriever
 from xnh_stream.simulate.scan import SimulationConfig
 
 
@@ -63,7 +63,7 @@ def test_envelope_projection_is_the_chord_of_the_cylinder(binning):
 
 
 def test_binning_for_a_target_width_and_bin_2d():
-    from xnh_stream.xp import bin_2d, binning_for
+    from xnh_stream.physics.xp import bin_2d, binning_for
 
     assert binning_for((64, 128), 256) == 1
     assert binning_for((2048, 2048), 256) == 8

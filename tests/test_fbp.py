@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xnh_stream.fbp import (
+from xnh_stream.physics.fbp import (
     WINDOWS,
     FBPAccumulator,
     backproject,

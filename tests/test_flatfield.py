@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xnh_stream.flatfield import DEAD_PIXEL_VALUE, FlatInterpolator, PCAFlats, flat_field
+from xnh_stream.physics.flatfield import DEAD_PIXEL_VALUE, FlatInterpolator, PCAFlats, flat_field
 
 NY, NX = 128, 160
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from xnh_stream.fsc import (
+from xnh_stream.physics.fsc import (
     FWHM_PER_SIGMA,
     edge_resolution,
     fourier_shell_correlation,

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from xnh_stream.config import ConfigError, ProcessConfig
-from xnh_stream.dose import dose_gray, fluence_per_frame, mass_attenuation_m2_per_kg
-from xnh_stream.geometry import DistanceGeometry, ScanGeometry, wavelength_m
+from xnh_stream.physics.dose import dose_gray, fluence_per_frame, mass_attenuation_m2_per_kg
+from xnh_stream.physics.geometry import DistanceGeometry, ScanGeometry, wavelength_m
 
 
 def test_fresnel_scaled_geometry():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from xnh_stream.config import ProcessConfig
-from xnh_stream.fbp import FBPAccumulator
-from xnh_stream.incremental import AngleProcessor, ProgressiveVolume
+from xnh_stream.physics.fbp import FBPAccumulator
+from xnh_stream.chain.incremental import AngleProcessor, ProgressiveVolume
 from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.pipeline import DistanceFrames, FrameLedger, match_angles
+from xnh_stream.chain.batch import DistanceFrames, FrameLedger, match_angles
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 N_ANG, NZ, NDET = 40, 6, 48
@@ -62,7 +62,7 @@ def test_mixed_state_and_slab_shard():
 def test_preview_then_ctf_ends_at_the_batch_volume(tmp_path):
     """Previews of distance 1 show the sample; once every angle is replaced by its CTF projection the
     volume equals what the batch chain (process_scan) gives on the same files."""
-    from xnh_stream.pipeline import process_scan
+    from xnh_stream.chain.batch import process_scan
 
     cfg = SimulationConfig(nx=64, ny=24, n_angles=60, seed=5, oversample=1)
     simulate_scan(tmp_path, cfg)

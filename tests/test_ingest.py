@@ -20,7 +20,7 @@ import pytest
 import yaml
 from fabio.edfimage import EdfImage
 
-from xnh_stream.geometry import DistanceGeometry
+from xnh_stream.physics.geometry import DistanceGeometry
 from xnh_stream.ingest import FolderWatcher, edf_geometry, inspect_edf, inspect_nxtomo
 from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, InputError, NXtomoWriter, read_scan
 from xnh_stream.simulate.scan import SimulationConfig, simulate_scan

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from xnh_stream.journal import (
+from xnh_stream.state.journal import (
     PROCESSED,
     QUARANTINED,
     RECEIVED,
@@ -29,7 +29,7 @@ from xnh_stream.journal import (
 BATCH = 250
 CHILD = r"""
 import sys
-from xnh_stream.journal import FrameJournal, FrameRecord
+from xnh_stream.state.journal import FrameJournal, FrameRecord
 B = int(sys.argv[3])
 j = FrameJournal(sys.argv[1], synchronous=sys.argv[2])
 b = 0
@@ -231,7 +231,7 @@ def test_threads_share_one_journal_and_a_reader_process_sees_commits(tmp_path):
     c = j.counts()
     assert c["received"] == 4 * 1000 + 1 and c["processed"] == 4 * 500 and c["duplicates"] == 4 * 20 - 1
     # A second process reads the live journal (WAL) while the writer keeps it open.
-    code = ("import sys; from xnh_stream.journal import FrameJournal as J; "
+    code = ("import sys; from xnh_stream.state.journal import FrameJournal as J; "
             "print(J(sys.argv[1], readonly=True).counts()['received'])")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert int(out.stdout) == 4001

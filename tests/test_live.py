@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xnh_stream.assembler import FrameInfo
+from xnh_stream.chain.assembler import FrameInfo
 from xnh_stream.config import ProcessConfig
 from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.journal import frame_id_of
+from xnh_stream.state.journal import frame_id_of
 from xnh_stream.live import LivePage
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 

@@ -16,7 +16,7 @@ from xnh_stream.cli import main
 from xnh_stream.config import ProcessConfig
 from xnh_stream.metrics import PipelineMetrics
 from xnh_stream.overnight import ERROR_NAME, SUMMARY_NAME, find_scans, run_overnight
-from xnh_stream.pipeline import REPORT_NAME, process_scan
+from xnh_stream.chain.batch import REPORT_NAME, process_scan
 from xnh_stream.simulate.scan import SimulationConfig, simulate_scan
 
 CFG = dict(nx=40, ny=12, n_angles=16, oversample=1, n_flats=3, n_darks=2)

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from xnh_stream.geometry import DistanceGeometry
+from xnh_stream.physics.geometry import DistanceGeometry
 from xnh_stream.io.nxtomo import (DARK, FLAT, PROJECTION, RETURN, InputError, NXtomoWriter, frame_problem,
                                   read_nxtomo, read_scan)
 

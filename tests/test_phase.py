@@ -1,6 +1,6 @@
 """Phase retrieval against exact Fresnel propagation of known objects, and against nabu.
 
-The forward model here is independent of xnh_stream.phase: the object transmission
+The forward model here is independent of xnh_stream.physics.phase: the object transmission
 ``T = exp(-B + i phi)`` is propagated exactly (FFT, transfer function
 ``exp(-i pi lambda D f^2)``) and the intensity ``|.|^2`` taken, so the linear CTF model
 and its sign are what is being tested.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xnh_stream.geometry import DistanceGeometry, ScanGeometry, wavelength_m
-from xnh_stream.phase import (
+from xnh_stream.physics.geometry import DistanceGeometry, ScanGeometry, wavelength_m
+from xnh_stream.physics.phase import (
     DEFAULT_ALPHA_HIGH,
     DEFAULT_ALPHA_LOW,
     CTFRetriever,
@@ -214,7 +214,7 @@ def test_single_distance_ctf_matches_nabu(textured: dict) -> None:
 @pytest.mark.parametrize("mode", ["symmetric", "reflect", "edge"])
 def test_padding_matches_numpy_pad(mode: str) -> None:
     """The slicing padder equals numpy.pad (centred), including margins wider than the image."""
-    from xnh_stream.phase import _Padder
+    from xnh_stream.physics.phase import _Padder
 
     rng = np.random.default_rng(0)
     cases = (((7, 9), (20, 31)), ((5, 4), (40, 33)), ((64, 64), (128, 128)), ((10, 11), (10, 11)))

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from skimage.transform import radon
 
-from xnh_stream.projector import ParallelProjector, forward_project, project_angle
+from xnh_stream.physics.projector import ParallelProjector, forward_project, project_angle
 
 
 def _disk_slice(n: int, r: float, x0: float = 0.0, y0: float = 0.0, sub: int = 8) -> np.ndarray:

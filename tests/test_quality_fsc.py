@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xnh_stream.fbp import FBPAccumulator
-from xnh_stream.fsc import half_volume_resolution
-from xnh_stream.projector import ParallelProjector
+from xnh_stream.physics.fbp import FBPAccumulator
+from xnh_stream.physics.fsc import half_volume_resolution
+from xnh_stream.physics.projector import ParallelProjector
 from xnh_stream.quality.fsc import RunningFSC, bin_volume, central_region
 
 

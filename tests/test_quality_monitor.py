@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import xraydb
 
-from xnh_stream.assembler import FrameInfo
+from xnh_stream.chain.assembler import FrameInfo
 from xnh_stream.config import ProcessConfig
-from xnh_stream.geometry import DistanceGeometry
+from xnh_stream.physics.geometry import DistanceGeometry
 from xnh_stream.io.nxtomo import read_scan
 from xnh_stream.quality import QualityMonitor
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan

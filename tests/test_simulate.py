@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xnh_stream.geometry import wavelength_m
+from xnh_stream.physics.geometry import wavelength_m
 from xnh_stream.io.nxtomo import DARK, FLAT, RETURN, read_scan
 from xnh_stream.simulate.phantom import Phantom
 from xnh_stream.simulate.scan import SimulationConfig, propagate, simulate_scan, simulation_grid
@@ -61,7 +61,7 @@ def _sphere_phantom(cfg: SimulationConfig, radius_px: float, delta: float, beta:
 
 def test_sphere_through_the_detector_chain_gives_its_thickness(tmp_path):
     """Simulated frames of a homogeneous sphere, flat-fielded and Paganin-retrieved, give 2 sqrt(R^2 - r^2)."""
-    from xnh_stream.phase import retrieve_phase_paganin
+    from xnh_stream.physics.phase import retrieve_phase_paganin
 
     cfg = SimulationConfig(nx=96, ny=64, n_angles=2, photons=1e6, offset_px=0, drift_px=0, cor_offset_px=0,
                            beam_drift=0, detector_blur_px=0, read_noise=0, n_flats=3, n_darks=2)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import zarr
 
-from xnh_stream.geometry import DistanceGeometry
+from xnh_stream.physics.geometry import DistanceGeometry
 from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, NXtomoWriter, read_scan
-from xnh_stream.pipeline import match_angles
-from xnh_stream.store import CODECS, DistanceStore
+from xnh_stream.chain.batch import match_angles
+from xnh_stream.state.store import CODECS, DistanceStore
 
 
 def flat_fielded(rng: np.random.Generator, shape: tuple[int, int], counts: float = 3000.0) -> np.ndarray:
@@ -206,7 +206,7 @@ def test_orphan_frame_without_angle_is_an_empty_slot(tmp_path):
 
 CHILD = r"""
 import sys, numpy as np
-from xnh_stream.store import DistanceStore
+from xnh_stream.state.store import DistanceStore
 s = DistanceStore(sys.argv[1], (64, 64))
 y, x = np.mgrid[:64, :64]
 i = 0

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xnh_stream.assembler import FrameInfo
+from xnh_stream.chain.assembler import FrameInfo
 from xnh_stream.config import ProcessConfig
 from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.journal import frame_id_of
-from xnh_stream.pipeline import process_scan
+from xnh_stream.state.journal import frame_id_of
+from xnh_stream.chain.batch import process_scan
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 
@@ -212,7 +212,7 @@ def test_resume_after_kill_9_loses_no_frame(ray_local, small_scan, tmp_path):
     from pathlib import Path
 
     from actors.stream import run_stream
-    from xnh_stream.journal import FrameJournal
+    from xnh_stream.state.journal import FrameJournal
 
     out = tmp_path / "out"
     _, record = read_truth(small_scan)

@@ -110,7 +110,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 def cmd_process(a: argparse.Namespace) -> int:
     """Process a finished scan folder."""
-    from .pipeline import REPORT_NAME, VOLUME_NAME, process_scan
+    from .chain.batch import REPORT_NAME, VOLUME_NAME, process_scan
 
     config = _process_config(a)
     update, close = _progress_bars()

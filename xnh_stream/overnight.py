@@ -2,7 +2,7 @@
 
 ``xnh-stream overnight ROOT --out OUTROOT`` finds the scan folders under ``ROOT`` (NXtomo, one file or one
 folder of chunk files per distance), keeps those whose files are finished, and processes each with
-:func:`xnh_stream.pipeline.process_scan` into ``OUTROOT/<scan>`` (``<scan>`` is the folder's path relative
+:func:`xnh_stream.chain.batch.process_scan` into ``OUTROOT/<scan>`` (``<scan>`` is the folder's path relative
 to ``ROOT``). Rules:
 
 - **resumable**: a scan whose ``OUTROOT/<scan>/report.json`` exists is skipped (the batch chain writes the
@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import ProcessConfig
-from .ingest.sources import NotAFrameFile, inspect_nxtomo
+from .io.sources import NotAFrameFile, inspect_nxtomo
 from .io.nxtomo import InputError
 from .metrics import PipelineMetrics
-from .pipeline import REPORT_NAME, ChainResult, process_scan
+from .chain.batch import REPORT_NAME, ChainResult, process_scan
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 (watchdog events plus polling) and hands out each frame once. No Ray here: actors wrap these classes.
 """
 
-from .sources import (
+from ..io.sources import (
     EdfFolder,
     FileView,
     FrameRecord,
@@ -16,7 +16,7 @@ from .sources import (
     inspect_nxtomo,
     iter_records,
 )
-from ..journal import frame_id_of
+from ..state.journal import frame_id_of
 from .watch import DistanceProgress, FolderWatcher, QuarantineRecord, WatchCounters
 
 __all__ = [

@@ -8,7 +8,7 @@ made by other NFS / GPFS clients.
 
 Each file goes ``pending`` -> ``complete`` (or ``quarantined``, ``ignored``, ``duplicate``); a pending file
 that disappears is ``vanished``. While pending, its frames are handed out as soon as they are written
-(rules in :mod:`xnh_stream.ingest.sources`). How a file is judged:
+(rules in :mod:`xnh_stream.io.sources`). How a file is judged:
 
 - a file that cannot be opened or parsed, or whose metadata is incomplete, is probably being written:
   it stays pending while it changes (size or modification time changed within ``settle_s``); once it has
@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io.nxtomo import FIELDS, InputError
-from ..journal import file_id_of
-from .sources import (
+from ..state.journal import file_id_of
+from ..io.sources import (
     EDF_SUFFIX,
     SIDECAR_NAME,
     EdfFolder,
@@ -342,7 +342,7 @@ class FolderWatcher:
                     for t in self._tracked.values() if t.state == PENDING}
 
     def distance_progress(self) -> dict[float, DistanceProgress]:
-        """Frames received per distance (keyed by :func:`~xnh_stream.ingest.sources.distance_key`)."""
+        """Frames received per distance (keyed by :func:`~xnh_stream.io.sources.distance_key`)."""
         with self._state:
             return self._progress()
 

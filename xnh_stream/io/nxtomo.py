@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..geometry import DistanceGeometry, ScanGeometry
+from ..physics.geometry import DistanceGeometry, ScanGeometry
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
 RETURN = -1  # image_key_control of return / alignment projections

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..quality.fsc import bin_volume, region_bounds
-from ..xp import to_numpy
+from ..physics.xp import to_numpy
 
 
 def slab_views(h0: Any, h1: Any, volume: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:

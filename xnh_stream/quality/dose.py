@@ -1,6 +1,6 @@
 """Dose per distance and in total, accumulated frame by frame, and across scans of the same sample.
 
-Howells et al. 2009 (:mod:`xnh_stream.dose`): ``D[Gy] = (mu/rho)[m^2/kg] * Phi[photons/m^2] * E[J]``.
+Howells et al. 2009 (:mod:`xnh_stream.physics.dose`): ``D[Gy] = (mu/rho)[m^2/kg] * Phi[photons/m^2] * E[J]``.
 The fluence rate at the sample comes from the flats of each distance: dark-subtracted counts per
 detector pixel, divided by the detector gain (counts per photon) and efficiency, concentrated onto the
 pixel's footprint in the sample plane ``(p / M)^2``, per second of the flats' count time. Each exposed frame
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..dose import KEV_TO_J, dose_gray, fluence_per_frame, mass_attenuation_m2_per_kg
+from ..physics.dose import KEV_TO_J, dose_gray, fluence_per_frame, mass_attenuation_m2_per_kg
 
 log = logging.getLogger(__name__)
 

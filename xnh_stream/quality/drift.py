@@ -6,12 +6,12 @@ Two kinds of pairs (DESIGN.md, "Drift and warping"):
   projection at the same angle taken at the start of that distance: what moved or deformed during the
   distance;
 * **distance k against the reference distance** at the same angle, after rescaling distance k to the
-  reference pixel (:func:`xnh_stream.align.rescale_shift`): the distances are recorded one after another,
+  reference pixel (:func:`xnh_stream.physics.align.rescale_shift`): the distances are recorded one after another,
   so a scale change or a non-rigid residual between them is sample deformation (their rigid offset is the
   deliberate re-positioning between distances, corrected by the alignment).
 
 Each pair gives a patch-wise **displacement field** (:func:`patch_displacements`: low-pass NCC on
-overlapping patches, :func:`xnh_stream.align.register_lowpass_ncc`), which :func:`decompose_displacements`
+overlapping patches, :func:`xnh_stream.physics.align.register_lowpass_ncc`), which :func:`decompose_displacements`
 splits into a rigid translation, an isotropic scale change about the image centre and the non-rigid
 remainder.
 
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ..align import register_lowpass_ncc
-from ..xp import bin_2d
+from ..physics.align import register_lowpass_ncc
+from ..physics.xp import bin_2d
 
 log = logging.getLogger(__name__)
 

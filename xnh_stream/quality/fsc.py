@@ -1,7 +1,7 @@
 """Running FSC: resolution of the live half-volumes against the fraction of angles received.
 
 Each update takes the two half-volumes (even / odd angles) as the scan progresses and computes, with
-:func:`xnh_stream.fsc.half_volume_resolution`:
+:func:`xnh_stream.physics.fsc.half_volume_resolution`:
 
 * a **binned whole-volume** estimate (block-averaged by ``bin_factor``: cheap on a large volume, and the
   shards can bin before sending, see :func:`bin_volume`); its resolution cannot be finer than
@@ -9,7 +9,7 @@ Each update takes the two half-volumes (even / odd angles) as the scan progresse
 * a **full-resolution region** (a central cube of ``region_px``, :func:`central_region`), which resolves
   down to the voxel size;
 
-and the edge-fit cross-check (:func:`xnh_stream.fsc.edge_resolution`) on the region of the full volume.
+and the edge-fit cross-check (:func:`xnh_stream.physics.fsc.edge_resolution`) on the region of the full volume.
 The history (resolution in metres against the fraction of angles) is what the live page plots and what
 ``report.json`` keeps.
 """
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..fsc import FSCResolution, edge_resolution, half_volume_resolution
-from ..xp import bin_volume, to_numpy  # bin_volume: re-exported here, where the FSC uses it
+from ..physics.fsc import FSCResolution, edge_resolution, half_volume_resolution
+from ..physics.xp import bin_volume, to_numpy  # bin_volume: re-exported here, where the FSC uses it
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..align import register_lowpass_ncc, rescale_shift
-from ..dose import central_mean
-from ..flatfield import flat_field
-from ..geometry import DistanceGeometry, ScanGeometry
+from ..physics.align import register_lowpass_ncc, rescale_shift
+from ..physics.dose import central_mean
+from ..physics.flatfield import flat_field
+from ..physics.geometry import DistanceGeometry, ScanGeometry
 from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN
-from ..phase import retrieve_phase_paganin
+from ..physics.phase import retrieve_phase_paganin
 from .alerts import AlertRouter, evaluate_alerts
 from .dose import DoseAccount, DoseLedger
 from .drift import WarpDecomposition, compare_views

@@ -142,7 +142,7 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, **sim_overri
     **sim_overrides
         Fields of :class:`~xnh_stream.simulate.scan.SimulationConfig`.
     """
-    from ..pipeline import process_scan
+    from ..chain.batch import process_scan
     from ..simulate.scan import SimulationConfig, read_truth, simulate_scan
 
     cfg = SimulationConfig(seed=seed, **sim_overrides)  # type: ignore[arg-type]

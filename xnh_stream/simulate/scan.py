@@ -1,6 +1,6 @@
 """Simulate a four-distance XNH scan in the NXtomo input layout, with its ground truth.
 
-Physics (SI units, sign convention of :mod:`xnh_stream.phase`): the refractive index is
+Physics (SI units, sign convention of :mod:`xnh_stream.physics.phase`): the refractive index is
 ``n = 1 - delta + i beta``; the exit wave behind the sample is ``T = exp(-k int beta dz) exp(-i k int delta dz)``
 (phase negative for matter). By the Fresnel scaling theorem the cone-beam geometry of distance k is
 simulated as a plane wave propagated over ``D_k = z1 z2 / (z1 + z2)`` in the sample plane, exactly, with
@@ -26,9 +26,9 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
-from ..geometry import DistanceGeometry, ScanGeometry, wavelength_m
+from ..physics.geometry import DistanceGeometry, ScanGeometry, wavelength_m
 from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN, NXtomoWriter
-from ..projector import ParallelProjector
+from ..physics.projector import ParallelProjector
 from .phantom import Phantom, make_neural_phantom
 
 TRUTH_FILE = "truth.h5"

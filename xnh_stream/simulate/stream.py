@@ -9,7 +9,7 @@ rate, in one of three layouts:
     frames. Each chunk file is pre-allocated (its size says nothing: the whole ``data`` block is allocated
     on disk at creation), then filled frame by frame (pixels first, then the per-frame keys), and gets its
     ``end_time`` when full. Entry attributes: ``expected_frames``, ``frame_offset``, ``distance_frames``,
-    ``distance_name`` (see :mod:`xnh_stream.ingest.sources`).
+    ``distance_name`` (see :mod:`xnh_stream.io.sources`).
 ``"nxtomo"``
     one growing NXtomo file per distance, ``{name}_{k}_.nx`` (the layout of ``simulate_scan``), frames
     appended one by one, ``end_time`` when the distance is done.
@@ -45,8 +45,8 @@ import numpy as np
 import yaml
 from fabio.edfimage import EdfImage
 
-from ..geometry import DistanceGeometry
-from ..ingest.sources import (
+from ..physics.geometry import DistanceGeometry
+from ..io.sources import (
     DISTANCE_FRAMES_ATTR,
     DISTANCE_NAME_ATTR,
     EXPECTED_FRAMES_ATTR,

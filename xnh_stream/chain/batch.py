@@ -23,22 +23,22 @@ import h5py
 import numpy as np
 import xraydb
 
-from . import __version__
-from .align import ShiftModel, measure_distance_shifts
-from .config import ProcessConfig
-from .dose import central_mean
-from .fbp import FBPAccumulator, estimate_cor, estimate_cor_sinogram
-from .flatfield import FlatInterpolator, PCAFlats
-from .fsc import edge_resolution, half_volume_resolution
-from .geometry import ScanGeometry
-from .io.nxtomo import DARK, FLAT, FIELDS, InputError, NXtomoScan, Scan, frame_problem, read_scan
-from .io.omezarr import write_volume
-from .envelope import SampleEnvelope, envelope_from_volume
+from .. import __version__
+from ..physics.align import ShiftModel, measure_distance_shifts
+from ..config import ProcessConfig
+from ..physics.dose import central_mean
+from ..physics.fbp import FBPAccumulator, estimate_cor, estimate_cor_sinogram
+from ..physics.flatfield import FlatInterpolator, PCAFlats
+from ..physics.fsc import edge_resolution, half_volume_resolution
+from ..physics.geometry import ScanGeometry
+from ..io.nxtomo import DARK, FLAT, FIELDS, InputError, NXtomoScan, Scan, frame_problem, read_scan
+from ..io.omezarr import write_volume
+from ..physics.envelope import SampleEnvelope, envelope_from_volume
 from .incremental import AngleProcessor
-from .phase import retrieve_phase_paganin
-from .quality.alerts import default_router
-from .quality.monitor import QualityMonitor
-from .xp import bin_2d, binning_for, get_array_module, to_numpy
+from ..physics.phase import retrieve_phase_paganin
+from ..quality.alerts import default_router
+from ..quality.monitor import QualityMonitor
+from ..physics.xp import bin_2d, binning_for, get_array_module, to_numpy
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ distance, flat-fields projections with the flats known so far, and says what to 
 * the ``final`` CTF projection of an angle once every distance has it.
 
 It also fits the distance alignment progressively: on every ``align_every``-th complete angle the shifts
-of each distance are measured and added to a :class:`~xnh_stream.align.ShiftModel`.
+of each distance are measured and added to a :class:`~xnh_stream.physics.align.ShiftModel`.
 
 Distances are told apart by ``z1`` and numbered by increasing ``z1`` (the reference, most magnified,
 is 0) once ``n_distances`` are known; before that, previews use the distances seen so far.
@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .align import ShiftModel, measure_distance_shifts
-from .flatfield import FlatInterpolator
-from .geometry import DistanceGeometry, ScanGeometry
-from .io.nxtomo import DARK, FLAT, INVALID, PROJECTION, RETURN, frame_problem
-from .store import DistanceStore
+from ..physics.align import ShiftModel, measure_distance_shifts
+from ..physics.flatfield import FlatInterpolator
+from ..physics.geometry import DistanceGeometry, ScanGeometry
+from ..io.nxtomo import DARK, FLAT, INVALID, PROJECTION, RETURN, frame_problem
+from ..state.store import DistanceStore
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ScanAssembler:
         Bin frames by this factor for registration (speed on large frames; shifts stay in full pixels).
     angle_tol_deg : float
         Angles closer than this are the same angle; once eight angles are known, up to half the angular
-        step (the batch chain's rule, :func:`xnh_stream.pipeline.match_angles`), the nearest one.
+        step (the batch chain's rule, :func:`xnh_stream.chain.batch.match_angles`), the nearest one.
     store : DistanceStore, optional
         Where flat-fielded frames wait for the other distances (on disk, so memory stays bounded over a
         four-hour scan); without one they wait in memory.

@@ -69,9 +69,9 @@ import h5py
 import numpy as np
 import yaml
 
-from ..geometry import DistanceGeometry
-from ..journal import file_id_of
-from ..io.nxtomo import (
+from ..physics.geometry import DistanceGeometry
+from ..state.journal import file_id_of
+from .nxtomo import (
     _ANGLE,
     _ENERGY,
     _LENGTH,

@@ -28,7 +28,7 @@ import scipy.optimize
 import scipy.signal
 import scipy.special
 
-from xnh_stream.xp import fft_module, fft_workers, to_numpy
+from xnh_stream.physics.xp import fft_module, fft_workers, to_numpy
 
 #: Fraction of each axis covered by the cosine tapers of the default Tukey apodisation.
 DEFAULT_TUKEY_ALPHA = 0.25

@@ -44,8 +44,8 @@ import numpy as np
 import scipy.fft
 import scipy.optimize
 
-from xnh_stream.fsc import tukey_window
-from xnh_stream.xp import check_finite, fft_module, fft_workers
+from xnh_stream.physics.fsc import tukey_window
+from xnh_stream.physics.xp import check_finite, fft_module, fft_workers
 
 WINDOWS: tuple[str, ...] = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 PADDINGS: tuple[str, ...] = ("zeros", "edge")

@@ -2,7 +2,7 @@
 
 A stained pin in air contrasts with air through its mean ``delta/beta`` (~100 for osmium-stained
 tissue in epoxy at 17 keV) but inside through its stain (``delta/beta`` ~10). The envelope carries
-the first, so that the interior can be retrieved with the second (:mod:`xnh_stream.phase`). The
+the first, so that the interior can be retrieved with the second (:mod:`xnh_stream.physics.phase`). The
 support comes from a coarse first reconstruction (a binned single-distance Paganin is enough):
 Otsu threshold, opening, holes filled slice by slice. Its projections are computed on the binned
 grid and interpolated to the detector.

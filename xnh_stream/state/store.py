@@ -14,7 +14,7 @@ file atomically (write to a temporary file, then rename), so a crash at any poin
 frame with its angle, or an empty slot that the next ``put`` reuses: never an angle pointing at a torn
 frame. Nothing is held in memory but the angle index (8 bytes per frame).
 
-Angles of the different distances are paired with :func:`xnh_stream.pipeline.match_angles`, the matcher of
+Angles of the different distances are paired with :func:`xnh_stream.chain.batch.match_angles`, the matcher of
 the batch chain, so the stream and ``xnh-stream process`` pair the same frames.
 
 One process writes a store (threads of it may share the instance: a lock serialises writes); others may
@@ -34,8 +34,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from .io.nxtomo import frame_problem
-from .xp import to_numpy
+from ..io.nxtomo import frame_problem
+from ..physics.xp import to_numpy
 
 LAYOUT_VERSION = 1
 ATTR = "xnh_distance_store"
@@ -263,7 +263,7 @@ class DistanceStore:
             Number of distances of the scan (keys ``0 .. n_distances - 1``).
         tol_deg : float, optional
             Largest angle difference accepted; default half the reference's median angular step (the
-            default of :func:`xnh_stream.pipeline.match_angles`, which does the pairing).
+            default of :func:`xnh_stream.chain.batch.match_angles`, which does the pairing).
         reference : int
             Distance whose angles define the rows (the most magnified, 0, in a sorted scan).
 
@@ -275,7 +275,7 @@ class DistanceStore:
             The stored angle of each distance paired with each reference angle (usable with :meth:`get`),
             NaN where a distance has no frame within ``tol_deg``.
         """
-        from .pipeline import match_angles  # here: the pipeline imports heavy modules
+        from ..chain.batch import match_angles  # here: the pipeline imports heavy modules
 
         if isinstance(n_distances, bool) or not isinstance(n_distances, (int, np.integer)) or n_distances < 1:
             raise ValueError(f"n_distances must be a positive int, got {n_distances!r}")

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .align import ShiftModel, align_to_reference
-from .config import ProcessConfig
-from .envelope import SampleEnvelope
-from .fbp import FBPAccumulator
-from .geometry import ScanGeometry
-from .phase import CTFRetriever, retrieve_phase_paganin
+from ..physics.align import ShiftModel, align_to_reference
+from ..config import ProcessConfig
+from ..physics.envelope import SampleEnvelope
+from ..physics.fbp import FBPAccumulator
+from ..physics.geometry import ScanGeometry
+from ..physics.phase import CTFRetriever, retrieve_phase_paganin
 
 
 class AngleProcessor:
@@ -107,7 +107,7 @@ class ProgressiveVolume:
     cor : float
         Rotation axis column.
     window, padding : str
-        Ramp filter window and padding (see :mod:`xnh_stream.fbp`).
+        Ramp filter window and padding (see :mod:`xnh_stream.physics.fbp`).
     rows : slice, optional
         Only these rows are reconstructed (a slab: one reconstruction shard).
     xp : module
