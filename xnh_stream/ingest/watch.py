@@ -20,7 +20,8 @@ that disappears is ``vanished``. While pending, its frames are handed out as soo
   when every allocated frame is written and the file has settled; a file complete by that last rule that
   changes again is followed again (its new frames are handed out; a writer may pause for a while);
 - a file whose first frame has the same content fingerprint as a file already seen (a copy) is a
-  duplicate: its frames are counted in ``duplicates`` and not handed out. A frame whose id (relative path
+  duplicate: its frames are counted in ``duplicates`` and not handed out by :meth:`FolderWatcher.poll`
+  (:meth:`FolderWatcher.drain_duplicates` lists them). A frame whose id (relative path
   and index) was already handed out (a file deleted and written again) is also counted, not handed out;
 - frame ids given as ``known_frame_ids`` (from a journal, after a restart) are skipped and counted in
   ``known_skipped``;
@@ -222,6 +223,7 @@ class FolderWatcher:
         self._poll_id = 0
         self._quarantine: list[QuarantineRecord] = []
         self.quarantined: list[QuarantineRecord] = []  #: every quarantine record so far
+        self._duplicates: list[tuple[FrameRecord, str]] = []
         self._counters = WatchCounters()
         self._lock = threading.Lock()  # the dirty set, shared with the observer thread
         self._state = threading.RLock()  # the tracked files: poll() against readers of counters and progress
@@ -333,6 +335,16 @@ class FolderWatcher:
         """Quarantine records found since the last call (each returned once; all are in ``quarantined``)."""
         with self._state:
             out, self._quarantine = self._quarantine, []
+        return out
+
+    def drain_duplicates(self) -> list[tuple[FrameRecord, str]]:
+        """Frames of files that copy a file already seen, with that file's path, found since the last call.
+
+        They are not handed out by :meth:`poll` (their content is already there); a caller that accounts
+        for every frame records them as set aside.
+        """
+        with self._state:
+            out, self._duplicates = self._duplicates, []
         return out
 
     def pending_files(self) -> dict[str, str | None]:
@@ -476,7 +488,11 @@ class FolderWatcher:
             dist.stated_total = view.distance_frames
         for i in range(t.n_done, view.n_available):
             rec = view.record(i)
-            if t.duplicate_of is not None or rec.frame_id in self._emitted:
+            if t.duplicate_of is not None and rec.frame_id not in self._emitted:
+                self._counters.duplicates += 1
+                self._emitted.add(rec.frame_id)
+                self._duplicates.append((rec, t.duplicate_of))
+            elif t.duplicate_of is not None or rec.frame_id in self._emitted:
                 self._counters.duplicates += 1
             elif rec.frame_id in self._known:
                 self._counters.known_skipped += 1

@@ -77,9 +77,12 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     return path
 
 
-def open_volume(path: str | Path, level: int = 0) -> tuple[zarr.Array, float]:
-    """Open one level of an OME-NGFF volume on disk (nothing read yet); returns it and its voxel size in m."""
-    group = zarr.open_group(str(path), mode="r")
+def open_volume(path: str | Path, level: int = 0, mode: str = "r") -> tuple[zarr.Array, float]:
+    """Open one level of an OME-NGFF volume on disk (nothing read yet); returns it and its voxel size in m.
+
+    ``mode`` ``"r+"`` opens it for writing regions (a volume made by :func:`create_volume`).
+    """
+    group = zarr.open_group(str(path), mode=mode)
     attrs = group.attrs.asdict()
     ms = (attrs.get("ome") or attrs)["multiscales"][0]
     ds = ms["datasets"][level]
@@ -91,3 +94,70 @@ def read_volume(path: str | Path, level: int = 0) -> tuple[np.ndarray, float]:
     """Read one level of an OME-NGFF volume; returns the array and its voxel size in metres."""
     arr, voxel = open_volume(path, level)
     return np.asarray(arr[...]), voxel
+
+
+def pyramid_shapes(shape: tuple[int, int, int], min_size: int = 32) -> list[tuple[int, int, int]]:
+    """Shapes of the levels :func:`pyramid` makes of a volume of ``shape`` (each level halves every axis,
+    dropping an odd last voxel, while the smallest axis is at least ``2 * min_size``)."""
+    shapes = [tuple(int(s) for s in shape)]
+    while min(shapes[-1]) >= 2 * min_size:
+        shapes.append(tuple(s // 2 for s in shapes[-1]))
+    return shapes
+
+
+def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
+                  chunks: tuple[int, int, int] = (64, 256, 256), name: str | None = None,
+                  translation_m: tuple[float, float, float] | None = None) -> list[zarr.Array]:
+    """Create an empty float32 OME-NGFF multiscale volume to be filled region by region.
+
+    The metadata are those :func:`write_volume` writes; an existing group with the same level shapes is
+    opened, not replaced (a resumed run keeps what it wrote).
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination (``*.ome.zarr``).
+    shape : tuple of int
+        ``(nz, ny, nx)`` of level 0.
+    voxel_m : float
+        Isotropic voxel size of level 0, metres.
+    chunks : tuple of int
+        Chunk shape of every level (clipped to the level's shape).
+    name : str, optional
+        Name stored in the multiscales metadata.
+    translation_m : tuple of float, optional
+        Position of the first voxel's centre ``(z, y, x)`` in metres (an OME-NGFF translation).
+
+    Returns
+    -------
+    list of zarr.Array
+        The levels, full resolution first.
+    """
+    if not voxel_m > 0:
+        raise ValueError(f"voxel size must be positive, got {voxel_m}")
+    path = Path(path)
+    shapes = pyramid_shapes(tuple(shape))
+    if (path / "zarr.json").exists():
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+            levels = [group[f"s{i}"] for i in range(len(shapes))]
+            if [tuple(a.shape) for a in levels] == shapes:
+                return levels
+        except (KeyError, ValueError):
+            pass
+    group = zarr.open_group(str(path), mode="w")
+    levels = []
+    datasets = []
+    for i, s in enumerate(shapes):
+        arr = group.create_array(f"s{i}", shape=s, chunks=tuple(min(c, n) for c, n in zip(chunks, s)),
+                                 dtype="float32", fill_value=0.0, dimension_names=("z", "y", "x"))
+        levels.append(arr)
+        transforms: list[dict] = [{"type": "scale", "scale": [voxel_m * 2**i] * 3}]
+        if translation_m is not None:
+            # level i's first voxel centre sits half a level-i voxel minus half a level-0 voxel further on
+            shift = voxel_m * (2**i - 1) / 2
+            transforms.append({"type": "translation", "translation": [float(t) + shift for t in translation_m]})
+        datasets.append({"path": f"s{i}", "coordinateTransformations": transforms})
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [
+        {"datasets": datasets, "name": name or path.name, "axes": AXES}]}
+    return levels

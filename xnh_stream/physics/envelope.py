@@ -19,7 +19,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from .projector import ParallelProjector
-from .xp import bin_volume, to_numpy
+from .xp import PicklableXp, bin_volume, to_numpy
 
 __all__ = ["SampleEnvelope", "envelope_from_volume", "estimate_support"]
 
@@ -66,7 +66,7 @@ def estimate_support(volume: np.ndarray, min_fraction: float = 0.02, max_fractio
     return support
 
 
-class SampleEnvelope:
+class SampleEnvelope(PicklableXp):
     """Projections of the sample's support filled with its mean delta.
 
     Parameters

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from .xp import PicklableXp
+
 __all__ = ["ParallelProjector", "forward_project", "project_angle", "ray_matrix"]
 
 
@@ -120,7 +122,7 @@ def _to_xp_sparse(w: scipy.sparse.csr_matrix, xp: ModuleType) -> Any:
     return cupyx.scipy.sparse.csr_matrix(w)  # pragma: no cover
 
 
-class ParallelProjector:
+class ParallelProjector(PicklableXp):
     """A volume prepared for repeated projection (the simulator's angle-by-angle use).
 
     The slices are re-laid out once as ``[ny * nx, nz]`` columns, so each angle costs one

@@ -167,3 +167,24 @@ def binning_for(frame_shape: tuple[int, int], target: int) -> int:
     ny, nx = frame_shape
     return int(max(1, min(round(nx / target), ny // 4)))
 
+
+
+class PicklableXp:
+    """Mixin: pickles an object that holds its array module as ``self.xp`` by the module's name.
+
+    Objects of the chain travel between processes (Ray tasks, the work folder); a module cannot be pickled,
+    so it is stored as ``"numpy"`` or ``"cupy"`` and looked up again on arrival (:func:`get_array_module`).
+    Device arrays are not converted: objects meant to travel keep host (NumPy) arrays.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        xp = state.get("xp")
+        if isinstance(xp, ModuleType):
+            state["xp"] = xp.__name__.split(".")[0]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("xp"), str):
+            state["xp"] = get_array_module(state["xp"])
+        self.__dict__.update(state)

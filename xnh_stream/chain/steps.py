@@ -1,27 +1,41 @@
-"""Per-angle processing shared by the batch chain and the stream, and progressive reconstruction.
+"""The per-frame and per-angle steps, shared by the final pass and the live stream.
 
-:class:`AngleProcessor` turns the flat-fielded frames of one angle into a projection of delta (line
-integral in voxel units, on the reference grid): the multi-distance CTF when distances are available,
-or a single-distance Paganin *preview*. :class:`ProgressiveVolume` back-projects projections as they
-come and later swaps an angle's preview for its CTF projection; FBP being linear, the swap is one
-back-projection of the difference, so the live volume sharpens without being rebuilt.
+* :func:`read_frame`: a frame's pixels, or the reason it is unusable (the reader's checks);
+* :meth:`Calibration.correct <xnh_stream.chain.calibration.Calibration.correct>`: flat-field;
+* :class:`AngleProcessor`: the flat-fielded frames of one angle to a projection of delta on the reference
+  grid: every distance aligned (rescaled to the reference pixel and shifted by its model), then the
+  multi-distance CTF (two-material with a sample envelope), or a single-distance Paganin *preview*;
+* :class:`PhaseSetup`: everything an :class:`AngleProcessor` is built from, small and picklable, so that a
+  worker process builds its processor (and its cached CTF filters) once per scan (:func:`processor_for`).
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ..physics.align import ShiftModel, align_to_reference
 from ..config import ProcessConfig
+from ..io.nxtomo import InputError
+from ..io.sources import FrameRecord
+from ..physics.align import ShiftModel, align_to_reference
 from ..physics.envelope import SampleEnvelope
-from ..physics.fbp import FBPAccumulator
 from ..physics.geometry import ScanGeometry
 from ..physics.phase import CTFRetriever, retrieve_phase_paganin
+from ..physics.xp import get_array_module
+
+
+def read_frame(rec: FrameRecord) -> tuple[np.ndarray | None, str | None]:
+    """The frame's pixels (float32), or ``(None, reason)`` when it cannot be read or is unusable."""
+    try:
+        return rec.read(), None
+    except InputError as exc:
+        return None, exc.problem
 
 
 class AngleProcessor:
@@ -97,87 +111,58 @@ class AngleProcessor:
         return phi * self.scale
 
 
-class ProgressiveVolume:
-    """Angle-by-angle FBP in which an angle's preview can be replaced by its final projection.
 
-    Parameters
+@dataclass(frozen=True)
+class PhaseSetup:
+    """What builds an :class:`AngleProcessor` (picklable; ``token`` names one set-up for caching).
+
+    Attributes
     ----------
-    n_slices, n_det : int
-        Rows and columns of the projections given to :meth:`add`.
-    cor : float
-        Rotation axis column.
-    window, padding : str
-        Ramp filter window and padding (see :mod:`xnh_stream.physics.fbp`).
-    rows : slice, optional
-        Only these rows are reconstructed (a slab: one reconstruction shard).
-    xp : module
-        Array module.
+    geometry : ScanGeometry
+        The distances.
+    frame_shape : tuple of int
+        ``(ny, nx)``.
+    delta_beta : float
+        delta/beta of the sample (CTF, Paganin, the envelope's contrast against air).
+    config : ProcessConfig
+        CTF regularisation and backend.
+    models : tuple
+        Shift model of every distance (None: reference, or not aligned).
+    envelope : SampleEnvelope or None
+        The sample envelope (two-material CTF).
+    contrast_delta_beta : float or None
+        delta/beta of the contrast inside the envelope.
     """
 
-    def __init__(self, n_slices: int, n_det: int, cor: float, window: str = "shepp-logan", padding: str = "edge",
-                 rows: slice | None = None, xp: ModuleType = np) -> None:
-        self.rows = rows if rows is not None else slice(0, n_slices)
-        n_rows = len(range(*self.rows.indices(n_slices)))
-        self.acc = FBPAccumulator(n_rows, n_det, cor=cor, window=window, padding=padding, xp=xp)
-        self._state: dict[int, str] = {}
-        self._previews: dict[int, Any] = {}
+    geometry: ScanGeometry
+    frame_shape: tuple[int, int]
+    delta_beta: float
+    config: ProcessConfig
+    models: tuple[ShiftModel | None, ...] = ()
+    envelope: SampleEnvelope | None = None
+    contrast_delta_beta: float | None = None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    @property
-    def n_final(self) -> int:
-        """Angles whose final projection is in the volume."""
-        return sum(1 for s in self._state.values() if s == "final")
+    def build(self, xp: ModuleType | None = None) -> AngleProcessor:
+        """A processor for this set-up."""
+        xp = xp or get_array_module(self.config.backend)
+        proc = AngleProcessor(self.geometry, self.frame_shape, self.delta_beta, self.config, xp=xp)
+        if self.models:
+            proc.models = list(self.models)
+        if self.envelope is not None and self.contrast_delta_beta:
+            proc.envelope = self.envelope
+            proc.contrast_delta_beta = self.contrast_delta_beta
+        return proc
 
-    @property
-    def n_preview(self) -> int:
-        """Angles represented by a preview only."""
-        return sum(1 for s in self._state.values() if s == "preview")
 
-    def add(self, index: int, theta_rad: float, projection: Any, final: bool, previous: Any = None) -> None:
-        """Add angle ``index``'s projection; a final one replaces that angle's preview if there is one.
+_PROCESSORS: dict[str, AngleProcessor] = {}
 
-        Parameters
-        ----------
-        index : int
-            Angle index (its parity picks the FSC half).
-        theta_rad : float
-            Angle.
-        projection : array [n_slices, n_det]
-            Full-height projection (the slab's rows are taken here).
-        final : bool
-            True for the CTF projection, False for a preview.
-        previous : array, optional
-            The preview projection being replaced, when this volume was told not to keep previews
-            (:meth:`forget_preview`); by default the kept one is used.
-        """
-        p = projection[self.rows]
-        state = self._state.get(index)
-        if state == "final" or (state == "preview" and not final):
-            raise ValueError(f"angle {index} already has a {state} projection")
-        if state == "preview":
-            old = self._previews.pop(index, None)
-            if old is None:
-                if previous is None:
-                    raise ValueError(f"angle {index}: the preview to replace was not kept; pass previous=")
-                old = previous[self.rows]
-            self.acc.replace(old, p, theta_rad, index)
-        else:
-            self.acc.add(p, theta_rad, index)
-            if not final:
-                self._previews[index] = p
-        self._state[index] = "final" if final else "preview"
 
-    def state(self, index: int) -> str | None:
-        """``"preview"``, ``"final"`` or None (angle not added yet)."""
-        return self._state.get(index)
-
-    def forget_preview(self, index: int) -> None:
-        """Drop the kept copy of a preview (bounded memory); :meth:`add` then needs ``previous=``."""
-        self._previews.pop(index, None)
-
-    def volume(self) -> Any:
-        """Current best volume (finals, and previews for the angles not yet final)."""
-        return self.acc.volume()
-
-    def half_volumes(self) -> tuple[Any, Any]:
-        """Even- and odd-angle volumes."""
-        return self.acc.half_volumes()
+def processor_for(setup: PhaseSetup) -> AngleProcessor:
+    """The processor of ``setup`` in this process (built once; the last two set-ups are kept)."""
+    proc = _PROCESSORS.get(setup.token)
+    if proc is None:
+        while len(_PROCESSORS) >= 2:
+            _PROCESSORS.pop(next(iter(_PROCESSORS)))
+        proc = _PROCESSORS[setup.token] = setup.build()
+    return proc

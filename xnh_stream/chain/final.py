@@ -1,0 +1,953 @@
+"""The final pass: a finished scan to ``volume.ome.zarr`` and ``report.json``, out of core, resumable.
+
+One method per step (:class:`FinalChain`), each either done here on metadata or mapped by an
+:class:`~xnh_stream.chain.executor.Executor` over independent units (distances, batches of angles, slabs
+of rows) whose functions are the module-level ``*_task`` functions below:
+
+==============  =======================================================  ===================================
+step            what                                                      unit of work (task)
+==============  =======================================================  ===================================
+calibrate       mean dark, median flat series of every distance           a distance
+pair            the projections of every distance paired by angle         (metadata, here)
+align           distance shifts on a subset of angles, smooth model       an angle
+rotation axis   from a 0/180 pair of the reference distance, else from    (two frames, here)
+                the sharpness of a sinogram
+envelope        binned Paganin pass of the reference distance: support    a batch of angles, then one task
+                and mean delta of the sample (two-material CTF)
+phase           flat-field, align, multi-distance CTF of every angle,     a batch of angles
+                written to the projection store on disk
+backproject     FBP of a slab of rows from all projections: even/odd      a slab of rows
+                halves; the slab written into the volume, the halves of
+                the FSC boxes kept
+pyramid         the lower-resolution levels of the OME-Zarr volume         a slab of a level
+quality         FSC (half-bit) of the central boxes, edge fit, dose,      a box
+                drift and warping from the return projections
+report          ``report.json``                                           (here)
+==============  =======================================================  ===================================
+
+No process holds the volume or all projections: a phase task holds the frames of one angle, a slab task
+the two half-volumes of its rows (``slab_rows`` rows, chosen so they stay within ``task_memory_bytes``). The
+work folder (:class:`~xnh_stream.state.work.WorkFolder`, ``OUT/work``) records each finished unit, so a
+run killed at any point resumes where it stopped; the finished volume is moved to ``OUT/volume.ome.zarr``
+and the report is written last (a report that exists means the outputs are complete).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xraydb
+
+from .. import __version__
+from ..config import ProcessConfig
+from ..io.nxtomo import FIELDS, InputError
+from ..io.omezarr import create_volume, open_volume
+from ..io.sources import FrameRecord
+from ..physics.align import ShiftModel, measure_distance_shifts
+from ..physics.envelope import SampleEnvelope, envelope_from_volume
+from ..physics.fbp import FBPAccumulator, estimate_cor, estimate_cor_sinogram
+from ..physics.fsc import edge_resolution, half_bit_threshold, fourier_shell_correlation, resolution_from_fsc
+from ..physics.phase import retrieve_phase_paganin
+from ..physics.xp import bin_2d, binning_for, get_array_module, to_numpy
+from ..state.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal
+from ..state.journal import FrameRecord as JournalEntry
+from ..state.projections import ProjectionStore
+from ..state.work import WorkFolder
+from .angles import AngleTable
+from .calibration import Calibration
+from .executor import Executor, SerialExecutor
+from .report import (
+    JOURNAL_NAME,
+    REPORT_NAME,
+    VOLUME_NAME,
+    Dose,
+    FrameAccount,
+    QuarantinedFrame,
+    Resolution,
+    RotationAxis,
+    ScanReport,
+)
+from .scan import DistanceIndex, ScanIndex
+from .steps import PhaseSetup, processor_for, read_frame
+
+log = logging.getLogger(__name__)
+
+#: Columns of the binned reference reconstruction that finds the sample envelope.
+ENVELOPE_COLUMNS = 256
+
+
+def delta_beta_of(formula: str, density_g_cm3: float, energy_kev: float) -> float:
+    """delta/beta of a material at an energy (xraydb)."""
+    delta, beta, _ = xraydb.xray_delta_beta(formula, density_g_cm3, energy_kev * 1e3)
+    return float(delta / beta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Options and results
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChainLayout:
+    """How the final pass cuts its work (the numbers do not change the result).
+
+    Attributes
+    ----------
+    angle_batch : int
+        Angles per phase-retrieval task.
+    slab_rows : int
+        Rows per back-projection task (and the volume's chunk height); 0 picks the largest that keeps the
+        two half-volumes of a slab within ``task_memory_bytes``, at most 64.
+    task_memory_bytes : int
+        Memory a task may use for its arrays.
+    fsc_box_px : int
+        Side of the central boxes the FSC is computed on (each axis clipped to the volume).
+    fsc_max_boxes : int
+        How many such boxes at most, nearest the centre first.
+    keep_work : bool
+        Keep ``OUT/work`` (projections, markers) after success.
+    """
+
+    angle_batch: int = 16
+    slab_rows: int = 0
+    task_memory_bytes: int = 256 << 20
+    fsc_box_px: int = 256
+    fsc_max_boxes: int = 8
+    keep_work: bool = False
+
+    def rows_per_slab(self, ny: int, n_out: int) -> int:
+        """The slab height for a volume ``[ny, n_out, n_out]``."""
+        if self.slab_rows > 0:
+            return min(self.slab_rows, ny)
+        per_row = 2 * 4 * n_out * n_out  # two float32 half-volumes
+        return int(max(1, min(64, ny, self.task_memory_bytes // per_row)))
+
+
+@dataclass
+class ChainResult:
+    """What the final pass produced."""
+
+    report: ScanReport
+    out: Path | None
+    volume_path: Path
+
+    @property
+    def volume(self) -> np.ndarray:
+        """Level 0 of the volume, read from disk (small volumes; tests)."""
+        arr, _ = open_volume(self.volume_path, 0)
+        return np.asarray(arr[...])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tasks (module-level functions of picklable arguments; run wherever the executor puts them)
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What a task learnt about frames: those it could not use, with the reason."""
+
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+
+    def bad(self, rec: FrameRecord, reason: str) -> None:
+        """Note an unusable frame."""
+        self.quarantined.append((rec.frame_id, reason))
+
+
+def _corrected(rec: FrameRecord, calibration: Calibration, outcome: Outcome, xp: Any = np) -> Any | None:
+    frame, problem = read_frame(rec)
+    if frame is None:
+        outcome.bad(rec, problem or "unreadable")
+        return None
+    return calibration.correct(frame, rec.sequence, xp=xp)
+
+
+def calibrate_task(distance: DistanceIndex, pca_components: int) -> tuple[Calibration, Outcome]:
+    """Darks and flats of one distance (unusable ones are noted, not used)."""
+    cal = Calibration(distance.frame_shape, pca_components)
+    outcome = Outcome()
+    for rec in distance.darks:
+        frame, problem = read_frame(rec)
+        if frame is None:
+            outcome.bad(rec, problem or "unreadable")
+        else:
+            cal.add_dark(frame)
+    for rec in distance.flats:
+        frame, problem = read_frame(rec)
+        if frame is None:
+            outcome.bad(rec, problem or "unreadable")
+        else:
+            cal.add_flat(frame, rec.sequence)
+    cal.close_series()
+    return cal, outcome
+
+
+@dataclass
+class AlignSample:
+    """Distance shifts measured at one angle, and the reference's Paganin rows (sinogram axis search)."""
+
+    slot: int
+    theta_deg: float
+    shifts_yx: np.ndarray | None
+    ok: np.ndarray | None
+    peaks: np.ndarray | None
+    reasons: tuple[str, ...]
+    paganin_rows: np.ndarray | None
+    outcome: Outcome
+
+
+def align_task(item: tuple[int, float, dict[int, FrameRecord]], calibrations: list[Calibration],
+               geometry: Any, delta_beta: float, config: ProcessConfig, measure: bool) -> AlignSample:
+    """Shifts of every distance at one angle (:func:`~xnh_stream.physics.align.measure_distance_shifts`)."""
+    slot, theta, frames = item
+    xp = get_array_module(config.backend)
+    outcome = Outcome()
+    K = len(geometry.distances)
+    ref = geometry.reference
+    imgs = [_corrected(frames[k], calibrations[k], outcome, xp) if k in frames else None for k in range(K)]
+    rows = None
+    if imgs[ref] is not None:
+        ny = imgs[ref].shape[0]
+        ph = retrieve_phase_paganin(imgs[ref], geometry.distances[ref], delta_beta, xp=xp)
+        rows = to_numpy(ph[max(ny // 2 - 2, 0): ny // 2 + 2])
+    shifts = ok = peaks = None
+    reasons: tuple[str, ...] = ()
+    if measure and all(im is not None for im in imgs):
+        res = measure_distance_shifts(imgs, geometry, config.align_delta_beta, xp=xp)
+        shifts, ok, peaks, reasons = res.shifts_yx, res.ok, res.peaks, res.reasons
+    return AlignSample(slot, theta, shifts, ok, peaks, reasons, rows, outcome)
+
+
+def survey_task(batch: list[tuple[int, float, FrameRecord]], calibration: Calibration, geometry: Any,
+                delta_beta: float, config: ProcessConfig, binning: int, store: ProjectionStore
+                ) -> tuple[list[int], Outcome]:
+    """Binned Paganin projections of the reference distance (the envelope pass), in binned-voxel units,
+    written to ``store``; returns the slots written."""
+    xp = get_array_module(config.backend)
+    d = geometry.distances[geometry.reference]
+    scale = -1.0 / (2 * np.pi / d.wavelength_m * d.effective_pixel_m)  # phase -> line integral, voxel units
+    outcome = Outcome()
+    slots = []
+    for slot, _, rec in batch:
+        img = _corrected(rec, calibration, outcome, xp)
+        if img is None:
+            continue
+        binned = bin_2d(img, binning)
+        phi = retrieve_phase_paganin(binned, (d.propagation_distance_m, d.wavelength_m,
+                                              d.effective_pixel_m * binning), delta_beta, xp=xp)
+        store.write(slot, to_numpy(phi * (scale / binning)))
+        slots.append(slot)
+    return slots, outcome
+
+
+def envelope_task(slots: list[int], store: ProjectionStore, thetas_deg: np.ndarray, frame_shape: tuple[int, int],
+                  binning: int, cor: float, backend: str) -> SampleEnvelope | None:
+    """The sample envelope from the binned reference reconstruction (slots added in order)."""
+    xp = get_array_module(backend)
+    ny, nx = frame_shape
+    acc = FBPAccumulator(ny // binning, nx // binning, cor=(cor + 0.5) / binning - 0.5, padding="edge", xp=xp)
+    slots = sorted(slots)
+    for a in range(0, len(slots), 64):
+        part = slots[a:a + 64]
+        block = store.read_rows(np.asarray(part), 0, store.shape[1])
+        for slot, p in zip(part, block):
+            acc.add(xp.asarray(p), float(np.deg2rad(thetas_deg[slot])), index=slot)
+    if acc.n_added == 0:
+        return None
+    return envelope_from_volume(to_numpy(acc.volume()), binning, frame_shape, cor, xp=xp)
+
+
+def phase_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
+               calibrations: list[Calibration], store: ProjectionStore) -> tuple[list[int], Outcome]:
+    """Phase-retrieved projections of a batch of angles, written to the projection store.
+
+    Returns the slots written (an angle with no usable frame at any distance is not) and the frames set aside.
+    """
+    proc = processor_for(setup)
+    outcome = Outcome()
+    written = []
+    for slot, theta, frames in batch:
+        images = {}
+        for k, rec in frames.items():
+            img = _corrected(rec, calibrations[k], outcome, proc.xp)
+            if img is not None:
+                images[k] = img
+        if not images:
+            continue
+        store.write(slot, to_numpy(proc.ctf(images, theta)))
+        written.append(slot)
+    return written, outcome
+
+
+@dataclass(frozen=True)
+class SlabJob:
+    """One slab of rows to reconstruct, and where its pieces go."""
+
+    r0: int
+    r1: int
+    slots: np.ndarray  # written slots, increasing
+    thetas_rad: np.ndarray  # their angles
+    cor: float
+    window: str
+    padding: str
+    n_out: int
+    volume_path: str
+    boxes: tuple[tuple[int, int, int, int, int, int], ...]
+    halves_path: str
+    angles_per_read: int = 64
+
+
+def slab_task(job: SlabJob, store: ProjectionStore) -> int:
+    """Back-project every projection's rows ``r0:r1``; write the slab into level 0 and the FSC boxes' halves."""
+    import zarr  # noqa: PLC0415
+
+    rows = job.r1 - job.r0
+    acc = FBPAccumulator(rows, store.shape[2], n_out=job.n_out, cor=job.cor, window=job.window, padding=job.padding)
+    for a in range(0, job.slots.size, job.angles_per_read):
+        part = job.slots[a:a + job.angles_per_read]
+        block = store.read_rows(part, job.r0, job.r1)
+        for j, slot in enumerate(part):
+            acc.add(block[j], float(job.thetas_rad[a + j]), index=int(slot))
+    level0, _ = open_volume(job.volume_path, 0, mode="r+")
+    level0[job.r0:job.r1] = acc.volume()
+    if job.boxes:
+        halves = acc.half_volumes()
+        group = zarr.open_group(job.halves_path, mode="r+")
+        for i, (z0, z1, y0, y1, x0, x1) in enumerate(job.boxes):
+            a, b = max(z0, job.r0), min(z1, job.r1)
+            if a >= b:
+                continue
+            arr = group[f"box{i}"]
+            arr[:, a - z0:b - z0] = np.stack([h[a - job.r0:b - job.r0, y0:y1, x0:x1] for h in halves])
+    return job.r0
+
+
+def pyramid_task(job: tuple[str, int, int, int]) -> int:
+    """Level ``level`` rows ``r0:r1`` as the 2x2x2 block mean of level ``level - 1``."""
+    path, level, r0, r1 = job
+    src, _ = open_volume(path, level - 1)
+    dst, _ = open_volume(path, level, mode="r+")
+    nz, ny, nx = dst.shape
+    block = np.asarray(src[2 * r0:2 * r1, :2 * ny, :2 * nx], dtype=np.float32)
+    dst[r0:r1] = block.reshape(r1 - r0, 2, ny, 2, nx, 2).mean(axis=(1, 3, 5))
+    return r0
+
+
+def fsc_box_task(job: tuple[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """FSC curve of one box: ``(freq, fsc, n per shell, summed volume of the box or None)``."""
+    import zarr  # noqa: PLC0415
+
+    path, i = job
+    halves = np.asarray(zarr.open_group(path, mode="r")[f"box{i}"][...])
+    freq, fsc, n = fourier_shell_correlation(halves[0], halves[1])
+    return freq, fsc, n, (halves[0] + halves[1]) / 2 if i == 0 else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The chain
+# ----------------------------------------------------------------------------------------------------------
+class FinalChain:
+    """The final pass over a finished scan (see the module docstring).
+
+    Parameters
+    ----------
+    index : ScanIndex
+        The scan's frames.
+    out : Path or None
+        Output folder; None writes into a temporary folder (:attr:`ChainResult.volume_path`).
+    config : ProcessConfig
+        Processing options.
+    executor : Executor, optional
+        Where the tasks run (default: here, one after the other).
+    layout : ChainLayout, optional
+        How the work is cut.
+    progress : callable, optional
+        ``progress(done, total, step)`` after each unit of work.
+    monitor : QualityMonitor, optional
+        A monitor already fed with every frame (the live stream's); without one, the final pass feeds its
+        own from the files.
+    """
+
+    def __init__(self, index: ScanIndex, out: str | Path | None, config: ProcessConfig,
+                 executor: Executor | None = None, layout: ChainLayout | None = None,
+                 progress: Callable[[int, int, str], None] | None = None, monitor: Any = None) -> None:
+        self.index, self.config = index, config
+        self.out = Path(out) if out is not None else None
+        self.executor = executor or SerialExecutor()
+        self.layout = layout or ChainLayout()
+        self._progress = progress
+        self.monitor = monitor
+        self.alerts: list[dict[str, str]] = []
+        self.quarantine: dict[str, QuarantinedFrame] = {}
+        self.timing: dict[str, float] = {}
+        base = self.out if self.out is not None else Path(tempfile.mkdtemp(prefix="xnh-final-"))
+        self.work = WorkFolder(base / "work", self._spec())
+        geo = index.geometry
+        self.geometry = geo
+        self.K = len(geo.distances)
+        self.ref = geo.reference
+        self.shape = index.frame_shape
+        self.delta_beta = config.delta_beta or delta_beta_of(config.sample_formula, config.sample_density,
+                                                             geo.energy_kev)
+
+    # ------------------------------------------------------------------ helpers
+    def _spec(self) -> dict[str, Any]:
+        h = hashlib.sha1()
+        for rec in sorted(self.index.frames, key=lambda r: r.frame_id):
+            h.update(f"{rec.frame_id}|{rec.image_key}|{rec.image_key_control}|{rec.rotation_angle_deg}\n".encode())
+        return {"frames": h.hexdigest(), "config": self.config.to_dict(), "layout": self.layout.__dict__}
+
+    def progress(self, done: int, total: int, step: str) -> None:
+        """Report progress of a step."""
+        if self._progress:
+            self._progress(done, total, step)
+
+    def _note(self, outcome: Outcome, stage: str) -> None:
+        for fid, reason in outcome.quarantined:
+            self._quarantine(fid, reason, stage)
+
+    def _quarantine(self, fid: str, reason: str, stage: str) -> None:
+        if fid not in self.quarantine:
+            path, _, idx = fid.rpartition("#")
+            self.quarantine[fid] = QuarantinedFrame(path, int(idx) if idx.isdigit() else None, reason, stage)
+            log.warning("quarantined %s: %s", fid, reason)
+
+    def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        """A driver-side step's result, from the work folder when a previous run finished it."""
+        if self.work.has(name):
+            return self.work.load(name)
+        t0 = time.perf_counter()
+        value = compute()
+        self.timing[name] = round(time.perf_counter() - t0, 3)
+        self.work.save(name, value)
+        return value
+
+    def _map(self, name: str, fn: Callable[..., Any], items: Sequence[Any], *shared: Any,
+             cpus: float = 1.0) -> list[Any]:
+        """Map a task over items with progress; results in item order."""
+        t0 = time.perf_counter()
+        results: list[Any] = [None] * len(items)
+        for n, (i, res) in enumerate(self.executor.map(fn, items, *shared, cpus=cpus,
+                                                       memory_bytes=self.layout.task_memory_bytes), start=1):
+            results[i] = res
+            self.progress(n, len(items), name)
+        self.timing[name] = self.timing.get(name, 0.0) + round(time.perf_counter() - t0, 3)
+        return results
+
+    # ------------------------------------------------------------------ steps
+    def calibrate(self) -> list[Calibration]:
+        """Darks and flats of every distance."""
+        def compute() -> tuple[list[Calibration], list[Outcome]]:
+            res = self._map("calibrate", calibrate_task, self.index.distances, self.config.flat_pca_components)
+            return [c for c, _ in res], [o for _, o in res]
+
+        cals, outcomes = self._cached("calibration", compute)
+        for o in outcomes:
+            self._note(o, "calibrate")
+        for d, cal in zip(self.index.distances, cals):
+            if cal.n_darks == 0:
+                log.warning("distance %s has no usable dark frame: assuming a dark level of 0", d.name)
+        problems = [(d, cal.problem()) for d, cal in zip(self.index.distances, cals)]
+        bad = [(d, p) for d, p in problems if p]
+        if len(bad) == len(problems) or (bad and bad[0][0] is self.index.distances[self.ref]):
+            d, p = bad[0]
+            raise InputError(d.name, p, FIELDS["image_key"])
+        if bad:  # a distance that cannot be flat-fielded is left out, loudly
+            for d, p in bad:
+                self._drop_distance(d, p)
+            return self.calibrate()
+        return cals
+
+    def _drop_distance(self, d: DistanceIndex, reason: str) -> None:
+        from .scan import RejectedDistance  # noqa: PLC0415
+
+        self.index.distances.remove(d)
+        self.index.rejected.append(RejectedDistance(d.key, d.name, reason, d.frames))
+        self.geometry = self.index.geometry
+        self.K, self.ref = len(self.geometry.distances), self.geometry.reference
+        self.work = WorkFolder(self.work.path, self._spec())
+
+    def pair(self) -> list[tuple[int, float, dict[int, FrameRecord]]]:
+        """Angle slots with the projection of every distance (the reference's angles, in acquisition order)."""
+        ref = self.index.distances[self.ref]
+        table = AngleTable.from_reference([r.rotation_angle_deg for r in ref.projections])
+        slots: list[dict[int, FrameRecord]] = [{self.ref: r} for r in ref.projections]
+        for k, d in enumerate(self.index.distances):
+            if k == self.ref:
+                continue
+            for rec in d.projections:
+                slot, displaced = table.file(k, rec.frame_id, rec.rotation_angle_deg, create=False)
+                if slot is not None:
+                    if displaced is not None:
+                        self._quarantine(displaced, AngleTable.refusal(slots[slot][k].rotation_angle_deg, d.name),
+                                         "pair")
+                    slots[slot][k] = rec
+                else:
+                    self._quarantine(rec.frame_id, "projection angle has no match in the reference distance "
+                                     f"(within {table.tolerance_deg:.3g} deg)", "pair")
+        if len(slots) < 2:
+            raise InputError(ref.name, f"needs at least 2 projections, has {len(slots)}", FIELDS["image_key"])
+        return [(i, float(table.angle(i)), frames) for i, frames in enumerate(slots)]
+
+    def align(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration]
+              ) -> tuple[list[ShiftModel | None], dict[str, Any], list[tuple[float, np.ndarray]]]:
+        """Distance shifts on ``align_angles`` angles and their smooth models; the Paganin rows of the reference."""
+        cfg = self.config
+        n = len(slots)
+        subset = np.unique(np.linspace(0, n - 1, min(cfg.align_angles, n)).round().astype(int))
+        measure = cfg.align and self.K > 1
+
+        def compute() -> list[AlignSample]:
+            return self._map("align", align_task, [slots[i] for i in subset], self.executor.share(cals),
+                             self.geometry, self.delta_beta, cfg, measure)
+
+        samples: list[AlignSample] = self._cached("alignment", compute)
+        models: list[ShiftModel | None] = [None] * self.K
+        if measure:
+            models = [None if k == self.ref else ShiftModel(order=cfg.align_model_degree) for k in range(self.K)]
+        rows: list[tuple[float, np.ndarray]] = []
+        for s in samples:
+            self._note(s.outcome, "align")
+            if s.paganin_rows is not None:
+                rows.append((s.theta_deg, s.paganin_rows))
+            if s.shifts_yx is None:
+                continue
+            for k in range(self.K):
+                if k == self.ref:
+                    continue
+                models[k].add(s.theta_deg, s.shifts_yx[k], ok=bool(s.ok[k]))
+                if not s.ok[k]:
+                    self.alerts.append({"name": "AlignmentPeakRejected", "severity": "warning",
+                                        "message": f"distance {k + 1} at {s.theta_deg:.2f} deg: {s.reasons[k]} "
+                                                   f"(NCC peak {s.peaks[k]:.2f})"})
+        record: dict[str, Any] = {}
+        thetas = np.array([t for _, t, _ in slots])
+        for k, model in enumerate(models):
+            if model is None:
+                continue
+            if model.n_valid < 3:
+                self.alerts.append({"name": "AlignmentFailed", "severity": "critical",
+                                    "message": f"distance {k + 1}: only {model.n_valid} reliable registrations; "
+                                               "not aligned"})
+                models[k] = None
+                continue
+            model.fit()
+            inl = model.inliers
+            at = float(np.median(thetas))
+            record[f"distance_{k + 1}"] = {
+                "measured_angles": model.n_points, "inliers": int(inl.sum()), "at_angle_deg": at,
+                "shift_px": model(at).round(3).tolist(),
+                "rms_residual_px": float(np.sqrt(np.mean(model.residuals()[inl] ** 2)))}
+        return models, record, rows
+
+    def rotation_axis(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
+                      paganin_rows: list[tuple[float, np.ndarray]]) -> RotationAxis:
+        """The rotation axis: configured, else from a 0/180 pair of the reference, else from a sinogram."""
+        if self.config.cor is not None:
+            return RotationAxis(float(self.config.cor), "config")
+
+        def compute() -> RotationAxis:
+            ref = self.index.distances[self.ref]
+            cal = cals[self.ref]
+            projections = [(frames[self.ref], theta) for _, theta, frames in slots if self.ref in frames]
+            candidates = [(r, r.rotation_angle_deg) for r in ref.returns] + projections
+            for rec, theta in projections:
+                partner = next((c for c, a in candidates if abs(abs(a - theta) - 180.0) < 0.05), None)
+                if partner is None:
+                    continue
+                outcome = Outcome()
+                a, b = _corrected(rec, cal, outcome), _corrected(partner, cal, outcome)
+                self._note(outcome, "rotation axis")
+                if a is not None and b is not None:
+                    # Registered on the flat-fielded holograms themselves: propagation commutes with the
+                    # mirror, while a phase retrieval of a truncated field of view does not.
+                    return RotationAxis(float(estimate_cor(to_numpy(a), to_numpy(b))), "0-180 pair")
+                break
+            ang = np.deg2rad([t for t, _ in paganin_rows])
+            sino = np.stack([r.mean(axis=0) for _, r in paganin_rows])
+            return RotationAxis(float(estimate_cor_sinogram(sino, ang)), "sinogram")
+
+        return self._cached("rotation_axis", compute)
+
+    def envelope(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
+                 cor: float) -> SampleEnvelope | None:
+        """The sample envelope (two-material CTF), or None (disabled, one distance, or no plausible support)."""
+        if not (self.config.ctf_envelope and self.K > 1):
+            return None
+
+        def compute() -> SampleEnvelope | None:
+            ny, nx = self.shape
+            b = binning_for((ny, nx), ENVELOPE_COLUMNS)
+            store = ProjectionStore(self.work.path / "survey.zarr", len(slots), (ny // b, nx // b), ny // b,
+                                    create=True)
+            items = [(s, t, f[self.ref]) for s, t, f in slots if self.ref in f]
+            batches = _batches(items, max(self.layout.angle_batch,
+                                          math.ceil(len(items) / max(1, 4 * self.executor.parallelism))))
+            parts = self._map("envelope", survey_task, batches, self.executor.share(cals[self.ref]), self.geometry,
+                              self.delta_beta, self.config, b, store)
+            for _, o in parts:
+                self._note(o, "envelope")
+            written = [s for w, _ in parts for s in w]
+            thetas = np.array([t for _, t, _ in slots])
+            (_, env), = self.executor.map(envelope_task, [written], store, thetas, self.shape, b, cor,
+                                          self.config.backend)
+            if env is not None:
+                log.info("sample envelope: support %.0f %% of the volume, mean delta %.3g (binning %d)",
+                         100 * env.support_fraction, env.delta_mean, b)
+            return env
+
+        return self._cached("envelope", compute)
+
+    def phase(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
+              cals: list[Calibration], store: ProjectionStore) -> list[int]:
+        """Every angle's projection into the projection store; returns the slots written."""
+        done = self.work.done("phase")
+        batches = _batches(slots, self.layout.angle_batch)
+        todo = [(i, b) for i, b in enumerate(batches) if str(i) not in done]
+        written: list[int] = []
+        for payload in done.values():
+            written += payload["written"]
+            for fid, reason in payload["quarantined"]:
+                self._quarantine(fid, reason, "phase")
+        if todo:
+            shared = (self.executor.share(setup), self.executor.share(cals), store)
+            t0 = time.perf_counter()
+            for n, (j, (w, outcome)) in enumerate(self.executor.map(phase_task, [b for _, b in todo], *shared,
+                                                                    memory_bytes=self.layout.task_memory_bytes), 1):
+                i = todo[j][0]
+                self.work.mark("phase", str(i), {"written": w, "quarantined": outcome.quarantined})
+                written += w
+                self._note(outcome, "phase")
+                self.progress(n + len(done), len(batches), "phase")
+            self.timing["phase"] = round(time.perf_counter() - t0, 3)
+        return sorted(written)
+
+    def boxes(self, shape: tuple[int, int, int]) -> list[tuple[int, int, int, int, int, int]]:
+        """Central boxes for the FSC: side ``fsc_box_px`` clipped per axis, tiled about the centre."""
+        side = [min(self.layout.fsc_box_px, s) for s in shape]
+        counts = [max(1, s // b) for s, b in zip(shape, side)]
+        cands = []
+        for iz in range(counts[0]):
+            for iy in range(counts[1]):
+                for ix in range(counts[2]):
+                    origin = []
+                    for i, s, b, c in zip((iz, iy, ix), shape, side, counts):
+                        start = (s - c * b) // 2 + i * b
+                        origin.append(start)
+                    centre = np.array(origin) + np.array(side) / 2 - np.array(shape) / 2
+                    cands.append((float(np.sum(centre ** 2)), tuple(origin)))
+        cands.sort()
+        out = []
+        for _, (z, y, x) in cands[: self.layout.fsc_max_boxes]:
+            out.append((z, z + side[0], y, y + side[1], x, x + side[2]))
+        return out
+
+    def backproject(self, written: list[int], thetas_deg: np.ndarray, cor: float, store: ProjectionStore,
+                    volume_path: Path, boxes: list[tuple[int, ...]], halves_path: Path) -> None:
+        """Every slab of rows reconstructed into level 0 of the volume (and the FSC boxes' halves)."""
+        ny, nx = self.shape
+        rows = store.rows
+        slots = np.asarray(written, dtype=np.int64)
+        jobs = [SlabJob(r0, min(r0 + rows, ny), slots, np.deg2rad(thetas_deg[slots]), cor, self.config.fbp_window,
+                        self.config.fbp_padding, nx, str(volume_path), tuple(boxes), str(halves_path))
+                for r0 in range(0, ny, rows)]
+        done = self.work.done("slab")
+        todo = [j for j in jobs if str(j.r0) not in done]
+        t0 = time.perf_counter()
+        for n, (_, r0) in enumerate(self.executor.map(slab_task, todo, store,
+                                                      memory_bytes=self.layout.task_memory_bytes), 1):
+            self.work.mark("slab", str(r0))
+            self.progress(n + len(jobs) - len(todo), len(jobs), "backproject")
+        self.timing["backproject"] = round(time.perf_counter() - t0, 3)
+
+    def pyramid(self, volume_path: Path, n_levels: int, rows: int) -> None:
+        """The lower-resolution levels, level by level, slab by slab."""
+        for level in range(1, n_levels):
+            arr, _ = open_volume(volume_path, level)
+            nz = arr.shape[0]
+            jobs = [(str(volume_path), level, r0, min(r0 + rows, nz)) for r0 in range(0, nz, rows)]
+            done = self.work.done(f"level{level}")
+            todo = [j for j in jobs if str(j[2]) not in done]
+            for _, r0 in self.executor.map(pyramid_task, todo):
+                self.work.mark(f"level{level}", str(r0))
+            self.progress(level, n_levels - 1, "pyramid")
+
+    def resolution(self, halves_path: Path, boxes: list[tuple[int, ...]]) -> tuple[Resolution, dict[str, Any]]:
+        """FSC (half-bit) averaged over the boxes, and the edge-fit cross-check on the central one."""
+        voxel = self.geometry.voxel_m
+        res = self._map("fsc", fsc_box_task, [(str(halves_path), i) for i in range(len(boxes))])
+        freq = res[0][0]
+        fsc = np.nanmean(np.stack([r[1] for r in res]), axis=0)
+        n = np.sum(np.stack([r[2] for r in res]), axis=0)
+        r = resolution_from_fsc(freq, fsc, n, voxel)
+        thr = half_bit_threshold(n)
+        central = res[0][3]
+        self._central = central
+        edge = edge_resolution(central, voxel_m=voxel, half_length=float(max(3, min(12, (min(central.shape) - 4) // 2))))
+        fsc_section = Resolution(
+            r.resolution_m, r.crossing_freq, r.limited_by_sampling, "half-bit", [list(b) for b in boxes],
+            {"freq_nyquist": np.round(freq, 4).tolist(),
+             "fsc": [None if not np.isfinite(v) else round(float(v), 4) for v in fsc],
+             "half_bit": [None if not np.isfinite(v) else round(float(v), 4) for v in thr]})
+        edge_section = {"resolution_m": edge.resolution_m, "sigma_m": edge.sigma_m, "rise_10_90_m": edge.rise_10_90_m,
+                        "definition": "FWHM of the Gaussian line-spread function from an erf fit across the "
+                                      "strongest edge"}
+        return fsc_section, edge_section
+
+    # ------------------------------------------------------------------ the whole pass
+    def run(self, journal: FrameJournal | None = None) -> ChainResult:
+        """Run every step (skipping what a previous run finished) and write the outputs.
+
+        Parameters
+        ----------
+        journal : FrameJournal, optional
+            The scan's frame journal (the live stream's); by default ``OUT/journal.sqlite``. Every frame
+            is booked in it, and the report's frame account is the journal's.
+        """
+        t_start = time.perf_counter()
+        cfg = self.config
+        for d in self.index.rejected:
+            self._reject_distance_alert(d.name, d.reason)
+        for q in self.index.rejected_files:
+            self.alerts.append({"name": "DistanceFileRejected", "severity": "critical",
+                                "message": f"{q.source}: {q.reason}"})
+            log.error("file set aside: %s: %s", q.path, q.reason)
+        cals = self.calibrate()
+        slots = self.pair()
+        thetas = np.array([t for _, t, _ in slots])
+        models, shift_record, paganin_rows = self.align(slots, cals)
+        axis = self.rotation_axis(slots, cals, paganin_rows)
+        log.info("centre of rotation %.2f px (%s)", axis.px, axis.method)
+        envelope = self.envelope(slots, cals, axis.px)
+        contrast = None
+        if envelope is not None:
+            contrast = cfg.delta_beta_contrast or delta_beta_of(cfg.stain_formula, cfg.stain_density,
+                                                                self.geometry.energy_kev)
+        setup = PhaseSetup(self.geometry, self.shape, self.delta_beta, cfg, tuple(models), envelope, contrast,
+                           token=self.work.path.as_posix() + ":" + str(id(self)))
+        ny, nx = self.shape
+        rows = self.layout.rows_per_slab(ny, nx)
+        store = ProjectionStore(self.work.path / "projections.zarr", len(slots), self.shape, rows, create=True)
+        written = self.phase(slots, setup, cals, store)
+        if not written:
+            raise InputError(self.index.folder, "no angle has a usable frame at any distance")
+        vol_shape = (ny, nx, nx)
+        work_volume = self.work.path / VOLUME_NAME
+        translation = None
+        levels = create_volume(work_volume, vol_shape, self.geometry.voxel_m, chunks=(rows, 256, 256),
+                               translation_m=translation)
+        boxes = self.boxes(vol_shape)
+        halves_path = self.work.path / "fsc_halves.zarr"
+        _create_halves(halves_path, boxes)
+        self.backproject(written, thetas, axis.px, store, work_volume, boxes, halves_path)
+        self.pyramid(work_volume, len(levels), rows)
+        fsc_section, edge_section = self.resolution(halves_path, boxes)
+        report = self._report(slots, written, axis, envelope, contrast, shift_record, fsc_section, edge_section,
+                              halves_path, t_start)
+        own_journal = journal is None and self.out is not None
+        if own_journal:
+            journal = FrameJournal(self.out / JOURNAL_NAME)
+        if journal is not None:
+            report.frames = self.book(journal)
+            if report.frames.missing_from_volume:
+                report.alerts.append({"name": "FramesVanished", "severity": "critical", "message": (
+                    f"{report.frames.missing_from_volume} frames received during the scan are no longer in the "
+                    "scan folder: the final volume was made without them")})
+            if own_journal:
+                journal.close()
+        volume_path = work_volume
+        if self.out is not None:
+            final = self.out / VOLUME_NAME
+            if final.exists():
+                shutil.rmtree(final)
+            work_volume.replace(final)
+            volume_path = final
+            report.write(self.out)
+            if not self.layout.keep_work:
+                self.work.remove()
+        return ChainResult(report, self.out, volume_path)
+
+    def _reject_distance_alert(self, name: str, reason: str) -> None:
+        self.alerts.append({"name": "DistanceFileRejected", "severity": "critical",
+                            "message": f"distance {name} left out: {reason}"})
+        log.error("distance %s left out: %s", name, reason)
+
+    def _report(self, slots: list, written: list[int], axis: RotationAxis, envelope: SampleEnvelope | None,
+                contrast: float | None, shift_record: dict[str, Any], fsc_section: Resolution,
+                edge_section: dict[str, Any], halves_path: Path, t_start: float) -> ScanReport:
+        from ..quality.alerts import default_router  # noqa: PLC0415
+        from ..quality.monitor import QualityMonitor  # noqa: PLC0415
+
+        cfg, geo = self.config, self.geometry
+        voxel = geo.voxel_m
+        own = self.monitor is None
+        monitor = self.monitor
+        if own:
+            monitor = QualityMonitor(cfg, str(Path(self.index.folder).resolve()), router=default_router(cfg))
+            feed_monitor(monitor, self.index)
+        central = getattr(self, "_central", None)
+        if central is not None:
+            import zarr  # noqa: PLC0415
+
+            h = np.asarray(zarr.open_group(str(halves_path), mode="r")["box0"][...])
+            monitor.add_fsc(n_angles=len(written), halves=(h[0], h[1]), fraction=1.0, voxel_m=voxel)
+        quality = monitor.snapshot()
+        if own:
+            monitor.close()
+        q = quality["dose"]
+        alerts = self.alerts + list(monitor.alert_history())
+        account = self.account()
+        ny, nx = self.shape
+        details = {k: q[k] for k in ("sample", "sample_gray", "previous_scans_gray", "ledger", "dead_time_s",
+                                     "exposed_frames", "exposure_s", "fluence_per_m2") if k in q}
+        details["material"] = {"formula": cfg.sample_formula, "density_g_cm3": cfg.sample_density}
+        return ScanReport(
+            software={"name": "xnh-stream", "version": __version__},
+            scan={"folder": str(self.index.folder), "distances": [d.name for d in self.index.distances],
+                  "n_angles": len(slots), "angles_used": len(written), "frame_shape": [ny, nx]},
+            geometry={"energy_kev": geo.energy_kev, "voxel_m": voxel, "reference_distance": self.ref + 1,
+                      "distances": [{"name": d.name, "z1_m": g.z1_m, "z2_m": g.z2_m, "magnification": g.magnification,
+                                     "effective_pixel_m": g.effective_pixel_m,
+                                     "propagation_distance_m": g.propagation_distance_m,
+                                     "fresnel_number": g.fresnel_number}
+                                    for d, g in zip(self.index.distances, geo.distances)]},
+            phase={"method": "ctf-multi-distance" + ("-two-material" if envelope is not None else ""),
+                   "delta_beta": self.delta_beta, "delta_beta_contrast": contrast,
+                   "envelope": None if envelope is None else envelope.as_dict(),
+                   "alpha_low": cfg.ctf_alpha_low, "alpha_high": cfg.ctf_alpha_high,
+                   "sign": "phase = -k * integral(delta dz) (negative for matter); volume holds delta"},
+            alignment=shift_record,
+            cor=axis,
+            fsc=fsc_section,
+            edge=edge_section,
+            dose=Dose(q["gray_total"], q["per_distance_gray"], q["mu_rho_m2_per_kg"], details),
+            drift=quality["drift"], warp=quality["warp"], running_fsc=quality["fsc"]["history"],
+            alerts=alerts, frames=account, config=cfg.to_dict(),
+            timing_s={**self.timing, "total": round(time.perf_counter() - t_start, 3)},
+        )
+
+    def universe(self) -> dict[str, tuple[int | None, float | None]]:
+        """Every frame id of the scan (incl. unused and rejected ones) with its journal key and angle."""
+        out: dict[str, tuple[int | None, float | None]] = {}
+        recs = [*self.index.frames, *(r for d in self.index.rejected for r in d.frames),
+                *(r for r, _ in self.index.duplicates)]
+        for r in recs:
+            out[r.frame_id] = (journal_key(r), r.rotation_angle_deg)
+        for q in self.index.rejected_files:
+            out[f"{q.file_id}#file"] = (None, None)
+        return out
+
+    def book(self, journal: FrameJournal) -> FrameAccount:
+        """Book every frame's fate in the journal; the journal's account (what the report says).
+
+        Frames new to the journal are received; frames set aside are quarantined with their reason; the
+        others are processed. A frame the journal received during the scan that the scan folder no longer
+        holds is quarantined if it was pending, and counted in ``missing_from_volume`` if the live stream
+        had already processed it.
+        """
+        account = self.account()
+        universe = self.universe()
+        known = journal.known_ids()
+        journal.record_many(JournalEntry(fid, RECEIVED, image_key=k, angle_deg=a, stage="final")
+                            for fid, (k, a) in universe.items() if fid not in known)
+        pending = {r.frame_id for r in journal.pending()}
+        reasons = dict(zip(self._quarantine_ids, account.quarantine))
+        bad = [(fid, q) for fid, q in reasons.items() if fid in pending]
+        if bad:
+            journal.mark_many([f for f, _ in bad], QUARANTINED, stage="final", reasons=[q.reason for _, q in bad])
+        missing: list[str] = []
+        vanished_pending: list[str] = []
+        for r in journal.iter_records():
+            if r.frame_id in universe:
+                continue
+            if r.state == RECEIVED:
+                vanished_pending.append(r.frame_id)
+            elif r.state == PROCESSED and r.stage != "vanished":
+                missing.append(r.frame_id)
+        if vanished_pending:
+            journal.mark_many(vanished_pending, QUARANTINED, stage="final", reasons=[
+                "not in the scan folder at the final pass (its file vanished or was replaced)"] * len(vanished_pending))
+        if missing:
+            journal.mark_many(missing, PROCESSED, stage="vanished")
+            journal.emit("frames_vanished", {"frames": len(missing)}, key=f"vanished:{len(missing)}")
+        rest = [r.frame_id for r in journal.pending()]
+        if rest:
+            journal.mark_many(rest, PROCESSED, stage="final")
+        summary = journal.summary()
+        n_missing = sum(1 for r in journal.iter_records() if r.state == PROCESSED and r.stage == "vanished")
+        return FrameAccount(summary["received"], summary["processed"], summary["quarantined"], summary["pending"],
+                            summary["duplicates"],
+                            [QuarantinedFrame(q["file"], q["index"], q["reason"], q.get("stage"))
+                             for q in summary["quarantine"]], account.rejected_files, n_missing)
+
+    def account(self) -> FrameAccount:
+        """Every frame of the scan and what became of it (without a journal)."""
+        quarantine = dict(self.quarantine)
+        for d in self.index.distances:
+            for rec in d.invalid:
+                quarantine.setdefault(rec.frame_id, QuarantinedFrame(rec.path, rec.index,
+                                                                     "image_key 3 (invalid) set by the acquisition",
+                                                                     "ingest"))
+        for d in self.index.rejected:
+            for rec in d.frames:
+                quarantine.setdefault(rec.frame_id, QuarantinedFrame(rec.path, rec.index,
+                                                                     f"distance left out: {d.reason}", "ingest"))
+        for rec, original in self.index.duplicates:
+            quarantine.setdefault(rec.frame_id, QuarantinedFrame(rec.path, rec.index,
+                                                                 f"copy of {original} (same content): not used",
+                                                                 "ingest"))
+        rejected_files = []
+        for q in self.index.rejected_files:
+            quarantine.setdefault(f"{q.file_id}#file", QuarantinedFrame(q.path, None, f"file rejected: {q.reason}",
+                                                                        "ingest"))
+            rejected_files.append({"file": q.path, "reason": f"{q.source}: {q.reason}"})
+        received = self.index.n_frames + len(self.index.rejected_files)
+        entries = list(quarantine.values())
+        self._quarantine_ids = list(quarantine)
+        return FrameAccount(received, received - len(entries), len(entries), 0, 0, entries, rejected_files)
+
+
+def journal_key(rec: FrameRecord) -> int | None:
+    """The journal's image key of a frame: 0, 1, 2, or -1 for a return projection (None: invalid)."""
+    if rec.image_key_control == -1:
+        return -1
+    return rec.image_key if rec.image_key in (0, 1, 2) else None
+
+
+def _batches(items: Sequence[Any], size: int) -> list[list[Any]]:
+    size = max(1, int(size))
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _create_halves(path: Path, boxes: list[tuple[int, ...]]) -> None:
+    import zarr  # noqa: PLC0415
+
+    group = zarr.open_group(str(path), mode="a")
+    for i, (z0, z1, y0, y1, x0, x1) in enumerate(boxes):
+        shape = (2, z1 - z0, y1 - y0, x1 - x0)
+        if f"box{i}" in group and tuple(group[f"box{i}"].shape) == shape:
+            continue
+        # one z-plane per chunk: slabs cut boxes anywhere, and no two slabs may write one chunk
+        group.create_array(f"box{i}", shape=shape, chunks=(2, 1, shape[2], shape[3]), dtype="float32",
+                           fill_value=0.0, overwrite=True)
+
+
+def feed_monitor(monitor: Any, index: ScanIndex) -> None:
+    """Every frame of a finished scan to a quality monitor, in acquisition order; pixels only where it needs them.
+
+    Frames that cannot be read are skipped here: the chain's own reading quarantines them.
+    """
+    for d in index.distances:
+        for rec in sorted(d.frames, key=lambda r: (r.sequence, r.frame_id)):
+            pixels = None
+            if monitor.wants_pixels(rec):
+                pixels, problem = read_frame(rec)
+                if pixels is None:
+                    continue
+            monitor.add_frame(rec, pixels)
