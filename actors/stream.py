@@ -1,15 +1,17 @@
-"""Ray actors of the live stream: thin wrappers around the :mod:`xnh_stream` core.
+"""The live stream on Ray: a driver (:class:`StreamDriver`) and two thin actors around the chain's core.
 
 Data flow (see DESIGN.md)::
 
-    source.poll() --> driver: journal + ScanAssembler (flat-field, DistanceStore)
+    source.poll() --> StreamDriver: journal + ScanAssembler (flat-field, DistanceStore on disk)
         --> PhaseWorker pool (Paganin preview / multi-distance CTF), bounded in flight
-        --> ReconShard actors (a slab of rows each, even/odd halves; previews replaced by CTF)
-    scan complete --> final pass: the batch chain on the same files (OUT/volume.ome.zarr, report.json)
-                  --> "scan_complete" event to the journal and to subscribers
+        --> ReconShard actors (a slab of rows each, even/odd halves; a preview is replaced by its final)
+    scan complete --> the final pass (xnh_stream.chain.final.FinalChain) on Ray tasks --> OUT/volume.ome.zarr,
+                      report.json --> "scan_complete" event to the journal and to subscribers
 
-Frames and projections travel as Ray object references: a projection is put once and every shard
-reads it from the shared object store without a copy.
+The stream and the batch command run the same chain: the assembler, the per-angle steps and the final
+pass are :mod:`xnh_stream.chain`; only where frames come from (a folder being written) and when the steps
+run (as frames land) differ. Work items travel without pixels and are loaded from the store just before
+they are dispatched, so memory stays bounded, after a restart too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,18 +29,24 @@ import numpy as np
 import ray
 
 from xnh_stream.chain.assembler import AngleWork, ScanAssembler
+from xnh_stream.chain.final import ChainLayout, ChainResult, FinalChain, delta_beta_of, journal_key
+from xnh_stream.chain.report import JOURNAL_NAME, Completion, DistanceState, StreamProgress
+from xnh_stream.chain.scan import ScanIndex
+from xnh_stream.chain.steps import AngleProcessor, read_frame
 from xnh_stream.config import ProcessConfig
-from xnh_stream.physics.fbp import estimate_cor
-from xnh_stream.chain.incremental import AngleProcessor, ProgressiveVolume
-from xnh_stream.ingest.watch import FolderWatcher
-from xnh_stream.state.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal, frame_id_of
-from xnh_stream.state.journal import FrameRecord as JournalEntry
+from xnh_stream.ingest.watch import FolderWatcher, QuarantineRecord
+from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN
+from xnh_stream.io.sources import FrameRecord
 from xnh_stream.live.views import merge_views, slab_views
+from xnh_stream.physics.fbp import estimate_cor
+from xnh_stream.physics.xp import bin_2d, binning_for
 from xnh_stream.quality.alerts import CallbackSink, default_router
 from xnh_stream.quality.monitor import QualityMonitor
-from xnh_stream.chain.batch import ChainResult, delta_beta_of, process_scan
+from xnh_stream.state.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal
+from xnh_stream.state.journal import FrameRecord as JournalEntry
 from xnh_stream.state.store import DistanceStore
-from xnh_stream.physics.xp import bin_2d, binning_for
+
+from .executor import RayExecutor
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +78,31 @@ class PhaseWorker:
 
     def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         """The projection of ``work`` (binned for the live volume); for final work also the preview it
-        replaces (recomputed)."""
-        final, previous = self._project(work, models)
-        return bin_2d(final, self.binning), None if previous is None else bin_2d(previous, self.binning)
-
-    def _project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        replaces, recomputed exactly (same frame, same angle, same shift)."""
         if self._proc is None or self._proc.geometry != work.geometry:
-            self._proc = AngleProcessor(work.geometry, self.shape, self.delta_beta, self.config)
-        self._proc.models = models if len(models) == len(work.geometry.distances) else [None] * len(models)
+            from xnh_stream.physics.xp import get_array_module  # noqa: PLC0415
+
+            self._proc = AngleProcessor(work.geometry, self.shape, self.delta_beta, self.config,
+                                        xp=get_array_module(self.config.backend))
+        proc = self._proc
+        proc.models = models if len(models) == len(work.geometry.distances) else [None] * len(work.geometry.distances)
         if work.kind == "preview":
             ((k, frame),) = work.frames.items()
-            return self._proc.preview(k, frame, work.theta_deg), None
-        final = self._proc.ctf(work.frames, work.theta_deg)
-        k = work.preview_distance
-        previous = self._proc.preview(k, work.frames[k], work.theta_deg) if k is not None else None
-        return final, previous
+            out, previous = proc.preview(k, frame, work.theta_deg, work.preview_shift_yx), None
+        else:
+            out = proc.ctf(work.frames, work.theta_deg)
+            k = work.preview_distance
+            previous = (proc.preview(k, work.frames[k], work.preview_theta_deg, work.preview_shift_yx)
+                        if k is not None else None)
+        to_host = _to_host
+        return (bin_2d(to_host(out), self.binning),
+                None if previous is None else bin_2d(to_host(previous), self.binning))
+
+
+def _to_host(a: Any) -> np.ndarray:
+    from xnh_stream.physics.xp import to_numpy  # noqa: PLC0415
+
+    return np.asarray(to_numpy(a), dtype=np.float32)
 
 
 @ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **CONTROL)
@@ -93,6 +111,8 @@ class ReconShard:
 
     def __init__(self, frame_shape: tuple[int, int], rows: tuple[int, int], cor: float, window: str,
                  padding: str) -> None:
+        from xnh_stream.chain.accumulate import ProgressiveVolume  # noqa: PLC0415
+
         ny, nx = frame_shape
         self.rows = slice(*rows)
         self.vol = ProgressiveVolume(ny, nx, cor=cor, window=window, padding=padding, rows=self.rows)
@@ -103,7 +123,8 @@ class ReconShard:
         """Changes when Ray restarts the actor: its volume is then empty and must be replayed."""
         return self._incarnation
 
-    def add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool) -> int:
+    def add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool,
+            previous_theta_rad: float | None = None) -> int:
         """Back-project one projection (previews are not kept: finals carry the preview they replace)."""
         projection, previous = result
         state = self.vol.state(index)
@@ -112,17 +133,14 @@ class ReconShard:
         if final and state is None:  # the final overtook its preview, which will be dropped when it comes
             self.vol.add(index, theta_rad, projection, final=True)
         else:
-            self.vol.add(index, theta_rad, projection, final=final, previous=previous)
+            self.vol.add(index, theta_rad, projection, final=final, previous=previous,
+                         previous_theta_rad=previous_theta_rad)
         self.vol.forget_preview(index)
         return self.vol.n_final
 
     def volume(self) -> tuple[int, np.ndarray]:
         """First row and the slab's current volume."""
         return self.rows.start, np.asarray(self.vol.volume())
-
-    def progress(self) -> dict[str, int]:
-        """Angles in the slab as preview and as final."""
-        return {"preview": self.vol.n_preview, "final": self.vol.n_final}
 
     def views(self, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:
         """Small pieces of the slab for the running FSC and the live page (:func:`slab_views`)."""
@@ -132,73 +150,90 @@ class ReconShard:
         return slab_views(h0, h1, self.vol.volume(), self.rows.start, n_rows, fsc_bin, region_px)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------------------
+class FrameSource(Protocol):
+    """Where frame records come from (a folder watcher; a list in tests)."""
+
+    def poll(self) -> list[FrameRecord]:
+        """New complete frames (records; pixels are read by the driver); each frame once."""
+
+    def completion(self) -> Completion | None:
+        """Why the scan counts as complete now, or None while it is not."""
+
+
 class WatcherSource:
-    """Frames of a scan folder as a :class:`FolderWatcher` finds them, with the end-of-scan rule.
+    """Frames of a scan folder as a :class:`FolderWatcher` finds them, and the end-of-scan rule.
 
-    The scan is finished when ``n_distances`` distances have shown their return projections (taken at the
-    end of each distance), no file is still being written, and nothing new arrived for ``quiet_s``.
+    The scan is complete, whichever comes first, when
 
-    Parameters
-    ----------
-    watcher : FolderWatcher
-        The folder's watcher.
-    n_distances : int
-        Distances of the scan.
-    quiet_s : float
-        Idle time after the last frame before the scan counts as finished.
+    * every one of ``n_distances`` distances is complete (its stated frame count reached, its files
+      finished with ``end_time``), and no file is still being written; or
+    * nothing new arrived for ``quiet_s`` and no file is still being written (a file that stays incomplete
+      is set aside by the watcher after its ``stall_s``): the scan completes with what it has, and the
+      distances it lacks are named.
+
+    Return projections are not needed. Parameters: the watcher, the distances the scan has, the idle time.
     """
 
-    def __init__(self, watcher: FolderWatcher, n_distances: int = 4, quiet_s: float = 3.0) -> None:
+    def __init__(self, watcher: FolderWatcher, n_distances: int = 4, quiet_s: float = 60.0) -> None:
         self.watcher, self.n_distances, self.quiet_s = watcher, n_distances, quiet_s
-        self._returns: set[float] = set()
         self._last = time.monotonic()
+        self._seen = False
 
-    def poll(self) -> list[tuple[Any, np.ndarray]]:
-        """New frames with their pixels."""
+    def poll(self) -> list[FrameRecord]:
+        """New frames."""
         records = self.watcher.poll()
         if records:
             self._last = time.monotonic()
-        out = []
-        for rec in records:
-            if rec.is_return:
-                self._returns.add(rec.distance_key)
-            out.append((rec, rec.read()))
-        return out
+            self._seen = True
+        return records
 
-    def drain_quarantine(self) -> list[Any]:
+    def drain_quarantine(self) -> list[QuarantineRecord]:
         """Files the watcher set aside since the last call."""
         return self.watcher.drain_quarantine()
 
-    def finished(self) -> bool:
-        """All distances done, nothing pending, and quiet for ``quiet_s``."""
-        return (len(self._returns) >= self.n_distances and not self.watcher.pending_files()
-                and time.monotonic() - self._last >= self.quiet_s)
+    def drain_duplicates(self) -> list[tuple[FrameRecord, str]]:
+        """Frames of copied files since the last call."""
+        return self.watcher.drain_duplicates()
+
+    def completion(self) -> Completion | None:
+        """See the class docstring."""
+        if self.watcher.pending_files():
+            return None
+        progress = self.watcher.distance_progress()
+        done = [p for p in progress.values() if p.complete]
+        if len(done) >= self.n_distances:
+            return Completion(f"all {self.n_distances} distances complete (stated frame counts or end_time)")
+        if self._seen and time.monotonic() - self._last >= self.quiet_s:
+            missing = [f"distance {p.name}: {p.received} frames, incomplete" for p in progress.values()
+                       if not p.complete]
+            if len(progress) < self.n_distances:
+                missing.append(f"{self.n_distances - len(progress)} of {self.n_distances} distances never "
+                               "arrived")
+            return Completion(f"no new frame for {self.quiet_s:g} s", missing)
+        return None
 
 
-class FrameSource(Protocol):
-    """Where frames come from (a folder watcher, a list in tests)."""
-
-    def poll(self) -> list[tuple[Any, np.ndarray]]:
-        """New complete frames as ``(record, pixels)``; each frame once."""
-
-    def finished(self) -> bool:
-        """True once the scan's last frame has been delivered."""
-
-
-# --- instrumentation (metrics): figures added to the on_progress dictionary ------------------------------
+# ----------------------------------------------------------------------------------------------------------
+# Instrumentation (metrics)
+# ----------------------------------------------------------------------------------------------------------
 class _Instruments:
-    """Stage latencies, restarts, store size and cluster resources of one stream, for ``on_progress``.
+    """Stage latencies, restarts, store size and cluster resources of one stream, for the progress.
 
-    Latency samples accumulate between two progress calls and are handed out once (``latency_s``: {stage:
-    [seconds]}); the slow figures (store size on disk, cluster resources) are refreshed every ``slow_s``.
+    Latency samples accumulate between two progress reports and are handed out once; the slow figures
+    (store size on disk, cluster resources) are refreshed every ``slow_s``.
     """
 
     def __init__(self, slow_s: float = 5.0) -> None:
         self.samples: dict[str, list[float]] = {}
-        self.landed_preview: dict[str, float] = {}  # projection frame id -> time it was handed to the stream
+        self.landed_preview: dict[str, float] = {}
         self.landed_final: dict[str, float] = {}
-        self.restarts = {"phase_worker": 0, "recon_shard": 0}  # restarts noticed, per actor kind
-        self.slow_s, self._slow_at, self._slow = slow_s, -float("inf"), {}
+        self.restarts = {"phase_worker": 0, "recon_shard": 0}
+        self.slow_s, self._slow_at = slow_s, -float("inf")
+        self.cluster: dict[str, float] = {}
+        self.store_bytes: int | None = None
 
     def sample(self, stage: str, seconds: float) -> None:
         self.samples.setdefault(stage, []).append(seconds)
@@ -220,329 +255,430 @@ class _Instruments:
             if t0:
                 self.sample("landing_to_final", t - max(t0))
 
-    def snapshot(self, store: DistanceStore | None) -> dict[str, Any]:
+    def refresh(self, store: DistanceStore | None) -> None:
         now = time.monotonic()
         if now - self._slow_at >= self.slow_s:
             self._slow_at = now
-            self._slow = {"cluster": _cluster_state()}
+            total, avail = ray.cluster_resources(), ray.available_resources()
+            self.cluster = {"nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+                            "cpus_total": total.get("CPU", 0.0), "cpus_available": avail.get("CPU", 0.0),
+                            "object_store_total_bytes": total.get("object_store_memory", 0.0),
+                            "object_store_available_bytes": avail.get("object_store_memory", 0.0)}
             if store is not None:
-                self._slow["store_bytes"] = store.nbytes_on_disk()
+                self.store_bytes = store.nbytes_on_disk()
+
+    def take_samples(self) -> dict[str, list[float]]:
         samples, self.samples = self.samples, {}
-        return {**self._slow, "latency_s": samples, "restarts": dict(self.restarts)}
+        return samples
 
 
-def _cluster_state() -> dict[str, Any]:
-    """Nodes, CPUs and object store memory of the Ray cluster (total and available)."""
-    total, avail = ray.cluster_resources(), ray.available_resources()
-    return {"nodes": sum(1 for n in ray.nodes() if n.get("Alive")), "cpus_total": total.get("CPU", 0.0),
-            "cpus_available": avail.get("CPU", 0.0),
-            "object_store_total_bytes": total.get("object_store_memory", 0.0),
-            "object_store_available_bytes": avail.get("object_store_memory", 0.0)}
-# --- end of instrumentation ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class StreamOptions:
+    """How the stream runs (Ray resources, pacing).
+
+    Attributes
+    ----------
+    n_distances : int
+        Distances of the scan.
+    n_workers, n_shards : int
+        Phase workers and reconstruction shards (actors).
+    max_in_flight : int
+        Phase tasks in flight (backpressure).
+    poll_interval_s : float
+        Sleep between polls when nothing arrived.
+    timeout_s : float, optional
+        Stop waiting for the end of the scan after this long (reported incomplete; no final volume).
+    final_pass : bool
+        Run the final pass at completion.
+    quality_every_s : float
+        How often the running FSC and the live images are refreshed from the shards.
+    layout : ChainLayout
+        How the final pass cuts its work.
+    """
+
+    n_distances: int = 4
+    n_workers: int = 2
+    n_shards: int = 2
+    max_in_flight: int = 8
+    poll_interval_s: float = 0.2
+    timeout_s: float | None = None
+    final_pass: bool = True
+    quality_every_s: float = 5.0
+    layout: ChainLayout = field(default_factory=ChainLayout)
 
 
 @dataclass
 class StreamResult:
-    """What :func:`run_stream` produced."""
+    """What :meth:`StreamDriver.run` produced."""
 
     final: ChainResult | None
     live_volume: np.ndarray | None
     counts: dict[str, int]
     events: list[dict[str, Any]] = field(default_factory=list)
     live_binning: int = 1  # the live volume's voxel is this many final voxels
+    completion: Completion | None = None
 
 
-def run_stream(source: FrameSource, scan_folder: Path, out: Path, config: ProcessConfig, n_distances: int = 4,
-               n_workers: int = 2, n_shards: int = 2, max_in_flight: int = 8, poll_interval_s: float = 0.2,
-               on_progress: Callable[[dict[str, Any]], None] | None = None,
-               subscribers: tuple[Callable[[dict[str, Any]], None], ...] = (), timeout_s: float | None = None,
-               final_pass: bool = True, on_result: Callable[[AngleWork], None] | None = None,
-               live_page: Any | None = None, quality_every_s: float = 5.0) -> StreamResult:
-    """Process a running scan as its frames arrive; at completion write the final outputs.
+class StreamDriver:
+    """Process a running scan as its frames arrive; at completion run the final pass.
 
     Parameters
     ----------
     source : FrameSource
-        Gives ``(record, pixels)`` of complete frames.
+        Gives the records of complete frames and says when the scan is complete.
     scan_folder : Path
-        The scan's folder (the final pass runs the batch chain on it).
+        The scan's folder (the final pass reads it).
     out : Path
         Output folder: ``journal.sqlite``, ``store/`` (flat-fielded frames), ``volume.ome.zarr``,
         ``report.json``.
     config : ProcessConfig
         Processing options.
-    n_distances, n_workers, n_shards, max_in_flight : int
-        Scan distances, phase workers, reconstruction shards, phase tasks in flight (backpressure).
+    options : StreamOptions, optional
+        Actors, pacing, final pass.
     on_progress : callable, optional
-        Called with a progress dictionary after each poll.
+        Called with a :class:`StreamProgress` after each poll.
     subscribers : callables
         Called with the ``scan_complete`` event (segmentation subscribes here).
-    timeout_s : float, optional
-        Give up waiting for frames after this long (the scan is reported incomplete).
-    final_pass : bool
-        Run the batch chain at completion (the exact final volume).
     on_result : callable, optional
         Called with each work item once its projection is in every shard (latency measurements).
     live_page : LivePage, optional
-        The live page (:class:`xnh_stream.live.LivePage`) to publish progress, quality and images to.
-    quality_every_s : float
-        How often the running FSC and the live images are refreshed from the shards (every progress
-        dictionary carries the latest ``quality`` figures of the :class:`QualityMonitor`).
-
-    Returns
-    -------
-    StreamResult
+        The live page to publish progress, quality and images to.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    journal = FrameJournal(out / "journal.sqlite")
-    # A restart after a crash: frames the journal already has are fed to the assembler again (it rebuilds
-    # calibration and the live volume from them) but not journaled again, so nothing is counted twice.
-    known = journal.known_ids()
-    if known:
-        log.info("resuming: the journal already knows %d frames", len(known))
-    assembler: ScanAssembler | None = None
-    workers: list[Any] = []
-    shards: list[Any] = []
-    in_flight: dict[Any, AngleWork] = {}
-    delta_beta = config.delta_beta
-    started = time.monotonic()
-    n_done = 0
 
-    cor_known = config.cor is not None
-    live_binning = 1
-    instruments = _Instruments()  # metrics
-    dispatched_at: dict[Any, float] = {}  # metrics: phase task -> dispatch time
-    # --- quality (xnh_stream.quality): fed every frame; alerts to the log, the journal, the webhook ---
-    monitor = QualityMonitor(config, str(Path(scan_folder).resolve()), router=default_router(
-        config, extra=[CallbackSink(lambda a: journal.emit("alert", a.as_dict(), key=f"alert:{a.name}:{a.severity}"))],
-        generator_url=getattr(live_page, "url", "")))
-    quality_at = -float("inf")
-    last_final: list[Any] = []  # [angle, result ref] of the latest final (CTF) projection: the live phase map
+    def __init__(self, source: FrameSource, scan_folder: str | Path, out: str | Path, config: ProcessConfig,
+                 options: StreamOptions | None = None,
+                 on_progress: Callable[[StreamProgress], None] | None = None,
+                 subscribers: Iterable[Callable[[dict[str, Any]], None]] = (),
+                 on_result: Callable[[AngleWork], None] | None = None, live_page: Any | None = None) -> None:
+        self.source, self.scan_folder, self.out = source, Path(scan_folder), Path(out)
+        self.config, self.opt = config, options or StreamOptions()
+        self.on_progress, self.subscribers, self.on_result, self.live_page = (
+            on_progress, tuple(subscribers), on_result, live_page)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.journal = FrameJournal(self.out / JOURNAL_NAME)
+        # After a crash: frames the journal knows are taken back (projections from the store, without
+        # reading their files) but neither journaled nor counted again.
+        self.known = self.journal.known_ids()
+        if self.known:
+            log.info("resuming: the journal already knows %d frames", len(self.known))
+        self.assembler: ScanAssembler | None = None
+        self.workers: list[Any] = []
+        self.shards: list[Any] = []
+        self.in_flight: dict[Any, tuple[AngleWork, list[Any] | None]] = {}
+        self.adding: deque[tuple[AngleWork, list[Any], float]] = deque()
+        self.incarnations: dict[Any, str] = {}
+        self.delta_beta = config.delta_beta
+        self.live_binning = 1
+        self.cor_known = config.cor is not None
+        self.instruments = _Instruments()
+        self.dispatched_at: dict[Any, float] = {}
+        self.last_final: tuple[float, Any] | None = None  # angle and result ref of the latest CTF projection
+        self.quality_at = -float("inf")
+        self._n_dispatched = 0
+        self.monitor = QualityMonitor(config, str(self.scan_folder.resolve()), router=default_router(
+            config, extra=[CallbackSink(lambda a: self.journal.emit("alert", a.as_dict(),
+                                                                    key=f"alert:{a.name}:{a.severity}"))],
+            generator_url=getattr(live_page, "url", "")))
 
-    def update_quality(status: str) -> dict[str, Any]:
-        """Running FSC from the shards' pieces, live images, and the monitor's snapshot (to the live page)."""
-        images: dict[str, Any] = {}
-        state = assembler.state()
-        if shards and state["angles_seen"] >= 4:
-            n_rows = assembler.shape[0] // live_binning
-            views = merge_views(ray.get([s.views.remote(n_rows, config.fsc_bin, config.fsc_region_px)
-                                         for s in shards]))
-            voxel = assembler.geometry.voxel_m * live_binning
-            if "binned" in views or "region" in views:
-                monitor.add_fsc(n_angles=state["angles_seen"], binned=views.get("binned"),
-                                region=views.get("region"), voxel_m=voxel)
-            images = views["images"]
-        extra = {}
-        if last_final:
-            images["phase"] = -np.asarray(ray.get(last_final[1])[0])  # phase = -k voxel * projected delta
-            extra["phase_angle_deg"] = last_final[0]
-        quality = monitor.snapshot()
-        if live_page is not None:
-            live_page.publish({**state, **extra, "status": status, "quality": quality}, images)
-        return quality
+    # ------------------------------------------------------------------ set-up
+    def _start(self, rec: FrameRecord) -> None:
+        ny, nx = rec.frame_shape
+        cfg = self.config
+        self.assembler = ScanAssembler(self.opt.n_distances, (ny, nx), DistanceStore(self.out / "store", (ny, nx)),
+                                       delta_beta_align=cfg.align_delta_beta, align_bin_px=max(1, min(ny, nx) // 256),
+                                       pca_components=cfg.flat_pca_components)
+        if self.delta_beta is None:
+            self.delta_beta = delta_beta_of(cfg.sample_formula, cfg.sample_density, rec.geometry.energy_kev)
+        self.live_binning = cfg.live_binning or binning_for((ny, nx), LIVE_COLUMNS)
+        gpu = {"num_gpus": 0.5} if cfg.backend == "cupy" else {}
+        self.workers = [PhaseWorker.options(**gpu).remote((ny, nx), self.delta_beta, cfg.to_dict(), self.live_binning)
+                        for _ in range(self.opt.n_workers)]
+        self.shards = self._make_shards(cfg.cor if cfg.cor is not None else (nx - 1) / 2)
 
-    def make_shards(cor: float) -> list[Any]:
-        # the live volume is binned: full-resolution quality comes from the final pass
-        ny, nx = assembler.shape[0] // live_binning, assembler.shape[1] // live_binning
-        edges = np.linspace(0, ny, n_shards + 1).round().astype(int)
-        return [ReconShard.remote((ny, nx), (int(a), int(b)), (cor + 0.5) / live_binning - 0.5, config.fbp_window,
-                                  config.fbp_padding)
-                for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    def _make_shards(self, cor: float) -> list[Any]:
+        b = self.live_binning
+        ny, nx = self.assembler.shape[0] // b, self.assembler.shape[1] // b
+        edges = np.linspace(0, ny, self.opt.n_shards + 1).round().astype(int)
+        return [ReconShard.remote((ny, nx), (int(a), int(c)), (cor + 0.5) / b - 0.5, self.config.fbp_window,
+                                  self.config.fbp_padding)
+                for a, c in zip(edges[:-1], edges[1:]) if c > a]
 
-    def dispatch(work: AngleWork, targets: list[Any] | None = None) -> None:
-        nonlocal n_done
-        while len(in_flight) >= max_in_flight:  # backpressure: wait for a slot
-            drain(block=True)
-        worker = workers[n_done % len(workers)]
-        n_done += 1
-        ref = worker.project.remote(work, assembler.shift_models())
-        in_flight[ref] = (work, targets)
-        dispatched_at[ref] = time.monotonic()
+    # ------------------------------------------------------------------ work
+    def _dispatch(self, work: AngleWork, targets: list[Any] | None = None) -> None:
+        while len(self.in_flight) >= self.opt.max_in_flight:  # backpressure: wait for a slot
+            self._drain(block=True)
+        worker = self.workers[self._n_dispatched % len(self.workers)]
+        self._n_dispatched += 1
+        work.load(self.assembler.store)
+        ref = worker.project.remote(work, self.assembler.shift_models())
+        work.frames = {}  # the object store has them now
+        self.in_flight[ref] = (work, targets)
+        self.dispatched_at[ref] = time.monotonic()
 
-    adding: deque[tuple[AngleWork, list[Any], float]] = deque()  # projections being back-projected, in order
-    incarnations: dict[Any, str] = {}
+    def _drain(self, block: bool) -> None:
+        if self.in_flight:
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1 if block else len(self.in_flight),
+                                timeout=None if block else 0)
+            for ref in ready:  # every shard takes the projection by reference; Ray keeps per-caller order
+                work, targets = self.in_flight.pop(ref)
+                if work.kind == "final":
+                    self.last_final = (work.theta_deg, ref)
+                now = time.monotonic()
+                self.instruments.sample("phase_preview" if work.kind == "preview" else "phase_ctf",
+                                        now - self.dispatched_at.pop(ref, now))
+                theta = float(np.deg2rad(work.theta_deg))
+                prev = None if work.preview_theta_deg is None else float(np.deg2rad(work.preview_theta_deg))
+                self.adding.append((work, [s.add.remote(work.index, theta, ref, work.kind == "final", prev)
+                                           for s in (targets or self.shards)], now))
+        self._settle()
 
-    def check_restarts() -> None:
-        """Count the actors Ray restarted. A restarted shard lost its slab: replay every angle into it from
-        the frames on disk (a restarted phase worker needs nothing: Ray retries the tasks it held)."""
-        if not shards:
-            return
-        current = ray.get([a.incarnation.remote() for a in (*workers, *shards)])
-        for actor, inc in zip((*workers, *shards), current):
-            if incarnations.setdefault(actor, inc) == inc:
-                continue
-            incarnations[actor] = inc
-            if actor in workers:
-                log.warning("a phase worker was restarted; Ray retries the tasks it held")
-                instruments.restarts["phase_worker"] += 1
-                continue
-            log.warning("a reconstruction shard was restarted; replaying its angles from the store")
-            instruments.restarts["recon_shard"] += 1
-            for work in assembler.replay():
-                dispatch(work, targets=[actor])
-
-    def settle(all_of_them: bool = False) -> None:
+    def _settle(self, all_of_them: bool = False) -> None:
         """Book the work whose back-projection finished (oldest first); wait while too much is queued."""
-        while adding:
-            work, refs, t_added = adding[0]
-            must_wait = all_of_them or len(adding) > 2 * max_in_flight
+        while self.adding:
+            work, refs, t_added = self.adding[0]
+            must_wait = all_of_them or len(self.adding) > 2 * self.opt.max_in_flight
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if must_wait else 0)
             if len(ready) < len(refs):
                 return
             ray.get(refs)  # raise a shard's error here
-            adding.popleft()
+            self.adding.popleft()
             now = time.monotonic()
-            instruments.sample("backprojection", now - t_added)
-            instruments.booked(work, now)
-            if work.kind == "final":
-                journal.mark_many(work.frame_ids, PROCESSED, stage="phase")
-            if on_result:
-                on_result(work)
+            self.instruments.sample("backprojection", now - t_added)
+            self.instruments.booked(work, now)
+            if work.kind == "final" and work.frame_ids:
+                self._mark(work.frame_ids, PROCESSED, "phase")
+            if self.on_result:
+                self.on_result(work)
 
-    def drain(block: bool) -> None:
-        if in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1 if block else len(in_flight),
-                                timeout=None if block else 0)
-            for ref in ready:  # every shard takes the projection by reference; Ray keeps per-caller order
-                work, targets = in_flight.pop(ref)
-                if work.kind == "final":
-                    last_final[:] = [work.theta_deg, ref]
-                now = time.monotonic()
-                instruments.sample("phase_preview" if work.kind == "preview" else "phase_ctf",
-                                   now - dispatched_at.pop(ref, now))
-                theta = float(np.deg2rad(work.theta_deg))
-                adding.append((work, [s.add.remote(work.index, theta, ref, work.kind == "final")
-                                      for s in (targets or shards)], now))
-        settle()
+    def _mark(self, fids: list[str], state: str, stage: str, reasons: list[str] | None = None) -> None:
+        pending = {r for r in fids if r not in self._finished}
+        if not pending:
+            return
+        fids = [f for f in fids if f in pending]
+        reasons = None if reasons is None else [r for f, r in zip(fids, reasons)]
+        self.journal.mark_many(fids, state, stage=stage, reasons=reasons)
+        self._finished.update(fids)
 
-    while True:
-        batch = source.poll()
+    def _flush(self) -> None:
+        while self.in_flight:
+            self._drain(block=True)
+        self._settle(all_of_them=True)
+
+    def _check_restarts(self) -> None:
+        """Count the actors Ray restarted. A restarted shard lost its slab: replay every angle into it from the
+        frames on disk (a restarted phase worker needs nothing: Ray retries the tasks it held)."""
+        if not self.shards:
+            return
+        actors = (*self.workers, *self.shards)
+        current = ray.get([a.incarnation.remote() for a in actors])
+        for actor, inc in zip(actors, current):
+            if self.incarnations.setdefault(actor, inc) == inc:
+                continue
+            self.incarnations[actor] = inc
+            if actor in self.workers:
+                log.warning("a phase worker was restarted; Ray retries the tasks it held")
+                self.instruments.restarts["phase_worker"] += 1
+                continue
+            log.warning("a reconstruction shard was restarted; replaying its angles from the store")
+            self.instruments.restarts["recon_shard"] += 1
+            for work in self.assembler.replay():
+                self._dispatch(work, targets=[actor])
+
+    def _rebuild_around(self, cor: float) -> None:
+        """The live volume rebuilt around a new rotation axis from the frames on disk."""
+        log.info("live centre of rotation %.2f px; rebuilding the live volume", cor)
+        self._flush()
+        for s in self.shards:
+            ray.kill(s)
+        self.shards = self._make_shards(cor)
+        for work in self.assembler.replay():
+            self._dispatch(work)
+
+    # ------------------------------------------------------------------ frames
+    def _ingest(self, records: list[FrameRecord]) -> None:
+        """Journal, read, assemble and monitor a batch of records (pixels read one frame at a time)."""
         t_landed = time.monotonic()
-        for rec, _ in batch:
-            if rec.image_key == 0 and rec.image_key_control == 0:
-                instruments.landed(rec.frame_id, t_landed)
-        for q in getattr(source, "drain_quarantine", lambda: [])():
+        for q in getattr(self.source, "drain_quarantine", lambda: [])():
             fid = f"{q.file_id}#file"
-            journal.receive(fid, stage="ingest")
-            journal.quarantine(fid, q.reason, stage="ingest")
-        # One journal transaction per poll: arrivals first, then what became of them.
-        journal.record_many(JournalEntry(rec.frame_id, RECEIVED, image_key=rec.image_key,
-                                         angle_deg=rec.rotation_angle_deg) for rec, _ in batch
-                            if rec.frame_id not in known)
-        quarantined: dict[str, str] = {}
-        used_on_arrival: list[str] = []
-        for rec, pixels in batch:
-            if assembler is None:
-                ny, nx = np.asarray(pixels).shape
-                assembler = ScanAssembler(n_distances, (ny, nx), delta_beta_align=config.align_delta_beta,
-                                          align_bin_px=max(1, min(ny, nx) // 256),
-                                          store=DistanceStore(out / "store", (ny, nx)))
-                if delta_beta is None:
-                    delta_beta = delta_beta_of(config.sample_formula, config.sample_density, rec.geometry.energy_kev)
-                live_binning = config.live_binning or binning_for((ny, nx), LIVE_COLUMNS)
-                workers = [PhaseWorker.remote((ny, nx), delta_beta, config.to_dict(), live_binning)
-                           for _ in range(n_workers)]
-                shards = make_shards(config.cor if config.cor is not None else (nx - 1) / 2)
-            n_quarantined = len(assembler.quarantined)
-            try:
-                works = assembler.add(rec, pixels)
-            except (ValueError, ArithmeticError) as exc:  # one unusable frame must not end the scan
-                log.error("frame %s set aside: %s", rec.frame_id, exc)
-                assembler.quarantined.append((rec.frame_id, f"could not be assembled: {exc}"))
-                works = []
-            quarantined.update(assembler.quarantined[n_quarantined:])
-            if (rec.image_key != 0 or rec.image_key_control != 0) and rec.frame_id not in quarantined:
-                used_on_arrival.append(rec.frame_id)  # darks, flats, return projections: used on arrival
-            for work in works:
-                dispatch(work)
-            if rec.frame_id not in quarantined:
+            if fid not in self.known:
+                self.journal.record_many([JournalEntry(fid, RECEIVED, stage="ingest"),
+                                          JournalEntry(fid, QUARANTINED, stage="ingest", reason=q.reason)])
+        dups = getattr(self.source, "drain_duplicates", lambda: [])()
+        new = [rec for rec in records if rec.frame_id not in self.known]
+        self.journal.record_many([JournalEntry(rec.frame_id, RECEIVED, image_key=journal_key(rec),
+                                               angle_deg=rec.rotation_angle_deg) for rec in new]
+                                 + [e for rec, orig in dups if rec.frame_id not in self.known for e in (
+                                     JournalEntry(rec.frame_id, RECEIVED, image_key=journal_key(rec),
+                                                  angle_deg=rec.rotation_angle_deg),
+                                     JournalEntry(rec.frame_id, QUARANTINED, stage="ingest",
+                                                  reason=f"copy of {orig} (same content): not used"))])
+        for rec in records:
+            if rec.image_key == PROJECTION and rec.image_key_control == PROJECTION:
+                self.instruments.landed(rec.frame_id, t_landed)
+        used: list[str] = []
+        for rec in records:
+            if self.assembler is None:
+                self._start(rec)
+            a = self.assembler
+            n_bad = len(a.quarantined)
+            # a projection journaled before a restart is taken back from the store, its file not read again
+            restore = rec.frame_id in self.known and a.can_restore(rec)
+            wants = self.monitor.wants_pixels(rec)
+            pixels = None
+            if (not restore and rec.image_key in (PROJECTION, FLAT, DARK)) or wants:
+                pixels, problem = read_frame(rec)
+                if pixels is None:
+                    a.quarantined.append((rec.frame_id, problem or "unreadable"))
+            if pixels is not None or restore or rec.image_key not in (PROJECTION, FLAT, DARK):
                 try:
-                    monitor.add_frame(rec, pixels)
-                except (ValueError, OSError) as exc:  # quality figures must not stop the reconstruction
-                    log.error("quality monitor: frame %s not used: %s", rec.frame_id, exc)
-        if quarantined:
-            journal.mark_many(list(quarantined), QUARANTINED, stage="assemble", reasons=list(quarantined.values()))
-        if used_on_arrival:
-            journal.mark_many(used_on_arrival, PROCESSED, stage="assemble")
-        if not cor_known and assembler is not None and (pair := assembler.cor_pair()) is not None:
-            # The first 0/180 degree pair of the reference distance: estimate the rotation axis and rebuild
-            # the live volume around it from the frames on disk (once).
-            cor_known = True
-            cor = float(estimate_cor(*pair))
-            log.info("live centre of rotation %.2f px; rebuilding the live volume", cor)
-            while in_flight:
-                drain(block=True)
-            settle(all_of_them=True)
-            for s in shards:
-                ray.kill(s)
-            shards = make_shards(cor)
-            for work in assembler.replay():
-                dispatch(work)
-        drain(block=False)
-        check_restarts()
-        quality = None
-        if assembler is not None:
-            if time.monotonic() - quality_at >= quality_every_s:
-                quality_at = time.monotonic()
-                quality = update_quality("streaming")
-            else:
-                quality = monitor.snapshot()
-                if live_page is not None:
-                    live_page.publish({**assembler.state(), "status": "streaming", "quality": quality})
-        if on_progress and assembler is not None:
-            on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": len(in_flight),
-                         "actors": {"shards": list(shards), "workers": list(workers)},
-                         "queues": {"phase_in_flight": len(in_flight), "backprojection": len(adding)},
-                         **instruments.snapshot(assembler.store), "quality": quality})
-        if source.finished() and not batch:
-            break
-        if timeout_s is not None and time.monotonic() - started > timeout_s:
-            log.error("stream: no end of scan after %.0f s; stopping with what arrived", timeout_s)
-            break
-        if not batch:
-            time.sleep(poll_interval_s)
-    while in_flight:
-        drain(block=True)
-    settle(all_of_them=True)
-    check_restarts()
-    while in_flight:
-        drain(block=True)
-    settle(all_of_them=True)
+                    works = a.add(rec, None if restore else pixels)
+                except (ValueError, ArithmeticError, KeyError) as exc:  # one unusable frame must not end the scan
+                    log.error("frame %s set aside: %s", rec.frame_id, exc)
+                    a.quarantined.append((rec.frame_id, f"could not be assembled: {exc}"))
+                    works = []
+                for work in works:
+                    self._dispatch(work)
+                if rec.frame_id not in {f for f, _ in a.quarantined[n_bad:]}:
+                    if rec.image_key in (DARK, FLAT) or rec.image_key_control == RETURN:
+                        used.append(rec.frame_id)  # used on arrival
+                    try:
+                        self.monitor.add_frame(rec, pixels if wants else None)
+                    except (ValueError, OSError) as exc:  # quality figures must not stop the reconstruction
+                        log.error("quality monitor: frame %s not used: %s", rec.frame_id, exc)
+            new_bad = a.quarantined[n_bad:]
+            if new_bad:
+                self._mark([f for f, _ in new_bad], QUARANTINED, "assemble", [r for _, r in new_bad])
+        if used:
+            self._mark(used, PROCESSED, "assemble")
 
-    live = None
-    if shards:
-        parts = sorted(ray.get([s.volume.remote() for s in shards]), key=lambda p: p[0])
-        live = np.concatenate([p[1] for p in parts], axis=0)
-    quality = update_quality("final pass") if assembler is not None else None
-    final = None
-    if final_pass and source.finished():
-        final = process_scan(scan_folder, out, config, monitor=monitor)
-        quality = monitor.snapshot()
-        # Frames the live path could not finish (an angle missing at some distance) are accounted for by
-        # the final pass: processed there, or quarantined with the batch chain's reason.
-        batch_quarantine = {frame_id_of(q["file"], q["index"], root=scan_folder): q["reason"]
-                            for q in final.report["frames"]["quarantine"] if q["index"] is not None}
-        for rec in journal.pending():
-            if rec.frame_id in batch_quarantine:
-                journal.quarantine(rec.frame_id, batch_quarantine[rec.frame_id], stage="final")
-            else:
-                journal.processed(rec.frame_id, stage="final")
-        event = journal.emit("scan_complete", {"scan": str(scan_folder), "out": str(out),
-                                               "resolution_m": final.report["fsc"]["resolution_m"]},
-                             key=str(scan_folder))
-        for callback in subscribers:
-            callback({"event": "scan_complete", "id": event, "scan": str(scan_folder), "out": str(out)})
-    monitor.close()
-    if live_page is not None and assembler is not None:
-        live_page.publish({**assembler.state(), "status": "complete" if final is not None else "stopped",
-                           "quality": quality, "phase_angle_deg": last_final[0] if last_final else None})
-    if on_progress and assembler is not None:  # metrics: the final account (every frame booked)
-        on_progress({**assembler.state(), "journal": journal.counts(), "in_flight": 0,
-                     "actors": {"shards": list(shards), "workers": list(workers)},
-                     "queues": {"phase_in_flight": 0, "backprojection": 0}, **instruments.snapshot(None),
-                     "quality": quality})
-    counts = journal.counts()
-    events = journal.events()
-    journal.close()
-    return StreamResult(final, live, counts, events, live_binning)
+    # ------------------------------------------------------------------ quality and progress
+    def _update_quality(self, status: str) -> dict[str, Any]:
+        """Running FSC from the shards' pieces, live images, and the monitor's snapshot (to the live page)."""
+        images: dict[str, Any] = {}
+        state = self.assembler.state()
+        if self.shards and state["angles_seen"] >= 4:
+            n_rows = self.assembler.shape[0] // self.live_binning
+            views = merge_views(ray.get([s.views.remote(n_rows, self.config.fsc_bin, self.config.fsc_region_px)
+                                         for s in self.shards]))
+            voxel = self.assembler.geometry.voxel_m * self.live_binning
+            if "binned" in views or "region" in views:
+                self.monitor.add_fsc(n_angles=state["angles_seen"], binned=views.get("binned"),
+                                     region=views.get("region"), voxel_m=voxel)
+            images = views["images"]
+        extra = {}
+        if self.last_final is not None:
+            images["phase"] = -np.asarray(ray.get(self.last_final[1])[0])  # phase = -k voxel * projected delta
+            extra["phase_angle_deg"] = self.last_final[0]
+        quality = self.monitor.snapshot()
+        self._publish(status, quality, images, extra)
+        return quality
 
+    def _publish(self, status: str, quality: dict[str, Any] | None, images: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        if self.live_page is None or self.assembler is None:
+            return
+        st = self.assembler.state()
+        self.live_page.publish({"status": status, "angles_seen": st["angles_seen"], "angles_final": st["angles_final"],
+                                "distances": [{"z1_m": z, "frames": n} for z, n, _ in st["distances"]],
+                                "quality": quality, **(extra or {})}, images)
+
+    def progress(self, status: str, quality: dict[str, Any] | None) -> StreamProgress:
+        """The progress now."""
+        st = self.assembler.state()
+        self.instruments.refresh(self.assembler.store if status == "streaming" else None)
+        waiting = sum(w for _, _, w in st["distances"])
+        return StreamProgress(
+            distances=[DistanceState(z, n, w) for z, n, w in st["distances"]], angles_seen=st["angles_seen"],
+            angles_final=st["angles_final"], quarantined=st["quarantined"], journal=self.journal.counts(),
+            queues={"phase_in_flight": len(self.in_flight), "backprojection": len(self.adding),
+                    "waiting_for_flats": waiting},
+            latency_s=self.instruments.take_samples(), restarts=dict(self.instruments.restarts),
+            actors={"recon_shard": len(self.shards), "phase_worker": len(self.workers)},
+            store_bytes=self.instruments.store_bytes, cluster=dict(self.instruments.cluster), quality=quality,
+            status=status)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> StreamResult:
+        """Stream until the scan completes (or the timeout), then run the final pass."""
+        self._finished: set[str] = {r.frame_id for r in self.journal.iter_records() if r.state != RECEIVED}
+        started = time.monotonic()
+        completion = None
+        while True:
+            batch = self.source.poll()
+            self._ingest(batch)
+            a = self.assembler
+            if not self.cor_known and a is not None and (pair := a.cor_pair()) is not None:
+                # The first 0/180 degree pair of the reference distance: the rotation axis, then the live
+                # volume rebuilt around it from the frames on disk (once).
+                self.cor_known = True
+                self._rebuild_around(float(estimate_cor(*pair)))
+            self._drain(block=False)
+            self._check_restarts()
+            if a is not None:
+                if time.monotonic() - self.quality_at >= self.opt.quality_every_s:
+                    self.quality_at = time.monotonic()
+                    quality = self._update_quality("streaming")
+                else:
+                    quality = self.monitor.snapshot()
+                    self._publish("streaming", quality)
+                if self.on_progress:
+                    self.on_progress(self.progress("streaming", quality))
+            if not batch and (completion := self.source.completion()) is not None:
+                break
+            if self.opt.timeout_s is not None and time.monotonic() - started > self.opt.timeout_s:
+                log.error("stream: no end of scan after %.0f s; stopping with what arrived", self.opt.timeout_s)
+                break
+            if not batch:
+                time.sleep(self.opt.poll_interval_s)
+        self._flush()
+        self._check_restarts()
+        self._flush()
+        return self._finish(completion)
+
+    def _finish(self, completion: Completion | None) -> StreamResult:
+        live = None
+        if self.shards:
+            parts = sorted(ray.get([s.volume.remote() for s in self.shards]), key=lambda p: p[0])
+            live = np.concatenate([p[1] for p in parts], axis=0)
+        quality = self._update_quality("final pass") if self.assembler is not None else None
+        for actor in (*self.workers, *self.shards):  # their resources go to the final pass
+            ray.kill(actor)
+        final = None
+        if self.opt.final_pass and completion is not None and self.assembler is not None:
+            if completion.missing:
+                alert = {"name": "ScanIncomplete", "severity": "critical",
+                         "message": f"scan completed ({completion.reason}) without: {'; '.join(completion.missing)}"}
+                log.error(alert["message"])
+                self.journal.emit("alert", alert, key="alert:ScanIncomplete:critical")
+            index = ScanIndex.read(self.scan_folder)
+            chain = FinalChain(index, self.out, self.config, executor=RayExecutor(), layout=self.opt.layout,
+                               monitor=self.monitor, progress=self._final_progress)
+            chain.completion = completion
+            if completion.missing:
+                chain.alerts.append(alert)
+            final = chain.run(journal=self.journal)
+            quality = self.monitor.snapshot()
+            event = self.journal.emit("scan_complete", {"scan": str(self.scan_folder), "out": str(self.out),
+                                                        "resolution_m": final.report.fsc.resolution_m},
+                                      key=str(self.scan_folder))
+            for callback in self.subscribers:
+                callback({"event": "scan_complete", "id": event, "scan": str(self.scan_folder), "out": str(self.out)})
+        self.monitor.close()
+        if self.assembler is not None:
+            status = "complete" if final is not None else "stopped"
+            self._publish(status, quality, extra={"phase_angle_deg": self.last_final[0] if self.last_final else None})
+            if self.on_progress:  # metrics: the final account (every frame booked)
+                self.on_progress(self.progress(status, quality))
+        counts = self.journal.counts()
+        events = self.journal.events()
+        self.journal.close()
+        return StreamResult(final, live, counts, events, self.live_binning, completion)
+
+    def _final_progress(self, done: int, total: int, step: str) -> None:
+        if self.on_progress and self.assembler is not None:
+            p = self.progress("final pass", None)
+            p.final_step = f"{step} {done}/{total}"
+            self.on_progress(p)

@@ -26,11 +26,26 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.stream import run_stream  # noqa: E402
-from xnh_stream.chain.assembler import FrameInfo  # noqa: E402
+import dataclasses  # noqa: E402
+
+from actors.stream import StreamDriver, StreamOptions  # noqa: E402
+from xnh_stream.chain.report import Completion  # noqa: E402
+from xnh_stream.chain.steps import AngleProcessor  # noqa: E402
 from xnh_stream.config import ProcessConfig  # noqa: E402
-from xnh_stream.chain.incremental import AngleProcessor  # noqa: E402
+from xnh_stream.io.sources import FrameRecord, distance_key  # noqa: E402
 from xnh_stream.simulate.scan import SimulationConfig  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticRecord(FrameRecord):
+    """A frame made when it is read (noise on a smooth beam; the processing cost is real)."""
+
+    beam: np.ndarray | None = None
+    level: float = 1.0
+
+    def read(self, retry_s: float = 2.0) -> np.ndarray:
+        rng = np.random.default_rng(abs(hash(self.frame_id)) % 2**32)
+        return (self.beam * self.level + 100 + rng.normal(0, 30, self.beam.shape)).astype(np.float32)
 
 
 class SyntheticDetector:
@@ -52,15 +67,16 @@ class SyntheticDetector:
         out = []
         for k, i, key, ang, ctrl in self.plan[self.pos : self.pos + self.per_poll]:
             level = 0 if key == 2 else (1.0 if key == 1 else 0.9)
-            frame = (self.beam * level + 100 + self.rng.normal(0, 30, (self.n, self.n))).astype(np.float32)
             fid = f"d{k}#{i}"
             self.landed[fid] = time.perf_counter()
-            out.append((FrameInfo(fid, key, ctrl, float(ang), float(i), self.geo[k]), frame))
+            g = self.geo[k]
+            out.append(SyntheticRecord(f"d{k}", i, fid, distance_key(g.z1_m), f"d{k}", key, ctrl, float(ang), 0.1,
+                                       float(i), g, (self.n, self.n), "synthetic", None, self.beam, level))
         self.pos += len(out)
         return out
 
-    def finished(self):
-        return self.pos >= len(self.plan)
+    def completion(self):
+        return Completion("synthetic scan written") if self.pos >= len(self.plan) else None
 
 
 def tree_rss_mib() -> float:
@@ -88,8 +104,9 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
     out = Path(tempfile.mkdtemp(prefix="xnh-bench-"))
     config = ProcessConfig(delta_beta=100.0, cor=(n - 1) / 2, live_binning=live_binning)
     t0 = time.perf_counter()
-    result = run_stream(det, out, out, config, n_workers=2, n_shards=2, max_in_flight=4, poll_interval_s=0.0,
-                        final_pass=False, on_result=done)
+    result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=4,
+                                                               poll_interval_s=0.0, final_pass=False),
+                          on_result=done).run()
     dt = time.perf_counter() - t0
     n_frames = len(det.plan)
     lat = np.array(latencies) * 1e3

@@ -12,7 +12,7 @@ def test_stream_runs_on_a_two_node_cluster(tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np, ray
         from ray.cluster_utils import Cluster
-        from actors.stream import run_stream
+        from actors.stream import StreamDriver, StreamOptions
         from xnh_stream.config import ProcessConfig
         from xnh_stream.simulate.scan import SimulationConfig, simulate_scan, read_truth
         from xnh_stream.chain.batch import process_scan
@@ -26,8 +26,8 @@ def test_stream_runs_on_a_two_node_cluster(tmp_path):
         simulate_scan(folder, SimulationConfig(nx=48, ny=16, n_angles=24, seed=8, n_flats=3, n_darks=2))
         _, rec = read_truth(folder)
         config = ProcessConfig(delta_beta=rec["delta_beta"], cor=rec["cor_px"], align_angles=8)
-        result = run_stream(ListSource(folder), folder, r"{tmp_path / 'out'}", config, n_workers=2, n_shards=2,
-                            poll_interval_s=0.0)
+        result = StreamDriver(ListSource(folder), folder, r"{tmp_path / 'out'}", config,
+                              StreamOptions(n_workers=2, n_shards=2, poll_interval_s=0.0)).run()
         used = {{n["NodeID"] for n in ray.nodes() if n["Alive"]}}
         batch = process_scan(folder, None, config).volume
         assert np.array_equal(result.final.volume, batch)

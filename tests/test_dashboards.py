@@ -2,7 +2,7 @@
 
 The live test starts Debian's ``prometheus`` on loopback (free port, temporary storage, 1 s scrapes) with
 the shipped ``deploy/prometheus/prometheus.yml`` (targets pointed at this test's exporters, the shipped rules
-loaded), streams a small simulated scan through ``run_stream`` on Ray and runs the overnight queue, each with
+loaded), streams a small simulated scan through the stream driver on Ray and runs the overnight queue, each with
 its exporter served, then runs every panel's query through Prometheus' HTTP API: each must parse and return
 data. Skips without ``prometheus`` unless ``XNH_REQUIRE_PROMETHEUS=1`` (CI).
 """
@@ -151,8 +151,7 @@ def prometheus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scraped_run(prometheus, ray_local, tmp_path_factory):
     """A stream and an overnight pass, each with its exporter served where Prometheus scrapes."""
-    from actors.stream import run_stream
-    from tests.test_stream import ListSource
+    from tests.test_stream import ListSource, stream
 
     day = tmp_path_factory.mktemp("day")
     scan = day / "scan_1"
@@ -166,13 +165,14 @@ def scraped_run(prometheus, ray_local, tmp_path_factory):
 
     def on_progress(state):
         live.update(state)
-        progress_keys.update(state)
+        if state.quality:
+            progress_keys.add("quality")
         time.sleep(0.05)  # let the 1 s scrapes see the scan as it goes
 
     try:
         out = tmp_path_factory.mktemp("out")
-        run_stream(ListSource(scan, per_poll=8), scan, out / "live", config, poll_interval_s=0.0,
-                   on_progress=on_progress, subscribers=(live.scan_complete,))
+        stream(ListSource(scan, per_poll=8), scan, out / "live", config, poll_interval_s=0.0,
+               on_progress=on_progress, subscribers=(live.scan_complete,))
         run_overnight(day, out / "night", config, metrics=night, settle_s=0)
         # both targets scraped several times after the run (rates over 15 s need two samples or more)
         port = prometheus["port"]

@@ -7,9 +7,10 @@ import pytest
 
 from xnh_stream.config import ProcessConfig
 from xnh_stream.physics.fbp import FBPAccumulator
-from xnh_stream.chain.incremental import AngleProcessor, ProgressiveVolume
-from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.chain.batch import DistanceFrames, FrameLedger, match_angles
+from xnh_stream.chain.accumulate import ProgressiveVolume
+from xnh_stream.chain.final import FinalChain, calibrate_task
+from xnh_stream.chain.scan import ScanIndex
+from xnh_stream.chain.steps import AngleProcessor
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 N_ANG, NZ, NDET = 40, 6, 48
@@ -67,24 +68,30 @@ def test_preview_then_ctf_ends_at_the_batch_volume(tmp_path):
     cfg = SimulationConfig(nx=64, ny=24, n_angles=60, seed=5, oversample=1)
     simulate_scan(tmp_path, cfg)
     truth, record = read_truth(tmp_path)
-    scan = read_scan(tmp_path)
-    geo = scan.geometry
-    readers = [DistanceFrames(d, ProcessConfig(), FrameLedger(), np) for d in scan.distances]
-    thetas, frames = match_angles(scan)
+    index = ScanIndex.read(tmp_path)
+    geo = index.geometry
+    cals = [calibrate_task(d, 0)[0] for d in index.distances]
     # the batch chain with the same single-material CTF as the live path (no envelope pass)
     config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], align=False, ctf_envelope=False)
-    proc = AngleProcessor(geo, scan.frame_shape, record["delta_beta"], config)
-    vol = ProgressiveVolume(*scan.frame_shape, cor=record["cor_px"])
+    slots = FinalChain(index, None, config).pair()
+    thetas = [t for _, t, _ in slots]
+
+    def corrected(i: int, k: int) -> np.ndarray:
+        rec = slots[i][2][k]
+        return cals[k].correct(rec.read(), rec.sequence)
+
+    proc = AngleProcessor(geo, index.frame_shape, record["delta_beta"], config)
+    vol = ProgressiveVolume(*index.frame_shape, cor=record["cor_px"])
     m = truth["sample"].astype(bool) & truth["field_of_view"].astype(bool)
 
     def r() -> float:
         return float(np.corrcoef(np.asarray(vol.volume())[m], truth["delta"][m])[0, 1])
 
     for i, t in enumerate(thetas):
-        vol.add(i, np.deg2rad(t), proc.preview(0, readers[0].corrected(int(frames[i, 0])), t), final=False)
+        vol.add(i, np.deg2rad(t), proc.preview(0, corrected(i, 0), t), final=False)
     r_preview = r()
     for i, t in enumerate(thetas):
-        images = {k: readers[k].corrected(int(frames[i, k])) for k in range(4)}
+        images = {k: corrected(i, k) for k in range(4)}
         vol.add(i, np.deg2rad(t), proc.ctf(images, t), final=True)
     r_final = r()
     print(f"\npreview r = {r_preview:.3f}, after CTF replacement r = {r_final:.3f}")

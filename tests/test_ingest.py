@@ -22,7 +22,8 @@ from fabio.edfimage import EdfImage
 
 from xnh_stream.physics.geometry import DistanceGeometry
 from xnh_stream.ingest import FolderWatcher, edf_geometry, inspect_edf, inspect_nxtomo
-from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, InputError, NXtomoWriter, read_scan
+from xnh_stream.chain.scan import ScanIndex
+from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, InputError, NXtomoWriter
 from xnh_stream.simulate.scan import SimulationConfig, simulate_scan
 from xnh_stream.simulate.stream import LiveNXtomoFile, StreamThread, stream_scan
 
@@ -267,8 +268,8 @@ def test_out_of_order_chunks_and_interleaved_whole_files(tmp_path, chunked_scan,
     # whole growing NXtomo files, every distance at each angle: readable by the batch reader too
     whole = tmp_path / "whole"
     stream_scan(whole, CFG, frames_per_second=None, layout="nxtomo", order="interleaved")
-    scan = read_scan(whole)
-    assert len(scan.distances) == K and not scan.rejected
+    index = ScanIndex.read(whole)
+    assert len(index.distances) == K and not index.rejected and not index.rejected_files
     with FolderWatcher(whole, use_inotify=False) as w:
         recs = w.poll()
     assert len(recs) == K * N_PER

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xnh_stream.chain.assembler import FrameInfo
 from xnh_stream.config import ProcessConfig
-from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.state.journal import frame_id_of
 from xnh_stream.live import LivePage
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
+
+from .test_stream import ListSource
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -45,30 +44,19 @@ def headless(url: str, tmp: Path, *extra: str) -> str:
     return res.stdout
 
 
-class PausableSource:
+class PausableSource(ListSource):
     """A finished scan's frames a few per poll, distance after distance; holds back at ``pause_at`` until released."""
 
     def __init__(self, folder: Path, per_poll: int = 20, pause_at: int = 0) -> None:
-        self.items = []
-        for d in read_scan(folder).distances:
-            data = d.read_frames(slice(None))
-            for i in range(d.n_frames):
-                self.items.append((FrameInfo(frame_id_of(d.path, i, root=folder), int(d.image_key[i]),
-                                             int(d.image_key_control[i]), float(d.rotation_angle_deg[i]), float(i),
-                                             d.geometry), data[i]))
-        self.pos, self.per_poll, self.pause_at = 0, per_poll, pause_at
+        super().__init__(folder, per_poll)
+        self.pause_at = pause_at
         self.paused, self.release = threading.Event(), threading.Event()
 
     def poll(self):
         if self.pause_at and self.pos >= self.pause_at and not self.release.is_set():
             self.paused.set()
             return []
-        batch = self.items[self.pos : self.pos + self.per_poll]
-        self.pos += len(batch)
-        return batch
-
-    def finished(self):
-        return self.pos >= len(self.items)
+        return super().poll()
 
 
 def frames_shown(dom: str) -> list[int]:
@@ -76,7 +64,7 @@ def frames_shown(dom: str) -> list[int]:
 
 
 def test_live_page_updates_in_headless_chromium_during_a_real_stream(ray_local, tmp_path):
-    from actors.stream import run_stream
+    from actors.stream import StreamDriver, StreamOptions
 
     chromium_or_skip()
     folder = tmp_path / "scan"
@@ -88,9 +76,9 @@ def test_live_page_updates_in_headless_chromium_during_a_real_stream(ray_local, 
 
     def stream():
         try:
-            run_stream(source, folder, tmp_path / "out", ProcessConfig(delta_beta=record["delta_beta"],
-                                                                       cor=record["cor_px"]),
-                       poll_interval_s=0.05, live_page=page, quality_every_s=0.3)
+            StreamDriver(source, folder, tmp_path / "out",
+                         ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"]),
+                         StreamOptions(poll_interval_s=0.05, quality_every_s=0.3), live_page=page).run()
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

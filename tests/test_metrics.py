@@ -1,4 +1,4 @@
-"""The Prometheus exporter fed with synthetic progress dictionaries (no Ray): values, counters, alerts, HTTP."""
+"""The Prometheus exporter fed with synthetic progress reports (no Ray): values, counters, alerts, HTTP."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from xnh_stream.chain.report import DistanceState, StreamProgress as P
 from xnh_stream.metrics import PipelineMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +41,13 @@ QUALITY = {
 
 def test_progress_with_quality_is_exported_as_given():
     m = PipelineMetrics(process_metrics=False)
-    m.update({"journal": {"received": 40, "processed": 30, "quarantined": 2, "pending": 8, "duplicates": 1},
-              "distances": [{"frames": 20, "projections_waiting_for_flats": 3}, {"frames": 20,
-                            "projections_waiting_for_flats": 0}],
-              "angles_seen": 12, "angles_final": 5, "in_flight": 4, "queues": {"backprojection": 2},
-              "latency_s": {"landing_to_preview": [0.2, 0.7, 3.0]}, "restarts": {"recon_shard": 1},
-              "store_bytes": 123456, "actors": {"shards": ["a", "b"], "workers": ["c", "d", "e"]},
-              "cluster": {"nodes": 2, "cpus_total": 16.0, "cpus_available": 3.0}, "quality": QUALITY})
+    m.update(P(journal={"received": 40, "processed": 30, "quarantined": 2, "pending": 8, "duplicates": 1},
+               distances=[DistanceState(0.01, 20, 3), DistanceState(0.02, 20, 0)],
+               angles_seen=12, angles_final=5,
+               queues={"phase_in_flight": 4, "backprojection": 2, "waiting_for_flats": 3},
+               latency_s={"landing_to_preview": [0.2, 0.7, 3.0]}, restarts={"recon_shard": 1},
+               store_bytes=123456, actors={"recon_shard": 2, "phase_worker": 3},
+               cluster={"nodes": 2, "cpus_total": 16.0, "cpus_available": 3.0}, quality=QUALITY))
     v = samples(m)
     assert v[("xnh_frames_received_total", ())] == 40 and v[("xnh_frames_quarantined_total", ())] == 2
     assert v[("xnh_frames_pending", ())] == 8
@@ -84,28 +85,28 @@ def test_progress_with_quality_is_exported_as_given():
 
 def test_counters_follow_cumulative_counts_and_restart_per_scan():
     m = PipelineMetrics(process_metrics=False)
-    m.update({"journal": {"received": 10, "processed": 4}})
-    m.update({"journal": {"received": 25, "processed": 20}})
+    m.update(P(journal={"received": 10, "processed": 4}))
+    m.update(P(journal={"received": 25, "processed": 20}))
     assert value(m, "xnh_frames_received_total") == 25 and value(m, "xnh_frames_processed_total") == 20
-    m.update({"journal": {"received": 25, "processed": 20}})  # no news: no increase
+    m.update(P(journal={"received": 25, "processed": 20}))  # no news: no increase
     assert value(m, "xnh_frames_received_total") == 25
     m.new_scan()
-    m.update({"journal": {"received": 7, "processed": 7}})
+    m.update(P(journal={"received": 7, "processed": 7}))
     assert value(m, "xnh_frames_received_total") == 32  # counters never go down across scans
-    m.update({"restarts": {"recon_shard": 2}})
-    m.update({"restarts": {"recon_shard": 3}})
+    m.update(P(restarts={"recon_shard": 2}))
+    m.update(P(restarts={"recon_shard": 3}))
     assert value(m, "xnh_actor_restarts_total", kind="recon_shard") == 3
 
 
 def test_alerts_clear_and_absent_quality_leaves_figures_unmeasured():
     m = PipelineMetrics(process_metrics=False)
-    m.update({"journal": {"received": 1}})  # no "quality" key: nothing fails, FSC not measured yet
+    m.update(P(journal={"received": 1}))  # no quality: nothing fails, FSC not measured yet
     assert math.isnan(value(m, "xnh_fsc_resolution_meters"))
     assert ("xnh_dose_scan_gray", ()) in samples(m)  # the series exists (0) so dashboards show it
-    m.update({"quality": {"alerts": QUALITY["alerts"] + [{"name": "WarpCritical", "severity": "critical",
-                                                          "message": "x"}]}})
-    m.update({"quality": {"alerts": [{"name": "WarpCritical", "severity": "critical", "message": "x"}],
-                          "fsc": {"resolution_m": None, "fraction_angles": 0.1, "edge_resolution_m": None}}})
+    m.update(P(quality={"alerts": QUALITY["alerts"] + [{"name": "WarpCritical", "severity": "critical",
+                                                        "message": "x"}]}))
+    m.update(P(quality={"alerts": [{"name": "WarpCritical", "severity": "critical", "message": "x"}],
+                        "fsc": {"resolution_m": None, "fraction_angles": 0.1, "edge_resolution_m": None}}))
     assert value(m, "xnh_alerts_firing", name="DoseWarning", severity="warning") == 0
     assert value(m, "xnh_alerts_firing", name="WarpCritical", severity="critical") == 1
     assert math.isnan(value(m, "xnh_fsc_resolution_meters"))
@@ -137,7 +138,7 @@ def test_http_endpoint_serves_the_registry_only():
     m = PipelineMetrics()
     port = m.serve(0)
     try:
-        m.update({"journal": {"received": 3}})
+        m.update(P(journal={"received": 3}))
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "xnh_frames_received_total 3.0" in body
         assert "process_resident_memory_bytes" in body

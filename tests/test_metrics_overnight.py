@@ -16,7 +16,8 @@ from xnh_stream.cli import main
 from xnh_stream.config import ProcessConfig
 from xnh_stream.metrics import PipelineMetrics
 from xnh_stream.overnight import ERROR_NAME, SUMMARY_NAME, find_scans, run_overnight
-from xnh_stream.chain.batch import REPORT_NAME, process_scan
+from xnh_stream.chain.batch import process_scan
+from xnh_stream.chain.report import REPORT_NAME
 from xnh_stream.simulate.scan import SimulationConfig, simulate_scan
 
 CFG = dict(nx=40, ny=12, n_angles=16, oversample=1, n_flats=3, n_darks=2)
@@ -94,8 +95,8 @@ def test_queue_processes_records_failure_and_resumes(day, tmp_path):
     # outputs: the batch chain's, bit for bit
     rep = json.loads((out / "scan_a" / REPORT_NAME).read_text())
     direct = process_scan(day / "scan_a", None, config)
-    assert rep["fsc"]["resolution_m"] == direct.report["fsc"]["resolution_m"]
-    assert rep["frames"]["received"] == direct.report["frames"]["received"]
+    assert rep["fsc"]["resolution_m"] == direct.report.fsc.resolution_m
+    assert rep["frames"]["received"] == direct.report.frames.received
     # the failure is recorded with the file the chain named, and the queue went on
     err = json.loads((out / "scan_bad" / ERROR_NAME).read_text())
     assert err["type"] == "InputError" and err["file"].endswith("phantom_1_.nx")
@@ -127,13 +128,14 @@ def test_overnight_command_serves_metrics_and_exits_1_on_a_failure(day, tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code = main(["overnight", str(day), "--out", str(tmp_path / "o"), "--settle-s", "600", "--metrics-port",
-                 str(port)])
+                 str(port), "--local"])
     out = capsys.readouterr()
     assert code == 1
     assert "2 done, 1 failed, 0 skipped" in out.out and "FAILED scan_bad" in out.out
     assert f"http://127.0.0.1:{port}/metrics" in out.err
     with pytest.raises(OSError):  # the endpoint is closed when the command ends
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
-    assert main(["overnight", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--metrics-port", "0"]) == 2
+    assert main(["overnight", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--metrics-port", "0",
+                 "--local"]) == 2
     assert "missing" in capsys.readouterr().err
 

@@ -13,6 +13,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from xnh_stream.config import ProcessConfig
+from xnh_stream.chain.report import StreamProgress
 from xnh_stream.metrics import PipelineMetrics
 from xnh_stream.quality.monitor import QualityMonitor
 from xnh_stream.simulate.scan import SimulationConfig, simulate_scan
@@ -39,7 +40,7 @@ def monitored(tmp_path_factory):
     for rec, pixels in ListSource(folder).items:
         monitor.add_frame(rec, pixels)
     quality = monitor.snapshot()
-    m.update({"quality": quality})
+    m.update(StreamProgress(quality=quality))
     return quality, m
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from xnh_stream.physics.geometry import DistanceGeometry
+from xnh_stream.chain.scan import ScanIndex
 from xnh_stream.io.nxtomo import (DARK, FLAT, PROJECTION, RETURN, InputError, NXtomoWriter, frame_problem,
-                                  read_nxtomo, read_scan)
+                                  read_nxtomo)
 
 GEO = DistanceGeometry(z1_m=0.04, z2_m=1.168, pixel_m=3e-6, energy_kev=17.0)
 
@@ -131,19 +132,19 @@ def test_truncated_and_non_hdf5_files(tmp_path):
 def test_scan_sorted_by_z1_and_inconsistent_distances_rejected(tmp_path):
     write_small(tmp_path / "s_2_.nx", geometry=DistanceGeometry(0.045, 1.163, 3e-6, 17.0))
     write_small(tmp_path / "s_1_.nx")
-    scan = read_scan(tmp_path)
+    scan = ScanIndex.read(tmp_path)
     assert [d.geometry.z1_m for d in scan.distances] == [0.04, 0.045]
     assert scan.geometry.reference == 0
     assert scan.rejected == []
     write_small(tmp_path / "s_3_.nx", shape=(8, 12), geometry=DistanceGeometry(0.05, 1.158, 3e-6, 17.0))
-    scan = read_scan(tmp_path)
+    scan = ScanIndex.read(tmp_path)
     assert len(scan.distances) == 2
-    assert len(scan.rejected) == 1 and "frame shape (8, 12)" in str(scan.rejected[0])
+    assert len(scan.rejected) == 1 and "frame shape (8, 12)" in scan.rejected[0].reason
     with pytest.raises(InputError, match="is not a folder"):
-        read_scan(tmp_path / "missing")
+        ScanIndex.read(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no NXtomo file"):
-        read_scan(tmp_path / "empty")
+    with pytest.raises(InputError, match="contains no usable frame"):
+        ScanIndex.read(tmp_path / "empty")
 
 
 def test_frame_problem():

@@ -115,10 +115,9 @@ def test_promtool_check_metrics_has_teeth(promtool):
 # --- a real stream, scraped over HTTP while it runs -------------------------------------------------------
 @pytest.fixture(scope="module")
 def scraped_stream(ray_local, tmp_path_factory):
-    """A small simulated scan streamed through run_stream on Ray, its exporter scraped over HTTP mid-scan
-    and at the end."""
-    from actors.stream import run_stream
-    from tests.test_stream import ListSource
+    """A small simulated scan streamed through the stream driver on Ray, its exporter scraped over HTTP
+    mid-scan and at the end."""
+    from tests.test_stream import ListSource, stream
 
     folder = tmp_path_factory.mktemp("scan")
     simulate_scan(folder, SimulationConfig(nx=48, ny=16, n_angles=24, seed=5, oversample=1))
@@ -131,14 +130,14 @@ def scraped_stream(ray_local, tmp_path_factory):
     def on_progress(state):
         m.update(state)
         progress.append(state)
-        if not scrapes and state["angles_final"] >= 8:  # mid-scan
+        if not scrapes and state.angles_final >= 8:  # mid-scan
             scrapes.append(urllib.request.urlopen(url, timeout=5).read().decode())
 
     out = tmp_path_factory.mktemp("out")
     try:
-        result = run_stream(ListSource(folder, per_poll=10), folder, out,
-                            ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"]),
-                            poll_interval_s=0.0, on_progress=on_progress, subscribers=(m.scan_complete,))
+        result = stream(ListSource(folder, per_poll=10), folder, out,
+                        ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"]),
+                        poll_interval_s=0.0, on_progress=on_progress, subscribers=(m.scan_complete,))
         scrapes.append(urllib.request.urlopen(url, timeout=5).read().decode())
     finally:
         m.close()

@@ -9,22 +9,17 @@ import numpy as np
 import pytest
 import xraydb
 
-from xnh_stream.chain.assembler import FrameInfo
 from xnh_stream.config import ProcessConfig
 from xnh_stream.physics.geometry import DistanceGeometry
-from xnh_stream.io.nxtomo import read_scan
+from xnh_stream.chain.final import feed_monitor
+from xnh_stream.chain.scan import ScanIndex
 from xnh_stream.quality import QualityMonitor
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 
 def feed(monitor: QualityMonitor, folder) -> None:
     """Every frame of a finished scan, distance after distance, pixels only where the monitor wants them."""
-    for d in read_scan(folder).distances:
-        data = d.read_frames(slice(None))
-        for i in range(d.n_frames):
-            rec = FrameInfo(f"{d.path.name}#{i}", int(d.image_key[i]), int(d.image_key_control[i]),
-                            float(d.rotation_angle_deg[i]), float(i), d.geometry)
-            monitor.add_frame(rec, data[i] if monitor.wants_pixels(rec) else None)
+    feed_monitor(monitor, ScanIndex.read(folder))
 
 
 @pytest.fixture(scope="module")

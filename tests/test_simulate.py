@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from xnh_stream.physics.geometry import wavelength_m
-from xnh_stream.io.nxtomo import DARK, FLAT, RETURN, read_scan
+from xnh_stream.chain.scan import ScanIndex
+from xnh_stream.io.nxtomo import RETURN
 from xnh_stream.simulate.phantom import Phantom
 from xnh_stream.simulate.scan import SimulationConfig, propagate, simulate_scan, simulation_grid
 
@@ -67,11 +68,10 @@ def test_sphere_through_the_detector_chain_gives_its_thickness(tmp_path):
                            beam_drift=0, detector_blur_px=0, read_noise=0, n_flats=3, n_darks=2)
     radius, delta, beta = 20.0, 1e-6, 1e-8
     sim = simulate_scan(tmp_path, cfg, phantom=_sphere_phantom(cfg, radius, delta, beta))
-    scan = read_scan(sim.folder)
-    d = scan.distances[0]
-    frame = d.read_frames([d.projection_indices[0]])[0]
-    flat = d.read_frames(d.indices(FLAT)).mean(axis=0)
-    dark = d.read_frames(d.indices(DARK)).mean(axis=0)
+    d = ScanIndex.read(sim.folder).distances[0]
+    frame = d.projections[0].read()
+    flat = np.mean([r.read() for r in d.flats], axis=0)
+    dark = np.mean([r.read() for r in d.darks], axis=0)
     phi = retrieve_phase_paganin((frame - dark) / (flat - dark), d.geometry, delta / beta)
     thickness = -phi / (2 * np.pi / LAM * delta) / cfg.geometry().voxel_m  # voxels
     yy, xx = np.mgrid[0:64, 0:96]
@@ -85,15 +85,15 @@ def test_sphere_through_the_detector_chain_gives_its_thickness(tmp_path):
 def test_scan_layout_and_noise(tmp_path):
     cfg = SimulationConfig(nx=64, ny=24, n_angles=12, photons=8000, beam_drift=0)
     sim = simulate_scan(tmp_path, cfg)
-    scan = read_scan(sim.folder)
-    assert len(scan.distances) == 4 and scan.rejected == []
+    index = ScanIndex.read(sim.folder)
+    assert len(index.distances) == 4 and index.rejected == [] and index.rejected_files == []
     geo = cfg.geometry()
-    for d, g in zip(scan.distances, geo.distances):
+    for d, g in zip(index.distances, geo.distances):
         assert d.geometry.z1_m == pytest.approx(g.z1_m) and d.geometry.z2_m == pytest.approx(g.z2_m)
-        assert d.projection_indices.size == 12
-        np.testing.assert_allclose(d.rotation_angle_deg[d.return_indices], cfg.return_angles_deg)
-        assert (d.image_key_control[d.return_indices] == RETURN).all()
-        flats = d.read_frames(d.indices(FLAT)) - cfg.dark_level
+        assert len(d.projections) == 12
+        np.testing.assert_allclose([r.rotation_angle_deg for r in d.returns], cfg.return_angles_deg)
+        assert all(r.image_key_control == RETURN for r in d.returns)
+        flats = np.stack([r.read() for r in d.flats]) - cfg.dark_level
         centre = flats[:, 8:16, 24:40]
         # Poisson statistics: the variance over repeated flats equals the mean (plus read noise)
         var = centre.var(axis=0, ddof=1).mean()

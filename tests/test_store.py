@@ -16,8 +16,10 @@ import pytest
 import zarr
 
 from xnh_stream.physics.geometry import DistanceGeometry
-from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, NXtomoWriter, read_scan
-from xnh_stream.chain.batch import match_angles
+from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, NXtomoWriter
+from xnh_stream.chain.final import FinalChain
+from xnh_stream.chain.scan import ScanIndex
+from xnh_stream.config import ProcessConfig
 from xnh_stream.state.store import CODECS, DistanceStore
 
 
@@ -113,7 +115,7 @@ def test_complete_angles_sequential_interleaved_and_jittered(tmp_path):
 
 
 def test_pairs_the_same_frames_as_the_batch_chain(tmp_path):
-    """The store and ``process_scan`` (match_angles on NXtomo files) pair the same angles."""
+    """The store and ``process_scan`` (the final chain's pairing step on NXtomo files) pair the same angles."""
     rng = np.random.default_rng(2)
     shape = (4, 6)
     sets, _ = angle_sets(rng, n=20, step=9.0, jitter=1.5)
@@ -124,18 +126,17 @@ def test_pairs_the_same_frames_as_the_batch_chain(tmp_path):
             w.append(np.full((2, *shape), 100), DARK, 0.0, 0.1)
             w.append(np.full((2, *shape), 1000), FLAT, 0.0, 0.1)
             w.append(np.full((sets[k].size, *shape), 500), PROJECTION, sets[k], 0.1)
-    scan = read_scan(tmp_path)
-    thetas_b, frames_b = match_angles(scan)
+    slots = FinalChain(ScanIndex.read(tmp_path), None, ProcessConfig()).pair()
+    thetas_b = np.array([t for _, t, _ in slots])
+    paired = np.array([[f[k].rotation_angle_deg if k in f else np.nan for k in range(4)] for _, _, f in slots])
     s = DistanceStore(tmp_path / "store.zarr", shape)
     order = [(k, a) for k in range(4) for a in sets[k]]
     rng.shuffle(order)
     fill(s, order, shape)
     thetas_s, table = s.match(4)
     np.testing.assert_array_equal(thetas_s, thetas_b)
-    for k, d in enumerate(scan.distances):
-        want = np.where(frames_b[:, k] >= 0, d.rotation_angle_deg[np.maximum(frames_b[:, k], 0)], np.nan)
-        np.testing.assert_array_equal(table[:, k], want)
-    np.testing.assert_array_equal(s.complete_angles(4), thetas_b[(frames_b >= 0).all(axis=1)])
+    np.testing.assert_array_equal(table, paired)
+    np.testing.assert_array_equal(s.complete_angles(4), thetas_b[np.isfinite(paired).all(axis=1)])
 
 
 def test_reopen_overwrite_and_bad_input(tmp_path):

@@ -2,43 +2,62 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pytest
 
-from xnh_stream.chain.assembler import FrameInfo
-from xnh_stream.config import ProcessConfig
-from xnh_stream.io.nxtomo import read_scan
-from xnh_stream.state.journal import frame_id_of
 from xnh_stream.chain.batch import process_scan
+from xnh_stream.chain.report import Completion
+from xnh_stream.chain.scan import ScanIndex
+from xnh_stream.config import ProcessConfig
+from xnh_stream.io.nxtomo import InputError
+from xnh_stream.io.sources import FrameRecord
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
 
+@dataclasses.dataclass(frozen=True)
+class CorruptRecord(FrameRecord):
+    """A frame whose pixels turn to NaN in transit (the reader refuses it, as it would a NaN frame on disk)."""
+
+    def read(self, retry_s: float = 2.0) -> np.ndarray:
+        raise InputError(self.path, f"frame {self.index}: {self.frame_shape[0] * self.frame_shape[1]} non-finite "
+                         "pixel values (NaN or inf)", "data")
 
 
 class ListSource:
-    """Releases a finished scan's frames a few at a time, in acquisition order (distance after distance)."""
+    """Releases a finished scan's frame records a few at a time, in acquisition order (distance after
+    distance), read with the one reader; complete once all are out."""
 
     def __init__(self, folder, per_poll: int = 25, corrupt: int | None = None):
-        self.items = []
         self.folder = folder
-        for d in read_scan(folder).distances:
-            data = d.read_frames(slice(None))
-            for i in range(d.n_frames):
-                frame = data[i]
-                if corrupt is not None and len(self.items) == corrupt:
-                    frame = np.full_like(frame, np.nan)
-                self.items.append((FrameInfo(frame_id_of(d.path, i, root=folder), int(d.image_key[i]), int(d.image_key_control[i]),
-                                       float(d.rotation_angle_deg[i]), float(i), d.geometry), frame))
+        index = ScanIndex.read(folder)
+        self.records = [r for d in index.distances for r in sorted(d.frames, key=lambda r: (r.sequence, r.frame_id))]
+        if corrupt is not None:
+            self.records[corrupt] = CorruptRecord(**{f.name: getattr(self.records[corrupt], f.name)
+                                                     for f in dataclasses.fields(FrameRecord)})
         self.pos, self.per_poll = 0, per_poll
 
+    @property
+    def items(self) -> list[tuple[FrameRecord, np.ndarray]]:
+        """Every record with its pixels (for consumers that want both)."""
+        return [(r, r.read()) for r in self.records]
+
     def poll(self):
-        batch = self.items[self.pos : self.pos + self.per_poll]
+        batch = self.records[self.pos : self.pos + self.per_poll]
         self.pos += len(batch)
         return batch
 
-    def finished(self):
-        return self.pos >= len(self.items)
+    def completion(self):
+        return Completion("every frame of the list delivered") if self.pos >= len(self.records) else None
+
+
+def stream(source, folder, out, config, **options):
+    """Run the stream driver with these options."""
+    from actors.stream import StreamDriver, StreamOptions
+
+    hooks = {k: options.pop(k) for k in ("on_progress", "subscribers", "on_result") if k in options}
+    return StreamDriver(source, folder, out, config, StreamOptions(**options), **hooks).run()
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +68,6 @@ def small_scan(tmp_path_factory):
 
 
 def test_stream_journals_every_frame_and_ends_at_the_batch_result(ray_local, small_scan, tmp_path):
-    from actors.stream import run_stream
-
     _, record = read_truth(small_scan)
     # The live volume uses the configured rotation axis (live estimation is not written yet); the final
     # pass would estimate it itself.
@@ -58,14 +75,14 @@ def test_stream_journals_every_frame_and_ends_at_the_batch_result(ray_local, sma
     source = ListSource(small_scan)
     seen = []
     progress = []
-    result = run_stream(source, small_scan, tmp_path / "out", config, n_shards=2, max_in_flight=4,
-                        poll_interval_s=0.0, on_progress=progress.append, subscribers=(seen.append,))
-    n_frames = len(source.items)
+    result = stream(source, small_scan, tmp_path / "out", config, n_shards=2, max_in_flight=4,
+                    poll_interval_s=0.0, on_progress=progress.append, subscribers=(seen.append,))
+    n_frames = len(source.records)
     assert result.counts["received"] == n_frames and result.counts["pending"] == 0
     assert result.counts["processed"] + result.counts["quarantined"] == n_frames
     assert [e["event"] for e in result.events] == ["scan_complete"] and seen[0]["event"] == "scan_complete"
     # live progress reached every angle with the CTF
-    assert progress[-1]["angles_final"] == 40
+    assert progress[-1].angles_final == 40
     # the final volume is the batch chain's on the same files
     batch = process_scan(small_scan, None, config).volume
     np.testing.assert_array_equal(result.final.volume, batch)
@@ -79,12 +96,9 @@ def test_stream_journals_every_frame_and_ends_at_the_batch_result(ray_local, sma
 def test_a_binned_live_volume_matches_the_binned_final_one(ray_local, small_scan, tmp_path):
     """live_binning 2: the live volume has half the voxels per axis (8x fewer to back-project into) and
     agrees with the full-resolution final volume binned the same way."""
-    from actors.stream import run_stream
-
     _, record = read_truth(small_scan)
     config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], live_binning=2)
-    result = run_stream(ListSource(small_scan), small_scan, tmp_path / "out", config, n_shards=2,
-                        poll_interval_s=0.0)
+    result = stream(ListSource(small_scan), small_scan, tmp_path / "out", config, n_shards=2, poll_interval_s=0.0)
     final = result.final.volume
     assert result.live_binning == 2
     assert result.live_volume.shape == tuple(n // 2 for n in final.shape)
@@ -95,14 +109,12 @@ def test_a_binned_live_volume_matches_the_binned_final_one(ray_local, small_scan
 
 
 def test_a_bad_frame_is_quarantined_and_the_stream_goes_on(ray_local, small_scan, tmp_path):
-    from actors.stream import run_stream
-
     _, record = read_truth(small_scan)
     source = ListSource(small_scan, corrupt=60)  # a projection of distance 1 turns to NaN in transit
-    result = run_stream(source, small_scan, tmp_path / "out", ProcessConfig(delta_beta=record["delta_beta"]),
-                        poll_interval_s=0.0, final_pass=False)
+    result = stream(source, small_scan, tmp_path / "out", ProcessConfig(delta_beta=record["delta_beta"]),
+                    poll_interval_s=0.0, final_pass=False)
     assert result.counts["quarantined"] == 1
-    assert result.counts["received"] == len(source.items)
+    assert result.counts["received"] == len(source.records)
     assert result.live_volume is not None and np.isfinite(result.live_volume).all()
 
 
@@ -110,7 +122,7 @@ def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
     """stream_scan writes growing NXtomo chunk files; the FolderWatcher + Ray stream follow them live."""
     import threading
 
-    from actors.stream import WatcherSource, run_stream
+    from actors.stream import WatcherSource
     from xnh_stream.ingest.watch import FolderWatcher
     from xnh_stream.simulate.stream import stream_scan
 
@@ -123,7 +135,7 @@ def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
     with FolderWatcher(scan_dir, poll_interval_s=0.05, use_inotify=False, settle_s=0.3) as watcher:
         source = WatcherSource(watcher, n_distances=4, quiet_s=1.0)
         config = ProcessConfig(align_angles=8)
-        result = run_stream(source, scan_dir, out, config, poll_interval_s=0.05, timeout_s=240)
+        result = stream(source, scan_dir, out, config, poll_interval_s=0.05, timeout_s=240)
     writer.join()
     per_distance = cfg.n_darks + 2 * cfg.n_flats + cfg.n_angles + len(cfg.return_angles_deg)
     c = result.counts
@@ -132,7 +144,7 @@ def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
     assert result.final is not None
     batch = process_scan(scan_dir, None, config)
     np.testing.assert_array_equal(result.final.volume, batch.volume)
-    assert batch.report["frames"]["received"] == c["received"]
+    assert batch.report.frames.received == c["received"]
     # no rotation axis was given: the stream estimated it from the first 0/180 pair and rebuilt the live
     # volume around it, so the live volume is close to the final one
     r = np.corrcoef(result.live_volume.ravel(), batch.volume.ravel())[0, 1]
@@ -143,29 +155,29 @@ def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
 @pytest.fixture(scope="module")
 def undisturbed(ray_local, small_scan, tmp_path_factory):
     """The live stream of the small scan with nothing killed (what the kill tests compare against)."""
-    from actors.stream import run_stream
-
     _, record = read_truth(small_scan)
     config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"])
-    return config, run_stream(ListSource(small_scan), small_scan, tmp_path_factory.mktemp("undisturbed"), config,
-                              poll_interval_s=0.0, final_pass=False)
+    return config, stream(ListSource(small_scan), small_scan, tmp_path_factory.mktemp("undisturbed"), config,
+                          poll_interval_s=0.0, final_pass=False)
 
 
 def stream_killing_one(ray_local, small_scan, out, config, kind: str, need_in_flight: bool = False):
-    """Stream the small scan and kill the first actor of ``kind`` (shards, workers) once a third of the
-    angles are final; returns the result and the ``restarts`` figures of every progress call."""
-    from actors.stream import run_stream
+    """Stream the small scan and kill the first actor of ``kind`` (shards, workers) once a quarter of the
+    angles are final; returns the result and the ``restarts`` figures of every progress report."""
+    from actors.stream import StreamDriver, StreamOptions
 
     killed, restarts = [], []
+    driver = None
 
-    def kill_once(state):
-        restarts.append(state["restarts"])
-        if not killed and state["angles_final"] >= 10 and (state["in_flight"] > 0 or not need_in_flight):
-            ray_local.kill(state["actors"][kind][0], no_restart=False)  # distance 4 is arriving
-            killed.append(state["angles_final"])
+    def kill_once(p):
+        restarts.append(p.restarts)
+        if not killed and p.angles_final >= 10 and (p.queues["phase_in_flight"] > 0 or not need_in_flight):
+            ray_local.kill(getattr(driver, kind)[0], no_restart=False)  # distance 4 is arriving
+            killed.append(p.angles_final)
 
-    result = run_stream(ListSource(small_scan), small_scan, out, config, poll_interval_s=0.0, final_pass=False,
-                        on_progress=kill_once)
+    driver = StreamDriver(ListSource(small_scan), small_scan, out, config,
+                          StreamOptions(poll_interval_s=0.0, final_pass=False), on_progress=kill_once)
+    result = driver.run()
     assert killed, f"no actor of {kind} was killed"
     return result, restarts
 
@@ -211,7 +223,6 @@ def test_resume_after_kill_9_loses_no_frame(ray_local, small_scan, tmp_path):
     import time
     from pathlib import Path
 
-    from actors.stream import run_stream
     from xnh_stream.state.journal import FrameJournal
 
     out = tmp_path / "out"
@@ -220,16 +231,15 @@ def test_resume_after_kill_9_loses_no_frame(ray_local, small_scan, tmp_path):
     script = f"""
 import ray, time
 from pathlib import Path
-from actors.stream import run_stream
 from xnh_stream.config import ProcessConfig
-from tests.test_stream import ListSource
+from tests.test_stream import ListSource, stream
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 class Slow(ListSource):
     def poll(self):
         time.sleep(0.2)
         return super().poll()
-run_stream(Slow(Path(r"{small_scan}"), per_poll=5), Path(r"{small_scan}"), Path(r"{out}"),
-           ProcessConfig(delta_beta={record["delta_beta"]}, cor={record["cor_px"]}), poll_interval_s=0.0)
+stream(Slow(Path(r"{small_scan}"), per_poll=5), Path(r"{small_scan}"), Path(r"{out}"),
+       ProcessConfig(delta_beta={record["delta_beta"]}, cor={record["cor_px"]}), poll_interval_s=0.0)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -245,11 +255,11 @@ run_stream(Slow(Path(r"{small_scan}"), per_poll=5), Path(r"{small_scan}"), Path(
                 assert "no schema yet" in str(exc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and every process it started
     proc.wait()
-    assert 150 <= received < len(ListSource(small_scan).items), "the kill did not land mid-scan"
+    assert 150 <= received < len(ListSource(small_scan).records), "the kill did not land mid-scan"
 
     config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"])
-    result = run_stream(ListSource(small_scan), small_scan, out, config, poll_interval_s=0.0)
-    n = len(ListSource(small_scan).items)
+    result = stream(ListSource(small_scan), small_scan, out, config, poll_interval_s=0.0)
+    n = len(ListSource(small_scan).records)
     c = result.counts
     assert c["received"] == n and c["pending"] == 0 and c["duplicates"] == 0
     assert c["processed"] + c["quarantined"] == n

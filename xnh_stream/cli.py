@@ -109,13 +109,15 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_process(a: argparse.Namespace) -> int:
-    """Process a finished scan folder."""
-    from .chain.batch import REPORT_NAME, VOLUME_NAME, process_scan
+    """Process a finished scan folder (the final pass, on an embedded Ray or a cluster; ``--local``: here)."""
+    from .chain.batch import process_scan
+    from .chain.report import REPORT_NAME, VOLUME_NAME
 
     config = _process_config(a)
+    executor = None if a.local else _ray_executor(a.address, config)
     update, close = _progress_bars()
     try:
-        result = process_scan(a.scan, a.out, config, progress=update)
+        result = process_scan(a.scan, a.out, config, progress=update, executor=executor, layout=_layout(a))
     finally:
         close()
     _summarise(result.report)
@@ -123,31 +125,72 @@ def cmd_process(a: argparse.Namespace) -> int:
     return 0
 
 
-def _summarise(report: dict) -> None:
-    fr = report["frames"]
-    print(f"frames: {fr['received']} received, {fr['processed']} processed, {fr['quarantined']} quarantined")
-    print(f"FSC resolution (half-bit): {report['fsc']['resolution_m'] * 1e9:.0f} nm; "
-          f"dose: {report['dose']['gray']:.3g} Gy; centre of rotation {report['cor']['px']:.2f} px "
-          f"({report['cor']['method']})")
-    for alert in report["alerts"]:
+def _add_layout_args(p: argparse.ArgumentParser) -> None:
+    from .chain.final import ChainLayout  # noqa: PLC0415
+
+    d = ChainLayout()
+    g = p.add_argument_group("final pass (how the work is cut; the result does not change)")
+    g.add_argument("--angle-batch", type=int, default=d.angle_batch,
+                   help="angles per phase-retrieval task (default %(default)s)")
+    g.add_argument("--slab-rows", type=int, default=d.slab_rows,
+                   help="rows per back-projection task and volume chunk; 0 = as many as fit --task-memory-mib "
+                        "(default %(default)s)")
+    g.add_argument("--task-memory-mib", type=int, default=d.task_memory_bytes >> 20,
+                   help="memory one task may use for its arrays, MiB (default %(default)s)")
+    g.add_argument("--keep-work", action="store_true",
+                   help="keep OUT/work (projections, markers) after the outputs are written")
+
+
+def _layout(a: argparse.Namespace):  # noqa: ANN202
+    from .chain.final import ChainLayout  # noqa: PLC0415
+
+    return ChainLayout(angle_batch=a.angle_batch, slab_rows=a.slab_rows, task_memory_bytes=a.task_memory_mib << 20,
+                       keep_work=a.keep_work)
+
+
+def _ray_executor(address: str | None, config: ProcessConfig):  # noqa: ANN202
+    """Start or join Ray (:mod:`actors.runtime`) and return the chain's executor on it."""
+    from actors.executor import RayExecutor  # noqa: PLC0415
+    from actors.runtime import gpus_available, start_ray  # noqa: PLC0415
+
+    log.info(start_ray(address))
+    gpus = 0.0
+    if config.backend == "cupy":
+        if gpus_available() < 1:
+            raise ConfigError("backend 'cupy' was asked for but the Ray cluster has no GPU")
+        gpus = 1.0
+    return RayExecutor(num_gpus=gpus)
+
+
+def _summarise(report) -> None:  # noqa: ANN001
+    fr = report.frames
+    print(f"frames: {fr.received} received, {fr.processed} processed, {fr.quarantined} quarantined")
+    res = report.fsc.resolution_m
+    print(f"FSC resolution (half-bit): {res * 1e9:.0f} nm; " if res else "FSC resolution: not measured; ", end="")
+    print(f"dose: {report.dose.gray:.3g} Gy; centre of rotation {report.cor.px:.2f} px ({report.cor.method})")
+    if report.completion is not None:
+        print(f"scan complete: {report.completion.reason}")
+    for alert in report.alerts:
         print(f"ALERT [{alert['severity']}] {alert['name']}: {alert['message']}")
 
 
-def _stream_progress() -> tuple[Callable[[dict], None], Callable[[], None]]:
+def _stream_progress() -> tuple[Callable[[object], None], Callable[[], None]]:
     """Progress bars per distance (frames received) and for the CTF angles, fed by the stream."""
     bars: dict[str, tqdm] = {}
 
-    def update(state: dict) -> None:
-        for n, d in enumerate(state.get("distances", [])):
+    def update(p) -> None:  # noqa: ANN001 - a StreamProgress
+        for n, d in enumerate(p.distances):
             name = f"distance {n + 1}"
             if name not in bars:
                 bars[name] = tqdm(desc=f"{name:>11}", unit="frame", file=sys.stderr, dynamic_ncols=True)
             bar = bars[name]
-            bar.update(d["frames"] - bar.n)
+            bar.update(d.frames - bar.n)
         if "ctf" not in bars:
             bars["ctf"] = tqdm(desc="  CTF final", unit="angle", file=sys.stderr, dynamic_ncols=True)
         bar = bars["ctf"]
-        bar.update(state.get("angles_final", 0) - bar.n)
+        bar.update(p.angles_final - bar.n)
+        if p.final_step:
+            bar.set_postfix_str(f"final pass: {p.final_step}", refresh=False)
 
     def close() -> None:
         for bar in bars.values():
@@ -156,33 +199,24 @@ def _stream_progress() -> tuple[Callable[[dict], None], Callable[[], None]]:
     return update, close
 
 
-def _start_ray(address: str | None) -> None:
-    import ray  # noqa: PLC0415
-
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        import os  # noqa: PLC0415
-
-        ray.init(num_cpus=min(os.cpu_count() or 2, 8), include_dashboard=False, log_to_driver=False)
-
-
 def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace) -> int:
-    from actors.stream import WatcherSource, run_stream  # noqa: PLC0415
+    from actors.stream import StreamDriver, StreamOptions, WatcherSource  # noqa: PLC0415
 
     from .ingest.watch import FolderWatcher  # noqa: PLC0415
 
     update, close = _stream_progress()
-    metrics = _start_metrics(a)  # metrics: the exporter consumes the same progress dictionaries
+    metrics = _start_metrics(a)  # metrics: the exporter consumes the same progress reports
     consumers = [update] + ([metrics.update] if metrics else [])
     live_page = _start_live(a, folder)  # live page: fed by the stream
-    with FolderWatcher(folder, poll_interval_s=a.poll_s, use_inotify=not a.no_inotify) as watcher:
+    options = StreamOptions(n_distances=a.distances, n_workers=a.workers, n_shards=a.shards, poll_interval_s=a.poll_s,
+                            timeout_s=a.timeout_s, layout=_layout(a))
+    with FolderWatcher(folder, poll_interval_s=a.poll_s, use_inotify=not a.no_inotify, stall_s=a.stall_s) as watcher:
         source = WatcherSource(watcher, n_distances=a.distances, quiet_s=a.quiet_s)
         try:
-            result = run_stream(source, folder, out, config, n_distances=a.distances, n_workers=a.workers,
-                                n_shards=a.shards, on_progress=lambda state: [f(state) for f in consumers],
-                                subscribers=((metrics.scan_complete,) if metrics else ()) + _segment_subscribers(a),
-                                poll_interval_s=a.poll_s, timeout_s=a.timeout_s, live_page=live_page)
+            result = StreamDriver(source, folder, out, config, options,
+                                  on_progress=lambda p: [f(p) for f in consumers],
+                                  subscribers=((metrics.scan_complete,) if metrics else ()) + _segment_subscribers(a),
+                                  live_page=live_page).run()
         finally:
             close()
             if live_page:
@@ -194,7 +228,8 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
     c = result.counts
     print(f"journal: {c['received']} frames received, {c['processed']} processed, {c['quarantined']} quarantined, "
           f"{c['duplicates']} duplicate arrivals; files: {counts['complete_files']} complete, "
-          f"{counts['quarantined_files']} quarantined, {counts['ignored_files']} ignored, {counts['vanished']} vanished")
+          f"{counts['quarantined_files']} quarantined, {counts['duplicate_files']} copies, "
+          f"{counts['ignored_files']} ignored, {counts['vanished']} vanished")
     if result.final is None:
         print("scan did not complete: no final volume written (the journal keeps what arrived)")
         return 1
@@ -206,7 +241,7 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
 def cmd_watch(a: argparse.Namespace) -> int:
     """Watch a beamline folder and process the scan as it is written."""
     config = _process_config(a)
-    _start_ray(a.address)
+    _ray_executor(a.address, config)
     return _watch(a.folder, a.out, config, a)
 
 
@@ -238,7 +273,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     writer = threading.Thread(target=write, name="simulated-detector", daemon=True)
     writer.start()
     config = _process_config(a)
-    _start_ray(a.address)
+    _ray_executor(a.address, config)
     code = _watch(scan_dir, out_dir, config, a)
     writer.join()
     if errors:
@@ -307,12 +342,23 @@ def _start_metrics(a: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_overnight(a: argparse.Namespace) -> int:
-    """Process every finished scan folder under ROOT with the batch chain, resumably."""
+    """Process every finished scan folder under ROOT with the final pass, resumably."""
+    import functools  # noqa: PLC0415
     import time  # noqa: PLC0415
 
+    from .chain.batch import process_scan  # noqa: PLC0415
     from .overnight import SUMMARY_NAME, run_overnight  # noqa: PLC0415
 
     config = _process_config(a)
+    factory = None
+    if not a.local:
+        first = _ray_executor(a.address, config)
+        share = max(1, first.parallelism // max(1, a.concurrent))
+
+        def factory():  # noqa: ANN202 - one scan's share of the cluster
+            from actors.executor import RayExecutor  # noqa: PLC0415
+
+            return RayExecutor(max_in_flight=share, num_gpus=first.num_gpus)
     metrics = _start_metrics(a)
 
     def report(name: str, status: str, duration_s: float | None) -> None:
@@ -322,7 +368,9 @@ def cmd_overnight(a: argparse.Namespace) -> int:
     failed = 0
     try:
         while True:
-            result = run_overnight(a.root, a.out, config, metrics=metrics, settle_s=a.settle_s, on_scan=report)
+            result = run_overnight(a.root, a.out, config, metrics=metrics, settle_s=a.settle_s, on_scan=report,
+                                   concurrent=a.concurrent, executor_for_scan=factory,
+                                   process=functools.partial(process_scan, layout=_layout(a)))
             failed = len(result.failed)
             print(f"overnight: {len(result.done)} done, {failed} failed, {len(result.skipped)} skipped "
                   f"(report.json exists), {len(result.waiting)} not finished; account in "
@@ -350,8 +398,13 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--poll-s", type=float, default=0.5, help="folder polling interval, s (default %(default)s)")
     g.add_argument("--no-inotify", action="store_true",
                    help="poll only (network filesystems: inotify misses writes from other hosts)")
-    g.add_argument("--quiet-s", type=float, default=3.0,
-                   help="idle time after the last frame before the scan counts as complete (default %(default)s)")
+    g.add_argument("--quiet-s", type=float, default=60.0,
+                   help="the scan also counts as complete after this long without a new frame and with no file "
+                        "still being written, even if distances are missing (an alert names them; default "
+                        "%(default)s)")
+    g.add_argument("--stall-s", type=float, default=600.0,
+                   help="a file still incomplete after this long unchanged is set aside (a writer that died); "
+                        "its written frames are kept (default %(default)s)")
     g.add_argument("--timeout-s", type=float, help="give up after this long without completion")
 
 
@@ -367,8 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("process", help="process a finished scan folder into volume.ome.zarr and report.json")
-    s.add_argument("scan", type=Path, help="scan folder: one NXtomo file per distance")
-    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("scan", type=Path, help="scan folder: one NXtomo file, NXtomo chunk folder or ID16A EDF folder "
+                                            "per distance")
+    s.add_argument("--out", type=Path, required=True, help="output folder (a killed run resumes in it)")
+    g = s.add_argument_group("where it runs")
+    g.add_argument("--address", help="join this Ray cluster (auto, host:port); default: an embedded local Ray")
+    g.add_argument("--local", action="store_true", help="run every task in this process, without Ray")
+    _add_layout_args(s)
     _add_process_args(s)
     s.set_defaults(func=cmd_process)
 
@@ -376,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("folder", type=Path, help="scan folder (NXtomo files or chunk files, or ID16A EDF folders)")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     _add_stream_args(s)
+    _add_layout_args(s)
     _add_process_args(s)
     _add_metrics_args(s, LIVE_METRICS_PORT)
     _add_live_args(s)
@@ -386,10 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, default=200.0, help="simulated detector frame rate (default %(default)s)")
     _add_simulation_args(s)
     _add_stream_args(s)
+    _add_layout_args(s)
     _add_process_args(s)
     _add_metrics_args(s, LIVE_METRICS_PORT)
     _add_live_args(s)
-    s.set_defaults(func=cmd_demo)
+    s.set_defaults(func=cmd_demo, quiet_s=3.0)
 
     s = sub.add_parser("overnight", help="process every finished scan folder under ROOT with the batch chain; "
                                          "resumable (skips scans whose OUT/<scan>/report.json exists)")
@@ -399,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a file without end_time counts as finished after this long unchanged (default %(default)s)")
     s.add_argument("--follow", action="store_true", help="keep going: look for newly finished scans every --poll-s")
     s.add_argument("--poll-s", type=float, default=300.0, help="seconds between passes with --follow (default %(default)s)")
+    g = s.add_argument_group("where it runs")
+    g.add_argument("--address", help="join this Ray cluster (auto, host:port); default: an embedded local Ray")
+    g.add_argument("--local", action="store_true", help="run every task in this process, without Ray")
+    g.add_argument("--concurrent", type=int, default=1,
+                   help="scans processed at once, each limited to its share of the cluster's CPUs (default %(default)s)")
+    _add_layout_args(s)
     _add_process_args(s)
     _add_metrics_args(s, OVERNIGHT_METRICS_PORT)
     s.set_defaults(func=cmd_overnight)

@@ -4,10 +4,10 @@
 process-global default registry, so several exporters can live in one process, e.g. in tests). It is fed
 by plain dictionaries:
 
-* :meth:`PipelineMetrics.update` takes the progress dictionary that
-  :func:`actors.stream.run_stream` passes to ``on_progress`` after each poll (journal counts, queue depths,
-  latency samples, actor restarts, store size, cluster resources and, when present, the ``quality`` figures:
-  FSC, dose, drift, warping, alerts); keys that are absent are simply not updated;
+* :meth:`PipelineMetrics.update` takes the :class:`~xnh_stream.chain.report.StreamProgress` that the live
+  stream (:class:`actors.stream.StreamDriver`) reports after each poll (journal counts, queue depths, latency
+  samples, actor restarts, store size, cluster resources and, when present, the ``quality`` figures: FSC,
+  dose, drift, warping, alerts);
 * :meth:`PipelineMetrics.observe_report` takes a finished scan's ``report.json`` content (batch chain);
 * the ``overnight_*`` methods follow the overnight queue.
 
@@ -32,6 +32,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import start_http_server
+
+from .chain.report import StreamProgress
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +186,10 @@ class PipelineMetrics:
         counter.inc(value - last if value >= last else value)
         self._last[key] = value
 
-    def update(self, progress: Mapping[str, Any]) -> None:
-        """Take one progress dictionary of the live stream (``run_stream``'s ``on_progress``).
-
-        Known keys: ``journal`` (received, processed, quarantined, pending, duplicates), ``distances``
-        (list of ``{"frames": n}``), ``angles_seen``, ``angles_final``, ``in_flight``, ``queues``
-        ({queue: depth}), ``latency_s`` ({stage: [new samples, s]}), ``restarts`` ({kind: cumulative n}),
-        ``store_bytes``, ``actors`` ({kind: [actors]} or {kind: n}), ``cluster``, ``quality``.
-        """
+    def update(self, progress: StreamProgress) -> None:
+        """Take one progress report of the live stream (:class:`~xnh_stream.chain.report.StreamProgress`)."""
         with self._lock:
-            j = progress.get("journal")
+            j = progress.journal
             if j:
                 self._advance(self.frames_received, "received", j.get("received"))
                 self._advance(self.frames_processed, "processed", j.get("processed"))
@@ -201,38 +197,26 @@ class PipelineMetrics:
                 self._advance(self.frames_duplicate, "duplicates", j.get("duplicates"))
                 if j.get("pending") is not None:
                     self.frames_pending.set(j["pending"])
-            for n, d in enumerate(progress.get("distances") or []):
-                self.distance_frames.labels(distance=str(n + 1)).set(d.get("frames", 0))
-            for state in ("seen", "final"):
-                if (v := progress.get(f"angles_{state}")) is not None:
-                    self.angles.labels(state=state).set(v)
-            queues = dict(progress.get("queues") or {})
-            if "in_flight" in progress:
-                queues.setdefault("phase_in_flight", progress["in_flight"])
-            if progress.get("distances"):
-                queues.setdefault("waiting_for_flats", sum(d.get("projections_waiting_for_flats", 0)
-                                                           for d in progress["distances"]))
-            for q, v in queues.items():
+            for n, d in enumerate(progress.distances):
+                self.distance_frames.labels(distance=str(n + 1)).set(d.frames)
+            self.angles.labels(state="seen").set(progress.angles_seen)
+            self.angles.labels(state="final").set(progress.angles_final)
+            for q, v in progress.queues.items():
                 self.queue.labels(queue=q).set(v)
-            for stage, samples in (progress.get("latency_s") or {}).items():
+            for stage, samples in progress.latency_s.items():
                 h = self.latency.labels(stage=stage)
                 for s in samples:
                     h.observe(s)
-            restarts = progress.get("restarts")
-            if isinstance(restarts, Mapping):
-                for kind, n in restarts.items():
-                    self._advance(self.restarts.labels(kind=kind), f"restarts:{kind}", n)
-            elif restarts is not None:
-                self._advance(self.restarts.labels(kind="recon_shard"), "restarts:recon_shard", restarts)
-            if progress.get("store_bytes") is not None:
-                self.store.set(progress["store_bytes"])
-            for kind, actors in (progress.get("actors") or {}).items():
-                self.actors.labels(kind=_ACTOR_KINDS.get(kind, kind)).set(
-                    actors if isinstance(actors, (int, float)) else len(actors))
-            if c := progress.get("cluster"):
-                self._cluster(c)
-            if q := progress.get("quality"):
-                self._quality(q)
+            for kind, n in progress.restarts.items():
+                self._advance(self.restarts.labels(kind=kind), f"restarts:{kind}", n)
+            if progress.store_bytes is not None:
+                self.store.set(progress.store_bytes)
+            for kind, n in progress.actors.items():
+                self.actors.labels(kind=kind).set(n)
+            if progress.cluster:
+                self._cluster(progress.cluster)
+            if progress.quality:
+                self._quality(progress.quality)
             self.progress_time.set(time.time())
 
     def _cluster(self, c: Mapping[str, Any]) -> None:
@@ -365,10 +349,6 @@ class PipelineMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-#: Keys of ``progress["actors"]`` -> the ``kind`` label.
-_ACTOR_KINDS = {"shards": "recon_shard", "workers": "phase_worker"}
 
 
 def _num(v: Any) -> float:

@@ -1,9 +1,10 @@
-"""The overnight queue: every finished scan folder under a root, through the batch chain, resumable.
+"""The overnight queue: every finished scan folder under a root, through the final pass, resumable.
 
 ``xnh-stream overnight ROOT --out OUTROOT`` finds the scan folders under ``ROOT`` (NXtomo, one file or one
-folder of chunk files per distance), keeps those whose files are finished, and processes each with
-:func:`xnh_stream.chain.batch.process_scan` into ``OUTROOT/<scan>`` (``<scan>`` is the folder's path relative
-to ``ROOT``). Rules:
+folder of chunk files per distance; ID16A EDF, one folder per distance), keeps those whose files are
+finished, and processes each with :func:`xnh_stream.chain.batch.process_scan` into ``OUTROOT/<scan>``
+(``<scan>`` is the folder's path relative to ``ROOT``), ``concurrent`` scans at a time on the Ray cluster,
+each scan's tasks limited to its share of the cluster (``max_in_flight``). Rules:
 
 - **resumable**: a scan whose ``OUTROOT/<scan>/report.json`` exists is skipped (the batch chain writes the
   report last, so its presence means the scan was completed); after a crash, the same command goes on
@@ -16,8 +17,12 @@ to ``ROOT``). Rules:
   have stopped changing for ``settle_s`` too (the batch chain then reports them). Unfinished scans are
   listed as waiting and left for a later pass;
 - a scan folder holds NXtomo files of at least two distances (z1), directly or in distance sub-folders
-  (a chunk-file series: one z1 per sub-folder). HDF5 files that are not NXtomo (``truth.h5``, master files)
-  are ignored; ``OUTROOT`` is never searched when it lies inside ``ROOT``.
+  (a chunk-file series or an EDF folder: one z1 per sub-folder; an EDF folder is finished when its
+  acquisition wrote its ``.xml``, or its files have not changed for ``settle_s``). HDF5 files that are not
+  NXtomo (``truth.h5``, master files) are ignored; ``OUTROOT`` is never searched when it lies inside
+  ``ROOT``;
+- **a killed pass resumes inside a scan too**: the final pass keeps its finished units in
+  ``OUTROOT/<scan>/work`` and does not redo them.
 
 ``OUTROOT/overnight.json`` holds the account of the last pass (rewritten atomically after each scan).
 """
@@ -27,18 +32,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import ProcessConfig
-from .io.sources import NotAFrameFile, inspect_nxtomo
+from .io.sources import EDF_SUFFIX, EdfFolder, NotAFrameFile, inspect_nxtomo
 from .io.nxtomo import InputError
 from .metrics import PipelineMetrics
-from .chain.batch import REPORT_NAME, ChainResult, process_scan
+from .chain.batch import process_scan
+from .chain.final import ChainResult
+from .chain.report import REPORT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,25 @@ def _frame_files(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
     except OSError:
         return []
+
+
+def _edf_distance(folder: Path, settle_s: float, now: float) -> tuple[set[float], str] | None:
+    """The z1 of an EDF distance folder and why it is not finished; None if the folder holds no EDF frame."""
+    try:
+        edfs = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == EDF_SUFFIX]
+    except OSError:
+        return None
+    if not edfs:
+        return None
+    ctx = EdfFolder(folder)
+    try:
+        z1 = {round(ctx.info.geometry.z1_m, 12)}
+    except InputError as exc:
+        return set(), f"{folder.name}: {exc.problem}"
+    if ctx.finished:
+        return z1, ""
+    newest = max(p.stat().st_mtime for p in edfs)
+    return z1, "" if now - newest >= settle_s else f"{folder.name}: EDF acquisition still running (no .xml yet)"
 
 
 def _inspect(files: list[Path], settle_s: float, now: float) -> tuple[set[float], str]:
@@ -114,6 +142,11 @@ def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | N
         dirnames[:] = sorted(d for d in dirnames if skip is None or here / d != skip)
         z1s, why = _inspect(_frame_files(here), settle_s, now)
         for d in dirnames:
+            edf = _edf_distance(here / d, settle_s, now)
+            if edf is not None:
+                z1s |= edf[0]
+                why = why or edf[1]
+                continue
             sub = _frame_files(here / d)
             if not sub:
                 continue
@@ -139,7 +172,8 @@ def _write_json(path: Path, data: Any) -> None:
 def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig | None = None,
                   metrics: PipelineMetrics | None = None, settle_s: float = 60.0,
                   process: Callable[..., ChainResult] = process_scan,
-                  on_scan: Callable[[str, str, float | None], None] | None = None) -> OvernightResult:
+                  on_scan: Callable[[str, str, float | None], None] | None = None,
+                  concurrent: int = 1, executor_for_scan: Callable[[], Any] | None = None) -> OvernightResult:
     """One pass of the overnight queue over ``root`` into ``out_root``.
 
     Parameters
@@ -147,15 +181,20 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
     root, out_root : str or Path
         Where the scan folders are; where their outputs go (``out_root/<scan>``).
     config : ProcessConfig, optional
-        Options of the batch chain for every scan.
+        Options of the final pass for every scan.
     metrics : PipelineMetrics, optional
-        Exporter to account the queue in (length, running, done/failed/skipped, durations, each report).
+        Exporter to account the queue in (queued, running, done/failed/skipped, durations, each report).
     settle_s : float
         Quiet time after which a file without ``end_time`` counts as finished.
     process : callable
-        The batch chain (``process_scan(folder, out, config)``); replaceable for tests.
+        The final pass (``process(folder, out, config, executor=...)``); replaceable for tests.
     on_scan : callable, optional
         ``on_scan(name, status, duration_s)`` after each scan (``done``, ``failed``, ``skipped``).
+    concurrent : int
+        Scans processed at once (each from its own driver thread).
+    executor_for_scan : callable, optional
+        Makes the executor of one scan (e.g. a Ray executor limited to its share of the cluster); None runs
+        each scan's tasks in its thread.
 
     Returns
     -------
@@ -181,23 +220,30 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
             todo.append(s)
     summary_path = out_root / SUMMARY_NAME
     started = time.time()
+    lock = threading.Lock()
+    running: set[str] = set()
+    queued = [s.name for s in todo]
 
     def account() -> None:
-        _write_json(summary_path, {"root": str(Path(root).absolute()), "started": started,
-                                   "updated": time.time(), **asdict(result),
-                                   "queued": [s.name for s in todo[len(result.done) + len(result.failed):]]})
+        with lock:
+            _write_json(summary_path, {"root": str(Path(root).absolute()), "started": started,
+                                       "updated": time.time(), **asdict(result), "running": sorted(running),
+                                       "queued": list(queued)})
+            if metrics:
+                metrics.overnight_queue_length(len(queued))
+                metrics.overnight_running.set(len(running))
 
-    account()
-    for i, s in enumerate(todo):
-        if metrics:
-            metrics.overnight_queue_length(len(todo) - i)
-            metrics.overnight_running.set(1)
-            metrics.new_scan()
+    def one(s: ScanFolder) -> None:
+        with lock:
+            queued.remove(s.name)
+            running.add(s.name)
+        account()
         out = out_root / s.name
         t0 = time.perf_counter()
         status = "done"
         try:
-            chain = process(s.folder, out, config)
+            kwargs = {"executor": executor_for_scan()} if executor_for_scan is not None else {}
+            chain = process(s.folder, out, config, **kwargs)
         except Exception as exc:  # noqa: BLE001 - recorded, and the queue goes on
             status = "failed"
             dt = time.perf_counter() - t0
@@ -205,23 +251,32 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
                      "file": getattr(exc, "path", None), "duration_s": round(dt, 3), "time": time.time(),
                      "traceback": traceback.format_exc(limit=8)}
             _write_json(out / ERROR_NAME, error)
-            result.failed.append({"scan": s.name, "error": f"{type(exc).__name__}: {exc}"})
+            with lock:
+                result.failed.append({"scan": s.name, "error": f"{type(exc).__name__}: {exc}"})
             log.error("overnight: %s failed after %.1f s: %s: %s (recorded in %s)", s.name, dt,
                       type(exc).__name__, exc, out / ERROR_NAME)
         else:
             dt = time.perf_counter() - t0
             (out / ERROR_NAME).unlink(missing_ok=True)  # a previous failure of this scan is resolved
-            result.done.append(s.name)
+            with lock:
+                result.done.append(s.name)
             if metrics:
-                metrics.observe_report(chain.report)
-        result.durations_s[s.name] = round(dt, 3)
+                metrics.observe_report(chain.report.to_dict())
+        with lock:
+            result.durations_s[s.name] = round(dt, 3)
+            running.discard(s.name)
         if metrics:
-            metrics.overnight_running.set(0)
             metrics.overnight_scan(status, dt)
-            metrics.overnight_queue_length(len(todo) - i - 1)
         if on_scan:
             on_scan(s.name, status, dt)
         account()
-    if metrics:
-        metrics.overnight_queue_length(0)
+
+    account()
+    if concurrent <= 1:
+        for s in todo:
+            one(s)
+    else:
+        with ThreadPoolExecutor(max_workers=int(concurrent), thread_name_prefix="xnh-overnight") as pool:
+            list(pool.map(one, todo))
+    account()
     return result

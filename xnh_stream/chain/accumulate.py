@@ -51,7 +51,8 @@ class ProgressiveVolume:
         """Angles represented by a preview only."""
         return sum(1 for s in self._state.values() if s == "preview")
 
-    def add(self, index: int, theta_rad: float, projection: Any, final: bool, previous: Any = None) -> None:
+    def add(self, index: int, theta_rad: float, projection: Any, final: bool, previous: Any = None,
+            previous_theta_rad: float | None = None) -> None:
         """Add angle ``index``'s projection; a final one replaces that angle's preview if there is one.
 
         Parameters
@@ -67,6 +68,9 @@ class ProgressiveVolume:
         previous : array, optional
             The preview projection being replaced, when this volume was told not to keep previews
             (:meth:`forget_preview`); by default the kept one is used.
+        previous_theta_rad : float, optional
+            The angle the preview was added at, when it differs from ``theta_rad`` (the reference distance
+            moved the angle): the preview is then taken out at its angle and the final put in at its own.
         """
         p = projection[self.rows]
         state = self._state.get(index)
@@ -78,7 +82,12 @@ class ProgressiveVolume:
                 if previous is None:
                     raise ValueError(f"angle {index}: the preview to replace was not kept; pass previous=")
                 old = previous[self.rows]
-            self.acc.replace(old, p, theta_rad, index)
+            if previous_theta_rad is None or previous_theta_rad == theta_rad:
+                self.acc.replace(old, p, theta_rad, index)
+            else:
+                zero = self.acc.xp.zeros_like(self.acc.xp.asarray(p, dtype=self.acc.xp.float32))
+                self.acc.replace(old, zero, previous_theta_rad, index)
+                self.acc.replace(zero, p, theta_rad, index)
         else:
             self.acc.add(p, theta_rad, index)
             if not final:

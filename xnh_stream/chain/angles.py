@@ -36,7 +36,6 @@ class AngleTable:
         self.step_after = int(step_after)
         self._angles: list[float] = []
         self._sorted: list[tuple[float, int]] = []
-        self._fixed: list[bool] = []  # angle set by the reference distance
         self._step: float | None = None
         self._frames: list[dict[int, tuple[str, float]]] = []  # slot -> {distance: (frame id, angle)}
 
@@ -49,16 +48,14 @@ class AngleTable:
         angles_deg : iterable of float
             The reference distance's projection angles, in acquisition order.
         tol_deg : float
-            Tolerance when there are fewer than two angles.
+            Smallest tolerance (the tolerance is half the median step of the angles, 1 degree for one angle).
         """
         angles = [float(a) for a in angles_deg]
         table = cls(tol_deg, step_after=len(angles) + 1)
-        if len(angles) > 1:
-            steps = np.diff(np.sort(angles))
-            step = float(np.median(steps))
-            table._step = step if step > 0 else None
+        step = float(np.median(np.diff(np.sort(angles)))) if len(angles) > 1 else 1.0  # one angle: +-0.5 deg
+        table._step = step if step > 0 else None
         for a in angles:
-            table._new(a, fixed=True)
+            table._new(a)
         return table
 
     # ------------------------------------------------------------------ slots
@@ -67,9 +64,8 @@ class AngleTable:
         """The tolerance now."""
         return self.tol_deg if self._step is None else max(self.tol_deg, 0.5 * self._step)
 
-    def _new(self, theta: float, fixed: bool = False) -> int:
+    def _new(self, theta: float) -> int:
         self._angles.append(theta)
-        self._fixed.append(fixed)
         self._frames.append({})
         slot = len(self._angles) - 1
         bisect.insort(self._sorted, (theta, slot))
@@ -120,7 +116,7 @@ class AngleTable:
         theta_deg : float
             Its angle.
         reference : bool
-            The frame belongs to the reference distance: the slot takes its angle.
+            The frame belongs to the reference distance (as known now): the slot takes its angle.
         create : bool
             Make a new slot when no slot is near (else the frame is refused).
 
@@ -143,14 +139,13 @@ class AngleTable:
                 return None, frame_id
             displaced = held[0]
         self._frames[s][distance] = (frame_id, float(theta_deg))
-        if reference and not self._fixed[s]:
+        if reference and self._angles[s] != float(theta_deg):
             self._move(s, float(theta_deg))
         return s, displaced
 
     def _move(self, slot: int, theta: float) -> None:
         self._sorted.remove((self._angles[slot], slot))
         self._angles[slot] = theta
-        self._fixed[slot] = True
         bisect.insort(self._sorted, (theta, slot))
 
     def frames(self, slot: int) -> dict[int, str]:

@@ -1,85 +1,110 @@
-"""Assemble a running scan from frames arriving in any order (Ray-free).
+"""The live front of the chain: frames arriving in any order become preview and final work (Ray-free).
 
-:class:`ScanAssembler` receives every frame once (with its metadata), keeps the darks and flats of each
-distance, flat-fields projections with the flats known so far, and says what to compute next:
+:class:`ScanAssembler` takes every frame once, with its record (:class:`~xnh_stream.io.sources.FrameRecord`)
+and pixels, and uses the chain's own pieces:
 
-* a ``preview`` of an angle as soon as one distance has it (single-distance Paganin, fast feedback);
-* the ``final`` CTF projection of an angle once every distance has it.
+* a :class:`~xnh_stream.chain.calibration.Calibration` per distance (darks, flat series) flat-fields the
+  projections with the flats known so far; projections that come before any flat wait as records (their
+  pixels are read again when the flats are there, so waiting costs no memory);
+* the flat-fielded frame goes to the on-disk :class:`~xnh_stream.state.store.DistanceStore` and is paired
+  by angle in an :class:`~xnh_stream.chain.angles.AngleTable` (the batch chain's rule);
+* the first frame of an angle makes a ``preview`` (single-distance Paganin, fast feedback); the angle's
+  ``final`` work (multi-distance CTF) comes when every distance has it;
+* every ``align_every``-th complete angle, the shifts of the distances are measured and added to their
+  :class:`~xnh_stream.physics.align.ShiftModel`.
 
-It also fits the distance alignment progressively: on every ``align_every``-th complete angle the shifts
-of each distance are measured and added to a :class:`~xnh_stream.physics.align.ShiftModel`.
+Work items name their frames by store key and angle and carry no pixels until :meth:`AngleWork.load`
+(the driver loads one just before it is dispatched), so memory stays bounded however many are queued. After
+a restart, projections already in the store are taken back without reading their files (:meth:`ScanAssembler.add`
+with ``pixels=None``); only darks, flats and return projections are read again.
 
-Distances are told apart by ``z1`` and numbered by increasing ``z1`` (the reference, most magnified,
-is 0) once ``n_distances`` are known; before that, previews use the distances seen so far.
+Distances are told apart by their key (:func:`~xnh_stream.io.sources.distance_key`) and numbered by
+increasing ``z1`` (the reference, most magnified, is the smallest ``z1`` in XNH).
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN, frame_problem
+from ..io.sources import FrameRecord
 from ..physics.align import ShiftModel, measure_distance_shifts
-from ..physics.flatfield import FlatInterpolator
 from ..physics.geometry import DistanceGeometry, ScanGeometry
-from ..io.nxtomo import DARK, FLAT, INVALID, PROJECTION, RETURN, frame_problem
 from ..state.store import DistanceStore
+from .angles import AngleTable
+from .calibration import Calibration
 
 log = logging.getLogger(__name__)
 
 
-class Frame(Protocol):
-    """What the assembler needs to know about a frame (ingest's records satisfy it)."""
+@dataclass
+class AngleWork:
+    """One unit of phase-retrieval work.
 
-    frame_id: str
-    image_key: int
-    image_key_control: int
-    rotation_angle_deg: float
-    sequence: float  # acquisition position within the distance (orders frames, interpolates flats)
-    geometry: DistanceGeometry
+    Attributes
+    ----------
+    kind : str
+        ``"preview"`` or ``"final"``.
+    index : int
+        Angle slot (its parity picks the FSC half).
+    theta_deg : float
+        Angle the projection is back-projected at.
+    geometry : ScanGeometry
+        The distances known when the work was made (``sources`` and ``frames`` are numbered in it).
+    sources : dict
+        ``{distance number: (distance key, frame angle)}``: where the flat-fielded frames are in the store.
+    frame_ids : list of str
+        The frames this work consumes.
+    frames : dict
+        ``{distance number: flat-fielded frame}``, filled by :meth:`load`.
+    preview_distance : int or None
+        Final work: the distance number whose preview it replaces.
+    preview_theta_deg : float or None
+        Final work: the angle that preview was back-projected at.
+    preview_shift_yx : tuple or None
+        The shift the preview was made with (final work: so the preview is recomputed exactly).
+    """
 
+    kind: str
+    index: int
+    theta_deg: float
+    geometry: ScanGeometry
+    sources: dict[int, tuple[float, float]]
+    frame_ids: list[str] = field(default_factory=list)
+    frames: dict[int, np.ndarray] = field(default_factory=dict)
+    preview_distance: int | None = None
+    preview_theta_deg: float | None = None
+    preview_shift_yx: tuple[float, float] | None = None
 
-@dataclass(frozen=True)
-class FrameInfo:
-    """A plain :class:`Frame` (for callers without ingest records: tests, benchmarks, replays)."""
-
-    frame_id: str
-    image_key: int
-    image_key_control: int
-    rotation_angle_deg: float
-    sequence: float
-    geometry: DistanceGeometry
+    def load(self, store: DistanceStore) -> AngleWork:
+        """Fill :attr:`frames` from the store (returns self)."""
+        if not self.frames:
+            self.frames = {k: store.get(key, angle) for k, (key, angle) in self.sources.items()}
+        return self
 
 
 @dataclass
-class AngleWork:
-    """One unit of phase-retrieval work."""
-
-    kind: str  # "preview" or "final"
-    index: int  # angle index: order of first arrival of the angle (picks the FSC half)
-    theta_deg: float
-    frames: dict[int, np.ndarray]  # distance number -> flat-fielded frame
-    geometry: ScanGeometry
-    frame_ids: list[str] = field(default_factory=list)  # the frames this work consumes
-    preview_distance: int | None = None  # final work: the distance whose preview it replaces
+class _Slot:
+    previewed_by: float | None = None  # distance key of the preview
+    preview_theta: float | None = None
+    preview_shift: tuple[float, float] | None = None
+    final: bool = False
 
 
 @dataclass
 class _Distance:
+    key: float
     geometry: DistanceGeometry
-    darks: list[np.ndarray] = field(default_factory=list)
-    flat_runs: list[tuple[float, list[np.ndarray]]] = field(default_factory=list)
-    last_kind: int | None = None
+    calibration: Calibration
+    waiting: list[FrameRecord] = field(default_factory=list)  # projections before any flat
+    have: dict[int, tuple[str, float]] = field(default_factory=dict)  # slot -> (frame id, frame angle)
+    returns: list[tuple[float, str]] = field(default_factory=list)  # (angle, frame id) in the store
     n_seen: int = 0
-    waiting: list[tuple[Frame, np.ndarray, float]] = field(default_factory=list)  # projections before flats
-    frames: dict[int, np.ndarray] = field(default_factory=dict)  # angle index -> frame (no store)
-    have: dict[int, str] = field(default_factory=dict)  # angle index -> frame id of its flat-fielded frame
-    returns: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    interpolator: FlatInterpolator | None = None  # rebuilt when a flat arrives
-    dark: np.ndarray | None = None
 
 
 class ScanAssembler:
@@ -91,46 +116,53 @@ class ScanAssembler:
         Distances the scan has (4 for XNH).
     frame_shape : tuple of int
         ``(ny, nx)``.
+    store : DistanceStore
+        Where flat-fielded frames wait for the other distances (on disk).
     delta_beta_align : float
         delta/beta of the Paganin filter used to register distances.
     align_every : int
         Measure distance shifts on every n-th complete angle.
+    align_degree : int
+        Degree of the shift models.
     align_bin_px : int
         Bin frames by this factor for registration (speed on large frames; shifts stay in full pixels).
     angle_tol_deg : float
-        Angles closer than this are the same angle; once eight angles are known, up to half the angular
-        step (the batch chain's rule, :func:`xnh_stream.chain.batch.match_angles`), the nearest one.
-    store : DistanceStore, optional
-        Where flat-fielded frames wait for the other distances (on disk, so memory stays bounded over a
-        four-hour scan); without one they wait in memory.
+        Tolerance of the angle table (:class:`AngleTable`).
+    pca_components : int
+        Dynamic flat-field components (0: interpolated flats).
     """
 
-    def __init__(self, n_distances: int, frame_shape: tuple[int, int], delta_beta_align: float = 0.3,
-                 align_every: int = 4, align_degree: int = 2, angle_tol_deg: float = 0.01,
-                 store: DistanceStore | None = None, align_bin_px: int = 1) -> None:
-        self.store = store
-        self.align_bin_px = align_bin_px
-        self.n_distances = n_distances
+    def __init__(self, n_distances: int, frame_shape: tuple[int, int], store: DistanceStore,
+                 delta_beta_align: float = 0.3, align_every: int = 4, align_degree: int = 2,
+                 align_bin_px: int = 1, angle_tol_deg: float = 0.01, pca_components: int = 0) -> None:
+        self.n_distances = int(n_distances)
         self.shape = tuple(frame_shape)
+        self.store = store
         self.delta_beta_align = delta_beta_align
-        self.align_every = max(1, align_every)
+        self.align_every = max(1, int(align_every))
         self.align_degree = align_degree
-        self.tol = angle_tol_deg
+        self.align_bin_px = max(1, int(align_bin_px))
+        self.pca_components = pca_components
+        self.table = AngleTable(angle_tol_deg)
         self._dist: dict[float, _Distance] = {}
-        self._angles: list[float] = []  # angle of each index
-        self._by_angle: list[tuple[float, int]] = []  # (angle, index), sorted
-        self._step: float | None = None
-        self._final: set[int] = set()
-        self._previewed: dict[int, float] = {}  # angle index -> z1 key of the distance previewed
+        self._slots: list[_Slot] = []
         self._n_complete = 0
         self.models: dict[float, ShiftModel] = {}
         self.quarantined: list[tuple[str, str]] = []
+        self._returns: DistanceStore | None = None  # return projections, apart: they share angles with projections
 
-    # ---------------------------------------------------------------------------------------------------
+    @property
+    def returns_store(self) -> DistanceStore:
+        """Flat-fielded return projections (a store beside the main one)."""
+        if self._returns is None:
+            self._returns = DistanceStore(self.store.path.with_name(self.store.path.name + "_returns"), self.shape)
+        return self._returns
+
+    # ------------------------------------------------------------------ distances
     @property
     def distance_keys(self) -> list[float]:
-        """z1 of the distances seen, increasing (index = distance number)."""
-        return sorted(self._dist)
+        """Keys of the distances seen, by increasing z1 (index = distance number)."""
+        return sorted(self._dist, key=lambda k: self._dist[k].geometry.z1_m)
 
     @property
     def geometry(self) -> ScanGeometry | None:
@@ -143,153 +175,155 @@ class ScanAssembler:
         """All distances known."""
         return len(self._dist) >= self.n_distances
 
-    def angle_index(self, theta_deg: float) -> int:
-        """Index of an angle: the nearest known one within the tolerance, else a new one."""
-        theta = float(theta_deg)
-        tol = self.tol if self._step is None else max(self.tol, 0.5 * self._step)
-        j = bisect.bisect_left(self._by_angle, (theta, -1))
-        near = [self._by_angle[c] for c in (j - 1, j) if 0 <= c < len(self._by_angle)]
-        near = [(abs(a - theta), i) for a, i in near if abs(a - theta) <= tol]
-        if near:
-            return min(near)[1]
-        self._angles.append(theta)
-        bisect.insort(self._by_angle, (theta, len(self._angles) - 1))
-        if self._step is None and len(self._angles) >= 8:
-            steps = np.diff([a for a, _ in self._by_angle])
-            self._step = float(np.median(steps)) if np.median(steps) > 0 else None
-        return len(self._angles) - 1
+    def calibration(self, key: float) -> Calibration | None:
+        """The calibration of a distance (by key)."""
+        d = self._dist.get(key)
+        return None if d is None else d.calibration
 
-    # ---------------------------------------------------------------------------------------------------
-    def add(self, rec: Frame, frame: np.ndarray) -> list[AngleWork]:
+    def _reference_key(self) -> float | None:
+        geo = self.geometry
+        return None if geo is None else self.distance_keys[geo.reference]
+
+    # ------------------------------------------------------------------ frames
+    def can_restore(self, rec: FrameRecord) -> bool:
+        """Whether a projection's flat-fielded frame is in the store (:meth:`add` may then take ``None``)."""
+        return (rec.image_key == PROJECTION and rec.image_key_control != RETURN
+                and self.store.has(rec.distance_key, rec.rotation_angle_deg))
+
+    def add(self, rec: FrameRecord, frame: np.ndarray | None) -> list[AngleWork]:
         """Take one frame; returns the work it makes possible (possibly none).
 
+        ``frame`` may be None for a projection whose flat-fielded frame is already in the store (a restart,
+        :meth:`can_restore`).
         Unusable frames are recorded in :attr:`quarantined` as ``(frame_id, reason)``.
         """
-        problem = frame_problem(np.asarray(frame), self.shape)
-        if problem:
-            self.quarantined.append((rec.frame_id, problem))
-            return []
-        key = round(rec.geometry.z1_m, 9)
-        d = self._dist.get(key)
+        if frame is not None:
+            problem = frame_problem(np.asarray(frame), self.shape)
+            if problem:
+                self.quarantined.append((rec.frame_id, problem))
+                return []
+        d = self._dist.get(rec.distance_key)
         if d is None:
-            d = self._dist[key] = _Distance(rec.geometry)
-            if len(self._dist) > self.n_distances:
-                raise ValueError(f"frame {rec.frame_id}: a {len(self._dist)}th distance (z1 = {key} m) in a "
-                                 f"scan of {self.n_distances}")
-        frame = np.asarray(frame, dtype=np.float32)
-        kind = rec.image_key
+            if len(self._dist) >= self.n_distances:
+                self.quarantined.append((rec.frame_id, f"a distance beyond the scan's {self.n_distances} "
+                                         f"(z1 = {rec.geometry.z1_m} m): not used"))
+                return []
+            d = self._dist[rec.distance_key] = _Distance(rec.distance_key, rec.geometry,
+                                                         Calibration(self.shape, self.pca_components))
         d.n_seen += 1
+        kind = rec.image_key
         work: list[AngleWork] = []
-        position = float(rec.sequence)
         if kind == DARK:
-            d.darks.append(frame)
-            d.dark = None
+            d.calibration.add_dark(frame)
         elif kind == FLAT:
-            same = [run for p, run in d.flat_runs if p == position]
-            if same:  # a flat series resumed at its own position (e.g. frames replayed): one series
-                same[0].append(frame)
-            elif d.last_kind != FLAT or not d.flat_runs:
-                d.flat_runs.append((position, [frame]))
-            else:
-                d.flat_runs[-1][1].append(frame)
-            d.interpolator = None
+            d.calibration.add_flat(frame, rec.sequence)
             waiting, d.waiting = d.waiting, []
-            for r, f, p in waiting:  # projections that arrived before any flat
-                work += self._projection(d, r, f, p)
+            for r in waiting:  # projections that arrived before any flat: read again now
+                try:
+                    work += self._projection(d, r, r.read())
+                except (OSError, ValueError) as exc:
+                    self.quarantined.append((r.frame_id, f"could not be read again once the flats came: {exc}"))
         elif kind == PROJECTION and rec.image_key_control == RETURN:
-            if d.flat_runs:
-                d.returns.append((rec.rotation_angle_deg, self._flat_fielded(d, frame, position)))
+            if d.calibration.ready and frame is not None:
+                self.returns_store.put(d.key, rec.rotation_angle_deg, d.calibration.correct(frame, rec.sequence))
+                d.returns.append((rec.rotation_angle_deg, rec.frame_id))
         elif kind == PROJECTION:
-            if not d.flat_runs:
-                d.waiting.append((rec, frame, position))
+            if frame is None:
+                if not self.can_restore(rec):
+                    raise ValueError(f"frame {rec.frame_id}: no pixels and not in the store")
+                work += self._projection(d, rec, None)
+            elif not d.calibration.ready:
+                d.waiting.append(rec)
             else:
-                work += self._projection(d, rec, frame, position)
-        elif kind == INVALID:
-            self.quarantined.append((rec.frame_id, "image_key 3 (invalid) set by the acquisition"))
-        d.last_kind = kind
-        return work
-
-    def _flat_fielded(self, d: _Distance, frame: np.ndarray, position: float) -> np.ndarray:
-        if d.dark is None:
-            d.dark = np.mean(d.darks, axis=0) if d.darks else np.zeros(self.shape, np.float32)
-        if d.interpolator is None:
-            d.interpolator = FlatInterpolator.from_series([(p, np.stack(run)) for p, run in d.flat_runs])
-        return d.interpolator.correct(frame, position, d.dark)
-
-    def _projection(self, d: _Distance, rec: Frame, frame: np.ndarray, position: float) -> list[AngleWork]:
-        ff = self._flat_fielded(d, frame, position)
-        i = self.angle_index(rec.rotation_angle_deg)
-        if self.store is not None:
-            self.store.put(_store_key(d), self._angles[i], ff)
+                work += self._projection(d, rec, frame)
         else:
-            d.frames[i] = ff
-        d.have[i] = rec.frame_id
-        geo = self.geometry
-        zkey = round(d.geometry.z1_m, 9)
-        work = []
-        if i not in self._previewed:  # one preview per angle, from the first distance that has it
-            self._previewed[i] = zkey
-            work.append(AngleWork("preview", i, self._angles[i], {self.distance_keys.index(zkey): ff}, geo,
-                                  [rec.frame_id]))
-        if self.complete and i not in self._final and all(i in x.have for x in self._dist.values()):
-            frames = {n: self._take(self._dist[z], i) for n, z in enumerate(self.distance_keys)}
-            ids = [self._dist[z].have[i] for z in self.distance_keys]
-            self._final.add(i)
-            self._n_complete += 1
-            if self._n_complete % self.align_every == 1 or self.align_every == 1:
-                self._measure_shifts(frames, geo, self._angles[i])
-            work.append(AngleWork("final", i, self._angles[i], frames, geo, ids,
-                                  preview_distance=self.distance_keys.index(self._previewed[i])))
+            self.quarantined.append((rec.frame_id, f"image_key {kind} (invalid) set by the acquisition"))
         return work
 
-    def _take(self, d: _Distance, i: int) -> np.ndarray:
-        """The flat-fielded frame of angle ``i`` of a distance (from the store, or from memory)."""
-        if self.store is not None:
-            return self.store.get(_store_key(d), self._angles[i])
-        return d.frames.pop(i)
+    def _projection(self, d: _Distance, rec: FrameRecord, frame: np.ndarray | None) -> list[AngleWork]:
+        if frame is not None:
+            self.store.put(d.key, rec.rotation_angle_deg, d.calibration.correct(frame, rec.sequence))
+        ref_key = self._reference_key()
+        slot, displaced = self.table.file(d.key, rec.frame_id, rec.rotation_angle_deg, reference=d.key == ref_key)
+        if displaced is not None:
+            self.quarantined.append((displaced, AngleTable.refusal(rec.rotation_angle_deg, str(rec.distance_name))))
+        if slot is None:
+            return []
+        if displaced is not None:
+            d.have.pop(slot, None)
+        d.have[slot] = (rec.frame_id, rec.rotation_angle_deg)
+        while len(self._slots) <= slot:
+            self._slots.append(_Slot())
+        s = self._slots[slot]
+        geo = self.geometry
+        keys = self.distance_keys
+        work = []
+        if s.previewed_by is None:  # one preview per slot, from the first distance that has it
+            s.previewed_by = d.key
+            s.preview_theta = self.table.angle(slot)
+            k = keys.index(d.key)
+            model = self.models.get(d.key)
+            s.preview_shift = (tuple(float(v) for v in model(s.preview_theta)) if model is not None
+                               and model.n_valid >= 1 and d.key != ref_key else (0.0, 0.0))
+            work.append(AngleWork("preview", slot, s.preview_theta, geo, {k: (d.key, rec.rotation_angle_deg)},
+                                  [rec.frame_id], preview_shift_yx=s.preview_shift))
+        if self.complete and not s.final and all(slot in x.have for x in self._dist.values()):
+            s.final = True
+            self._n_complete += 1
+            sources = {n: (z, self._dist[z].have[slot][1]) for n, z in enumerate(keys)}
+            w = AngleWork("final", slot, self.table.angle(slot), geo, sources,
+                          [self._dist[z].have[slot][0] for z in keys],
+                          preview_distance=keys.index(s.previewed_by), preview_theta_deg=s.preview_theta,
+                          preview_shift_yx=s.preview_shift)
+            if self._n_complete % self.align_every == 1 or self.align_every == 1:
+                self._measure_shifts(w, geo)
+            work.append(w)
+        return work
 
-    def _measure_shifts(self, frames: dict[int, np.ndarray], geo: ScanGeometry, theta: float) -> None:
-        res = measure_distance_shifts([frames[n] for n in range(len(frames))], geo, self.delta_beta_align,
-                                      bin_px=self.align_bin_px)
+    def _measure_shifts(self, work: AngleWork, geo: ScanGeometry) -> None:
+        frames = work.load(self.store).frames
+        try:
+            res = measure_distance_shifts([frames[n] for n in range(len(frames))], geo, self.delta_beta_align,
+                                          bin_px=self.align_bin_px)
+        except ValueError as exc:  # a registration that cannot run must not stop the stream
+            log.warning("distance shifts at %.2f deg not measured: %s", work.theta_deg, exc)
+            return
+        finally:
+            work.frames = {}  # loaded again at dispatch: no pixels held in the queue
         for n, z in enumerate(self.distance_keys):
             if n == geo.reference:
                 continue
             model = self.models.setdefault(z, ShiftModel(order=self.align_degree))
-            model.add(theta, res.shifts_yx[n], ok=bool(res.ok[n]))
+            model.add(work.theta_deg, res.shifts_yx[n], ok=bool(res.ok[n]))
 
+    # ------------------------------------------------------------------ queries
     def cor_pair(self, tol_deg: float = 0.05) -> tuple[np.ndarray, np.ndarray] | None:
         """Flat-fielded projection and return projection of the reference distance 180 degrees apart."""
-        keys = self.distance_keys
-        if not keys:
+        key = self._reference_key()
+        if key is None:
             return None
-        d = self._dist[keys[0]]
-        for angle, ret in d.returns:
-            for i, theta in enumerate(self._angles):
-                if i in d.have and abs(abs(angle - theta) - 180.0) <= tol_deg:
-                    frame = self.store.get(_store_key(d), theta) if self.store is not None else d.frames.get(i)
-                    if frame is not None:
-                        return frame, ret
+        d = self._dist[key]
+        for angle, _ in d.returns:
+            for slot, (_, theta) in d.have.items():
+                if abs(abs(angle - theta) - 180.0) <= tol_deg:
+                    return self.store.get(key, theta), self.returns_store.get(key, angle)
         return None
 
-    def replay(self) -> list[AngleWork]:
-        """Work that rebuilds the live volume from scratch: finals for final angles, previews for the rest.
-
-        Needs the on-disk store (frames of final angles are not kept in memory).
-        """
-        if self.store is None:
-            raise ValueError("replay needs a DistanceStore")
+    def replay(self) -> Iterator[AngleWork]:
+        """Work that rebuilds the live volume from scratch: finals for final slots, previews for the rest."""
         geo = self.geometry
-        works = []
-        for i, theta in enumerate(self._angles):
-            if i in self._final:
-                frames = {n: self.store.get(_store_key(self._dist[z]), theta) for n, z in enumerate(self.distance_keys)}
-                works.append(AngleWork("final", i, theta, frames, geo,
-                                       preview_distance=self.distance_keys.index(self._previewed[i])))
-            elif i in self._previewed:
-                z = self._previewed[i]
-                frame = self.store.get(_store_key(self._dist[z]), theta)
-                works.append(AngleWork("preview", i, theta, {self.distance_keys.index(z): frame}, geo))
-        return works
+        keys = self.distance_keys
+        for slot, s in enumerate(self._slots):
+            if s.final:
+                sources = {n: (z, self._dist[z].have[slot][1]) for n, z in enumerate(keys)}
+                yield AngleWork("final", slot, self.table.angle(slot), geo, sources,
+                                preview_distance=keys.index(s.previewed_by), preview_theta_deg=s.preview_theta,
+                                preview_shift_yx=s.preview_shift)
+            elif s.previewed_by is not None and slot in self._dist[s.previewed_by].have:
+                z = s.previewed_by
+                yield AngleWork("preview", slot, s.preview_theta, geo,
+                                {keys.index(z): (z, self._dist[z].have[slot][1])},
+                                preview_shift_yx=s.preview_shift)
 
     def shift_models(self) -> list[ShiftModel | None]:
         """Current shift model of each distance number (None for the reference and unmeasured ones)."""
@@ -300,14 +334,8 @@ class ScanAssembler:
         return out
 
     def state(self) -> dict[str, Any]:
-        """Progress per distance for logs and the live page."""
-        return {"distances": [{"z1_m": z, "frames": self._dist[z].n_seen,
-                               "projections_waiting_for_flats": len(self._dist[z].waiting)}
+        """Progress per distance: ``distances`` (z1, frames, waiting), ``angles_seen``, ``angles_final``."""
+        return {"distances": [(self._dist[z].geometry.z1_m, self._dist[z].n_seen, len(self._dist[z].waiting))
                               for z in self.distance_keys],
-                "angles_seen": len(self._angles), "angles_final": len(self._final),
-                "quarantined": len(self.quarantined)}
-
-
-def _store_key(d: _Distance) -> int:
-    """Store key of a distance: its z1 in nanometres."""
-    return int(round(d.geometry.z1_m * 1e9))
+                "angles_seen": sum(1 for s in self._slots if s.previewed_by is not None),
+                "angles_final": self._n_complete, "quarantined": len(self.quarantined)}

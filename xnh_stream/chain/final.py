@@ -69,6 +69,7 @@ from .executor import Executor, SerialExecutor
 from .report import (
     JOURNAL_NAME,
     REPORT_NAME,
+    Completion,
     VOLUME_NAME,
     Dose,
     FrameAccount,
@@ -384,6 +385,7 @@ class FinalChain:
         self._progress = progress
         self.monitor = monitor
         self.alerts: list[dict[str, str]] = []
+        self.completion: Completion | None = None  # why a live scan counted as complete (the report says)
         self.quarantine: dict[str, QuarantinedFrame] = {}
         self.timing: dict[str, float] = {}
         base = self.out if self.out is not None else Path(tempfile.mkdtemp(prefix="xnh-final-"))
@@ -457,7 +459,7 @@ class FinalChain:
         bad = [(d, p) for d, p in problems if p]
         if len(bad) == len(problems) or (bad and bad[0][0] is self.index.distances[self.ref]):
             d, p = bad[0]
-            raise InputError(d.name, p, FIELDS["image_key"])
+            raise InputError(d.frames[0].path if d.frames else d.name, f"distance {d.name}: {p}", FIELDS["image_key"])
         if bad:  # a distance that cannot be flat-fielded is left out, loudly
             for d, p in bad:
                 self._drop_distance(d, p)
@@ -830,6 +832,7 @@ class FinalChain:
             drift=quality["drift"], warp=quality["warp"], running_fsc=quality["fsc"]["history"],
             alerts=alerts, frames=account, config=cfg.to_dict(),
             timing_s={**self.timing, "total": round(time.perf_counter() - t_start, 3)},
+            completion=self.completion,
         )
 
     def universe(self) -> dict[str, tuple[int | None, float | None]]:

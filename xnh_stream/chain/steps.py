@@ -71,12 +71,17 @@ class AngleProcessor:
         self.envelope: SampleEnvelope | None = None
         self.contrast_delta_beta: float | None = None
 
-    def aligned(self, k: int, image: Any, theta_deg: float) -> Any:
-        """Distance ``k``'s frame rescaled to the reference pixel and shifted by its model at this angle."""
+    def shift(self, k: int, theta_deg: float) -> tuple[float, float]:
+        """The shift distance ``k`` gets at this angle (its model's; zero for the reference or no model)."""
+        model = self.models[k] if k != self.geometry.reference else None
+        return tuple(float(v) for v in model(theta_deg)) if model is not None else (0.0, 0.0)
+
+    def aligned(self, k: int, image: Any, theta_deg: float, shift: tuple[float, float] | None = None) -> Any:
+        """Distance ``k``'s frame rescaled to the reference pixel and shifted (by ``shift``, default its model
+        at this angle)."""
         if k == self.geometry.reference:
             return image
-        model = self.models[k]
-        shift = tuple(float(v) for v in model(theta_deg)) if model is not None else (0.0, 0.0)
+        shift = self.shift(k, theta_deg) if shift is None else shift
         return align_to_reference(image, k, self.geometry, shift, self.shape, xp=self.xp)
 
     def _retriever(self, which: tuple[int, ...], two_material: bool) -> CTFRetriever:
@@ -102,15 +107,14 @@ class AngleProcessor:
             return self._retriever(which, True)(stack, envelope=envelope) * self.scale
         return self._retriever(which, False)(stack) * self.scale
 
-    def preview(self, k: int, image: Any, theta_deg: float) -> Any:
-        """Projection from a single-distance Paganin retrieval of distance ``k`` (fast, lower quality)."""
+    def preview(self, k: int, image: Any, theta_deg: float, shift: tuple[float, float] | None = None) -> Any:
+        """Projection from a single-distance Paganin retrieval of distance ``k`` (fast, lower quality);
+        ``shift`` as in :meth:`aligned`."""
         d = self.geometry.distances[k]
-        on_grid = self.aligned(k, image, theta_deg)
+        on_grid = self.aligned(k, image, theta_deg, shift)
         phi = retrieve_phase_paganin(on_grid, (d.propagation_distance_m, d.wavelength_m, self.geometry.voxel_m),
                                      self.delta_beta, xp=self.xp)
         return phi * self.scale
-
-
 
 @dataclass(frozen=True)
 class PhaseSetup:

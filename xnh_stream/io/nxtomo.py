@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..physics.geometry import DistanceGeometry, ScanGeometry
+from ..physics.geometry import DistanceGeometry
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
 RETURN = -1  # image_key_control of return / alignment projections
@@ -404,132 +404,6 @@ class NXtomoWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass
-class NXtomoSeries(NXtomoScan):
-    """One distance written as a series of NXtomo chunk files (a folder, files in name order).
-
-    Frame indices run over the whole series; :meth:`locate` gives the chunk file and local index.
-    """
-
-    parts: list[tuple[NXtomoScan, int]] = field(default_factory=list)  # (chunk, first global index)
-
-    def locate(self, index: int) -> tuple[Path, int]:
-        """Chunk file and local index of global frame ``index``."""
-        starts = [o for _, o in self.parts]
-        j = int(np.searchsorted(starts, index, side="right")) - 1
-        part, offset = self.parts[j]
-        return part.path, int(index) - offset
-
-    def read_frames(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
-        """Read frames (global indices) as float32 ``[k, ny, nx]``."""
-        idx = np.arange(self.n_frames)[indices] if isinstance(indices, slice) else np.asarray(indices, np.int64)
-        out = np.empty((idx.size, *self.frame_shape), np.float32)
-        starts = np.array([o for _, o in self.parts])
-        which = np.searchsorted(starts, idx, side="right") - 1
-        for j in np.unique(which):
-            sel = np.flatnonzero(which == j)
-            part, offset = self.parts[int(j)]
-            out[sel] = part.read_frames(idx[sel] - offset)
-        return out
-
-
-def read_nxtomo_series(folder: str | Path) -> NXtomoSeries:
-    """Read a folder of NXtomo chunk files of one distance as one scan.
-
-    Raises
-    ------
-    InputError
-        When a chunk is bad, or chunks disagree on geometry or frame shape.
-    """
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".nx", ".h5", ".hdf5"})
-    if not files:
-        raise InputError(folder, f"{NOT_NXTOMO}: no chunk file (*.nx, *.h5) in this distance folder")
-    parts, offset = [], 0
-    for p in files:
-        part = read_nxtomo(p)
-        if parts and (part.geometry != parts[0][0].geometry or part.frame_shape != parts[0][0].frame_shape):
-            raise InputError(p, f"geometry or frame shape differs from {files[0].name} of the same distance")
-        parts.append((part, offset))
-        offset += part.n_frames
-    first = parts[0][0]
-    cat = lambda name: np.concatenate([getattr(pt, name) for pt, _ in parts])  # noqa: E731
-    return NXtomoSeries(path=folder, entry=first.entry, geometry=first.geometry, image_key=cat("image_key"),
-                        image_key_control=cat("image_key_control"), rotation_angle_deg=cat("rotation_angle_deg"),
-                        count_time_s=cat("count_time_s"), frame_shape=first.frame_shape,
-                        start_time=first.start_time, end_time=parts[-1][0].end_time, dtype=first.dtype,
-                        parts=parts)
-
-
-@dataclass
-class Scan:
-    """A multi-distance XNH scan: one :class:`NXtomoScan` per distance, sorted by z1 (most magnified first).
-
-    ``rejected`` holds the files of the folder that could not be used, each with its reason.
-    """
-
-    folder: Path
-    distances: list[NXtomoScan]
-    rejected: list[InputError] = field(default_factory=list)
-
-    @property
-    def geometry(self) -> ScanGeometry:
-        """The scan geometry of all distances."""
-        return ScanGeometry(tuple(d.geometry for d in self.distances))
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        """Common frame shape ``(ny, nx)``."""
-        return self.distances[0].frame_shape
-
-
-def read_scan(folder: str | Path) -> Scan:
-    """Read and cross-check the metadata of every distance of a scan folder.
-
-    A distance is one NXtomo file, or a sub-folder of NXtomo chunk files (a running scan's layout).
-
-    A file that is unreadable, or disagrees with the most magnified distance on frame shape or energy, is
-    set aside in ``Scan.rejected`` (with the reason) and the scan goes on with the others.
-
-    Raises
-    ------
-    InputError
-        If the folder holds no usable NXtomo file.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(folder, "is not a folder (a scan is a folder with one NXtomo file per distance)")
-    candidates = sorted(p for p in folder.iterdir()
-                        if (p.is_file() and p.suffix.lower() in {".nx", ".h5", ".hdf5"}) or p.is_dir())
-    scans: list[NXtomoScan] = []
-    rejected: list[InputError] = []
-    for p in candidates:
-        try:
-            scans.append(read_nxtomo_series(p) if p.is_dir() else read_nxtomo(p))
-        except InputError as exc:
-            if exc.problem.startswith(NOT_NXTOMO):
-                log.info("ignoring %s: %s", p, exc.problem)  # another HDF5 file (a master file, a truth file)
-            else:
-                rejected.append(exc)
-    if not scans:
-        detail = "; ".join(str(e) for e in rejected)
-        raise InputError(folder, "contains no NXtomo file (*.nx, *.h5, *.hdf5 with instrument/detector/data)"
-                         + (f"; rejected: {detail}" if detail else ""))
-    scans.sort(key=lambda s: s.geometry.z1_m)
-    first = scans[0]
-    kept = [first]
-    for s in scans[1:]:
-        if s.frame_shape != first.frame_shape:
-            rejected.append(InputError(s.path, f"frame shape {s.frame_shape} differs from {first.path.name}'s "
-                                       f"{first.frame_shape}", FIELDS["data"]))
-        elif abs(s.geometry.energy_kev - first.geometry.energy_kev) > 1e-6 * first.geometry.energy_kev:
-            rejected.append(InputError(s.path, f"energy {s.geometry.energy_kev} keV differs from "
-                                       f"{first.path.name}'s {first.geometry.energy_kev} keV", FIELDS["energy"]))
-        else:
-            kept.append(s)
-    return Scan(folder, kept, rejected)
 
 
 def frame_problem(frame: np.ndarray, shape: tuple[int, int]) -> str | None:

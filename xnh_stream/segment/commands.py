@@ -109,11 +109,10 @@ def cmd_segment(a: argparse.Namespace) -> int:
                              params.fragment_threshold, params.seed_distance, params.fragment_method,
                              params.enclosed, device=a.device)
         if a.ray:
-            import ray
-
+            from actors.runtime import start_ray
             from actors.segment import run_blockwise_ray
 
-            ray.init(address=a.address, include_dashboard=False, log_to_driver=False)
+            start_ray(a.address)
             bw = run_blockwise_ray(spec)
         else:
             bw = run_blockwise(spec)

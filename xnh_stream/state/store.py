@@ -14,8 +14,8 @@ file atomically (write to a temporary file, then rename), so a crash at any poin
 frame with its angle, or an empty slot that the next ``put`` reuses: never an angle pointing at a torn
 frame. Nothing is held in memory but the angle index (8 bytes per frame).
 
-Angles of the different distances are paired with :func:`xnh_stream.chain.batch.match_angles`, the matcher of
-the batch chain, so the stream and ``xnh-stream process`` pair the same frames.
+Angles of the different distances are paired with the chain's :class:`~xnh_stream.chain.angles.AngleTable`,
+so the stream and ``xnh-stream process`` pair the same frames.
 
 One process writes a store (threads of it may share the instance: a lock serialises writes); others may
 open it with ``readonly=True``.
@@ -27,7 +27,6 @@ import math
 import os
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -57,9 +56,17 @@ def _compressors(codec: str, level: int | None) -> list[Any] | None:
     raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
 
 
-def _distance_key(distance_key: int) -> int:
-    if isinstance(distance_key, bool) or not isinstance(distance_key, (int, np.integer)) or distance_key < 0:
-        raise ValueError(f"distance_key must be a non-negative int (0 = most magnified), got {distance_key!r}")
+def _distance_key(distance_key: float) -> int:
+    """The group number of a distance key: the key itself for an int, else a float distance key (z1 in
+    metres, :func:`xnh_stream.io.sources.distance_key`) in units of 0.1 um."""
+    if isinstance(distance_key, bool) or not isinstance(distance_key, (int, np.integer, float, np.floating)):
+        raise ValueError(f"distance_key must be a distance key (z1 in m) or a non-negative int, got {distance_key!r}")
+    if isinstance(distance_key, (float, np.floating)):
+        if not (math.isfinite(distance_key) and distance_key > 0):
+            raise ValueError(f"distance_key must be a positive z1 in metres, got {distance_key!r}")
+        return int(round(float(distance_key) * 1e7))
+    if distance_key < 0:
+        raise ValueError(f"distance_key must be a non-negative int, got {distance_key!r}")
     return int(distance_key)
 
 
@@ -233,6 +240,10 @@ class DistanceStore:
             raise KeyError(f"distance {distance_key} has no frame at {angle!r} deg in {self.path}")
         return np.asarray(d.frames[slot])
 
+    def has(self, distance_key: float, angle_deg: float) -> bool:
+        """Whether a distance has a frame at exactly that angle."""
+        return (distance_key, angle_deg) in self
+
     def __contains__(self, item: object) -> bool:
         """``(distance_key, angle_deg) in store``."""
         try:
@@ -255,15 +266,15 @@ class DistanceStore:
 
     def match(self, n_distances: int, tol_deg: float | None = None,
               reference: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Pair every distance's angles with the reference distance's, as the batch chain does.
+        """Pair every distance's angles with the reference distance's, with the chain's rule
+        (:class:`~xnh_stream.chain.angles.AngleTable`: nearest within half the reference's angular step).
 
         Parameters
         ----------
         n_distances : int
             Number of distances of the scan (keys ``0 .. n_distances - 1``).
         tol_deg : float, optional
-            Largest angle difference accepted; default half the reference's median angular step (the
-            default of :func:`xnh_stream.chain.batch.match_angles`, which does the pairing).
+            Largest angle difference accepted; default half the reference's median angular step.
         reference : int
             Distance whose angles define the rows (the most magnified, 0, in a sorted scan).
 
@@ -275,7 +286,7 @@ class DistanceStore:
             The stored angle of each distance paired with each reference angle (usable with :meth:`get`),
             NaN where a distance has no frame within ``tol_deg``.
         """
-        from ..chain.batch import match_angles  # here: the pipeline imports heavy modules
+        from ..chain.angles import AngleTable  # noqa: PLC0415
 
         if isinstance(n_distances, bool) or not isinstance(n_distances, (int, np.integer)) or n_distances < 1:
             raise ValueError(f"n_distances must be a positive int, got {n_distances!r}")
@@ -283,16 +294,19 @@ class DistanceStore:
             raise ValueError(f"reference must be in 0..{n_distances - 1}, got {reference!r}")
         if tol_deg is not None and not (math.isfinite(tol_deg) and tol_deg >= 0):
             raise ValueError(f"tol_deg must be a finite non-negative number, got {tol_deg!r}")
-        per = [self.angles(k) for k in range(n_distances)]
-        # match_angles reads the projection indices and angles of each distance of a scan: give it, per
-        # distance, the sorted stored angles with their positions as "frame indices".
-        views = [SimpleNamespace(projection_indices=np.arange(a.size), rotation_angle_deg=a) for a in per]
-        scan = SimpleNamespace(geometry=SimpleNamespace(reference=reference), distances=views)
-        thetas, index = match_angles(scan, tol_deg)  # type: ignore[arg-type]
-        out = np.full(index.shape, np.nan)
-        for k, a in enumerate(per):
-            ok = index[:, k] >= 0
-            out[ok, k] = a[index[ok, k]]
+        thetas = self.angles(reference)
+        table = AngleTable.from_reference(thetas)
+        if tol_deg is not None:
+            table.tol_deg, table._step = float(tol_deg), None
+        out = np.full((thetas.size, n_distances), np.nan)
+        out[:, reference] = thetas
+        for k in range(n_distances):
+            if k == reference:
+                continue
+            for a in self.angles(k):
+                slot, displaced = table.file(k, str(a), float(a), create=False)
+                if slot is not None:
+                    out[slot, k] = a
         return thetas, out
 
     def complete_angles(self, n_distances: int, tol_deg: float | None = None, reference: int = 0) -> np.ndarray:
