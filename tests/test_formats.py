@@ -235,6 +235,9 @@ def test_nxtomomill_converts_our_edf_scan_and_we_read_its_file(edf_scan, tmp_pat
     _same_geometry(s.geometry, g)
     np.testing.assert_allclose(s.rotation_angle_deg[s.return_indices], CFG.return_angles_deg)  # srot of the headers
     assert s.indices(DARK).size == 1 and s.projection_indices.size == CFG.n_angles
+    returns = [r for r in inspect_file(tmp_path / "d1.nx").records() if r.is_return]  # the live path alike
+    np.testing.assert_allclose([r.rotation_angle_deg for r in returns], CFG.return_angles_deg)
+    _same_geometry(returns[0].geometry, g)
     with h5py.File(tmp_path / "d1.nx", "a") as f:  # without the headers: the ID16A convention R - 90 j
         del f["entry/instrument/positioners"]
         del f["entry/instrument/detector/image_key_control"]  # and without labels: placed by position

@@ -648,6 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format=TERMINAL_FORMAT if sys.stderr.isatty() else PLAIN_FORMAT,
                         datefmt="%Y-%m-%dT%H:%M:%S")
+    logging.getLogger().setLevel(level)  # basicConfig configures once per process; the level follows each call
     logging.captureWarnings(True)  # library warnings as log lines, in the same format
     try:
         check_outputs(args)
