@@ -294,9 +294,15 @@ def test_edf_layout_stream_reads_back_the_frames_written(tmp_path, reference):
     with FolderWatcher(tmp_path, use_inotify=False, settle_s=0.0) as w:
         recs = w.poll()
         progress = w.distance_progress()
-    assert len(recs) == K * N_PER and len({r.frame_id for r in recs}) == len(recs)
-    assert all(p.complete and p.received == N_PER for p in progress.values())
-    _check_against_reference(recs, reference, _edf_file_index)
+    n_per = N_PER - CFG.n_darks + 1  # spec accumulates the dark series into one frame
+    assert len(recs) == K * n_per and len({r.frame_id for r in recs}) == len(recs)
+    assert all(p.complete and p.received == n_per for p in progress.values())
+    darks = [r for r in recs if r.image_key == DARK]
+    assert len(darks) == K and all(r.scale == 1 / CFG.n_darks for r in darks)
+    for r in darks:  # the accumulated frame read back is the mean of the exposures simulate_scan wrote
+        frames, ik, _, _ = reference[r.distance_name]
+        np.testing.assert_allclose(r.read(), frames[ik == DARK].astype(np.float64).mean(axis=0), rtol=1e-6)
+    _check_against_reference([r for r in recs if r.image_key != DARK], reference, _edf_file_index)
     geo = CFG.geometry()
     for r in recs:
         g = geo.distances[int(r.distance_name.split("_")[1]) - 1]

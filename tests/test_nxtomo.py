@@ -48,7 +48,10 @@ def test_our_files_load_in_the_nxtomo_package(tmp_path):
     nx = nxtomo.NXtomo().load(str(p), "entry0000")
     (url,) = nx.instrument.detector.data  # nxtomo loads frames lazily, as a URL to our dataset
     assert url.file_path() == str(p) and url.data_path().endswith("instrument/detector/data")
-    assert float(nx.instrument.source.distance.to("m").magnitude) == pytest.approx(GEO.z1_m)
+    # NXtomo (McStas) puts the source upstream: negative, as the nxtomo package and nxtomomill write it
+    assert float(nx.instrument.source.distance.to("m").magnitude) == pytest.approx(-GEO.z1_m)
+    assert float(nx.sample.x_pixel_size.to("m").magnitude) == pytest.approx(GEO.effective_pixel_m)
+    assert float(nx.sample.propagation_distance.to("m").magnitude) == pytest.approx(GEO.propagation_distance_m)
     assert float(nx.instrument.detector.distance.to("m").magnitude) == pytest.approx(GEO.z2_m)
     assert float(nx.instrument.beam.incident_energy.to("keV").magnitude) == pytest.approx(17.0)
     ctrl = np.asarray(nx.instrument.detector.image_key_control)
@@ -84,6 +87,8 @@ def test_missing_field_names_file_and_field(tmp_path, field):
     p = write_small(tmp_path / "s_1_.nx")
     with h5py.File(p, "a") as f:
         del f["entry0000"][field]
+        if field == "instrument/source/distance":  # without z1 the sample-plane fields would stand in
+            del f["entry0000/sample/propagation_distance"]
     with pytest.raises(InputError) as err:
         read_nxtomo(p)
     assert str(p) in str(err.value) and field in str(err.value) and "missing" in str(err.value)
@@ -99,8 +104,12 @@ def test_wrong_lengths_shapes_units_and_values(tmp_path):
 
     p = write_small(tmp_path / "b.nx")
     with h5py.File(p, "a") as f:
-        f["entry0000/instrument/detector/x_pixel_size"].attrs["units"] = "furlong"
-    with pytest.raises(InputError, match="unknown unit 'furlong'"):
+        f["entry0000/instrument/detector/x_pixel_size"].attrs["units"] = "bogus_unit"
+    with pytest.raises(InputError, match="unknown unit 'bogus_unit'"):
+        read_nxtomo(p)
+    with h5py.File(p, "a") as f:  # a unit pint knows, of the wrong dimension
+        f["entry0000/instrument/detector/x_pixel_size"].attrs["units"] = "keV"
+    with pytest.raises(InputError, match=r"x_pixel_size\].*unknown unit 'keV' for a length"):
         read_nxtomo(p)
 
     p = write_small(tmp_path / "c.nx")

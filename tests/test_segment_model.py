@@ -133,9 +133,9 @@ def test_commands_segment_evaluate_and_errors(tmp_path, heldout, capsys):
 
     save_labelled(truth, LabelledVolume(heldout.raw[crop], heldout.labels[crop], heldout.mask[crop]))
     assert main(["segment", str(out), "--out", str(out), "--device", "cpu", "--swc", str(out / "swc")]) == 0
-    seg, voxel = read_volume(out / "segmentation.ome.zarr")
+    seg, voxel = read_volume(out / "volume.ome.zarr" / "labels" / "segmentation")  # labels of the volume
     assert seg.shape == (32, 80, 80) and voxel == pytest.approx(heldout.voxel_m) and seg.dtype == np.uint32
-    assert main(["evaluate", str(out / "segmentation.ome.zarr"), str(truth), "--mask-key", "mask",
+    assert main(["evaluate", str(out), str(truth), "--mask-key", "mask",  # the output folder names its labels
                  "--json", str(tmp_path / "s.json")]) == 0
     scores = json.loads((tmp_path / "s.json").read_text())
     ref = evaluate(seg, heldout.labels[crop], heldout.mask[crop])
@@ -151,9 +151,9 @@ def test_commands_segment_evaluate_and_errors(tmp_path, heldout, capsys):
     assert f"({len(np.unique(work)) - (0 in work)} segments" in capsys.readouterr().out
     np.testing.assert_array_equal(read_precomputed(tmp_path / "ng" / "segmentation"), work)
     np.testing.assert_array_equal(read_precomputed(tmp_path / "ng" / "image"), heldout.raw[crop])
-    assert main(["evaluate", str(out / "segmentation.ome.zarr"), str(tmp_path / "missing.h5")]) == 2
+    assert main(["evaluate", str(out), str(tmp_path / "missing.h5")]) == 2
     assert "missing.h5: no such file" in capsys.readouterr().err
-    assert main(["evaluate", str(out / "segmentation.ome.zarr"), str(truth), "--labels-key", "nope"]) == 2
+    assert main(["evaluate", str(out), str(truth), "--labels-key", "nope"]) == 2
     assert "truth.h5 [nope]: dataset missing" in capsys.readouterr().err
 
 
@@ -202,7 +202,7 @@ def test_scan_complete_subscriber_segments_the_output(tmp_path, heldout, model):
     args = ["watch", str(tmp_path), "--out", str(out), "--segment-device", "cpu"]
     (subscriber,) = _segment_subscribers(build_parser().parse_args(args))
     subscriber({"event": "scan_complete", "id": 1, "scan": str(tmp_path), "out": str(out)})
-    seg, voxel = read_volume(out / "segmentation.ome.zarr")
+    seg, voxel = read_volume(out / "volume.ome.zarr" / "labels" / "segmentation")
     assert voxel == pytest.approx(heldout.voxel_m)
     assert same_partition(seg, segment_volume(crop, model, device="cpu").labels)
     assert json.loads((out / "segmentation.json").read_text())["shape"] == [24, 64, 64]

@@ -1,9 +1,11 @@
-"""Command line: ``xnh-stream simulate | process | watch | demo | overnight``."""
+"""Command line: ``xnh-stream simulate | convert | process | watch | demo | overnight | segment | ...``."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -11,27 +13,61 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import __version__
 from .config import ConfigError, ProcessConfig
 from .io.nxtomo import InputError
 
 log = logging.getLogger("xnh_stream")
 
+#: How the command reports progress, set by :func:`main`: bars on a terminal, plain lines otherwise,
+#: nothing with ``--quiet``.
+_UI = {"quiet": False}
 
-def _progress_bars() -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
-    """A ``progress(done, total, stage)`` callback drawing one tqdm bar per stage, and a closer."""
-    bars: dict[str, tqdm] = {}
+
+def interactive() -> bool:
+    """Progress bars are drawn: stderr is a terminal and ``--quiet`` was not given."""
+    return not _UI["quiet"] and sys.stderr.isatty()
+
+
+class _PlainProgress:
+    """Progress as plain lines on stderr (no carriage returns, no colours) where stderr is not a terminal:
+    one line per stage each time it passes another 10 % (every ``step`` units when the total is unknown)
+    and at its end; nothing with ``--quiet``."""
+
+    def __init__(self, stage: str, unit: str, step: int = 100) -> None:
+        self.stage, self.unit, self.step, self.reported = stage.strip(), unit, step, -1
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if _UI["quiet"] or done <= 0:
+            return
+        mark = (10 if done >= total else int(10 * done / total)) if total else done // self.step
+        if mark > self.reported:
+            self.reported = mark
+            of = f"/{total}" if total else ""
+            print(f"progress {self.stage}: {done}{of} {self.unit}s", file=sys.stderr, flush=True)
+
+
+def _progress_bars(unit: str = "angle") -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
+    """A ``progress(done, total, stage)`` callback (a tqdm bar per stage on a terminal, plain lines
+    otherwise, nothing with ``--quiet``) and a closer."""
+    bars: dict[str, tqdm | _PlainProgress] = {}
 
     def update(done: int, total: int, stage: str) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=f"{stage:>11}", unit="angle", leave=True,
-                                     dynamic_ncols=True, file=sys.stderr)
+            bar = bars[stage] = (tqdm(total=total, desc=f"{stage:>11}", unit=unit, leave=True,
+                                      dynamic_ncols=True, file=sys.stderr) if interactive()
+                                 else _PlainProgress(stage, unit))
+        if isinstance(bar, _PlainProgress):
+            bar.update(done, total)
+            return
         bar.total = total
         bar.update(done - bar.n)
 
     def close() -> None:
         for bar in bars.values():
-            bar.close()
+            if not isinstance(bar, _PlainProgress):
+                bar.close()
 
     return update, close
 
@@ -175,26 +211,34 @@ def _summarise(report) -> None:  # noqa: ANN001
 
 
 def _stream_progress() -> tuple[Callable[[object], None], Callable[[], None]]:
-    """Progress bars per distance (frames received) and for the CTF angles, fed by the stream."""
-    bars: dict[str, tqdm] = {}
+    """Progress per distance (frames received) and for the CTF angles, fed by the stream (a StreamProgress):
+    tqdm bars on a terminal, plain lines otherwise, nothing with ``--quiet``."""
+    bars: dict[str, tqdm | _PlainProgress] = {}
+
+    def bar_for(name: str, unit: str) -> tqdm | _PlainProgress:
+        if name not in bars:
+            bars[name] = (tqdm(desc=f"{name:>11}", unit=unit, file=sys.stderr, dynamic_ncols=True)
+                          if interactive() else _PlainProgress(name, unit))
+        return bars[name]
+
+    def advance(bar: tqdm | _PlainProgress, value: int, total: int | None = None) -> None:
+        if isinstance(bar, _PlainProgress):
+            bar.update(value, total)
+        else:
+            bar.update(value - bar.n)
 
     def update(p) -> None:  # noqa: ANN001 - a StreamProgress
         for n, d in enumerate(p.distances):
-            name = f"distance {n + 1}"
-            if name not in bars:
-                bars[name] = tqdm(desc=f"{name:>11}", unit="frame", file=sys.stderr, dynamic_ncols=True)
-            bar = bars[name]
-            bar.update(d.frames - bar.n)
-        if "ctf" not in bars:
-            bars["ctf"] = tqdm(desc="  CTF final", unit="angle", file=sys.stderr, dynamic_ncols=True)
-        bar = bars["ctf"]
-        bar.update(p.angles_final - bar.n)
-        if p.final_step:
+            advance(bar_for(f"distance {n + 1}", "frame"), d.frames)
+        bar = bar_for("  CTF final", "angle")
+        advance(bar, p.angles_final)
+        if p.final_step and not isinstance(bar, _PlainProgress):
             bar.set_postfix_str(f"final pass: {p.final_step}", refresh=False)
 
     def close() -> None:
         for bar in bars.values():
-            bar.close()
+            if not isinstance(bar, _PlainProgress):
+                bar.close()
 
     return update, close
 
@@ -408,16 +452,175 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout-s", type=float, help="give up after this long without completion")
 
 
+def cmd_convert(a: argparse.Namespace) -> int:
+    """Convert an ID16A EDF scan into NXtomo files, one per distance."""
+    from .io.convert import convert_scan  # noqa: PLC0415
+
+    update, close = _progress_bars("distance")
+    try:
+        done = convert_scan(a.scan, a.out, engine=a.engine, progress=update)
+    finally:
+        close()
+    for c in done:
+        g = c.scan.geometry
+        print(f"{c.file}: {c.scan.n_frames} frames from {c.folder} ({c.engine}); z1 {g.z1_m:.6g} m, "
+              f"z2 {g.z2_m:.6g} m, pixel {g.pixel_m:.6g} m (sample plane {g.effective_pixel_m:.6g} m), "
+              f"D {g.propagation_distance_m:.6g} m, {g.energy_kev:g} keV")
+    print(f"scan folder for process / nabu: {a.out}")
+    return 0
+
+
+# --- output checks, before any work ------------------------------------------------------------------------
+JOURNAL_NAME = "journal.sqlite"
+OVERNIGHT_SUMMARY = "overnight.json"
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What a folder holds, hidden files aside."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+def journal_belongs_to(journal: Path, scan: Path, sample: int = 20) -> bool:
+    """Whether the journal in an output folder is that of the scan in ``scan`` (a resume): it holds no frame
+    yet, or the files of its first frames are found in ``scan`` (frame ids are paths relative to it)."""
+    from .state.journal import FrameJournal, split_frame_id  # noqa: PLC0415
+
+    try:
+        with FrameJournal(journal, readonly=True) as j:
+            ids = []
+            for rec in j.iter_records():
+                ids.append(split_frame_id(rec.frame_id)[0])
+                if len(ids) >= sample:
+                    break
+    except Exception as exc:  # noqa: BLE001 - an unreadable journal is not a resume
+        log.info("%s: not a journal this scan can resume (%s)", journal, exc)
+        return False
+    if not ids:
+        return True
+    return any((scan / f).exists() or Path(f).is_absolute() and Path(f).exists() for f in ids)
+
+
+def check_output(out: Path, rule: str, overwrite: bool = False, scan: Path | None = None) -> None:
+    """Refuse, before any work, an output that would fail at the end or overwrite results silently.
+
+    Parameters
+    ----------
+    out : Path
+        The output folder (or path) a command was given.
+    rule : {"folder", "resume", "final", "overnight", "labels", "path"}
+        ``folder``: a folder the command fills; an existing one must be empty unless ``overwrite``.
+        ``resume`` (``watch``): as ``folder``, but a folder whose ``journal.sqlite`` is that of ``scan`` is
+        resumed; with ``overwrite`` a journal of another scan is removed (the new scan starts its own).
+        ``overnight``: as ``folder``, but a folder holding ``overnight.json`` is resumed.
+        ``final`` (``process``): as ``folder``, but a folder holding the unfinished work of a final pass
+        (``work/``, no ``report.json``) of ``scan`` is resumed; with ``overwrite`` its journal and work go.
+        ``labels`` (``segment``): the folder may hold the volume; its segmentation must not exist yet
+        unless ``overwrite``. ``path``: a file or folder written whole; must not exist unless ``overwrite``.
+    overwrite : bool
+        ``--overwrite`` was given: write into it, replacing files of the same names.
+    scan : Path, optional
+        The scan folder (``resume``).
+
+    Raises
+    ------
+    InputError
+        Naming the output and what to do.
+    """
+    out = Path(out)
+    if rule == "path":
+        if out.exists() and not overwrite:
+            raise InputError(out, "exists already; give another output or --overwrite to replace it")
+        if out.parent.exists() and not out.parent.is_dir():
+            raise InputError(out.parent, "is a file, not a folder")
+        return
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "is a file; --out names the output folder (give a folder path)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(parent, f"is a file, so {out} cannot be created")
+            if not os.access(parent, os.W_OK | os.X_OK) and not out.exists():
+                raise InputError(parent, f"is not writable: {out} cannot be created")
+            break
+    if not out.exists():
+        return
+    if rule == "labels":
+        from .segment.pipeline import SEGMENTATION_NAME, STANDALONE_NAME  # noqa: PLC0415
+
+        for name in (SEGMENTATION_NAME, STANDALONE_NAME):
+            if (out / name).exists() and not overwrite:
+                raise InputError(out / name, "a segmentation exists already; give --overwrite to replace it")
+        return
+    if not _entries(out):
+        return
+    if rule == "overnight" and (out / OVERNIGHT_SUMMARY).exists():
+        return  # resuming the queue: done scans are skipped
+    if rule == "final" and (out / "work" / "spec.json").exists() and not (out / "report.json").exists():
+        journal = out / JOURNAL_NAME
+        if not journal.exists() or scan is None or journal_belongs_to(journal, Path(scan)):
+            log.info("%s: resuming the unfinished final pass found there", out)
+            return  # the final pass checks that its work folder is this scan's, else starts afresh
+    if rule == "final" and overwrite:
+        for suffix in ("", "-wal", "-shm"):  # the frame account of whatever was there before
+            (out / (JOURNAL_NAME + suffix)).unlink(missing_ok=True)
+        shutil.rmtree(out / "work", ignore_errors=True)
+        return
+    if rule == "resume" and (out / JOURNAL_NAME).exists():
+        if scan is not None and journal_belongs_to(out / JOURNAL_NAME, Path(scan)):
+            log.info("%s: resuming the journal of %s", out, scan)
+            return
+        if overwrite:
+            for suffix in ("", "-wal", "-shm"):
+                (out / (JOURNAL_NAME + suffix)).unlink(missing_ok=True)
+            log.warning("%s: removed the journal of another scan (--overwrite)", out)
+            return
+        raise InputError(out, f"holds the {JOURNAL_NAME} of another scan; give a new --out, or --overwrite to "
+                         "start this scan's journal there")
+    if not overwrite:
+        shown = ", ".join(sorted(p.name for p in _entries(out))[:5])
+        raise InputError(out, f"is not empty ({shown}{', ...' if len(_entries(out)) > 5 else ''}); give a new "
+                         "output folder, or --overwrite to write into it (files of the same names are replaced)")
+
+
+#: Which argument of each command is its output, and the rule it is checked by (:func:`check_output`).
+OUTPUT_RULES = {"simulate": ("out", "folder", None), "convert": ("out", "folder", None),
+                "process": ("out", "final", "scan"), "watch": ("out", "resume", "folder"),
+                "overnight": ("out", "overnight", None), "segment": ("out", "labels", None),
+                "classify": ("out", "path", None)}
+
+
+def check_outputs(a: argparse.Namespace) -> None:
+    """:func:`check_output` for the command in ``a`` (no-op for commands without a checked output)."""
+    rule = OUTPUT_RULES.get(getattr(a, "command", ""))
+    if rule is None or getattr(a, rule[0], None) is None:
+        return
+    arg, kind, scan_arg = rule
+    check_output(Path(getattr(a, arg)), kind, getattr(a, "overwrite", False),
+                 Path(getattr(a, scan_arg)) if scan_arg else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``xnh-stream``."""
     p = argparse.ArgumentParser(prog="xnh-stream", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="errors and results only: no progress, no warnings (progress bars are drawn only on a "
+                        "terminal; piped or redirected output gets plain lines)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="write a simulated four-distance XNH scan (NXtomo) and its ground truth")
     s.add_argument("out", type=Path, help="output folder")
     _add_simulation_args(s)
     s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("convert", help="convert an ID16A EDF scan (one folder per distance) into NXtomo files, "
+                                       "one per distance (nxtomomill edf2nx, completed with z1 from xnh.yaml)")
+    s.add_argument("scan", type=Path, help="EDF scan folder: distance folders of .edf files, or one of them")
+    s.add_argument("--out", type=Path, required=True, help="output folder: one NXtomo file per distance")
+    s.add_argument("--engine", choices=["auto", "nxtomomill", "builtin"], default="auto",
+                   help="auto: nxtomomill where it works, else the builtin writer (default %(default)s)")
+    s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("process", help="process a finished scan folder into volume.ome.zarr and report.json")
     s.add_argument("scan", type=Path, help="scan folder: one NXtomo file, NXtomo chunk folder or ID16A EDF folder "
@@ -475,6 +678,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment_parsers(sub)
     for name in ("watch", "demo"):
         _add_segment_args(sub.choices[name])
+    for name, (_, rule, _) in OUTPUT_RULES.items():
+        what = {"resume": "an output folder that is not empty (a folder holding this scan's journal is resumed "
+                          "without it; a journal of another scan is removed)",
+                "overnight": "an output root that is not empty and holds no overnight.json",
+                "labels": "an existing segmentation", "path": "an existing output"}.get(
+                    rule, "an output folder that is not empty (files of the same names are replaced)")
+        sub.choices[name].add_argument("--overwrite", action="store_true", help=f"write into {what}")
     return p
 
 
@@ -482,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_segment_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("segmentation (docs/segmentation.md)")
     g.add_argument("--no-segment", action="store_true",
-                   help="do not segment OUT/volume.ome.zarr into OUT/segmentation.ome.zarr when the scan completes")
+                   help="do not segment OUT/volume.ome.zarr into its labels (OUT/volume.ome.zarr/labels/segmentation) "
+                        "when the scan completes")
     g.add_argument("--segment-model", type=Path, help="affinity model file (default: the shipped model)")
     g.add_argument("--segment-device", default="auto", help="auto (CUDA when present), cpu or cuda")
 
@@ -505,12 +716,22 @@ def _segment_subscribers(a: argparse.Namespace) -> tuple:
     return (segment,)
 
 
+#: Log line formats: on a terminal, and where stderr is a file or a pipe (a timestamp, nothing else).
+TERMINAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xnh-stream`` console script."""
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _UI["quiet"] = bool(args.quiet)
+    level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format=TERMINAL_FORMAT if sys.stderr.isatty() else PLAIN_FORMAT,
+                        datefmt="%Y-%m-%dT%H:%M:%S")
+    logging.getLogger().setLevel(level)  # basicConfig configures once per process; the level follows each call
+    logging.captureWarnings(True)  # library warnings as log lines, in the same format
     try:
+        check_outputs(args)
         return int(args.func(args) or 0)
     except (InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

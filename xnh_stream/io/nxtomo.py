@@ -5,13 +5,22 @@ Fields read (relative to the NXentry, ``entry0000`` by default)::
     instrument/detector/data               [n, ny, nx] frames
     instrument/detector/image_key          0 projection, 1 flat, 2 dark, 3 invalid
     instrument/detector/image_key_control  as image_key, -1 for return (alignment) projections
-    instrument/detector/x_pixel_size       detector pixel (units attribute honoured)
+    instrument/detector/x_pixel_size       detector pixel p
     instrument/detector/distance           z2, sample to detector
     instrument/detector/count_time         exposure per frame
     instrument/source/distance             z1, focus to sample (sign ignored: NeXus puts the source upstream)
-    instrument/beam/incident_energy        keV
-    sample/rotation_angle                  degree
+    instrument/beam/incident_energy        photon energy
+    sample/rotation_angle                  rotation angle per frame
+    sample/x_pixel_size                    p / M, the pixel in the sample plane (when z1 is absent)
+    sample/propagation_distance            D = z1 z2 / (z1 + z2) (when z1 is absent)
     start_time, end_time                   ISO 8601 strings; end_time marks a finished file
+
+Units come from each field's ``units`` attribute, in any spelling the ESRF tools write (``keV`` or
+``kiloelectron_volt``, ``um`` or ``micrometer``, ``degree``, ``second``: :func:`unit_scale`). A field
+without one is read by the rule of :func:`assumed_unit`, with a warning naming the field. Files converted by
+nxtomomill are read as written (return projections labelled 0 degrees get their angles back:
+:func:`recognise_returns`). Our files follow the nxtomo package's conventions (:func:`write_geometry_fields`),
+so tomoscan and nabu find the sample pixel and propagation distance in them.
 
 Every problem is raised as :class:`InputError`, naming the file and the field. Files are always opened
 read-only and without HDF5 file locking, so a file held open by a detector writer can be inspected.
@@ -20,6 +29,7 @@ read-only and without HDF5 file locking, so a file held open by a detector write
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,14 +57,106 @@ FIELDS = {
     "source_distance": "instrument/source/distance",
     "energy": "instrument/beam/incident_energy",
     "rotation_angle": "sample/rotation_angle",
+    "sample_pixel_size": "sample/x_pixel_size",
+    "propagation_distance": "sample/propagation_distance",
 }
 
-_LENGTH = {"m": 1.0, "meter": 1.0, "metre": 1.0, "meters": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6,
-           "µm": 1e-6, "micron": 1e-6, "micrometer": 1e-6, "micrometre": 1e-6, "nm": 1e-9}
-_ENERGY = {"kev": 1.0, "ev": 1e-3, "mev": 1e3}
-_ANGLE = {"degree": 1.0, "degrees": 1.0, "deg": 1.0, "°": 1.0, "rad": 180.0 / np.pi, "radian": 180.0 / np.pi,
-          "radians": 180.0 / np.pi}
-_TIME = {"s": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+#: Quantity of each numeric field, and the unit values are returned in.
+_KIND = {"x_pixel_size": "length", "sample_pixel_size": "length", "distance": "length",
+         "source_distance": "length", "propagation_distance": "length", "energy": "energy",
+         "rotation_angle": "angle", "count_time": "time"}
+_BASE = {"length": "m", "energy": "keV", "angle": "degree", "time": "s"}
+#: Case-insensitive spellings accepted besides every unit pint knows (``kiloelectron_volt``, ``micrometer``...).
+_ALIASES = {
+    "length": {"m": 1.0, "meter": 1.0, "metre": 1.0, "meters": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6,
+               "µm": 1e-6, "micron": 1e-6, "microns": 1e-6, "micrometer": 1e-6, "micrometre": 1e-6, "nm": 1e-9},
+    "energy": {"kev": 1.0, "ev": 1e-3, "mev": 1e3},
+    "angle": {"degree": 1.0, "degrees": 1.0, "deg": 1.0, "°": 1.0, "rad": 180.0 / np.pi,
+              "radian": 180.0 / np.pi, "radians": 180.0 / np.pi},
+    "time": {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6},
+}
+_WARNED: set[tuple[str, str]] = set()
+
+
+@functools.lru_cache(maxsize=256)
+def unit_scale(unit: str, kind: str) -> float | None:
+    """Factor that converts a value in ``unit`` to the base unit of ``kind`` (m, keV, degree or s).
+
+    Accepts what HDF5 writers put in a ``units`` attribute: symbols (``keV``, ``um``, ``µm``), pint's long
+    names as nxtomomill writes them (``kiloelectron_volt``, ``micrometer``, ``millimeter``, ``degree``,
+    ``second``), and lower-case spellings (``kev``). Returns None for an unknown unit or one of another
+    dimension (an energy in metres).
+    """
+    table = _ALIASES[kind]
+    unit = unit.strip()
+    if unit.lower() in table:
+        return table[unit.lower()]
+    try:
+        import pint  # noqa: PLC0415 - a 0.5 s registry, only for the spellings the table lacks
+    except ImportError:  # pragma: no cover - pint comes with nxtomo
+        return None
+    try:
+        return float(_pint_registry().Quantity(1.0, unit).to(_BASE[kind]).magnitude)
+    except (pint.PintError, AttributeError, TypeError, ValueError, AssertionError, KeyError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _pint_registry():  # noqa: ANN202
+    import pint  # noqa: PLC0415
+
+    return pint.UnitRegistry()
+
+
+def assumed_unit(key: str, values: np.ndarray) -> tuple[str, str]:
+    """The unit taken for field ``key`` stored without a ``units`` attribute, and the rule in words.
+
+    Writers disagree (tomoscan assumes um for pixels and mm for distances, nxtomo writes SI), so the
+    magnitude decides where it can: a pixel size of 1e-3 or more is in um (no pixel is a millimetre),
+    smaller in m; a distance of 10 or more is in mm (no XNH distance is 10 m), smaller in m; an energy of
+    1000 or more is in eV (no beamline runs at 1 MeV), smaller in keV; angles are in degree and times in s.
+    """
+    kind = _KIND[key]
+    finite = np.abs(np.asarray(values, dtype=np.float64))
+    finite = finite[np.isfinite(finite)]
+    big = float(finite.max()) if finite.size else 0.0
+    if key in ("x_pixel_size", "sample_pixel_size"):
+        return ("um" if big >= 1e-3 else "m"), "a pixel size >= 1e-3 is in um, a smaller one in m"
+    if kind == "length":
+        return ("mm" if big >= 10 else "m"), "a distance >= 10 is in mm, a smaller one in m"
+    if kind == "energy":
+        return ("eV" if big >= 1000 else "keV"), "an energy >= 1000 is in eV, a smaller one in keV"
+    return _BASE[kind], f"{kind}s without units are in {_BASE[kind]}"
+
+
+def _warn_once(key: tuple[str, str], message: str, *args: object) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message, *args)
+
+
+def scale_field(path: Path, ds: h5py.Dataset, key: str, values: np.ndarray) -> np.ndarray:
+    """Convert the values of field ``key`` (dataset ``ds``) to its base unit (m, keV, degree, s).
+
+    A field without a ``units`` attribute is converted by :func:`assumed_unit`, with a warning (once per
+    field and unit) naming the field and the unit assumed.
+
+    Raises
+    ------
+    InputError
+        For an unknown unit or one of the wrong dimension.
+    """
+    kind = _KIND[key]
+    unit = _units(ds)
+    if not unit:
+        unit, rule = assumed_unit(key, values)
+        _warn_once((FIELDS[key], unit), "%s [%s] has no units attribute: taken as %s (%s; write a units "
+                   "attribute to be sure)", path, FIELDS[key], unit, rule)
+    scale = unit_scale(unit, kind)
+    if scale is None:
+        raise InputError(path, f"unknown unit {unit!r} for a {kind} (expected e.g. "
+                         f"{', '.join(sorted(_ALIASES[kind])[:6])}, or a pint unit name)", FIELDS[key])
+    return values * scale
 
 
 class InputError(ValueError):
@@ -87,20 +189,16 @@ def _units(ds: h5py.Dataset) -> str | None:
     return str(u).strip()
 
 
-def _scaled(path: Path, entry: h5py.Group, key: str, table: dict[str, float], default: str) -> np.ndarray:
-    """Read field ``key`` and convert it to the unit of scale 1 in ``table``."""
+def _scaled(path: Path, entry: h5py.Group, key: str) -> np.ndarray:
+    """Read numeric field ``key`` converted to its base unit (:func:`scale_field`)."""
     ds = _dataset(path, entry, key)
     try:
         values = np.asarray(ds[()], dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InputError(path, f"is not numeric ({exc})", FIELDS[key]) from exc
-    unit = _units(ds) or default
-    scale = table.get(unit, table.get(unit.lower()))
-    if scale is None:
-        raise InputError(path, f"unknown unit {unit!r} (expected one of {sorted(table)})", FIELDS[key])
     if not np.all(np.isfinite(values)):
         raise InputError(path, "contains NaN or infinite values", FIELDS[key])
-    return values * scale
+    return scale_field(path, ds, key, values)
 
 
 def _dataset(path: Path, entry: h5py.Group, key: str) -> h5py.Dataset:
@@ -276,50 +374,207 @@ def read_nxtomo(path: str | Path, entry: str | None = None) -> NXtomoScan:
         if bad.any():
             raise InputError(path, f"unknown values {sorted(set(ik[bad].tolist()))} (expected 0, 1, 2, 3)",
                              FIELDS["image_key"])
-        angles = per_frame("rotation_angle", _scaled(path, e, "rotation_angle", _ANGLE, "degree"))
-        count = (per_frame("count_time", _scaled(path, e, "count_time", _TIME, "s"))
+        angles = per_frame("rotation_angle", _scaled(path, e, "rotation_angle"))
+        count = (per_frame("count_time", _scaled(path, e, "count_time"))
                  if FIELDS["count_time"] in e else np.full(n, np.nan))
-        pixel = _scalar(path, _scaled(path, e, "x_pixel_size", _LENGTH, "m"), "x_pixel_size")
-        z2 = _scalar(path, _scaled(path, e, "distance", _LENGTH, "m"), "distance")
-        z1 = abs(_scalar(path, _scaled(path, e, "source_distance", _LENGTH, "m"), "source_distance"))
-        energy = _scalar(path, _scaled(path, e, "energy", _ENERGY, "keV"), "energy")
-        for key, v in (("x_pixel_size", pixel), ("distance", z2), ("source_distance", z1), ("energy", energy)):
-            if not v > 0:
-                raise InputError(path, f"must be positive, got {v}", FIELDS[key])
-        if pixel > 1e-3:
-            raise InputError(path, f"pixel size {pixel} m is implausible: check the units attribute",
-                             FIELDS["x_pixel_size"])
+        geometry = read_geometry(path, e)
+        ikc, angles = recognise_returns(path, e, ik, ikc, angles)
         return NXtomoScan(
-            path=path, entry=name, geometry=DistanceGeometry(z1, z2, pixel, energy),
+            path=path, entry=name, geometry=geometry,
             image_key=ik, image_key_control=ikc, rotation_angle_deg=angles, count_time_s=count,
             frame_shape=(int(data.shape[1]), int(data.shape[2])), start_time=_text(e, "start_time"),
             end_time=_text(e, "end_time"), dtype=data.dtype,
         )
 
 
-def write_geometry_fields(entry: h5py.Group, geometry: DistanceGeometry, data: h5py.Dataset) -> None:
-    """Write the per-file NXtomo fields of a distance (pixel, z2, z1, energy) and the NXdata link to ``data``.
+def _optional_scalar(path: Path, e: h5py.Group, key: str) -> float | None:
+    return _scalar(path, _scaled(path, e, key), key) if FIELDS[key] in e else None
 
-    ``entry`` must already hold ``instrument/detector`` (with ``data``); the writers of whole files and of
-    growing chunk files share this.
+
+def read_geometry(path: Path, e: h5py.Group) -> DistanceGeometry:
+    """The geometry of one NXtomo entry, from the source distance or from sample-plane fields.
+
+    ``instrument/source/distance`` is z1 (its sign is ignored: NeXus puts the source upstream, at a
+    negative position). When it is absent, ``sample/x_pixel_size`` (``p / M``) and
+    ``sample/propagation_distance`` (``D``) with the detector pixel give the geometry
+    (:meth:`DistanceGeometry.from_sample_plane`); a sample pixel equal to the detector pixel gives the
+    effective (plane-wave) geometry. When both forms are present and disagree by more than 1 %, the
+    source distance wins and a warning names the file.
+
+    Raises
+    ------
+    InputError
+        Naming the missing or bad field.
+    """
+    pixel = _scalar(path, _scaled(path, e, "x_pixel_size"), "x_pixel_size")
+    energy = _scalar(path, _scaled(path, e, "energy"), "energy")
+    z1 = _optional_scalar(path, e, "source_distance")
+    z2 = _optional_scalar(path, e, "distance")
+    ps = _optional_scalar(path, e, "sample_pixel_size")
+    dist = _optional_scalar(path, e, "propagation_distance")
+    z1 = abs(z1) if z1 is not None else None
+    for key, v in (("x_pixel_size", pixel), ("energy", energy), ("source_distance", z1), ("distance", z2),
+                   ("sample_pixel_size", ps), ("propagation_distance", dist)):
+        if v is not None and not v > 0:
+            raise InputError(path, f"must be positive, got {v}", FIELDS[key])
+    if pixel > 1e-3:
+        raise InputError(path, f"pixel size {pixel} m is implausible: check the units attribute",
+                         FIELDS["x_pixel_size"])
+    sample_plane = None
+    if ps is not None and dist is not None:
+        try:
+            sample_plane = DistanceGeometry.from_sample_plane(ps, dist, energy, pixel)
+        except ValueError as exc:
+            raise InputError(path, str(exc), FIELDS["sample_pixel_size"]) from exc
+    if z1 is not None and z2 is not None:
+        geometry = DistanceGeometry(z1, z2, pixel, energy)
+        if sample_plane is not None and not (
+                np.isclose(sample_plane.effective_pixel_m, geometry.effective_pixel_m, rtol=0.01)
+                and np.isclose(sample_plane.propagation_distance_m, geometry.propagation_distance_m, rtol=0.01)):
+            _warn_once((str(path), "sample plane"), "%s: sample/x_pixel_size %.4g m and sample/propagation_distance "
+                       "%.4g m disagree with z1 %.4g m, z2 %.4g m and the detector pixel %.4g m (which give %.4g m "
+                       "and %.4g m); z1 and z2 are used", path, ps, dist, z1, z2, pixel,
+                       geometry.effective_pixel_m, geometry.propagation_distance_m)
+        return geometry
+    if sample_plane is not None:
+        if z2 is not None and not np.isclose(z2, sample_plane.z2_m, rtol=0.01) and sample_plane.magnification > 1.001:
+            _warn_once((str(path), "z2"), "%s: instrument/detector/distance %.4g m disagrees with the z2 %.4g m that "
+                       "sample/x_pixel_size and sample/propagation_distance give; the sample-plane values are used",
+                       path, z2, sample_plane.z2_m)
+        return sample_plane
+    if z2 is None:
+        raise InputError(path, "required field is missing", FIELDS["distance"])
+    raise InputError(path, "required field is missing: the focus-to-sample distance z1 (or, instead, "
+                     f"{FIELDS['sample_pixel_size']} and {FIELDS['propagation_distance']}). A file converted from "
+                     "EDF by nxtomomill edf2nx has neither: convert the EDF scan with 'xnh-stream convert', which "
+                     "takes z1 from xnh.yaml", FIELDS["source_distance"])
+
+
+def _header_angles(e: h5py.Group, frames: np.ndarray, motors: Sequence[str] = ("srot", "somega")) -> np.ndarray | None:
+    """Rotation-motor positions of ``frames`` from the EDF headers nxtomomill keeps in
+    ``instrument/positioners/<frame>/motor_mne, motor_pos`` (None when absent)."""
+    pos = e.get("instrument/positioners")
+    if not isinstance(pos, h5py.Group):
+        return None
+    out = []
+    for i in frames:
+        g = pos.get(str(int(i)))
+        if not isinstance(g, h5py.Group) or "motor_mne" not in g or "motor_pos" not in g:
+            return None
+        names = _text(g, "motor_mne").replace(";", " ").split()
+        values = _text(g, "motor_pos").replace(";", " ").split()
+        found = [values[names.index(m)] for m in motors if m in names and names.index(m) < len(values)]
+        try:
+            out.append(float(found[0]))
+        except (IndexError, ValueError):
+            return None
+    return np.asarray(out, dtype=np.float64)
+
+
+def recognise_returns(path: Path, e: h5py.Group, ik: np.ndarray, ikc: np.ndarray,
+                      angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return projections of a whole file as nxtomomill writes them, labelled and at their true angles.
+
+    nxtomomill's EDF converter computes the projection angles (``force_angle_calculation``) and writes the
+    return projections taken after the scan (numbers ``>= TOMO_N``) at 0 degrees; without
+    ``image_key_control`` they look like regular projections. Here:
+
+    - projections (image_key 0) at exactly 0 degrees that come after the last projection at another
+      angle, jumping back against the direction of rotation, are return projections (image_key_control
+      -1);
+    - when two or more return projections are all at 0 degrees (a default, not a measurement: returns are
+      taken at different angles), their angles are the rotation motor's (``srot``) from the EDF headers
+      nxtomomill keeps under ``instrument/positioners``, else the ID16A convention: ``R - 90 j`` for the
+      j-th (R the scan range, the multiple of 90 degrees that the regular projections span), never below 0.
+
+    A file with return projections at measured angles is left as it is.
+    """
+    ikc = ikc.copy()
+    angles = angles.copy()
+    proj = np.flatnonzero((ik == PROJECTION) & (ikc == PROJECTION))
+    if proj.size >= 3:
+        a = angles[proj]
+        moved = np.flatnonzero(a != 0.0)
+        # the jump back to 0 must go against the rotation (a scan from 180 down to 0 ends at 0 by itself)
+        if (moved.size >= 2 and moved[-1] < proj.size - 1
+                and np.sign(a[moved[-1]] - a[moved[0]]) == np.sign(a[moved[-1]])):
+            tail = proj[moved[-1] + 1:]
+            ikc[tail] = RETURN
+            log.info("%s: %d projections at 0 degrees after the last projection at %.4g degrees taken as return "
+                     "projections", path, tail.size, angles[proj[moved[-1]]])
+    ret = np.flatnonzero(ikc == RETURN)
+    regular = np.flatnonzero((ik == PROJECTION) & (ikc == PROJECTION))
+    if ret.size >= 2 and np.all(angles[ret] == 0.0):
+        measured = _header_angles(e, ret)
+        if measured is not None and np.any(measured != 0.0):
+            angles[ret] = measured
+            how = "the srot motor of the EDF headers"
+        elif regular.size >= 2:
+            a = angles[regular]
+            step = float(np.median(np.diff(a)))
+            span = float(a[-1] - a[0]) + step / 2
+            scan_range = 90.0 * round(span / 90.0)
+            sign = 1.0 if scan_range >= 0 else -1.0
+            angles[ret] = sign * np.maximum(abs(scan_range) - 90.0 * np.arange(ret.size), 0.0)
+            how = f"the ID16A convention (scan range {scan_range:g} degrees, back in steps of 90)"
+        else:
+            return ikc, angles
+        _warn_once((str(path), "returns"), "%s: the %d return projections are all labelled 0 degrees (nxtomomill's "
+                   "default); their angles are taken from %s: %s", path, ret.size, how,
+                   ", ".join(f"{v:g}" for v in angles[ret]))
+    return ikc, angles
+
+
+def write_geometry_fields(entry: h5py.Group, geometry: DistanceGeometry, data: h5py.Dataset,
+                          field_of_view: str = "Full") -> None:
+    """Write the per-file NXtomo fields of a distance and the NXdata link to ``data``, as ESRF's tools expect.
+
+    The conventions of the ``nxtomo`` package (layout version 2.1), which tomoscan and nabu read:
+
+    - ``instrument/detector/x_pixel_size``, ``y_pixel_size`` (detector pixel ``p``), ``distance`` (z2),
+      ``field_of_view`` (``Full``) and ``half_acquisition`` (False);
+    - ``instrument/source/distance`` = ``-z1``: NXtomo's McStas coordinates put the source upstream of the
+      sample, at a negative position (nxtomomill writes it negative too; readers take its magnitude);
+    - ``instrument/beam/incident_energy`` in keV;
+    - ``sample/x_pixel_size``, ``y_pixel_size`` = ``p / M`` (the voxel: tomoscan's ``sample_x_pixel_size``,
+      the pixel nabu reconstructs with) and ``sample/propagation_distance`` = ``D = z1 z2 / (z1 + z2)``
+      (the distance nabu's phase retrieval uses);
+
+    every length in m with its ``units`` attribute. ``entry`` must already hold ``instrument/detector``
+    (with ``data``); the writers of whole files and of growing chunk files share this.
     """
     inst, det = entry["instrument"], entry["instrument/detector"]
+
+    def put(group: h5py.Group, name: str, value: float | str | bool, units: str | None = None) -> None:
+        group[name] = value
+        if units:
+            group[name].attrs["units"] = units
+
     for name, value in (("x_pixel_size", geometry.pixel_m), ("y_pixel_size", geometry.pixel_m),
                         ("distance", geometry.z2_m)):
-        det[name] = value
-        det[name].attrs["units"] = "m"
+        put(det, name, value, "m")
+    put(det, "field_of_view", field_of_view)
+    put(det, "half_acquisition", field_of_view.lower() == "half")
     src = inst.create_group("source")
     src.attrs["NX_class"] = "NXsource"
-    src["distance"] = geometry.z1_m
-    src["distance"].attrs["units"] = "m"
+    put(src, "distance", -geometry.z1_m, "m")
     src["name"], src["type"], src["probe"] = "ESRF", "Synchrotron X-ray Source", "x-ray"
     beam = inst.create_group("beam")
     beam.attrs["NX_class"] = "NXbeam"
-    beam["incident_energy"] = geometry.energy_kev
-    beam["incident_energy"].attrs["units"] = "keV"
+    put(beam, "incident_energy", geometry.energy_kev, "keV")
+    sample = entry.require_group("sample")
+    sample.attrs["NX_class"] = "NXsample"
+    for name, value in (("x_pixel_size", geometry.effective_pixel_m), ("y_pixel_size", geometry.effective_pixel_m),
+                        ("propagation_distance", geometry.propagation_distance_m)):
+        put(sample, name, value, "m")
     nxdata = entry.create_group("data")
     nxdata.attrs.update(NX_class="NXdata", signal="data")
     nxdata["data"] = h5py.SoftLink(data.name)
+    entry.attrs["default"] = "data"
+
+
+#: Per-frame sample translations (NXtomo's x, y, z; nominal motor positions), written as zeros in m.
+TRANSLATIONS = ("x_translation", "y_translation", "z_translation")
 
 
 class NXtomoWriter:
@@ -367,10 +622,14 @@ class NXtomoWriter:
         self._count = det.create_dataset("count_time", shape=(0,), maxshape=(None,), dtype=np.float64)
         self._count.attrs["units"] = "s"
         write_geometry_fields(e, geometry, self._data)
-        sample = e.create_group("sample")
-        sample.attrs["NX_class"] = "NXsample"
+        sample = e["sample"]
         self._angle = sample.create_dataset("rotation_angle", shape=(0,), maxshape=(None,), dtype=np.float64)
         self._angle.attrs["units"] = "degree"
+        self._translations = []
+        for name in TRANSLATIONS:
+            ds = sample.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.float64)
+            ds.attrs["units"] = "m"
+            self._translations.append(ds)
         self._entry = e
 
     def append(self, frames: np.ndarray, image_key: int, angles_deg: float | np.ndarray,
@@ -388,7 +647,8 @@ class NXtomoWriter:
         self._data[n:] = frames.astype(self._data.dtype, copy=False)
         for ds, value in ((self._key, image_key),
                           (self._ctrl, image_key if image_key_control is None else image_key_control),
-                          (self._angle, angles_deg), (self._count, count_time_s)):
+                          (self._angle, angles_deg), (self._count, count_time_s),
+                          *((t, 0.0) for t in self._translations)):
             ds.resize(n + k, axis=0)
             ds[n:] = np.broadcast_to(np.asarray(value, dtype=ds.dtype), (k,))
         self._f.flush()

@@ -1,7 +1,13 @@
-"""OME-Zarr (OME-NGFF multiscale) volumes: ``OUT/volume.ome.zarr`` and ``OUT/segmentation.ome.zarr``.
+"""OME-Zarr (OME-NGFF multiscale) volumes: ``OUT/volume.ome.zarr`` and its label images.
 
 Level 0 is full resolution, axes ``z y x`` of type space with unit ``meter``, and the voxel size in
 metres in each level's scale transformation. Written with the ``ome-zarr`` package.
+
+Label images (a segmentation, a class map) are OME-NGFF labels: ``IMAGE/labels/<name>`` with the
+``image-label`` metadata (``source.image`` pointing back to the image), listed in ``IMAGE/labels``'s
+``labels``, on the image's grid and pyramid (:func:`write_labels`), so napari and ome-zarr's reader show
+them as labels over the volume. A label image that cannot live in its image (the image belongs to someone
+else) is a standalone multiscale with ``image-label`` metadata (:func:`write_volume` with ``labels=True``).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import zarr
-from ome_zarr.writer import write_multiscale
+from ome_zarr.writer import write_multiscale, write_multiscale_labels
 from skimage.transform import downscale_local_mean
 
 AXES = [{"name": a, "type": "space", "unit": "meter"} for a in "zyx"]
@@ -48,7 +54,8 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     voxel_m : float
         Isotropic voxel size in metres.
     labels : bool
-        Downsample by picking voxels instead of averaging, keeping label ids intact.
+        A label image: downsample by picking voxels instead of averaging (ids stay intact), and mark it
+        with ``image-label`` metadata.
     chunks : tuple of int
         Chunk shape of every level (clipped to the level's shape).
     name : str, optional
@@ -74,7 +81,95 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     levels = [lv.rechunk(o["chunks"]) if isinstance(lv, da.Array) else lv for lv, o in zip(levels, opts)]
     write_multiscale(levels, group, axes=AXES, coordinate_transformations=transforms, storage_options=opts,
                      name=name or path.name)
+    if labels:
+        _add_image_label(group, {})
     return path
+
+
+def _levels(volume: np.ndarray | da.Array, chunks: tuple[int, int, int]) -> tuple[list, list]:
+    """Label pyramid levels (voxels picked, ids intact), their scale transformations and storage options."""
+    if not isinstance(volume, np.ndarray):
+        volume = volume if isinstance(volume, da.Array) else da.from_array(volume, chunks=chunks)
+    levels = pyramid(volume, labels=True)
+    opts = [{"chunks": tuple(min(c, s) for c, s in zip(chunks, lv.shape))} for lv in levels]
+    levels = [lv.rechunk(o["chunks"]) if isinstance(lv, da.Array) else lv for lv, o in zip(levels, opts)]
+    return levels, opts
+
+
+def _ome_attrs(group: zarr.Group) -> tuple[dict, bool]:
+    attrs = group.attrs.asdict()
+    return (attrs["ome"], True) if "ome" in attrs else (attrs, False)
+
+
+def _add_image_label(group: zarr.Group, metadata: dict) -> None:
+    attrs, nested = _ome_attrs(group)
+    attrs = dict(attrs)
+    attrs["image-label"] = {**attrs.get("image-label", {}), **metadata}
+    if nested:
+        group.attrs["ome"] = attrs
+    else:
+        group.attrs["image-label"] = attrs["image-label"]
+
+
+def write_labels(image: str | Path, labels: np.ndarray, name: str = "segmentation",
+                 chunks: tuple[int, int, int] = (64, 256, 256), properties: list[dict] | None = None) -> Path:
+    """Write integer labels as the OME-NGFF label image ``IMAGE/labels/<name>`` of an existing volume.
+
+    Parameters
+    ----------
+    image : str or Path
+        The OME-Zarr volume the labels belong to (``OUT/volume.ome.zarr``); labels of the same name are
+        replaced, other label images are kept (the ``labels`` list keeps them).
+    labels : ndarray or array-like
+        ``[z, y, x]`` on the image's grid (level 0 shape). A zarr or dask array is written chunk by chunk.
+    name : str
+        Name of the label image.
+    chunks : tuple of int
+        Chunk shape of every level.
+    properties : list of dict, optional
+        ``image-label`` properties (``{"label-value": id, ...}``).
+
+    Returns
+    -------
+    Path
+        ``IMAGE/labels/<name>``.
+
+    Raises
+    ------
+    ValueError
+        When the labels are not on the image's grid.
+    """
+    image = Path(image)
+    arr, voxel = open_volume(image)
+    if tuple(labels.shape) != tuple(arr.shape):
+        raise ValueError(f"labels of shape {tuple(labels.shape)} are not on the grid of {image} {tuple(arr.shape)}")
+    group = zarr.open_group(str(image), mode="r+")
+    if "labels" in group and name in group["labels"]:
+        del group["labels"][name]
+    levels, opts = _levels(labels, chunks)
+    transforms = [[{"type": "scale", "scale": [voxel * 2**i] * 3}] for i in range(len(levels))]
+    metadata = {"source": {"image": "../../"}}
+    if properties:
+        metadata["properties"] = properties
+    write_multiscale_labels(levels, group, name, axes=AXES, coordinate_transformations=transforms,
+                            storage_options=opts, label_metadata=metadata)
+    listing = group["labels"]
+    attrs, nested = _ome_attrs(listing)
+    unique = list(dict.fromkeys(attrs.get("labels", [])))  # ome-zarr appends the name again on a rewrite
+    if nested:
+        listing.attrs["ome"] = {**attrs, "labels": unique}
+    else:
+        listing.attrs["labels"] = unique
+    return image / "labels" / name
+
+
+def label_names(image: str | Path) -> list[str]:
+    """Names listed in ``IMAGE/labels`` (empty when the image has no labels)."""
+    try:
+        group = zarr.open_group(str(Path(image) / "labels"), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+        return []
+    return list(_ome_attrs(group)[0].get("labels", []))
 
 
 def open_volume(path: str | Path, level: int = 0, mode: str = "r") -> tuple[zarr.Array, float]:

@@ -30,12 +30,16 @@ acquisition), ``distance_frames`` (frames of the whole distance, all chunks) and
 **Legacy ID16A EDF** (spec / PyHST layout, as read by ESRF's ``tomoscan.EDFTomoScan``): one folder per
 distance, named after the scan (``NAME_1_``, ``NAME_2_`` ...), holding
 
-- projections ``{prefix}NNNN.edf`` (``prefix`` = ``Prefix`` of the ``.info`` file, else the folder
-  name); numbers ``>= TOMO_N`` are the return (alignment) projections taken at the end;
+- projections ``{prefix}NNNN.edf`` (``prefix`` = ``Prefix`` of the ``.info`` file, else the ``.info``
+  file's stem, else the folder name), or ``{prefix}_NNNN.edf`` as tomoscan's ``MockEDF`` names them;
+  numbers ``>= TOMO_N`` are the return (alignment) projections taken at the end;
 - flats ``refJJJJ_PPPP.edf`` (raw: frame J of the series taken at projection P) or ``refHSTPPPP.edf``
-  (the series already averaged); darks ``darkendPPPP.edf`` (raw, possibly multi-frame) or ``dark.edf``
-  / ``darkHST*.edf`` (averaged). When raw files of a kind are present the averaged ones are ignored
-  (they are derived from them);
+  (the series already averaged); darks ``darkendPPPP.edf`` (raw) or ``dark.edf`` / ``darkHST*.edf``
+  (averaged). spec writes a raw dark series as one frame holding the sum of ``DARK_N`` exposures (the
+  camera's accumulation mode): such a frame is divided by ``DARK_N`` (:meth:`EdfFolder.dark_scale`);
+  a multi-frame file, or one file per exposure, holds single exposures. When raw files of a kind are
+  present the averaged ones are ignored (they are derived from them). Any other ``.edf`` file is skipped
+  with a warning naming it (once), except reconstructed slices (``*_slice_*``);
 - ``{prefix}.info``: ``Key= value`` lines with ``TOMO_N``, ``ScanRange`` (degree), ``REF_N``,
   ``REF_ON``, ``DARK_N``, ``Dim_1``, ``Dim_2``, ``Energy`` (keV), ``PixelSize`` (detector pixel, um),
   ``Distance`` (sample to detector, mm), ``Count_time`` (s); ``{prefix}.xml`` (``acquisition/<Key>``)
@@ -55,6 +59,7 @@ judges, as for NXtomo files: spec may append frames to a multi-frame dark file).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import time
@@ -72,10 +77,6 @@ import yaml
 from ..physics.geometry import DistanceGeometry
 from ..state.journal import file_id_of
 from .nxtomo import (
-    _ANGLE,
-    _ENERGY,
-    _LENGTH,
-    _TIME,
     DARK,
     FIELDS,
     FLAT,
@@ -86,12 +87,11 @@ from .nxtomo import (
     InputError,
     _find_entry,
     _open,
-    _scalar,
-    _scaled,
     _text,
-    _units,
     frame_problem,
+    read_geometry,
     read_nxtomo,
+    scale_field,
 )
 
 #: Entry attributes of NXtomo chunk files (all optional).
@@ -108,6 +108,7 @@ SIDECAR_NAME = "xnh.yaml"
 SIDECAR_KEYS = frozenset({"z1_m", "z2_m", "focus_detector_m", "pixel_m", "energy_kev", "tomo_n",
                           "scan_range_deg", "count_time_s", "rotation_motor", "distances"})
 _SIGNATURE_BYTES = 1 << 16
+log = logging.getLogger(__name__)
 
 
 class NotAFrameFile(Exception):
@@ -157,6 +158,9 @@ class FrameRecord:
         ``"nxtomo"`` or ``"edf"``.
     entry : str or None
         HDF5 entry (NXtomo only).
+    scale : float
+        Factor applied to the stored pixels: ``1 / DARK_N`` for a dark that spec stored as the sum of
+        ``DARK_N`` exposures (see :class:`EdfFolder`), else 1.
     """
 
     path: str
@@ -173,6 +177,7 @@ class FrameRecord:
     frame_shape: tuple[int, int]
     layout: str
     entry: str | None = None
+    scale: float = 1.0
 
     @property
     def is_projection(self) -> bool:
@@ -217,6 +222,8 @@ class FrameRecord:
         problem = frame_problem(frame, self.frame_shape)
         if problem:
             raise InputError(self.path, f"frame {self.index}: {problem}", fld)
+        if self.scale != 1.0:
+            frame *= np.float32(self.scale)
         return frame
 
 
@@ -260,6 +267,8 @@ class FileView:
     signature : str or None
         Content fingerprint (same content under another name gives the same signature); None until a
         frame is written.
+    frame_scale : float
+        :attr:`FrameRecord.scale` of the file's frames.
     """
 
     path: Path
@@ -282,6 +291,7 @@ class FileView:
     sequence: np.ndarray
     file_id: str = ""
     shape_field: str = field(default=FIELDS["data"])
+    frame_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.file_id:
@@ -302,7 +312,7 @@ class FileView:
             image_key=int(self.image_key[i]), image_key_control=int(self.image_key_control[i]),
             rotation_angle_deg=float(self.rotation_angle_deg[i]), count_time_s=float(self.count_time_s[i]),
             sequence=float(self.sequence[i]), geometry=self.geometry, frame_shape=self.frame_shape,
-            layout=self.layout, entry=self.entry)
+            layout=self.layout, entry=self.entry, scale=self.frame_scale)
 
     def records(self, start: int = 0) -> list[FrameRecord]:
         """Records of the written frames from ``start`` on."""
@@ -363,8 +373,8 @@ def inspect_nxtomo(path: str | Path, root: str | Path | None = None, signature: 
         ik, m_ik = _per_frame(path, e, "image_key", n_data)
         ikc, m_ikc = (_per_frame(path, e, "image_key_control", n_data) if FIELDS["image_key_control"] in e
                       else (ik, m_ik))
-        angles, m_ang = _per_frame(path, e, "rotation_angle", n_data, _ANGLE, "degree")
-        count, m_ct = (_per_frame(path, e, "count_time", n_data, _TIME, "s") if FIELDS["count_time"] in e
+        angles, m_ang = _per_frame(path, e, "rotation_angle", n_data, scaled=True)
+        count, m_ct = (_per_frame(path, e, "count_time", n_data, scaled=True) if FIELDS["count_time"] in e
                        else (np.full(n_data, np.nan), n_data))
         m = int(min(n_data, m_ik, m_ikc, m_ang, m_ct))
         start_time = _text(e, "start_time")
@@ -402,8 +412,7 @@ def inspect_nxtomo(path: str | Path, root: str | Path | None = None, signature: 
         file_id=file_id_of(path, root))
 
 
-def _per_frame(path: Path, e: h5py.Group, key: str, n_data: int, table: dict[str, float] | None = None,
-               default_unit: str = "") -> tuple[np.ndarray, int]:
+def _per_frame(path: Path, e: h5py.Group, key: str, n_data: int, scaled: bool = False) -> tuple[np.ndarray, int]:
     """Values of a per-frame field (unit-scaled) and how many leading entries are written.
 
     One value stands for every frame only when stored as a fixed scalar: a dataset that can grow is per
@@ -413,18 +422,14 @@ def _per_frame(path: Path, e: h5py.Group, key: str, n_data: int, table: dict[str
     """
     ds = e[FIELDS[key]]
     try:
-        values = np.ravel(np.asarray(ds[()], dtype=np.float64 if table else np.int64))
+        values = np.ravel(np.asarray(ds[()], dtype=np.float64 if scaled else np.int64))
     except (TypeError, ValueError) as exc:
         raise InputError(path, f"is not numeric ({exc})", FIELDS[key]) from exc
     fixed = ds.ndim == 0 or (ds.maxshape is not None and ds.maxshape[0] is not None)
     if values.size == 1 and n_data != 1 and fixed:
         values = np.full(n_data, values[0])
-    if table is not None:
-        unit = _units(ds) or default_unit
-        scale = table.get(unit, table.get(unit.lower()))
-        if scale is None:
-            raise InputError(path, f"unknown unit {unit!r} (expected one of {sorted(table)})", FIELDS[key])
-        values = values * scale
+    if scaled:
+        values = scale_field(path, ds, key, values)
         unwritten = ~np.isfinite(values)
     else:
         try:
@@ -447,14 +452,12 @@ def _int_attr(v: Any) -> int | None:
 
 
 def _partial_geometry(path: Path, e: h5py.Group) -> DistanceGeometry:
-    """Geometry of a file still being written (the same fields and unit rules as read_nxtomo)."""
-    pixel = _scalar(path, _scaled(path, e, "x_pixel_size", _LENGTH, "m"), "x_pixel_size")
-    z2 = _scalar(path, _scaled(path, e, "distance", _LENGTH, "m"), "distance")
-    z1 = abs(_scalar(path, _scaled(path, e, "source_distance", _LENGTH, "m"), "source_distance"))
-    energy = _scalar(path, _scaled(path, e, "energy", _ENERGY, "keV"), "energy")
+    """Geometry of a file still being written (:func:`~xnh_stream.io.nxtomo.read_geometry`, as for whole files)."""
     try:
-        return DistanceGeometry(z1, z2, pixel, energy)
+        return read_geometry(path, e)
     except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(path, str(exc), FIELDS["source_distance"]) from exc
 
 
@@ -464,6 +467,19 @@ _RAW_FLAT = re.compile(r"^ref(\d+)_(\d+)\.edf$")
 _REDUCED_FLAT = re.compile(r"^refHST(\d+)\.edf$")
 _RAW_DARK = re.compile(r"^darkend(\d+)\.edf$")
 _REDUCED_DARK = re.compile(r"^dark(?:HST)?(\d*)\.edf$")
+
+
+#: Names of derived EDF outputs (PyHST / nabu slices) found beside frames: skipped without a warning.
+_DERIVED = re.compile(r"_slice_|_pag_|^(?:recons|vol)", re.IGNORECASE)
+_UNPLACED: set[str] = set()
+
+
+def _warn_unplaced(path: Path, reason: str) -> None:
+    """Warn once per file about an EDF file the layout cannot place (it is skipped)."""
+    key = str(path)
+    if key not in _UNPLACED:
+        _UNPLACED.add(key)
+        log.warning("%s: skipped: %s", path, reason)
 
 
 def _parse_info(path: Path) -> dict[str, str]:
@@ -721,9 +737,25 @@ class EdfFolder:
         prefix = self.prefix
         if name.startswith(prefix) and name.endswith(EDF_SUFFIX):
             num = name[len(prefix):-len(EDF_SUFFIX)]
+            # ID16A / spec: {prefix}NNNN.edf; tomoscan's MockEDF: {prefix}_NNNN.edf
+            num = num[1:] if num.startswith("_") else num
             if num.isdigit():
                 return _EdfName(PROJECTION, True, int(num))
         return None
+
+    def dark_scale(self, n_frames: int) -> float:
+        """Factor for the frames of a raw dark file (``darkendPPPP.edf``) holding ``n_frames`` frames.
+
+        spec takes the dark series in the camera's accumulation mode: one frame, the sum of ``DARK_N``
+        exposures (nxtomomill divides it by ``DARK_N`` too). A file of one frame while ``DARK_N > 1`` and
+        fewer than ``DARK_N`` raw dark files are present is such a sum: ``1 / DARK_N``. Several frames in a
+        file, or one file per exposure (tomoscan's MockEDF), are single exposures: 1.
+        """
+        dark_n = self._info.dark_n if self._info else None
+        if not dark_n or dark_n <= 1 or n_frames != 1:
+            return 1.0
+        n_files = sum(1 for n in self.names if _RAW_DARK.match(n))
+        return 1.0 / dark_n if n_files < dark_n else 1.0
 
     def has_raw(self, kind: int) -> bool:
         """Raw files of this kind (flats ``ref*_*``, darks ``darkend*``) are present."""
@@ -799,7 +831,12 @@ def inspect_edf(path: str | Path, root: str | Path | None = None, folder: EdfFol
     ctx = folder or EdfFolder(path.parent)
     what = ctx.classify(path.name)
     if what is None:
-        raise NotAFrameFile(path, "EDF file that is not a projection, flat or dark of the layout", final=True)
+        reason = (f"EDF file that is not a projection ({ctx.prefix}NNNN.edf or {ctx.prefix}_NNNN.edf), flat "
+                  "(refJJJJ_PPPP.edf, refHSTPPPP.edf) or dark (darkendPPPP.edf, dark.edf, darkHSTPPPP.edf) of the "
+                  "layout")
+        if not _DERIVED.search(path.name):
+            _warn_unplaced(path, reason)
+        raise NotAFrameFile(path, reason, final=True)
     if not what.raw and ctx.has_raw(what.kind):
         kind = "flats" if what.kind == FLAT else "darks"
         raise NotAFrameFile(path, f"averaged {kind} ignored: raw {kind} of the same folder are used", final=True)
@@ -858,7 +895,8 @@ def inspect_edf(path: str | Path, root: str | Path | None = None, folder: EdfFol
         frame_shape=shape or (0, 0), distance_name=ctx.folder.name, entry=None,
         image_key=np.asarray(keys, dtype=np.int64), image_key_control=np.asarray(ctrls, dtype=np.int64),
         rotation_angle_deg=np.asarray(angles, dtype=float), count_time_s=np.asarray(counts, dtype=float),
-        sequence=np.asarray(seq, dtype=float), file_id=file_id_of(path, root), shape_field="Dim_1")
+        sequence=np.asarray(seq, dtype=float), file_id=file_id_of(path, root), shape_field="Dim_1",
+        frame_scale=ctx.dark_scale(n) if what.kind == DARK and what.raw else 1.0)
 
 
 # ------------------------------------------------------------------------------------------- dispatch

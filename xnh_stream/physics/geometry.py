@@ -51,6 +51,52 @@ class DistanceGeometry:
             if not (np.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
 
+    #: Magnification below ``1 + PLANE_WAVE_EPS`` is taken as a parallel (plane-wave) beam.
+    PLANE_WAVE_EPS = 1e-9
+
+    @classmethod
+    def from_sample_plane(cls, sample_pixel_m: float, propagation_distance_m: float, energy_kev: float,
+                          detector_pixel_m: float | None = None) -> DistanceGeometry:
+        """The geometry of a distance stated in the sample plane (as ESRF's NXtomo files and nabu state it).
+
+        With the detector pixel ``p``: ``M = p / p_s``, ``z2 = D M``, ``z1 = z2 / (M - 1)`` (the inverse of
+        ``D = z1 z2 / (z1 + z2)`` and ``p_s = p / M``). Without it, or when ``p_s`` equals ``p`` (a parallel
+        beam), the effective geometry is returned: the plane-wave limit ``M = 1 + PLANE_WAVE_EPS``, which
+        keeps the effective pixel ``p_s``, the propagation distance ``D`` and the Fresnel number exact.
+
+        Parameters
+        ----------
+        sample_pixel_m : float
+            Pixel size in the sample plane ``p / M``.
+        propagation_distance_m : float
+            Effective propagation distance ``D``.
+        energy_kev : float
+            Photon energy.
+        detector_pixel_m : float, optional
+            Detector pixel ``p``.
+
+        Returns
+        -------
+        DistanceGeometry
+
+        Raises
+        ------
+        ValueError
+            When a value is not positive, or the sample pixel is larger than the detector pixel (``M < 1``).
+        """
+        for name, v in (("sample_pixel_m", sample_pixel_m), ("propagation_distance_m", propagation_distance_m)):
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        mag = 1.0 + cls.PLANE_WAVE_EPS
+        if detector_pixel_m is not None:
+            ratio = float(detector_pixel_m) / float(sample_pixel_m)
+            if ratio < 1.0 - 1e-6:
+                raise ValueError(f"the sample pixel {sample_pixel_m} m is larger than the detector pixel "
+                                 f"{detector_pixel_m} m: not a magnifying (cone-beam) geometry")
+            mag = max(ratio, mag)
+        z2 = float(propagation_distance_m) * mag
+        return cls(z2 / (mag - 1.0), z2, float(sample_pixel_m) * mag, float(energy_kev))
+
     @property
     def wavelength_m(self) -> float:
         """Wavelength in metres."""

@@ -90,7 +90,8 @@ def _read_image(path: Path) -> tuple[np.ndarray, float]:
 
 
 def cmd_segment(a: argparse.Namespace) -> int:
-    """Segment a reconstructed volume into OUT/segmentation.ome.zarr (in memory or blockwise)."""
+    """Segment a reconstructed volume into OME-NGFF labels (in memory or blockwise): the label image
+    OUT/volume.ome.zarr/labels/segmentation of OUT's volume, else the standalone OUT/segmentation.ome.zarr."""
     from ..io.omezarr import open_volume
     from .pipeline import SegmentParams, segment_volume, write_segmentation
     from .unet import AffinityModel
@@ -127,12 +128,13 @@ def cmd_segment(a: argparse.Namespace) -> int:
         labels = segment_volume(volume, model, params, a.device).labels
         n_segments = int(np.count_nonzero(np.unique(labels)))
         max_label = int(labels.max(initial=0))  # waterz keeps fragment ids
-    dst, labels = write_segmentation(out, labels, voxel, max_label)
+    dst, labels = write_segmentation(out, labels, voxel, max_label, image=src)
     print(f"segmentation: {dst} ({n_segments} segments, {time.perf_counter() - t0:.1f} s)")
     if a.swc:
         from .skeleton import skeletonize, write_swc
 
-        files = write_swc(skeletonize(np.asarray(labels), voxel, a.swc_min_voxels), a.swc)
+        files = write_swc(skeletonize(np.asarray(labels), voxel, a.swc_min_voxels), a.swc,
+                          soma_radius_nm=a.swc_soma_radius_nm, axon_radius_nm=a.swc_axon_radius_nm)
         print(f"skeletons: {len(files)} SWC files in {a.swc}")
     if a.precomputed:
         try:
@@ -173,7 +175,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     """Score a segmentation against ground truth (CREMI conventions)."""
     from .evaluate import evaluate
 
-    seg = _labels_of(a.segmentation, a.seg_key)
+    from .pipeline import find_segmentation
+
+    seg = _labels_of(find_segmentation(a.segmentation), a.seg_key)
     truth = _labels_of(a.truth, a.labels_key)
     mask = _labels_of(a.truth, a.mask_key).astype(bool) if a.mask_key else None
     if seg.shape != truth.shape:
@@ -230,7 +234,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     _add_common(s)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("segment", help="segment a reconstructed volume into OUT/segmentation.ome.zarr")
+    s = sub.add_parser("segment", help="segment a reconstructed volume into OME-NGFF labels: "
+                                       "OUT/volume.ome.zarr/labels/segmentation (OUT/segmentation.ome.zarr when the "
+                                       "volume is not OUT's)")
     s.add_argument("volume", type=Path, help="an OME-Zarr volume, or an output folder holding volume.ome.zarr")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--model", type=Path, help="model file (default: the shipped model)")
@@ -245,6 +251,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     s.add_argument("--address", help="with --ray: join this Ray cluster")
     s.add_argument("--swc", type=Path, help="write skeletons (kimimaro) of the segments as SWC files here")
     s.add_argument("--swc-min-voxels", type=int, default=200)
+    s.add_argument("--swc-soma-radius-nm", type=float, default=2000.0,
+                   help="SWC node type soma (1) where the skeleton's radius reaches this (default %(default)s nm)")
+    s.add_argument("--swc-axon-radius-nm", type=float,
+                   help="SWC node types of neurites by calibre: axon (2) below this radius, dendrite (3) above; "
+                        "default: undefined (0), morphology alone does not tell them apart")
     s.add_argument("--precomputed", type=Path, help="also write neuroglancer precomputed layers (DIR/image, "
                                                      "DIR/segmentation); needs tensorstore")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -252,7 +263,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
 
     s = sub.add_parser("evaluate", help="VOI split/merge and adapted Rand error (CREMI conventions) against "
                                         "a labelled volume")
-    s.add_argument("segmentation", type=Path, help="segmentation.ome.zarr, zarr or HDF5 (dataset --seg-key)")
+    s.add_argument("segmentation", type=Path, help="an output folder or OME-Zarr volume with labels, a label image, "
+                                                  "zarr or HDF5 (dataset --seg-key)")
     s.add_argument("truth", type=Path, help="ground truth: HDF5/zarr (dataset --labels-key), truth.h5, OME-Zarr")
     s.add_argument("--seg-key", default="labels")
     s.add_argument("--labels-key", default="labels")

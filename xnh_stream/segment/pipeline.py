@@ -1,5 +1,7 @@
 """Segmentation of a reconstructed volume: affinities (U-Net) -> fragments (watershed) -> agglomeration (waterz),
-in memory for volumes that fit, and the ``OUT/segmentation.ome.zarr`` writer used by the CLI and the stream."""
+in memory for volumes that fit, and the writer of the labels used by the CLI and the stream: the OME-NGFF
+label image ``OUT/volume.ome.zarr/labels/segmentation`` (``OUT/segmentation.ome.zarr``, a standalone label
+image, when the volume segmented lies elsewhere)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.omezarr import read_volume, write_volume
+from ..io.omezarr import label_names, read_volume, write_labels, write_volume
 from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed,
                           segments_of_fragments)
 from .predict import predict_affinities
 from .unet import AffinityModel
 
-SEGMENTATION_NAME = "segmentation.ome.zarr"
+VOLUME_NAME = "volume.ome.zarr"
+LABEL_NAME = "segmentation"
+#: The segmentation of ``OUT/volume.ome.zarr``, relative to ``OUT``.
+SEGMENTATION_NAME = f"{VOLUME_NAME}/labels/{LABEL_NAME}"
+#: A standalone label image in ``OUT`` (the volume segmented is not ``OUT/volume.ome.zarr``).
+STANDALONE_NAME = "segmentation.ome.zarr"
 
 
 @dataclass
@@ -82,32 +89,56 @@ def merge_enclosed_segments(affs: np.ndarray, frag: np.ndarray, labels: np.ndarr
 
 def segment_output(out: str | Path, model_path: str | Path | None = None, device: str = "auto",
                    **overrides: object) -> Path:
-    """Segment ``OUT/volume.ome.zarr`` into ``OUT/segmentation.ome.zarr`` (labels, same voxel size).
+    """Segment ``OUT/volume.ome.zarr`` into its label image ``OUT/volume.ome.zarr/labels/segmentation``.
 
     A summary (segments, timings, model, parameters) goes into ``OUT/segmentation.json``.
     """
     out = Path(out)
-    src = out / "volume.ome.zarr"
+    src = out / VOLUME_NAME
     if not src.exists():
         raise FileNotFoundError(f"{src}: no reconstructed volume to segment")
     volume, voxel = read_volume(src)
     model = AffinityModel.load(model_path)
     params = SegmentParams.for_model(model, **overrides)
     res = segment_volume(volume, model, params, device)
-    dst, _ = write_segmentation(out, res.labels, voxel, int(res.labels.max(initial=0)))
+    dst, _ = write_segmentation(out, res.labels, voxel, int(res.labels.max(initial=0)), image=src)
     info = {"segments": int(len(np.unique(res.labels))), "shape": list(volume.shape), "voxel_m": voxel,
-            "seconds": res.seconds, "model": str(model_path or "shipped"), "params": params.__dict__}
+            "labels": str(dst.relative_to(out)), "seconds": res.seconds, "model": str(model_path or "shipped"),
+            "params": params.__dict__}
     (out / "segmentation.json").write_text(json.dumps(info, indent=1))
     return dst
 
 
-def write_segmentation(out: str | Path, labels: np.ndarray, voxel_m: float,
-                       max_label: int) -> tuple[Path, np.ndarray]:
-    """Write labels (numpy, or a dask array written chunk by chunk) as ``OUT/segmentation.ome.zarr``, as
-    uint32 when ``max_label`` (the largest id) fits; returns the path and the labels as written."""
+def write_segmentation(out: str | Path, labels: np.ndarray, voxel_m: float, max_label: int,
+                       image: str | Path | None = None) -> tuple[Path, np.ndarray]:
+    """Write labels (numpy, or a dask array written chunk by chunk) as an OME-NGFF label image.
+
+    The labels of ``OUT/volume.ome.zarr`` (``image`` is it, or None while it exists) go into
+    ``OUT/volume.ome.zarr/labels/segmentation``; those of a volume elsewhere (not to be written into)
+    into the standalone label image ``OUT/segmentation.ome.zarr``. As uint32 when ``max_label`` (the
+    largest id) fits. Returns the path of the label image and the labels as written.
+    """
+    out = Path(out)
     labels = labels.astype(np.uint32) if max_label < 2**32 else labels
-    dst = write_volume(Path(out) / SEGMENTATION_NAME, labels, voxel_m, labels=True, name="segmentation")
+    own = out / VOLUME_NAME
+    image = Path(image) if image is not None else own
+    if own.exists() and image.resolve() == own.resolve():
+        return write_labels(own, labels, LABEL_NAME), labels
+    dst = write_volume(out / STANDALONE_NAME, labels, voxel_m, labels=True, name=LABEL_NAME)
     return dst, labels
+
+
+def find_segmentation(path: str | Path) -> Path:
+    """The label image meant by ``path``: an output folder (its volume's ``segmentation`` labels, else
+    ``segmentation.ome.zarr``), an OME-Zarr image with labels (its first label image), or a label image."""
+    path = Path(path)
+    for image in (path / VOLUME_NAME, path):
+        names = label_names(image) if image.exists() else []
+        if names:
+            return image / "labels" / (LABEL_NAME if LABEL_NAME in names else names[0])
+    if (path / STANDALONE_NAME).exists():
+        return path / STANDALONE_NAME
+    return path
 
 
 def tune_postprocess(model: AffinityModel, volumes: list,

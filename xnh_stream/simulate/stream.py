@@ -15,7 +15,8 @@ rate, in one of three layouts:
     appended one by one, ``end_time`` when the distance is done.
 ``"edf"``
     the legacy ID16A EDF layout: per distance a folder ``{name}_{k}_/`` with ``{name}_{k}_.info``,
-    ``xnh.yaml`` (z1), ``darkend0000.edf`` (all darks), raw flats ``refJJJJ_PPPP.edf``, projections
+    ``xnh.yaml`` (z1), ``darkend0000.edf`` (the darks accumulated into one frame, as spec writes them; readers
+    divide by ``DARK_N``), raw flats ``refJJJJ_PPPP.edf``, projections
     ``{name}_{k}_NNNN.edf`` (return projections numbered from ``n_angles``), and ``{name}_{k}_.xml`` at the
     end of the distance (``.abo`` if stopped).
 
@@ -53,7 +54,7 @@ from ..io.sources import (
     FRAME_OFFSET_ATTR,
     SIDECAR_NAME,
 )
-from ..io.nxtomo import DARK, FLAT, RETURN, write_geometry_fields
+from ..io.nxtomo import DARK, FLAT, RETURN, TRANSLATIONS, write_geometry_fields
 from .phantom import Phantom
 from .scan import ScanModel, SimFrame, SimulationConfig
 
@@ -75,7 +76,8 @@ def _digitize(counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
 class LiveNXtomoFile:
     """An NXtomo file written frame by frame, as a detector writer does.
 
-    Same fields as :class:`xnh_stream.io.nxtomo.NXtomoWriter`; in addition it can pre-allocate the frames,
+    Same fields as :class:`xnh_stream.io.nxtomo.NXtomoWriter` (the nxtomo package's conventions:
+    :func:`~xnh_stream.io.nxtomo.write_geometry_fields`); in addition it can pre-allocate the frames,
     write without the HDF5 file lock, and be closed without ``end_time`` (an interrupted acquisition).
 
     Parameters
@@ -137,7 +139,8 @@ class LiveNXtomoFile:
         # Written in this order for each frame, after its pixels: a frame is complete once image_key has it.
         sample = e.create_group("sample")
         sample.attrs["NX_class"] = "NXsample"
-        self._per_frame = [growing(sample, "rotation_angle", np.float64, np.nan, "degree"),
+        self._per_frame = [*(growing(sample, t, np.float64, np.nan, "m") for t in TRANSLATIONS),
+                           growing(sample, "rotation_angle", np.float64, np.nan, "degree"),
                            growing(det, "count_time", np.float64, np.nan, "s"),
                            growing(det, "image_key_control", np.int32, UNWRITTEN_KEY),
                            growing(det, "image_key", np.int32, UNWRITTEN_KEY)]
@@ -164,7 +167,7 @@ class LiveNXtomoFile:
         # Pixels reach the file before the keys that announce them: a reader (another process, or another
         # handle in this one, which does not see this handle's raw-data cache) never finds keys without data.
         self._f.flush()
-        for ds, value in zip(self._per_frame, (angle_deg, count_time_s, image_key_control, image_key)):
+        for ds, value in zip(self._per_frame, (0.0, 0.0, 0.0, angle_deg, count_time_s, image_key_control, image_key)):
             ds.resize(i + 1, axis=0)
             ds[i] = value
         self.n_written = i + 1
@@ -278,9 +281,8 @@ class _EdfWriter(_DistanceWriter):
                   "count_time": repr(float(fr.count_time_s))}
         if fr.image_key == DARK:
             self._darks.append((frame, header))
-            if len(self._darks) == cfg.n_darks:  # spec writes the dark series as one multi-frame file
-                self._edf("darkend0000.edf", self._darks)
-                self._darks = []
+            if len(self._darks) == cfg.n_darks:
+                self._write_darks()
         elif fr.image_key == FLAT:
             j, at = self._flats % cfg.n_flats, (0 if self._flats < cfg.n_flats else cfg.n_angles)
             self._flats += 1
@@ -292,10 +294,20 @@ class _EdfWriter(_DistanceWriter):
                 raise ValueError("more regular projections than n_angles")
             self._edf(f"{self.prefix}{number:04d}.edf", [(frame, header)])
 
+    def _write_darks(self) -> None:
+        """The dark series as spec writes it: one frame, the sum of the ``DARK_N`` exposures (the camera's
+        accumulation mode; readers divide by ``DARK_N``), in a type wide enough for the sum."""
+        frames = np.stack([f for f, _ in self._darks])
+        wide = np.uint32 if np.issubdtype(frames.dtype, np.integer) else np.float32
+        total = frames.sum(axis=0, dtype=np.float64)
+        if wide is np.uint32 and total.max() > np.iinfo(np.uint32).max:
+            wide = np.float32
+        header = dict(self._darks[0][1])
+        self._edf("darkend0000.edf", [(total.astype(wide), header)])
+        self._darks = []
+
     def close(self, complete: bool) -> None:
-        if self._darks:
-            self._edf("darkend0000.edf", self._darks)
-            self._darks = []
+        self._darks = []  # an accumulation interrupted before DARK_N exposures is never written (as with spec)
         cfg = self.cfg
         if complete:
             xml = (f"<tomo><acquisition><scanName>{self.prefix}</scanName><tomo_N>{cfg.n_angles}</tomo_N>"
