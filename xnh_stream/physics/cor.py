@@ -567,8 +567,16 @@ def _wedge_mask(n_rows: int, n_cols: int, ratio: float, drop: int, u_min: int) -
 def _vo_metric(half: np.ndarray, s: float, mask: np.ndarray, u_min: int) -> float:
     """Fraction of the (detector frequency >= ``u_min``) spectral energy of ``[half; mirror_s(half)]``
     that falls in ``mask``."""
-    mat = np.concatenate([half, _mirror_shifted(half, s)], axis=0)
-    mat = mat - mat.mean()
+    n = half.shape[-1]
+    # both halves are weighted by one window that is zero where the shifted mirror has no data (the
+    # columns it repeats), with cosine ramps: no candidate gains from a smaller fill (s near 0)
+    j = np.arange(n)
+    lo, hi = max(0.0, s), min(n - 1.0, n - 1.0 + s)
+    ramp = max(4.0, n / 24)
+    w = np.clip((j - lo) / ramp, 0, 1) * np.clip((hi - j) / ramp, 0, 1)
+    w = 0.5 - 0.5 * np.cos(np.pi * w)
+    m0 = half.mean()
+    mat = np.concatenate([(half - m0) * w, (_mirror_shifted(half, s) - m0) * w], axis=0)
     f2 = np.abs(scipy.fft.rfft2(mat)) ** 2
     u = np.fft.rfftfreq(mat.shape[1]) * mat.shape[1]
     total = float(f2[:, u >= u_min].sum())
@@ -580,8 +588,8 @@ def cor_vo(
     thetas: Any,
     search_px: float | None = None,
     take_log: bool = True,
-    ratio: float = 1.0,
-    min_significance: float = 4.0,
+    ratio: float = 1.5,
+    min_significance: float = 5.0,
 ) -> CorCandidate:
     """Axis from the sinogram's consistency with its own mirror (Fourier double-wedge metric, after Vo 2014).
 
@@ -603,7 +611,9 @@ def cor_vo(
     take_log : bool
         Work on ``-log(I)``.
     ratio : float
-        Radius of the object support as a fraction of half the detector width (1: fills the field of view).
+        Radius of the object support as a fraction of half the detector width. The default 1.5 allows a
+        sample wider than the field of view or off-centre (1 moved the estimate by 1 px on a sample 10 px
+        off-centre; 3 let a spurious notch at zero shift win).
     min_significance : float
         Smallest notch depth, in robust standard deviations of the detrended curve, for a reliable result.
 
@@ -834,7 +844,10 @@ def consensus(candidates: Sequence[CorCandidate], drift_px: float | None = None)
         raise ValueError("no rotation-axis candidate: give projection pairs or sinograms")
     rel = [c for c in cands if c.reliable and math.isfinite(c.px)]
     if not rel:
-        best = max(cands, key=lambda c: c.quality)
+        finite = [c for c in cands if math.isfinite(c.px)]
+        if not finite:
+            raise ValueError("no rotation-axis estimator gave a result: " + "; ".join(c.detail for c in cands))
+        best = max(finite, key=lambda c: c.quality)
         return CorEstimate(best.px, f"{best.method} (unreliable)", max(best.uncertainty_px, DISAGREEMENT_PX),
                            0.0, cands, drift_px)
     px_all = np.array([c.px for c in rel])
