@@ -1,4 +1,4 @@
-"""Parallel-beam filtered back-projection, accumulated angle by angle, and centre-of-rotation search.
+"""Parallel-beam filtered back-projection, accumulated angle by angle (the rotation axis search is in ``cor``).
 
 Coordinate convention (project-wide; the simulator's forward projector uses it too)
 -------------------------------------------------------------------------------------
@@ -42,9 +42,7 @@ from typing import Any
 
 import numpy as np
 import scipy.fft
-import scipy.optimize
 
-from xnh_stream.physics.fsc import tukey_window
 from xnh_stream.physics.xp import check_finite, fft_module, fft_workers
 
 WINDOWS: tuple[str, ...] = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
@@ -466,230 +464,15 @@ def fbp(
 
 
 # --------------------------------------------------------------------------------------------------
-# Centre of rotation
+# Centre of rotation: moved to xnh_stream.physics.cor (one copy); the old names resolve lazily here.
 # --------------------------------------------------------------------------------------------------
-def _correlation_shift(
-    a: np.ndarray, b: np.ndarray, lowpass_px: float, max_dy: int
-) -> tuple[float, float]:
-    """Shift ``(dy, dx)`` with ``b(y, x) ~ a(y + dy, x + dx)``: low-passed cross-correlation peak.
-
-    Mean-removed, Tukey-apodised, zero-padded to twice the size (no wrap-around); the integer peak is
-    refined by maximising the correlation evaluated off-grid by its Fourier series.
-    """
-    ny, nx = a.shape
-    win = tukey_window(ny, 0.25).astype(np.float64)[:, None] * tukey_window(nx, 0.25)[None, :]
-
-    def prep(im: np.ndarray) -> np.ndarray:
-        return (im - np.average(im, weights=win)) * win
-
-    py, px = (2 * ny if ny > 1 else 1), 2 * nx
-    fa = scipy.fft.rfft2(prep(a), s=(py, px), workers=-1)
-    fb = scipy.fft.rfft2(prep(b), s=(py, px), workers=-1)
-    fy = np.fft.fftfreq(py)[:, None]
-    fx = np.fft.rfftfreq(px)[None, :]
-    cross = fa * np.conj(fb) * np.exp(-2 * (np.pi * lowpass_px) ** 2 * (fx**2 + fy**2))
-    cc = scipy.fft.irfft2(cross, s=(py, px), workers=-1)
-    # cc[dy, dx] = sum a(y + dy, x + dx) b(y, x)
-    dys = np.unique(np.r_[0 : max_dy + 1, -max_dy:0] % py)
-    dxs = np.r_[0:nx, -nx + 1 : 0] % px
-    sub = cc[np.ix_(dys, dxs)]
-    iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
-    dy0 = int(dys[iy])
-    dy0 = dy0 - py if dy0 > py // 2 else dy0
-    dx0 = int(dxs[ix])
-    dx0 = dx0 - px if dx0 > px // 2 else dx0
-
-    wx = np.full(fx.shape[1], 2.0)  # Hermitian weights of the half spectrum
-    wx[0] = 1.0
-    if px % 2 == 0:
-        wx[-1] = 1.0
-    kx = np.arange(fx.shape[1])
-    ky = np.fft.fftfreq(py) * py
-
-    def neg_cc(p: np.ndarray) -> float:
-        ey = np.exp(2j * np.pi * ky * p[0] / py)
-        ex = wx * np.exp(2j * np.pi * kx * p[1] / px)
-        return -float(np.real(ey @ cross @ ex))
-
-    start = np.array([dy0, dx0], dtype=float)
-    if ny > 1:
-        res = scipy.optimize.minimize(
-            neg_cc,
-            start,
-            method="Nelder-Mead",
-            options={
-                "xatol": 1e-4,
-                "fatol": 1e-12 * abs(neg_cc(start)),
-                "initial_simplex": start + np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 0.5]]),
-            },
-        )
-        dy, dx = float(res.x[0]), float(res.x[1])
-    else:
-        res1 = scipy.optimize.minimize_scalar(
-            lambda v: neg_cc(np.array([0.0, v])),
-            bounds=(dx0 - 1.0, dx0 + 1.0),
-            method="bounded",
-            options={"xatol": 1e-5},
-        )
-        dy, dx = 0.0, float(res1.x)
-    if abs(dx - dx0) > 1.5 or abs(dy - dy0) > 1.5:
-        raise ValueError(f"correlation peak refinement diverged ({dy0}, {dx0}) -> ({dy:.2f}, {dx:.2f})")
-    return dy, dx
+_MOVED_TO_COR = ("estimate_cor", "estimate_cor_sinogram")
 
 
-def estimate_cor(
-    proj0: Any,
-    proj180: Any,
-    xp: ModuleType = np,
-    lowpass_px: float = 2.0,
-    max_vertical_shift: int | None = None,
-) -> float:
-    """Rotation-axis position from a projection and the one taken 180 degrees later.
+def __getattr__(name: str) -> Any:
+    """Old import path of the centre-of-rotation functions (``from xnh_stream.physics.fbp import estimate_cor``)."""
+    if name in _MOVED_TO_COR:
+        from xnh_stream.physics import cor  # noqa: PLC0415 (cor imports this module)
 
-    The second projection is mirrored left-right, which turns it into the first one shifted by
-    ``s = 2 cor - (n_det - 1)`` columns; ``s`` is found by zero-padded cross-correlation of the
-    mean-removed, Tukey-apodised images with a Gaussian low-pass (``lowpass_px``; not whitened),
-    integer peak then a continuous refinement. The apodisation pulls the peak towards zero shift, so
-    the mirrored image is shifted back by the estimate (cubic spline) and the small residual is
-    measured again until it vanishes.
-
-    Parameters
-    ----------
-    proj0, proj180 : array ``[rows, n_det]`` or ``[n_det]``
-        Projections at ``theta`` and ``theta + pi``.
-    xp : module
-        Array module of the inputs (the correlation runs on the host).
-    lowpass_px : float
-        Standard deviation (pixels) of the Gaussian low-pass applied to the correlation.
-    max_vertical_shift : int, optional
-        Largest row shift searched (default ``rows // 4``).
-
-    Returns
-    -------
-    float
-        ``cor`` in detector pixel coordinates.
-    """
-    from scipy.ndimage import shift as nd_shift  # noqa: PLC0415
-
-    a = np.asarray(proj0 if xp is np else xp.asnumpy(proj0), dtype=np.float64)
-    b = np.asarray(proj180 if xp is np else xp.asnumpy(proj180), dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"proj0 {a.shape} and proj180 {b.shape} differ in shape")
-    if a.ndim == 1:
-        a, b = a[None], b[None]
-    if a.ndim != 2 or a.shape[1] < 4:
-        raise ValueError(f"projections must be [rows, n_det] with n_det >= 4, got {a.shape}")
-    check_finite(a, "proj0", np)
-    check_finite(b, "proj180", np)
-    ny, nx = a.shape
-    mirrored = b[:, ::-1]
-    max_dy = ny // 4 if max_vertical_shift is None else int(max_vertical_shift)
-    dy, s = _correlation_shift(a, mirrored, lowpass_px, max_dy)
-    for _ in range(4):
-        # moved(y, x) = mirrored(y - dy, x - s) ~ a(y, x): only a residual is left to measure.
-        moved = nd_shift(mirrored, (dy, s), order=3, mode="nearest")
-        ry, rs = _correlation_shift(a, moved, lowpass_px, 1 if ny > 1 else 0)
-        dy, s = dy + ry, s + rs
-        if abs(rs) < 1e-3 and abs(ry) < 1e-3:
-            break
-    return (nx - 1 + s) / 2.0
-
-
-def _sharpness_metric(img: np.ndarray, mask: np.ndarray) -> float:
-    """Normalised total variation ``||grad f||_1 / ||grad f||_2`` inside ``mask``; smallest when sharpest.
-
-    A detector shift only changes the phases of the slice's Fourier data, so ``||grad f||_2`` is
-    (nearly) unchanged by a wrong axis while the gradient spreads over doubled edges and arcs, which
-    raises the L1 norm; the ratio is insensitive to structures leaving the masked region.
-    """
-    gy = np.diff(img, axis=0)[:, :-1]
-    gx = np.diff(img, axis=1)[:-1, :]
-    g = np.sqrt(gx * gx + gy * gy)[mask[:-1, :-1]].astype(np.float64)
-    l2 = float(np.sqrt(np.sum(g * g)))
-    return float(np.sum(g)) / l2 if l2 > 0 else 0.0
-
-
-def estimate_cor_sinogram(
-    sino: Any,
-    thetas: Any,
-    search_px: float | None = None,
-    window: str = "hann",
-    step_px: float = 1.0,
-) -> float:
-    """Rotation-axis position from one sinogram when no projection pair is 180 degrees apart.
-
-    Reconstructs the slice for candidate axis positions and keeps the sharpest one (lowest normalised
-    total variation inside the reconstruction circle; a wrong axis turns every edge into a doubled
-    edge or an arc). Coarse grid of ``step_px``
-    over ``+-search_px`` around the detector centre, then a 0.1-pixel grid within one step of the
-    best node and a parabola through the values near its minimum.
-
-    Parameters
-    ----------
-    sino : array ``[n_angles, n_det]``
-        Sinogram (line integrals) of one detector row.
-    thetas : array ``[n_angles]``
-        Angles in radians; should span about 180 degrees or more.
-    search_px : float, optional
-        Half-width of the searched range around ``(n_det - 1) / 2`` (default ``n_det / 8``).
-    window : str
-        Ramp window for the trial reconstructions; the smooth "hann" default keeps noise out of the
-        sharpness and gave errors below 0.1 pixel in our trials where "ram-lak" gave up to 0.3.
-    step_px : float
-        Coarse grid step in pixels.
-
-    Returns
-    -------
-    float
-        ``cor`` in detector pixel coordinates.
-    """
-    sino = np.asarray(sino, dtype=np.float32)
-    thetas = np.asarray(thetas, dtype=np.float64).ravel()
-    if sino.ndim != 2:
-        raise ValueError(f"sinogram must be [n_angles, n_det], got shape {sino.shape}")
-    n_angles, n_det = sino.shape
-    if thetas.size != n_angles:
-        raise ValueError(f"{thetas.size} angles for {n_angles} sinogram rows")
-    if n_det < 8 or n_angles < 8:
-        raise ValueError(f"sinogram too small for a centre search: {sino.shape}")
-    check_finite(sino, "sinogram", np)
-    check_finite(thetas, "thetas", np)
-    centre = (n_det - 1) / 2.0
-    search = n_det / 8.0 if search_px is None else float(search_px)
-    if not 0 < search < n_det / 2:
-        raise ValueError(f"search_px must be in (0, {n_det / 2}), got {search_px}")
-    # Filter once; a candidate axis is applied as an exact Fourier shift of the filtered rows by the
-    # fractional part, then back-projected with the integer part, so that the interpolation pattern
-    # (and with it the sharpness) does not change with the fractional axis position.
-    length = padded_length(n_det)
-    spec = scipy.fft.rfft(sino, n=length, axis=-1, workers=-1) * ramp_filter(n_det, window, "float32")
-    freq = np.fft.rfftfreq(length)
-    # Slice region that stays inside the field of view for every candidate.
-    n_out = max(8, int(2 * ((n_det - 1) / 2.0 - search)) - 2)
-    rr = np.arange(n_out) - (n_out - 1) / 2.0
-    mask = (rr[None, :] ** 2 + rr[:, None] ** 2) <= ((n_out - 2) / 2.0) ** 2
-    cache: dict[float, float] = {}
-
-    def metric(cor: float) -> float:
-        key = round(float(cor), 6)
-        if key not in cache:
-            whole = float(np.round(cor))
-            frac = cor - whole
-            rows = scipy.fft.irfft(spec * np.exp(2j * np.pi * freq * frac), n=length, axis=-1, workers=-1)
-            rows = np.ascontiguousarray(rows[:, None, :n_det], dtype=np.float32)
-            img = np.zeros((1, n_out, n_out), dtype=np.float32)
-            for i in range(n_angles):
-                backproject(rows[i], thetas[i], whole, img)
-            cache[key] = _sharpness_metric(img[0], mask)
-        return cache[key]
-
-    coarse = centre + np.arange(-search, search + 1e-9, step_px)
-    best = float(coarse[int(np.argmin([metric(c) for c in coarse]))])
-    fine = best + np.linspace(-step_px, step_px, 2 * int(np.ceil(step_px / 0.1)) + 1)
-    values = np.array([metric(c) for c in fine])
-    i0 = int(np.argmin(values))
-    near = np.abs(fine - fine[i0]) <= 0.55
-    a2, a1, _ = np.polyfit(fine[near] - fine[i0], values[near], 2)
-    if a2 <= 0:
-        return float(fine[i0])
-    return float(fine[i0] + np.clip(-a1 / (2 * a2), -0.5, 0.5))
+        return getattr(cor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
