@@ -38,7 +38,7 @@ from xnh_stream.ingest.watch import FolderWatcher, QuarantineRecord
 from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN
 from xnh_stream.io.sources import FrameRecord
 from xnh_stream.live.views import merge_views, slab_views
-from xnh_stream.physics.fbp import estimate_cor
+from xnh_stream.physics.cor import estimate_cor
 from xnh_stream.physics.xp import bin_2d, binning_for
 from xnh_stream.quality.alerts import CallbackSink, default_router
 from xnh_stream.quality.monitor import QualityMonitor

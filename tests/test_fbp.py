@@ -9,13 +9,12 @@ from xnh_stream.physics.fbp import (
     WINDOWS,
     FBPAccumulator,
     backproject,
-    estimate_cor,
-    estimate_cor_sinogram,
     fbp,
     filter_projection,
     padded_length,
     ramp_filter,
 )
+from xnh_stream.physics.cor import estimate_cor, estimate_cor_sinogram
 
 # (x0, y0, z0, radius, value): spheres relative to the rotation axis / volume centre, voxel units.
 SPHERES = [

@@ -55,7 +55,8 @@ from ..io.omezarr import create_volume, open_volume
 from ..io.sources import FrameRecord
 from ..physics.align import ShiftModel, measure_distance_shifts
 from ..physics.envelope import SampleEnvelope, envelope_from_volume
-from ..physics.fbp import FBPAccumulator, estimate_cor, estimate_cor_sinogram
+from ..physics.cor import estimate_rotation_axis
+from ..physics.fbp import FBPAccumulator
 from ..physics.fsc import edge_resolution, half_bit_threshold, fourier_shell_correlation, resolution_from_fsc
 from ..physics.phase import retrieve_phase_paganin
 from ..physics.xp import bin_2d, binning_for, get_array_module, to_numpy
@@ -191,7 +192,7 @@ def calibrate_task(distance: DistanceIndex, pca_components: int) -> tuple[Calibr
 
 @dataclass
 class AlignSample:
-    """Distance shifts measured at one angle, and the reference's Paganin rows (sinogram axis search)."""
+    """Distance shifts measured at one angle."""
 
     slot: int
     theta_deg: float
@@ -199,7 +200,6 @@ class AlignSample:
     ok: np.ndarray | None
     peaks: np.ndarray | None
     reasons: tuple[str, ...]
-    paganin_rows: np.ndarray | None
     outcome: Outcome
 
 
@@ -212,37 +212,46 @@ def align_task(item: tuple[int, float, dict[int, FrameRecord]], calibrations: li
     K = len(geometry.distances)
     ref = geometry.reference
     imgs = [_corrected(frames[k], calibrations[k], outcome, xp) if k in frames else None for k in range(K)]
-    rows = None
-    if imgs[ref] is not None:
-        ny = imgs[ref].shape[0]
-        ph = retrieve_phase_paganin(imgs[ref], geometry.distances[ref], delta_beta, xp=xp)
-        rows = to_numpy(ph[max(ny // 2 - 2, 0): ny // 2 + 2])
     shifts = ok = peaks = None
     reasons: tuple[str, ...] = ()
     if measure and all(im is not None for im in imgs):
         res = measure_distance_shifts(imgs, geometry, config.align_delta_beta, xp=xp)
         shifts, ok, peaks, reasons = res.shifts_yx, res.ok, res.peaks, res.reasons
-    return AlignSample(slot, theta, shifts, ok, peaks, reasons, rows, outcome)
+    return AlignSample(slot, theta, shifts, ok, peaks, reasons, outcome)
+
+
+@dataclass(frozen=True)
+class SurveyJob:
+    """What the survey of the reference distance keeps: binned Paganin projections (the envelope) and
+    full-resolution rows of the flat-fielded frames (the rotation axis); either may be off (None)."""
+
+    binning: int
+    binned: ProjectionStore | None
+    rows: tuple[int, ...]
+    row_store: ProjectionStore | None
 
 
 def survey_task(batch: list[tuple[int, float, FrameRecord]], calibration: Calibration, geometry: Any,
-                delta_beta: float, config: ProcessConfig, binning: int, store: ProjectionStore
-                ) -> tuple[list[int], Outcome]:
-    """Binned Paganin projections of the reference distance (the envelope pass), in binned-voxel units,
-    written to ``store``; returns the slots written."""
+                delta_beta: float, config: ProcessConfig, job: SurveyJob) -> tuple[list[int], Outcome]:
+    """One pass over reference-distance frames: binned Paganin projections in binned-voxel units (the
+    envelope) and the chosen rows of the flat-fielded frame (the rotation axis); returns the slots written."""
     xp = get_array_module(config.backend)
     d = geometry.distances[geometry.reference]
     scale = -1.0 / (2 * np.pi / d.wavelength_m * d.effective_pixel_m)  # phase -> line integral, voxel units
+    b = job.binning
     outcome = Outcome()
     slots = []
     for slot, _, rec in batch:
         img = _corrected(rec, calibration, outcome, xp)
         if img is None:
             continue
-        binned = bin_2d(img, binning)
-        phi = retrieve_phase_paganin(binned, (d.propagation_distance_m, d.wavelength_m,
-                                              d.effective_pixel_m * binning), delta_beta, xp=xp)
-        store.write(slot, to_numpy(phi * (scale / binning)))
+        if job.row_store is not None:
+            job.row_store.write(slot, to_numpy(img[list(job.rows)]))
+        if job.binned is not None:
+            binned = bin_2d(img, b)
+            phi = retrieve_phase_paganin(binned, (d.propagation_distance_m, d.wavelength_m, d.effective_pixel_m * b),
+                                         delta_beta, xp=xp)
+            job.binned.write(slot, to_numpy(phi * (scale / b)))
         slots.append(slot)
     return slots, outcome
 
@@ -386,6 +395,7 @@ class FinalChain:
         self.monitor = monitor
         self.alerts: list[dict[str, str]] = []
         self.completion: Completion | None = None  # why a live scan counted as complete (the report says)
+        self.surveyed: list[int] = []  # slots the survey of the reference distance covered
         self.quarantine: dict[str, QuarantinedFrame] = {}
         self.timing: dict[str, float] = {}
         base = self.out if self.out is not None else Path(tempfile.mkdtemp(prefix="xnh-final-"))
@@ -403,7 +413,8 @@ class FinalChain:
         h = hashlib.sha1()
         for rec in sorted(self.index.frames, key=lambda r: r.frame_id):
             h.update(f"{rec.frame_id}|{rec.image_key}|{rec.image_key_control}|{rec.rotation_angle_deg}\n".encode())
-        return {"frames": h.hexdigest(), "config": self.config.to_dict(), "layout": self.layout.__dict__}
+        # the layout is not part of it: stages whose units depend on it name their markers after it
+        return {"frames": h.hexdigest(), "config": self.config.to_dict()}
 
     def progress(self, done: int, total: int, step: str) -> None:
         """Report progress of a step."""
@@ -498,8 +509,8 @@ class FinalChain:
         return [(i, float(table.angle(i)), frames) for i, frames in enumerate(slots)]
 
     def align(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration]
-              ) -> tuple[list[ShiftModel | None], dict[str, Any], list[tuple[float, np.ndarray]]]:
-        """Distance shifts on ``align_angles`` angles and their smooth models; the Paganin rows of the reference."""
+              ) -> tuple[list[ShiftModel | None], dict[str, Any]]:
+        """Distance shifts on ``align_angles`` angles and their smooth models."""
         cfg = self.config
         n = len(slots)
         subset = np.unique(np.linspace(0, n - 1, min(cfg.align_angles, n)).round().astype(int))
@@ -513,11 +524,8 @@ class FinalChain:
         models: list[ShiftModel | None] = [None] * self.K
         if measure:
             models = [None if k == self.ref else ShiftModel(order=cfg.align_model_degree) for k in range(self.K)]
-        rows: list[tuple[float, np.ndarray]] = []
         for s in samples:
             self._note(s.outcome, "align")
-            if s.paganin_rows is not None:
-                rows.append((s.theta_deg, s.paganin_rows))
             if s.shifts_yx is None:
                 continue
             for k in range(self.K):
@@ -546,62 +554,108 @@ class FinalChain:
                 "measured_angles": model.n_points, "inliers": int(inl.sum()), "at_angle_deg": at,
                 "shift_px": model(at).round(3).tolist(),
                 "rms_residual_px": float(np.sqrt(np.mean(model.residuals()[inl] ** 2)))}
-        return models, record, rows
+        return models, record
+
+    def survey(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration]) -> SurveyJob:
+        """One pass over the reference distance for what the envelope and the rotation axis need."""
+        ny, nx = self.shape
+        b = binning_for((ny, nx), ENVELOPE_COLUMNS)
+        envelope = self.config.ctf_envelope and self.K > 1
+        axis = self.config.cor is None
+        rows = tuple(sorted({int(round(r)) for r in np.linspace(0.15 * (ny - 1), 0.85 * (ny - 1), min(6, ny))}))
+        n = len(slots)
+        job = SurveyJob(b, ProjectionStore(self.work.path / "survey.zarr", n, (ny // b, nx // b), ny // b, create=True)
+                        if envelope else None, rows,
+                        ProjectionStore(self.work.path / "axis_rows.zarr", n, (len(rows), nx), len(rows), create=True)
+                        if axis else None)
+        if not (envelope or axis):
+            return job
+
+        def compute() -> list[int]:
+            items = [(s, t, f[self.ref]) for s, t, f in slots if self.ref in f]
+            size = max(self.layout.angle_batch, math.ceil(len(items) / max(1, 4 * self.executor.parallelism)))
+            parts = self._map("survey", survey_task, _batches(items, size), self.executor.share(cals[self.ref]),
+                              self.geometry, self.delta_beta, self.config, job)
+            for _, o in parts:
+                self._note(o, "survey")
+            return sorted(s for w, _ in parts for s in w)
+
+        self.surveyed = self._cached("survey", compute)
+        return job
 
     def rotation_axis(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
-                      paganin_rows: list[tuple[float, np.ndarray]]) -> RotationAxis:
-        """The rotation axis: configured, else from a 0/180 pair of the reference, else from a sinogram."""
+                      job: SurveyJob) -> RotationAxis:
+        """The rotation axis: configured, else the consensus of independent estimators
+        (:func:`~xnh_stream.physics.cor.estimate_rotation_axis`: 0/180 pairs with the return projections,
+        Vo's sinogram method and a sliding window on several full-resolution rows); alerts when they
+        disagree by more than 1 px."""
         if self.config.cor is not None:
             return RotationAxis(float(self.config.cor), "config")
 
-        def compute() -> RotationAxis:
+        def compute() -> tuple[RotationAxis, list[dict[str, str]]]:
             ref = self.index.distances[self.ref]
             cal = cals[self.ref]
             projections = [(frames[self.ref], theta) for _, theta, frames in slots if self.ref in frames]
             candidates = [(r, r.rotation_angle_deg) for r in ref.returns] + projections
-            for rec, theta in projections:
-                partner = next((c for c, a in candidates if abs(abs(a - theta) - 180.0) < 0.05), None)
-                if partner is None:
-                    continue
-                outcome = Outcome()
-                a, b = _corrected(rec, cal, outcome), _corrected(partner, cal, outcome)
-                self._note(outcome, "rotation axis")
-                if a is not None and b is not None:
-                    # Registered on the flat-fielded holograms themselves: propagation commutes with the
-                    # mirror, while a phase retrieval of a truncated field of view does not.
-                    return RotationAxis(float(estimate_cor(to_numpy(a), to_numpy(b))), "0-180 pair")
-                break
-            ang = np.deg2rad([t for t, _ in paganin_rows])
-            sino = np.stack([r.mean(axis=0) for _, r in paganin_rows])
-            return RotationAxis(float(estimate_cor_sinogram(sino, ang)), "sinogram")
+            pairs = []
+            for want in (180.0, 0.0):  # 0/180 pairs give the axis; a return at a projection's angle, its drift
+                found = 0
+                for rec, theta in projections:
+                    partner = next((c for c, a in candidates if c is not rec and abs(abs(a - theta) - want) < 0.05
+                                    and (want or c.image_key_control == -1)), None)
+                    if partner is None:
+                        continue
+                    outcome = Outcome()
+                    a, b = _corrected(rec, cal, outcome), _corrected(partner, cal, outcome)
+                    self._note(outcome, "rotation axis")
+                    if a is not None and b is not None:
+                        pairs.append((to_numpy(a), to_numpy(b), want or 360.0))
+                        found += 1
+                    if found >= 3:
+                        break
+            written = [s for s in self.surveyed if s < len(slots)]
+            sinos = thetas = None
+            if len(written) >= 8 and job.row_store is not None:
+                block = job.row_store.read_rows(np.asarray(written), 0, len(job.rows))  # [angles, rows, nx]
+                sinos = np.ascontiguousarray(block.transpose(1, 0, 2))
+                thetas = np.deg2rad([slots[s][1] for s in written])
+            alerts = []
+            try:
+                est = estimate_rotation_axis(pairs, sinos, thetas)
+            except ValueError as exc:
+                ny, nx = self.shape
+                alerts.append({"name": "RotationAxisUnknown", "severity": "critical",
+                               "message": f"no estimate of the rotation axis ({exc}); the detector centre is used"})
+                return RotationAxis((nx - 1) / 2, "detector centre (no estimate)"), alerts
+            if not est.agree:
+                alerts.append({"name": "RotationAxisDisagreement", "severity": "warning",
+                               "message": f"rotation-axis estimators disagree by {est.disagreement_px:.2f} px "
+                                          f"(> 1 px); {est.px:.2f} px ({est.method}) used"})
+            if est.method.endswith("(unreliable)"):
+                alerts.append({"name": "RotationAxisUnreliable", "severity": "warning",
+                               "message": f"no reliable rotation-axis estimate; {est.px:.2f} px ({est.method}) used"})
+            d = est.as_dict()
+            return RotationAxis(est.px, est.method, est.confidence_px,
+                                [{**c, "reliable": c["reliable"]} for c in d["candidates"]],
+                                disagreement_px=est.disagreement_px, axis_drift_px=est.axis_drift_px), alerts
 
-        return self._cached("rotation_axis", compute)
+        axis, alerts = self._cached("rotation_axis", compute)
+        self.alerts += alerts
+        return axis
 
-    def envelope(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
+    def envelope(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], job: SurveyJob,
                  cor: float) -> SampleEnvelope | None:
         """The sample envelope (two-material CTF), or None (disabled, one distance, or no plausible support)."""
-        if not (self.config.ctf_envelope and self.K > 1):
+        if job.binned is None:
             return None
 
         def compute() -> SampleEnvelope | None:
-            ny, nx = self.shape
-            b = binning_for((ny, nx), ENVELOPE_COLUMNS)
-            store = ProjectionStore(self.work.path / "survey.zarr", len(slots), (ny // b, nx // b), ny // b,
-                                    create=True)
-            items = [(s, t, f[self.ref]) for s, t, f in slots if self.ref in f]
-            batches = _batches(items, max(self.layout.angle_batch,
-                                          math.ceil(len(items) / max(1, 4 * self.executor.parallelism))))
-            parts = self._map("envelope", survey_task, batches, self.executor.share(cals[self.ref]), self.geometry,
-                              self.delta_beta, self.config, b, store)
-            for _, o in parts:
-                self._note(o, "envelope")
-            written = [s for w, _ in parts for s in w]
             thetas = np.array([t for _, t, _ in slots])
-            (_, env), = self.executor.map(envelope_task, [written], store, thetas, self.shape, b, cor,
-                                          self.config.backend)
+            (_, env), = self.executor.map(envelope_task, [self.surveyed], job.binned, thetas, self.shape, job.binning,
+                                          cor, self.config.backend)
             if env is not None:
                 log.info("sample envelope: support %.0f %% of the volume, mean delta %.3g (binning %d)",
-                         100 * env.support_fraction, env.delta_mean, b)
+                         100 * env.support_fraction, env.delta_mean, job.binning)
             return env
 
         return self._cached("envelope", compute)
@@ -609,7 +663,8 @@ class FinalChain:
     def phase(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
               cals: list[Calibration], store: ProjectionStore) -> list[int]:
         """Every angle's projection into the projection store; returns the slots written."""
-        done = self.work.done("phase")
+        stage = f"phase_b{self.layout.angle_batch}"
+        done = self.work.done(stage)
         batches = _batches(slots, self.layout.angle_batch)
         todo = [(i, b) for i, b in enumerate(batches) if str(i) not in done]
         written: list[int] = []
@@ -623,7 +678,7 @@ class FinalChain:
             for n, (j, (w, outcome)) in enumerate(self.executor.map(phase_task, [b for _, b in todo], *shared,
                                                                     memory_bytes=self.layout.task_memory_bytes), 1):
                 i = todo[j][0]
-                self.work.mark("phase", str(i), {"written": w, "quarantined": outcome.quarantined})
+                self.work.mark(stage, str(i), {"written": w, "quarantined": outcome.quarantined})
                 written += w
                 self._note(outcome, "phase")
                 self.progress(n + len(done), len(batches), "phase")
@@ -659,12 +714,13 @@ class FinalChain:
         jobs = [SlabJob(r0, min(r0 + rows, ny), slots, np.deg2rad(thetas_deg[slots]), cor, self.config.fbp_window,
                         self.config.fbp_padding, nx, str(volume_path), tuple(boxes), str(halves_path))
                 for r0 in range(0, ny, rows)]
-        done = self.work.done("slab")
+        stage = f"slab_r{rows}"
+        done = self.work.done(stage)
         todo = [j for j in jobs if str(j.r0) not in done]
         t0 = time.perf_counter()
         for n, (_, r0) in enumerate(self.executor.map(slab_task, todo, store,
                                                       memory_bytes=self.layout.task_memory_bytes), 1):
-            self.work.mark("slab", str(r0))
+            self.work.mark(stage, str(r0))
             self.progress(n + len(jobs) - len(todo), len(jobs), "backproject")
         self.timing["backproject"] = round(time.perf_counter() - t0, 3)
 
@@ -674,10 +730,10 @@ class FinalChain:
             arr, _ = open_volume(volume_path, level)
             nz = arr.shape[0]
             jobs = [(str(volume_path), level, r0, min(r0 + rows, nz)) for r0 in range(0, nz, rows)]
-            done = self.work.done(f"level{level}")
+            done = self.work.done(f"level{level}_r{rows}")
             todo = [j for j in jobs if str(j[2]) not in done]
             for _, r0 in self.executor.map(pyramid_task, todo):
-                self.work.mark(f"level{level}", str(r0))
+                self.work.mark(f"level{level}_r{rows}", str(r0))
             self.progress(level, n_levels - 1, "pyramid")
 
     def resolution(self, halves_path: Path, boxes: list[tuple[int, ...]]) -> tuple[Resolution, dict[str, Any]]:
@@ -723,10 +779,11 @@ class FinalChain:
         cals = self.calibrate()
         slots = self.pair()
         thetas = np.array([t for _, t, _ in slots])
-        models, shift_record, paganin_rows = self.align(slots, cals)
-        axis = self.rotation_axis(slots, cals, paganin_rows)
+        models, shift_record = self.align(slots, cals)
+        survey = self.survey(slots, cals)
+        axis = self.rotation_axis(slots, cals, survey)
         log.info("centre of rotation %.2f px (%s)", axis.px, axis.method)
-        envelope = self.envelope(slots, cals, axis.px)
+        envelope = self.envelope(slots, survey, axis.px)
         contrast = None
         if envelope is not None:
             contrast = cfg.delta_beta_contrast or delta_beta_of(cfg.stain_formula, cfg.stain_density,
@@ -871,19 +928,18 @@ class FinalChain:
                 continue
             if r.state == RECEIVED:
                 vanished_pending.append(r.frame_id)
-            elif r.state == PROCESSED and r.stage != "vanished":
-                missing.append(r.frame_id)
+            elif r.state == PROCESSED:
+                missing.append(r.frame_id)  # used live, gone now: not in the final volume
         if vanished_pending:
             journal.mark_many(vanished_pending, QUARANTINED, stage="final", reasons=[
                 "not in the scan folder at the final pass (its file vanished or was replaced)"] * len(vanished_pending))
         if missing:
-            journal.mark_many(missing, PROCESSED, stage="vanished")
-            journal.emit("frames_vanished", {"frames": len(missing)}, key=f"vanished:{len(missing)}")
+            journal.emit("frames_vanished", {"frames": len(missing), "first": missing[:20]}, key="frames_vanished")
         rest = [r.frame_id for r in journal.pending()]
         if rest:
             journal.mark_many(rest, PROCESSED, stage="final")
         summary = journal.summary()
-        n_missing = sum(1 for r in journal.iter_records() if r.state == PROCESSED and r.stage == "vanished")
+        n_missing = len(missing)
         return FrameAccount(summary["received"], summary["processed"], summary["quarantined"], summary["pending"],
                             summary["duplicates"],
                             [QuarantinedFrame(q["file"], q["index"], q["reason"], q.get("stage"))

@@ -84,6 +84,8 @@ class RotationAxis:
     method: str
     confidence_px: float | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    disagreement_px: float | None = None
+    axis_drift_px: float | None = None
 
 
 @dataclass
@@ -167,7 +169,7 @@ class ScanReport:
         values = {k: v for k, v in d.items() if k in known}
         values.update(
             cor=RotationAxis(**{k: v for k, v in (d.get("cor") or {"px": math.nan, "method": "unknown"}).items()
-                                if k in ("px", "method", "confidence_px", "candidates")}),
+                                if k in {f.name for f in fields(RotationAxis)}}),
             fsc=Resolution(**{k: v for k, v in fsc.items() if k in {f.name for f in fields(Resolution)}}),
             dose=Dose(dose.pop("gray", math.nan), dose.pop("per_distance_gray", []), dose.pop("mu_rho_m2_per_kg", None),
                       dose),

@@ -205,8 +205,8 @@ def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
                   translation_m: tuple[float, float, float] | None = None) -> list[zarr.Array]:
     """Create an empty float32 OME-NGFF multiscale volume to be filled region by region.
 
-    The metadata are those :func:`write_volume` writes; an existing group with the same level shapes is
-    opened, not replaced (a resumed run keeps what it wrote).
+    The metadata are those :func:`write_volume` writes; an existing group with the same level shapes and
+    chunks is opened, not replaced (a resumed run keeps what it wrote).
 
     Parameters
     ----------
@@ -236,7 +236,8 @@ def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
         try:
             group = zarr.open_group(str(path), mode="r+")
             levels = [group[f"s{i}"] for i in range(len(shapes))]
-            if [tuple(a.shape) for a in levels] == shapes:
+            want = [tuple(min(c, n) for c, n in zip(chunks, sh)) for sh in shapes]
+            if [tuple(a.shape) for a in levels] == shapes and [tuple(a.chunks) for a in levels] == want:
                 return levels
         except (KeyError, ValueError):
             pass

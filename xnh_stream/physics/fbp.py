@@ -461,18 +461,3 @@ def fbp(
             backproject(filt[i], thetas[a0 + i], cor, out, xp=xp, workers=workers)
     out *= np.float32(np.pi / n_angles)
     return out[0] if single else out
-
-
-# --------------------------------------------------------------------------------------------------
-# Centre of rotation: moved to xnh_stream.physics.cor (one copy); the old names resolve lazily here.
-# --------------------------------------------------------------------------------------------------
-_MOVED_TO_COR = ("estimate_cor", "estimate_cor_sinogram")
-
-
-def __getattr__(name: str) -> Any:
-    """Old import path of the centre-of-rotation functions (``from xnh_stream.physics.fbp import estimate_cor``)."""
-    if name in _MOVED_TO_COR:
-        from xnh_stream.physics import cor  # noqa: PLC0415 (cor imports this module)
-
-        return getattr(cor, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,9 @@
 ``OUT/work/`` holds
 
 * ``spec.json``: what the work is for (the frames of the scan, the options, the format number). A run
-  whose spec differs (another scan in the same output, other options) starts the work afresh;
+  whose spec differs (another scan in the same output, other options) starts the work afresh. How the
+  work is cut is not in it: a stage whose units depend on the cut names its markers after it
+  (``phase_b16``, ``slab_r8``), so a run with another cut redoes only those stages;
 * ``results/<step>.pkl``: the result of each driver-side step (calibration, alignment, rotation axis,
   envelope ...), written atomically (temporary file, then rename);
 * ``done/<stage>/<key>.json``: a marker per finished unit of a distributed step (a batch of angles, a
