@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from xnh_stream.config import ConfigError, ProcessConfig
-from xnh_stream.quality.alerts import AlertRouter, CallbackSink, WebhookSink, evaluate_alerts
+from xnh_stream.quality.alerts import Alert, AlertRouter, CallbackSink, WebhookSink, evaluate_alerts
 
 CFG = ProcessConfig(dose_warning_gray=1e8, dose_critical_gray=1e9, drift_warning_px=1.0, drift_critical_px=3.0,
                     drift_warning_nm=150.0, warp_warning_px=0.5, warp_critical_px=1.5, scale_warning=0.002,
@@ -118,3 +118,47 @@ def test_a_slow_or_absent_webhook_never_blocks(receiver):
     assert dead.flush(3.0) and dead.failures == 1 and dead.sent == 0
     with pytest.raises(ValueError, match="http"):
         WebhookSink("alertmanager:9093")
+
+
+def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged_or_reported(caplog):
+    """``http://user:secret@host/...``: the password goes in the Authorization header only; logs, the sink's
+    url and the report's config show ``***@``."""
+    import base64
+    import http.server
+    import logging
+    import threading
+
+    from xnh_stream.config import ProcessConfig
+    from xnh_stream.quality.alerts import WebhookSink, redact_url
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://alice:s3cr%40t@127.0.0.1:{server.server_port}/api/v2/alerts"
+    try:
+        with caplog.at_level(logging.DEBUG):
+            sink = WebhookSink(url, timeout_s=2.0)
+            sink.publish([Alert("DoseWarning", "warning", "x", 1.0, 0.5)], [], True)
+            assert sink.flush(10)
+            bad = WebhookSink("http://bob:hunter2@127.0.0.1:1/x", timeout_s=0.5)  # refused: logged
+            bad.publish([Alert("DoseWarning", "warning", "x", 1.0, 0.5)], [], True)
+            bad.flush(10)
+    finally:
+        server.shutdown()
+    assert seen == ["Basic " + base64.b64encode(b"alice:s3cr@t").decode()]
+    assert sink.url.startswith("http://***@127.0.0.1") and bad.failures == 1
+    logs = caplog.text
+    assert "s3cr" not in logs and "hunter2" not in logs and "***@127.0.0.1:1/x" in logs
+    assert "hunter2" not in str(ProcessConfig(alert_webhook="http://bob:hunter2@am:9093/a").to_dict())
+    assert redact_url("http://am:9093/a") == "http://am:9093/a"

@@ -219,7 +219,7 @@ class ProcessConfig:
     def layered(cls, path: str | Path | None = None, env: dict[str, str] | None = None,
                 overrides: dict[str, Any] | None = None) -> ProcessConfig:
         """Defaults, then the YAML file ``path``, then ``XNH_*`` environment variables, then ``overrides``."""
-        values = cls.from_file(path).to_dict() if path else {}
+        values = dataclasses.asdict(cls.from_file(path)) if path else {}
         env = os.environ if env is None else env
         known = {f.name for f in fields(cls)}
         for name, raw in env.items():
@@ -233,8 +233,13 @@ class ProcessConfig:
         return cls.from_mapping(values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of all options (for the report)."""
-        return dataclasses.asdict(self)
+        """Plain dictionary of all options (for the report), secrets removed (a webhook's password)."""
+        from .quality.alerts import redact_url  # noqa: PLC0415
+
+        d = dataclasses.asdict(self)
+        if d.get("alert_webhook"):
+            d["alert_webhook"] = redact_url(d["alert_webhook"])
+        return d
 
 
 def _ordered(warning: float | None, critical: float | None) -> bool:

@@ -468,14 +468,15 @@ class FinalChain:
                 log.warning("distance %s has no usable dark frame: assuming a dark level of 0", d.name)
         problems = [(d, cal.problem()) for d, cal in zip(self.index.distances, cals)]
         bad = [(d, p) for d, p in problems if p]
-        if len(bad) == len(problems) or (bad and bad[0][0] is self.index.distances[self.ref]):
+        if len(bad) == len(problems):
             d, p = bad[0]
             raise InputError(d.frames[0].path if d.frames else d.name, f"distance {d.name}: {p}", FIELDS["image_key"])
-        if bad:  # a distance that cannot be flat-fielded is left out, loudly
-            for d, p in bad:
-                self._drop_distance(d, p)
-            return self.calibrate()
-        return cals
+        # A distance that cannot be flat-fielded is left out, loudly (the reference too: the next most
+        # magnified distance becomes the reference). The same distances are left out on every run, so the
+        # work folder's results stay consistent.
+        for d, p in bad:
+            self._drop_distance(d, p)
+        return [cal for (d, _), cal in zip(problems, cals) if d in self.index.distances]
 
     def _drop_distance(self, d: DistanceIndex, reason: str) -> None:
         from .scan import RejectedDistance  # noqa: PLC0415
@@ -484,13 +485,24 @@ class FinalChain:
         self.index.rejected.append(RejectedDistance(d.key, d.name, reason, d.frames))
         self.geometry = self.index.geometry
         self.K, self.ref = len(self.geometry.distances), self.geometry.reference
-        self.work = WorkFolder(self.work.path, self._spec())
+        self.shape = self.index.frame_shape
+        self._reject_distance_alert(d.name, reason)
 
     def pair(self) -> list[tuple[int, float, dict[int, FrameRecord]]]:
         """Angle slots with the projection of every distance (the reference's angles, in acquisition order)."""
         ref = self.index.distances[self.ref]
-        table = AngleTable.from_reference([r.rotation_angle_deg for r in ref.projections])
-        slots: list[dict[int, FrameRecord]] = [{self.ref: r} for r in ref.projections]
+        first: dict[float, FrameRecord] = {}
+        unique = []
+        for r in ref.projections:  # a repeated angle of the reference: the first frame is used
+            key = round(r.rotation_angle_deg, 4)
+            if key in first:
+                self._quarantine(r.frame_id, f"repeated angle: {r.rotation_angle_deg:g} deg was taken already by "
+                                 f"{first[key].frame_id}", "pair")
+            else:
+                first[key] = r
+                unique.append(r)
+        table = AngleTable.from_reference([r.rotation_angle_deg for r in unique])
+        slots: list[dict[int, FrameRecord]] = [{self.ref: r} for r in unique]
         for k, d in enumerate(self.index.distances):
             if k == self.ref:
                 continue
@@ -498,9 +510,11 @@ class FinalChain:
                 slot, displaced = table.file(k, rec.frame_id, rec.rotation_angle_deg, create=False)
                 if slot is not None:
                     if displaced is not None:
-                        self._quarantine(displaced, AngleTable.refusal(slots[slot][k].rotation_angle_deg, d.name),
-                                         "pair")
+                        old = slots[slot][k]
+                        self._quarantine(displaced, AngleTable.refusal(old.rotation_angle_deg, d.name), "pair")
                     slots[slot][k] = rec
+                elif table.find(rec.rotation_angle_deg) is not None:
+                    self._quarantine(rec.frame_id, AngleTable.refusal(rec.rotation_angle_deg, d.name), "pair")
                 else:
                     self._quarantine(rec.frame_id, "projection angle has no match in the reference distance "
                                      f"(within {table.tolerance_deg:.3g} deg)", "pair")

@@ -666,6 +666,32 @@ class NXtomoWriter:
         self.close()
 
 
+#: A frame with more than this fraction of its pixels at the largest count its integer type holds is saturated.
+SATURATED_FRACTION = 0.01
+
+
+def raw_problem(raw: np.ndarray) -> str | None:
+    """Why a frame as stored (its own dtype) cannot be trusted, or ``None``.
+
+    * negative counts in a signed integer frame: the counter wrapped around (e.g. int8 or int16 data of a
+      detector that counts higher);
+    * more than :data:`SATURATED_FRACTION` of the pixels at the largest value of an integer type: saturated.
+    """
+    raw = np.asarray(raw)
+    if not np.issubdtype(raw.dtype, np.integer):
+        return None
+    info = np.iinfo(raw.dtype)
+    if info.min < 0:
+        n_neg = int(np.count_nonzero(raw < 0))
+        if n_neg:
+            return (f"{n_neg} negative counts in {raw.dtype} data: the detector's counts wrapped around "
+                    f"(they exceed {info.max})")
+    n_max = int(np.count_nonzero(raw == info.max))
+    if n_max > SATURATED_FRACTION * raw.size:
+        return f"saturated: {100 * n_max / raw.size:.1f} % of the pixels at {info.max}, the largest {raw.dtype} count"
+    return None
+
+
 def frame_problem(frame: np.ndarray, shape: tuple[int, int]) -> str | None:
     """Why a frame cannot be used (wrong shape, NaN/inf, all zero), or ``None`` if it is usable."""
     if frame.shape != tuple(shape):

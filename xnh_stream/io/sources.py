@@ -89,6 +89,7 @@ from .nxtomo import (
     _open,
     _text,
     frame_problem,
+    raw_problem,
     read_geometry,
     read_nxtomo,
     scale_field,
@@ -234,11 +235,15 @@ def _read_nxtomo_frame(path: Path, entry: str | None, index: int) -> np.ndarray:
             if not 0 <= index < ds.shape[0]:
                 raise InputError(path, f"frame {index} does not exist (the file holds {ds.shape[0]})",
                                  FIELDS["data"])
-            return np.asarray(ds[index], dtype=np.float32)
+            raw = np.asarray(ds[index])
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             if isinstance(exc, InputError):
                 raise
             raise InputError(path, f"frame {index} cannot be read: {exc}", FIELDS["data"]) from exc
+    problem = raw_problem(raw)
+    if problem:
+        raise InputError(path, f"frame {index}: {problem}", FIELDS["data"])
+    return raw.astype(np.float32)
 
 
 @dataclass
@@ -790,9 +795,13 @@ def _read_edf_frame(path: Path, index: int) -> np.ndarray:
     try:
         with fabio.open(str(path)) as im:
             fr = im if index == 0 else im.getframe(index)
-            return np.asarray(fr.data, dtype=np.float32)
+            raw = np.asarray(fr.data)
     except Exception as exc:  # fabio raises many types on a damaged file
         raise InputError(path, f"frame {index} cannot be read: {exc}", "data") from exc
+    problem = raw_problem(raw)
+    if problem:
+        raise InputError(path, f"frame {index}: {problem}", "data")
+    return raw.astype(np.float32)
 
 
 def _motor(header: dict[str, str], motor: str) -> float | None:

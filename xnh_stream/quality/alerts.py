@@ -24,6 +24,7 @@ slow or absent receiver never blocks the stream.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import json
 import logging
@@ -33,6 +34,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -247,13 +249,41 @@ def alertmanager_payload(firing: Iterable[Alert], resolved: Iterable[Alert], sta
     return out
 
 
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """A URL without its ``user:password@`` part, and that part as an HTTP Basic ``Authorization`` value.
+
+    Credentials never reach a log line or a report: the URL kept for display is the bare one.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return bare, f"Basic {token}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (for logs and reports)."""
+    bare, auth = split_credentials(url)
+    if auth is None:
+        return url
+    scheme, rest = bare.split("://", 1)
+    return f"{scheme}://***@{rest}"
+
+
 class WebhookSink(Sink):
     """POST alerts to an Alertmanager-compatible receiver, from a background thread.
 
     Parameters
     ----------
     url : str
-        E.g. ``http://alertmanager:9093/api/v2/alerts``.
+        E.g. ``http://alertmanager:9093/api/v2/alerts``; ``user:password@`` in it is sent as HTTP Basic
+        authentication and never logged.
     timeout_s : float
         Connection and read timeout of one POST.
     resend_s : float
@@ -276,7 +306,9 @@ class WebhookSink(Sink):
                  labels: Mapping[str, str] | None = None, generator_url: str = "", max_queue: int = 16) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"alert webhook URL must start with http:// or https://, got {url!r}")
-        self.url, self.timeout_s, self.resend_s = url, float(timeout_s), float(resend_s)
+        self._post_url, self._auth = split_credentials(url)
+        self.url = redact_url(url)  # what logs show
+        self.timeout_s, self.resend_s = float(timeout_s), float(resend_s)
         self.labels = dict(labels or {"job": "xnh-stream", "instance": socket.gethostname()})
         self.generator_url = generator_url
         self.sent = self.failures = self.superseded = 0
@@ -317,15 +349,18 @@ class WebhookSink(Sink):
             if payload is None:
                 return
             data = json.dumps(payload).encode()
-            req = urllib.request.Request(self.url, data=data, method="POST",
-                                         headers={"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"}
+            if self._auth:
+                headers["Authorization"] = self._auth
+            req = urllib.request.Request(self._post_url, data=data, method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     resp.read()
                 self.sent += 1
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 self.failures += 1
-                log.warning("alert webhook %s: POST of %d alert(s) failed: %s", self.url, len(payload), exc)
+                log.warning("alert webhook %s: POST of %d alert(s) failed: %s", self.url, len(payload),
+                            str(exc).replace(self._post_url, self.url))
             finally:
                 self._queue.task_done()
 
