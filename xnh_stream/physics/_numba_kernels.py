@@ -36,7 +36,7 @@ FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 @_jit(parallel=True, fastmath=FASTMATH, nogil=True)
 def bp_lines(pairs, zrow, xr, yr, dx, dy, cs, sn, origin, out):  # pragma: no cover - compiled
     """``out[r, i] += sum_a pairs[zrow[r], a, k].real + w pairs[zrow[r], a, k].imag`` with
-    ``k + w = origin + (xr[r] + i dx) cos_a + (yr[r] + i dy) sin_a`` (32.32 fixed point)."""
+    ``k + w = origin + (xr[r] + i dx[r]) cos_a + (yr[r] + i dy[r]) sin_a`` (32.32 fixed point)."""
     n_lines, m = out.shape
     n_angles = cs.shape[0]
     scale = 4294967296.0  # 2^32
@@ -49,7 +49,7 @@ def bp_lines(pairs, zrow, xr, yr, dx, dy, cs, sn, origin, out):  # pragma: no co
         for a in range(n_angles):
             p = pairs[z, a]
             t0 = np.int64(np.floor((origin + xr[r] * cs[a] + yr[r] * sn[a]) * scale + 0.5))
-            st = np.int64(np.floor((dx * cs[a] + dy * sn[a]) * scale + 0.5))
+            st = np.int64(np.floor((dx[r] * cs[a] + dy[r] * sn[a]) * scale + 0.5))
             for i in range(m):
                 t = np.uint64(t0 + i * st)
                 c = p[t >> shift]

@@ -113,13 +113,13 @@ def backproject_lines(
     zrow: np.ndarray,
     xr: np.ndarray,
     yr: np.ndarray,
-    direction: tuple[float, float],
+    direction: tuple[Any, Any],
     out: np.ndarray,
     workers: int = 1,
 ) -> np.ndarray:
     """Back-project filtered projections onto lines of voxels (CPU, compiled), adding into ``out``.
 
-    Line ``r`` is the points ``(x, y) = (xr[r] + i dx, yr[r] + i dy)`` (voxels from the rotation axis),
+    Line ``r`` is the points ``(x, y) = (xr[r] + i dx[r], yr[r] + i dy[r])`` (voxels from the rotation axis),
     ``i = 0 .. m-1``, on detector row ``zrow[r]``; ``out[r, i]`` receives
     ``sum_a interp(filtered[a, zrow[r]], cor + x cos(theta_a) + y sin(theta_a))``.
 
@@ -135,8 +135,8 @@ def backproject_lines(
         Detector row of each line (``0 .. nz-1``), non-decreasing.
     xr, yr : ndarray ``[n_lines]`` float
         First point of each line.
-    direction : (float, float)
-        ``(dx, dy)`` step between the points of a line.
+    direction : (float or ndarray ``[n_lines]``, same)
+        ``(dx, dy)`` step between the points of a line (one for all lines, or one per line).
     out : ndarray ``[n_lines, m]`` float32
         Accumulated in place (a view with contiguous rows is fine).
     workers : int
@@ -155,7 +155,8 @@ def backproject_lines(
     n_lines, m = out.shape
     if n_lines == 0 or m == 0 or n_angles == 0:
         return out
-    dx, dy = float(direction[0]), float(direction[1])
+    dx = np.ascontiguousarray(np.broadcast_to(np.asarray(direction[0], dtype=np.float64), (n_lines,)))
+    dy = np.ascontiguousarray(np.broadcast_to(np.asarray(direction[1], dtype=np.float64), (n_lines,)))
     zrow = np.asarray(zrow, dtype=np.int64)
     xr = np.asarray(xr, dtype=np.float64)
     yr = np.asarray(yr, dtype=np.float64)
@@ -191,8 +192,8 @@ def backproject_lines(
             for a0 in range(0, n_angles, block):
                 a1 = min(n_angles, a0 + block)
                 pairs = padded_pairs(filtered[a0:a1, z0:z1], left, right).view(np.complex64)[..., 0]
-                bp_lines(pairs, local, xr[l0:l1], yr[l0:l1], dx, dy, cs[a0:a1], sn[a0:a1], origin,
-                         out[l0:l1])
+                bp_lines(pairs, local, xr[l0:l1], yr[l0:l1], dx[l0:l1], dy[l0:l1], cs[a0:a1], sn[a0:a1],
+                         origin, out[l0:l1])
     finally:
         numba.set_num_threads(previous)
     return out
