@@ -147,9 +147,7 @@ def backproject_lines(
     ndarray
         ``out``.
     """
-    import numba  # noqa: PLC0415
-
-    from xnh_stream.physics._numba_kernels import bp_lines  # noqa: PLC0415
+    from xnh_stream.physics._numba_kernels import bp_lines, threads  # noqa: PLC0415
 
     n_angles, nz, n_det = filtered.shape
     n_lines, m = out.shape
@@ -176,10 +174,7 @@ def backproject_lines(
     thetas = np.asarray(thetas, dtype=np.float64)
     cs, sn = np.cos(thetas), np.sin(thetas)
 
-    previous = numba.get_num_threads()
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if workers <= 0
-                          else max(1, min(int(workers), numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with threads(workers):
         # Lines in chunks of detector rows whose padded pairs stay under _CHUNK_BYTES per angle block.
         block = _angle_block(length, n_angles)
         rows_per_chunk = max(1, _CHUNK_BYTES // (8 * length * block))
@@ -194,8 +189,6 @@ def backproject_lines(
                 pairs = padded_pairs(filtered[a0:a1, z0:z1], left, right).view(np.complex64)[..., 0]
                 bp_lines(pairs, local, xr[l0:l1], yr[l0:l1], dx[l0:l1], dy[l0:l1], cs[a0:a1], sn[a0:a1],
                          origin, out[l0:l1])
-    finally:
-        numba.set_num_threads(previous)
     return out
 
 
