@@ -128,3 +128,107 @@ def resample_bilinear(p, y0, y1, wy, x0, x1, wx, out):  # pragma: no cover - com
             hi = a[x1[j]] * (one - v) + b[x1[j]] * v
             o[j] = lo * (one - wx[j]) + hi * wx[j]
     return out
+
+
+#: Pole of the cubic B-spline prefilter, sqrt(3) - 2.
+_Z3 = 3.0**0.5 - 2.0
+#: Terms of the causal initial sum beyond which z^k < 1e-23 (the mirror terms then vanish too).
+_INIT_TERMS = 40
+
+
+@numba.njit(inline="always")
+def _causal_init_mirror(c, n, z):  # pragma: no cover - compiled
+    """Initial value of the causal recursion for the whole-sample mirror extension (exact for short
+    lines, truncated at z^40 for long ones)."""
+    if n - 1 <= _INIT_TERMS:
+        zn1 = z ** (n - 1)
+        s = c[0] + zn1 * c[n - 1]
+        zi = z
+        for i in range(1, n - 1):
+            s += zi * (c[i] + zn1 * c[n - 1 - i])
+            zi *= z
+        return s / (1.0 - zn1 * zn1)
+    s = c[0]
+    zi = z
+    for i in range(1, _INIT_TERMS):
+        s += zi * c[i]
+        zi *= z
+    return s
+
+
+@numba.njit(fastmath=FASTMATH, inline="always")
+def _prefilter_block(c, z):  # pragma: no cover - compiled
+    """Cubic B-spline prefilter along axis 0 of ``c`` ``[n, m]`` (float64, gain already applied), in
+    place; the ``m`` columns are independent lines (vectorised across them)."""
+    n, m = c.shape
+    for j in range(m):
+        c[0, j] = _causal_init_mirror(c[:, j], n, z)
+    for k in range(1, n):
+        for j in range(m):
+            c[k, j] += z * c[k - 1, j]
+    for j in range(m):
+        c[n - 1, j] = (z * c[n - 2, j] + c[n - 1, j]) * z / (z * z - 1.0)
+    for k in range(n - 2, -1, -1):
+        for j in range(m):
+            c[k, j] = z * (c[k + 1, j] - c[k, j])
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def bspline3_prefilter(img, out):  # pragma: no cover - compiled
+    """Cubic B-spline coefficients of ``img`` (mirror boundary), float64 recursions, into ``out`` float32:
+    the prefilter of ``scipy.ndimage.spline_filter(order=3, mode="mirror")``. Both passes run on
+    blocks of 16 lines held transposed, so that the recursions vectorise across lines."""
+    ny, nx = img.shape
+    z = _Z3
+    gain = (1.0 - z) * (1.0 - 1.0 / z)
+    width = 16
+    if nx > 1:
+        for b in numba.prange((ny + width - 1) // width):  # along x: a block of rows, held as [nx, rows]
+            i0 = b * width
+            m = min(width, ny - i0)
+            c = np.empty((nx, m), np.float64)
+            for j in range(m):
+                for k in range(nx):
+                    c[k, j] = img[i0 + j, k] * gain
+            _prefilter_block(c, z)
+            for j in range(m):
+                for k in range(nx):
+                    out[i0 + j, k] = c[k, j]
+    else:
+        out[:] = img
+    if ny > 1:
+        for b in numba.prange((nx + width - 1) // width):  # along y: a block of columns, [ny, columns]
+            j0 = b * width
+            m = min(width, nx - j0)
+            c = np.empty((ny, m), np.float64)
+            for k in range(ny):
+                for j in range(m):
+                    c[k, j] = out[k, j0 + j] * gain
+            _prefilter_block(c, z)
+            for k in range(ny):
+                for j in range(m):
+                    out[k, j0 + j] = c[k, j]
+    return out
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def resample_separable(img, ry, wy, rx, wx, out):  # pragma: no cover - compiled
+    """``out[i, j] = sum_s sum_t wy[i, s] wx[j, t] img[ry[i, s], rx[j, t]]``: rows first (a row
+    buffer per output row), then the column taps."""
+    n_in = img.shape[1]
+    ty = ry.shape[1]
+    tx = rx.shape[1]
+    for i in numba.prange(out.shape[0]):
+        row = np.zeros(n_in, np.float32)
+        for s in range(ty):
+            w = wy[i, s]
+            src = img[ry[i, s]]
+            for k in range(n_in):
+                row[k] += w * src[k]
+        o = out[i]
+        for j in range(out.shape[1]):
+            acc = np.float32(0.0)
+            for t in range(tx):
+                acc += wx[j, t] * row[rx[j, t]]
+            o[j] = acc
+    return out
