@@ -232,3 +232,59 @@ def resample_separable(img, ry, wy, rx, wx, out):  # pragma: no cover - compiled
                 acc += wx[j, t] * row[rx[j, t]]
             o[j] = acc
     return out
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def apodise_separable(v, w0, w1, w2, out):  # pragma: no cover - compiled
+    """``out = (v - mean_w(v)) * w0[i] w1[j] w2[k]`` with the window-weighted mean of ``v`` (float64
+    sums); the window is never built as a volume."""
+    n0, n1, n2 = v.shape
+    partial = np.zeros(n0, np.float64)
+    for i in numba.prange(n0):
+        s = 0.0
+        for j in range(n1):
+            t = 0.0
+            for k in range(n2):
+                t += np.float64(v[i, j, k]) * w2[k]
+            s += t * w1[j]
+        partial[i] = s * w0[i]
+    total = 0.0
+    for i in range(n0):
+        total += partial[i]
+    mean = np.float32(total / (np.sum(w0.astype(np.float64)) * np.sum(w1.astype(np.float64))
+                               * np.sum(w2.astype(np.float64))))
+    for i in numba.prange(n0):
+        for j in range(n1):
+            wij = w0[i] * w1[j]
+            for k in range(n2):
+                out[i, j, k] = (v[i, j, k] - mean) * (wij * w2[k])
+    return out
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def shell_sums(f1, f2, idx, nyquist_plane, m):  # pragma: no cover - compiled
+    """Two-sided shell sums ``[3, m]`` (cross, power 1, power 2; float64) of half spectra ``[rows, nh]``:
+    every coefficient counts twice except the planes ``k = 0`` and (``nyquist_plane``) ``k = nh - 1``."""
+    rows, nh = f1.shape
+    n_parts = min(rows, 64)
+    part = np.zeros((n_parts, 3, m), np.float64)
+    for c in numba.prange(n_parts):
+        r0 = c * rows // n_parts
+        r1 = (c + 1) * rows // n_parts
+        for r in range(r0, r1):
+            for k in range(nh):
+                w = 1.0 if (k == 0 or (nyquist_plane and k == nh - 1)) else 2.0
+                a = f1[r, k]
+                b = f2[r, k]
+                ar, ai = np.float64(a.real), np.float64(a.imag)
+                br, bi = np.float64(b.real), np.float64(b.imag)
+                s = idx[r, k]
+                part[c, 0, s] += w * (ar * br + ai * bi)
+                part[c, 1, s] += w * (ar * ar + ai * ai)
+                part[c, 2, s] += w * (br * br + bi * bi)
+    out = np.zeros((3, m), np.float64)
+    for c in range(n_parts):
+        for q in range(3):
+            for s in range(m):
+                out[q, s] += part[c, q, s]
+    return out
