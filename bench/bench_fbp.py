@@ -32,12 +32,22 @@ import numpy as np
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:
     """Smallest wall time of ``repeat`` calls (seconds)."""
-    times = []
+    return best_of_both(fn, repeat)[0]
+
+
+def best_of_both(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Smallest wall time and smallest process CPU time (all threads) of ``repeat`` calls (seconds).
+
+    On a shared machine the CPU time of a one-thread run is the steadier figure (waiting for a core
+    is not counted); the ratios below use wall time against wall time and CPU against CPU.
+    """
+    walls, cpus = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return min(walls), min(cpus)
 
 
 def load() -> str:
@@ -69,9 +79,11 @@ def memory_floor(repeat: int, mib: int = 256) -> dict[str, float]:
     previous = numba.get_num_threads()
     for w in (1, 2):
         numba.set_num_threads(min(w, numba.config.NUMBA_NUM_THREADS))
-        out[f"numba {w} thread{'s' if w > 1 else ''}"] = best_of(lambda: kernel(a, np.float32(1)), repeat) / a.size * 1e9
+        wall, cpu = best_of_both(lambda: kernel(a, np.float32(1)), repeat)
+        out[w] = (wall / a.size * 1e9, cpu / a.size * 1e9)
     numba.set_num_threads(previous)
-    out["numpy 1 thread"] = best_of(lambda: np.add(a, np.float32(1), out=a), repeat) / a.size * 1e9
+    wall, cpu = best_of_both(lambda: np.add(a, np.float32(1), out=a), repeat)
+    out["numpy"] = (wall / a.size * 1e9, cpu / a.size * 1e9)
     return out
 
 
@@ -136,31 +148,38 @@ def main() -> None:
     floor = memory_floor(repeat)
     print("\n1-2. ns per voxel update, 512^2 slice, random filtered rows, "
           f"{n_angles} angles; floor = streaming read+write of 256 MiB (8 B / voxel update)")
-    for k, v in floor.items():
-        print(f"  memory floor {k:16s} {v:7.3f} ns / voxel")
-    print(f"  {'slab':>6s} {'threads':>7s} {'batch':>8s} {'per angle':>10s} {'numpy ref':>10s} "
-          f"{'batch/floor':>12s} {'angle/floor':>12s} {'numpy/batch':>12s}")
+    print("  wall = elapsed time; cpu = process CPU time over all threads (steadier on a shared machine)")
+    for k, (wall, cpu) in floor.items():
+        label = "numpy, 1 thread" if k == "numpy" else f"numba, {k} thread{'s' if k > 1 else ''}"
+        print(f"  memory floor {label:17s} wall {wall:6.3f}  cpu {cpu:6.3f} ns / voxel")
+    print(f"  {'slab':>4s} {'thr':>3s} | {'batch':>13s} | {'per angle':>13s} | {'numpy ref':>13s} | "
+          f"{'batch/floor':>13s} | {'angle/floor':>13s} | {'numpy/batch':>11s}")
+    print(f"  {'':4s} {'':3s} | {'wall':>6s} {'cpu':>6s} | {'wall':>6s} {'cpu':>6s} | {'wall':>6s} {'cpu':>6s} | "
+          f"{'wall':>6s} {'cpu':>6s} | {'wall':>6s} {'cpu':>6s} | {'cpu':>11s}")
     results = {}
     for nz in (1, 16, 64):
         filt = rng.normal(size=(n_angles, nz, n)).astype(np.float32)
         thetas = np.sort(rng.uniform(0, np.pi, n_angles))
         out = np.zeros((nz, n, n), np.float32)
         updates = n_angles * nz * n * n
-        t_ref = None
+        ref = None
         if nz <= 16:
             few = min(n_angles, 8)
-            t_ref = best_of(lambda: [_backproject_numpy(filt[i], thetas[i], cor, out) for i in range(few)],
-                            repeat) / (few * nz * n * n) * 1e9
+            ref = np.array(best_of_both(
+                lambda: [_backproject_numpy(filt[i], thetas[i], cor, out) for i in range(few)], repeat
+            )) / (few * nz * n * n) * 1e9
         for w in (1, 2):
-            t_batch = best_of(lambda: backproject_many(filt, thetas, cor, out, workers=w), repeat) / updates * 1e9
-            t_one = best_of(lambda: [backproject(filt[i], thetas[i], cor, out, workers=w)
-                                     for i in range(n_angles)], repeat) / updates * 1e9
-            fl = floor[f"numba {w} thread{'s' if w > 1 else ''}"]
-            results[(nz, w)] = t_batch
-            ref = f"{t_ref:10.3f}" if (t_ref is not None and w == 1) else f"{'':10s}"
-            ratio_ref = f"{t_ref / t_batch:11.1f}x" if (t_ref is not None and w == 1) else f"{'':12s}"
-            print(f"  {nz:6d} {w:7d} {t_batch:8.3f} {t_one:10.3f} {ref} {t_batch / fl:11.2f}x "
-                  f"{t_one / fl:11.2f}x {ratio_ref}")
+            batch = np.array(best_of_both(lambda: backproject_many(filt, thetas, cor, out, workers=w),
+                                          repeat)) / updates * 1e9
+            one = np.array(best_of_both(lambda: [backproject(filt[i], thetas[i], cor, out, workers=w)
+                                                 for i in range(n_angles)], repeat)) / updates * 1e9
+            fl = np.array(floor[w])
+            results[(nz, w)] = batch
+            r = f"{ref[0]:6.3f} {ref[1]:6.3f}" if (ref is not None and w == 1) else f"{'':13s}"
+            rr = f"{ref[1] / batch[1]:10.1f}x" if (ref is not None and w == 1) else f"{'':11s}"
+            print(f"  {nz:4d} {w:3d} | {batch[0]:6.3f} {batch[1]:6.3f} | {one[0]:6.3f} {one[1]:6.3f} | {r} | "
+                  f"{batch[0] / fl[0]:5.2f}x {batch[1] / fl[1]:5.2f}x | {one[0] / fl[0]:5.2f}x {one[1] / fl[1]:5.2f}x | "
+                  f"{rr}")
 
     # 3. astra
     nz_a, ang_a = (2, 64) if args.quick else (8, 256)
@@ -214,12 +233,13 @@ def main() -> None:
               f"({t / (3 * big * big) * 1e9:.3f} ns / update)")
 
     # 6. cost model
-    t1 = results[(64, 1)]
-    t2 = results[(64, 2)]
+    t1 = results[(64, 1)][1]  # CPU time, 1 thread
+    t2 = results[(64, 2)][0]  # wall time, 2 threads
     updates = 2048**3 * 2000
     print("\n6. Cost model: 2048^3 voxels from 2000 angles = "
           f"{updates:.3g} voxel updates (back-projection; filtering is ~1 % of it)")
-    print(f"  measured here: {t1:.3f} ns / update on 1 thread, {t2:.3f} on 2 (batch, 64-slice slabs)")
+    print(f"  measured here: {t1:.3f} ns of CPU / update on 1 thread, {t2:.3f} ns wall on 2 threads "
+          "(batch, 64-slice slabs)")
     print(f"  this machine, 2 threads: {updates * t2 * 1e-9 / 3600:6.1f} h")
     per_core = t1
     print("  assumed CPU node: 32 cores at this machine's per-core speed, 70 % parallel efficiency "

@@ -235,6 +235,7 @@ def test_backproject_many_threads_and_chunks_do_not_change_the_result(monkeypatc
     # tiny angle blocks, row chunks and per-call line tables: many loops, same sums
     monkeypatch.setattr(bpmod, "_BLOCK_BYTES_PER_SLICE", 1)
     monkeypatch.setattr(bpmod, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(bpmod, "_MIN_PARALLEL_UPDATES", 0)  # small work runs on 2 threads too
     monkeypatch.setattr(fbpmod, "_LINES_PER_CALL", 100)
     small = backproject_many(filtered, thetas, 22.2, np.zeros((9, 48, 48), np.float32), workers=2)
     np.testing.assert_allclose(small, base, rtol=0, atol=2e-6 * np.abs(base).max())

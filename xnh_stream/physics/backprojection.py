@@ -46,6 +46,8 @@ __all__ = [
 
 #: Target size of one angle block of padded detector rows, per slice (kept in L2 cache).
 _BLOCK_BYTES_PER_SLICE = 256 * 1024
+#: Below this many voxel updates (~2 ms of one core) a call runs on one thread.
+_MIN_PARALLEL_UPDATES = 1 << 22
 #: Upper bound of the padded (value, difference) buffer of one chunk of slices x angles.
 _CHUNK_BYTES = 64 * 1024 * 1024
 
@@ -174,6 +176,8 @@ def backproject_lines(
     thetas = np.asarray(thetas, dtype=np.float64)
     cs, sn = np.cos(thetas), np.sin(thetas)
 
+    if n_angles * n_lines * m < _MIN_PARALLEL_UPDATES:
+        workers = 1  # a few ms of work: waking other threads costs more than it gains on a busy machine
     with threads(workers):
         # Lines in chunks of detector rows whose padded pairs stay under _CHUNK_BYTES per angle block.
         block = _angle_block(length, n_angles)
