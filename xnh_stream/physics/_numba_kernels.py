@@ -48,12 +48,12 @@ FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 
 @_jit(parallel=True, fastmath=FASTMATH, nogil=True)
 def bp_lines(pairs, zrow, xr, yr, dx, dy, cs, sn, origin, out):  # pragma: no cover - compiled
-    """``out[r, i] += sum_a pairs[zrow[r], a, k].real + w pairs[zrow[r], a, k].imag`` with
-    ``k + w = origin + (xr[r] + i dx[r]) cos_a + (yr[r] + i dy[r]) sin_a`` (32.32 fixed point)."""
+    """``out[r, i] += sum_a pairs[zrow[r], a, k].real + f pairs[zrow[r], a, k].imag`` with
+    ``k + f 2^-32 = origin + (xr[r] + i dx[r]) cos_a + (yr[r] + i dy[r]) sin_a`` (32.32 fixed point;
+    the differences in ``imag`` carry the factor 2^-32, so the fraction needs no scaling)."""
     n_lines, m = out.shape
     n_angles = cs.shape[0]
     scale = 4294967296.0  # 2^32
-    inv = np.float32(1.0 / 4294967296.0)
     low = np.uint64(0xFFFFFFFF)
     shift = np.uint64(32)
     for r in numba.prange(n_lines):
@@ -66,7 +66,7 @@ def bp_lines(pairs, zrow, xr, yr, dx, dy, cs, sn, origin, out):  # pragma: no co
             for i in range(m):
                 t = np.uint64(t0 + i * st)
                 c = p[t >> shift]
-                o[i] += c.real + np.float32(t & low) * inv * c.imag
+                o[i] += c.real + np.float32(t & low) * c.imag
     return out
 
 
