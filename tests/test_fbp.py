@@ -298,6 +298,14 @@ def test_accumulator_add_many_equals_add():
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale)
     with pytest.raises(ValueError, match="angles"):
         many.add_many(proj[:2], thetas[:3])
+    # filtered once outside, and a correction (difference) that does not count as an angle
+    pre = FBPAccumulator(3, 32, cor=15.0)
+    noisy = proj + rng.normal(size=proj.shape).astype(np.float32)
+    for p, q, th, i in zip(noisy, proj, thetas, idx):
+        pre.add_filtered(filter_projection(p), th, int(i))
+        pre.add_filtered(filter_projection(q - p), th, int(i), count=False)
+    assert pre.counts == one.counts
+    np.testing.assert_allclose(pre.volume(), one.volume(), rtol=0, atol=2e-5 * scale)
 
 
 # --------------------------------------------------------------------------------------------------

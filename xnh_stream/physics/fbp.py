@@ -435,6 +435,25 @@ class FBPAccumulator:
         backproject(filtered, float(theta), self.cor, self._sums[half], xp=xp, workers=self.workers)
         self._counts[half] += 1
 
+    def add_filtered(self, filtered: Any, theta: float, index: int | None = None, count: bool = True) -> None:
+        """Back-project an already filtered projection ``[n_slices, n_det]`` (filtered once, shared with
+        e.g. :class:`xnh_stream.physics.slices.OrthoSlices`).
+
+        ``index`` picks the half by parity (default: order of arrival). ``count=False`` adds a correction
+        to an angle already counted (e.g. the filtered difference final - preview; FBP is linear).
+        """
+        xp = self.xp
+        filtered = xp.asarray(filtered)
+        if filtered.shape != (self.n_slices, self.n_det):
+            raise ValueError(f"filtered projection shape {filtered.shape} does not match the accumulator "
+                             f"({self.n_slices}, {self.n_det})")
+        half = int(self.n_added if index is None else index) % 2
+        if not count and self._counts[half] == 0:
+            raise ValueError("a correction needs a projection added to that half first")
+        backproject(filtered, float(theta), self.cor, self._sums[half], xp=xp, workers=self.workers)
+        if count:
+            self._counts[half] += 1
+
     def add_many(self, projections: Any, thetas: Any, indices: Any | None = None) -> None:
         """Filter and back-project several projections ``[n, n_slices, n_det]`` at once (faster than
         :meth:`add` per angle: the halves are read and written once per block of angles).
