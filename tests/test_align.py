@@ -136,7 +136,8 @@ def test_rescale_shift_equals_sparse_matrix_form(order: int) -> None:
     from xnh_stream.physics.align import _resample_matrix
 
     img = ndimage.gaussian_filter(np.random.default_rng(8).standard_normal((70, 83)), 1.2).astype(np.float32)
-    for scale, shift, out_shape, workers in ((1.083, (1.37, -2.61), (75, 90), 1), (0.93, (-0.2, 4.4), (70, 83), 2)):
+    cases = ((1.083, (1.37, -2.61), (75, 90), 1), (0.93, (-0.2, 4.4), (70, 83), 2))
+    for scale, shift, out_shape, workers in cases:
         ours = rescale_shift(img, scale, shift, out_shape, order=order, workers=workers)
         pre = ndimage.spline_filter(img, 3, output=np.float32, mode="mirror") if order == 3 else img
         wy = _resample_matrix(70, out_shape[0], scale, shift[0], order)

@@ -255,7 +255,8 @@ def test_backproject_many_validates():
     with pytest.raises(ValueError, match="finite"):
         backproject_many(np.zeros((1, 2, 16), np.float32), [np.inf], 7.5, out)
     with pytest.raises(ValueError, match="C-contiguous"):
-        backproject_many(np.zeros((1, 2, 16), np.float32), [0.0], 7.5, np.zeros((2, 16, 32), np.float32)[:, :, ::2])
+        strided = np.zeros((2, 16, 32), np.float32)[:, :, ::2]
+        backproject_many(np.zeros((1, 2, 16), np.float32), [0.0], 7.5, strided)
 
 
 def test_numba_cache_falls_back_when_no_cache_location_is_writable(monkeypatch):
@@ -317,7 +318,8 @@ def _cupy_or_skip():
 
         cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # noqa: BLE001 - any failure means: no usable GPU here
-        pytest.skip(f"CuPy with a CUDA device is needed for the GPU back-projector ({exc.__class__.__name__})")
+        pytest.skip(f"CuPy with a CUDA device is needed for the GPU back-projector "
+                    f"({exc.__class__.__name__})")
     return cupy
 
 

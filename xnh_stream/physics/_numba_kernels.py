@@ -1,6 +1,9 @@
-"""numba kernels of :mod:`xnh_stream.physics.backprojection` (imported on first use: numba takes ~0.3 s to import).
+"""Compiled (numba) kernels of the physics modules, imported on first use (numba takes ~0.3 s to import).
 
-See that module for the method; here only the compiled loops.
+The methods are described where the kernels are used: back-projection in
+:mod:`xnh_stream.physics.backprojection`, the ray-driven projector in :mod:`xnh_stream.physics.projector`,
+upsampling in :mod:`xnh_stream.physics.envelope`, the B-spline resampling in
+:mod:`xnh_stream.physics.align`, apodisation and shell sums in :mod:`xnh_stream.physics.fsc`.
 """
 
 from __future__ import annotations

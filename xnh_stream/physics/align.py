@@ -62,7 +62,9 @@ def _kernel_weights(order: int, t: np.ndarray) -> np.ndarray:
     return np.where(t < 1, 2.0 / 3.0 - t**2 + 0.5 * t**3, np.where(t < 2, (2.0 - t) ** 3 / 6.0, 0.0))
 
 
-def _resample_taps(n_in: int, n_out: int, scale: float, shift: float, order: int) -> tuple[np.ndarray, np.ndarray]:
+def _resample_taps(
+    n_in: int, n_out: int, scale: float, shift: float, order: int
+) -> tuple[np.ndarray, np.ndarray]:
     """1-D resampling taps of one axis: input indices ``[n_out, n_taps]`` and float32 weights.
 
     Output sample ``i`` reads input coordinate ``c_in + (i - shift - c_out) / scale``, clamped to

@@ -101,7 +101,8 @@ class SampleEnvelope:
                  cor: float, xp: ModuleType = np, workers: int = 1) -> None:
         if not (np.isfinite(delta_mean) and delta_mean > 0):
             raise ValueError(f"delta_mean must be positive, got {delta_mean}")
-        self.delta_mean, self.binning, self.shape, self.xp = float(delta_mean), int(binning), tuple(frame_shape), xp
+        self.delta_mean, self.binning, self.xp = float(delta_mean), int(binning), xp
+        self.shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.workers = int(workers)
         self.support_fraction = float(np.mean(support))
         ny, nx = frame_shape

@@ -245,7 +245,8 @@ def backproject_many(
     from xnh_stream.physics.backprojection import backproject_lines, backproject_slab_gpu  # noqa: PLC0415
 
     filtered = xp.asarray(filtered)
-    thetas = np.atleast_1d(np.asarray(thetas if xp is np else xp.asnumpy(xp.asarray(thetas)), dtype=np.float64))
+    thetas = np.atleast_1d(np.asarray(thetas if xp is np else xp.asnumpy(xp.asarray(thetas)),
+                                      dtype=np.float64))
     cor = float(cor)
     _check_backprojection(filtered, thetas.ravel(), cor, out, xp)
     thetas = thetas.ravel()
@@ -480,7 +481,8 @@ class FBPAccumulator:
         for half in (0, 1):
             sel = np.nonzero(parity == half)[0]
             if sel.size:
-                backproject_many(filtered[xp.asarray(sel)] if sel.size < n else filtered, thetas[sel], self.cor,
+                part = filtered[xp.asarray(sel)] if sel.size < n else filtered
+                backproject_many(part, thetas[sel], self.cor,
                                  self._sums[half], xp=xp, workers=self.workers)
                 self._counts[half] += int(sel.size)
 

@@ -90,7 +90,9 @@ def _apodise(v: Any, alpha: float, xp: ModuleType) -> Any:
     return (v - v.dtype.type(float(mean))) * win
 
 
-def _fsc_host(v1: np.ndarray, v2: np.ndarray, shells: int, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fsc_host(
+    v1: np.ndarray, v2: np.ndarray, shells: int, alpha: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CPU body of :func:`fourier_shell_correlation`: compiled apodisation (separable window, never a
     volume), multi-threaded float32 real FFTs, one compiled pass over both half spectra into the shells."""
     from ._numba_kernels import apodise_separable, shell_sums, threads  # noqa: PLC0415

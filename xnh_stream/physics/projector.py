@@ -52,7 +52,9 @@ def _detector(n_det: int | None, cor: float | None, nx: int) -> tuple[int, float
     return n_det, cor
 
 
-def _ray_samples(ny: int, nx: int, n_det: int, cor: float, step: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+def _ray_samples(
+    ny: int, nx: int, n_det: int, cor: float, step: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Detector coordinates ``t`` of the rays and positions ``u`` of the samples along each ray."""
     half = np.hypot((ny - 1) / 2.0, (nx - 1) / 2.0) + 1.5
     n_s = int(np.ceil(2 * half / step)) + 1

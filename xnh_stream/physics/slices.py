@@ -60,7 +60,8 @@ def _as_stack(filtered: Any, thetas: Any, nz: int, n_det: int) -> tuple[np.ndarr
         filtered = filtered[None]
     thetas = np.atleast_1d(np.asarray(thetas, dtype=np.float64)).ravel()
     if filtered.ndim != 3 or filtered.shape[1:] != (nz, n_det):
-        raise ValueError(f"filtered projections must be [n_angles, {nz}, {n_det}], got shape {filtered.shape}")
+        raise ValueError(f"filtered projections must be [n_angles, {nz}, {n_det}], "
+                         f"got shape {filtered.shape}")
     if thetas.size != filtered.shape[0]:
         raise ValueError(f"{thetas.size} angles for {filtered.shape[0]} projections")
     if not np.isfinite(thetas).all():
@@ -167,13 +168,14 @@ class OrthoSlices:
         self.cor = _check_cor(cor if cor is not None else (self.n_det - 1) / 2.0, self.n_det)
         self.window, self.padding, self.workers = window, padding, int(workers)
         self._counts = dict.fromkeys(SLICE_AXES, 0)
-        self._point = (0, 0, 0)
+        self._point: tuple[int, int, int] = (0, 0, 0)
         self._build(point if point is not None else (self.n_slices // 2, self.n_out // 2, self.n_out // 2))
 
     def _build(self, point: tuple[int, int, int]) -> None:
         """Line tables of the three slices through ``point``, sorted by detector row, and a fresh buffer."""
         nz, n = self.n_slices, self.n_out
-        self._point = tuple(_check_index(a, i, nz, n) for a, i in zip(SLICE_AXES, point))  # type: ignore[assignment]
+        z0, y0, x0 = (_check_index(a, i, nz, n) for a, i in zip(SLICE_AXES, point))
+        self._point = (z0, y0, x0)
         parts = [_slice_lines(a, i, nz, n) for a, i in zip(SLICE_AXES, self._point)]
         table = [np.concatenate(col) for col in zip(*parts)]
         order = np.argsort(table[0], kind="stable")
@@ -187,7 +189,7 @@ class OrthoSlices:
     @property
     def point(self) -> tuple[int, int, int]:
         """``(z0, y0, x0)`` the slices go through."""
-        return self._point  # type: ignore[return-value]
+        return self._point
 
     @property
     def counts(self) -> dict[str, int]:
@@ -195,7 +197,7 @@ class OrthoSlices:
         return dict(self._counts)
 
     def add(self, projection: Any, theta: float) -> None:
-        """Filter one projection ``[n_slices, n_det]`` taken at ``theta`` (radians) and add it to the slices."""
+        """Filter one projection ``[n_slices, n_det]`` taken at ``theta`` (radians); add it to the slices."""
         projection = np.asarray(projection)
         if projection.shape != (self.n_slices, self.n_det):
             raise ValueError(f"projection shape {projection.shape} does not match the slices "
