@@ -62,6 +62,24 @@ def test_envelope_projection_is_the_chord_of_the_cylinder(binning):
         SampleEnvelope(support, 0.0, binning, (rows, n), cor)
 
 
+def test_envelope_upsampling_equals_scipy_bilinear_interpolation():
+    """The separable interpolation to detector pixels equals ndimage.map_coordinates (order 1, edges
+    held) applied to the binned projection."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    support = rng.random((6, 20, 20)) > 0.4
+    ny, nx, b, cor = 24, 80, 4, 41.3
+    env = SampleEnvelope(support, 1.5, b, (ny, nx), cor)
+    for theta in (0.2, 2.5):
+        coarse = np.asarray(env._projector(theta)) * b
+        ry = np.clip((np.arange(ny) + 0.5) / b - 0.5, 0, coarse.shape[0] - 1)
+        rx = np.clip((np.arange(nx) + 0.5) / b - 0.5, 0, coarse.shape[1] - 1)
+        yy, xx = np.meshgrid(ry, rx, indexing="ij")
+        ref = ndimage.map_coordinates(coarse, [yy, xx], order=1, mode="nearest")
+        np.testing.assert_allclose(env.projection(theta), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
 def test_binning_for_a_target_width_and_bin_2d():
     from xnh_stream.physics.xp import bin_2d, binning_for
 

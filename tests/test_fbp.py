@@ -8,7 +8,9 @@ import pytest
 from xnh_stream.physics.fbp import (
     WINDOWS,
     FBPAccumulator,
+    _backproject_numpy,
     backproject,
+    backproject_many,
     fbp,
     filter_projection,
     padded_length,
@@ -172,6 +174,180 @@ def test_rays_off_the_detector_contribute_nothing():
     row = out[0, 10]
     assert np.all(row[np.abs(c) > 10.5] == 0)
     assert np.all(row[np.abs(c) < 9.5] == 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiled back-projector against the NumPy reference and a float64 one built on np.interp
+# --------------------------------------------------------------------------------------------------
+def _backproject_interp64(filtered, thetas, cor, n):
+    """Independent float64 back-projection: ``np.interp`` on each detector row, extended by one zero
+    column on each side (linear interpolation towards 0 within one pixel off the detector)."""
+    n_angles, nz, n_det = filtered.shape
+    x = np.arange(n) - (n - 1) / 2
+    cols = np.arange(-1, n_det + 1, dtype=np.float64)
+    out = np.zeros((nz, n, n))
+    for a in range(n_angles):
+        t = cor + x[None, :] * np.cos(thetas[a]) + x[:, None] * np.sin(thetas[a])
+        for z in range(nz):
+            row = np.concatenate([[0.0], filtered[a, z].astype(np.float64), [0.0]])
+            out[z] += np.interp(t, cols, row, left=0.0, right=0.0)
+    return out
+
+
+@pytest.mark.parametrize(("nz", "n_det", "n", "cor"), [
+    (3, 64, 64, 31.5),    # centred axis
+    (2, 50, 70, 20.3),    # slice wider than the detector, off-centre axis
+    (1, 33, 20, 17.0),    # slice narrower than the detector
+    (2, 40, 41, 0.0),     # axis on the first column
+])
+def test_compiled_backprojection_matches_references(nz, n_det, n, cor):
+    rng = np.random.default_rng(n_det)
+    n_angles = 23
+    filtered = rng.normal(size=(n_angles, nz, n_det)).astype(np.float32)
+    thetas = rng.uniform(-np.pi, 2 * np.pi, n_angles)
+    ref32 = np.zeros((nz, n, n), np.float32)
+    for i in range(n_angles):
+        _backproject_numpy(filtered[i], thetas[i], cor, ref32)
+    exact = _backproject_interp64(filtered, thetas, cor, n)
+    scale = np.abs(exact).max()
+    many = backproject_many(filtered, thetas, cor, np.zeros((nz, n, n), np.float32), workers=2)
+    one = np.zeros((nz, n, n), np.float32)
+    for i in range(n_angles):
+        assert backproject(filtered[i], thetas[i], cor, one) is one
+    # float32 agreement with the NumPy reference; closer to float64 than that reference (exact index map)
+    np.testing.assert_allclose(many, ref32, rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(many, exact, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(one, many, rtol=0, atol=2e-6 * scale)
+    # accumulates into what is there
+    again = backproject_many(filtered, thetas, cor, many.copy(), workers=1)
+    np.testing.assert_allclose(again, 2 * many, rtol=0, atol=4e-6 * scale)
+
+
+def test_backproject_many_threads_and_chunks_do_not_change_the_result(monkeypatch):
+    import xnh_stream.physics.backprojection as bpmod
+    import xnh_stream.physics.fbp as fbpmod
+
+    rng = np.random.default_rng(4)
+    filtered = rng.normal(size=(37, 9, 48)).astype(np.float32)
+    thetas = np.linspace(0, np.pi, 37, endpoint=False)
+    base = backproject_many(filtered, thetas, 22.2, np.zeros((9, 48, 48), np.float32), workers=1)
+    # tiny angle blocks, row chunks and per-call line tables: many loops, same sums
+    monkeypatch.setattr(bpmod, "_BLOCK_BYTES_PER_SLICE", 1)
+    monkeypatch.setattr(bpmod, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(bpmod, "_MIN_PARALLEL_UPDATES", 0)  # small work runs on 2 threads too
+    monkeypatch.setattr(fbpmod, "_LINES_PER_CALL", 100)
+    small = backproject_many(filtered, thetas, 22.2, np.zeros((9, 48, 48), np.float32), workers=2)
+    np.testing.assert_allclose(small, base, rtol=0, atol=2e-6 * np.abs(base).max())
+    import numba
+
+    before = numba.get_num_threads()
+    backproject_many(filtered, thetas, 22.2, np.zeros((9, 48, 48), np.float32), workers=1)
+    assert numba.get_num_threads() == before  # restored after the call
+
+
+def test_backproject_many_validates():
+    out = np.zeros((2, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="angles"):
+        backproject_many(np.zeros((3, 2, 16), np.float32), [0.0, 1.0], 7.5, out)
+    with pytest.raises(ValueError, match=r"\[n_angles, nz, n_det\]"):
+        backproject_many(np.zeros((2, 16), np.float32), [0.0, 1.0], 7.5, out)
+    with pytest.raises(ValueError, match="finite"):
+        backproject_many(np.zeros((1, 2, 16), np.float32), [np.inf], 7.5, out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        strided = np.zeros((2, 16, 32), np.float32)[:, :, ::2]
+        backproject_many(np.zeros((1, 2, 16), np.float32), [0.0], 7.5, strided)
+
+
+def test_numba_cache_falls_back_when_no_cache_location_is_writable(monkeypatch):
+    """A read-only install: numba raises at decoration time; the kernel is then compiled uncached."""
+    import numba
+
+    from xnh_stream.physics import _numba_kernels
+
+    calls = []
+    real = numba.njit
+
+    def fake_njit(*args, cache=False, **kw):
+        calls.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, cache=cache, **kw)
+
+    monkeypatch.setattr(numba, "njit", fake_njit)
+
+    @_numba_kernels._jit()
+    def twice(x):
+        return 2 * x
+
+    assert calls == [True, False] and twice(3) == 6
+
+
+def test_accumulator_add_many_equals_add():
+    rng = np.random.default_rng(2)
+    proj = rng.normal(size=(11, 3, 32)).astype(np.float32)
+    thetas = rng.uniform(0, np.pi, 11)
+    idx = rng.permutation(11)
+    one, many = FBPAccumulator(3, 32, cor=15.0), FBPAccumulator(3, 32, cor=15.0)
+    for p, th, i in zip(proj, thetas, idx):
+        one.add(p, th, int(i))
+    many.add_many(proj[:4], thetas[:4], idx[:4])
+    many.add_many(proj[4:], thetas[4:], idx[4:])
+    assert many.counts == one.counts
+    scale = np.abs(one.volume()).max()
+    for a, b in zip(many.half_volumes(), one.half_volumes()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale)
+    with pytest.raises(ValueError, match="angles"):
+        many.add_many(proj[:2], thetas[:3])
+    # filtered once outside, and a correction (difference) that does not count as an angle
+    pre = FBPAccumulator(3, 32, cor=15.0)
+    noisy = proj + rng.normal(size=proj.shape).astype(np.float32)
+    for p, q, th, i in zip(noisy, proj, thetas, idx):
+        pre.add_filtered(filter_projection(p), th, int(i))
+        pre.add_filtered(filter_projection(q - p), th, int(i), count=False)
+    assert pre.counts == one.counts
+    np.testing.assert_allclose(pre.volume(), one.volume(), rtol=0, atol=2e-5 * scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# CuPy back-projector (runs only where CuPy sees a GPU)
+# --------------------------------------------------------------------------------------------------
+def _cupy_or_skip():
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no usable GPU here
+        pytest.skip(f"CuPy with a CUDA device is needed for the GPU back-projector "
+                    f"({exc.__class__.__name__})")
+    return cupy
+
+
+def test_gpu_backprojection_matches_cpu_with_bounded_chunks():
+    cp = _cupy_or_skip()
+    from xnh_stream.physics.backprojection import backproject_slab_gpu
+
+    rng = np.random.default_rng(9)
+    filtered = rng.normal(size=(70, 5, 48)).astype(np.float32)
+    thetas = rng.uniform(0, 2 * np.pi, 70)
+    cpu = backproject_many(filtered, thetas, 20.7, np.zeros((5, 56, 56), np.float32))
+    gpu = backproject_many(cp.asarray(filtered), thetas, 20.7, cp.zeros((5, 56, 56), cp.float32), xp=cp)
+    scale = np.abs(cpu).max()
+    np.testing.assert_allclose(cp.asnumpy(gpu), cpu, rtol=0, atol=1e-5 * scale)
+    # chunks of one slice x a few angles (a 1 kB bound): same result
+    small = backproject_slab_gpu(cp.asarray(filtered), thetas, 20.7, cp.zeros((5, 56, 56), cp.float32),
+                                 max_bytes=1024)
+    np.testing.assert_allclose(cp.asnumpy(small), cpu, rtol=0, atol=1e-5 * scale)
+
+
+def test_gpu_fbp_matches_cpu_fbp():
+    cp = _cupy_or_skip()
+    n_det, nz, n_angles = 64, 3, 90
+    cor = (n_det - 1) / 2 + 3.4
+    thetas = np.linspace(0, np.pi, n_angles, endpoint=False)
+    proj = sphere_projections(SPHERES[:2], thetas, nz, n_det, cor)
+    cpu = fbp(proj, thetas, cor=cor)
+    gpu = cp.asnumpy(fbp(cp.asarray(proj), thetas, cor=cor, xp=cp))
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4 * np.abs(cpu).max())
 
 
 # --------------------------------------------------------------------------------------------------

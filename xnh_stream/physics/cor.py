@@ -39,7 +39,7 @@ import scipy.fft
 import scipy.optimize
 from scipy.ndimage import gaussian_filter1d, median_filter
 
-from xnh_stream.physics.fbp import backproject, padded_length, ramp_filter
+from xnh_stream.physics.fbp import backproject_many, padded_length, ramp_filter
 from xnh_stream.physics.fsc import tukey_window
 from xnh_stream.physics.xp import check_finite
 
@@ -259,8 +259,7 @@ def estimate_cor_sinogram(
             rows = scipy.fft.irfft(spec * np.exp(2j * np.pi * freq * frac), n=length, axis=-1, workers=-1)
             rows = np.ascontiguousarray(rows[:, None, :n_det], dtype=np.float32)
             img = np.zeros((1, n_out, n_out), dtype=np.float32)
-            for i in range(n_angles):
-                backproject(rows[i], thetas[i], whole, img)
+            backproject_many(rows, thetas, whole, img, workers=-1)
             cache[key] = _sharpness_metric(img[0], mask)
         return cache[key]
 

@@ -66,6 +66,16 @@ def estimate_support(volume: np.ndarray, min_fraction: float = 0.02, max_fractio
     return support
 
 
+def _linear_taps(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear-interpolation taps ``(i0, i1, w)`` of positions ``coords`` on a grid of ``n`` samples,
+    clamped to the grid (the value at the nearest edge beyond it): ``f(c) = f[i0] (1 - w) + f[i1] w``."""
+    c = np.clip(np.asarray(coords, dtype=np.float64), 0, n - 1)
+    i0 = np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = (c - i0).astype(np.float32)
+    return i0, i1, w
+
+
 class SampleEnvelope(PicklableXp):
     """Projections of the sample's support filled with its mean delta.
 
@@ -83,29 +93,37 @@ class SampleEnvelope(PicklableXp):
         Rotation axis, full-resolution detector pixels.
     xp : module
         Array module of the returned projections.
+    workers : int
+        CPU threads of the projection and the interpolation (``<= 0``: all).
     """
 
     def __init__(self, support: np.ndarray, delta_mean: float, binning: int, frame_shape: tuple[int, int],
-                 cor: float, xp: ModuleType = np) -> None:
+                 cor: float, xp: ModuleType = np, workers: int = 1) -> None:
         if not (np.isfinite(delta_mean) and delta_mean > 0):
             raise ValueError(f"delta_mean must be positive, got {delta_mean}")
-        self.delta_mean, self.binning, self.shape, self.xp = float(delta_mean), int(binning), frame_shape, xp
+        self.delta_mean, self.binning, self.xp = float(delta_mean), int(binning), xp
+        self.shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.workers = int(workers)
         self.support_fraction = float(np.mean(support))
         ny, nx = frame_shape
         b = self.binning
         self._nb = (ny // b, nx // b)
         self._projector = ParallelProjector(support.astype(np.float32) * np.float32(delta_mean),
-                                            n_det=self._nb[1], cor=(cor + 0.5) / b - 0.5)
-        # full-resolution pixel centres on the binned grid
-        self._ry = np.clip((np.arange(ny) + 0.5) / b - 0.5, 0, self._nb[0] - 1)
-        self._rx = np.clip((np.arange(nx) + 0.5) / b - 0.5, 0, self._nb[1] - 1)
+                                            n_det=self._nb[1], cor=(cor + 0.5) / b - 0.5, workers=workers)
+        # full-resolution pixel centres on the binned grid, as (lower index, upper index, weight)
+        self._ry = _linear_taps((np.arange(ny) + 0.5) / b - 0.5, self._nb[0])
+        self._rx = _linear_taps((np.arange(nx) + 0.5) / b - 0.5, self._nb[1])
 
     def projection(self, theta_rad: float) -> Any:
         """Line integral of the envelope's delta [ny, nx] in full-resolution voxel units."""
-        p = to_numpy(self._projector(theta_rad)) * self.binning
+        p = to_numpy(self._projector(theta_rad)) * np.float32(self.binning)
         if self.binning > 1:
-            yy, xx = np.meshgrid(self._ry, self._rx, indexing="ij")
-            p = ndimage.map_coordinates(p, [yy, xx], order=1, mode="nearest")
+            # bilinear interpolation to the detector pixels (edge values beyond the grid)
+            from ._numba_kernels import resample_bilinear, threads  # noqa: PLC0415
+
+            full = np.empty(self.shape, dtype=np.float32)
+            with threads(self.workers):
+                p = resample_bilinear(np.ascontiguousarray(p, dtype=np.float32), *self._ry, *self._rx, full)
         return self.xp.asarray(np.ascontiguousarray(p, dtype=np.float32))
 
     def as_dict(self) -> dict[str, Any]:

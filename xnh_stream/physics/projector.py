@@ -14,8 +14,10 @@ Project-wide convention (shared with the FBP module):
 Method: ray-driven sampling. Each detector column is a ray along
 ``(-sin(theta), cos(theta))``; it is sampled every ``step`` voxels (default 1) with bilinear
 interpolation in the ``(y, x)`` plane (zero outside the grid). Because ``z`` is untouched,
-one angle is a sparse ``[n_det, ny * nx]`` matrix with four entries per sample, and the
-projection of all slices is one sparse-times-dense product.
+one angle is a sparse ``[n_det, ny * nx]`` matrix with four entries per sample (:func:`ray_matrix`),
+and the projection of all slices is one sparse-times-dense product. On the CPU the same sums are
+computed by a compiled ray-driven kernel without building the matrix (building it took most of the
+time of a new angle); on the GPU the matrix is built and applied with ``cupyx.scipy.sparse``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,17 @@ def _detector(n_det: int | None, cor: float | None, nx: int) -> tuple[int, float
     return n_det, cor
 
 
+def _ray_samples(
+    ny: int, nx: int, n_det: int, cor: float, step: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Detector coordinates ``t`` of the rays and positions ``u`` of the samples along each ray."""
+    half = np.hypot((ny - 1) / 2.0, (nx - 1) / 2.0) + 1.5
+    n_s = int(np.ceil(2 * half / step)) + 1
+    u = (np.arange(n_s) - (n_s - 1) / 2.0) * step
+    t = np.arange(n_det, dtype=np.float64) - cor
+    return t, u, float(step)
+
+
 def ray_matrix(
     theta: float, ny: int, nx: int, n_det: int, cor: float, step: float = 1.0
 ) -> scipy.sparse.csr_matrix:
@@ -81,10 +94,8 @@ def ray_matrix(
         raise ValueError(f"step must be in (0, 1], got {step}")
     c, s = np.cos(theta), np.sin(theta)
     cy, cx = (ny - 1) / 2.0, (nx - 1) / 2.0
-    half = np.hypot(cy, cx) + 1.5
-    n_s = int(np.ceil(2 * half / step)) + 1
-    u = (np.arange(n_s) - (n_s - 1) / 2.0) * step
-    t = np.arange(n_det, dtype=np.float64) - cor
+    t, u, step = _ray_samples(ny, nx, n_det, cor, step)
+    n_s = u.size
     # position along each ray: t * (cos, sin) + u * (-sin, cos)
     ix = (t[:, None] * c - u[None, :] * s + cx).ravel()
     iy = (t[:, None] * s + u[None, :] * c + cy).ravel()
@@ -140,18 +151,32 @@ class ParallelProjector(PicklableXp):
         Rotation axis in detector pixels (default ``(n_det - 1) / 2``).
     xp : module
         Array module of ``volume`` (numpy or cupy).
+    workers : int
+        CPU threads of the compiled projector (``<= 0``: all).
     """
 
-    def __init__(self, volume: Any, n_det: int | None = None, cor: float | None = None, xp: ModuleType = np):
+    def __init__(self, volume: Any, n_det: int | None = None, cor: float | None = None, xp: ModuleType = np,
+                 workers: int = 1):
         self.shape = _check_volume(volume, xp)
         self.n_det, self.cor = _detector(n_det, cor, self.shape[2])
         self.xp = xp
+        self.workers = int(workers)
         nz = self.shape[0]
         self._cols = xp.ascontiguousarray(volume.reshape(nz, -1).T, dtype=xp.float32)
 
     def __call__(self, theta: float) -> Any:
         """``[nz, n_det]`` float32 projection at angle ``theta`` (radians)."""
-        _, ny, nx = self.shape
+        if not np.isfinite(theta):
+            raise ValueError(f"theta must be finite, got {theta}")
+        nz, ny, nx = self.shape
+        if self.xp is np:
+            from ._numba_kernels import project_rays, threads  # noqa: PLC0415
+
+            t, u, step = _ray_samples(ny, nx, self.n_det, self.cor)
+            out = np.zeros((self.n_det, nz), dtype=np.float32)
+            with threads(self.workers):
+                project_rays(self._cols, ny, nx, t, float(np.cos(theta)), float(np.sin(theta)), u, step, out)
+            return np.ascontiguousarray(out.T)
         w = _to_xp_sparse(_cached_ray_matrix(float(theta), ny, nx, self.n_det, self.cor), self.xp)
         return self.xp.ascontiguousarray((w @ self._cols).T, dtype=self.xp.float32)
 

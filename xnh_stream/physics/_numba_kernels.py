@@ -1,0 +1,293 @@
+"""Compiled (numba) kernels of the physics modules, imported on first use (numba takes ~0.3 s to import).
+
+The methods are described where the kernels are used: back-projection in
+:mod:`xnh_stream.physics.backprojection`, the ray-driven projector in :mod:`xnh_stream.physics.projector`,
+upsampling in :mod:`xnh_stream.physics.envelope`, the B-spline resampling in
+:mod:`xnh_stream.physics.align`, apodisation and shell sums in :mod:`xnh_stream.physics.fsc`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numba
+import numpy as np
+
+
+def _jit(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``numba.njit`` with the on-disk cache when a cache location is writable, without it otherwise.
+
+    numba picks the cache location at decoration time and raises ``RuntimeError`` when none is usable
+    (a read-only install with no writable user cache); the kernel is then compiled at first use in
+    every process instead.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return numba.njit(cache=False, **options)(fn)
+
+    return wrap
+
+
+@contextmanager
+def threads(workers: int) -> Iterator[None]:
+    """Run numba parallel loops on ``workers`` threads (``<= 0``: all) inside the block, restored after."""
+    previous = numba.get_num_threads()
+    most = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(most if workers <= 0 else max(1, min(int(workers), most)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+# fastmath without 'nnan' / 'ninf': non-finite data then stay non-finite instead of being undefined.
+FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def bp_lines(pairs, zrow, xr, yr, dx, dy, cs, sn, origin, out):  # pragma: no cover - compiled
+    """``out[r, i] += sum_a pairs[zrow[r], a, k].real + f pairs[zrow[r], a, k].imag`` with
+    ``k + f 2^-32 = origin + (xr[r] + i dx[r]) cos_a + (yr[r] + i dy[r]) sin_a`` (32.32 fixed point;
+    the differences in ``imag`` carry the factor 2^-32, so the fraction needs no scaling)."""
+    n_lines, m = out.shape
+    n_angles = cs.shape[0]
+    scale = 4294967296.0  # 2^32
+    low = np.uint64(0xFFFFFFFF)
+    shift = np.uint64(32)
+    for r in numba.prange(n_lines):
+        z = zrow[r]
+        o = out[r]
+        for a in range(n_angles):
+            p = pairs[z, a]
+            t0 = np.int64(np.floor((origin + xr[r] * cs[a] + yr[r] * sn[a]) * scale + 0.5))
+            st = np.int64(np.floor((dx[r] * cs[a] + dy[r] * sn[a]) * scale + 0.5))
+            for i in range(m):
+                t = np.uint64(t0 + i * st)
+                c = p[t >> shift]
+                o[i] += c.real + np.float32(t & low) * c.imag
+    return out
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def project_rays(cols, ny, nx, t, c, s, u, step, out):  # pragma: no cover - compiled
+    """Ray-driven parallel projection: ``out[j, :] = sum_q bilinear(cols, point(j, q)) * step``.
+
+    ``cols`` is the volume as ``[ny * nx, nz]`` columns; ray ``j`` at detector coordinate ``t[j]`` is
+    sampled at ``t[j] (c, s) + u[q] (-s, c)`` (x, y from the grid centre), as
+    :func:`xnh_stream.physics.projector.ray_matrix` (same samples, same float32 weights).
+    """
+    cy = (ny - 1) / 2.0
+    cx = (nx - 1) / 2.0
+    nz = cols.shape[1]
+    w_step = np.float32(step)
+    one = np.float32(1.0)
+    for j in numba.prange(t.shape[0]):
+        o = out[j]
+        for q in range(u.shape[0]):
+            ix = t[j] * c - u[q] * s + cx
+            iy = t[j] * s + u[q] * c + cy
+            if not (ix > -1.0 and ix < nx and iy > -1.0 and iy < ny):
+                continue
+            x0 = np.floor(ix)
+            y0 = np.floor(iy)
+            fx = np.float32(ix - x0)
+            fy = np.float32(iy - y0)
+            xi0 = int(x0)
+            yi0 = int(y0)
+            for dy in range(2):
+                yi = yi0 + dy
+                if yi < 0 or yi >= ny:
+                    continue
+                wy = fy if dy == 1 else one - fy
+                for dx in range(2):
+                    xi = xi0 + dx
+                    if xi < 0 or xi >= nx:
+                        continue
+                    wx = fx if dx == 1 else one - fx
+                    w = wy * wx * w_step
+                    row = cols[yi * nx + xi]
+                    for z in range(nz):
+                        o[z] += w * row[z]
+    return out
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def resample_bilinear(p, y0, y1, wy, x0, x1, wx, out):  # pragma: no cover - compiled
+    """``out[i, j] = bilinear(p)`` at taps ``(y0[i], y1[i], wy[i])`` x ``(x0[j], x1[j], wx[j])``
+    (rows first, then columns: the order of a separable pass)."""
+    one = np.float32(1.0)
+    for i in numba.prange(out.shape[0]):
+        a = p[y0[i]]
+        b = p[y1[i]]
+        v = wy[i]
+        o = out[i]
+        for j in range(out.shape[1]):
+            lo = a[x0[j]] * (one - v) + b[x0[j]] * v
+            hi = a[x1[j]] * (one - v) + b[x1[j]] * v
+            o[j] = lo * (one - wx[j]) + hi * wx[j]
+    return out
+
+
+#: Pole of the cubic B-spline prefilter, sqrt(3) - 2.
+_Z3 = 3.0**0.5 - 2.0
+#: Terms of the causal initial sum beyond which z^k < 1e-23 (the mirror terms then vanish too).
+_INIT_TERMS = 40
+
+
+@numba.njit(inline="always")
+def _causal_init_mirror(c, n, z):  # pragma: no cover - compiled
+    """Initial value of the causal recursion for the whole-sample mirror extension (exact for short
+    lines, truncated at z^40 for long ones)."""
+    if n - 1 <= _INIT_TERMS:
+        zn1 = z ** (n - 1)
+        s = c[0] + zn1 * c[n - 1]
+        zi = z
+        for i in range(1, n - 1):
+            s += zi * (c[i] + zn1 * c[n - 1 - i])
+            zi *= z
+        return s / (1.0 - zn1 * zn1)
+    s = c[0]
+    zi = z
+    for i in range(1, _INIT_TERMS):
+        s += zi * c[i]
+        zi *= z
+    return s
+
+
+@numba.njit(fastmath=FASTMATH, inline="always")
+def _prefilter_block(c, z):  # pragma: no cover - compiled
+    """Cubic B-spline prefilter along axis 0 of ``c`` ``[n, m]`` (float64, gain already applied), in
+    place; the ``m`` columns are independent lines (vectorised across them)."""
+    n, m = c.shape
+    for j in range(m):
+        c[0, j] = _causal_init_mirror(c[:, j], n, z)
+    for k in range(1, n):
+        for j in range(m):
+            c[k, j] += z * c[k - 1, j]
+    for j in range(m):
+        c[n - 1, j] = (z * c[n - 2, j] + c[n - 1, j]) * z / (z * z - 1.0)
+    for k in range(n - 2, -1, -1):
+        for j in range(m):
+            c[k, j] = z * (c[k + 1, j] - c[k, j])
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def bspline3_prefilter(img, out):  # pragma: no cover - compiled
+    """Cubic B-spline coefficients of ``img`` (mirror boundary), float64 recursions, into ``out`` float32:
+    the prefilter of ``scipy.ndimage.spline_filter(order=3, mode="mirror")``. Both passes run on
+    blocks of 16 lines held transposed, so that the recursions vectorise across lines."""
+    ny, nx = img.shape
+    z = _Z3
+    gain = (1.0 - z) * (1.0 - 1.0 / z)
+    width = 16
+    if nx > 1:
+        for b in numba.prange((ny + width - 1) // width):  # along x: a block of rows, held as [nx, rows]
+            i0 = b * width
+            m = min(width, ny - i0)
+            c = np.empty((nx, m), np.float64)
+            for j in range(m):
+                for k in range(nx):
+                    c[k, j] = img[i0 + j, k] * gain
+            _prefilter_block(c, z)
+            for j in range(m):
+                for k in range(nx):
+                    out[i0 + j, k] = c[k, j]
+    else:
+        out[:] = img
+    if ny > 1:
+        for b in numba.prange((nx + width - 1) // width):  # along y: a block of columns, [ny, columns]
+            j0 = b * width
+            m = min(width, nx - j0)
+            c = np.empty((ny, m), np.float64)
+            for k in range(ny):
+                for j in range(m):
+                    c[k, j] = out[k, j0 + j] * gain
+            _prefilter_block(c, z)
+            for k in range(ny):
+                for j in range(m):
+                    out[k, j0 + j] = c[k, j]
+    return out
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def resample_separable(img, ry, wy, rx, wx, out):  # pragma: no cover - compiled
+    """``out[i, j] = sum_s sum_t wy[i, s] wx[j, t] img[ry[i, s], rx[j, t]]``: rows first (a row
+    buffer per output row), then the column taps."""
+    n_in = img.shape[1]
+    ty = ry.shape[1]
+    tx = rx.shape[1]
+    for i in numba.prange(out.shape[0]):
+        row = np.zeros(n_in, np.float32)
+        for s in range(ty):
+            w = wy[i, s]
+            src = img[ry[i, s]]
+            for k in range(n_in):
+                row[k] += w * src[k]
+        o = out[i]
+        for j in range(out.shape[1]):
+            acc = np.float32(0.0)
+            for t in range(tx):
+                acc += wx[j, t] * row[rx[j, t]]
+            o[j] = acc
+    return out
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def apodise_separable(v, w0, w1, w2, out):  # pragma: no cover - compiled
+    """``out = (v - mean_w(v)) * w0[i] w1[j] w2[k]`` with the window-weighted mean of ``v`` (float64
+    sums); the window is never built as a volume."""
+    n0, n1, n2 = v.shape
+    partial = np.zeros(n0, np.float64)
+    for i in numba.prange(n0):
+        s = 0.0
+        for j in range(n1):
+            t = 0.0
+            for k in range(n2):
+                t += np.float64(v[i, j, k]) * w2[k]
+            s += t * w1[j]
+        partial[i] = s * w0[i]
+    total = 0.0
+    for i in range(n0):
+        total += partial[i]
+    mean = np.float32(total / (np.sum(w0.astype(np.float64)) * np.sum(w1.astype(np.float64))
+                               * np.sum(w2.astype(np.float64))))
+    for i in numba.prange(n0):
+        for j in range(n1):
+            wij = w0[i] * w1[j]
+            for k in range(n2):
+                out[i, j, k] = (v[i, j, k] - mean) * (wij * w2[k])
+    return out
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def shell_sums(f1, f2, idx, nyquist_plane, m):  # pragma: no cover - compiled
+    """Two-sided shell sums ``[3, m]`` (cross, power 1, power 2; float64) of half spectra ``[rows, nh]``:
+    every coefficient counts twice except the planes ``k = 0`` and (``nyquist_plane``) ``k = nh - 1``."""
+    rows, nh = f1.shape
+    n_parts = min(rows, 64)
+    part = np.zeros((n_parts, 3, m), np.float64)
+    for c in numba.prange(n_parts):
+        r0 = c * rows // n_parts
+        r1 = (c + 1) * rows // n_parts
+        for r in range(r0, r1):
+            for k in range(nh):
+                w = 1.0 if (k == 0 or (nyquist_plane and k == nh - 1)) else 2.0
+                a = f1[r, k]
+                b = f2[r, k]
+                ar, ai = np.float64(a.real), np.float64(a.imag)
+                br, bi = np.float64(b.real), np.float64(b.imag)
+                s = idx[r, k]
+                part[c, 0, s] += w * (ar * br + ai * bi)
+                part[c, 1, s] += w * (ar * ar + ai * ai)
+                part[c, 2, s] += w * (br * br + bi * bi)
+    out = np.zeros((3, m), np.float64)
+    for c in range(n_parts):
+        for q in range(3):
+            for s in range(m):
+                out[q, s] += part[c, q, s]
+    return out
