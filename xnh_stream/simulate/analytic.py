@@ -108,6 +108,11 @@ class Ellipsoid:
     rotation: tuple[tuple[float, ...], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "centre", tuple(float(v) for v in self.centre))
+        object.__setattr__(self, "semi_axes", tuple(float(v) for v in self.semi_axes))
+        object.__setattr__(self, "rotation", tuple(tuple(float(v) for v in row) for row in self.rotation))
+        object.__setattr__(self, "delta", float(self.delta))
+        object.__setattr__(self, "beta", float(self.beta))
         if min(self.semi_axes) <= 0:
             raise ValueError(f"ellipsoid semi-axes must be positive, got {self.semi_axes}")
         r = np.asarray(self.rotation, float)
@@ -164,6 +169,9 @@ class Cylinder:
         if not (self.radius > 0 and self.half_length > 0 and np.linalg.norm(n) > 0):
             raise ValueError(f"cylinder needs a positive radius and length and a non-zero axis, got {self}")
         object.__setattr__(self, "axis", tuple(float(v) for v in n / np.linalg.norm(n)))
+        object.__setattr__(self, "centre", tuple(float(v) for v in self.centre))
+        for name in ("radius", "half_length", "delta", "beta"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     def inside(self, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray) -> np.ndarray:
         """Whether points at offsets ``(dx, dy, dz)`` from the centre (broadcasting arrays) are inside."""
@@ -504,27 +512,38 @@ class AnalyticPhantom:
     # ------------------------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (``half_length`` ``None`` for infinite cylinders)."""
-        out: dict[str, list] = {"ellipsoids": [], "cylinders": []}
+        """JSON-ready description, shapes in order (values add in that order; ``half_length`` ``None`` if infinite)."""
+        out = []
         for s in self.shapes:
             if isinstance(s, Ellipsoid):
-                out["ellipsoids"].append({"centre": list(s.centre), "semi_axes": list(s.semi_axes),
-                                          "rotation": [list(r) for r in s.rotation], "delta": s.delta,
-                                          "beta": s.beta})
+                out.append({"kind": "ellipsoid", "centre": list(s.centre), "semi_axes": list(s.semi_axes),
+                            "rotation": [list(r) for r in s.rotation], "delta": s.delta, "beta": s.beta})
             else:
-                out["cylinders"].append({"centre": list(s.centre), "axis": list(s.axis), "radius": s.radius,
-                                         "half_length": s.half_length if np.isfinite(s.half_length) else None,
-                                         "delta": s.delta, "beta": s.beta})
-        return out
+                out.append({"kind": "cylinder", "centre": list(s.centre), "axis": list(s.axis), "radius": s.radius,
+                            "half_length": s.half_length if np.isfinite(s.half_length) else None,
+                            "delta": s.delta, "beta": s.beta})
+        return {"shapes": out}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnalyticPhantom:
-        """Inverse of :meth:`to_dict`."""
-        shapes: list[Shape] = [Ellipsoid(tuple(e["centre"]), tuple(e["semi_axes"]), e["delta"], e["beta"],
-                                         tuple(tuple(r) for r in e["rotation"])) for e in d.get("ellipsoids", [])]
-        shapes += [Cylinder(tuple(c["centre"]), tuple(c["axis"]), c["radius"],
-                            float("inf") if c["half_length"] is None else c["half_length"], c["delta"], c["beta"])
-                   for c in d.get("cylinders", [])]
+        """Inverse of :meth:`to_dict`.
+
+        Raises
+        ------
+        ValueError
+            For a shape of unknown kind.
+        """
+        shapes: list[Shape] = []
+        for e in d["shapes"]:
+            if e["kind"] == "ellipsoid":
+                shapes.append(Ellipsoid(tuple(e["centre"]), tuple(e["semi_axes"]), e["delta"], e["beta"],
+                                        tuple(tuple(r) for r in e["rotation"])))
+            elif e["kind"] == "cylinder":
+                shapes.append(Cylinder(tuple(e["centre"]), tuple(e["axis"]), e["radius"],
+                                       float("inf") if e["half_length"] is None else e["half_length"],
+                                       e["delta"], e["beta"]))
+            else:
+                raise ValueError(f"unknown shape kind {e['kind']!r}")
         return cls(shapes)
 
 
