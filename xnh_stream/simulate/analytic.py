@@ -558,11 +558,12 @@ def make_analytic_phantom(cfg: SimulationConfig, density: float = 1.0) -> Analyt
     """A stained neural-tissue pin of simple shapes, sized for the frames of ``cfg``.
 
     A vertical cylinder of cytoplasm (radius ``cfg.sample_radius_px``, default 0.44 nx, infinite along the
-    axis) holds cells (ellipsoids with a stained shell ``cfg.membrane_px`` thick and a chromatin-rich
-    nucleus), neurites (tubes of stained membrane around a lighter axoplasm, radius about
-    ``cfg.calibre_px``, within 35 degrees of the axis) and mitochondria (small stained ellipsoids). Values
-    are those of :mod:`~xnh_stream.simulate.materials` at the scan energy, as increments over the cytoplasm.
-    Shapes fill the height seen by the least magnified distance; their number grows with the frame.
+    axis) holds cells (ellipsoids about 0.07 nx across with a stained shell ``cfg.membrane_px`` thick and a
+    chromatin-rich nucleus, 10 % of the volume), neurites (straight tubes of stained membrane around a lighter
+    axoplasm crossing the whole field, radius about ``cfg.calibre_px`` times ``max(1, nx / 256)``, within 35
+    degrees of the axis, 4 %) and mitochondria (small stained ellipsoids, 0.2 %). Values are those of
+    :mod:`~xnh_stream.simulate.materials` at the scan energy, as increments over the cytoplasm. Shapes fill
+    the height seen by the least magnified distance; their sizes scale with the frame width.
 
     Parameters
     ----------
@@ -612,21 +613,22 @@ def make_analytic_phantom(cfg: SimulationConfig, density: float = 1.0) -> Analyt
         offset = rng.uniform(-0.15, 0.15, 3) * axes
         nuc = 0.45 * axes
         shapes.append(Ellipsoid(tuple(np.asarray(centre) + offset), tuple(nuc), *nucleus, rot))
-    # neurites: straight tubes across the field (axons), within 35 degrees of the pin axis, 5 % of the volume
+    # neurites: straight tubes across the field (axons), within 35 degrees of the pin axis, 4 % of the volume
     calibre = max(float(cfg.calibre_px), 1.5 * shell + 1) * max(1.0, cfg.nx / 256)
     length = 2 * half_height
-    n_neurites = int(round(density * 0.05 * volume / (np.pi * calibre**2 * length)))
+    n_neurites = int(round(density * 0.04 * volume / (np.pi * calibre**2 * length)))
+    tilt = min(np.deg2rad(35), np.arctan(0.5 * radius / half_height))  # a tube stays in the pin at every row
     for _ in range(n_neurites):
         r = calibre * rng.uniform(0.7, 1.4)
-        centre = place(r + np.tan(np.deg2rad(35)) * half_height)
+        centre = place(r + np.tan(tilt) * half_height)
         if centre is None:
             continue
-        axis = _random_direction(rng, np.deg2rad(35))
+        axis = _random_direction(rng, tilt)
         shapes.append(Cylinder(centre, axis, r, float("inf"), *membrane))
         shapes.append(Cylinder(centre, axis, r - shell, float("inf"), *(-membrane)))
-    # mitochondria: elongated ellipsoids, 0.4 % of the volume
+    # mitochondria: elongated ellipsoids, 0.2 % of the volume (each small shape costs ~25 us of numpy calls a frame)
     m_axes = np.array([0.4, 0.4, 1.0]) * max(calibre, 2.0)
-    n_mito = int(round(density * 0.004 * volume / (4 / 3 * np.pi * m_axes.prod())))
+    n_mito = int(round(density * 0.002 * volume / (4 / 3 * np.pi * m_axes.prod())))
     for _ in range(n_mito):
         axes = m_axes * rng.uniform(0.7, 1.3, 3)
         centre = place(axes.max())
