@@ -3,9 +3,9 @@
 Run ``python bench/bench_simulate.py`` (512 x 512, 1024 x 512 and 2048 x 2048 frames, 1 and 2 workers) or with
 ``--quick`` (fewer frames). Each configuration runs in its own process, so the peak resident memory it reports
 (parent, and the largest worker) is that configuration's. Prints, per configuration, frames/s written (everything
-included: projections, flats, darks, HDF5 writes), the CPU time of one projection frame by stage, and two peers
-measured in the same run: the voxel simulator (simulate_scan) on a small frame, and the bare NXtomoWriter rate
-for frames of the same size (the I/O ceiling).
+included: projections, flats, darks, HDF5 writes) and the CPU time per frame of parent and workers together, the
+CPU time of one projection frame by stage, and two peers measured in the same run: the voxel simulator
+(simulate_scan) on a small frame, and the bare NXtomoWriter rate for frames of the same size (the I/O ceiling).
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ def one(nx: int, ny: int, n_angles: int, workers: int) -> dict:
     cfg = _config(nx, ny, n_angles)
     with tempfile.TemporaryDirectory(prefix="bench-simulate-") as tmp:
         scan = write_analytic_scan(tmp, cfg, workers=workers)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
     return {"frames": scan.frames_written, "seconds": scan.elapsed_s, "fps": scan.frames_per_second,
-            "rss_parent_mib": own, "rss_worker_mib": children if workers > 1 else None}
+            "cpu_ms_per_frame": cpu / scan.frames_written * 1e3, "rss_parent_mib": own.ru_maxrss / 1024,
+            "rss_worker_mib": kids.ru_maxrss / 1024 if workers > 1 else None}
 
 
 def stages(nx: int, ny: int) -> dict:
@@ -116,8 +117,10 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(*args.one)))
         return
+    print("frames/s: wall clock, everything included; CPU ms/frame: parent and workers together (the cost of a "
+          "frame on a core of its own, less sensitive to other jobs on the machine)")
     print(f"{'frame (nx x ny)':>16} {'workers':>7} {'frames':>6} {'frames/s':>9} {'vs 1 worker':>11} "
-          f"{'parent MiB':>10} {'worker MiB':>10}")
+          f"{'CPU ms/frame':>12} {'parent MiB':>10} {'worker MiB':>10}")
     for name in args.sizes:
         nx, ny = SIZES[name]
         n_angles = (6 if args.quick else 16) if nx * ny > 2e6 else (16 if args.quick else 48)
@@ -128,7 +131,7 @@ def main() -> None:
             base = base or r["fps"]
             worker = f"{r['rss_worker_mib']:.0f}" if r["rss_worker_mib"] else "-"
             print(f"{name:>16} {w:>7} {r['frames']:>6} {r['fps']:>9.1f} {r['fps'] / base:>10.2f}x "
-                  f"{r['rss_parent_mib']:>10.0f} {worker:>10}")
+                  f"{r['cpu_ms_per_frame']:>12.1f} {r['rss_parent_mib']:>10.0f} {worker:>10}")
     print("\nCPU ms per frame, one process (ID16A distances, distance 2):")
     for name in args.sizes:
         nx, ny = SIZES[name]

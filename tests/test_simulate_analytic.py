@@ -111,11 +111,11 @@ def test_projection_convention_is_the_voxel_projector_s():
             assert abs((pos * w_v).sum() / w_v.sum() - (pos * w_e).sum() / w_e.sum()) < 0.1
 
 
-@pytest.mark.parametrize("span", [180.0, 360.0])
-def test_nxtomo_files_read_back_with_the_geometry(tmp_path, span):
+@pytest.mark.parametrize("span, photons", [(180.0, 8000.0), (360.0, 300.0)])  # normal approximation, exact Poisson
+def test_nxtomo_files_read_back_with_the_geometry(tmp_path, span, photons):
     returns = tuple(span - 90.0 * i for i in range(int(span // 90) + 1))
     cfg = SimulationConfig(nx=64, ny=24, n_angles=12, angular_range_deg=span, return_angles_deg=returns,
-                           photons=8000, beam_drift=0)
+                           photons=photons, beam_drift=0)
     scan = write_analytic_scan(tmp_path, cfg)
     s = read_scan(tmp_path)
     assert len(s.distances) == 4 and s.rejected == []
@@ -224,6 +224,18 @@ def test_the_chain_recovers_the_distance_offsets(chain_run):
         i = int(np.argmin(np.abs(model.angles_deg - a["at_angle_deg"])))
         expected = -(model.displacement_px(k, n0 + i) - model.displacement_px(0, n0 + i))
         assert np.all(np.abs(np.asarray(a["shift_px"]) - expected) < 0.2), (k, a["shift_px"], expected)
+
+
+def test_an_interrupted_scan_is_left_unfinished(tmp_path):
+    def stop(done: int, total: int) -> None:
+        if done == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_analytic_scan(tmp_path, SimulationConfig(nx=32, ny=8, n_angles=40), progress=stop)
+    first = read_nxtomo(tmp_path / "phantom_1_.nx")
+    assert first.n_frames == 30 and first.end_time is None
+    assert not (tmp_path / "phantom_2_.nx").exists()
 
 
 def test_bad_requests_are_refused(tmp_path):

@@ -51,9 +51,10 @@ from typing import Any, Union
 import h5py
 import numpy as np
 import scipy.fft as sfft
+from scipy.spatial.transform import Rotation
 
 from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN, NXtomoWriter
-from ..physics.geometry import ScanGeometry, wavelength_m
+from ..physics.geometry import wavelength_m
 from .materials import material_indices
 from .scan import TRUTH_FILE, SimFrame, SimulationConfig, fresnel_transfer, propagate
 from .stream import distance_path, distance_writer
@@ -76,13 +77,9 @@ _EPS = 1e-9
 # ------------------------------------------------------------------------------------------------ shapes
 
 
-def _rotation(angles: Sequence[float]) -> np.ndarray:
-    """Rotation matrix from three Euler angles (radians, z-y-z)."""
-    a, b, c = angles
-    rz1 = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz2 = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz1 @ ry @ rz2
+def _rotation(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
+    """A uniformly random 3-D rotation matrix."""
+    return tuple(tuple(float(v) for v in row) for row in Rotation.random(random_state=rng).as_matrix())
 
 
 @dataclass(frozen=True)
@@ -198,6 +195,13 @@ def _ray_frame(theta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array([c, s, 0.0]), np.array([-s, c, 0.0]), np.array([0.0, 0.0, 1.0])
 
 
+def _offsets(centre: Sequence[float], theta: float, t: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Detector coordinates relative to the projection of ``centre``: ``(tau, zeta)`` float32."""
+    m = np.asarray(centre, float)
+    return ((np.asarray(t, float) - m @ _ray_frame(theta)[0]).astype(np.float32),
+            (np.asarray(z, float) - m[2]).astype(np.float32))
+
+
 def _ellipsoid_coefficients(matrices: np.ndarray, theta: float) -> tuple[np.ndarray, ...]:
     """``(a, c_tt, c_tz, c_zz)`` of ellipsoids ``[n, 3, 3]``: the chord is ``2 sqrt(a + c_tt tau^2 + c_tz tau zeta
     + c_zz zeta^2) / a`` for the ray at ``(tau, zeta)`` from the projected centre.
@@ -246,12 +250,8 @@ def ellipsoid_chords(shape: Ellipsoid, theta: float, t: np.ndarray, z: np.ndarra
     ndarray
         ``[z.size, t.size]`` float32 chord lengths (reference voxels).
     """
-    e_t = _ray_frame(theta)[0]
-    m = np.asarray(shape.centre, float)
     a, ctt, ctz, czz = (float(v[0]) for v in _ellipsoid_coefficients(shape.matrix[None], theta))
-    tau = (np.asarray(t, float) - m @ e_t).astype(np.float32)
-    zeta = (np.asarray(z, float) - m[2]).astype(np.float32)
-    return _weighted_chords(a, ctt, ctz, czz, 1.0, tau, zeta)
+    return _weighted_chords(a, ctt, ctz, czz, 1.0, *_offsets(shape.centre, theta, t, z))
 
 
 def _cylinder_frame(axis: Sequence[float], theta: float) -> tuple[float, float, float, float, float]:
@@ -315,11 +315,7 @@ def cylinder_chords(shape: Cylinder, theta: float, t: np.ndarray, z: np.ndarray)
     ndarray
         ``[z.size, t.size]`` float32 chord lengths (reference voxels).
     """
-    e_t = _ray_frame(theta)[0]
-    m = np.asarray(shape.centre, float)
-    tau = (np.asarray(t, float) - m @ e_t).astype(np.float32)
-    zeta = (np.asarray(z, float) - m[2]).astype(np.float32)
-    return _cylinder_weighted_chords(shape, theta, 1.0, tau, zeta)
+    return _cylinder_weighted_chords(shape, theta, 1.0, *_offsets(shape.centre, theta, t, z))
 
 
 def _accumulate(block_d: np.ndarray, block_b: np.ndarray, val: np.ndarray, fd: float, fb: float) -> None:
@@ -607,7 +603,7 @@ def make_analytic_phantom(cfg: SimulationConfig, density: float = 1.0) -> Analyt
         centre = place(axes.max())
         if centre is None:
             continue
-        rot = tuple(tuple(r) for r in _rotation(rng.uniform(0, 2 * np.pi, 3)))
+        rot = _rotation(rng)
         shapes.append(Ellipsoid(centre, tuple(axes), *membrane, rot))
         shapes.append(Ellipsoid(centre, tuple(axes - shell), *(-membrane), rot))
         offset = rng.uniform(-0.15, 0.15, 3) * axes
@@ -634,7 +630,7 @@ def make_analytic_phantom(cfg: SimulationConfig, density: float = 1.0) -> Analyt
         centre = place(axes.max())
         if centre is None:
             continue
-        rot = tuple(tuple(r) for r in _rotation(rng.uniform(0, 2 * np.pi, 3)))
+        rot = _rotation(rng)
         shapes.append(Ellipsoid(centre, tuple(axes), *mito, rot))
     return AnalyticPhantom(shapes)
 
@@ -675,7 +671,8 @@ class _SeparableBeam:
 
 @dataclass
 class _Grid:
-    """The padded wave grid of one distance: its pad, transfer function and pixel coordinates."""
+    """The padded wave grid of one distance: pads (rows, columns), effective pixel in reference voxels, and the
+    Fresnel transfer function of the padded grid."""
 
     pad_y: tuple[int, int]
     pad_x: tuple[int, int]
@@ -1006,7 +1003,7 @@ class _NXtomoDistance:
                        image_key_control=spec.image_key_control)
 
     def close(self, complete: bool) -> None:
-        self._w.close()
+        self._w.close(complete)
 
 
 @dataclass
