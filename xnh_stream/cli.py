@@ -72,7 +72,10 @@ def _progress_bars(unit: str = "angle") -> tuple[Callable[[int, int, str], None]
     return update, close
 
 
-def _add_simulation_args(p: argparse.ArgumentParser) -> None:
+def _add_simulation_args(p: argparse.ArgumentParser, analytic: bool | None = None) -> None:
+    """Options of the simulated scan; ``analytic`` (default: only for the ``simulate`` command, whose parser's
+    ``prog`` ends in ``simulate``) adds the analytic simulator's options (``--workers`` would clash with the
+    stream's on ``demo``)."""
     from .simulate.scan import SimulationConfig
 
     d = SimulationConfig()
@@ -94,6 +97,33 @@ def _add_simulation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     g.add_argument("--oversample", type=int, default=d.oversample,
                    help="propagate on a grid this many times finer than the voxels (default %(default)s)")
+    if analytic is None:
+        analytic = p.prog.rsplit(" ", 1)[-1] == "simulate"
+    if not analytic:
+        return
+    g.add_argument("--range", type=float, choices=(180.0, 360.0), default=d.angular_range_deg,
+                   help="angular range of each distance, degrees: 180 or 360 (default %(default)g)")
+    g.add_argument("--returns", action=argparse.BooleanOptionalAction, default=True,
+                   help="return projections at the end of each distance, every 90 degrees from the end of the "
+                        "range back to 0 (default: on)")
+    g.add_argument("--id16a", action="store_true",
+                   help="the real ID16A distances (pixel Fresnel numbers ~0.004) instead of the default ones scaled "
+                        "for small frames; use with frames of 1024 px and more")
+    a = p.add_argument_group("analytic simulator (fast, ID16A sizes: shapes with exact projections; docs in "
+                             "xnh_stream/simulate/analytic.py)")
+    a.add_argument("--analytic", action="store_true",
+                   help="write the scan with the analytic simulator (ellipsoids and cylinders) instead of the "
+                        "voxel one: for size, memory and speed tests")
+    a.add_argument("--layout", choices=("nxtomo", "chunks", "edf"), default="nxtomo",
+                   help="one NXtomo file per distance, NXtomo chunk files per distance, or ID16A EDF folders "
+                        "(default %(default)s; chunks and edf need --analytic)")
+    a.add_argument("--workers", type=int, default=1, help="processes computing frames (default %(default)s)")
+    a.add_argument("--chunk-frames", type=int, default=32, help="frames per chunk file (default %(default)s)")
+    a.add_argument("--truth", action="store_true",
+                   help="also write truth.h5, delta and beta on the reconstruction grid (large: 8 ny nx^2 bytes); "
+                        "analytic.json always allows evaluating them on any block")
+    a.add_argument("--density", type=float, default=1.0,
+                   help="scales the number of shapes, and about the time per frame (default %(default)s)")
 
 
 def _simulation_config(a: argparse.Namespace):  # noqa: ANN202
@@ -131,16 +161,54 @@ def _add_process_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
-    """Write a simulated four-distance scan."""
-    from .simulate.scan import simulate_scan
+    """Write a simulated four-distance scan (the voxel simulator, or the analytic one with ``--analytic``)."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from .simulate.scan import SimulationConfig, simulate_scan  # noqa: PLC0415
 
     cfg = _simulation_config(a)
+    span = float(getattr(a, "range", cfg.angular_range_deg))
+    returns = tuple(span - 90.0 * i for i in range(int(span // 90) + 1)) if getattr(a, "returns", True) else ()
+    cfg = replace(cfg, angular_range_deg=span, return_angles_deg=returns)
+    if getattr(a, "id16a", False):
+        ref = SimulationConfig.id16a()
+        cfg = replace(cfg, z1_m=ref.z1_m, pixel_m=ref.pixel_m, focus_detector_m=ref.focus_detector_m)
+    analytic = getattr(a, "analytic", False)
+    if not analytic:
+        unused = [flag for flag, used in (("--layout", getattr(a, "layout", "nxtomo") != "nxtomo"),
+                                          ("--workers", getattr(a, "workers", 1) != 1),
+                                          ("--truth", getattr(a, "truth", False)),
+                                          ("--density", getattr(a, "density", 1.0) != 1.0)) if used]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: only with --analytic (the voxel simulator writes one NXtomo "
+                              "file per distance, in one process, always with truth.h5)")
+    elif cfg.warp_scale or cfg.warp_px or cfg.oversample != 1:
+        raise ConfigError("--warp-scale, --warp-px and --oversample: the analytic simulator models none of them")
+    elif a.workers < 1 or a.chunk_frames < 1 or not a.density >= 0:
+        raise ConfigError("--workers and --chunk-frames must be >= 1 and --density >= 0")
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise ConfigError(f"simulation parameters: {exc}") from exc
     update, close = _progress_bars()
     try:
-        sim = simulate_scan(a.out, cfg, progress=lambda d, t: update(d, t, "simulate"))
+        if not analytic:
+            sim = simulate_scan(a.out, cfg, progress=lambda d, t: update(d, t, "simulate"))
+            print(f"scan written to {sim.folder}: {', '.join(p.name for p in sim.files)} + {sim.truth_file.name}")
+            return 0
+        from .simulate.analytic import make_analytic_phantom, write_analytic_scan  # noqa: PLC0415
+
+        phantom = make_analytic_phantom(cfg, density=a.density)
+        scan = write_analytic_scan(a.out, cfg, phantom=phantom, layout=a.layout, workers=a.workers,
+                                   chunk_frames=a.chunk_frames, truth=a.truth,
+                                   progress=lambda d, t: update(d, t, "frames"))
     finally:
         close()
-    print(f"scan written to {sim.folder}: {', '.join(p.name for p in sim.files)} + {sim.truth_file.name}")
+    extras = [scan.model_file.name] + ([scan.truth_file.name] if scan.truth_file else [])
+    print(f"analytic scan ({a.layout}) written to {scan.folder}: {scan.frames_written} frames of "
+          f"{cfg.ny} x {cfg.nx} in {scan.elapsed_s:.1f} s ({scan.frames_per_second:.1f} frames/s, "
+          f"{a.workers} worker{'s' * (a.workers > 1)}); {', '.join(p.name for p in scan.distance_paths)} + "
+          f"{', '.join(extras)}")
     return 0
 
 

@@ -653,10 +653,12 @@ class NXtomoWriter:
             ds[n:] = np.broadcast_to(np.asarray(value, dtype=ds.dtype), (k,))
         self._f.flush()
 
-    def close(self) -> None:
-        """Write ``end_time`` and close the file."""
+    def close(self, complete: bool = True) -> None:
+        """Close the file; ``complete`` writes ``end_time`` (without it the file stays unfinished, as an
+        interrupted acquisition leaves it)."""
         if self._f.id.valid:
-            self._entry["end_time"] = _dt.datetime.now().isoformat()
+            if complete:
+                self._entry["end_time"] = _dt.datetime.now().isoformat()
             self._f.close()
 
     def __enter__(self) -> NXtomoWriter:

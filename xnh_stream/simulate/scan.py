@@ -219,7 +219,31 @@ def _fourier_shift(maps: np.ndarray, shift_yx: tuple[float, float]) -> np.ndarra
     return sfft.irfft2(spec, s=maps.shape[-2:], workers=-1).astype(np.float32)
 
 
-def propagate(wave: np.ndarray, distance_m: float, wavelength: float, pixel_m: float, pad: int) -> np.ndarray:
+def fresnel_transfer(shape: tuple[int, int], distance_m: float, wavelength: float, pixel_m: float,
+                     dtype: type = np.complex128) -> np.ndarray:
+    """Fresnel transfer function ``exp(-i pi lambda D f^2)`` of a periodic grid (FFT frequency order).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Grid ``(ny, nx)``.
+    distance_m, wavelength, pixel_m : float
+        Propagation distance ``D``, wavelength and sampling pitch, in metres.
+    dtype : numpy complex type
+        ``complex64`` keeps a single-precision wave single-precision in :func:`propagate`.
+
+    Returns
+    -------
+    ndarray
+        ``[ny, nx]`` transfer function.
+    """
+    fy = sfft.fftfreq(shape[0], d=pixel_m)[:, None]
+    fx = sfft.fftfreq(shape[1], d=pixel_m)[None, :]
+    return np.exp(-1j * np.pi * wavelength * distance_m * (fx**2 + fy**2)).astype(dtype, copy=False)
+
+
+def propagate(wave: np.ndarray, distance_m: float, wavelength: float, pixel_m: float, pad: int,
+              transfer: np.ndarray | None = None, workers: int = -1) -> np.ndarray:
     """Exact Fresnel propagation of a complex wave with reflect padding; returns the intensity.
 
     Parameters
@@ -232,17 +256,22 @@ def propagate(wave: np.ndarray, distance_m: float, wavelength: float, pixel_m: f
         Wavelength and sampling pitch in metres.
     pad : int
         Padding on each side (reflect), removed afterwards; 0 propagates the wave as periodic.
+    transfer : ndarray, optional
+        :func:`fresnel_transfer` of the padded grid, to reuse it over many frames (computed if omitted).
+    workers : int
+        Threads of the FFTs (``scipy.fft``; -1: all cores).
 
     Returns
     -------
     ndarray
-        ``|U|^2`` on the input grid, float64.
+        ``|U|^2`` on the input grid: float64, or float32 for a ``complex64`` wave and transfer function.
     """
     w = np.pad(wave, pad, mode="reflect") if pad else wave
-    fy = sfft.fftfreq(w.shape[0], d=pixel_m)[:, None]
-    fx = sfft.fftfreq(w.shape[1], d=pixel_m)[None, :]
-    h = np.exp(-1j * np.pi * wavelength * distance_m * (fx**2 + fy**2))
-    u = sfft.ifft2(sfft.fft2(w, workers=-1) * h, workers=-1)
+    if transfer is None:
+        transfer = fresnel_transfer(w.shape, distance_m, wavelength, pixel_m)
+    elif transfer.shape != w.shape:
+        raise ValueError(f"transfer function shape {transfer.shape} differs from the padded wave's {w.shape}")
+    u = sfft.ifft2(sfft.fft2(w, workers=workers) * transfer, workers=workers)
     if pad:
         u = u[pad:-pad, pad:-pad]
     return np.abs(u) ** 2

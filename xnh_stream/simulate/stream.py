@@ -317,6 +317,51 @@ class _EdfWriter(_DistanceWriter):
             self._write_text(self.folder / f"{self.prefix}.abo", "aborted\n")
 
 
+def distance_path(out: Path, name: str, layout: str) -> Path:
+    """Where one distance of a scan goes: its file (``"nxtomo"``) or its folder (chunks, EDF)."""
+    return out / (f"{name}.nx" if layout == "nxtomo" else name)
+
+
+def distance_writer(layout: str, out: Path, name: str, geometry: DistanceGeometry, cfg: SimulationConfig,
+                    n_frames: int, chunk_frames: int = 32, locking: bool = True) -> _DistanceWriter:
+    """The writer of one distance in ``layout`` (module docstring), fed frames in acquisition order.
+
+    Parameters
+    ----------
+    layout : {"nxtomo-chunks", "nxtomo", "edf"}
+        File layout.
+    out : Path
+        Scan folder.
+    name : str
+        Distance name, ``{cfg.name}_{k}_``.
+    geometry : DistanceGeometry
+        The distance's geometry.
+    cfg : SimulationConfig
+        Frame shape, type and scan counts (the EDF ``.info`` file states them).
+    n_frames : int
+        Frames of the whole distance.
+    chunk_frames : int
+        Frames per chunk file (``"nxtomo-chunks"``).
+    locking : bool
+        Hold the HDF5 file lock while writing.
+
+    Returns
+    -------
+    _DistanceWriter
+        ``write(frame_spec, frame)`` per frame (a :class:`~xnh_stream.simulate.scan.SimFrame` with the keys,
+        angle and index in the distance), then ``close(complete)``; ``files`` lists what it started.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    path = distance_path(out, name, layout)
+    shape, dtype = (cfg.ny, cfg.nx), cfg.detector_dtype
+    if layout == "nxtomo-chunks":
+        return _ChunkWriter(path, name, geometry, shape, dtype, n_frames, chunk_frames, locking)
+    if layout == "nxtomo":
+        return _WholeWriter(path, name, geometry, shape, dtype, n_frames, locking)
+    return _EdfWriter(path, geometry, cfg)
+
+
 # ------------------------------------------------------------------------------------------ ordering
 
 
@@ -449,16 +494,11 @@ def stream_scan(out: str | Path, cfg: SimulationConfig | None = None, frames_per
     truth_file = model.write_truth(out)
     geo = model.geometry
     K, n_per = len(geo.distances), model.frames_per_distance
-    shape, dtype = (cfg.ny, cfg.nx), cfg.detector_dtype
     names = [f"{cfg.name}_{k + 1}_" for k in range(K)]
-    paths = [out / (f"{n}.nx" if layout == "nxtomo" else n) for n in names]
+    paths = [distance_path(out, n, layout) for n in names]
 
     def make_writer(k: int) -> _DistanceWriter:
-        if layout == "nxtomo-chunks":
-            return _ChunkWriter(paths[k], names[k], geo.distances[k], shape, dtype, n_per, chunk_frames, hdf5_locking)
-        if layout == "nxtomo":
-            return _WholeWriter(paths[k], names[k], geo.distances[k], shape, dtype, n_per, hdf5_locking)
-        return _EdfWriter(paths[k], geo.distances[k], cfg)
+        return distance_writer(layout, out, names[k], geo.distances[k], cfg, n_per, chunk_frames, hdf5_locking)
 
     writers: dict[int, _DistanceWriter] = {}
     recorded: dict[int, int] = {}
