@@ -349,14 +349,34 @@ def pyramid_task(job: tuple[str, int, int, int]) -> int:
     return r0
 
 
-def fsc_box_task(job: tuple[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """FSC curve of one box: ``(freq, fsc, n per shell, summed volume of the box or None)``."""
+@dataclass
+class BoxResolution:
+    """The FSC of one box and, for the central box, the edge fit and the central region of its halves."""
+
+    freq: np.ndarray
+    fsc: np.ndarray
+    n: np.ndarray
+    edge: Any = None
+    region: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def fsc_box_task(job: tuple[str, int, float, int]) -> BoxResolution:
+    """FSC curve of one box; for box 0 also the erf edge fit and its central ``region_px`` cube of halves."""
     import zarr  # noqa: PLC0415
 
-    path, i = job
+    path, i, voxel, region_px = job
     halves = np.asarray(zarr.open_group(path, mode="r")[f"box{i}"][...])
     freq, fsc, n = fourier_shell_correlation(halves[0], halves[1])
-    return freq, fsc, n, (halves[0] + halves[1]) / 2 if i == 0 else None
+    out = BoxResolution(freq, fsc, n)
+    if i == 0:
+        volume = (halves[0] + halves[1]) / 2
+        out.edge = edge_resolution(volume, voxel_m=voxel,
+                                   half_length=float(max(3, min(12, (min(volume.shape) - 4) // 2))))
+        c = [s // 2 for s in volume.shape]
+        h = [min(region_px, s) // 2 for s in volume.shape]
+        sl = tuple(slice(ci - hi, ci - hi + 2 * hi) for ci, hi in zip(c, h))
+        out.region = (np.ascontiguousarray(halves[0][sl]), np.ascontiguousarray(halves[1][sl]))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -436,8 +456,10 @@ class FinalChain:
         if self.work.has(name):
             return self.work.load(name)
         t0 = time.perf_counter()
+        steps = set(self.timing)
         value = compute()
-        self.timing[name] = round(time.perf_counter() - t0, 3)
+        if set(self.timing) == steps:  # a step that mapped no task of its own
+            self.timing[name] = round(time.perf_counter() - t0, 3)
         self.work.save(name, value)
         return value
 
@@ -753,15 +775,15 @@ class FinalChain:
     def resolution(self, halves_path: Path, boxes: list[tuple[int, ...]]) -> tuple[Resolution, dict[str, Any]]:
         """FSC (half-bit) averaged over the boxes, and the edge-fit cross-check on the central one."""
         voxel = self.geometry.voxel_m
-        res = self._map("fsc", fsc_box_task, [(str(halves_path), i) for i in range(len(boxes))])
-        freq = res[0][0]
-        fsc = np.nanmean(np.stack([r[1] for r in res]), axis=0)
-        n = np.sum(np.stack([r[2] for r in res]), axis=0)
+        res = self._map("fsc", fsc_box_task, [(str(halves_path), i, voxel, self.config.fsc_region_px)
+                                              for i in range(len(boxes))])
+        freq = res[0].freq
+        fsc = np.nanmean(np.stack([b.fsc for b in res]), axis=0)
+        n = np.sum(np.stack([b.n for b in res]), axis=0)
         r = resolution_from_fsc(freq, fsc, n, voxel)
         thr = half_bit_threshold(n)
-        central = res[0][3]
-        self._central = central
-        edge = edge_resolution(central, voxel_m=voxel, half_length=float(max(3, min(12, (min(central.shape) - 4) // 2))))
+        edge = res[0].edge
+        self._region = res[0].region
         fsc_section = Resolution(
             r.resolution_m, r.crossing_freq, r.limited_by_sampling, "half-bit", [list(b) for b in boxes],
             {"freq_nyquist": np.round(freq, 4).tolist(),
@@ -864,12 +886,9 @@ class FinalChain:
         if own:
             monitor = QualityMonitor(cfg, str(Path(self.index.folder).resolve()), router=default_router(cfg))
             feed_monitor(monitor, self.index)
-        central = getattr(self, "_central", None)
-        if central is not None:
-            import zarr  # noqa: PLC0415
-
-            h = np.asarray(zarr.open_group(str(halves_path), mode="r")["box0"][...])
-            monitor.add_fsc(n_angles=len(written), halves=(h[0], h[1]), fraction=1.0, voxel_m=voxel)
+        region = getattr(self, "_region", None)
+        if region is not None:  # the final point of the running FSC, on the central region
+            monitor.add_fsc(n_angles=len(written), region=region, fraction=1.0, voxel_m=voxel)
         quality = monitor.snapshot()
         if own:
             monitor.close()
