@@ -11,7 +11,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import zarr
-from ome_zarr.writer import write_multiscale
+from ome_zarr.writer import write_multiscale, write_multiscales_metadata
 from skimage.transform import downscale_local_mean
 
 AXES = [{"name": a, "type": "space", "unit": "meter"} for a in "zyx"]
@@ -34,8 +34,25 @@ def pyramid(volume: np.ndarray | da.Array, labels: bool = False, min_size: int =
     return levels
 
 
+def level_transforms(voxel_m: float, n_levels: int, origin_m: tuple[float, float, float] | None = None) -> list:
+    """OME-NGFF coordinate transformations of every level of a pyramid of 2x block means.
+
+    Level ``l`` has voxel ``voxel_m * 2**l``; with ``origin_m`` (the position in metres of the centre of voxel
+    ``[0, 0, 0]`` of level 0, ``z y x``) each level also gets the ``translation`` of its own first voxel's
+    centre, ``origin_m + voxel_m * (2**l - 1) / 2``.
+    """
+    out = []
+    for i in range(n_levels):
+        t = [{"type": "scale", "scale": [voxel_m * 2**i] * 3}]
+        if origin_m is not None:
+            t.append({"type": "translation", "translation": [float(o) + voxel_m * (2**i - 1) / 2 for o in origin_m]})
+        out.append(t)
+    return out
+
+
 def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: bool = False,
-                 chunks: tuple[int, int, int] = (64, 256, 256), name: str | None = None) -> Path:
+                 chunks: tuple[int, int, int] = (64, 256, 256), name: str | None = None,
+                 origin_m: tuple[float, float, float] | None = None) -> Path:
     """Write a 3-D volume ``[z, y, x]`` as an OME-NGFF multiscale image.
 
     Parameters
@@ -53,6 +70,9 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
         Chunk shape of every level (clipped to the level's shape).
     name : str, optional
         Name stored in the multiscales metadata.
+    origin_m : (float, float, float), optional
+        Position ``z y x`` in metres of the centre of voxel ``[0, 0, 0]`` (e.g. the scan's place on the sample
+        stage): written as each level's OME-NGFF ``translation`` (see :func:`level_transforms`).
 
     Returns
     -------
@@ -69,7 +89,7 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     else:
         levels = pyramid(volume if labels else volume.astype(np.float32, copy=False), labels=labels)
     group = zarr.open_group(str(path), mode="w")
-    transforms = [[{"type": "scale", "scale": [voxel_m * 2**i] * 3}] for i in range(len(levels))]
+    transforms = level_transforms(voxel_m, len(levels), origin_m)
     opts = [{"chunks": tuple(min(c, s) for c, s in zip(chunks, lv.shape))} for lv in levels]
     levels = [lv.rechunk(o["chunks"]) if isinstance(lv, da.Array) else lv for lv, o in zip(levels, opts)]
     write_multiscale(levels, group, axes=AXES, coordinate_transformations=transforms, storage_options=opts,
@@ -91,3 +111,50 @@ def read_volume(path: str | Path, level: int = 0) -> tuple[np.ndarray, float]:
     """Read one level of an OME-NGFF volume; returns the array and its voxel size in metres."""
     arr, voxel = open_volume(path, level)
     return np.asarray(arr[...]), voxel
+
+
+def multiscale_levels(path: str | Path) -> list[dict]:
+    """The levels of an OME-NGFF volume: for each, ``path`` (the array key), ``voxel_m`` and ``origin_m``.
+
+    ``origin_m`` is the level's ``translation`` (position ``z y x`` of its voxel ``[0, 0, 0]``, metres), or
+    None when the metadata has none. Nothing is read but the metadata.
+    """
+    group = zarr.open_group(str(path), mode="r")
+    attrs = group.attrs.asdict()
+    ms = (attrs.get("ome") or attrs)["multiscales"][0]
+    out = []
+    for ds in ms["datasets"]:
+        ts = ds["coordinateTransformations"]
+        scale = next(t["scale"] for t in ts if t["type"] == "scale")
+        shift = next((t["translation"] for t in ts if t["type"] == "translation"), None)
+        out.append({"path": ds["path"], "voxel_m": float(scale[-1]),
+                    "origin_m": None if shift is None else tuple(float(v) for v in shift[-3:])})
+    return out
+
+
+def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
+                  chunks: tuple[int, int, int] = (64, 64, 64), origin_m: tuple[float, float, float] | None = None,
+                  name: str | None = None, min_size: int = 32) -> list[zarr.Array]:
+    """Create an empty float32 OME-NGFF multiscale volume to be filled block by block (by several processes).
+
+    The levels have the shapes :func:`pyramid` would give (each the previous halved, down to ``min_size``),
+    every level the same ``chunks`` (clipped to its shape) and ``fill_value`` 0. Writers of regions aligned
+    to the chunks never share a chunk.
+
+    Returns
+    -------
+    list of zarr.Array
+        The level arrays, level 0 first, open for writing.
+    """
+    shape = tuple(int(n) for n in shape)
+    shapes = [shape]
+    while min(shapes[-1]) >= 2 * min_size:
+        shapes.append(tuple(n // 2 for n in shapes[-1]))
+    group = zarr.open_group(str(path), mode="w")
+    arrays = [group.create_array(f"s{i}", shape=s, chunks=tuple(min(c, n) for c, n in zip(chunks, s)),
+                                 dtype="float32", fill_value=0, dimension_names=[a["name"] for a in AXES])
+              for i, s in enumerate(shapes)]
+    datasets = [{"path": f"s{i}", "coordinateTransformations": t}
+                for i, t in enumerate(level_transforms(voxel_m, len(shapes), origin_m))]
+    write_multiscales_metadata(group, datasets, axes=AXES, name=name or Path(path).name)
+    return arrays
