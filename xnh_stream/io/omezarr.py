@@ -134,12 +134,13 @@ def multiscale_levels(path: str | Path) -> list[dict]:
 
 def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
                   chunks: tuple[int, int, int] = (64, 64, 64), origin_m: tuple[float, float, float] | None = None,
-                  name: str | None = None, min_size: int = 32) -> list[zarr.Array]:
+                  name: str | None = None, min_size: int = 32, halve_chunks: bool = False) -> list[zarr.Array]:
     """Create an empty float32 OME-NGFF multiscale volume to be filled block by block (by several processes).
 
     The levels have the shapes :func:`pyramid` would give (each the previous halved, down to ``min_size``),
-    every level the same ``chunks`` (clipped to its shape) and ``fill_value`` 0. Writers of regions aligned
-    to the chunks never share a chunk.
+    every level the same ``chunks`` (or, with ``halve_chunks``, chunks halved per level down to 16 voxels,
+    so that a level's chunk covers its parent's) clipped to its shape, and ``fill_value`` 0. Writers of
+    regions aligned to the chunks never share a chunk.
 
     Returns
     -------
@@ -151,7 +152,8 @@ def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
     while min(shapes[-1]) >= 2 * min_size:
         shapes.append(tuple(n // 2 for n in shapes[-1]))
     group = zarr.open_group(str(path), mode="w")
-    arrays = [group.create_array(f"s{i}", shape=s, chunks=tuple(min(c, n) for c, n in zip(chunks, s)),
+    level_chunks = [tuple(max(min(c, 16), c >> (i if halve_chunks else 0)) for c in chunks) for i in range(len(shapes))]
+    arrays = [group.create_array(f"s{i}", shape=s, chunks=tuple(min(c, n) for c, n in zip(level_chunks[i], s)),
                                  dtype="float32", fill_value=0, dimension_names=[a["name"] for a in AXES])
               for i, s in enumerate(shapes)]
     datasets = [{"path": f"s{i}", "coordinateTransformations": t}

@@ -239,11 +239,13 @@ class Stitch:
         return [f"s{i}" for i in range(1, len(self.plan.levels))]
 
     def blocks(self, level: int) -> list[Block]:
-        """Block grid of output ``level`` (level 0: ``block_shape``; coarser: half of it, whole chunks)."""
+        """Block grid of output ``level``: ``block_shape`` halved per level (whole chunks of the level, whose
+        chunks halve too), so a block of a coarser level reads at most one level-0 block's worth."""
         shape = tuple(self.plan.levels[level])
         if level == 0:
             return block_grid(shape, tuple(self.spec.block_shape))  # type: ignore[arg-type]
-        half = tuple(max(c, (b // 2) // c * c) for b, c in zip(self.spec.block_shape, self.spec.chunks))
+        chunks = [max(min(c, 16), c >> level) for c in self.spec.chunks]  # as create_volume(halve_chunks=True)
+        half = tuple(max(c, (b >> level) // c * c) for b, c in zip(self.spec.block_shape, chunks))
         return block_grid(shape, half)  # type: ignore[arg-type]
 
     def _level(self, level: int):
@@ -297,7 +299,7 @@ class Stitch:
         blend = spec.blend_m or 0.25 * min(min(scans[i].shape) * scans[i].voxel_m for i in range(n) if placed[i])
         tiers = voxel_tiers([s.voxel_m for s in scans])
         arrays = create_volume(self.out / VOLUME_NAME, tuple(shape), voxel, tuple(spec.chunks),  # type: ignore[arg-type]
-                               origin_m=tuple(origin.tolist()), name="stitched")
+                               origin_m=tuple(origin.tolist()), name="stitched", halve_chunks=True)
         result = {"groups": placement.groups, "alone": placement.alone,
                   "links": [{"a": lk.a, "b": lk.b, "used": lk.used, "residual_m": lk.residual_m, "reason": lk.reason}
                             for lk in placement.links],

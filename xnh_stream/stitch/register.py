@@ -228,7 +228,7 @@ def register_pair(a: Scan, b: Scan, ia: int, ib: int, params: RegisterParams | N
     shift = np.array([(n - 1) - v for n, v in zip(shape, sub)]) * coarse
     # --- fine: tapered phase correlation, upsampled, on the overlap left by the current shift
     ncc, n_vox = 0.0, 0
-    for _ in range(max(p.iterations, 1)):
+    for it in range(max(p.iterations, 1)):
         lo_f, hi_f = overlap_bounds(a, b, shift)
         if np.any(hi_f - lo_f < p.min_overlap_voxels * voxel):
             res.reason = "overlap at the coarse shift too thin"
@@ -251,7 +251,8 @@ def register_pair(a: Scan, b: Scan, ia: int, ib: int, params: RegisterParams | N
         rb = (fb - float((w * fb).sum() / sw)) * w
         ds, _, _ = phase_cross_correlation(ra, rb, upsample_factor=p.upsample, normalization=None)
         ds = np.asarray(ds, float)
-        if np.any(np.abs(ds) > 2):  # the fine step only refines; a jump means no reliable peak
+        allowed_move = max(2.0, 1.5 * coarse / voxel) if it == 0 else 2.0
+        if np.any(np.abs(ds) > allowed_move):  # the fine step only refines; a jump means no reliable peak
             res.reason = f"fine step moved {ds.tolist()} voxels: no stable peak"
             return res
         shift = shift + ds * voxel
