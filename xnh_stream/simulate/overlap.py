@@ -200,7 +200,7 @@ def plan_overlap(n_scans: int = 4, voxels_m: tuple[float, ...] = (50e-9, 100e-9)
     scans = []
     for k in range(n_scans + int(isolated)):
         far = k == n_scans
-        row, col = (k // n_cols, k % n_cols) if not far else ((n_scans - 1) // n_cols + 3, 0)
+        row, col = (k // n_cols, k % n_cols) if not far else ((n_scans - 1) // n_cols + 4, 0)
         voxel = voxels_m[(row + col) % len(voxels_m)]
         n = int(round(extent_m / voxel))
         shape = (n, n, n)

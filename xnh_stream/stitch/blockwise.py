@@ -170,7 +170,7 @@ class Stitch:
                 scan.name = f"{scan.name}#{len(names)}"
             names.append(scan.name)
             self.scans.append(scan)
-        self.pairs = find_pairs(self.scans)
+        self.pairs = find_pairs(self.scans, spec.max_shift_m)
         self._plan: Plan | None = None
 
     # ------------------------------------------------------------------ setup and bookkeeping

@@ -76,7 +76,7 @@ def stitch_report(st: Stitch, timing: dict | None = None) -> dict:
         scans.append(row)
         if i in plan.placement["alone"]:
             if not partners[i]:
-                why = "overlaps no other scan at its nominal place"
+                why = "overlaps no other scan at its nominal place (within the allowed stage error)"
             else:
                 fails = [f"{st.scans[j].name}: {results[tuple(sorted((i, j)))].reason or 'link dropped'}"
                          for j in partners[i]]

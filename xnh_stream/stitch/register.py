@@ -14,7 +14,8 @@ filtered, so both see the same band). Two steps:
    ``phase_cross_correlation``, ``upsample_factor``); repeated with the new shift, so the window's own
    correlation (which pulls towards zero shift) no longer biases the answer.
 
-The result of a pair is the shift ``s`` that moves scan ``b`` onto scan ``a``: with nominal-to-true errors
+The coarse grid covers the nominal overlap grown by ``max_shift_m`` (the content the two share lies there
+whatever the stage error). The result of a pair is the shift ``s`` that moves scan ``b`` onto scan ``a``: with nominal-to-true errors
 ``e``, ``s = e_b - e_a``; its quality is the normalised cross-correlation of the two on their common field
 of view at that shift. The same overlap gives the mean of each scan there (for the intensity matching).
 """
@@ -117,13 +118,14 @@ def overlap_bounds(a: Scan, b: Scan, shift_b: np.ndarray | None = None) -> tuple
     return np.maximum(lo_a, lo_b), np.minimum(hi_a, hi_b)
 
 
-def find_pairs(scans: list[Scan], min_overlap_m: float = 0.0) -> list[tuple[int, int]]:
-    """Pairs ``(i, j)``, ``i < j``, whose nominal boxes overlap by more than ``min_overlap_m`` along every axis."""
+def find_pairs(scans: list[Scan], margin_m: float = 0.0) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``, ``i < j``, whose nominal boxes overlap, or would after moving apart or together by up
+    to ``margin_m`` along each axis (the stage error): ``hi - lo > -margin_m`` on every axis."""
     pairs = []
     for i in range(len(scans)):
         for j in range(i + 1, len(scans)):
             lo, hi = overlap_bounds(scans[i], scans[j])
-            if np.all(hi - lo > min_overlap_m):
+            if np.all(hi - lo > -margin_m):
                 pairs.append((i, j))
     return pairs
 
@@ -197,6 +199,11 @@ def register_pair(a: Scan, b: Scan, ia: int, ib: int, params: RegisterParams | N
     voxel = max(a.voxel_m, b.voxel_m, p.register_voxel_m or 0.0)
     res.register_voxel_m = voxel
     lo, hi = overlap_bounds(a, b)
+    # the content both scans share lies within the nominal overlap grown by the stage error (within both boxes'
+    # union); what either scan does not cover there is masked out
+    lo_u = np.minimum(a.bounds_m()[0], b.bounds_m()[0])
+    hi_u = np.maximum(a.bounds_m()[1], b.bounds_m()[1])
+    lo, hi = np.maximum(lo - p.max_shift_m, lo_u), np.minimum(hi + p.max_shift_m, hi_u)
     if np.any(hi - lo < p.min_overlap_voxels * voxel):
         res.reason = (f"overlap {np.round((hi - lo) * 1e6, 3).tolist()} um thinner than {p.min_overlap_voxels} "
                       f"registration voxels")
