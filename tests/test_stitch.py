@@ -62,8 +62,9 @@ def test_offsets_recovered_within_half_a_finest_voxel(mosaic):
     miss = (corr - corr.mean(axis=0)) - rel_err
     print(f"\nstitch position errors (finest voxels): {np.round(miss / FINE, 3).tolist()}")
     assert np.abs(miss).max() < 0.5 * FINE
-    links = [lk for lk in res.report["links"] if lk["used"]]
-    assert len(links) == 6 and res.report["residuals"]["max_m"] < FINE  # every pair of the 2 x 2 registered
+    used = [lk for lk in res.report["links"] if lk["used"]]
+    assert len(used) >= 5 and res.report["residuals"]["max_m"] < FINE  # the 4 edges and a diagonal of the 2 x 2
+    assert all(lk["reason"] for lk in res.report["links"] if not lk["used"])
 
 
 def test_two_voxel_sizes_in_one_volume_on_the_finest_grid(mosaic):

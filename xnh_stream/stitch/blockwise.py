@@ -277,7 +277,9 @@ class Stitch:
         n = len(scans)
         fine = min(s.voxel_m for s in scans)
         results = self.pair_results()
-        links = [Link(r.a, r.b, np.asarray(r.shift_m), max(r.ncc, 1e-3)) for r in results if r.ok]
+        biggest = max((r.voxels for r in results if r.ok), default=1)
+        links = [Link(r.a, r.b, np.asarray(r.shift_m), max(r.ncc, 1e-3) * r.voxels / biggest)
+                 for r in results if r.ok]
         means = [(r.mean_a, r.mean_b) for r in results if r.ok]
         placement = solve_placement(n, links, spec.tolerance_m or fine)
         offsets = (solve_offsets(n, links, means, placement.groups) if spec.intensity == "offset" else np.zeros(n))

@@ -2,10 +2,11 @@
 
 Each accepted pair ``(a, b)`` measured ``s_ab = e_b - e_a`` (the correction of ``b``'s nominal place minus
 ``a``'s). Within each connected group of scans the corrections ``e`` minimise
-``sum_ab w_ab |e_b - e_a - s_ab|^2`` (weights: the pair's correlation), with the gauge ``sum e = 0`` (the
+``sum_ab w_ab |e_b - e_a - s_ab|^2`` (weights: the pair's correlation times its common voxels), with the gauge ``sum e = 0`` (the
 group keeps its mean nominal place: nominal errors are random, so this is their best common reference).
 As in BigStitcher's global optimisation, the link with the largest residual is dropped while it exceeds
-``tolerance_m`` and the fit is repeated; a link whose removal leaves its scans apart has a zero residual and
+``tolerance_m`` (absolute) or ``relative`` times the median residual (above a floor), and the fit is
+repeated; a link whose removal leaves its scans apart has a zero residual and
 is never the worst, so only links inconsistent with a loop of others are dropped.
 
 The intensity of each scan is matched the same way: offsets ``c`` (added to a scan's values) with
@@ -101,7 +102,8 @@ def _least_squares(members: list[int], links: list[Link], values: list[np.ndarra
     return {s: sol[pos[s]] for s in members}
 
 
-def solve_placement(n: int, links: list[Link], tolerance_m: float) -> Placement:
+def solve_placement(n: int, links: list[Link], tolerance_m: float, relative: float = 3.0,
+                    floor_m: float | None = None) -> Placement:
     """Place ``n`` scans from their pairwise links (see module docstring).
 
     Parameters
@@ -112,6 +114,11 @@ def solve_placement(n: int, links: list[Link], tolerance_m: float) -> Placement:
         Accepted pairwise measurements (modified in place: ``used``, ``residual_m``, ``reason``).
     tolerance_m : float
         Largest residual kept (e.g. one finest voxel).
+    relative : float
+        Also drop the worst link while its residual exceeds ``relative`` times the median residual of the used
+        links (and ``floor_m``): a link much worse than the others is wrong even below ``tolerance_m``.
+    floor_m : float, optional
+        Residual below which no link is dropped for the relative test (default ``tolerance_m / 2``).
 
     Returns
     -------
@@ -128,11 +135,18 @@ def solve_placement(n: int, links: list[Link], tolerance_m: float) -> Placement:
             lk.residual_m = float(np.linalg.norm(corr[lk.b] - corr[lk.a] - lk.shift_m))
         used = [lk for lk in links if lk.used]
         worst = max(used, key=lambda lk: lk.residual_m, default=None)
-        if worst is None or worst.residual_m <= tolerance_m:
+        if worst is None:
+            break
+        median = float(np.median([lk.residual_m for lk in used]))
+        floor = tolerance_m / 2 if floor_m is None else floor_m
+        if worst.residual_m > tolerance_m:
+            why = f"above {tolerance_m * 1e9:.0f} nm"
+        elif worst.residual_m > max(relative * median, floor):
+            why = f"above {relative:g} times the median residual {median * 1e9:.1f} nm"
+        else:
             break
         worst.used = False
-        worst.reason = (f"residual {worst.residual_m * 1e9:.0f} nm above {tolerance_m * 1e9:.0f} nm: "
-                        f"inconsistent with the other links")
+        worst.reason = f"residual {worst.residual_m * 1e9:.0f} nm {why}: inconsistent with the other links"
     alone = [i for i in range(n) if not any(i in g for g in groups)]
     return Placement(corr, groups, alone, links)
 
