@@ -286,8 +286,9 @@ def test_end_to_end_from_raw_nxtomo_scans(tmp_path):
     """Raw four-distance NXtomo scans of one phantom, stacked along z with nominal places off by up to 10
     voxels, through the chain; the places read from the NXtomo files (as the chain is to write them into
     report.json) are corrected by the stitch: along z (the rotation axis) to within half a voxel, across it
-    to within one (each reconstruction places its content by its own centre-of-rotation estimate: an axis off
-    by d pixels moves a 180-degree reconstruction by about d / 2, which the stitch rightly follows)."""
+    to within one. Measured: 0.1 voxel along z, up to 0.87 across (y); the two reconstructions' rotation
+    axes agree with the truth to 0.03 px, so the lateral part is not the axis: not yet attributed (the
+    simulated slow drift of 0.3 px per scan is one candidate; see docs/stitching.md, Limits)."""
     from xnh_stream.chain.batch import process_scan
     from xnh_stream.simulate.overlap import simulate_overlap_nxtomo
 
