@@ -744,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .segment.commands import add_parsers as _add_segment_parsers  # noqa: PLC0415
 
     _add_segment_parsers(sub)
+    from .stitch.commands import add_parsers as _add_stitch_parsers; _add_stitch_parsers(sub)  # noqa: E702, PLC0415
     for name in ("watch", "demo"):
         _add_segment_args(sub.choices[name])
     for name, (_, rule, _) in OUTPUT_RULES.items():

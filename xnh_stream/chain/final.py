@@ -50,7 +50,7 @@ import xraydb
 
 from .. import __version__
 from ..config import ProcessConfig
-from ..io.nxtomo import FIELDS, InputError
+from ..io.nxtomo import FIELDS, InputError, read_sample_translation
 from ..io.omezarr import create_volume, open_volume
 from ..io.sources import FrameRecord
 from ..physics.align import ShiftModel, measure_distance_shifts
@@ -721,6 +721,27 @@ class FinalChain:
             self.timing["phase"] = round(time.perf_counter() - t0, 3)
         return sorted(written)
 
+    def sample_position(self) -> dict[str, Any] | None:
+        """Stage position of the sample (NXtomo ``sample/{x,y,z}_translation`` of the reference distance), as
+        the report's ``sample`` section: ``translation_m`` as stored and ``position_m``, the volume centre
+        ``[z, y, x]`` in metres (vertical, along the beam, transverse). None when the files record none."""
+        ref = self.index.distances[self.ref]
+        first = next(iter(ref.projections or ref.frames), None)
+        if first is None or first.layout != "nxtomo":
+            return None
+        try:
+            tr = read_sample_translation(first.path, first.entry)
+        except InputError as exc:
+            log.warning("sample position not read: %s", exc)
+            return None
+        if tr is None:
+            return None
+        lab = tr.lab_m()
+        if any(v is None for v in lab.values()):
+            return None
+        return {"translation_m": {"x": tr.x_m, "y": tr.y_m, "z": tr.z_m, "frame": tr.frame},
+                "position_m": [lab["vertical"], lab["beam"], lab["transverse"]]}
+
     def boxes(self, shape: tuple[int, int, int]) -> list[tuple[int, int, int, int, int, int]]:
         """Central boxes for the FSC: side ``fsc_box_px`` clipped per axis, tiled about the centre."""
         side = [min(self.layout.fsc_box_px, s) for s in shape]
@@ -834,9 +855,12 @@ class FinalChain:
             raise InputError(self.index.folder, "no angle has a usable frame at any distance")
         vol_shape = (ny, nx, nx)
         work_volume = self.work.path / VOLUME_NAME
-        translation = None
-        levels = create_volume(work_volume, vol_shape, self.geometry.voxel_m, chunks=(rows, 256, 256),
-                               translation_m=translation)
+        position = self.sample_position()
+        origin = None
+        if position is not None:  # the volume's first voxel, from the stage position of its centre
+            origin = tuple(float(c) - (n - 1) / 2 * self.geometry.voxel_m for c, n in zip(position["position_m"], vol_shape))
+        levels = create_volume(work_volume, vol_shape, self.geometry.voxel_m, chunks=(rows, 256, 256), origin_m=origin,
+                               reopen=True)
         boxes = self.boxes(vol_shape)
         halves_path = self.work.path / "fsc_halves.zarr"
         _create_halves(halves_path, boxes)
@@ -845,6 +869,7 @@ class FinalChain:
         fsc_section, edge_section = self.resolution(halves_path, boxes)
         report = self._report(slots, written, axis, envelope, contrast, shift_record, fsc_section, edge_section,
                               halves_path, t_start)
+        report.sample = position or {}
         own_journal = journal is None and self.out is not None
         if own_journal:
             journal = FrameJournal(self.out / JOURNAL_NAME)

@@ -704,3 +704,98 @@ def frame_problem(frame: np.ndarray, shape: tuple[int, int]) -> str | None:
     if not np.any(frame):
         return "all pixels are zero (detector read-out failure)"
     return None
+
+
+#: NXtomo layout version from which the ``nxtomo`` package stores sample translations in the McStas frame
+#: (``y`` vertical up, ``z`` along the beam, ``x`` horizontal); earlier files use the ESRF frame
+#: (``z`` vertical up, ``x`` along the beam, ``y`` horizontal).
+MCSTAS_VERSION = 2.0
+TRANSLATION_FIELDS = {"x": "sample/x_translation", "y": "sample/y_translation", "z": "sample/z_translation"}
+
+
+@dataclass(frozen=True)
+class SampleTranslation:
+    """Sample-stage translations of one NXtomo entry, in metres, as stored (``None`` where absent).
+
+    Attributes
+    ----------
+    x_m, y_m, z_m : float or None
+        ``sample/x_translation``, ``y_translation``, ``z_translation`` (median over the projections when
+        recorded per frame).
+    frame : str
+        ``"McStas"`` (entry ``version`` >= 2.0, the ``nxtomo`` package's convention since 2.0: ``y``
+        vertical) or ``"ESRF"`` (older files: ``z`` vertical).
+    """
+
+    x_m: float | None
+    y_m: float | None
+    z_m: float | None
+    frame: str = "McStas"
+
+    def lab_m(self) -> dict[str, float | None]:
+        """The translations by direction: ``vertical``, ``beam`` (along the beam) and ``transverse``."""
+        if self.frame == "McStas":
+            return {"vertical": self.y_m, "beam": self.z_m, "transverse": self.x_m}
+        return {"vertical": self.z_m, "beam": self.x_m, "transverse": self.y_m}
+
+
+def read_sample_translation(path: str | Path, entry: str | None = None) -> SampleTranslation | None:
+    """Read the sample-stage position of an NXtomo file (``sample/{x,y,z}_translation``), in metres.
+
+    Parameters
+    ----------
+    path : str or Path
+        The HDF5 file.
+    entry : str, optional
+        Entry name; by default the first entry whose definition is NXtomo.
+
+    Returns
+    -------
+    SampleTranslation or None
+        None when the entry has none of the three fields. A field recorded per frame gives the median over
+        the regular projections (image_key 0), or over all frames when image_key is missing. The ``units``
+        attribute is honoured (metres when absent, as the ``nxtomo`` package assumes).
+
+    Raises
+    ------
+    InputError
+        When the file cannot be opened, a field is not numeric, has an unknown unit, is non-finite, or its
+        length matches neither 1 nor the number of frames.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        e = f[_find_entry(path, f, entry)]
+        if not any(name in e for name in TRANSLATION_FIELDS.values()):
+            return None
+        keys = e.get(FIELDS["image_key"])
+        key = np.ravel(keys[()]) if isinstance(keys, h5py.Dataset) else None
+        values: dict[str, float | None] = {}
+        for axis, name in TRANSLATION_FIELDS.items():
+            ds = e.get(name)
+            if ds is None:
+                values[axis] = None
+                continue
+            if not isinstance(ds, h5py.Dataset):
+                raise InputError(path, "is a group, expected a dataset", name)
+            try:
+                v = np.ravel(np.asarray(ds[()], dtype=np.float64))
+            except (TypeError, ValueError) as exc:
+                raise InputError(path, f"is not numeric ({exc})", name) from exc
+            unit = _units(ds) or "m"
+            scale = _LENGTH.get(unit, _LENGTH.get(unit.lower()))
+            if scale is None:
+                raise InputError(path, f"unknown unit {unit!r} (expected one of {sorted(_LENGTH)})", name)
+            if v.size == 0 or not np.all(np.isfinite(v)):
+                raise InputError(path, "is empty or contains NaN or infinite values", name)
+            if v.size > 1 and key is not None:
+                if v.size != key.size:
+                    raise InputError(path, f"has {v.size} values for {key.size} frames", name)
+                if np.any(key == PROJECTION):
+                    v = v[key == PROJECTION]
+            values[axis] = float(np.median(v)) * scale
+        version = e.attrs.get("version")
+        try:
+            frame = "McStas" if version is None or float(version) >= MCSTAS_VERSION else "ESRF"
+        except (TypeError, ValueError):
+            frame = "McStas"
+        return SampleTranslation(values["x"], values["y"], values["z"], frame)

@@ -17,7 +17,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import zarr
-from ome_zarr.writer import write_multiscale, write_multiscale_labels
+from ome_zarr.writer import write_multiscale, write_multiscale_labels, write_multiscales_metadata
 from skimage.transform import downscale_local_mean
 
 AXES = [{"name": a, "type": "space", "unit": "meter"} for a in "zyx"]
@@ -40,8 +40,25 @@ def pyramid(volume: np.ndarray | da.Array, labels: bool = False, min_size: int =
     return levels
 
 
+def level_transforms(voxel_m: float, n_levels: int, origin_m: tuple[float, float, float] | None = None) -> list:
+    """OME-NGFF coordinate transformations of every level of a pyramid of 2x block means.
+
+    Level ``l`` has voxel ``voxel_m * 2**l``; with ``origin_m`` (the position in metres of the centre of voxel
+    ``[0, 0, 0]`` of level 0, ``z y x``) each level also gets the ``translation`` of its own first voxel's
+    centre, ``origin_m + voxel_m * (2**l - 1) / 2``.
+    """
+    out = []
+    for i in range(n_levels):
+        t = [{"type": "scale", "scale": [voxel_m * 2**i] * 3}]
+        if origin_m is not None:
+            t.append({"type": "translation", "translation": [float(o) + voxel_m * (2**i - 1) / 2 for o in origin_m]})
+        out.append(t)
+    return out
+
+
 def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: bool = False,
-                 chunks: tuple[int, int, int] = (64, 256, 256), name: str | None = None) -> Path:
+                 chunks: tuple[int, int, int] = (64, 256, 256), name: str | None = None,
+                 origin_m: tuple[float, float, float] | None = None) -> Path:
     """Write a 3-D volume ``[z, y, x]`` as an OME-NGFF multiscale image.
 
     Parameters
@@ -60,6 +77,9 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
         Chunk shape of every level (clipped to the level's shape).
     name : str, optional
         Name stored in the multiscales metadata.
+    origin_m : (float, float, float), optional
+        Position ``z y x`` in metres of the centre of voxel ``[0, 0, 0]`` (e.g. the scan's place on the sample
+        stage): written as each level's OME-NGFF ``translation`` (see :func:`level_transforms`).
 
     Returns
     -------
@@ -76,7 +96,7 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     else:
         levels = pyramid(volume if labels else volume.astype(np.float32, copy=False), labels=labels)
     group = zarr.open_group(str(path), mode="w")
-    transforms = [[{"type": "scale", "scale": [voxel_m * 2**i] * 3}] for i in range(len(levels))]
+    transforms = level_transforms(voxel_m, len(levels), origin_m)
     opts = [{"chunks": tuple(min(c, s) for c, s in zip(chunks, lv.shape))} for lv in levels]
     levels = [lv.rechunk(o["chunks"]) if isinstance(lv, da.Array) else lv for lv, o in zip(levels, opts)]
     write_multiscale(levels, group, axes=AXES, coordinate_transformations=transforms, storage_options=opts,
@@ -191,6 +211,25 @@ def read_volume(path: str | Path, level: int = 0) -> tuple[np.ndarray, float]:
     return np.asarray(arr[...]), voxel
 
 
+def multiscale_levels(path: str | Path) -> list[dict]:
+    """The levels of an OME-NGFF volume: for each, ``path`` (the array key), ``voxel_m`` and ``origin_m``.
+
+    ``origin_m`` is the level's ``translation`` (position ``z y x`` of its voxel ``[0, 0, 0]``, metres), or
+    None when the metadata has none. Nothing is read but the metadata.
+    """
+    group = zarr.open_group(str(path), mode="r")
+    attrs = group.attrs.asdict()
+    ms = (attrs.get("ome") or attrs)["multiscales"][0]
+    out = []
+    for ds in ms["datasets"]:
+        ts = ds["coordinateTransformations"]
+        scale = next(t["scale"] for t in ts if t["type"] == "scale")
+        shift = next((t["translation"] for t in ts if t["type"] == "translation"), None)
+        out.append({"path": ds["path"], "voxel_m": float(scale[-1]),
+                    "origin_m": None if shift is None else tuple(float(v) for v in shift[-3:])})
+    return out
+
+
 def pyramid_shapes(shape: tuple[int, int, int], min_size: int = 32) -> list[tuple[int, int, int]]:
     """Shapes of the levels :func:`pyramid` makes of a volume of ``shape`` (each level halves every axis,
     dropping an odd last voxel, while the smallest axis is at least ``2 * min_size``)."""
@@ -201,12 +240,15 @@ def pyramid_shapes(shape: tuple[int, int, int], min_size: int = 32) -> list[tupl
 
 
 def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
-                  chunks: tuple[int, int, int] = (64, 256, 256), name: str | None = None,
-                  translation_m: tuple[float, float, float] | None = None) -> list[zarr.Array]:
-    """Create an empty float32 OME-NGFF multiscale volume to be filled region by region.
+                  chunks: tuple[int, int, int] = (64, 64, 64), origin_m: tuple[float, float, float] | None = None,
+                  name: str | None = None, min_size: int = 32, halve_chunks: bool = False,
+                  reopen: bool = False) -> list[zarr.Array]:
+    """Create an empty float32 OME-NGFF multiscale volume to be filled block by block (by several processes).
 
-    The metadata are those :func:`write_volume` writes; an existing group with the same level shapes and
-    chunks is opened, not replaced (a resumed run keeps what it wrote).
+    The levels have the shapes :func:`pyramid` would give (each the previous halved, down to ``min_size``),
+    every level the same ``chunks`` (or, with ``halve_chunks``, chunks halved per level down to 16 voxels,
+    so that a level's chunk covers its parent's) clipped to its shape, and ``fill_value`` 0. Writers of
+    regions aligned to the chunks never share a chunk.
 
     Parameters
     ----------
@@ -217,43 +259,42 @@ def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
     voxel_m : float
         Isotropic voxel size of level 0, metres.
     chunks : tuple of int
-        Chunk shape of every level (clipped to the level's shape).
+        Chunk shape (of level 0; of every level unless ``halve_chunks``).
+    origin_m : tuple of float, optional
+        Position ``z y x`` in metres of the centre of voxel ``[0, 0, 0]`` (an OME-NGFF translation).
     name : str, optional
         Name stored in the multiscales metadata.
-    translation_m : tuple of float, optional
-        Position of the first voxel's centre ``(z, y, x)`` in metres (an OME-NGFF translation).
+    min_size : int
+        Smallest axis of the coarsest level is at least this.
+    halve_chunks : bool
+        Halve the chunks per level.
+    reopen : bool
+        Open an existing volume of the same level shapes and chunks instead of replacing it (a resumed run
+        keeps what it wrote).
 
     Returns
     -------
     list of zarr.Array
-        The levels, full resolution first.
+        The level arrays, level 0 first, open for writing.
     """
     if not voxel_m > 0:
         raise ValueError(f"voxel size must be positive, got {voxel_m}")
-    path = Path(path)
-    shapes = pyramid_shapes(tuple(shape))
-    if (path / "zarr.json").exists():
+    shapes = pyramid_shapes(tuple(shape), min_size)
+    level_chunks = [tuple(max(min(c, 16), c >> (i if halve_chunks else 0)) for c in chunks) for i in range(len(shapes))]
+    want = [tuple(min(c, n) for c, n in zip(lc, sh)) for lc, sh in zip(level_chunks, shapes)]
+    if reopen and (Path(path) / "zarr.json").exists():
         try:
             group = zarr.open_group(str(path), mode="r+")
             levels = [group[f"s{i}"] for i in range(len(shapes))]
-            want = [tuple(min(c, n) for c, n in zip(chunks, sh)) for sh in shapes]
             if [tuple(a.shape) for a in levels] == shapes and [tuple(a.chunks) for a in levels] == want:
                 return levels
         except (KeyError, ValueError):
             pass
     group = zarr.open_group(str(path), mode="w")
-    levels = []
-    datasets = []
-    for i, s in enumerate(shapes):
-        arr = group.create_array(f"s{i}", shape=s, chunks=tuple(min(c, n) for c, n in zip(chunks, s)),
-                                 dtype="float32", fill_value=0.0, dimension_names=("z", "y", "x"))
-        levels.append(arr)
-        transforms: list[dict] = [{"type": "scale", "scale": [voxel_m * 2**i] * 3}]
-        if translation_m is not None:
-            # level i's first voxel centre sits half a level-i voxel minus half a level-0 voxel further on
-            shift = voxel_m * (2**i - 1) / 2
-            transforms.append({"type": "translation", "translation": [float(t) + shift for t in translation_m]})
-        datasets.append({"path": f"s{i}", "coordinateTransformations": transforms})
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [
-        {"datasets": datasets, "name": name or path.name, "axes": AXES}]}
-    return levels
+    arrays = [group.create_array(f"s{i}", shape=sh, chunks=ch, dtype="float32", fill_value=0,
+                                 dimension_names=[a["name"] for a in AXES])
+              for i, (sh, ch) in enumerate(zip(shapes, want))]
+    datasets = [{"path": f"s{i}", "coordinateTransformations": t}
+                for i, t in enumerate(level_transforms(voxel_m, len(shapes), origin_m))]
+    write_multiscales_metadata(group, datasets, axes=AXES, name=name or Path(path).name)
+    return arrays
