@@ -7,7 +7,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_local():
+    """An embedded Ray of this session's own, whatever RAY_ADDRESS or another Ray on the machine says."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

@@ -41,11 +41,12 @@ def day(tmp_path_factory):
     bad.mkdir()
     for k in (1, 2):
         shutil.copy(root / "scan_a" / f"phantom_{k}_.nx", bad)
-    with h5py.File(bad / "phantom_1_.nx", "r+") as f:  # its flats become projections: no flat field left
-        ik = f["entry0000/instrument/detector/image_key"]
-        keys = ik[()]
-        keys[keys == 1] = 0
-        ik[...] = keys
+    for k in (1, 2):  # their flats become projections: no distance can be flat-fielded
+        with h5py.File(bad / f"phantom_{k}_.nx", "r+") as f:
+            ik = f["entry0000/instrument/detector/image_key"]
+            keys = ik[()]
+            keys[keys == 1] = 0
+            ik[...] = keys
     (root / "notes").mkdir()
     (root / "notes" / "log.txt").write_text("beamline notes")
     age(root)

@@ -233,7 +233,7 @@ import ray, time
 from pathlib import Path
 from xnh_stream.config import ProcessConfig
 from tests.test_stream import ListSource, stream
-ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 class Slow(ListSource):
     def poll(self):
         time.sleep(0.2)

@@ -462,8 +462,10 @@ def cmd_overnight(a: argparse.Namespace) -> int:
     from .overnight import SUMMARY_NAME, run_overnight  # noqa: PLC0415
 
     config = _process_config(a)
-    factory = None
+    factory = stitch_runner = None
     if not a.local:
+        from actors.stitch import run_stitch_ray as stitch_runner  # noqa: PLC0415
+
         first = _ray_executor(a.address, config)
         share = max(1, first.parallelism // max(1, a.concurrent))
 
@@ -482,7 +484,8 @@ def cmd_overnight(a: argparse.Namespace) -> int:
         while True:
             result = run_overnight(a.root, a.out, config, metrics=metrics, settle_s=a.settle_s, on_scan=report,
                                    concurrent=a.concurrent, executor_for_scan=factory,
-                                   process=functools.partial(process_scan, layout=_layout(a)))
+                                   process=functools.partial(process_scan, layout=_layout(a)),
+                                   stitch=not a.no_stitch, stitch_runner=stitch_runner)
             failed = len(result.failed)
             print(f"overnight: {len(result.done)} done, {failed} failed, {len(result.skipped)} skipped "
                   f"(report.json exists), {len(result.waiting)} not finished; account in "
@@ -735,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--local", action="store_true", help="run every task in this process, without Ray")
     g.add_argument("--concurrent", type=int, default=1,
                    help="scans processed at once, each limited to its share of the cluster's CPUs (default %(default)s)")
+    g.add_argument("--no-stitch", action="store_true",
+                   help="do not stitch the scans of one sample (NXtomo sample/name, with stage positions) into "
+                        "OUT/<sample>.stitched")
     _add_layout_args(s)
     _add_process_args(s)
     _add_metrics_args(s, OVERNIGHT_METRICS_PORT)
@@ -744,7 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .segment.commands import add_parsers as _add_segment_parsers  # noqa: PLC0415
 
     _add_segment_parsers(sub)
-    from .stitch.commands import add_parsers as _add_stitch_parsers; _add_stitch_parsers(sub)  # noqa: E702, PLC0415
+    from .stitch.commands import add_parsers as _add_stitch_parsers  # noqa: PLC0415
+
+    _add_stitch_parsers(sub)
     for name in ("watch", "demo"):
         _add_segment_args(sub.choices[name])
     for name, (_, rule, _) in OUTPUT_RULES.items():

@@ -22,7 +22,11 @@ each scan's tasks limited to its share of the cluster (``max_in_flight``). Rules
   NXtomo (``truth.h5``, master files) are ignored; ``OUTROOT`` is never searched when it lies inside
   ``ROOT``;
 - **a killed pass resumes inside a scan too**: the final pass keeps its finished units in
-  ``OUTROOT/<scan>/work`` and does not redo them.
+  ``OUTROOT/<scan>/work`` and does not redo them;
+- **scans of one sample are stitched** (``stitch=True``): after the pass, the finished outputs whose reports
+  name the same sample (NXtomo ``sample/name``) and carry a stage position are stitched into
+  ``OUTROOT/<sample>.stitched/`` (:func:`xnh_stream.stitch.stitch_outputs`), again whenever one of them is
+  newer than the stitched volume; a failure is recorded in that folder's ``error.json``.
 
 ``OUTROOT/overnight.json`` holds the account of the last pass (rewritten atomically after each scan).
 """
@@ -75,6 +79,7 @@ class OvernightResult:
     skipped: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     durations_s: dict[str, float] = field(default_factory=dict)
+    stitched: dict[str, list[str]] = field(default_factory=dict)  # sample -> scans stitched this pass
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -173,7 +178,8 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
                   metrics: PipelineMetrics | None = None, settle_s: float = 60.0,
                   process: Callable[..., ChainResult] = process_scan,
                   on_scan: Callable[[str, str, float | None], None] | None = None,
-                  concurrent: int = 1, executor_for_scan: Callable[[], Any] | None = None) -> OvernightResult:
+                  concurrent: int = 1, executor_for_scan: Callable[[], Any] | None = None,
+                  stitch: bool = False, stitch_runner: Callable[..., Any] | None = None) -> OvernightResult:
     """One pass of the overnight queue over ``root`` into ``out_root``.
 
     Parameters
@@ -195,6 +201,10 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
     executor_for_scan : callable, optional
         Makes the executor of one scan (e.g. a Ray executor limited to its share of the cluster); None runs
         each scan's tasks in its thread.
+    stitch : bool
+        Stitch the finished scans of each sample (module docstring).
+    stitch_runner : callable, optional
+        How the stitch runs (:func:`actors.stitch.run_stitch_ray` on Ray; default here).
 
     Returns
     -------
@@ -278,5 +288,56 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
     else:
         with ThreadPoolExecutor(max_workers=int(concurrent), thread_name_prefix="xnh-overnight") as pool:
             list(pool.map(one, todo))
+    if stitch:
+        result.stitched = stitch_samples(out_root, [s.name for s in scans if s.finished], stitch_runner)
     account()
     return result
+
+
+#: Folder suffix of a sample's stitched volume under the output root.
+STITCHED_SUFFIX = ".stitched"
+
+
+def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] | None = None) -> dict[str, list[str]]:
+    """Stitch the finished outputs of each sample (two or more, with a stage position) into
+    ``out_root/<sample>.stitched``; returns the scans stitched per sample (this call)."""
+    from .chain.report import ScanReport  # noqa: PLC0415
+    from .stitch import stitch_outputs  # noqa: PLC0415
+
+    groups: dict[str, list[Path]] = {}
+    for name in names:
+        out = out_root / name
+        if not (out / REPORT_NAME).exists():
+            continue
+        try:
+            sample = ScanReport.load(out).sample
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("overnight: %s has an unreadable report (%s): not stitched", name, exc)
+            continue
+        if sample.get("name") and sample.get("position_m"):
+            groups.setdefault(str(sample["name"]), []).append(out)
+    done: dict[str, list[str]] = {}
+    for sample, outs in sorted(groups.items()):
+        if len(outs) < 2:
+            continue
+        dest = out_root / f"{_safe(sample)}{STITCHED_SUFFIX}"
+        newest = max((o / REPORT_NAME).stat().st_mtime for o in outs)
+        stitched = dest / "volume.ome.zarr" / "zarr.json"
+        if (dest / "stitch.json").exists() and stitched.exists() and (dest / "stitch.json").stat().st_mtime >= newest:
+            continue  # up to date
+        try:
+            stitch_outputs(outs, dest, runner=runner)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other samples go on
+            _write_json(dest / ERROR_NAME, {"sample": sample, "scans": [str(o) for o in outs], "error": str(exc),
+                                            "type": type(exc).__name__, "traceback": traceback.format_exc(limit=8)})
+            log.error("overnight: stitching sample %s failed: %s (recorded in %s)", sample, exc, dest / ERROR_NAME)
+            continue
+        (dest / ERROR_NAME).unlink(missing_ok=True)
+        done[sample] = [o.name for o in outs]
+        log.info("overnight: %d scans of sample %s stitched into %s", len(outs), sample, dest)
+    return done
+
+
+def _safe(name: str) -> str:
+    """A sample name usable as a folder name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "sample"

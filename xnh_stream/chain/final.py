@@ -50,7 +50,7 @@ import xraydb
 
 from .. import __version__
 from ..config import ProcessConfig
-from ..io.nxtomo import FIELDS, InputError, read_sample_translation
+from ..io.nxtomo import FIELDS, InputError, read_sample_name, read_sample_translation
 from ..io.omezarr import create_volume, open_volume
 from ..io.sources import FrameRecord
 from ..physics.align import ShiftModel, measure_distance_shifts
@@ -722,25 +722,26 @@ class FinalChain:
         return sorted(written)
 
     def sample_position(self) -> dict[str, Any] | None:
-        """Stage position of the sample (NXtomo ``sample/{x,y,z}_translation`` of the reference distance), as
-        the report's ``sample`` section: ``translation_m`` as stored and ``position_m``, the volume centre
-        ``[z, y, x]`` in metres (vertical, along the beam, transverse). None when the files record none."""
+        """Name and stage position of the sample (NXtomo ``sample/name``, ``sample/{x,y,z}_translation`` of the
+        reference distance), as the report's ``sample`` section: ``name``, ``translation_m`` as stored and
+        ``position_m``, the volume centre ``[z, y, x]`` in metres (vertical, along the beam, transverse).
+        None when the files record neither."""
         ref = self.index.distances[self.ref]
         first = next(iter(ref.projections or ref.frames), None)
         if first is None or first.layout != "nxtomo":
             return None
         try:
             tr = read_sample_translation(first.path, first.entry)
+            name = read_sample_name(first.path, first.entry)
         except InputError as exc:
             log.warning("sample position not read: %s", exc)
             return None
-        if tr is None:
-            return None
-        lab = tr.lab_m()
-        if any(v is None for v in lab.values()):
-            return None
-        return {"translation_m": {"x": tr.x_m, "y": tr.y_m, "z": tr.z_m, "frame": tr.frame},
-                "position_m": [lab["vertical"], lab["beam"], lab["transverse"]]}
+        out: dict[str, Any] = {"name": name} if name else {}
+        lab = tr.lab_m() if tr is not None else {}
+        if tr is not None and all(v is not None for v in lab.values()):
+            out.update(translation_m={"x": tr.x_m, "y": tr.y_m, "z": tr.z_m, "frame": tr.frame},
+                       position_m=[lab["vertical"], lab["beam"], lab["transverse"]])
+        return out or None
 
     def boxes(self, shape: tuple[int, int, int]) -> list[tuple[int, int, int, int, int, int]]:
         """Central boxes for the FSC: side ``fsc_box_px`` clipped per axis, tiled about the centre."""
@@ -857,7 +858,7 @@ class FinalChain:
         work_volume = self.work.path / VOLUME_NAME
         position = self.sample_position()
         origin = None
-        if position is not None:  # the volume's first voxel, from the stage position of its centre
+        if position is not None and "position_m" in position:  # the first voxel, from the stage position
             origin = tuple(float(c) - (n - 1) / 2 * self.geometry.voxel_m for c, n in zip(position["position_m"], vol_shape))
         levels = create_volume(work_volume, vol_shape, self.geometry.voxel_m, chunks=(rows, 256, 256), origin_m=origin,
                                reopen=True)

@@ -509,8 +509,10 @@ class FolderWatcher:
             t.soft = not view.complete
             self._counters.complete_files += 1
         elif self.stall_s is not None and now - t.changed_at >= self.stall_s:
-            self._problem(t, InputError(path, f"incomplete ({view.n_available} of {view.n_frames} frames written) "
-                                        f"and unchanged for {self.stall_s:g} s"), True)
+            when = (f"unchanged for {self.stall_s:g} s" if self.stall_s > 0
+                    else "read as part of a finished scan")
+            self._problem(t, InputError(path, f"incomplete: {view.n_available} of its {view.n_frames} frames written, "
+                                        f"no end_time, {when}; the written frames are used"), True)
         return out
 
     def _problem(self, t: _Tracked, exc: InputError, final: bool) -> list[FrameRecord]:

@@ -739,6 +739,18 @@ class SampleTranslation:
         return {"vertical": self.z_m, "beam": self.x_m, "transverse": self.y_m}
 
 
+def read_sample_name(path: str | Path, entry: str | None = None) -> str | None:
+    """The sample's name in an NXtomo file (``sample/name``, or ``sample/sample_name`` of layout 1.0), or None."""
+    path = Path(path)
+    with _open(path) as f:
+        e = f[_find_entry(path, f, entry)]
+        for key in ("sample/name", "sample/sample_name"):
+            if key in e:
+                name = _text(e, key)
+                return name.strip() if name and name.strip() else None
+    return None
+
+
 def read_sample_translation(path: str | Path, entry: str | None = None) -> SampleTranslation | None:
     """Read the sample-stage position of an NXtomo file (``sample/{x,y,z}_translation``), in metres.
 
@@ -782,9 +794,9 @@ def read_sample_translation(path: str | Path, entry: str | None = None) -> Sampl
             except (TypeError, ValueError) as exc:
                 raise InputError(path, f"is not numeric ({exc})", name) from exc
             unit = _units(ds) or "m"
-            scale = _LENGTH.get(unit, _LENGTH.get(unit.lower()))
+            scale = unit_scale(unit, "length")
             if scale is None:
-                raise InputError(path, f"unknown unit {unit!r} (expected one of {sorted(_LENGTH)})", name)
+                raise InputError(path, f"unknown unit {unit!r} (not a length)", name)
             if v.size == 0 or not np.all(np.isfinite(v)):
                 raise InputError(path, "is empty or contains NaN or infinite values", name)
             if v.size > 1 and key is not None:

@@ -285,7 +285,7 @@ def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, .
 
 def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 100e-9, nx: int = 64,
                             overlap: float = 0.5, max_error_voxels: float = 10.0, seed: int = 0,
-                            n_angles: int = 120) -> OverlapSet:
+                            n_angles: int = 120, sample_name: str = "overlap-sample") -> OverlapSet:
     """Write raw four-distance NXtomo scans of one phantom at overlapping places, for an end-to-end run.
 
     Scans are stacked along ``z`` (the rotation axis), each ``nx // 2`` rows high, at the voxel size of the
@@ -293,7 +293,8 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
     by up to ``max_error_voxels``. The nominal place of each scan's volume centre is written into every
     distance file as ``sample/x_translation`` (horizontal), ``y_translation`` (vertical), ``z_translation``
     (along the beam) in micrometres (NXtomo McStas frame), with the mapping to volume axes used in the chain:
-    volume ``z`` = vertical, ``y`` = along the beam at angle 0, ``x`` = horizontal.
+    volume ``z`` = vertical, ``y`` = along the beam at angle 0, ``x`` = horizontal; ``sample/name`` is
+    ``sample_name`` in every file (the overnight queue stitches the scans of one sample).
 
     Returns
     -------
@@ -335,8 +336,14 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
             with h5py.File(f, "a") as h5:
                 entry = h5[next(iter(h5))]
                 for axis, value in (("x", centre[2]), ("y", centre[0]), ("z", centre[1])):
-                    entry[f"sample/{axis}_translation"] = value * 1e6
-                    entry[f"sample/{axis}_translation"].attrs["units"] = "um"
+                    key = f"sample/{axis}_translation"
+                    if key in entry:  # the writer's own (zeros): the stage's position replaces it
+                        del entry[key]
+                    entry[key] = value * 1e6
+                    entry[key].attrs["units"] = "um"
+                if "sample/name" in entry:
+                    del entry["sample/name"]
+                entry["sample/name"] = sample_name  # the scans of one sample (overnight stitches them)
         scans.append(OverlapScan(f"scan{k:02d}", voxel_m, shape, tuple(true_origin.tolist()),
                                  tuple(nominal_origin.tolist()), 0.0, str(folder)))
     record = {"phantom": {"voxel_m": voxel_m, "origin_m": [0.0, 0.0, 0.0], "shape": list(big.delta.shape)},
