@@ -38,7 +38,7 @@ from xnh_stream.ingest.watch import FolderWatcher, QuarantineRecord
 from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN
 from xnh_stream.io.sources import FrameRecord
 from xnh_stream.live.views import merge_views, slab_views
-from xnh_stream.physics.cor import estimate_cor
+from xnh_stream.physics.cor import estimate_rotation_axis
 from xnh_stream.physics.xp import bin_2d, binning_for
 from xnh_stream.quality.alerts import CallbackSink, default_router
 from xnh_stream.quality.monitor import QualityMonitor
@@ -487,6 +487,25 @@ class StreamDriver:
             for work in self.assembler.replay():
                 self._dispatch(work, targets=[actor])
 
+    def _live_axis(self, pair: tuple[np.ndarray, np.ndarray]) -> float | None:
+        """The rotation axis from the 0/180 pair and the reference distance's rows in the store (the
+        consensus the final pass uses); None, and the detector centre kept, when no estimator is reliable."""
+        ny = self.assembler.shape[0]
+        rows = sorted({int(round(r)) for r in np.linspace(0.15 * (ny - 1), 0.85 * (ny - 1), min(6, ny))})
+        sinos, thetas = self.assembler.reference_rows(rows)
+        try:
+            est = estimate_rotation_axis([(pair[0], pair[1], 180.0)], sinos if thetas.size >= 8 else None,
+                                         thetas if thetas.size >= 8 else None)
+        except ValueError as exc:
+            log.warning("live rotation axis not estimated (%s): the detector centre is kept", exc)
+            return None
+        if est.method.endswith("(unreliable)"):
+            log.warning("live rotation axis %.2f px (%s) is not reliable: the detector centre is kept", est.px,
+                        est.method)
+            return None
+        log.info("live rotation axis %.2f px (%s, confidence %.2f px)", est.px, est.method, est.confidence_px)
+        return float(est.px)
+
     def _rebuild_around(self, cor: float) -> None:
         """The live volume rebuilt around a new rotation axis from the frames on disk."""
         log.info("live centre of rotation %.2f px; rebuilding the live volume", cor)
@@ -611,10 +630,12 @@ class StreamDriver:
             self._ingest(batch)
             a = self.assembler
             if not self.cor_known and a is not None and (pair := a.cor_pair()) is not None:
-                # The first 0/180 degree pair of the reference distance: the rotation axis, then the live
-                # volume rebuilt around it from the frames on disk (once).
+                # The reference distance has come round (a return projection 180 degrees from a projection):
+                # the rotation axis by the final pass's estimators, and the live volume rebuilt around it.
                 self.cor_known = True
-                self._rebuild_around(float(estimate_cor(*pair)))
+                cor = self._live_axis(pair)
+                if cor is not None:
+                    self._rebuild_around(cor)
             self._drain(block=False)
             self._check_restarts()
             if a is not None:

@@ -229,7 +229,7 @@ def test_stalled_incomplete_file_is_quarantined_only_when_asked(tmp_path):
         time.sleep(0.06)
         w.poll()
         (q,) = w.drain_quarantine()
-        assert "1 of 5 frames written" in q.reason and q.frames_emitted == 1
+        assert "1 of its 5 frames written" in q.reason and q.frames_emitted == 1
 
 
 def test_restart_with_known_frame_ids_emits_only_the_rest(tmp_path, chunked_scan):

@@ -140,3 +140,29 @@ def test_overnight_command_serves_metrics_and_exits_1_on_a_failure(day, tmp_path
                  "--local"]) == 2
     assert "missing" in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+def test_overnight_stitches_the_scans_of_one_sample(tmp_path):
+    """Two overlapping raw scans of one sample (NXtomo sample/name and stage positions) processed by the queue
+    two at a time, then stitched into OUT/<sample>.stitched; a second pass finds everything up to date."""
+    from xnh_stream.io.omezarr import multiscale_levels
+    from xnh_stream.simulate.overlap import simulate_overlap_nxtomo
+
+    sim = simulate_overlap_nxtomo(tmp_path / "day", n_scans=2, nx=64, n_angles=60, max_error_voxels=4, seed=5,
+                                  sample_name="leg-1")
+    age(tmp_path / "day")
+    m = PipelineMetrics(process_metrics=False)
+    r = run_overnight(tmp_path / "day", tmp_path / "out", ProcessConfig(align_angles=6), metrics=m, settle_s=600,
+                      concurrent=2, stitch=True)
+    assert sorted(r.done) == sorted(s.name for s in sim.scans) and not r.failed
+    assert r.stitched == {"leg-1": sorted(r.done)}
+    stitched = tmp_path / "out" / "leg-1.stitched"
+    report = json.loads((stitched / "stitch.json").read_text())
+    assert all(s["placed"] for s in report["scans"])
+    for s in sim.scans:  # every scan's report carries the sample and its place, the volume its translation
+        rep = json.loads((tmp_path / "out" / s.name / REPORT_NAME).read_text())
+        assert rep["sample"]["name"] == "leg-1" and len(rep["sample"]["position_m"]) == 3
+        assert multiscale_levels(tmp_path / "out" / s.name / "volume.ome.zarr")[0]["origin_m"] is not None
+    again = run_overnight(tmp_path / "day", tmp_path / "out", ProcessConfig(align_angles=6), settle_s=600, stitch=True)
+    assert again.stitched == {} and sorted(again.skipped) == sorted(r.done)

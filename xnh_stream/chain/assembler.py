@@ -309,6 +309,21 @@ class ScanAssembler:
                     return self.store.get(key, theta), self.returns_store.get(key, angle)
         return None
 
+    def reference_rows(self, rows: list[int], max_angles: int = 360) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the reference distance's flat-fielded projections in the store, for a sinogram axis search.
+
+        Returns ``(sinograms [len(rows), n, nx], thetas_rad [n])`` over at most ``max_angles`` angles, evenly
+        picked.
+        """
+        key = self._reference_key()
+        d = self._dist[key]
+        frames = sorted((theta, slot) for slot, (_, theta) in d.have.items())
+        if len(frames) > max_angles:
+            pick = np.linspace(0, len(frames) - 1, max_angles).round().astype(int)
+            frames = [frames[i] for i in np.unique(pick)]
+        sinos = np.stack([self.store.get(key, theta)[rows] for theta, _ in frames], axis=1)
+        return sinos, np.deg2rad([theta for theta, _ in frames])
+
     def replay(self) -> Iterator[AngleWork]:
         """Work that rebuilds the live volume from scratch: finals for final slots, previews for the rest."""
         geo = self.geometry
