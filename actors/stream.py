@@ -76,9 +76,11 @@ class PhaseWorker:
         """Changes when Ray restarts the actor (its tasks are retried by Ray; the stream only counts it)."""
         return self._incarnation
 
-    def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-        """The projection of ``work`` (binned for the live volume); for final work also the preview it
-        replaces, recomputed exactly (same frame, same angle, same shift)."""
+    def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
+                                                                   np.ndarray | None]:
+        """The projection of ``work`` binned for the live volume, and for final work the preview it replaces
+        (recomputed exactly: same frame, angle and shift); then the same two at full resolution (the live
+        slices)."""
         if self._proc is None or self._proc.geometry != work.geometry:
             from xnh_stream.physics.xp import get_array_module  # noqa: PLC0415
 
@@ -94,9 +96,10 @@ class PhaseWorker:
             k = work.preview_distance
             previous = (proc.preview(k, work.frames[k], work.preview_theta_deg, work.preview_shift_yx)
                         if k is not None else None)
-        to_host = _to_host
-        return (bin_2d(to_host(out), self.binning),
-                None if previous is None else bin_2d(to_host(previous), self.binning))
+        out = _to_host(out)
+        previous = None if previous is None else _to_host(previous)
+        return (bin_2d(out, self.binning), None if previous is None else bin_2d(previous, self.binning),
+                out, previous)
 
 
 def _to_host(a: Any) -> np.ndarray:
@@ -126,7 +129,7 @@ class ReconShard:
     def add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool,
             previous_theta_rad: float | None = None) -> int:
         """Back-project one projection (previews are not kept: finals carry the preview they replace)."""
-        projection, previous = result
+        projection, previous = result[0], result[1]
         state = self.vol.state(index)
         if state == "final":
             return self.vol.n_final  # a stale preview, or a final already replayed/retried: nothing to do
@@ -148,6 +151,56 @@ class ReconShard:
             return {"r0": self.rows.start, "empty": True}
         h0, h1 = self.vol.half_volumes()
         return slab_views(h0, h1, self.vol.volume(), self.rows.start, n_rows, fsc_bin, region_px)
+
+
+@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **CONTROL)
+class SliceKeeper:
+    """The three full-resolution orthogonal slices through a point of the volume (RECAST3D-style), updated
+    per angle in O(N^2) (:class:`~xnh_stream.physics.slices.OrthoSlices`); a final projection enters as its
+    difference from the preview it replaces, so each angle is back-projected once."""
+
+    def __init__(self, frame_shape: tuple[int, int], cor: float, window: str, padding: str) -> None:
+        from xnh_stream.physics.slices import OrthoSlices  # noqa: PLC0415
+
+        ny, nx = frame_shape
+        self.window, self.padding = window, padding
+        self.slices = OrthoSlices(ny, nx, cor=cor, window=window, padding=padding)
+        self.state: dict[int, str] = {}
+        self._incarnation = uuid.uuid4().hex
+
+    @ray.method(concurrency_group="control")
+    def incarnation(self) -> str:
+        """Changes when Ray restarts the actor: its slices are then empty and must be replayed."""
+        return self._incarnation
+
+    def _filtered(self, projection: np.ndarray) -> np.ndarray:
+        from xnh_stream.physics.fbp import filter_projection  # noqa: PLC0415
+
+        return filter_projection(projection, self.window, padding=self.padding)
+
+    def add(self, index: int, theta_rad: float, result: tuple[Any, ...], final: bool,
+            previous_theta_rad: float | None = None) -> int:
+        """Take one angle's projection (a final replaces that angle's preview)."""
+        projection, previous = result[2], result[3]
+        state = self.state.get(index)
+        if state == "final" or (state == "preview" and not final):
+            return len(self.state)
+        if final and state == "preview" and previous is not None:
+            if previous_theta_rad is None or previous_theta_rad == theta_rad:
+                self.slices.add_filtered(self._filtered(projection - previous), theta_rad, count=False)
+            else:
+                self.slices.add_filtered(self._filtered(-previous), previous_theta_rad, count=False)
+                self.slices.add_filtered(self._filtered(projection), theta_rad, count=False)
+        else:
+            self.slices.add_filtered(self._filtered(projection), theta_rad)
+        self.state[index] = "final" if final else "preview"
+        return len(self.state)
+
+    @ray.method(concurrency_group="control")
+    def views(self) -> dict[str, np.ndarray]:
+        """The slices as the live page names them: ``xy`` (through z0), ``xz`` (y0), ``yz`` (x0)."""
+        names = {"z": "xy", "y": "xz", "x": "yz"}
+        return {names[a]: img for a, img in self.slices.slices().items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,7 +283,7 @@ class _Instruments:
         self.samples: dict[str, list[float]] = {}
         self.landed_preview: dict[str, float] = {}
         self.landed_final: dict[str, float] = {}
-        self.restarts = {"phase_worker": 0, "recon_shard": 0}
+        self.restarts = {"phase_worker": 0, "recon_shard": 0, "slice_keeper": 0}
         self.slow_s, self._slow_at = slow_s, -float("inf")
         self.cluster: dict[str, float] = {}
         self.store_bytes: int | None = None
@@ -295,6 +348,9 @@ class StreamOptions:
         Run the final pass at completion.
     quality_every_s : float
         How often the running FSC and the live images are refreshed from the shards.
+    live_slices : bool
+        Keep the three orthogonal slices through the volume's centre at full resolution, updated per angle
+        (a :class:`SliceKeeper`), for the live page.
     layout : ChainLayout
         How the final pass cuts its work.
     """
@@ -307,6 +363,7 @@ class StreamOptions:
     timeout_s: float | None = None
     final_pass: bool = True
     quality_every_s: float = 5.0
+    live_slices: bool = True
     layout: ChainLayout = field(default_factory=ChainLayout)
 
 
@@ -320,6 +377,7 @@ class StreamResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     live_binning: int = 1  # the live volume's voxel is this many final voxels
     completion: Completion | None = None
+    slices: dict[str, np.ndarray] = field(default_factory=dict)  # the full-resolution live slices at the end
 
 
 class StreamDriver:
@@ -376,6 +434,8 @@ class StreamDriver:
         self.instruments = _Instruments()
         self.dispatched_at: dict[Any, float] = {}
         self.last_final: tuple[float, Any] | None = None  # angle and result ref of the latest CTF projection
+        self.slicer: Any = None
+        self.final_slices: dict[str, np.ndarray] = {}
         self.quality_at = -float("inf")
         self._n_dispatched = 0
         self.monitor = QualityMonitor(config, str(self.scan_folder.resolve()), router=default_router(
@@ -396,7 +456,16 @@ class StreamDriver:
         gpu = {"num_gpus": 0.5} if cfg.backend == "cupy" else {}
         self.workers = [PhaseWorker.options(**gpu).remote((ny, nx), self.delta_beta, cfg.to_dict(), self.live_binning)
                         for _ in range(self.opt.n_workers)]
-        self.shards = self._make_shards(cfg.cor if cfg.cor is not None else (nx - 1) / 2)
+        cor = cfg.cor if cfg.cor is not None else (nx - 1) / 2
+        self.shards = self._make_shards(cor)
+        self.slicer = self._make_slicer(cor) if self.opt.live_slices else None
+
+    def _make_slicer(self, cor: float) -> Any:
+        return SliceKeeper.remote(self.assembler.shape, cor, self.config.fbp_window, self.config.fbp_padding)
+
+    def _live_targets(self) -> list[Any]:
+        """Every actor a projection goes to: the shards and the slice keeper."""
+        return [*self.shards, *([self.slicer] if self.slicer is not None else [])]
 
     def _make_shards(self, cor: float) -> list[Any]:
         b = self.live_binning
@@ -432,7 +501,7 @@ class StreamDriver:
                 theta = float(np.deg2rad(work.theta_deg))
                 prev = None if work.preview_theta_deg is None else float(np.deg2rad(work.preview_theta_deg))
                 self.adding.append((work, [s.add.remote(work.index, theta, ref, work.kind == "final", prev)
-                                           for s in (targets or self.shards)], now))
+                                           for s in (targets or self._live_targets())], now))
         self._settle()
 
     def _settle(self, all_of_them: bool = False) -> None:
@@ -472,7 +541,7 @@ class StreamDriver:
         frames on disk (a restarted phase worker needs nothing: Ray retries the tasks it held)."""
         if not self.shards:
             return
-        actors = (*self.workers, *self.shards)
+        actors = (*self.workers, *self._live_targets())
         current = ray.get([a.incarnation.remote() for a in actors])
         for actor, inc in zip(actors, current):
             if self.incarnations.setdefault(actor, inc) == inc:
@@ -482,8 +551,8 @@ class StreamDriver:
                 log.warning("a phase worker was restarted; Ray retries the tasks it held")
                 self.instruments.restarts["phase_worker"] += 1
                 continue
-            log.warning("a reconstruction shard was restarted; replaying its angles from the store")
-            self.instruments.restarts["recon_shard"] += 1
+            log.warning("a reconstruction actor was restarted; replaying its angles from the store")
+            self.instruments.restarts["recon_shard" if actor in self.shards else "slice_keeper"] += 1
             for work in self.assembler.replay():
                 self._dispatch(work, targets=[actor])
 
@@ -510,9 +579,11 @@ class StreamDriver:
         """The live volume rebuilt around a new rotation axis from the frames on disk."""
         log.info("live centre of rotation %.2f px; rebuilding the live volume", cor)
         self._flush()
-        for s in self.shards:
+        for s in self._live_targets():
             ray.kill(s)
         self.shards = self._make_shards(cor)
+        if self.slicer is not None:
+            self.slicer = self._make_slicer(cor)
         for work in self.assembler.replay():
             self._dispatch(work)
 
@@ -587,6 +658,8 @@ class StreamDriver:
                 self.monitor.add_fsc(n_angles=state["angles_seen"], binned=views.get("binned"),
                                      region=views.get("region"), voxel_m=voxel)
             images = views["images"]
+            if self.slicer is not None:  # the full-resolution slices replace the binned ones
+                images.update(ray.get(self.slicer.views.remote()))
         extra = {}
         if self.last_final is not None:
             images["phase"] = -np.asarray(ray.get(self.last_final[1])[0])  # phase = -k voxel * projected delta
@@ -615,7 +688,8 @@ class StreamDriver:
             queues={"phase_in_flight": len(self.in_flight), "backprojection": len(self.adding),
                     "waiting_for_flats": waiting},
             latency_s=self.instruments.take_samples(), restarts=dict(self.instruments.restarts),
-            actors={"recon_shard": len(self.shards), "phase_worker": len(self.workers)},
+            actors={"recon_shard": len(self.shards), "phase_worker": len(self.workers),
+                    "slice_keeper": int(self.slicer is not None)},
             store_bytes=self.instruments.store_bytes, cluster=dict(self.instruments.cluster), quality=quality,
             status=status)
 
@@ -665,7 +739,8 @@ class StreamDriver:
             parts = sorted(ray.get([s.volume.remote() for s in self.shards]), key=lambda p: p[0])
             live = np.concatenate([p[1] for p in parts], axis=0)
         quality = self._update_quality("final pass") if self.assembler is not None else None
-        for actor in (*self.workers, *self.shards):  # their resources go to the final pass
+        self.final_slices = ray.get(self.slicer.views.remote()) if self.slicer is not None else {}
+        for actor in (*self.workers, *self._live_targets()):  # their resources go to the final pass
             ray.kill(actor)
         final = None
         if self.opt.final_pass and completion is not None and self.assembler is not None:
@@ -696,7 +771,7 @@ class StreamDriver:
         counts = self.journal.counts()
         events = self.journal.events()
         self.journal.close()
-        return StreamResult(final, live, counts, events, self.live_binning, completion)
+        return StreamResult(final, live, counts, events, self.live_binning, completion, self.final_slices)
 
     def _final_progress(self, done: int, total: int, step: str) -> None:
         if self.on_progress and self.assembler is not None:

@@ -1,4 +1,5 @@
-"""The stream on a two-node local Ray cluster (ray.cluster_utils.Cluster), joined by address."""
+"""The stream and the final pass on a two-node local Ray cluster (ray.cluster_utils.Cluster), joined by address:
+the same volume as in one process."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ def test_stream_runs_on_a_two_node_cluster(tmp_path):
         batch = process_scan(folder, None, config).volume
         assert np.array_equal(result.final.volume, batch)
         assert result.counts["pending"] == 0
+        # the final pass alone, in small tasks spread over both nodes, against the same pass in one process
+        from actors.executor import RayExecutor
+        from xnh_stream.chain.final import ChainLayout
+        layout = ChainLayout(angle_batch=3, slab_rows=4)
+        spread = process_scan(folder, None, config, executor=RayExecutor(), layout=layout).volume
+        here = process_scan(folder, None, config, layout=layout).volume
+        assert np.allclose(spread, here, rtol=0, atol=1e-6 * np.abs(here).max())
+        nodes = {ray.get(ray.remote(lambda: ray.get_runtime_context().get_node_id()).options(
+            scheduling_strategy="SPREAD").remote()) for _ in range(8)}
+        assert len(nodes) == 2
         print("NODES", len(used), "FRAMES", result.counts["received"])
         ray.shutdown(); cluster.shutdown()
     """)

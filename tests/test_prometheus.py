@@ -184,6 +184,7 @@ def test_real_scrape_matches_the_stream(scraped_stream):
     on_disk = sum(f.stat().st_size for f in (out / "store").rglob("*") if f.is_file())
     assert 0 < end[("xnh_store_bytes", ())] <= on_disk  # sampled every 5 s; the store only grows
     assert end[("xnh_cluster_cpus", (("state", "total"),))] == 2  # ray_local: num_cpus=2
-    assert end[("xnh_actors", (("kind", "recon_shard"),))] == 2
+    assert end[("xnh_actors", (("kind", "recon_shard"),))] == 1  # tests/test_stream.stream(): one shard
+    assert end[("xnh_actors", (("kind", "slice_keeper"),))] == 1
     assert end[("xnh_actor_restarts_total", (("kind", "recon_shard"),))] == 0
     assert end[("process_resident_memory_bytes", ())] > 0
