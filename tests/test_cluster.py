@@ -36,12 +36,11 @@ def test_stream_runs_on_a_two_node_cluster(tmp_path):
         # the final pass alone, in small tasks spread over both nodes, against the same pass in one process
         from actors.executor import RayExecutor
         from xnh_stream.chain.final import ChainLayout
-        layout = ChainLayout(angle_batch=3, slab_rows=4)
-        spread = process_scan(folder, None, config, executor=RayExecutor(), layout=layout).volume
-        here = process_scan(folder, None, config, layout=layout).volume
-        assert np.allclose(spread, here, rtol=0, atol=1e-6 * np.abs(here).max())
-        nodes = {ray.get(ray.remote(lambda: ray.get_runtime_context().get_node_id()).options(
-            scheduling_strategy="SPREAD").remote()) for _ in range(8)}
+        spread = process_scan(folder, None, config, executor=RayExecutor(),
+                              layout=ChainLayout(angle_batch=3, slab_rows=4)).volume
+        assert np.allclose(spread, batch, rtol=0, atol=1e-6 * np.abs(batch).max())  # the cut changes nothing
+        where = ray.remote(lambda: ray.get_runtime_context().get_node_id()).options(scheduling_strategy="SPREAD")
+        nodes = set(ray.get([where.remote() for _ in range(8)]))
         assert len(nodes) == 2
         print("NODES", len(used), "FRAMES", result.counts["received"])
         ray.shutdown(); cluster.shutdown()

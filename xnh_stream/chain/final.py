@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xraydb
 
 from .. import __version__
 from ..config import ProcessConfig
@@ -90,6 +89,8 @@ ENVELOPE_COLUMNS = 256
 
 def delta_beta_of(formula: str, density_g_cm3: float, energy_kev: float) -> float:
     """delta/beta of a material at an energy (xraydb)."""
+    import xraydb  # noqa: PLC0415 - its tables take 0.6 s to load: only where a material is looked up
+
     delta, beta, _ = xraydb.xray_delta_beta(formula, density_g_cm3, energy_kev * 1e3)
     return float(delta / beta)
 

@@ -17,8 +17,6 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import zarr
-from ome_zarr.writer import write_multiscale, write_multiscale_labels, write_multiscales_metadata
-from skimage.transform import downscale_local_mean
 
 AXES = [{"name": a, "type": "space", "unit": "meter"} for a in "zyx"]
 
@@ -36,6 +34,8 @@ def pyramid(volume: np.ndarray | da.Array, labels: bool = False, min_size: int =
         elif isinstance(v, da.Array):
             levels.append(da.coarsen(np.mean, v, {0: 2, 1: 2, 2: 2}, trim_excess=True).astype(v.dtype))
         else:
+            from skimage.transform import downscale_local_mean  # noqa: PLC0415 - skimage is slow to import
+
             levels.append(downscale_local_mean(v, (2, 2, 2)).astype(v.dtype, copy=False))
     return levels
 
@@ -99,6 +99,8 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_m: float, labels: b
     transforms = level_transforms(voxel_m, len(levels), origin_m)
     opts = [{"chunks": tuple(min(c, s) for c, s in zip(chunks, lv.shape))} for lv in levels]
     levels = [lv.rechunk(o["chunks"]) if isinstance(lv, da.Array) else lv for lv, o in zip(levels, opts)]
+    from ome_zarr.writer import write_multiscale  # noqa: PLC0415 - ome_zarr is slow to import: where it writes
+
     write_multiscale(levels, group, axes=AXES, coordinate_transformations=transforms, storage_options=opts,
                      name=name or path.name)
     if labels:
@@ -171,6 +173,8 @@ def write_labels(image: str | Path, labels: np.ndarray, name: str = "segmentatio
     metadata = {"source": {"image": "../../"}}
     if properties:
         metadata["properties"] = properties
+    from ome_zarr.writer import write_multiscale_labels  # noqa: PLC0415
+
     write_multiscale_labels(levels, group, name, axes=AXES, coordinate_transformations=transforms,
                             storage_options=opts, label_metadata=metadata)
     listing = group["labels"]
@@ -296,5 +300,7 @@ def create_volume(path: str | Path, shape: tuple[int, int, int], voxel_m: float,
               for i, (sh, ch) in enumerate(zip(shapes, want))]
     datasets = [{"path": f"s{i}", "coordinateTransformations": t}
                 for i, t in enumerate(level_transforms(voxel_m, len(shapes), origin_m))]
+    from ome_zarr.writer import write_multiscales_metadata  # noqa: PLC0415
+
     write_multiscales_metadata(group, datasets, axes=AXES, name=name or Path(path).name)
     return arrays

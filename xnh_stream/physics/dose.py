@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import xraydb
 
 KEV_TO_J = 1.602176634e-16
 
@@ -18,6 +17,8 @@ KEV_TO_J = 1.602176634e-16
 @lru_cache(maxsize=64)
 def mass_attenuation_m2_per_kg(formula: str, density_g_cm3: float, energy_kev: float) -> float:
     """Photo-absorption mass attenuation coefficient ``mu/rho`` of a material, in m^2/kg (xraydb)."""
+    import xraydb  # noqa: PLC0415 - its tables take 0.6 s to load: only where a material is looked up
+
     mu_per_cm = xraydb.material_mu(formula, energy_kev * 1e3, density=density_g_cm3, kind="photo")
     return float(mu_per_cm / density_g_cm3) * 0.1  # cm^2/g -> m^2/kg
 

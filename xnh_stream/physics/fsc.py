@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import scipy.fft
 import scipy.optimize
-import scipy.signal
 import scipy.special
 
 from xnh_stream.physics.xp import fft_module, fft_workers, to_numpy
@@ -41,6 +40,8 @@ DEFAULT_TUKEY_ALPHA = 0.25
 @lru_cache(maxsize=16)
 def tukey_window(n: int, alpha: float) -> np.ndarray:
     """Tukey window (flat top, cosine edges covering ``alpha`` of the length), cached, read-only float32."""
+    import scipy.signal  # noqa: PLC0415 - 0.5 s to import: only where a window is built (cached)
+
     w = scipy.signal.windows.tukey(n, alpha).astype(np.float32) if alpha > 0 and n >= 3 else np.ones(n, np.float32)
     w.flags.writeable = False
     return w
