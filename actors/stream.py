@@ -85,7 +85,7 @@ class PhaseWorker:
             from xnh_stream.physics.xp import get_array_module  # noqa: PLC0415
 
             self._proc = AngleProcessor(work.geometry, self.shape, self.delta_beta, self.config,
-                                        xp=get_array_module(self.config.backend))
+                                        xp=get_array_module(self.config.compute.backend))
         proc = self._proc
         proc.models = models if len(models) == len(work.geometry.distances) else [None] * len(work.geometry.distances)
         if work.kind == "preview":
@@ -428,9 +428,9 @@ class StreamDriver:
         self.in_flight: dict[Any, tuple[AngleWork, list[Any] | None]] = {}
         self.adding: deque[tuple[AngleWork, list[Any], float]] = deque()
         self.incarnations: dict[Any, str] = {}
-        self.delta_beta = config.delta_beta
+        self.delta_beta = config.sample.delta_beta
         self.live_binning = 1
-        self.cor_known = config.cor is not None
+        self.cor_known = config.fbp.cor is not None
         self.instruments = _Instruments()
         self.dispatched_at: dict[Any, float] = {}
         self.last_final: tuple[float, Any] | None = None  # angle and result ref of the latest CTF projection
@@ -448,20 +448,20 @@ class StreamDriver:
         ny, nx = rec.frame_shape
         cfg = self.config
         self.assembler = ScanAssembler(self.opt.n_distances, (ny, nx), DistanceStore(self.out / "store", (ny, nx)),
-                                       delta_beta_align=cfg.align_delta_beta, align_bin_px=max(1, min(ny, nx) // 256),
-                                       pca_components=cfg.flat_pca_components)
+                                       delta_beta_align=cfg.alignment.delta_beta, align_bin_px=max(1, min(ny, nx) // 256),
+                                       pca_components=cfg.flatfield.pca_components)
         if self.delta_beta is None:
-            self.delta_beta = delta_beta_of(cfg.sample_formula, cfg.sample_density, rec.geometry.energy_kev)
-        self.live_binning = cfg.live_binning or binning_for((ny, nx), LIVE_COLUMNS)
-        gpu = {"num_gpus": 0.5} if cfg.backend == "cupy" else {}
+            self.delta_beta = delta_beta_of(cfg.sample.formula, cfg.sample.density, rec.geometry.energy_kev)
+        self.live_binning = cfg.stream.live_binning or binning_for((ny, nx), LIVE_COLUMNS)
+        gpu = {"num_gpus": 0.5} if cfg.compute.backend == "cupy" else {}
         self.workers = [PhaseWorker.options(**gpu).remote((ny, nx), self.delta_beta, cfg.to_dict(), self.live_binning)
                         for _ in range(self.opt.n_workers)]
-        cor = cfg.cor if cfg.cor is not None else (nx - 1) / 2
+        cor = cfg.fbp.cor if cfg.fbp.cor is not None else (nx - 1) / 2
         self.shards = self._make_shards(cor)
         self.slicer = self._make_slicer(cor) if self.opt.live_slices else None
 
     def _make_slicer(self, cor: float) -> Any:
-        return SliceKeeper.remote(self.assembler.shape, cor, self.config.fbp_window, self.config.fbp_padding)
+        return SliceKeeper.remote(self.assembler.shape, cor, self.config.fbp.window, self.config.fbp.padding)
 
     def _live_targets(self) -> list[Any]:
         """Every actor a projection goes to: the shards and the slice keeper."""
@@ -471,8 +471,8 @@ class StreamDriver:
         b = self.live_binning
         ny, nx = self.assembler.shape[0] // b, self.assembler.shape[1] // b
         edges = np.linspace(0, ny, self.opt.n_shards + 1).round().astype(int)
-        return [ReconShard.remote((ny, nx), (int(a), int(c)), (cor + 0.5) / b - 0.5, self.config.fbp_window,
-                                  self.config.fbp_padding)
+        return [ReconShard.remote((ny, nx), (int(a), int(c)), (cor + 0.5) / b - 0.5, self.config.fbp.window,
+                                  self.config.fbp.padding)
                 for a, c in zip(edges[:-1], edges[1:]) if c > a]
 
     # ------------------------------------------------------------------ work
@@ -651,7 +651,7 @@ class StreamDriver:
         state = self.assembler.state()
         if self.shards and state["angles_seen"] >= 4:
             n_rows = self.assembler.shape[0] // self.live_binning
-            views = merge_views(ray.get([s.views.remote(n_rows, self.config.fsc_bin, self.config.fsc_region_px)
+            views = merge_views(ray.get([s.views.remote(n_rows, self.config.stream.fsc_bin, self.config.stream.fsc_region_px)
                                          for s in self.shards]))
             voxel = self.assembler.geometry.voxel_m * self.live_binning
             if "binned" in views or "region" in views:

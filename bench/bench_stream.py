@@ -102,7 +102,7 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
             samples.append((len(latencies), tree_rss_mib()))
 
     out = Path(tempfile.mkdtemp(prefix="xnh-bench-"))
-    config = ProcessConfig(delta_beta=100.0, cor=(n - 1) / 2, live_binning=live_binning)
+    config = ProcessConfig.from_mapping({"sample.delta_beta": 100.0, "fbp.cor": (n - 1) / 2, "stream.live_binning": live_binning})
     t0 = time.perf_counter()
     result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=4,
                                                                poll_interval_s=0.0, final_pass=False),

@@ -137,7 +137,7 @@ def test_stream_volume_matches_batch(scan, tmp_path):
     folder, index, frames = scan
     truth, record = read_truth(folder)
     # the live path's single-material CTF on both sides (the batch chain's envelope pass is tested elsewhere)
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], ctf_envelope=False)
+    config = ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"], "ctf.envelope": False})
     a = assembler(index, tmp_path)
     works = run(a, frames)
     geo = works[-1].geometry

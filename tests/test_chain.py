@@ -109,7 +109,7 @@ def test_four_distance_ctf_beats_single_distance_methods(processed, scan):
     ref = geo.reference
     d = geo.distances[ref]
     cfg = ProcessConfig()
-    db = delta_beta_of(cfg.sample_formula, cfg.sample_density, geo.energy_kev)
+    db = delta_beta_of(cfg.sample.formula, cfg.sample.density, geo.energy_kev)
     cal, _ = calibrate_task(index.distances[ref], 0)
     ny, nx = index.frame_shape
     cor = processed.report.cor.px
@@ -127,7 +127,7 @@ def test_four_distance_ctf_beats_single_distance_methods(processed, scan):
     r = {"ctf-4-distances": pearson_in_sample(processed.volume, truth)}
     for name, acc in accs.items():
         r[name] = pearson_in_sample(acc.volume(), truth)
-    single = process_scan(scan.folder, None, ProcessConfig(ctf_envelope=False)).volume
+    single = process_scan(scan.folder, None, ProcessConfig.from_mapping({"ctf.envelope": False})).volume
     r["ctf-4-distances-single-material"] = pearson_in_sample(single, truth)
     print("\nPearson r with the phantom delta: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
     assert r["ctf-4-distances"] > r["paganin"] + 0.1
@@ -149,7 +149,7 @@ def test_bad_frames_and_a_truncated_distance_are_quarantined(scan, processed, tm
         data[bad] = 0  # a dead read-out
     blob = (folder / f"{SIM.name}_4_.nx").read_bytes()
     (folder / f"{SIM.name}_4_.nx").write_bytes(blob[: len(blob) // 2])  # truncated transfer
-    result = process_scan(folder, tmp_path / "out", ProcessConfig(align_angles=8))
+    result = process_scan(folder, tmp_path / "out", ProcessConfig.from_mapping({"alignment.angles": 8}))
     fr = json.loads((tmp_path / "out" / "report.json").read_text())["frames"]
     reasons = [q["reason"] for q in fr["quarantine"]]
     assert any("all pixels are zero" in r for r in reasons)

@@ -14,12 +14,12 @@ def test_simulate_then_process(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "FSC resolution" in text and str(out / "report.json") in text
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["fbp_window"] == "hann"
+    assert report["config"]["fbp"]["window"] == "hann"
     assert report["frames"]["received"] == report["frames"]["processed"] > 0
     assert report["phase"]["method"] == "ctf-multi-distance-two-material" and report["phase"]["envelope"]
     assert main(["process", str(scan), "--out", str(tmp_path / "single"), "--no-envelope", "--local"]) == 0
     single = json.loads((tmp_path / "single" / "report.json").read_text())
-    assert single["config"]["ctf_envelope"] is False and single["phase"]["method"] == "ctf-multi-distance"
+    assert single["config"]["ctf"]["envelope"] is False and single["phase"]["method"] == "ctf-multi-distance"
     assert single["phase"]["envelope"] is None
 
 

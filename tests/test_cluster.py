@@ -26,7 +26,7 @@ def test_stream_runs_on_a_two_node_cluster(tmp_path):
         folder = r"{tmp_path / 'scan'}"
         simulate_scan(folder, SimulationConfig(nx=48, ny=16, n_angles=24, seed=8, n_flats=3, n_darks=2))
         _, rec = read_truth(folder)
-        config = ProcessConfig(delta_beta=rec["delta_beta"], cor=rec["cor_px"], align_angles=8)
+        config = ProcessConfig.from_mapping({{"sample.delta_beta": rec["delta_beta"], "fbp.cor": rec["cor_px"], "alignment.angles": 8}})
         result = StreamDriver(ListSource(folder), folder, r"{tmp_path / 'out'}", config,
                               StreamOptions(n_workers=2, n_shards=2, poll_interval_s=0.0)).run()
         used = {{n["NodeID"] for n in ray.nodes() if n["Alive"]}}

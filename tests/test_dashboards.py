@@ -157,7 +157,7 @@ def scraped_run(prometheus, ray_local, tmp_path_factory):
     scan = day / "scan_1"
     simulate_scan(scan, SimulationConfig(nx=48, ny=16, n_angles=24, seed=7, oversample=1))
     _, record = read_truth(scan)
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], align_angles=8)
+    config = ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"], "alignment.angles": 8})
     live, night = PipelineMetrics(), PipelineMetrics()
     live.serve(prometheus["live"])
     night.serve(prometheus["overnight"])

@@ -61,7 +61,7 @@ def test_a_watched_scan_without_returns_with_a_bad_frame_and_a_truncated_file_co
     _, rec = read_truth(folder)
     with FolderWatcher(folder, poll_interval_s=0.05, use_inotify=False, settle_s=0.2) as watcher:
         result = stream(WatcherSource(watcher, n_distances=4, quiet_s=1.0), folder, tmp_path / "out",
-                        ProcessConfig(delta_beta=rec["delta_beta"], align_angles=8), poll_interval_s=0.05,
+                        ProcessConfig.from_mapping({"sample.delta_beta": rec["delta_beta"], "alignment.angles": 8}), poll_interval_s=0.05,
                         timeout_s=300)
     assert result.final is not None, "the scan never completed"
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -136,7 +136,7 @@ def test_swapped_keys_in_one_distance_leave_it_out_and_the_next_becomes_the_refe
         swapped[keys == DARK], swapped[keys == FLAT] = FLAT, DARK
         k[...] = swapped
         f["entry0000/instrument/detector/image_key_control"][...] = swapped
-    result = process_scan(folder, tmp_path / "out", ProcessConfig(align_angles=8))
+    result = process_scan(folder, tmp_path / "out", ProcessConfig.from_mapping({"alignment.angles": 8}))
     rep = result.report
     assert len(rep.geometry["distances"]) == 3 and rep.geometry["distances"][0]["name"] != f"{SIM.name}_1_"
     assert any(a["name"] == "DistanceFileRejected" and "dark >= flat" in a["message"] for a in rep.alerts)
@@ -158,7 +158,7 @@ def test_repeated_reference_angles_are_set_aside_once_and_counted_alike(plain_sc
         a[proj[4]] = a[proj[3]]
         ang[...] = a
     out = tmp_path / "out"
-    result = process_scan(folder, out, ProcessConfig(align_angles=8))
+    result = process_scan(folder, out, ProcessConfig.from_mapping({"alignment.angles": 8}))
     reasons = [q.reason for q in result.report.frames.quarantine]
     assert sum("repeated angle" in r for r in reasons) == 1
     with FrameJournal(out / "journal.sqlite", readonly=True) as j:

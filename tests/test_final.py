@@ -37,7 +37,7 @@ def scan(tmp_path_factory):
 def serial(scan, tmp_path_factory):
     """The scan through the final pass in this process, small tasks (several slabs and angle batches)."""
     _, rec = read_truth(scan)
-    config = ProcessConfig(cor=rec["cor_px"], align_angles=8)
+    config = ProcessConfig.from_mapping({"fbp.cor": rec["cor_px"], "alignment.angles": 8})
     out = tmp_path_factory.mktemp("serial")
     return config, process_scan(scan, out, config, layout=ChainLayout(angle_batch=5, slab_rows=4))
 
@@ -71,7 +71,7 @@ class KillAfterTwoSlabs(SerialExecutor):
             if fn is slab_task and n == 1:  # the chain marked slabs 1 and 2 before asking for the third
                 os.kill(os.getpid(), signal.SIGKILL)
 
-process_scan(Path(sys.argv[1]), Path(sys.argv[2]), ProcessConfig(cor=float(sys.argv[3]), align_angles=8),
+process_scan(Path(sys.argv[1]), Path(sys.argv[2]), ProcessConfig.from_mapping({"fbp.cor": float(sys.argv[3]), "alignment.angles": 8}),
              executor=KillAfterTwoSlabs(), layout=ChainLayout(angle_batch=5, slab_rows=4))
 """
 
@@ -81,7 +81,7 @@ def test_process_killed_with_sigkill_resumes_where_it_stopped(scan, serial, tmp_
     scan without redoing the finished units, and the volume is the uninterrupted one."""
     config, expected = serial
     out = tmp_path / "out"
-    killed = subprocess.run([sys.executable, "-c", KILLER, str(scan), str(out), str(config.cor)], cwd=ROOT,
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(scan), str(out), str(config.fbp.cor)], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     slabs, phase = out / "work" / "done" / "slab_r4", out / "work" / "done" / "phase_b5"
@@ -90,7 +90,7 @@ def test_process_killed_with_sigkill_resumes_where_it_stopped(scan, serial, tmp_
     assert len(done_before) == 2 and len(phase_before) == 7  # 32 angles in batches of 5
     assert not (out / "report.json").exists() and not (out / "volume.ome.zarr").exists()
     cmd = [sys.executable, "-m", "xnh_stream.cli", "process", str(scan), "--out", str(out), "--local", "--cor",
-           str(config.cor), "--config", str(_config_file(tmp_path)), "--slab-rows", "4", "--angle-batch", "5",
+           str(config.fbp.cor), "--config", str(_config_file(tmp_path)), "--slab-rows", "4", "--angle-batch", "5",
            "--keep-work"]
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -104,7 +104,7 @@ def test_process_killed_with_sigkill_resumes_where_it_stopped(scan, serial, tmp_
 
 def _config_file(tmp_path: Path) -> Path:
     p = tmp_path / "config.yaml"
-    p.write_text("align_angles: 8\n")
+    p.write_text("alignment:\n  angles: 8\n")
     return p
 
 
@@ -119,7 +119,7 @@ def test_duplicate_and_vanished_files_are_counted_alike_everywhere(ray_local, sc
     shutil.copytree(scan, folder)
     shutil.copy(folder / f"{SIM.name}_1_.nx", folder / f"{SIM.name}_1_copy.nx")
     _, rec = read_truth(folder)
-    config = ProcessConfig(delta_beta=rec["delta_beta"], cor=rec["cor_px"], align_angles=8)
+    config = ProcessConfig.from_mapping({"sample.delta_beta": rec["delta_beta"], "fbp.cor": rec["cor_px"], "alignment.angles": 8})
 
     class Vanishing(ListSource):
         """Delivers everything, then the last distance's file disappears before the final pass."""
@@ -172,7 +172,7 @@ def test_an_edf_scan_streams_and_completes(ray_local, tmp_path):
     writer.start()
     with FolderWatcher(scan_dir, poll_interval_s=0.05, use_inotify=False, settle_s=0.3) as watcher:
         result = stream(WatcherSource(watcher, n_distances=4, quiet_s=1.0), scan_dir, tmp_path / "out",
-                        ProcessConfig(align_angles=8), poll_interval_s=0.05, timeout_s=240)
+                        ProcessConfig.from_mapping({"alignment.angles": 8}), poll_interval_s=0.05, timeout_s=240)
     writer.join()
     assert result.final is not None and result.completion is not None
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -191,8 +191,8 @@ def test_a_foreign_scan_with_an_off_centre_axis_and_no_180_projection(tmp_path):
 
     spec = ForeignSpec(nx=96, ny=16, n_angles=180, range_deg=180.0, axis_px=47.5 + 5.3, seed=3)
     truth = write_foreign_scan(tmp_path / "scan", spec)
-    found = process_scan(tmp_path / "scan", tmp_path / "out", ProcessConfig(align_angles=12))
-    exact = process_scan(tmp_path / "scan", None, ProcessConfig(align_angles=12, cor=float(truth.axis_px[0])))
+    found = process_scan(tmp_path / "scan", tmp_path / "out", ProcessConfig.from_mapping({"alignment.angles": 12}))
+    exact = process_scan(tmp_path / "scan", None, ProcessConfig.from_mapping({"alignment.angles": 12, "fbp.cor": float(truth.axis_px[0])}))
     err = found.report.cor.px - truth.axis_px[0]
     n = spec.nx
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2

@@ -30,16 +30,21 @@ def test_fresnel_scaled_geometry():
 
 
 def test_config_names_bad_keys(tmp_path):
-    with pytest.raises(ConfigError, match="unknown config key.*'ctf_alpha'"):
-        ProcessConfig.from_mapping({"ctf_alpha": 1})
-    with pytest.raises(ConfigError, match="'fbp_window'"):
-        ProcessConfig.from_mapping({"fbp_window": "boxcar"})
-    with pytest.raises(ConfigError, match="'align'"):
-        ProcessConfig.from_mapping({"align": "yes"})
+    with pytest.raises(ConfigError, match="unknown config key.*'ctf.alpha'"):
+        ProcessConfig.from_mapping({"ctf": {"alpha": 1}})
+    with pytest.raises(ConfigError, match="unknown config section.*'phase'"):
+        ProcessConfig.from_mapping({"phase": {"alpha_low": 1}})
+    with pytest.raises(ConfigError, match="'fbp_window' is not a section"):
+        ProcessConfig.from_mapping({"fbp_window": "hann"})  # the flat keys of earlier versions are named
+    with pytest.raises(ConfigError, match="fbp.window"):
+        ProcessConfig.from_mapping({"fbp": {"window": "boxcar"}})
+    with pytest.raises(ConfigError, match="alignment.enabled"):
+        ProcessConfig.from_mapping({"alignment": {"enabled": "yes"}})
     f = tmp_path / "c.yaml"
-    f.write_text("delta_beta: 250\nfbp_window: hann\nalign_angles: 12\n")
+    f.write_text("sample:\n  delta_beta: 250\nfbp:\n  window: hann\nalignment:\n  angles: 12\n")
     c = ProcessConfig.from_file(f)
-    assert (c.delta_beta, c.fbp_window, c.align_angles) == (250.0, "hann", 12)
+    assert (c.sample.delta_beta, c.fbp.window, c.alignment.angles) == (250.0, "hann", 12)
+    assert c.ctf.alpha_low == 0.1  # untouched sections keep their defaults
     f.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="mapping"):
         ProcessConfig.from_file(f)
@@ -60,9 +65,11 @@ def test_howells_dose_by_hand():
 
 def test_config_layers_file_env_flags(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("delta_beta: 250\nfbp_window: hann\nalign_angles: 12\n")
-    env = {"XNH_DELTA_BETA": "300", "XNH_ALIGN": "false", "XNH_SOMETHING_ELSE": "x", "PATH": "/bin"}
-    c = ProcessConfig.layered(f, env=env, overrides={"fbp_window": "cosine", "cor": None})
-    assert (c.delta_beta, c.align, c.fbp_window, c.align_angles) == (300.0, False, "cosine", 12)
-    with pytest.raises(ConfigError, match="'align'"):
-        ProcessConfig.layered(env={"XNH_ALIGN": "maybe"})
+    f.write_text("sample:\n  delta_beta: 250\nfbp:\n  window: hann\nalignment:\n  angles: 12\n")
+    env = {"XNH_SAMPLE_DELTA_BETA": "300", "XNH_ALIGNMENT_ENABLED": "false", "XNH_SOMETHING_ELSE": "x",
+           "XNH_REQUIRE_CHROMIUM": "1", "PATH": "/bin"}
+    c = ProcessConfig.layered(f, env=env, overrides={"fbp.window": "cosine", "fbp.cor": None})
+    assert (c.sample.delta_beta, c.alignment.enabled, c.fbp.window, c.alignment.angles) == (300.0, False, "cosine", 12)
+    with pytest.raises(ConfigError, match="alignment.enabled"):
+        ProcessConfig.layered(env={"XNH_ALIGNMENT_ENABLED": "maybe"})
+    assert c.replace(**{"fbp.cor": 12.5}).fbp.cor == 12.5 and c.fbp.cor is None

@@ -34,7 +34,7 @@ def golden(tmp_path_factory):
                          ids=["default", "small-tasks"])
 def test_the_chain_reproduces_the_recorded_volume(golden, tmp_path, layout):
     folder, meta, expected = golden
-    result = process_scan(folder, tmp_path / "out", ProcessConfig(**meta["config"]), layout=layout)
+    result = process_scan(folder, tmp_path / "out", ProcessConfig.from_mapping(meta["config"]), layout=layout)
     volume = result.volume
     assert volume.shape == expected.shape
     scale = float(np.abs(expected).max())

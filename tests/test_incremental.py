@@ -72,7 +72,7 @@ def test_preview_then_ctf_ends_at_the_batch_volume(tmp_path):
     geo = index.geometry
     cals = [calibrate_task(d, 0)[0] for d in index.distances]
     # the batch chain with the same single-material CTF as the live path (no envelope pass)
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], align=False, ctf_envelope=False)
+    config = ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"], "alignment.enabled": False, "ctf.envelope": False})
     slots = FinalChain(index, None, config).pair()
     thetas = [t for _, t, _ in slots]
 

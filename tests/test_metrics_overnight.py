@@ -87,7 +87,7 @@ def test_queue_processes_records_failure_and_resumes(day, tmp_path):
     out = tmp_path / "out"
     m = PipelineMetrics(process_metrics=False)
     seen = []
-    config = ProcessConfig(align_angles=6)
+    config = ProcessConfig.from_mapping({"alignment.angles": 6})
     r = run_overnight(day, out, config, metrics=m, settle_s=600, on_scan=lambda *a: seen.append(a[:2]))
     assert r.done == ["sample2/scan_b", "scan_a"]
     assert [f["scan"] for f in r.failed] == ["scan_bad"] and "flat" in r.failed[0]["error"]
@@ -153,7 +153,7 @@ def test_overnight_stitches_the_scans_of_one_sample(tmp_path):
                                   sample_name="leg-1")
     age(tmp_path / "day")
     m = PipelineMetrics(process_metrics=False)
-    r = run_overnight(tmp_path / "day", tmp_path / "out", ProcessConfig(align_angles=6), metrics=m, settle_s=600,
+    r = run_overnight(tmp_path / "day", tmp_path / "out", ProcessConfig.from_mapping({"alignment.angles": 6}), metrics=m, settle_s=600,
                       concurrent=2, stitch=True)
     assert sorted(r.done) == sorted(s.name for s in sim.scans) and not r.failed
     assert r.stitched == {"leg-1": sorted(r.done)}
@@ -164,5 +164,5 @@ def test_overnight_stitches_the_scans_of_one_sample(tmp_path):
         rep = json.loads((tmp_path / "out" / s.name / REPORT_NAME).read_text())
         assert rep["sample"]["name"] == "leg-1" and len(rep["sample"]["position_m"]) == 3
         assert multiscale_levels(tmp_path / "out" / s.name / "volume.ome.zarr")[0]["origin_m"] is not None
-    again = run_overnight(tmp_path / "day", tmp_path / "out", ProcessConfig(align_angles=6), settle_s=600, stitch=True)
+    again = run_overnight(tmp_path / "day", tmp_path / "out", ProcessConfig.from_mapping({"alignment.angles": 6}), settle_s=600, stitch=True)
     assert again.stitched == {} and sorted(again.skipped) == sorted(r.done)

@@ -136,7 +136,7 @@ def scraped_stream(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     try:
         result = stream(ListSource(folder, per_poll=10), folder, out,
-                        ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"]),
+                        ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"]}),
                         poll_interval_s=0.0, on_progress=on_progress, subscribers=(m.scan_complete,))
         scrapes.append(urllib.request.urlopen(url, timeout=5).read().decode())
     finally:

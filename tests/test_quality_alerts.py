@@ -12,9 +12,7 @@ import pytest
 from xnh_stream.config import ConfigError, ProcessConfig
 from xnh_stream.quality.alerts import Alert, AlertRouter, CallbackSink, WebhookSink, evaluate_alerts
 
-CFG = ProcessConfig(dose_warning_gray=1e8, dose_critical_gray=1e9, drift_warning_px=1.0, drift_critical_px=3.0,
-                    drift_warning_nm=150.0, warp_warning_px=0.5, warp_critical_px=1.5, scale_warning=0.002,
-                    scale_critical=0.01, fsc_warning_voxels=4.0, fsc_min_fraction=0.5)
+CFG = ProcessConfig.from_mapping({"dose.warning_gray": 1e8, "dose.critical_gray": 1e9, "alerts.drift_warning_px": 1.0, "alerts.drift_critical_px": 3.0, "alerts.drift_warning_nm": 150.0, "alerts.warp_warning_px": 0.5, "alerts.warp_critical_px": 1.5, "alerts.scale_warning": 0.002, "alerts.scale_critical": 0.01, "alerts.fsc_warning_voxels": 4.0, "alerts.fsc_min_fraction": 0.5})
 
 
 def quality(dose=0.0, drift_px=None, warp_px=None, scale=None, res_m=None, fraction=1.0, voxel=50e-9):
@@ -51,7 +49,7 @@ def test_thresholds_in_nm_and_the_fsc_fraction_gate():
     assert "ResolutionPoor" not in fired(quality(res_m=400e-9, fraction=0.3))  # too early to judge
     assert not fired(quality())  # nothing measured: nothing fires
     with pytest.raises(ConfigError, match="drift_critical_px"):
-        ProcessConfig(drift_warning_px=2.0, drift_critical_px=1.0)
+        ProcessConfig.from_mapping({"alerts.drift_warning_px": 2.0, "alerts.drift_critical_px": 1.0})
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -160,5 +158,5 @@ def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged_or_reported
     assert sink.url.startswith("http://***@127.0.0.1") and bad.failures == 1
     logs = caplog.text
     assert "s3cr" not in logs and "hunter2" not in logs and "***@127.0.0.1:1/x" in logs
-    assert "hunter2" not in str(ProcessConfig(alert_webhook="http://bob:hunter2@am:9093/a").to_dict())
+    assert "hunter2" not in str(ProcessConfig.from_mapping({"alerts.webhook": "http://bob:hunter2@am:9093/a"}).to_dict())
     assert redact_url("http://am:9093/a") == "http://am:9093/a"

@@ -86,8 +86,7 @@ def _mu_rho_by_hand(formula: dict[str, float], energy_ev: float) -> float:
 def test_dose_matches_howells_by_hand_with_gain_efficiency_dead_time_and_magnification():
     e_kev, gain, eff, dead, ct = 17.0, 2.5, 0.8, 0.03, 0.1
     geos = [DistanceGeometry(z1, 1.208 - z1, 3e-6, e_kev) for z1 in (0.0025, 0.0030)]
-    cfg = ProcessConfig(sample_formula="C5H8O2", sample_density=1.2, detector_gain=gain, detector_efficiency=eff,
-                        dose_dead_time_s=dead)
+    cfg = ProcessConfig.from_mapping({"sample.formula": "C5H8O2", "sample.density": 1.2, "dose.detector_gain": gain, "dose.detector_efficiency": eff, "dose.dead_time_s": dead})
     mon = QualityMonitor(cfg, "scan-a")
     dark, flat_counts, n_proj = 100.0, 5100.0, 7
     shape = (8, 8)
@@ -115,7 +114,7 @@ def test_dose_matches_howells_by_hand_with_gain_efficiency_dead_time_and_magnifi
 
 def test_dose_accumulates_across_scans_of_the_same_sample_in_the_ledger(tmp_path):
     geo = DistanceGeometry(0.0025, 1.2, 3e-6, 17.0)
-    cfg = ProcessConfig(dose_ledger=str(tmp_path / "ledger.json"), sample_name="fly-7")
+    cfg = ProcessConfig.from_mapping({"dose.ledger": str(tmp_path / "ledger.json"), "sample.name": "fly-7"})
 
     def scan(scan_id: str, n: int) -> QualityMonitor:
         mon = QualityMonitor(cfg, scan_id)
@@ -134,7 +133,7 @@ def test_dose_accumulates_across_scans_of_the_same_sample_in_the_ledger(tmp_path
     second.close()
     again = scan("scan-2", 20)  # the same scan re-processed: replaces its own entry, not counted twice
     assert again.snapshot()["dose"]["sample_gray"] == pytest.approx(3 * g1)
-    other = QualityMonitor(ProcessConfig(dose_ledger=cfg.dose_ledger, sample_name="another"), "scan-9")
+    other = QualityMonitor(ProcessConfig.from_mapping({"dose.ledger": cfg.dose.ledger, "sample.name": "another"}), "scan-9")
     other.add_frame(Rec(1, 1, 0.0, geo, 0.1), np.full((4, 4), 1000.0))
     assert other.snapshot()["dose"]["previous_scans_gray"] == 0.0
 
@@ -144,7 +143,7 @@ def test_a_corrupt_ledger_is_named_and_a_dark_without_pixels_refused(tmp_path):
 
     bad = tmp_path / "ledger.json"
     bad.write_text("{not json")
-    mon = QualityMonitor(ProcessConfig(dose_ledger=str(bad)), "s")
+    mon = QualityMonitor(ProcessConfig.from_mapping({"dose.ledger": str(bad)}), "s")
     geo = DistanceGeometry(0.0025, 1.2, 3e-6, 17.0)
     mon.add_frame(Rec(1, 1, 0.0, geo, 0.1), np.full((4, 4), 1000.0))
     with pytest.raises(LedgerError, match="ledger.json"):

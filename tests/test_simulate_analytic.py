@@ -192,7 +192,7 @@ def chain_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("analytic")
     scan = write_analytic_scan(folder, SimulationConfig(nx=128, ny=40, n_angles=180, seed=3))
     record = json.loads(scan.model_file.read_text())
-    return scan, process_scan(folder, None, ProcessConfig(delta_beta=record["delta_beta"]))
+    return scan, process_scan(folder, None, ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"]}))
 
 
 @pytest.mark.slow

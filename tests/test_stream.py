@@ -73,7 +73,7 @@ def test_stream_journals_every_frame_and_ends_at_the_batch_result(ray_local, sma
     _, record = read_truth(small_scan)
     # The live volume uses the configured rotation axis (live estimation is not written yet); the final
     # pass would estimate it itself.
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"])
+    config = ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"]})
     source = ListSource(small_scan)
     seen = []
     progress = []
@@ -105,7 +105,7 @@ def test_a_binned_live_volume_matches_the_binned_final_one(ray_local, small_scan
     """live_binning 2: the live volume has half the voxels per axis (8x fewer to back-project into) and
     agrees with the full-resolution final volume binned the same way."""
     _, record = read_truth(small_scan)
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"], live_binning=2)
+    config = ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"], "stream.live_binning": 2})
     result = stream(ListSource(small_scan), small_scan, tmp_path / "out", config, n_shards=2, poll_interval_s=0.0)
     final = result.final.volume
     assert result.live_binning == 2
@@ -119,7 +119,7 @@ def test_a_binned_live_volume_matches_the_binned_final_one(ray_local, small_scan
 def test_a_bad_frame_is_quarantined_and_the_stream_goes_on(ray_local, small_scan, tmp_path):
     _, record = read_truth(small_scan)
     source = ListSource(small_scan, corrupt=60)  # a projection of distance 1 turns to NaN in transit
-    result = stream(source, small_scan, tmp_path / "out", ProcessConfig(delta_beta=record["delta_beta"]),
+    result = stream(source, small_scan, tmp_path / "out", ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"]}),
                     poll_interval_s=0.0, final_pass=False)
     assert result.counts["quarantined"] == 1
     assert result.counts["received"] == len(source.records)
@@ -142,7 +142,7 @@ def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
     writer.start()
     with FolderWatcher(scan_dir, poll_interval_s=0.05, use_inotify=False, settle_s=0.3) as watcher:
         source = WatcherSource(watcher, n_distances=4, quiet_s=1.0)
-        config = ProcessConfig(align_angles=8)
+        config = ProcessConfig.from_mapping({"alignment.angles": 8})
         result = stream(source, scan_dir, out, config, poll_interval_s=0.05, timeout_s=240)
     writer.join()
     per_distance = cfg.n_darks + 2 * cfg.n_flats + cfg.n_angles + len(cfg.return_angles_deg)
@@ -164,7 +164,7 @@ def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
 def undisturbed(ray_local, small_scan, tmp_path_factory):
     """The live stream of the small scan with nothing killed (what the kill tests compare against)."""
     _, record = read_truth(small_scan)
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"])
+    config = ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"]})
     return config, stream(ListSource(small_scan), small_scan, tmp_path_factory.mktemp("undisturbed"), config,
                           poll_interval_s=0.0, final_pass=False, n_workers=2, n_shards=2)
 
@@ -247,7 +247,7 @@ class Slow(ListSource):
         time.sleep(0.2)
         return super().poll()
 stream(Slow(Path(r"{small_scan}"), per_poll=5), Path(r"{small_scan}"), Path(r"{out}"),
-       ProcessConfig(delta_beta={record["delta_beta"]}, cor={record["cor_px"]}), poll_interval_s=0.0)
+       ProcessConfig.from_mapping({{"sample.delta_beta": {record["delta_beta"]}, "fbp.cor": {record["cor_px"]}}}), poll_interval_s=0.0)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -265,7 +265,7 @@ stream(Slow(Path(r"{small_scan}"), per_poll=5), Path(r"{small_scan}"), Path(r"{o
     proc.wait()
     assert 110 <= received < len(ListSource(small_scan).records), "the kill did not land mid-scan"
 
-    config = ProcessConfig(delta_beta=record["delta_beta"], cor=record["cor_px"])
+    config = ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"]})
     result = stream(ListSource(small_scan), small_scan, out, config, poll_interval_s=0.0)
     n = len(ListSource(small_scan).records)
     c = result.counts

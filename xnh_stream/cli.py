@@ -135,13 +135,14 @@ def _simulation_config(a: argparse.Namespace):  # noqa: ANN202
 
 
 def _process_config(a: argparse.Namespace) -> ProcessConfig:
-    """Defaults < config file < XNH_* environment < command-line flags."""
-    flags = {key: getattr(a, key, None) for key in ("delta_beta", "cor", "backend", "fbp_window", "live_binning")}
-    flags["flat_pca_components"] = getattr(a, "pca", None)
+    """Defaults < config file < XNH_<SECTION>_<KEY> environment < command-line flags."""
+    flags = {section_key: getattr(a, flag, None) for flag, section_key in (
+        ("delta_beta", "sample.delta_beta"), ("cor", "fbp.cor"), ("backend", "compute.backend"),
+        ("fbp_window", "fbp.window"), ("live_binning", "stream.live_binning"), ("pca", "flatfield.pca_components"))}
     if getattr(a, "no_align", False):
-        flags["align"] = False
+        flags["alignment.enabled"] = False
     if getattr(a, "no_envelope", False):
-        flags["ctf_envelope"] = False
+        flags["ctf.envelope"] = False
     return ProcessConfig.layered(a.config, overrides=flags)
 
 
@@ -259,7 +260,7 @@ def _ray_executor(address: str | None, config: ProcessConfig):  # noqa: ANN202
 
     log.info(start_ray(address))
     gpus = 0.0
-    if config.backend == "cupy":
+    if config.compute.backend == "cupy":
         if gpus_available() < 1:
             raise ConfigError("backend 'cupy' was asked for but the Ray cluster has no GPU")
         gpus = 1.0

@@ -1,15 +1,30 @@
-"""Processing options: one typed, validated dataclass, loadable from a YAML file.
+"""Processing options in sections: typed, validated, loadable from a YAML file.
 
-Precedence (lowest to highest): defaults, the YAML file, environment variables ``XNH_<KEY>`` (upper
-case, e.g. ``XNH_DELTA_BETA=250``), command-line flags. Unknown keys and bad values raise
-:class:`ConfigError` naming the key (and the variable, for the environment).
+=========== ===============================================================================================
+section     what it configures
+=========== ===============================================================================================
+sample      the sample's composition (delta/beta, dose), the stain (two-material CTF), the sample's name
+flatfield   dynamic (PCA) flat-field
+alignment   registration of the distances
+ctf         phase retrieval
+fbp         reconstruction and the rotation axis
+dose        detector response and the dose alert thresholds
+alerts      drift, warping, scale and resolution alert thresholds, the Alertmanager webhook
+stream      the live volume and the running FSC
+compute     the array backend
+=========== ===============================================================================================
+
+A YAML file holds the sections as mappings (``ctf: {alpha_low: 0.1}``). Precedence, lowest to highest:
+defaults, the file, environment variables ``XNH_<SECTION>_<KEY>`` (upper case, e.g. ``XNH_CTF_ALPHA_LOW=0.2``,
+``XNH_SAMPLE_DELTA_BETA=250``), command-line flags. Unknown sections or keys and bad values raise
+:class:`ConfigError` naming them (and the variable, for the environment).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,118 +35,196 @@ class ConfigError(ValueError):
     """A configuration key that is unknown or has a bad value."""
 
 
+def _check(section: str, checks: dict[str, bool], values: Any) -> None:
+    for key, ok in checks.items():
+        if not ok:
+            raise ConfigError(f"config key {section}.{key} has an invalid value {getattr(values, key)!r}")
+
+
+def _ordered(warning: float | None, critical: float | None) -> bool:
+    """Alert thresholds: each None (off) or positive, and critical not below warning."""
+    if any(v is not None and not v > 0 for v in (warning, critical)):
+        return False
+    return warning is None or critical is None or critical >= warning
+
+
 @dataclass
-class ProcessConfig:
-    """Options of the processing chain (defaults suit ID16A-like scans of stained resin-embedded tissue).
+class SampleOptions:
+    """The sample (defaults: heavily stained, resin-embedded tissue).
 
     Attributes
     ----------
     delta_beta : float or None
-        delta/beta of the homogeneous-object approximation; ``None`` derives it from ``sample_formula``
-        and ``sample_density`` at the scan energy (xraydb).
-    sample_formula, sample_density : str, float
-        Mean sample composition (chemical formula, g/cm^3), for delta/beta and for the dose.
-    ctf_alpha_low : float
-        CTF regularisation at low frequencies, relative to ``2 K (beta/delta)^2`` (the CTF denominator at
-        zero frequency for K distances): 0.1 keeps 90 % of the mean phase.
-    ctf_alpha_high : float
-        CTF regularisation at high frequencies (absolute; compare with ``2 sum_k A_k^2 ~ K``).
-    ctf_envelope : bool
-        Two-material CTF in the batch chain (and the stream's final pass): the sample's outline against
-        air is retrieved with ``delta_beta``, its interior with ``delta_beta_contrast`` (docs/configuration.md).
-    delta_beta_contrast : float or None
-        delta/beta of the contrast inside the sample; ``None`` takes the stain's (``stain_formula``,
-        ``stain_density``) at the scan energy.
+        delta/beta of the homogeneous-object approximation; None derives it from ``formula`` and ``density``
+        at the scan energy (xraydb).
+    formula, density : str, float
+        Mean composition (chemical formula) and density (g/cm^3), for delta/beta and the dose.
     stain_formula, stain_density : str, float
         The contrast agent (default reduced osmium, OsO2, 11.4 g/cm^3).
-    live_binning : int
-        Binning of the live (streamed) volume against the final one; 0 picks one that keeps about 512
-        columns (full resolution for frames up to ~768 px). The final pass is always at full resolution.
-    fbp_window : str
-        Ramp filter window: ram-lak, shepp-logan, cosine, hamming, hann.
-    fbp_padding : str
-        How detector rows are extended before ramp filtering: ``edge`` (default; XNH projections are
-        truncated because the sample fills the field of view) or ``zeros`` (a sample entirely inside it).
-    cor : float or None
-        Rotation-axis column in reference-detector pixels; ``None`` estimates it.
-    align : bool
-        Register distances against the reference (rescale + shift); False only rescales.
-    align_angles : int
-        Number of evenly spread angles on which distance shifts are measured before fitting the model.
-    align_model_degree : int
-        Polynomial degree of the smooth shift-versus-angle model.
-    align_delta_beta : float
-        delta/beta of the Paganin filter that makes the distances comparable for registration. Small
-        values keep the filter kernel short, so that the different fields of view of the distances do
-        not bias the shifts.
-    flat_pca_components : int
-        0 for interpolated flats; >0 for dynamic (PCA) flat-field with that many components.
-    detector_gain : float
-        Detector counts per detected photon (dose).
-    detector_efficiency : float
-        Detected fraction of incident photons (dose).
-    backend : str
-        Array backend: ``numpy`` or ``cupy``.
-
-    Quality and alerts (:mod:`xnh_stream.quality`, docs/quality.md)
-
-    dose_dead_time_s : float
-        Beam-on time after each exposed frame while the detector does not count (read-out); adds to the dose.
-    sample_name : str
+    delta_beta_contrast : float or None
+        delta/beta of the contrast inside the sample (two-material CTF); None takes the stain's.
+    name : str
         Sample the dose ledger accumulates under; empty: the scan folder's name.
-    dose_ledger : str
-        JSON file keeping the dose of every scan of each sample (shared by successive scans); empty: none,
-        the sample dose is this scan's.
-    dose_warning_gray, dose_critical_gray : float
-        Alert thresholds on the dose the sample received (all its scans), Gy.
-    drift_warning_px, drift_critical_px, drift_warning_nm, drift_critical_nm : float or None
-        Alert thresholds on the return-projection drift (reference pixels / nm); None is off.
-    warp_warning_px, warp_critical_px, warp_warning_nm, warp_critical_nm : float or None
-        Alert thresholds on the non-rigid warp (rms of the patch-field residual); None is off.
-    scale_warning, scale_critical : float or None
-        Alert thresholds on the scale change ``|scale - 1|`` between views of the same angle.
-    fsc_warning_voxels : float or None
-        Alert when the running FSC resolution is worse than this many voxels, once ``fsc_min_fraction`` of
-        the angles (covering the whole range) are in.
-    fsc_min_fraction : float
-        See ``fsc_warning_voxels``.
-    fsc_bin : int
-        Block size of the binned whole-volume running FSC.
-    fsc_region_px : int
-        Side of the full-resolution central region of the running FSC.
-    alert_webhook : str
-        Alertmanager-compatible URL (``http://host:9093/api/v2/alerts``) alerts are POSTed to; empty: none.
-    alert_webhook_timeout_s : float
-        Timeout of one POST (sent from a background thread; never blocks the stream).
     """
 
     delta_beta: float | None = None
-    sample_formula: str = "C5H8O2Os0.065"
-    sample_density: float = 1.35
-    ctf_alpha_low: float = 0.1
-    ctf_alpha_high: float = 0.05
-    ctf_envelope: bool = True
-    delta_beta_contrast: float | None = None
+    formula: str = "C5H8O2Os0.065"
+    density: float = 1.35
     stain_formula: str = "OsO2"
     stain_density: float = 11.4
-    live_binning: int = 0
-    fbp_window: str = "shepp-logan"
-    fbp_padding: str = "edge"
+    delta_beta_contrast: float | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _check("sample", {"delta_beta": self.delta_beta is None or self.delta_beta > 0, "density": self.density > 0,
+                          "stain_density": self.stain_density > 0,
+                          "delta_beta_contrast": self.delta_beta_contrast is None or self.delta_beta_contrast > 0},
+               self)
+
+
+@dataclass
+class FlatFieldOptions:
+    """Flat-field.
+
+    Attributes
+    ----------
+    pca_components : int
+        0 for flats interpolated between series; > 0 for the dynamic (PCA) flat-field with that many
+        components (fitted on low frequencies: the sample fills the field of view in XNH).
+    """
+
+    pca_components: int = 0
+
+    def __post_init__(self) -> None:
+        _check("flatfield", {"pca_components": self.pca_components >= 0}, self)
+
+
+@dataclass
+class AlignmentOptions:
+    """Registration of the distances against the reference.
+
+    Attributes
+    ----------
+    enabled : bool
+        Register (rescale + shift); False only rescales.
+    angles : int
+        Evenly spread angles on which the shifts are measured before the model is fitted.
+    model_degree : int
+        Polynomial degree of the smooth shift-versus-angle model.
+    delta_beta : float
+        delta/beta of the short Paganin filter that makes the distances comparable.
+    """
+
+    enabled: bool = True
+    angles: int = 48
+    model_degree: int = 2
+    delta_beta: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check("alignment", {"angles": self.angles >= 3, "model_degree": 0 <= self.model_degree <= 6,
+                             "delta_beta": self.delta_beta > 0}, self)
+
+
+@dataclass
+class CTFOptions:
+    """Multi-distance CTF phase retrieval.
+
+    Attributes
+    ----------
+    alpha_low : float
+        Regularisation at low frequencies, relative to ``2 K (beta/delta)^2``.
+    alpha_high : float
+        Regularisation at high frequencies (absolute).
+    envelope : bool
+        Two-material CTF in the final pass: the sample's outline against air with ``sample.delta_beta``, its
+        interior with ``sample.delta_beta_contrast``.
+    """
+
+    alpha_low: float = 0.1
+    alpha_high: float = 0.05
+    envelope: bool = True
+
+    def __post_init__(self) -> None:
+        _check("ctf", {"alpha_low": self.alpha_low >= 0, "alpha_high": self.alpha_high >= 0}, self)
+
+
+@dataclass
+class FBPOptions:
+    """Reconstruction.
+
+    Attributes
+    ----------
+    window : str
+        Ramp filter window: ram-lak, shepp-logan, cosine, hamming, hann.
+    padding : str
+        ``edge`` (XNH projections are truncated) or ``zeros``.
+    cor : float or None
+        Rotation-axis column in reference-detector pixels; None estimates it.
+    """
+
+    window: str = "shepp-logan"
+    padding: str = "edge"
     cor: float | None = None
-    align: bool = True
-    align_angles: int = 48
-    align_model_degree: int = 2
-    align_delta_beta: float = 0.3
-    flat_pca_components: int = 0
+
+    def __post_init__(self) -> None:
+        _check("fbp", {"window": self.window in {"ram-lak", "shepp-logan", "cosine", "hamming", "hann"},
+                       "padding": self.padding in {"edge", "zeros"}}, self)
+
+
+@dataclass
+class DoseOptions:
+    """Dose (Howells) and its alerts.
+
+    Attributes
+    ----------
+    detector_gain : float
+        Detector counts per detected photon.
+    detector_efficiency : float
+        Detected fraction of incident photons.
+    dead_time_s : float
+        Beam-on time after each exposed frame while the detector does not count.
+    ledger : str
+        JSON file keeping the dose of every scan of each sample; empty: none.
+    warning_gray, critical_gray : float
+        Alert thresholds on the dose the sample received (all its scans), Gy.
+    """
+
     detector_gain: float = 1.0
     detector_efficiency: float = 1.0
-    backend: str = "numpy"
-    # --- quality and alerts (xnh_stream.quality) ---
-    dose_dead_time_s: float = 0.0
-    sample_name: str = ""
-    dose_ledger: str = ""
-    dose_warning_gray: float = 1e8
-    dose_critical_gray: float = 1e9
+    dead_time_s: float = 0.0
+    ledger: str = ""
+    warning_gray: float = 1e8
+    critical_gray: float = 1e9
+
+    def __post_init__(self) -> None:
+        _check("dose", {"detector_gain": self.detector_gain > 0,
+                        "detector_efficiency": 0 < self.detector_efficiency <= 1,
+                        "dead_time_s": self.dead_time_s >= 0, "warning_gray": self.warning_gray > 0,
+                        "critical_gray": self.critical_gray >= self.warning_gray}, self)
+
+
+@dataclass
+class AlertOptions:
+    """Alert thresholds (None: off) and where alerts go besides the log, the journal and the report.
+
+    Attributes
+    ----------
+    drift_warning_px, drift_critical_px, drift_warning_nm, drift_critical_nm : float or None
+        Return-projection drift.
+    warp_warning_px, warp_critical_px, warp_warning_nm, warp_critical_nm : float or None
+        Non-rigid warp (rms of the patch-field residual).
+    scale_warning, scale_critical : float or None
+        ``|scale - 1|`` between views of the same angle.
+    fsc_warning_voxels : float or None
+        Running FSC resolution worse than this many voxels, once ``fsc_min_fraction`` of the angles are in.
+    fsc_min_fraction : float
+        See ``fsc_warning_voxels``.
+    webhook : str
+        Alertmanager-compatible URL (``user:password@`` goes as Basic authentication, never logged).
+    webhook_timeout_s : float
+        Timeout of one POST (sent from a background thread).
+    """
+
     drift_warning_px: float | None = 1.0
     drift_critical_px: float | None = 3.0
     drift_warning_nm: float | None = None
@@ -144,109 +237,191 @@ class ProcessConfig:
     scale_critical: float | None = 0.01
     fsc_warning_voxels: float | None = 5.0
     fsc_min_fraction: float = 0.5
-    fsc_bin: int = 2
-    fsc_region_px: int = 64
-    alert_webhook: str = ""
-    alert_webhook_timeout_s: float = 2.0
+    webhook: str = ""
+    webhook_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
-        checks = {
-            "ctf_alpha_low": self.ctf_alpha_low >= 0, "ctf_alpha_high": self.ctf_alpha_high >= 0,
-            "fbp_window": self.fbp_window in {"ram-lak", "shepp-logan", "cosine", "hamming", "hann"},
-            "align_angles": self.align_angles >= 3, "align_model_degree": 0 <= self.align_model_degree <= 6,
-            "align_delta_beta": self.align_delta_beta > 0,
-            "flat_pca_components": self.flat_pca_components >= 0, "detector_gain": self.detector_gain > 0,
-            "detector_efficiency": 0 < self.detector_efficiency <= 1, "sample_density": self.sample_density > 0,
-            "backend": self.backend in {"numpy", "cupy"},
-            "fbp_padding": self.fbp_padding in {"edge", "zeros"},
-            "delta_beta": self.delta_beta is None or self.delta_beta > 0,
-            "delta_beta_contrast": self.delta_beta_contrast is None or self.delta_beta_contrast > 0,
-            "stain_density": self.stain_density > 0,
-            "live_binning": self.live_binning >= 0,
-            # --- quality and alerts ---
-            "dose_dead_time_s": self.dose_dead_time_s >= 0, "dose_warning_gray": self.dose_warning_gray > 0,
-            "dose_critical_gray": self.dose_critical_gray >= self.dose_warning_gray,
+        _check("alerts", {
             "drift_critical_px": _ordered(self.drift_warning_px, self.drift_critical_px),
             "drift_critical_nm": _ordered(self.drift_warning_nm, self.drift_critical_nm),
             "warp_critical_px": _ordered(self.warp_warning_px, self.warp_critical_px),
             "warp_critical_nm": _ordered(self.warp_warning_nm, self.warp_critical_nm),
             "scale_critical": _ordered(self.scale_warning, self.scale_critical),
             "fsc_warning_voxels": self.fsc_warning_voxels is None or self.fsc_warning_voxels > 0,
-            "fsc_min_fraction": 0 <= self.fsc_min_fraction <= 1, "fsc_bin": self.fsc_bin >= 1,
-            "fsc_region_px": self.fsc_region_px >= 8,
-            "alert_webhook": self.alert_webhook == "" or self.alert_webhook.startswith(("http://", "https://")),
-            "alert_webhook_timeout_s": self.alert_webhook_timeout_s > 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"config key {key!r} has an invalid value {getattr(self, key)!r}")
+            "fsc_min_fraction": 0 <= self.fsc_min_fraction <= 1,
+            "webhook": self.webhook == "" or self.webhook.startswith(("http://", "https://")),
+            "webhook_timeout_s": self.webhook_timeout_s > 0}, self)
+
+
+@dataclass
+class LiveOptions:
+    """The live volume and the running FSC.
+
+    Attributes
+    ----------
+    live_binning : int
+        Binning of the live volume against the final one; 0 picks one that keeps about 512 columns.
+    fsc_bin : int
+        Block size of the binned whole-volume running FSC.
+    fsc_region_px : int
+        Side of the full-resolution central region of the running FSC.
+    """
+
+    live_binning: int = 0
+    fsc_bin: int = 2
+    fsc_region_px: int = 64
+
+    def __post_init__(self) -> None:
+        _check("stream", {"live_binning": self.live_binning >= 0, "fsc_bin": self.fsc_bin >= 1,
+                          "fsc_region_px": self.fsc_region_px >= 8}, self)
+
+
+@dataclass
+class ComputeOptions:
+    """Where the numbers are computed.
+
+    Attributes
+    ----------
+    backend : str
+        Array backend: ``numpy`` or ``cupy`` (a GPU per task; refused when there is none).
+    """
+
+    backend: str = "numpy"
+
+    def __post_init__(self) -> None:
+        _check("compute", {"backend": self.backend in {"numpy", "cupy"}}, self)
+
+
+#: Section name -> its dataclass.
+SECTIONS: dict[str, type] = {"sample": SampleOptions, "flatfield": FlatFieldOptions, "alignment": AlignmentOptions,
+                             "ctf": CTFOptions, "fbp": FBPOptions, "dose": DoseOptions, "alerts": AlertOptions,
+                             "stream": LiveOptions, "compute": ComputeOptions}
+
+
+@dataclass
+class ProcessConfig:
+    """Every processing option, in sections (see the module docstring; each section documents its keys)."""
+
+    sample: SampleOptions = field(default_factory=SampleOptions)
+    flatfield: FlatFieldOptions = field(default_factory=FlatFieldOptions)
+    alignment: AlignmentOptions = field(default_factory=AlignmentOptions)
+    ctf: CTFOptions = field(default_factory=CTFOptions)
+    fbp: FBPOptions = field(default_factory=FBPOptions)
+    dose: DoseOptions = field(default_factory=DoseOptions)
+    alerts: AlertOptions = field(default_factory=AlertOptions)
+    stream: LiveOptions = field(default_factory=LiveOptions)
+    compute: ComputeOptions = field(default_factory=ComputeOptions)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> ProcessConfig:
-        """Build from a mapping, rejecting unknown keys and values of the wrong type."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        """Build from ``{section: {key: value}}`` (missing sections and keys keep their defaults).
+
+        Dotted keys (``"ctf.alpha_low": 0.2``) are accepted at the top level too (command-line overrides).
+
+        Raises
+        ------
+        ConfigError
+            For an unknown section or key, or a value of the wrong type.
+        """
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in (values or {}).items():
+            if "." in key:
+                section, sub = key.split(".", 1)
+                nested.setdefault(section, {})[sub] = value
+            elif isinstance(value, dict):
+                nested.setdefault(key, {}).update(value)
+            else:
+                raise ConfigError(f"config key {key!r} is not a section (sections: {sorted(SECTIONS)}); "
+                                  f"write it under its section, e.g. 'fbp: {{cor: 1024.5}}'")
+        unknown = sorted(set(nested) - set(SECTIONS))
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        clean: dict[str, Any] = {}
-        for key, value in values.items():
-            default = getattr(cls, key, None)
-            try:
-                if isinstance(default, bool):
-                    if not isinstance(value, bool):
-                        raise TypeError("expected true or false")
-                elif isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
-                    value = type(default)(value) if isinstance(default, float) or isinstance(value, int) else int(value)
-                elif default is None and value is not None:
-                    value = float(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"config key {key!r}: bad value {value!r} ({exc})") from exc
-            clean[key] = value
-        return cls(**clean)
+            raise ConfigError(f"unknown config section(s) {unknown}; known sections: {sorted(SECTIONS)}")
+        built = {name: _section(name, SECTIONS[name], nested.get(name, {})) for name in SECTIONS}
+        return cls(**built)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ProcessConfig:
-        """Load a YAML file whose top level maps keys of this class to values."""
+        """Load a YAML file of sections."""
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read config: {exc}") from exc
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of key: value")
-        return cls.from_mapping(data)
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        try:
+            return cls.from_mapping(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
 
     @classmethod
     def layered(cls, path: str | Path | None = None, env: dict[str, str] | None = None,
                 overrides: dict[str, Any] | None = None) -> ProcessConfig:
-        """Defaults, then the YAML file ``path``, then ``XNH_*`` environment variables, then ``overrides``."""
-        values = dataclasses.asdict(cls.from_file(path)) if path else {}
+        """Defaults, then the YAML file ``path``, then ``XNH_<SECTION>_<KEY>`` variables, then ``overrides``
+        (``{"section.key": value}``, None values ignored)."""
+        values: dict[str, Any] = {}
+        if path:
+            for name, sec in dataclasses.asdict(cls.from_file(path)).items():
+                for k, v in sec.items():
+                    values[f"{name}.{k}"] = v
         env = os.environ if env is None else env
-        known = {f.name for f in fields(cls)}
-        for name, raw in env.items():
-            if not name.startswith("XNH_"):
-                continue
-            key = name[4:].lower()
-            if key not in known:
-                continue  # XNH_* variables of other components (e.g. the stream) are not ours
-            values[key] = _parse_env(name, raw)
+        for var, raw in env.items():
+            key = _env_key(var)
+            if key is not None:
+                values[key] = _parse_env(var, raw)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_mapping(values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary of all options (for the report), secrets removed (a webhook's password)."""
+        """Plain nested dictionary of all options (for the report), secrets removed (a webhook's password)."""
         from .quality.alerts import redact_url  # noqa: PLC0415
 
         d = dataclasses.asdict(self)
-        if d.get("alert_webhook"):
-            d["alert_webhook"] = redact_url(d["alert_webhook"])
+        if d["alerts"]["webhook"]:
+            d["alerts"]["webhook"] = redact_url(d["alerts"]["webhook"])
         return d
 
+    def replace(self, **dotted: Any) -> ProcessConfig:
+        """A copy with some keys changed: ``config.replace(**{"fbp.cor": 1024.5})``."""
+        values = {f"{name}.{k}": v for name, sec in dataclasses.asdict(self).items() for k, v in sec.items()}
+        values.update(dotted)
+        return ProcessConfig.from_mapping(values)
 
-def _ordered(warning: float | None, critical: float | None) -> bool:
-    """Alert thresholds: each None (off) or positive, and critical not below warning."""
-    if any(v is not None and not v > 0 for v in (warning, critical)):
-        return False
-    return warning is None or critical is None or critical >= warning
+
+def _section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[f'{name}.{k}' for k in unknown]}; keys of {name}: {sorted(known)}")
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        default = known[key].default
+        try:
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError("expected true or false")
+            elif isinstance(default, (int, float)) and value is not None:
+                value = type(default)(value) if isinstance(default, float) or isinstance(value, int) else int(value)
+            elif default is None and value is not None:
+                value = float(value)
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise TypeError("expected a string")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config key {name}.{key}: bad value {value!r} ({exc})") from exc
+        clean[key] = value
+    return cls(**clean)
+
+
+def _env_key(var: str) -> str | None:
+    """``XNH_CTF_ALPHA_LOW`` -> ``"ctf.alpha_low"``; None for variables that are not config keys."""
+    if not var.startswith("XNH_"):
+        return None
+    rest = var[4:].lower()
+    for name, cls in SECTIONS.items():
+        if rest.startswith(name + "_"):
+            key = rest[len(name) + 1:]
+            if key in {f.name for f in fields(cls)}:
+                return f"{name}.{key}"
+    return None  # XNH_* variables of other components (e.g. the tests) are not ours
 
 
 def _parse_env(name: str, raw: str) -> Any:

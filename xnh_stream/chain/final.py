@@ -208,7 +208,7 @@ def align_task(item: tuple[int, float, dict[int, FrameRecord]], calibrations: li
                geometry: Any, delta_beta: float, config: ProcessConfig, measure: bool) -> AlignSample:
     """Shifts of every distance at one angle (:func:`~xnh_stream.physics.align.measure_distance_shifts`)."""
     slot, theta, frames = item
-    xp = get_array_module(config.backend)
+    xp = get_array_module(config.compute.backend)
     outcome = Outcome()
     K = len(geometry.distances)
     ref = geometry.reference
@@ -216,7 +216,7 @@ def align_task(item: tuple[int, float, dict[int, FrameRecord]], calibrations: li
     shifts = ok = peaks = None
     reasons: tuple[str, ...] = ()
     if measure and all(im is not None for im in imgs):
-        res = measure_distance_shifts(imgs, geometry, config.align_delta_beta, xp=xp)
+        res = measure_distance_shifts(imgs, geometry, config.alignment.delta_beta, xp=xp)
         shifts, ok, peaks, reasons = res.shifts_yx, res.ok, res.peaks, res.reasons
     return AlignSample(slot, theta, shifts, ok, peaks, reasons, outcome)
 
@@ -236,7 +236,7 @@ def survey_task(batch: list[tuple[int, float, FrameRecord]], calibration: Calibr
                 delta_beta: float, config: ProcessConfig, job: SurveyJob) -> tuple[list[int], Outcome]:
     """One pass over reference-distance frames: binned Paganin projections in binned-voxel units (the
     envelope) and the chosen rows of the flat-fielded frame (the rotation axis); returns the slots written."""
-    xp = get_array_module(config.backend)
+    xp = get_array_module(config.compute.backend)
     d = geometry.distances[geometry.reference]
     scale = -1.0 / (2 * np.pi / d.wavelength_m * d.effective_pixel_m)  # phase -> line integral, voxel units
     b = job.binning
@@ -426,7 +426,7 @@ class FinalChain:
         self.K = len(geo.distances)
         self.ref = geo.reference
         self.shape = index.frame_shape
-        self.delta_beta = config.delta_beta or delta_beta_of(config.sample_formula, config.sample_density,
+        self.delta_beta = config.sample.delta_beta or delta_beta_of(config.sample.formula, config.sample.density,
                                                              geo.energy_kev)
 
     # ------------------------------------------------------------------ helpers
@@ -480,7 +480,7 @@ class FinalChain:
     def calibrate(self) -> list[Calibration]:
         """Darks and flats of every distance."""
         def compute() -> tuple[list[Calibration], list[Outcome]]:
-            res = self._map("calibrate", calibrate_task, self.index.distances, self.config.flat_pca_components)
+            res = self._map("calibrate", calibrate_task, self.index.distances, self.config.flatfield.pca_components)
             return [c for c, _ in res], [o for _, o in res]
 
         cals, outcomes = self._cached("calibration", compute)
@@ -550,8 +550,8 @@ class FinalChain:
         """Distance shifts on ``align_angles`` angles and their smooth models."""
         cfg = self.config
         n = len(slots)
-        subset = np.unique(np.linspace(0, n - 1, min(cfg.align_angles, n)).round().astype(int))
-        measure = cfg.align and self.K > 1
+        subset = np.unique(np.linspace(0, n - 1, min(cfg.alignment.angles, n)).round().astype(int))
+        measure = cfg.alignment.enabled and self.K > 1
 
         def compute() -> list[AlignSample]:
             return self._map("align", align_task, [slots[i] for i in subset], self.executor.share(cals),
@@ -560,7 +560,7 @@ class FinalChain:
         samples: list[AlignSample] = self._cached("alignment", compute)
         models: list[ShiftModel | None] = [None] * self.K
         if measure:
-            models = [None if k == self.ref else ShiftModel(order=cfg.align_model_degree) for k in range(self.K)]
+            models = [None if k == self.ref else ShiftModel(order=cfg.alignment.model_degree) for k in range(self.K)]
         for s in samples:
             self._note(s.outcome, "align")
             if s.shifts_yx is None:
@@ -597,8 +597,8 @@ class FinalChain:
         """One pass over the reference distance for what the envelope and the rotation axis need."""
         ny, nx = self.shape
         b = binning_for((ny, nx), ENVELOPE_COLUMNS)
-        envelope = self.config.ctf_envelope and self.K > 1
-        axis = self.config.cor is None
+        envelope = self.config.ctf.envelope and self.K > 1
+        axis = self.config.fbp.cor is None
         rows = tuple(sorted({int(round(r)) for r in np.linspace(0.15 * (ny - 1), 0.85 * (ny - 1), min(6, ny))}))
         n = len(slots)
         job = SurveyJob(b, ProjectionStore(self.work.path / "survey.zarr", n, (ny // b, nx // b), ny // b, create=True)
@@ -626,8 +626,8 @@ class FinalChain:
         (:func:`~xnh_stream.physics.cor.estimate_rotation_axis`: 0/180 pairs with the return projections,
         Vo's sinogram method and a sliding window on several full-resolution rows); alerts when they
         disagree by more than 1 px."""
-        if self.config.cor is not None:
-            return RotationAxis(float(self.config.cor), "config")
+        if self.config.fbp.cor is not None:
+            return RotationAxis(float(self.config.fbp.cor), "config")
 
         def compute() -> tuple[RotationAxis, list[dict[str, str]]]:
             ref = self.index.distances[self.ref]
@@ -689,7 +689,7 @@ class FinalChain:
         def compute() -> SampleEnvelope | None:
             thetas = np.array([t for _, t, _ in slots])
             (_, env), = self.executor.map(envelope_task, [self.surveyed], job.binned, thetas, self.shape, job.binning,
-                                          cor, self.config.backend)
+                                          cor, self.config.compute.backend)
             if env is not None:
                 log.info("sample envelope: support %.0f %% of the volume, mean delta %.3g (binning %d)",
                          100 * env.support_fraction, env.delta_mean, job.binning)
@@ -770,8 +770,8 @@ class FinalChain:
         ny, nx = self.shape
         rows = store.rows
         slots = np.asarray(written, dtype=np.int64)
-        jobs = [SlabJob(r0, min(r0 + rows, ny), slots, np.deg2rad(thetas_deg[slots]), cor, self.config.fbp_window,
-                        self.config.fbp_padding, nx, str(volume_path), tuple(boxes), str(halves_path))
+        jobs = [SlabJob(r0, min(r0 + rows, ny), slots, np.deg2rad(thetas_deg[slots]), cor, self.config.fbp.window,
+                        self.config.fbp.padding, nx, str(volume_path), tuple(boxes), str(halves_path))
                 for r0 in range(0, ny, rows)]
         stage = f"slab_r{rows}"
         done = self.work.done(stage)
@@ -798,7 +798,7 @@ class FinalChain:
     def resolution(self, halves_path: Path, boxes: list[tuple[int, ...]]) -> tuple[Resolution, dict[str, Any]]:
         """FSC (half-bit) averaged over the boxes, and the edge-fit cross-check on the central one."""
         voxel = self.geometry.voxel_m
-        res = self._map("fsc", fsc_box_task, [(str(halves_path), i, voxel, self.config.fsc_region_px)
+        res = self._map("fsc", fsc_box_task, [(str(halves_path), i, voxel, self.config.stream.fsc_region_px)
                                               for i in range(len(boxes))])
         freq = res[0].freq
         fsc = np.nanmean(np.stack([b.fsc for b in res]), axis=0)
@@ -845,7 +845,7 @@ class FinalChain:
         envelope = self.envelope(slots, survey, axis.px)
         contrast = None
         if envelope is not None:
-            contrast = cfg.delta_beta_contrast or delta_beta_of(cfg.stain_formula, cfg.stain_density,
+            contrast = cfg.sample.delta_beta_contrast or delta_beta_of(cfg.sample.stain_formula, cfg.sample.stain_density,
                                                                 self.geometry.energy_kev)
         setup = PhaseSetup(self.geometry, self.shape, self.delta_beta, cfg, tuple(models), envelope, contrast,
                            token=self.work.path.as_posix() + ":" + str(id(self)))
@@ -925,7 +925,7 @@ class FinalChain:
         ny, nx = self.shape
         details = {k: q[k] for k in ("sample", "sample_gray", "previous_scans_gray", "ledger", "dead_time_s",
                                      "exposed_frames", "exposure_s", "fluence_per_m2") if k in q}
-        details["material"] = {"formula": cfg.sample_formula, "density_g_cm3": cfg.sample_density}
+        details["material"] = {"formula": cfg.sample.formula, "density_g_cm3": cfg.sample.density}
         return ScanReport(
             software={"name": "xnh-stream", "version": __version__},
             scan={"folder": str(self.index.folder), "distances": [d.name for d in self.index.distances],
@@ -939,7 +939,7 @@ class FinalChain:
             phase={"method": "ctf-multi-distance" + ("-two-material" if envelope is not None else ""),
                    "delta_beta": self.delta_beta, "delta_beta_contrast": contrast,
                    "envelope": None if envelope is None else envelope.as_dict(),
-                   "alpha_low": cfg.ctf_alpha_low, "alpha_high": cfg.ctf_alpha_high,
+                   "alpha_low": cfg.ctf.alpha_low, "alpha_high": cfg.ctf.alpha_high,
                    "sign": "phase = -k * integral(delta dz) (negative for matter); volume holds delta"},
             alignment=shift_record,
             cor=axis,

@@ -90,9 +90,9 @@ class AngleProcessor:
             geo, cfg = self.geometry, self.config
             sub = ScanGeometry(tuple(geo.distances[k] for k in which))
             db = self.contrast_delta_beta if two_material else self.delta_beta
-            alpha_low = cfg.ctf_alpha_low * 2 * len(which) / db**2
+            alpha_low = cfg.ctf.alpha_low * 2 * len(which) / db**2
             self._retrievers[key] = CTFRetriever(sub, self.shape, db, alpha_low=alpha_low,
-                                                 alpha_high=cfg.ctf_alpha_high, pixel_m=geo.voxel_m, xp=self.xp,
+                                                 alpha_high=cfg.ctf.alpha_high, pixel_m=geo.voxel_m, xp=self.xp,
                                                  envelope_delta_beta=self.delta_beta if two_material else None)
         return self._retrievers[key]
 
@@ -149,7 +149,7 @@ class PhaseSetup:
 
     def build(self, xp: ModuleType | None = None) -> AngleProcessor:
         """A processor for this set-up."""
-        xp = xp or get_array_module(self.config.backend)
+        xp = xp or get_array_module(self.config.compute.backend)
         proc = AngleProcessor(self.geometry, self.frame_shape, self.delta_beta, self.config, xp=xp)
         if self.models:
             proc.models = list(self.models)

@@ -128,7 +128,7 @@ def evaluate_alerts(quality: Mapping[str, Any], config: Any) -> list[Alert]:
     """
     alerts: list[Alert] = []
     dose = quality.get("dose") or {}
-    g = _grade(dose.get("sample_gray"), config.dose_warning_gray, config.dose_critical_gray)
+    g = _grade(dose.get("sample_gray"), config.dose.warning_gray, config.dose.critical_gray)
     if g:
         prev = dose.get("previous_scans_gray") or 0.0
         alerts.append(Alert("SampleDoseHigh", g[0], f"sample {dose.get('sample', '?')} has received "
@@ -140,8 +140,8 @@ def evaluate_alerts(quality: Mapping[str, Any], config: Any) -> list[Alert]:
     if px is not None:
         m = (drift.get("return_m") or [None] * (k + 1))[k]
         nm = None if m is None else m * 1e9
-        worst = _grade_px_nm(px, nm, (config.drift_warning_px, config.drift_critical_px),
-                             (config.drift_warning_nm, config.drift_critical_nm))
+        worst = _grade_px_nm(px, nm, (config.alerts.drift_warning_px, config.alerts.drift_critical_px),
+                             (config.alerts.drift_warning_nm, config.alerts.drift_critical_nm))
         if worst:
             alerts.append(Alert("SampleDrift", worst[0], f"distance {k + 1}: return projections moved {px:.2f} px"
                                 + (f" ({nm:.0f} nm)" if nm is not None else "") + f" since the start of the "
@@ -152,8 +152,8 @@ def evaluate_alerts(quality: Mapping[str, Any], config: Any) -> list[Alert]:
     npx, nm_m = warp.get("nonrigid_px"), warp.get("nonrigid_m")
     if npx is not None:
         nnm = None if nm_m is None else nm_m * 1e9
-        worst = _grade_px_nm(npx, nnm, (config.warp_warning_px, config.warp_critical_px),
-                             (config.warp_warning_nm, config.warp_critical_nm))
+        worst = _grade_px_nm(npx, nnm, (config.alerts.warp_warning_px, config.alerts.warp_critical_px),
+                             (config.alerts.warp_warning_nm, config.alerts.warp_critical_nm))
         if worst:
             alerts.append(Alert("SampleWarping", worst[0], f"non-rigid warp {npx:.2f} px"
                                 + (f" ({nnm:.0f} nm)" if nnm is not None else "") + f" rms ({warp.get('worst_pair', '')})"
@@ -161,7 +161,7 @@ def evaluate_alerts(quality: Mapping[str, Any], config: Any) -> list[Alert]:
                                 {"unit": worst[2]}))
     scale = warp.get("scale")
     if scale is not None:
-        g = _grade(abs(scale - 1.0), config.scale_warning, config.scale_critical)
+        g = _grade(abs(scale - 1.0), config.alerts.scale_warning, config.alerts.scale_critical)
         if g:
             alerts.append(Alert("SampleScaleChange", g[0], f"the sample scaled by {scale:.5f} "
                                 f"({(scale - 1) * 100:+.3f} %; {warp.get('scale_pair', '')}) > {g[1] * 100:g} %",
@@ -169,12 +169,12 @@ def evaluate_alerts(quality: Mapping[str, Any], config: Any) -> list[Alert]:
 
     fsc = quality.get("fsc") or {}
     res, voxel = fsc.get("resolution_m"), fsc.get("voxel_m")
-    if (res is not None and voxel and config.fsc_warning_voxels is not None
-            and (fsc.get("fraction_angles") or 0.0) >= config.fsc_min_fraction and fsc.get("full_coverage", True)):
-        limit = config.fsc_warning_voxels * voxel
+    if (res is not None and voxel and config.alerts.fsc_warning_voxels is not None
+            and (fsc.get("fraction_angles") or 0.0) >= config.alerts.fsc_min_fraction and fsc.get("full_coverage", True)):
+        limit = config.alerts.fsc_warning_voxels * voxel
         if res > limit:
             alerts.append(Alert("ResolutionPoor", "warning", f"FSC resolution {res * 1e9:.0f} nm at "
-                                f"{fsc['fraction_angles'] * 100:.0f} % of the angles > {config.fsc_warning_voxels:g} "
+                                f"{fsc['fraction_angles'] * 100:.0f} % of the angles > {config.alerts.fsc_warning_voxels:g} "
                                 f"voxels ({limit * 1e9:.0f} nm)", res, limit))
     return alerts
 
@@ -426,9 +426,9 @@ class AlertRouter:
 
 
 def default_router(config: Any, extra: Sequence[Sink] = (), generator_url: str = "") -> AlertRouter:
-    """The log sink, the Alertmanager webhook when ``config.alert_webhook`` is set, and ``extra`` sinks."""
+    """The log sink, the Alertmanager webhook when ``config.alerts.webhook`` is set, and ``extra`` sinks."""
     sinks: list[Sink] = [LogSink()]
-    if getattr(config, "alert_webhook", ""):
-        sinks.append(WebhookSink(config.alert_webhook, timeout_s=config.alert_webhook_timeout_s,
+    if config.alerts.webhook:
+        sinks.append(WebhookSink(config.alerts.webhook, timeout_s=config.alerts.webhook_timeout_s,
                                  generator_url=generator_url))
     return AlertRouter([*sinks, *extra])

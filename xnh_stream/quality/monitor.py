@@ -87,7 +87,7 @@ class QualityMonitor:
     scan_id : str
         Identifies the scan in the dose ledger (the scan folder).
     sample : str, optional
-        Sample name for the ledger (default ``config.sample_name`` or the last part of ``scan_id``).
+        Sample name for the ledger (default ``config.sample.name`` or the last part of ``scan_id``).
     router : AlertRouter, optional
         Where the alerts go at each :meth:`snapshot` (default: evaluated, not routed).
     drift_step_deg : float
@@ -105,13 +105,13 @@ class QualityMonitor:
                  drift_step_deg: float = 90.0, angle_tol_deg: float = 0.01, angular_range_deg: float = 180.0,
                  ledger_every_s: float = 30.0) -> None:
         self.config, self.scan_id = config, str(scan_id)
-        self.sample = str(sample or config.sample_name or Path(self.scan_id).name or "sample")
+        self.sample = str(sample or config.sample.name or Path(self.scan_id).name or "sample")
         self.router = router
         self.drift_step, self.tol, self.range = float(drift_step_deg), float(angle_tol_deg), float(angular_range_deg)
         self._d: dict[float, _Dist] = {}
         self.dose: DoseAccount | None = None
         self.fsc: RunningFSC | None = None
-        self.ledger = DoseLedger(config.dose_ledger) if config.dose_ledger else None
+        self.ledger = DoseLedger(config.dose.ledger) if config.dose.ledger else None
         self._previous_gray: float | None = None
         self.ledger_every_s, self._ledger_at = float(ledger_every_s), -math.inf
         self.latest_phase: tuple[float, np.ndarray] | None = None  # set by the stream (angle, phase map)
@@ -148,8 +148,8 @@ class QualityMonitor:
             d = self._d[z] = _Dist(rec.geometry)
         if self.dose is None:
             c = self.config
-            self.dose = DoseAccount(c.sample_formula, c.sample_density, rec.geometry.energy_kev, c.detector_gain,
-                                    c.detector_efficiency, c.dose_dead_time_s)
+            self.dose = DoseAccount(c.sample.formula, c.sample.density, rec.geometry.energy_kev, c.dose.detector_gain,
+                                    c.dose.detector_efficiency, c.dose.dead_time_s)
         d.frames += 1
         key, control = int(rec.image_key), int(rec.image_key_control)
         count_time = float(getattr(rec, "count_time_s", math.nan))
@@ -218,7 +218,7 @@ class QualityMonitor:
         """Single-distance Paganin phase of distance ``k``'s frame, rescaled to the reference pixel."""
         dist = geo.distances[k]
         ph = retrieve_phase_paganin(img, (dist.propagation_distance_m, dist.wavelength_m, dist.effective_pixel_m),
-                                    self.config.align_delta_beta, pad=1.5)
+                                    self.config.alignment.delta_beta, pad=1.5)
         return rescale_shift(ph, geo.scale_to_reference(k), (0.0, 0.0), img.shape)
 
     def _inter_distance(self, a: float) -> None:
@@ -297,7 +297,7 @@ class QualityMonitor:
         if geo is None:
             raise ValueError("quality monitor: an FSC before any frame (no voxel size yet)")
         if self.fsc is None:
-            self.fsc = RunningFSC(geo.voxel_m, bin_factor=self.config.fsc_bin, region_px=self.config.fsc_region_px)
+            self.fsc = RunningFSC(geo.voxel_m, bin_factor=self.config.stream.fsc_bin, region_px=self.config.stream.fsc_region_px)
         seen, frac, _ = self.angles_info()
         n = seen if n_angles is None else int(n_angles)
         if fraction is None:
