@@ -25,6 +25,17 @@ class CorruptRecord(FrameRecord):
                          "pixel values (NaN or inf)", "data")
 
 
+@dataclasses.dataclass(frozen=True)
+class CountingRecord(FrameRecord):
+    """A frame record that notes every read of its pixels (driver side)."""
+
+    reads = []  # noqa: RUF012 - class-level log of frame ids read
+
+    def read(self, retry_s: float = 2.0) -> np.ndarray:
+        CountingRecord.reads.append(self.frame_id)
+        return super().read(retry_s)
+
+
 class ListSource:
     """Releases a finished scan's frame records a few at a time, in acquisition order (distance after
     distance), read with the one reader; complete once all are out."""
@@ -266,9 +277,23 @@ stream(Slow(Path(r"{small_scan}"), per_poll=5), Path(r"{small_scan}"), Path(r"{o
     assert 110 <= received < len(ListSource(small_scan).records), "the kill did not land mid-scan"
 
     config = ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"]})
-    result = stream(ListSource(small_scan), small_scan, out, config, poll_interval_s=0.0)
-    n = len(ListSource(small_scan).records)
+    from xnh_stream.state.store import DistanceStore
+
+    with FrameJournal(out / "journal.sqlite", readonly=True) as j:
+        known = j.known_ids()
+    stored = DistanceStore(out / "store", readonly=True)
+    source = ListSource(small_scan)
+    source.records = [CountingRecord(**{f.name: getattr(r, f.name) for f in dataclasses.fields(FrameRecord)})
+                      for r in source.records]
+    CountingRecord.reads.clear()
+    result = stream(source, small_scan, out, config, poll_interval_s=0.0)
+    n = len(source.records)
     c = result.counts
     assert c["received"] == n and c["pending"] == 0 and c["duplicates"] == 0
     assert c["processed"] + c["quarantined"] == n
+    # the restart read no projection that was already flat-fielded in the store (only darks, flats and
+    # returns are read again): the frames on disk are not all loaded at the first poll
+    in_store = {r.frame_id for r in source.records if r.frame_id in known and r.image_key == 0
+                and r.image_key_control == 0 and stored.has(r.distance_key, r.rotation_angle_deg)}
+    assert in_store and not in_store & set(CountingRecord.reads)
     np.testing.assert_array_equal(result.final.volume, process_scan(small_scan, None, config).volume)

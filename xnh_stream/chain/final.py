@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 
 #: Columns of the binned reference reconstruction that finds the sample envelope.
 ENVELOPE_COLUMNS = 256
+#: Side of the central cube of the first FSC box the erf edge fit (the resolution cross-check) runs on.
+EDGE_FIT_PX = 128
 
 
 def delta_beta_of(formula: str, density_g_cm3: float, energy_kev: float) -> float:
@@ -122,7 +124,7 @@ class ChainLayout:
     angle_batch: int = 16
     slab_rows: int = 0
     task_memory_bytes: int = 256 << 20
-    fsc_box_px: int = 256
+    fsc_box_px: int = 192
     fsc_max_boxes: int = 8
     keep_work: bool = False
 
@@ -130,7 +132,7 @@ class ChainLayout:
         """The slab height for a volume ``[ny, n_out, n_out]``."""
         if self.slab_rows > 0:
             return min(self.slab_rows, ny)
-        per_row = 2 * 4 * n_out * n_out  # two float32 half-volumes
+        per_row = 3 * 4 * n_out * n_out  # two float32 half-volumes and the volume written from them
         return int(max(1, min(64, ny, self.task_memory_bytes // per_row)))
 
 
@@ -328,14 +330,13 @@ def slab_task(job: SlabJob, store: ProjectionStore) -> int:
     level0, _ = open_volume(job.volume_path, 0, mode="r+")
     level0[job.r0:job.r1] = acc.volume()
     if job.boxes:
-        halves = acc.half_volumes()
         group = zarr.open_group(job.halves_path, mode="r+")
         for i, (z0, z1, y0, y1, x0, x1) in enumerate(job.boxes):
             a, b = max(z0, job.r0), min(z1, job.r1)
             if a >= b:
                 continue
-            arr = group[f"box{i}"]
-            arr[:, a - z0:b - z0] = np.stack([h[a - job.r0:b - job.r0, y0:y1, x0:x1] for h in halves])
+            halves = acc.half_volumes((slice(a - job.r0, b - job.r0), slice(y0, y1), slice(x0, x1)))
+            group[f"box{i}"][:, a - z0:b - z0] = np.stack(halves)
     return job.r0
 
 
@@ -345,8 +346,13 @@ def pyramid_task(job: tuple[str, int, int, int]) -> int:
     src, _ = open_volume(path, level - 1)
     dst, _ = open_volume(path, level, mode="r+")
     nz, ny, nx = dst.shape
-    block = np.asarray(src[2 * r0:2 * r1, :2 * ny, :2 * nx], dtype=np.float32)
-    dst[r0:r1] = block.reshape(r1 - r0, 2, ny, 2, nx, 2).mean(axis=(1, 3, 5))
+    out = np.empty((r1 - r0, ny, nx), np.float32)
+    step = max(1, min(r1 - r0, 8))  # a few planes at a time: the task holds its output and 2 * step inputs
+    for a in range(r0, r1, step):
+        b = min(a + step, r1)
+        block = np.asarray(src[2 * a:2 * b, :2 * ny, :2 * nx], dtype=np.float32)
+        out[a - r0:b - r0] = block.reshape(b - a, 2, ny, 2, nx, 2).mean(axis=(1, 3, 5))
+    dst[r0:r1] = out  # whole chunks: no other task writes them
     return r0
 
 
@@ -370,12 +376,16 @@ def fsc_box_task(job: tuple[str, int, float, int]) -> BoxResolution:
     freq, fsc, n = fourier_shell_correlation(halves[0], halves[1])
     out = BoxResolution(freq, fsc, n)
     if i == 0:
-        volume = (halves[0] + halves[1]) / 2
+        def centre(side: int) -> tuple[slice, ...]:
+            c = [s // 2 for s in halves.shape[1:]]
+            h = [min(side, s) // 2 for s in halves.shape[1:]]
+            return tuple(slice(ci - hi, ci - hi + 2 * hi) for ci, hi in zip(c, h))
+
+        # the erf edge fit needs one strong edge, not the whole box (it takes ~60 bytes per voxel)
+        volume = (halves[0][centre(EDGE_FIT_PX)] + halves[1][centre(EDGE_FIT_PX)]) / 2
         out.edge = edge_resolution(volume, voxel_m=voxel,
                                    half_length=float(max(3, min(12, (min(volume.shape) - 4) // 2))))
-        c = [s // 2 for s in volume.shape]
-        h = [min(region_px, s) // 2 for s in volume.shape]
-        sl = tuple(slice(ci - hi, ci - hi + 2 * hi) for ci, hi in zip(c, h))
+        sl = centre(region_px)
         out.region = (np.ascontiguousarray(halves[0][sl]), np.ascontiguousarray(halves[1][sl]))
     return out
 

@@ -508,11 +508,13 @@ class FBPAccumulator:
         vol *= np.float32(np.pi / self.n_added)
         return vol
 
-    def half_volumes(self) -> tuple[Any, Any]:
-        """Even- and odd-angle reconstructions, each scaled ``pi / N_half``."""
+    def half_volumes(self, region: tuple[slice, ...] | None = None) -> tuple[Any, Any]:
+        """Even- and odd-angle reconstructions, each scaled ``pi / N_half`` (of ``region`` only: a copy of
+        that region, not of the volume)."""
         if min(self._counts) == 0:
             raise ValueError(f"both halves need at least one projection, have {self.counts}")
-        h0, h1 = (s * np.float32(np.pi / c) for s, c in zip(self._sums, self._counts))
+        region = region if region is not None else (slice(None),)
+        h0, h1 = (s[region] * np.float32(np.pi / c) for s, c in zip(self._sums, self._counts))
         return h0, h1
 
 
