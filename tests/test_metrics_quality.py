@@ -90,7 +90,7 @@ def test_prometheus_rules_fire_the_pipelines_own_alerts(monitored, tmp_path):
             exp = []
             if fires and alert == "SampleDrift":  # one rule alert per distance above the threshold
                 c = ProcessConfig()
-                limit = c.drift_critical_px if level == "critical" else c.drift_warning_px
+                limit = c.alerts.drift_critical_px if level == "critical" else c.alerts.drift_warning_px
                 exp = [{"exp_labels": {"severity": level, "distance": str(k + 1)}}
                        for k, px in enumerate(q["drift"]["return_px"]) if px is not None and abs(px) > limit]
             elif fires:

@@ -85,10 +85,10 @@ def test_rule_thresholds_are_the_config_defaults():
     c = ProcessConfig()
     rules = yaml.safe_load((PROM / "rules" / "xnh.yml").read_text())
     exprs = {r["alert"]: r["expr"].strip() for g in rules["groups"] for r in g["rules"]}
-    expected = {"XnhDoseWarning": c.dose_warning_gray, "XnhDoseCritical": c.dose_critical_gray,
-                "XnhDriftWarning": c.drift_warning_px, "XnhDriftCritical": c.drift_critical_px,
-                "XnhWarpWarning": c.warp_warning_px, "XnhWarpCritical": c.warp_critical_px,
-                "XnhScaleWarning": c.scale_warning, "XnhScaleCritical": c.scale_critical}
+    expected = {"XnhDoseWarning": c.dose.warning_gray, "XnhDoseCritical": c.dose.critical_gray,
+                "XnhDriftWarning": c.alerts.drift_warning_px, "XnhDriftCritical": c.alerts.drift_critical_px,
+                "XnhWarpWarning": c.alerts.warp_warning_px, "XnhWarpCritical": c.alerts.warp_critical_px,
+                "XnhScaleWarning": c.alerts.scale_warning, "XnhScaleCritical": c.alerts.scale_critical}
     for name, value in expected.items():
         threshold = float(re.search(r">\s*([0-9.eE+-]+)$", exprs[name]).group(1))
         assert threshold == pytest.approx(value), f"{name}: rule {threshold} vs config default {value}"
