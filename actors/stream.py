@@ -120,6 +120,8 @@ class ReconShard:
         self.rows = slice(*rows)
         self.vol = ProgressiveVolume(ny, nx, cor=cor, window=window, padding=padding, rows=self.rows)
         self._incarnation = uuid.uuid4().hex  # a restarted actor (empty volume) has a new one
+        self._changes = 0  # projections back-projected: views are recomputed only when it moved
+        self._views: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
 
     @ray.method(concurrency_group="control")
     def incarnation(self) -> str:
@@ -139,6 +141,7 @@ class ReconShard:
             self.vol.add(index, theta_rad, projection, final=final, previous=previous,
                          previous_theta_rad=previous_theta_rad)
         self.vol.forget_preview(index)
+        self._changes += 1
         return self.vol.n_final
 
     def volume(self) -> tuple[int, np.ndarray]:
@@ -146,11 +149,14 @@ class ReconShard:
         return self.rows.start, np.asarray(self.vol.volume())
 
     def views(self, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:
-        """Small pieces of the slab for the running FSC and the live page (:func:`slab_views`)."""
+        """Small pieces of the slab for the running FSC and the live page (:func:`slab_views`), taken from
+        the sums (no copy of the slab) and only when projections arrived since the last call."""
         if min(self.vol.acc.counts) < 1:  # nothing in one half yet (a new or rebuilt slab)
             return {"r0": self.rows.start, "empty": True}
-        h0, h1 = self.vol.half_volumes()
-        return slab_views(h0, h1, self.vol.volume(), self.rows.start, n_rows, fsc_bin, region_px)
+        key = (self._changes, n_rows, fsc_bin, region_px)
+        if self._views is None or self._views[0] != key:
+            self._views = key, slab_views(self.vol.acc, self.rows.start, n_rows, fsc_bin, region_px)
+        return self._views[1]
 
 
 @ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **CONTROL)

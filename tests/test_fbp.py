@@ -245,6 +245,53 @@ def test_backproject_many_threads_and_chunks_do_not_change_the_result(monkeypatc
     assert numba.get_num_threads() == before  # restored after the call
 
 
+@pytest.mark.parametrize(("nz", "cor"), [(37, 30.4), (16, 25.0), (5, 21.7)])
+def test_stacked_kernel_equals_line_kernel_and_float64(monkeypatch, nz, cor):
+    """Rows taken 16 at a time (vector lanes) give the line kernel's sums, whatever the block boundaries,
+    segment length and angle blocks."""
+    import xnh_stream.physics.backprojection as bpmod
+
+    rng = np.random.default_rng(nz)
+    n_det, n, n_angles = 56, 60, 29
+    filtered = rng.normal(size=(n_angles, nz, n_det)).astype(np.float32)
+    thetas = rng.uniform(0, 2 * np.pi, n_angles)
+    exact = _backproject_interp64(filtered, thetas, cor, n)
+    scale = np.abs(exact).max()
+    stacked = backproject_many(filtered, thetas, cor, np.zeros((nz, n, n), np.float32), workers=2)
+    monkeypatch.setattr(bpmod, "_STACK_SEGMENT", 7)
+    monkeypatch.setattr(bpmod, "_STACK_BLOCK_BYTES", 1)  # one angle per block
+    monkeypatch.setattr(bpmod, "_CHUNK_BYTES", 1)  # one block of rows per chunk
+    small = backproject_many(filtered, thetas, cor, np.zeros((nz, n, n), np.float32), workers=2)
+    monkeypatch.setattr(bpmod, "_MIN_STACKED", 10**9)  # every line to the line kernel
+    lines = backproject_many(filtered, thetas, cor, np.zeros((nz, n, n), np.float32), workers=2)
+    np.testing.assert_allclose(stacked, exact, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(stacked, lines, rtol=0, atol=2e-6 * scale)
+    np.testing.assert_allclose(small, lines, rtol=0, atol=2e-6 * scale)
+
+
+def test_group_lines_covers_every_line_once():
+    from xnh_stream.physics.backprojection import group_lines
+
+    # rows 0..20 share two geometries; row 3 has a duplicate of the first; rows 30, 31 a lone geometry
+    zrow = np.r_[np.arange(21), np.arange(21), 3, 30, 31]
+    xr = np.r_[np.zeros(21), np.ones(21), 0.0, 5.0, 5.0]
+    yr = np.zeros(zrow.size)
+    dx, dy = np.ones(zrow.size), np.zeros(zrow.size)
+    order = np.argsort(zrow, kind="stable")
+    g = group_lines(zrow[order], xr[order], yr[order], dx[order], dy[order], stack=16, min_lines=4)
+    members = g.rows[g.rows >= 0]
+    covered = np.sort(np.r_[members, g.singles])
+    np.testing.assert_array_equal(covered, np.arange(zrow.size))  # each line exactly once
+    assert np.all(np.diff(g.block) >= 0)
+    for k in range(g.block.size):  # members sit on their lane's row and share the group's geometry
+        for j in np.flatnonzero(g.rows[k] >= 0):
+            line = g.rows[k, j]
+            assert zrow[order][line] == g.block[k] * 16 + j
+            assert xr[order][line] == g.xr[k]
+    # the lone geometry (2 lines) and the rows 16..20 of each geometry (5 lines) as groups of >= 4
+    assert set(zrow[order][g.singles]) == {30, 31}
+
+
 def test_backproject_many_validates():
     out = np.zeros((2, 16, 16), np.float32)
     with pytest.raises(ValueError, match="angles"):
@@ -380,6 +427,14 @@ def test_accumulator_equals_batch_any_order_and_halves_combine():
     for i in range(n_angles):
         acc2.add(proj[i], thetas[i])
     np.testing.assert_allclose(acc2.half_volumes()[1], acc.half_volumes()[1], rtol=0, atol=1e-5 * scale)
+    # Pieces taken from the sums (what the live views read) equal the same pieces of the full copies.
+    from xnh_stream.physics.xp import bin_volume
+
+    for got, full in zip(acc.binned_halves(2), (h0, h1)):
+        np.testing.assert_allclose(got, bin_volume(full, 2), rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(acc.binned_halves(1)[0], h0, rtol=0, atol=1e-6 * scale)
+    assert acc.binned_halves(1)[0] is not acc._sums[0]  # never the live sums themselves
+    np.testing.assert_allclose(acc.volume((slice(None), 17)), acc.volume()[:, 17], rtol=0, atol=1e-6 * scale)
 
 
 def test_accumulator_validates():

@@ -58,6 +58,12 @@ def test_bin_volume_is_a_block_mean_and_bad_input_is_refused():
     v = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
     b = bin_volume(v, 2)
     assert b.shape == (2, 3, 4) and b[0, 0, 0] == pytest.approx(v[:2, :2, :2].mean())
+    w = np.random.default_rng(0).normal(size=(7, 11, 10)).astype(np.float32)  # trailing voxels cut
+    for f in (2, 3):
+        n = [(s // f) * f for s in w.shape]
+        ref = w[: n[0], : n[1], : n[2]].astype(np.float64).reshape(n[0] // f, f, n[1] // f, f, n[2] // f, f)
+        np.testing.assert_allclose(bin_volume(w, f), ref.mean(axis=(1, 3, 5)), rtol=0, atol=1e-6)
+    assert bin_volume(w, 1) is w  # nothing to do
     with pytest.raises(ValueError, match="3-D"):
         bin_volume(v[0], 2)
     with pytest.raises(ValueError, match="needs"):

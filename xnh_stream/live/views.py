@@ -16,34 +16,36 @@ from ..quality.fsc import bin_volume, region_bounds
 from ..physics.xp import to_numpy
 
 
-def slab_views(h0: Any, h1: Any, volume: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:
+def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:
     """Pieces of one slab (rows ``r0 ..`` of a live volume of ``n_rows`` rows).
 
     Parameters
     ----------
-    h0, h1 : array [rows, n, n]
-        The slab's even- and odd-angle half-volumes.
-    volume : array [rows, n, n]
-        The slab's current volume (for the slices).
+    acc : FBPAccumulator
+        The slab's accumulator (:class:`xnh_stream.physics.fbp.FBPAccumulator`): the pieces are taken from
+        its sums (binned halves, a region, three planes), never from a copy of the whole slab.
     r0, n_rows : int
         First row of the slab and rows of the whole volume.
     fsc_bin, region_px : int
         Binning of the whole-volume FSC and side of the full-resolution region.
     """
-    h0, h1, volume = (np.asarray(to_numpy(a), np.float32) for a in (h0, h1, volume))
-    rows, n = volume.shape[0], volume.shape[-1]
+    rows, n = acc.n_slices, acc.n_out
     out: dict[str, Any] = {"r0": int(r0), "rows": rows, "n": n}
     if rows >= fsc_bin:
-        out["binned"] = (bin_volume(h0, fsc_bin), bin_volume(h1, fsc_bin))
+        out["binned"] = tuple(_host(h) for h in acc.binned_halves(fsc_bin))
     zs, ys, xs = region_bounds((n_rows, n, n), region_px)
     a, b = max(zs.start, r0), min(zs.stop, r0 + rows)
     if b > a:
-        out["region"] = (h0[a - r0 : b - r0, ys, xs], h1[a - r0 : b - r0, ys, xs])
+        out["region"] = tuple(_host(h) for h in acc.half_volumes((slice(a - r0, b - r0), ys, xs)))
     if r0 <= n_rows // 2 < r0 + rows:
-        out["axial"] = volume[n_rows // 2 - r0]
-    out["coronal"] = volume[:, n // 2, :]
-    out["sagittal"] = volume[:, :, n // 2]
+        out["axial"] = _host(acc.volume((n_rows // 2 - r0,)))
+    out["coronal"] = _host(acc.volume((slice(None), n // 2)))
+    out["sagittal"] = _host(acc.volume((slice(None), slice(None), n // 2)))
     return out
+
+
+def _host(a: Any) -> np.ndarray:
+    return np.asarray(to_numpy(a), dtype=np.float32)
 
 
 def merge_views(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -73,6 +73,122 @@ def bp_lines(pairs, zrow, xr, yr, dx, dy, cs, sn, origin, out):  # pragma: no co
     return out
 
 
+#: Detector rows handled together by :func:`bp_stacked` (one AVX-512 register of float32; two AVX2 ones);
+#: the kernel's lanes are written out for this value.
+STACK = 16
+
+
+@contextmanager
+def slp_vectorized() -> Iterator[None]:
+    """Compile the kernels called inside the block with LLVM's SLP vectoriser (numba leaves it off by
+    default); :func:`bp_stacked` relies on it to turn its ``STACK`` unrolled lanes into vector code."""
+    previous = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = previous
+
+
+def bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, cs, sn, origin, out):  # type: ignore[no-untyped-def]
+    """:func:`_bp_stacked`, compiled (at its first call in a process, or read from numba's cache) with
+    the SLP vectoriser on, whoever calls it first."""
+    with slp_vectorized():
+        return _bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, cs, sn, origin, out)
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def _bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, cs, sn, origin, out):  # pragma: no cover - compiled
+    """``out[rows[g, j], i] += sum_a interp(row j of block gblock[g] of stacked, origin + (xr[g] + i dx[g]) cos_a
+    + (yr[g] + i dy[g]) sin_a)`` (32.32 fixed point as :func:`bp_lines`).
+
+    The lines of group ``g`` share their geometry and lie on the ``STACK`` rows of one block of detector rows
+    (``rows[g, j] = -1`` where row ``j`` has no line); ``stacked`` is ``[blocks, n_angles, length, 2, STACK]``:
+    values, then differences scaled by 2^-32, the rows last, so that one detector position serves ``STACK``
+    rows as vector loads and fused multiply-adds. The ``STACK`` lanes are written out (loads first, then the
+    adds) for LLVM's SLP vectoriser (:func:`slp_vectorized`); a loop would be unrolled and left scalar.
+    Lines are cut into segments of ``seg`` points, so that a segment's accumulator (``seg x STACK``
+    floats) stays in L1 cache over the angles.
+    """
+    n_groups = gblock.shape[0]
+    n_angles, length = stacked.shape[1], stacked.shape[2]
+    m = out.shape[1]
+    n_seg = (m + seg - 1) // seg
+    pf = stacked.reshape(-1)
+    scale = 4294967296.0
+    low = np.uint64(0xFFFFFFFF)
+    shift = np.uint64(32)
+    for job in numba.prange(n_groups * n_seg):
+        g = job // n_seg
+        i0 = (job % n_seg) * seg
+        i1 = min(m, i0 + seg)
+        acc = np.zeros((i1 - i0) * 16, np.float32)
+        for a in range(n_angles):
+            base = (gblock[g] * n_angles + a) * length * 32
+            t0 = np.int64(np.floor((origin + xr[g] * cs[a] + yr[g] * sn[a]) * scale + 0.5))
+            st = np.int64(np.floor((dx[g] * cs[a] + dy[g] * sn[a]) * scale + 0.5))
+            for i in range(i0, i1):
+                t = np.uint64(t0 + i * st)
+                q = base + np.int64(t >> shift) * 32
+                f = np.float32(np.int64(t & low))
+                o = (i - i0) * 16
+                v0 = pf[q + 0]
+                d0 = pf[q + 16]
+                v1 = pf[q + 1]
+                d1 = pf[q + 17]
+                v2 = pf[q + 2]
+                d2 = pf[q + 18]
+                v3 = pf[q + 3]
+                d3 = pf[q + 19]
+                v4 = pf[q + 4]
+                d4 = pf[q + 20]
+                v5 = pf[q + 5]
+                d5 = pf[q + 21]
+                v6 = pf[q + 6]
+                d6 = pf[q + 22]
+                v7 = pf[q + 7]
+                d7 = pf[q + 23]
+                v8 = pf[q + 8]
+                d8 = pf[q + 24]
+                v9 = pf[q + 9]
+                d9 = pf[q + 25]
+                v10 = pf[q + 10]
+                d10 = pf[q + 26]
+                v11 = pf[q + 11]
+                d11 = pf[q + 27]
+                v12 = pf[q + 12]
+                d12 = pf[q + 28]
+                v13 = pf[q + 13]
+                d13 = pf[q + 29]
+                v14 = pf[q + 14]
+                d14 = pf[q + 30]
+                v15 = pf[q + 15]
+                d15 = pf[q + 31]
+                acc[o + 0] += v0 + f * d0
+                acc[o + 1] += v1 + f * d1
+                acc[o + 2] += v2 + f * d2
+                acc[o + 3] += v3 + f * d3
+                acc[o + 4] += v4 + f * d4
+                acc[o + 5] += v5 + f * d5
+                acc[o + 6] += v6 + f * d6
+                acc[o + 7] += v7 + f * d7
+                acc[o + 8] += v8 + f * d8
+                acc[o + 9] += v9 + f * d9
+                acc[o + 10] += v10 + f * d10
+                acc[o + 11] += v11 + f * d11
+                acc[o + 12] += v12 + f * d12
+                acc[o + 13] += v13 + f * d13
+                acc[o + 14] += v14 + f * d14
+                acc[o + 15] += v15 + f * d15
+        for j in range(16):
+            r = rows[g, j]
+            if r >= 0:
+                line = out[r]
+                for i in range(i0, i1):
+                    line[i] += acc[(i - i0) * 16 + j]
+    return out
+
+
 @_jit(parallel=True, fastmath=FASTMATH, nogil=True)
 def project_rays(cols, ny, nx, t, c, s, u, step, out):  # pragma: no cover - compiled
     """Ray-driven parallel projection: ``out[j, :] = sum_q bilinear(cols, point(j, q)) * step``.

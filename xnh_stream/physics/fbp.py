@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from xnh_stream.physics.xp import check_finite, fft_module, fft_workers
+from xnh_stream.physics.xp import bin_volume, check_finite, fft_module, fft_workers
 
 WINDOWS: tuple[str, ...] = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 PADDINGS: tuple[str, ...] = ("zeros", "edge")
@@ -500,13 +500,28 @@ class FBPAccumulator:
         filtered = filter_projection(diff, self.window, xp=xp, padding=self.padding)
         backproject(filtered, float(theta), self.cor, self._sums[half], xp=xp, workers=self.workers)
 
-    def volume(self) -> Any:
-        """Full reconstruction ``pi / N * sum`` (a new array); raises if nothing was added."""
+    def volume(self, region: tuple[slice, ...] | None = None) -> Any:
+        """Full reconstruction ``pi / N * sum`` (a new array; of ``region`` only when given, e.g. one
+        plane); raises if nothing was added."""
         if self.n_added == 0:
             raise ValueError("no projection was added yet")
-        vol = self._sums[0] + self._sums[1]
+        region = region if region is not None else (slice(None),)
+        vol = self._sums[0][region] + self._sums[1][region]
         vol *= np.float32(np.pi / self.n_added)
         return vol
+
+    def binned_halves(self, b: int) -> tuple[Any, Any]:
+        """Even- and odd-angle reconstructions block-averaged by ``b`` (:func:`xnh_stream.physics.xp.bin_volume`),
+        binned from the sums: no full-size copy is made."""
+        if min(self._counts) == 0:
+            raise ValueError(f"both halves need at least one projection, have {self.counts}")
+        out = []
+        for s, c in zip(self._sums, self._counts):
+            binned = bin_volume(s, b, xp=self.xp)
+            binned = binned.copy() if binned is s else binned  # b = 1: bin_volume returns its input
+            binned *= np.float32(np.pi / c)
+            out.append(binned)
+        return out[0], out[1]
 
     def half_volumes(self, region: tuple[slice, ...] | None = None) -> tuple[Any, Any]:
         """Even- and odd-angle reconstructions, each scaled ``pi / N_half`` (of ``region`` only: a copy of
