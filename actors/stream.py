@@ -113,12 +113,13 @@ class ReconShard:
     """A slab of rows of the live volume (two half-volumes for FSC)."""
 
     def __init__(self, frame_shape: tuple[int, int], rows: tuple[int, int], cor: float, window: str,
-                 padding: str) -> None:
+                 padding: str, batch: int = 1, max_wait_s: float = 1.0) -> None:
         from xnh_stream.chain.accumulate import ProgressiveVolume  # noqa: PLC0415
 
         ny, nx = frame_shape
         self.rows = slice(*rows)
-        self.vol = ProgressiveVolume(ny, nx, cor=cor, window=window, padding=padding, rows=self.rows)
+        self.vol = ProgressiveVolume(ny, nx, cor=cor, window=window, padding=padding, rows=self.rows,
+                                     batch=batch, max_wait_s=max_wait_s)
         self._incarnation = uuid.uuid4().hex  # a restarted actor (empty volume) has a new one
         self._changes = 0  # projections back-projected: views are recomputed only when it moved
         self._views: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
@@ -359,6 +360,9 @@ class StreamOptions:
         (a :class:`SliceKeeper`), for the live page.
     layout : ChainLayout
         How the final pass cuts its work.
+    live_result_max_bytes : int
+        The live volume is gathered from the shards into :class:`StreamResult` only up to this size (a
+        full-resolution live volume of a real scan stays in the shards; the final pass writes the volume).
     """
 
     n_distances: int = 4
@@ -371,6 +375,7 @@ class StreamOptions:
     quality_every_s: float = 5.0
     live_slices: bool = True
     layout: ChainLayout = field(default_factory=ChainLayout)
+    live_result_max_bytes: int = 1 << 30
 
 
 @dataclass
@@ -378,7 +383,7 @@ class StreamResult:
     """What :meth:`StreamDriver.run` produced."""
 
     final: ChainResult | None
-    live_volume: np.ndarray | None
+    live_volume: np.ndarray | None  # None when larger than StreamOptions.live_result_max_bytes
     counts: dict[str, int]
     events: list[dict[str, Any]] = field(default_factory=list)
     live_binning: int = 1  # the live volume's voxel is this many final voxels
@@ -478,7 +483,7 @@ class StreamDriver:
         ny, nx = self.assembler.shape[0] // b, self.assembler.shape[1] // b
         edges = np.linspace(0, ny, self.opt.n_shards + 1).round().astype(int)
         return [ReconShard.remote((ny, nx), (int(a), int(c)), (cor + 0.5) / b - 0.5, self.config.fbp.window,
-                                  self.config.fbp.padding)
+                                  self.config.fbp.padding, self.config.stream.bp_batch, self.config.stream.bp_wait_s)
                 for a, c in zip(edges[:-1], edges[1:]) if c > a]
 
     # ------------------------------------------------------------------ work
@@ -741,9 +746,14 @@ class StreamDriver:
 
     def _finish(self, completion: Completion | None) -> StreamResult:
         live = None
-        if self.shards:
+        b = self.live_binning
+        live_bytes = 4 * (self.assembler.shape[0] // b) * (self.assembler.shape[1] // b) ** 2 if self.shards else 0
+        if self.shards and live_bytes <= self.opt.live_result_max_bytes:
             parts = sorted(ray.get([s.volume.remote() for s in self.shards]), key=lambda p: p[0])
             live = np.concatenate([p[1] for p in parts], axis=0)
+        elif self.shards:
+            log.info("live volume (%.1f GiB) not gathered into the driver: the final pass writes the volume",
+                     live_bytes / 2**30)
         quality = self._update_quality("final pass") if self.assembler is not None else None
         self.final_slices = ray.get(self.slicer.views.remote()) if self.slicer is not None else {}
         for actor in (*self.workers, *self._live_targets()):  # their resources go to the final pass

@@ -8,7 +8,7 @@ Figures printed:
 * the cost of moving a frame between actors (put + actor call by reference) against processing it
   (Paganin preview of one frame), measured in the same run.
 
-Usage: python bench/bench_stream.py [--small] [--long N_ANGLES]
+Usage: python bench/bench_stream.py [--small] [--long N_ANGLES] [--no-memory | --memory-only]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class SyntheticDetector:
             self.landed[fid] = time.perf_counter()
             g = self.geo[k]
             out.append(SyntheticRecord(f"d{k}", i, fid, distance_key(g.z1_m), f"d{k}", key, ctrl, float(ang), 0.1,
-                                       float(i), g, (self.n, self.n), "synthetic", None, self.beam, level))
+                                       float(i), g, (self.n, self.n), "synthetic", None, beam=self.beam, level=level))
         self.pos += len(out)
         return out
 
@@ -91,7 +91,7 @@ def tree_rss_mib() -> float:
     return total / 2**20
 
 
-def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 0) -> dict:
+def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 0, bp_batch: int | None = None) -> dict:
     det = SyntheticDetector(n, n_angles)
     latencies = []
 
@@ -102,7 +102,10 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
             samples.append((len(latencies), tree_rss_mib()))
 
     out = Path(tempfile.mkdtemp(prefix="xnh-bench-"))
-    config = ProcessConfig.from_mapping({"sample.delta_beta": 100.0, "fbp.cor": (n - 1) / 2, "stream.live_binning": live_binning})
+    settings = {"sample.delta_beta": 100.0, "fbp.cor": (n - 1) / 2, "stream.live_binning": live_binning}
+    if bp_batch is not None:
+        settings["stream.bp_batch"] = bp_batch
+    config = ProcessConfig.from_mapping(settings)
     t0 = time.perf_counter()
     result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=4,
                                                                poll_interval_s=0.0, final_pass=False),
@@ -143,29 +146,35 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=None, help="angles per distance of the memory run")
     ap.add_argument("--long-binning", type=int, default=0, help="live binning of the memory run (0 = auto)")
     ap.add_argument("--memory-only", action="store_true", help="only the long memory run")
+    ap.add_argument("--no-memory", action="store_true", help="skip the long memory run")
     a = ap.parse_args()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     print(f"embedded local Ray, {os.cpu_count()} CPUs")
     # (frame size, angles per distance, live binning): 512^2 at full resolution and binned 2x (the peer:
     # the same frames, a live volume 8x smaller); 2048^2 with the automatic binning (4x: a 512^3 live
     # volume; full resolution would need 2 x 32 GiB of half-volumes).
-    sizes = [(512, 24 if a.small else 90, 1), (512, 24 if a.small else 90, 2)]
-    sizes += [] if a.small else [(2048, 16, 0)]
+    # The live shards back-project stream.bp_batch angles together (default 8); the first line is the
+    # one-angle-at-a-time peer on the same frames.
+    sizes = [(512, 24 if a.small else 90, 1, 1), (512, 24 if a.small else 90, 1, None),
+             (512, 24 if a.small else 90, 2, None)]
+    sizes += [] if a.small else [(2048, 16, 0, None)]
     if a.memory_only:
         sizes = []
-    for n, n_angles, b in sizes:
-        r = run(n, n_angles, live_binning=b)
-        print(f"{n}x{n}, live volume binned {r['binning']}x: {r['frames']} frames, {r['fps']:.1f} frames/s "
+    for n, n_angles, b, batch in sizes:
+        r = run(n, n_angles, live_binning=b, bp_batch=batch)
+        print(f"{n}x{n}, live volume binned {r['binning']}x, back-projection batch "
+              f"{batch or ProcessConfig().stream.bp_batch}: {r['frames']} frames, {r['fps']:.1f} frames/s "
               f"sustained, landing-to-preview latency p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms; "
               f"journal {r['counts']}")
     long_angles = a.long or (60 if a.small else 900)
-    samples: list = []
-    r = run(512, long_angles, samples, live_binning=a.long_binning)
-    rss = np.array([s[1] for s in samples])
-    print(f"memory over a 4 x {long_angles}-angle scan of 512^2, live volume binned {r['binning']}x "
-          f"({r['frames']} frames, {r['fps']:.1f} frames/s): "
-          f"resident MiB (driver + Ray workers) first {rss[0]:.0f}, median {np.median(rss):.0f}, "
-          f"last {rss[-1]:.0f}, max {rss.max():.0f}")
+    if not a.no_memory:
+        samples: list = []
+        r = run(512, long_angles, samples, live_binning=a.long_binning)
+        rss = np.array([s[1] for s in samples])
+        print(f"memory over a 4 x {long_angles}-angle scan of 512^2, live volume binned {r['binning']}x "
+              f"({r['frames']} frames, {r['fps']:.1f} frames/s): "
+              f"resident MiB (driver + Ray workers) first {rss[0]:.0f}, median {np.median(rss):.0f}, "
+              f"last {rss[-1]:.0f}, max {rss.max():.0f}")
     for n in () if a.memory_only else (512, 2048):
         move, proc = move_vs_process(n)
         print(f"{n}x{n} frame: moving it to an actor {move:.2f} ms vs Paganin preview {proc:.1f} ms "

@@ -7,7 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.slow
 def test_stream_runs_on_a_two_node_cluster(tmp_path):
     # A separate interpreter: this test session already runs an embedded Ray of its own.
     script = textwrap.dedent(f"""

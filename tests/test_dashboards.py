@@ -197,6 +197,7 @@ def scraped_run(prometheus, ray_local, tmp_path_factory):
 QUALITY_ONLY = {"xnh_drift_return_pixels", "xnh_drift_inter_distance_pixels"}
 
 
+@pytest.mark.slow
 def test_every_panel_query_returns_data_from_a_real_run(scraped_run):
     port = scraped_run["port"]
     up = api(port, "query", query="up")["data"]["result"]
@@ -236,6 +237,7 @@ def test_prometheus_loaded_and_evaluates_the_shipped_rules(scraped_run):
     assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
 
 
+@pytest.mark.slow
 def test_live_dashboard_queries_render_on_prometheus_graph_page(scraped_run, tmp_path):
     """Grafana cannot be installed here: the xnh-live dashboard's time-series queries are drawn instead by
     Prometheus' own graph page (one panel per query) from the real run, in headless Chromium; the page must

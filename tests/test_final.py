@@ -76,6 +76,7 @@ process_scan(Path(sys.argv[1]), Path(sys.argv[2]), ProcessConfig.from_mapping({"
 """
 
 
+@pytest.mark.slow
 def test_process_killed_with_sigkill_resumes_where_it_stopped(scan, serial, tmp_path):
     """kill -9 of the final pass mid back-projection; ``xnh-stream process`` on the same output finishes the
     scan without redoing the finished units, and the volume is the uninterrupted one."""

@@ -385,6 +385,7 @@ def test_watch_resumes_its_own_journal_and_refuses_another(tmp_path):
     assert not (out / "journal.sqlite").exists()
 
 
+@pytest.mark.slow
 def test_piped_cli_has_plain_lines_only(tmp_path):
     """stderr a pipe: no carriage return, no ANSI escape; progress as plain lines; --version; --quiet."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -63,6 +63,7 @@ def frames_shown(dom: str) -> list[int]:
     return [int(v) for v in re.findall(r'<b class="frames">(\d+)</b>', dom)]
 
 
+@pytest.mark.slow
 def test_live_page_updates_in_headless_chromium_during_a_real_stream(ray_local, tmp_path):
     from actors.stream import StreamDriver, StreamOptions
 

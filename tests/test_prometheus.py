@@ -152,6 +152,7 @@ def parse(text: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
+@pytest.mark.slow
 def test_real_scrapes_pass_promtool_check_metrics(promtool, scraped_stream):
     _, scrapes, _ = scraped_stream
     assert len(scrapes) == 2, "no mid-scan scrape"

@@ -65,6 +65,7 @@ def test_shipped_model_file_and_record(model):
     assert {HELD_OUT_SEED, TARGET_SEED} <= held and held.isdisjoint({d["seed"] for d in rec["data"]} | val_seeds)
 
 
+@pytest.mark.slow
 def test_heldout_segmentation_scores(heldout, segmented):
     s = evaluate(segmented.labels, heldout.labels, heldout.mask)
     print(f"\nheld-out seed {HELD_OUT_SEED}: {s.line()}; timings {segmented.seconds}")
@@ -76,6 +77,7 @@ def test_heldout_segmentation_scores(heldout, segmented):
     assert s.adapted_rand < 0.5 * one.adapted_rand and s.voi < one.voi and s.voi < frag.voi
 
 
+@pytest.mark.slow
 def test_heldout_target_on_a_second_volume(model, tmp_path):
     """The issue's target (adapted Rand error <= 0.1) on another held-out simulated volume."""
     vol = simulate_labelled(TARGET_SEED, tmp_path)

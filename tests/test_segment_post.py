@@ -181,6 +181,7 @@ def test_blockwise_resumes_from_done_markers(tmp_path):
                                                     (16, 16, 16), 6))
 
 
+@pytest.mark.slow
 def test_training_learns_boundaries_and_resumes(tmp_path):
     """A tiny U-Net learns affinities of cells whose borders are dark in the image; checkpoints and resume."""
     import torch

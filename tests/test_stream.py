@@ -232,6 +232,7 @@ def test_a_phase_worker_killed_mid_scan_is_restarted_and_its_tasks_retried(ray_l
     np.testing.assert_allclose(result.live_volume, b, atol=1e-5 * np.abs(b).max())
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_loses_no_frame(ray_local, small_scan, tmp_path):
     """kill -9 of the whole stream (driver and its Ray) mid-scan, then a restart on the same OUT: every frame
     ends processed exactly once, none counted twice, and the final volume is the batch chain's."""

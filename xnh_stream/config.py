@@ -265,15 +265,24 @@ class LiveOptions:
         Block size of the binned whole-volume running FSC.
     fsc_region_px : int
         Side of the full-resolution central region of the running FSC.
+    bp_batch : int
+        Angles a live reconstruction shard gathers before back-projecting them together (1 = each at once);
+        a projection waits at most ``bp_wait_s`` (checked when the next one comes) or until the volume is
+        read (every live refresh).
+    bp_wait_s : float
+        Longest wait of a projection in a batch.
     """
 
     live_binning: int = 0
     fsc_bin: int = 2
     fsc_region_px: int = 64
+    bp_batch: int = 8
+    bp_wait_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check("stream", {"live_binning": self.live_binning >= 0, "fsc_bin": self.fsc_bin >= 1,
-                          "fsc_region_px": self.fsc_region_px >= 8}, self)
+                          "fsc_region_px": self.fsc_region_px >= 8, "bp_batch": self.bp_batch >= 1,
+                          "bp_wait_s": self.bp_wait_s >= 0}, self)
 
 
 @dataclass

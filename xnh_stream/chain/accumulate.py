@@ -31,13 +31,16 @@ class ProgressiveVolume:
         Only these rows are reconstructed (a slab: one reconstruction shard).
     xp : module
         Array module.
+    batch, max_wait_s : int, float
+        Angles back-projected together, and the longest wait (:class:`~xnh_stream.physics.fbp.FBPAccumulator`).
     """
 
     def __init__(self, n_slices: int, n_det: int, cor: float, window: str = "shepp-logan", padding: str = "edge",
-                 rows: slice | None = None, xp: ModuleType = np) -> None:
+                 rows: slice | None = None, xp: ModuleType = np, batch: int = 1, max_wait_s: float = 1.0) -> None:
         self.rows = rows if rows is not None else slice(0, n_slices)
         n_rows = len(range(*self.rows.indices(n_slices)))
-        self.acc = FBPAccumulator(n_rows, n_det, cor=cor, window=window, padding=padding, xp=xp)
+        self.acc = FBPAccumulator(n_rows, n_det, cor=cor, window=window, padding=padding, xp=xp, batch=batch,
+                                  max_wait_s=max_wait_s)
         self._state: dict[int, str] = {}
         self._previews: dict[int, Any] = {}
 

@@ -35,6 +35,7 @@ projector) agrees with ours to correlation > 0.9997 and scale within 0.2 %.
 from __future__ import annotations
 
 import math
+import time
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -365,6 +366,14 @@ class FBPAccumulator:
         Ramp-filter padding (:func:`filter_projection`).
     workers : int
         CPU threads of the back-projection (``<= 0``: all).
+    batch : int
+        Filtered projections gathered before they are back-projected together (CPU): one angle per call
+        reads and writes the whole slab for each angle (1.0-1.6 ns per voxel update measured), a batch of
+        8 once (~0.27 ns). Anything that reads the volume (:meth:`volume`, :meth:`half_volumes`,
+        :meth:`binned_halves`, :meth:`flush`) back-projects what is waiting first; so does an add when the
+        oldest waiting projection is older than ``max_wait_s``. 1 (default): at once.
+    max_wait_s : float
+        Longest a projection waits in a batch, checked at each add.
 
     Notes
     -----
@@ -384,9 +393,13 @@ class FBPAccumulator:
         xp: ModuleType = np,
         padding: str = "zeros",
         workers: int = 1,
+        batch: int = 1,
+        max_wait_s: float = 1.0,
     ) -> None:
         if n_slices < 1 or n_det < 2:
             raise ValueError(f"need n_slices >= 1 and n_det >= 2, got {n_slices}, {n_det}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         if window not in WINDOWS:
             raise ValueError(f"unknown ramp-filter window {window!r}; expected one of {WINDOWS}")
         if padding not in PADDINGS:
@@ -404,6 +417,10 @@ class FBPAccumulator:
         shape = (self.n_slices, self.n_out, self.n_out)
         self._sums = (xp.zeros(shape, dtype=xp.float32), xp.zeros(shape, dtype=xp.float32))
         self._counts = [0, 0]
+        self.batch = int(batch) if xp is np else 1  # the GPU kernel reads the slab from device memory
+        self.max_wait_s = float(max_wait_s)
+        self._waiting: list[tuple[Any, float, int]] = []  # (filtered projection, theta, half)
+        self._waiting_since = 0.0
 
     @property
     def n_added(self) -> int:
@@ -430,8 +447,7 @@ class FBPAccumulator:
         if index is None:
             index = self.n_added
         half = int(index) % 2
-        filtered = filter_projection(projection, self.window, xp=xp, padding=self.padding)
-        backproject(filtered, float(theta), self.cor, self._sums[half], xp=xp, workers=self.workers)
+        self._project(filter_projection(projection, self.window, xp=xp, padding=self.padding), theta, half)
         self._counts[half] += 1
 
     def add_filtered(self, filtered: Any, theta: float, index: int | None = None, count: bool = True) -> None:
@@ -449,7 +465,7 @@ class FBPAccumulator:
         half = int(self.n_added if index is None else index) % 2
         if not count and self._counts[half] == 0:
             raise ValueError("a correction needs a projection added to that half first")
-        backproject(filtered, float(theta), self.cor, self._sums[half], xp=xp, workers=self.workers)
+        self._project(filtered, theta, half)
         if count:
             self._counts[half] += 1
 
@@ -497,14 +513,40 @@ class FBPAccumulator:
         half = int(index) % 2
         if self._counts[half] == 0:
             raise ValueError("replace() needs a projection added to that half first")
-        filtered = filter_projection(diff, self.window, xp=xp, padding=self.padding)
-        backproject(filtered, float(theta), self.cor, self._sums[half], xp=xp, workers=self.workers)
+        self._project(filter_projection(diff, self.window, xp=xp, padding=self.padding), theta, half)
+
+    def _project(self, filtered: Any, theta: float, half: int) -> None:
+        """Back-project one filtered projection into ``half``, now or with the next batch."""
+        if self.batch <= 1:
+            backproject(filtered, float(theta), self.cor, self._sums[half], xp=self.xp, workers=self.workers)
+            return
+        if not self._waiting:
+            self._waiting_since = time.monotonic()
+        self._waiting.append((filtered, float(theta), half))
+        if len(self._waiting) >= self.batch or time.monotonic() - self._waiting_since >= self.max_wait_s:
+            self.flush()
+
+    @property
+    def waiting(self) -> int:
+        """Projections added but not yet back-projected (see ``batch``)."""
+        return len(self._waiting)
+
+    def flush(self) -> None:
+        """Back-project the projections waiting in the batch (each half in one call)."""
+        waiting, self._waiting = self._waiting, []
+        for half in (0, 1):
+            part = [w for w in waiting if w[2] == half]
+            if part:
+                stack = self.xp.stack([w[0] for w in part])
+                backproject_many(stack, [w[1] for w in part], self.cor, self._sums[half], xp=self.xp,
+                                 workers=self.workers)
 
     def volume(self, region: tuple[slice, ...] | None = None) -> Any:
         """Full reconstruction ``pi / N * sum`` (a new array; of ``region`` only when given, e.g. one
         plane); raises if nothing was added."""
         if self.n_added == 0:
             raise ValueError("no projection was added yet")
+        self.flush()
         region = region if region is not None else (slice(None),)
         vol = self._sums[0][region] + self._sums[1][region]
         vol *= np.float32(np.pi / self.n_added)
@@ -515,6 +557,7 @@ class FBPAccumulator:
         binned from the sums: no full-size copy is made."""
         if min(self._counts) == 0:
             raise ValueError(f"both halves need at least one projection, have {self.counts}")
+        self.flush()
         out = []
         for s, c in zip(self._sums, self._counts):
             binned = bin_volume(s, b, xp=self.xp)
@@ -528,6 +571,7 @@ class FBPAccumulator:
         that region, not of the volume)."""
         if min(self._counts) == 0:
             raise ValueError(f"both halves need at least one projection, have {self.counts}")
+        self.flush()
         region = region if region is not None else (slice(None),)
         h0, h1 = (s[region] * np.float32(np.pi / c) for s, c in zip(self._sums, self._counts))
         return h0, h1
