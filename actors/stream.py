@@ -113,15 +113,17 @@ class ReconShard:
     """A slab of rows of the live volume (two half-volumes for FSC)."""
 
     def __init__(self, frame_shape: tuple[int, int], rows: tuple[int, int], cor: float, window: str,
-                 padding: str, batch: int = 1, max_wait_s: float = 1.0) -> None:
+                 padding: str, batch: int = 1, max_wait_s: float = 1.0, backend: str = "numpy") -> None:
         from xnh_stream.chain.accumulate import ProgressiveVolume  # noqa: PLC0415
+        from xnh_stream.physics.xp import get_array_module  # noqa: PLC0415
 
         ny, nx = frame_shape
         self.rows = slice(*rows)
         self.vol = ProgressiveVolume(ny, nx, cor=cor, window=window, padding=padding, rows=self.rows,
-                                     batch=batch, max_wait_s=max_wait_s)
+                                     xp=get_array_module(backend), batch=batch, max_wait_s=max_wait_s)
         self._incarnation = uuid.uuid4().hex  # a restarted actor (empty volume) has a new one
         self._changes = 0  # projections back-projected: views are recomputed only when it moved
+        self.cpu_s = {"add": 0.0, "views": 0.0}  # process CPU seconds spent in each (the refresh cost)
         self._views: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
 
     @ray.method(concurrency_group="control")
@@ -132,6 +134,14 @@ class ReconShard:
     def add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool,
             previous_theta_rad: float | None = None) -> int:
         """Back-project one projection (previews are not kept: finals carry the preview they replace)."""
+        t0 = time.process_time()
+        try:
+            return self._add(index, theta_rad, result, final, previous_theta_rad)
+        finally:
+            self.cpu_s["add"] += time.process_time() - t0
+
+    def _add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool,
+             previous_theta_rad: float | None) -> int:
         projection, previous = result[0], result[1]
         state = self.vol.state(index)
         if state == "final":
@@ -147,7 +157,7 @@ class ReconShard:
 
     def volume(self) -> tuple[int, np.ndarray]:
         """First row and the slab's current volume."""
-        return self.rows.start, np.asarray(self.vol.volume())
+        return self.rows.start, _to_host(self.vol.volume())
 
     def views(self, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:
         """Small pieces of the slab for the running FSC and the live page (:func:`slab_views`), taken from
@@ -156,8 +166,20 @@ class ReconShard:
             return {"r0": self.rows.start, "empty": True}
         key = (self._changes, n_rows, fsc_bin, region_px)
         if self._views is None or self._views[0] != key:
+            t0 = time.process_time()
+            self.vol.acc.flush()  # the batch waiting: back-projection, not refresh
+            t1 = time.process_time()
+            self.cpu_s["add"] += t1 - t0
+            t0 = t1
             self._views = key, slab_views(self.vol.acc, self.rows.start, n_rows, fsc_bin, region_px)
+            self.cpu_s["views"] += time.process_time() - t0
         return self._views[1]
+
+    @ray.method(concurrency_group="control")
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds spent back-projecting (``add``, including batches flushed by a read) and making the
+        live views (``views``)."""
+        return dict(self.cpu_s)
 
 
 @ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **CONTROL)
@@ -389,6 +411,7 @@ class StreamResult:
     live_binning: int = 1  # the live volume's voxel is this many final voxels
     completion: Completion | None = None
     slices: dict[str, np.ndarray] = field(default_factory=dict)  # the full-resolution live slices at the end
+    shard_cpu_s: dict[str, float] = field(default_factory=dict)  # live shards' CPU: "add" (back-projection), "views"
 
 
 class StreamDriver:
@@ -482,8 +505,11 @@ class StreamDriver:
         b = self.live_binning
         ny, nx = self.assembler.shape[0] // b, self.assembler.shape[1] // b
         edges = np.linspace(0, ny, self.opt.n_shards + 1).round().astype(int)
-        return [ReconShard.remote((ny, nx), (int(a), int(c)), (cor + 0.5) / b - 0.5, self.config.fbp.window,
-                                  self.config.fbp.padding, self.config.stream.bp_batch, self.config.stream.bp_wait_s)
+        cfg = self.config
+        gpu = {"num_gpus": 0.25} if cfg.compute.backend == "cupy" else {}  # slab sums on the GPU
+        return [ReconShard.options(**gpu).remote((ny, nx), (int(a), int(c)), (cor + 0.5) / b - 0.5, cfg.fbp.window,
+                                                 cfg.fbp.padding, cfg.stream.bp_batch, cfg.stream.bp_wait_s,
+                                                 cfg.compute.backend)
                 for a, c in zip(edges[:-1], edges[1:]) if c > a]
 
     # ------------------------------------------------------------------ work
@@ -754,6 +780,10 @@ class StreamDriver:
         elif self.shards:
             log.info("live volume (%.1f GiB) not gathered into the driver: the final pass writes the volume",
                      live_bytes / 2**30)
+        shard_cpu = {"add": 0.0, "views": 0.0}
+        for part in ray.get([s.cpu_seconds.remote() for s in self.shards]) if self.shards else []:
+            for k, v in part.items():
+                shard_cpu[k] += v
         quality = self._update_quality("final pass") if self.assembler is not None else None
         self.final_slices = ray.get(self.slicer.views.remote()) if self.slicer is not None else {}
         for actor in (*self.workers, *self._live_targets()):  # their resources go to the final pass
@@ -787,7 +817,7 @@ class StreamDriver:
         counts = self.journal.counts()
         events = self.journal.events()
         self.journal.close()
-        return StreamResult(final, live, counts, events, self.live_binning, completion, self.final_slices)
+        return StreamResult(final, live, counts, events, self.live_binning, completion, self.final_slices, shard_cpu)
 
     def _final_progress(self, done: int, total: int, step: str) -> None:
         if self.on_progress and self.assembler is not None:

@@ -2,7 +2,8 @@
 
 Figures printed:
 * sustained frames per second and p50 / p95 latency from a frame "landing" (handed to the stream by a
-  synthetic detector) to its contribution in the live (preview) volume, for 512^2 and 2048^2 frames;
+  synthetic detector) to its preview projection, for 512^2 and 2048^2 frames, and the share of the live
+  shards' CPU that the live refresh (views for the page and the running FSC) takes;
 * resident memory of the driver and all Ray workers sampled across a long synthetic scan (it must stay
   flat: frames wait on disk in the distance store, previews are not kept);
 * the cost of moving a frame between actors (put + actor call by reference) against processing it
@@ -113,8 +114,10 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
     dt = time.perf_counter() - t0
     n_frames = len(det.plan)
     lat = np.array(latencies) * 1e3
+    cpu = result.shard_cpu_s
     return {"frames": n_frames, "fps": n_frames / dt, "p50_ms": float(np.percentile(lat, 50)),
-            "p95_ms": float(np.percentile(lat, 95)), "counts": result.counts, "binning": result.live_binning}
+            "p95_ms": float(np.percentile(lat, 95)), "counts": result.counts, "binning": result.live_binning,
+            "refresh_share": cpu["views"] / max(1e-9, cpu["add"] + cpu["views"]), "shard_cpu": cpu}
 
 
 def move_vs_process(n: int) -> tuple[float, float]:
@@ -165,7 +168,8 @@ def main() -> None:
         print(f"{n}x{n}, live volume binned {r['binning']}x, back-projection batch "
               f"{batch or ProcessConfig().stream.bp_batch}: {r['frames']} frames, {r['fps']:.1f} frames/s "
               f"sustained, landing-to-preview latency p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms; "
-              f"journal {r['counts']}")
+              f"live refresh {100 * r['refresh_share']:.1f} % of the shards' CPU (back-projection "
+              f"{r['shard_cpu']['add']:.1f} s, views {r['shard_cpu']['views']:.2f} s); journal {r['counts']}")
     long_angles = a.long or (60 if a.small else 900)
     if not a.no_memory:
         samples: list = []

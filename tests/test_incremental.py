@@ -27,9 +27,24 @@ def reference(projections, rows=slice(None)):
     return acc.volume()[rows], acc.half_volumes()
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_replacing_every_preview_gives_the_final_volume(keep):
-    vol = ProgressiveVolume(NZ, NDET, cor=23.7)
+def _backend(name):
+    if name == "numpy":
+        return np
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no usable GPU here
+        pytest.skip(f"CuPy with a CUDA device is needed for the GPU live shard ({exc.__class__.__name__})")
+    return cupy
+
+
+@pytest.mark.parametrize(("keep", "batch", "backend"), [(True, 1, "numpy"), (False, 1, "numpy"),
+                                                        (False, 8, "numpy"), (False, 8, "cupy")])
+def test_replacing_every_preview_gives_the_final_volume(keep, batch, backend):
+    """Whatever the order, batching (the live shards' default) and array backend (CPU parity)."""
+    xp = _backend(backend)
+    vol = ProgressiveVolume(NZ, NDET, cor=23.7, batch=batch, xp=xp)
     order = RNG.permutation(N_ANG)
     for i in order:
         vol.add(int(i), THETAS[i], PREVIEW[i], final=False)
@@ -41,8 +56,9 @@ def test_replacing_every_preview_gives_the_final_volume(keep):
     assert vol.n_final == N_ANG and vol.n_preview == 0
     expected, (h0, h1) = reference(FINAL)
     scale = np.abs(expected).max()
-    np.testing.assert_allclose(vol.volume(), expected, atol=2e-5 * scale)
-    np.testing.assert_allclose(vol.half_volumes()[0], h0, atol=2e-5 * scale)
+    host = np.asarray if xp is np else xp.asnumpy
+    np.testing.assert_allclose(host(vol.volume()), expected, atol=2e-5 * scale)
+    np.testing.assert_allclose(host(vol.half_volumes()[0]), h0, atol=2e-5 * scale)
 
 
 def test_mixed_state_and_slab_shard():

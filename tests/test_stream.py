@@ -110,6 +110,8 @@ def test_stream_journals_every_frame_and_ends_at_the_batch_result(ray_local, sma
     for name, cut in (("xy", result.live_volume[ny // 2]), ("xz", result.live_volume[:, n // 2, :]),
                       ("yz", result.live_volume[:, :, n // 2])):
         np.testing.assert_allclose(result.slices[name], cut, atol=2e-4 * scale)
+    # the shards account their CPU: back-projection (every angle went in) and the live views
+    assert result.shard_cpu_s["add"] > 0 and result.shard_cpu_s["views"] >= 0
 
 
 def test_a_binned_live_volume_matches_the_binned_final_one(ray_local, small_scan, tmp_path):
