@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 #: Columns of the live volume when ``live_binning`` is 0 (auto): larger frames are binned to about this.
 LIVE_COLUMNS = 512
 
+#: The binned whole-volume running FSC is refreshed when the angles seen grew by this factor (it reads every
+#: slab; the full-resolution region and the slices are refreshed every time).
+BINNED_FSC_GROWTH = 1.25
+
 #: An actor that dies is restarted this many times, then the stream fails loudly.
 MAX_RESTARTS = 3
 #: A second thread per actor for ``incarnation()``: the driver asks every loop, and in the default group the
@@ -159,19 +163,20 @@ class ReconShard:
         """First row and the slab's current volume."""
         return self.rows.start, _to_host(self.vol.volume())
 
-    def views(self, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:
+    def views(self, n_rows: int, fsc_bin: int, region_px: int, binned: bool = True) -> dict[str, Any]:
         """Small pieces of the slab for the running FSC and the live page (:func:`slab_views`), taken from
-        the sums (no copy of the slab) and only when projections arrived since the last call."""
+        the sums (no copy of the slab) and only when projections arrived since the last call; the binned
+        halves (a pass over the whole slab) only when ``binned``."""
         if min(self.vol.acc.counts) < 1:  # nothing in one half yet (a new or rebuilt slab)
             return {"r0": self.rows.start, "empty": True}
-        key = (self._changes, n_rows, fsc_bin, region_px)
+        key = (self._changes, n_rows, fsc_bin, region_px, binned)
         if self._views is None or self._views[0] != key:
             t0 = time.process_time()
             self.vol.acc.flush()  # the batch waiting: back-projection, not refresh
             t1 = time.process_time()
             self.cpu_s["add"] += t1 - t0
             t0 = t1
-            self._views = key, slab_views(self.vol.acc, self.rows.start, n_rows, fsc_bin, region_px)
+            self._views = key, slab_views(self.vol.acc, self.rows.start, n_rows, fsc_bin, region_px, binned)
             self.cpu_s["views"] += time.process_time() - t0
         return self._views[1]
 
@@ -464,6 +469,7 @@ class StreamDriver:
         self.incarnations: dict[Any, str] = {}
         self.delta_beta = config.sample.delta_beta
         self.live_binning = 1
+        self._binned_fsc_angles = 0  # angles seen at the last binned running FSC
         self.cor_known = config.fbp.cor is not None
         self.instruments = _Instruments()
         self.dispatched_at: dict[Any, float] = {}
@@ -688,8 +694,15 @@ class StreamDriver:
         state = self.assembler.state()
         if self.shards and state["angles_seen"] >= 4:
             n_rows = self.assembler.shape[0] // self.live_binning
-            views = merge_views(ray.get([s.views.remote(n_rows, self.config.stream.fsc_bin, self.config.stream.fsc_region_px)
+            # The binned whole-volume FSC reads every slab: refreshed by angles received (each time a
+            # quarter more came, and at the end), the full-resolution region and the slices every time.
+            seen = state["angles_seen"]
+            binned = status != "streaming" or seen >= BINNED_FSC_GROWTH * self._binned_fsc_angles
+            views = merge_views(ray.get([s.views.remote(n_rows, self.config.stream.fsc_bin,
+                                                        self.config.stream.fsc_region_px, binned)
                                          for s in self.shards]))
+            if "binned" in views:
+                self._binned_fsc_angles = seen
             voxel = self.assembler.geometry.voxel_m * self.live_binning
             if "binned" in views or "region" in views:
                 self.monitor.add_fsc(n_angles=state["angles_seen"], binned=views.get("binned"),

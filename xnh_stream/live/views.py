@@ -16,7 +16,7 @@ from ..quality.fsc import bin_volume, region_bounds
 from ..physics.xp import to_numpy
 
 
-def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int) -> dict[str, Any]:
+def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, binned: bool = True) -> dict[str, Any]:
     """Pieces of one slab (rows ``r0 ..`` of a live volume of ``n_rows`` rows).
 
     Parameters
@@ -28,10 +28,13 @@ def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int) -> 
         First row of the slab and rows of the whole volume.
     fsc_bin, region_px : int
         Binning of the whole-volume FSC and side of the full-resolution region.
+    binned : bool
+        Include the binned halves (the one piece that reads the whole slab; the driver asks for it only
+        when enough new angles came, see :class:`actors.stream.StreamDriver`).
     """
     rows, n = acc.n_slices, acc.n_out
     out: dict[str, Any] = {"r0": int(r0), "rows": rows, "n": n}
-    if rows >= fsc_bin:
+    if binned and rows >= fsc_bin:
         out["binned"] = tuple(_host(h) for h in acc.binned_halves(fsc_bin))
     zs, ys, xs = region_bounds((n_rows, n, n), region_px)
     a, b = max(zs.start, r0), min(zs.stop, r0 + rows)
