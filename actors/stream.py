@@ -163,20 +163,23 @@ class ReconShard:
         """First row and the slab's current volume."""
         return self.rows.start, _to_host(self.vol.volume())
 
-    def views(self, n_rows: int, fsc_bin: int, region_px: int, binned: bool = True) -> dict[str, Any]:
+    def views(self, n_rows: int, fsc_bin: int, region_px: int, binned: bool = True,
+              planes: bool = True) -> dict[str, Any]:
         """Small pieces of the slab for the running FSC and the live page (:func:`slab_views`), taken from
         the sums (no copy of the slab) and only when projections arrived since the last call; the binned
-        halves (a pass over the whole slab) only when ``binned``."""
+        halves (a pass over the whole slab) only when ``binned``, the slab's rows of the central slices only
+        when ``planes``."""
         if min(self.vol.acc.counts) < 1:  # nothing in one half yet (a new or rebuilt slab)
             return {"r0": self.rows.start, "empty": True}
-        key = (self._changes, n_rows, fsc_bin, region_px, binned)
+        key = (self._changes, n_rows, fsc_bin, region_px, binned, planes)
         if self._views is None or self._views[0] != key:
             t0 = time.process_time()
             self.vol.acc.flush()  # the batch waiting: back-projection, not refresh
             t1 = time.process_time()
             self.cpu_s["add"] += t1 - t0
             t0 = t1
-            self._views = key, slab_views(self.vol.acc, self.rows.start, n_rows, fsc_bin, region_px, binned)
+            self._views = key, slab_views(self.vol.acc, self.rows.start, n_rows, fsc_bin, region_px, binned,
+                                          planes)
             self.cpu_s["views"] += time.process_time() - t0
         return self._views[1]
 
@@ -698,8 +701,10 @@ class StreamDriver:
             # quarter more came, and at the end), the full-resolution region and the slices every time.
             seen = state["angles_seen"]
             binned = status != "streaming" or seen >= BINNED_FSC_GROWTH * self._binned_fsc_angles
+            # The binned volume's central slices only when the full-resolution ones are not kept.
             views = merge_views(ray.get([s.views.remote(n_rows, self.config.stream.fsc_bin,
-                                                        self.config.stream.fsc_region_px, binned)
+                                                        self.config.stream.fsc_region_px, binned,
+                                                        self.slicer is None)
                                          for s in self.shards]))
             if "binned" in views:
                 self._binned_fsc_angles = seen

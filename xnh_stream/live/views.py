@@ -16,7 +16,8 @@ from ..quality.fsc import bin_volume, region_bounds
 from ..physics.xp import to_numpy
 
 
-def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, binned: bool = True) -> dict[str, Any]:
+def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, binned: bool = True,
+               planes: bool = True) -> dict[str, Any]:
     """Pieces of one slab (rows ``r0 ..`` of a live volume of ``n_rows`` rows).
 
     Parameters
@@ -31,6 +32,9 @@ def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, bin
     binned : bool
         Include the binned halves (the one piece that reads the whole slab; the driver asks for it only
         when enough new angles came, see :class:`actors.stream.StreamDriver`).
+    planes : bool
+        Include the slab's rows of the three central slices (not needed when the full-resolution live
+        slices are kept elsewhere).
     """
     rows, n = acc.n_slices, acc.n_out
     out: dict[str, Any] = {"r0": int(r0), "rows": rows, "n": n}
@@ -40,10 +44,11 @@ def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, bin
     a, b = max(zs.start, r0), min(zs.stop, r0 + rows)
     if b > a:
         out["region"] = tuple(_host(h) for h in acc.half_volumes((slice(a - r0, b - r0), ys, xs)))
-    if r0 <= n_rows // 2 < r0 + rows:
-        out["axial"] = _host(acc.volume((n_rows // 2 - r0,)))
-    out["coronal"] = _host(acc.volume((slice(None), n // 2)))
-    out["sagittal"] = _host(acc.volume((slice(None), slice(None), n // 2)))
+    if planes:
+        if r0 <= n_rows // 2 < r0 + rows:
+            out["axial"] = _host(acc.volume((n_rows // 2 - r0,)))
+        out["coronal"] = _host(acc.volume((slice(None), n // 2)))
+        out["sagittal"] = _host(acc.volume((slice(None), slice(None), n // 2)))
     return out
 
 
@@ -71,8 +76,9 @@ def merge_views(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if axial:
         images["xy"] = axial[0]
     if parts:
-        images["xz"] = np.concatenate([p["coronal"] for p in parts], axis=0)
-        images["yz"] = np.concatenate([p["sagittal"] for p in parts], axis=0)
+        if all("coronal" in p for p in parts):
+            images["xz"] = np.concatenate([p["coronal"] for p in parts], axis=0)
+            images["yz"] = np.concatenate([p["sagittal"] for p in parts], axis=0)
         out["n"] = parts[0]["n"]
     out["images"] = images
     return out
