@@ -53,9 +53,9 @@ log = logging.getLogger(__name__)
 #: Columns of the live volume when ``live_binning`` is 0 (auto): larger frames are binned to about this.
 LIVE_COLUMNS = 512
 
-#: The binned whole-volume running FSC is refreshed when the angles seen grew by this factor (it reads every
-#: slab; the full-resolution region and the slices are refreshed every time).
-BINNED_FSC_GROWTH = 1.25
+#: The binned whole-volume running FSC is refreshed from this many angles on, each time the angles seen grew
+#: by this factor (it reads every slab; the full-resolution region and the slices are refreshed every time).
+BINNED_FSC_FIRST, BINNED_FSC_GROWTH = 16, 1.5
 
 #: An actor that dies is restarted this many times, then the stream fails loudly.
 MAX_RESTARTS = 3
@@ -697,10 +697,10 @@ class StreamDriver:
         state = self.assembler.state()
         if self.shards and state["angles_seen"] >= 4:
             n_rows = self.assembler.shape[0] // self.live_binning
-            # The binned whole-volume FSC reads every slab: refreshed by angles received (each time a
-            # quarter more came, and at the end), the full-resolution region and the slices every time.
+            # The binned whole-volume FSC reads every slab: refreshed by angles received (each time half as
+            # many again came, and at the end), the full-resolution region and the slices every time.
             seen = state["angles_seen"]
-            binned = status != "streaming" or seen >= BINNED_FSC_GROWTH * self._binned_fsc_angles
+            binned = status != "streaming" or seen >= max(BINNED_FSC_FIRST, BINNED_FSC_GROWTH * self._binned_fsc_angles)
             # The binned volume's central slices only when the full-resolution ones are not kept.
             views = merge_views(ray.get([s.views.remote(n_rows, self.config.stream.fsc_bin,
                                                         self.config.stream.fsc_region_px, binned,

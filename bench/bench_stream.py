@@ -52,7 +52,7 @@ class SyntheticRecord(FrameRecord):
 class SyntheticDetector:
     """Frames of a four-distance scan made on the fly (noise on a smooth beam; the processing cost is real)."""
 
-    def __init__(self, n: int, n_angles: int, per_poll: int = 8, seed: int = 0) -> None:
+    def __init__(self, n: int, n_angles: int, per_poll: int = 8, seed: int = 0, rate: float | None = None) -> None:
         self.geo = SimulationConfig().geometry().distances
         self.n, self.rng = n, np.random.default_rng(seed)
         self.plan = []
@@ -61,12 +61,18 @@ class SyntheticDetector:
             seq += [(1, 180.0, 0)] * 3 + [(0, 180.0, -1), (0, 0.0, -1)]
             self.plan += [(k, i, key, ang, ctrl) for i, (key, ang, ctrl) in enumerate(seq)]
         self.pos, self.per_poll, self.landed = 0, per_poll, {}
+        self.rate, self.t0 = rate, None  # frames/s of a paced detector (None: as fast as it is read)
         y, x = np.mgrid[0:n, 0:n] / n
         self.beam = (10000 * np.exp(-((y - 0.5) ** 2 + (x - 0.5) ** 2))).astype(np.float32)
 
     def poll(self):
         out = []
-        for k, i, key, ang, ctrl in self.plan[self.pos : self.pos + self.per_poll]:
+        stop = self.pos + self.per_poll
+        if self.rate is not None:
+            now = time.perf_counter()
+            self.t0 = now if self.t0 is None else self.t0
+            stop = min(stop, int((now - self.t0) * self.rate) + 1)
+        for k, i, key, ang, ctrl in self.plan[self.pos : stop]:
             level = 0 if key == 2 else (1.0 if key == 1 else 0.9)
             fid = f"d{k}#{i}"
             self.landed[fid] = time.perf_counter()
@@ -92,9 +98,15 @@ def tree_rss_mib() -> float:
     return total / 2**20
 
 
-def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 0, bp_batch: int | None = None) -> dict:
-    det = SyntheticDetector(n, n_angles)
+def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 0, bp_batch: int | None = None,
+        rate: float | None = None) -> dict:
+    det = SyntheticDetector(n, n_angles, rate=rate)
     latencies = []
+    stages: dict[str, list[float]] = {}
+
+    def progress(p):
+        for stage, values in p.latency_s.items():
+            stages.setdefault(stage, []).extend(values)
 
     def done(work):
         if work.kind == "preview":
@@ -110,14 +122,15 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
     t0 = time.perf_counter()
     result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=4,
                                                                poll_interval_s=0.0, final_pass=False),
-                          on_result=done).run()
+                          on_result=done, on_progress=progress).run()
     dt = time.perf_counter() - t0
     n_frames = len(det.plan)
     lat = np.array(latencies) * 1e3
     cpu = result.shard_cpu_s
     return {"frames": n_frames, "fps": n_frames / dt, "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)), "counts": result.counts, "binning": result.live_binning,
-            "refresh_share": cpu["views"] / max(1e-9, cpu["add"] + cpu["views"]), "shard_cpu": cpu}
+            "refresh_share": cpu["views"] / max(1e-9, cpu["add"] + cpu["views"]), "shard_cpu": cpu,
+            "to_final_ms": np.percentile(np.array(stages.get("landing_to_final", [np.nan])) * 1e3, [50, 95])}
 
 
 def move_vs_process(n: int) -> tuple[float, float]:
@@ -150,6 +163,9 @@ def main() -> None:
     ap.add_argument("--long-binning", type=int, default=0, help="live binning of the memory run (0 = auto)")
     ap.add_argument("--memory-only", action="store_true", help="only the long memory run")
     ap.add_argument("--no-memory", action="store_true", help="skip the long memory run")
+    ap.add_argument("--paced", type=float, default=None, metavar="FPS",
+                    help="also a 2048^2 run with the detector paced at FPS frames/s (latency without backlog)")
+    ap.add_argument("--only-paced", action="store_true", help="with --paced: only that run")
     a = ap.parse_args()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     print(f"embedded local Ray, {os.cpu_count()} CPUs")
@@ -161,7 +177,7 @@ def main() -> None:
     sizes = [(512, 24 if a.small else 90, 1, 1), (512, 24 if a.small else 90, 1, None),
              (512, 24 if a.small else 90, 2, None)]
     sizes += [] if a.small else [(2048, 16, 0, None)]
-    if a.memory_only:
+    if a.memory_only or a.only_paced:
         sizes = []
     for n, n_angles, b, batch in sizes:
         r = run(n, n_angles, live_binning=b, bp_batch=batch)
@@ -170,6 +186,13 @@ def main() -> None:
               f"sustained, landing-to-preview latency p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms; "
               f"live refresh {100 * r['refresh_share']:.1f} % of the shards' CPU (back-projection "
               f"{r['shard_cpu']['add']:.1f} s, views {r['shard_cpu']['views']:.2f} s); journal {r['counts']}")
+    if a.paced:  # 2048^2 frames landing at a.paced frames/s: latency without a backlog
+        r = run(2048, 16, live_binning=0, rate=a.paced)
+        p50, p95 = r["to_final_ms"]
+        print(f"2048x2048 paced at {a.paced:g} frames/s: {r['fps']:.1f} frames/s sustained; landing of an "
+              f"angle's last frame to its CTF projection in the live volume and the full-resolution slices: "
+              f"p50 {p50:.0f} ms, p95 {p95:.0f} ms; landing-to-preview p50 {r['p50_ms']:.0f} ms, "
+              f"p95 {r['p95_ms']:.0f} ms")
     long_angles = a.long or (60 if a.small else 900)
     if not a.no_memory:
         samples: list = []
@@ -178,7 +201,8 @@ def main() -> None:
         print(f"memory over a 4 x {long_angles}-angle scan of 512^2, live volume binned {r['binning']}x "
               f"({r['frames']} frames, {r['fps']:.1f} frames/s): "
               f"resident MiB (driver + Ray workers) first {rss[0]:.0f}, median {np.median(rss):.0f}, "
-              f"last {rss[-1]:.0f}, max {rss.max():.0f}")
+              f"last {rss[-1]:.0f}, max {rss.max():.0f}; live refresh {100 * r['refresh_share']:.1f} % of the "
+              f"shards' CPU")
     for n in () if a.memory_only else (512, 2048):
         move, proc = move_vs_process(n)
         print(f"{n}x{n} frame: moving it to an actor {move:.2f} ms vs Paganin preview {proc:.1f} ms "
