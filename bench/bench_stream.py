@@ -130,7 +130,8 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
     return {"frames": n_frames, "fps": n_frames / dt, "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)), "counts": result.counts, "binning": result.live_binning,
             "refresh_share": cpu["views"] / max(1e-9, cpu["add"] + cpu["views"]), "shard_cpu": cpu,
-            "to_final_ms": np.percentile(np.array(stages.get("landing_to_final", [np.nan])) * 1e3, [50, 95])}
+            "to_final_ms": np.percentile(np.array(stages.get("landing_to_final", [np.nan])) * 1e3, [50, 95]),
+            "stages_ms": {k: float(np.median(v) * 1e3) for k, v in sorted(stages.items()) if v}}
 
 
 def move_vs_process(n: int) -> tuple[float, float]:
@@ -193,6 +194,7 @@ def main() -> None:
               f"angle's last frame to its CTF projection in the live volume and the full-resolution slices: "
               f"p50 {p50:.0f} ms, p95 {p95:.0f} ms; landing-to-preview p50 {r['p50_ms']:.0f} ms, "
               f"p95 {r['p95_ms']:.0f} ms")
+        print("  median per stage (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in r["stages_ms"].items()))
     long_angles = a.long or (60 if a.small else 900)
     if not a.no_memory:
         samples: list = []
