@@ -325,8 +325,9 @@ def slab_task(job: SlabJob, store: ProjectionStore) -> int:
     for a in range(0, job.slots.size, job.angles_per_read):
         part = job.slots[a:a + job.angles_per_read]
         block = store.read_rows(part, job.r0, job.r1)
-        for j, slot in enumerate(part):
-            acc.add(block[j], float(job.thetas_rad[a + j]), index=int(slot))
+        # all the angles read at once: the slab is read and written once per block of angles, not per angle
+        acc.add_many(block, job.thetas_rad[a:a + part.size], indices=part)
+        del block
     level0, _ = open_volume(job.volume_path, 0, mode="r+")
     level0[job.r0:job.r1] = acc.volume()
     if job.boxes:
