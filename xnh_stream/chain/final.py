@@ -269,8 +269,7 @@ def envelope_task(slots: list[int], store: ProjectionStore, thetas_deg: np.ndarr
     for a in range(0, len(slots), 64):
         part = slots[a:a + 64]
         block = store.read_rows(np.asarray(part), 0, store.shape[1])
-        for slot, p in zip(part, block):
-            acc.add(xp.asarray(p), float(np.deg2rad(thetas_deg[slot])), index=slot)
+        acc.add_many(xp.asarray(block), np.deg2rad(np.asarray(thetas_deg)[part]), indices=part)
     if acc.n_added == 0:
         return None
     return envelope_from_volume(to_numpy(acc.volume()), binning, frame_shape, cor, xp=xp)
