@@ -8,6 +8,7 @@ upsampling in :mod:`xnh_stream.physics.envelope`, the B-spline resampling in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -91,10 +92,16 @@ def slp_vectorized() -> Iterator[None]:
 
 
 def bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, cs, sn, origin, out):  # type: ignore[no-untyped-def]
-    """:func:`_bp_stacked`, compiled (at its first call in a process, or read from numba's cache) with
-    the SLP vectoriser on, whoever calls it first."""
-    with slp_vectorized():
-        return _bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, cs, sn, origin, out)
+    """:func:`_bp_stacked`, compiled for these argument types (or read from numba's cache) with the SLP
+    vectoriser on, under a lock (the switch is numba's global configuration), then run outside it."""
+    args = (stacked, gblock, xr, yr, dx, dy, rows, seg, cs, sn, origin, out)
+    signature = tuple(numba.typeof(a) for a in args)
+    with _SLP_LOCK, slp_vectorized():
+        _bp_stacked.compile(signature)  # a no-op once compiled for these types
+    return _bp_stacked(*args)
+
+
+_SLP_LOCK = threading.Lock()
 
 
 @_jit(parallel=True, fastmath=FASTMATH, nogil=True)
