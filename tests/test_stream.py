@@ -139,6 +139,16 @@ def test_a_bad_frame_is_quarantined_and_the_stream_goes_on(ray_local, small_scan
     assert result.live_volume is not None and np.isfinite(result.live_volume).all()
 
 
+def test_a_live_volume_over_the_limit_stays_in_the_shards(ray_local, small_scan, tmp_path):
+    """A full-resolution live volume of a real scan (tens of GiB) is never gathered into the driver."""
+    _, record = read_truth(small_scan)
+    source = ListSource(small_scan)
+    result = stream(source, small_scan, tmp_path / "out", ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"]}),
+                    poll_interval_s=0.0, final_pass=False, live_result_max_bytes=1024)
+    assert result.live_volume is None
+    assert result.counts["processed"] == len(source.records) and result.shard_cpu_s["add"] > 0
+
+
 def test_watch_a_scan_while_it_is_written(ray_local, tmp_path):
     """stream_scan writes growing NXtomo chunk files; the FolderWatcher + Ray stream follow them live."""
     import threading
