@@ -112,7 +112,7 @@ def tree_rss_mib() -> float:
 
 
 def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 0, bp_batch: int | None = None,
-        rate: float | None = None) -> dict:
+        rate: float | None = None, in_flight: int = 4) -> dict:
     det = SyntheticDetector(n, n_angles, rate=rate)
     latencies = []
     stages: dict[str, list[float]] = {}
@@ -133,7 +133,7 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
         settings["stream.bp_batch"] = bp_batch
     config = ProcessConfig.from_mapping(settings)
     t0 = time.perf_counter()
-    result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=4,
+    result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=in_flight,
                                                                poll_interval_s=0.0, final_pass=False),
                           on_result=done, on_progress=progress).run()
     dt = time.perf_counter() - t0
@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--paced", type=float, default=None, metavar="FPS",
                     help="also a 2048^2 run with the detector paced at FPS frames/s (latency without backlog)")
     ap.add_argument("--only-paced", action="store_true", help="with --paced: only that run")
+    ap.add_argument("--in-flight", type=int, default=4, help="phase tasks in flight in the paced run")
     a = ap.parse_args()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     print(f"embedded local Ray, {os.cpu_count()} CPUs")
@@ -201,9 +202,10 @@ def main() -> None:
               f"live refresh {100 * r['refresh_share']:.1f} % of the shards' CPU (back-projection "
               f"{r['shard_cpu']['add']:.1f} s, views {r['shard_cpu']['views']:.2f} s); journal {r['counts']}")
     if a.paced:  # 2048^2 frames landing at a.paced frames/s: latency without a backlog
-        r = run(2048, 16, live_binning=0, rate=a.paced)
+        r = run(2048, 16, live_binning=0, rate=a.paced, in_flight=a.in_flight)
         p50, p95 = r["to_final_ms"]
-        print(f"2048x2048 paced at {a.paced:g} frames/s: {r['fps']:.1f} frames/s sustained; landing of an "
+        print(f"2048x2048 paced at {a.paced:g} frames/s, {a.in_flight} phase tasks in flight: "
+              f"{r['fps']:.1f} frames/s sustained; landing of an "
               f"angle's last frame to its CTF projection in the live volume and the full-resolution slices: "
               f"p50 {p50:.0f} ms, p95 {p95:.0f} ms; landing-to-preview p50 {r['p50_ms']:.0f} ms, "
               f"p95 {r['p95_ms']:.0f} ms")
