@@ -586,3 +586,16 @@ def test_estimate_cor_sinogram_without_180_pairs(offset):
     sino += rng.normal(0, 0.02 * sino.max(), sino.shape).astype(np.float32)
     est = estimate_cor_sinogram(sino, thetas, search_px=12)
     assert abs(est - cor) < 0.1
+
+
+def test_stacked_pairs_are_the_padded_pairs_rows_last():
+    from xnh_stream.physics.backprojection import padded_pairs, stacked_pairs
+
+    rng = np.random.default_rng(11)
+    filtered = rng.normal(size=(3, 21, 17)).astype(np.float32)  # 21 rows: a second, partial block of 16
+    stacked = stacked_pairs(filtered, 4, 6, 16, slope_scale=0.5)
+    pairs = padded_pairs(filtered, 4, 6, slope_scale=0.5)  # [nz, n_angles, length, 2]
+    assert stacked.shape == (2, 3, 27, 2, 16)
+    for z in range(21):
+        np.testing.assert_array_equal(stacked[z // 16, :, :, :, z % 16], pairs[z])
+    assert not stacked[1, :, :, :, 5:].any()  # rows beyond the last are zeros

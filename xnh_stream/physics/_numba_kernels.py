@@ -91,6 +91,35 @@ def slp_vectorized() -> Iterator[None]:
         numba.config.SLP_VECTORIZE = previous
 
 
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def stack_rows(filtered, left, slope, out):  # pragma: no cover - compiled
+    """Fill ``out`` ``[blocks, n_angles, length, 2, stack]`` with the padded rows of ``filtered``
+    ``[n_angles, nz, n_det]`` in blocks of ``stack`` rows, rows last: values (zeros in the margins and beyond
+    ``nz``), then forward differences times ``slope`` (0 for the last column). One pass, 16 rows read side by
+    side so that every write is a whole ``stack``-float line."""
+    n_angles, nz, n_det = filtered.shape
+    blocks, _, length, _, stack = out.shape
+    zero = np.float32(0.0)
+    for job in numba.prange(blocks * n_angles):
+        b = job // n_angles
+        a = job % n_angles
+        o = out[b, a]
+        for k in range(length):
+            for j in range(stack):
+                o[k, 0, j] = zero
+        z0 = b * stack
+        rows = min(stack, nz - z0)
+        for k in range(n_det):
+            for j in range(rows):
+                o[left + k, 0, j] = filtered[a, z0 + j, k]
+        for k in range(length - 1):
+            for j in range(stack):
+                o[k, 1, j] = (o[k + 1, 0, j] - o[k, 0, j]) * slope
+        for j in range(stack):
+            o[length - 1, 1, j] = zero
+    return out
+
+
 def bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, cs, sn, origin, out):  # type: ignore[no-untyped-def]
     """:func:`_bp_stacked`, compiled for these argument types (or read from numba's cache) with the SLP
     vectoriser on, under a lock (the switch is numba's global configuration), then run outside it."""

@@ -149,18 +149,12 @@ def stacked_pairs(filtered: np.ndarray, left: int, right: int, stack: int, slope
         ``[b, a, k, 0, j]`` = padded value of row ``b * stack + j`` at column ``k``, ``[b, a, k, 1, j]`` its
         difference to column ``k + 1`` (0 for the last column).
     """
+    from xnh_stream.physics._numba_kernels import stack_rows  # noqa: PLC0415
+
     n_angles, nz, n_det = filtered.shape
     blocks = -(-nz // stack)
-    length = left + n_det + right
-    out = np.zeros((blocks, n_angles, length, 2, stack), dtype=np.float32)
-    rows = np.zeros((blocks * stack, n_angles, n_det), dtype=np.float32)
-    rows[:nz] = filtered.transpose(1, 0, 2)
-    val = out[:, :, :, 0, :]
-    val[:, :, left : left + n_det] = rows.reshape(blocks, stack, n_angles, n_det).transpose(0, 2, 3, 1)
-    np.subtract(val[:, :, 1:], val[:, :, :-1], out=out[:, :, :-1, 1, :])
-    if slope_scale != 1.0:
-        out[:, :, :, 1, :] *= np.float32(slope_scale)
-    return out
+    out = np.empty((blocks, n_angles, left + n_det + right, 2, stack), dtype=np.float32)
+    return stack_rows(np.ascontiguousarray(filtered, dtype=np.float32), int(left), np.float32(slope_scale), out)
 
 
 @dataclass(frozen=True)
