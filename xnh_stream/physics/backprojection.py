@@ -17,8 +17,8 @@ Detector rows are stored zero-padded as ``(value, forward difference)`` pairs in
 in 32.32 fixed point along the line (an integer add per voxel; the fraction is exact to 2^-32 pixel and
 multiplies differences stored pre-scaled by 2^-32), which on the CPU we measured (AMD Zen 4) beats the
 float-to-int conversion by ~2x. Vector gathers were slower than scalar loads there (0.8 against
-0.6 ns per update), so the kernel is scalar, ~9 instructions per voxel update, and the angle block,
-not SIMD, is the lever.
+0.6 ns per update), so this line kernel is scalar, ~9 instructions per voxel update, and the angle block is
+its lever; vectors pay off across detector rows instead (below).
 
 Lines that share their geometry on consecutive detector rows (every slab: the line along ``x`` at one ``y``
 repeats on each of its rows; the two vertical live slices) go to a second kernel that takes ``STACK`` (16) rows
