@@ -114,7 +114,7 @@ def run_once(scan: Path, delta_beta: float, workers: int, out: Path) -> dict:
     try:
         ray_pids = set(psutil.pids()) - before
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "xnh_stream.cli", "-q", "process", str(scan), "--out", str(out), "--address",
+        cmd = [sys.executable, "-m", "actors.cli", "-q", "process", str(scan), "--out", str(out), "--address",
                "auto", "--delta-beta", str(delta_beta)]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from xnh_stream.cli import main
+from actors.cli import main
 
 
 def test_simulate_then_process(tmp_path, capsys):

@@ -90,7 +90,7 @@ def test_process_killed_with_sigkill_resumes_where_it_stopped(scan, serial, tmp_
     phase_before = {p.name: p.stat().st_mtime_ns for p in phase.glob("*.json")}
     assert len(done_before) == 2 and len(phase_before) == 7  # 32 angles in batches of 5
     assert not (out / "report.json").exists() and not (out / "volume.ome.zarr").exists()
-    cmd = [sys.executable, "-m", "xnh_stream.cli", "process", str(scan), "--out", str(out), "--local", "--cor",
+    cmd = [sys.executable, "-m", "actors.cli", "process", str(scan), "--out", str(out), "--local", "--cor",
            str(config.fbp.cor), "--config", str(_config_file(tmp_path)), "--slab-rows", "4", "--angle-batch", "5",
            "--keep-work"]
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-from xnh_stream.cli import check_output, main
+from actors.cli import main
+from xnh_stream.cli import check_output
 from xnh_stream.ingest import FolderWatcher
 from xnh_stream.io import nxtomo as nxio
 from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, InputError, read_nxtomo
@@ -389,7 +390,7 @@ def test_watch_resumes_its_own_journal_and_refuses_another(tmp_path):
 def test_piped_cli_has_plain_lines_only(tmp_path):
     """stderr a pipe: no carriage return, no ANSI escape; progress as plain lines; --version; --quiet."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "xnh_stream.cli", *args], cwd=tmp_path, env=env,  # noqa: E731
+    run = lambda *args: subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=tmp_path, env=env,  # noqa: E731
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
     version = run("--version")
     assert version.returncode == 0 and version.stdout.decode().startswith("xnh-stream ")

@@ -26,6 +26,24 @@ def test_no_core_module_imports_ray():
     assert loaded == "False", "a module of xnh_stream imports ray"
 
 
+def test_no_core_module_names_ray_or_actors_even_lazily():
+    """Not even inside a function: the commands reach Ray through the runtime they are given
+    (xnh_stream.runtime.Runtime, implemented in actors/cli.py)."""
+    import re
+
+    pattern = re.compile(r"^\s*(import ray\b|from ray\b|import actors\b|from actors\b)", re.M)
+    bad = [str(f.relative_to(ROOT)) for f in (ROOT / "xnh_stream").rglob("*.py") if pattern.search(f.read_text())]
+    assert not bad, bad
+
+
+def test_a_command_that_needs_the_runtime_says_so_without_one(tmp_path, capsys):
+    from xnh_stream.cli import main
+
+    (tmp_path / "scan").mkdir()
+    assert main(["watch", str(tmp_path / "scan"), "--out", str(tmp_path / "out")]) == 2
+    assert "needs the distributed runtime" in capsys.readouterr().err
+
+
 def test_the_physics_is_pure():
     """physics/ reads no file and keeps no scan state: it imports nothing from io/, state/, chain/ or ingest/."""
     bad = []

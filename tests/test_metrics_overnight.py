@@ -12,7 +12,7 @@ import h5py
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from xnh_stream.cli import main
+from actors.cli import main
 from xnh_stream.config import ProcessConfig
 from xnh_stream.metrics import PipelineMetrics
 from xnh_stream.overnight import ERROR_NAME, SUMMARY_NAME, find_scans, run_overnight

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from xnh_stream.cli import main
+from actors.cli import main
 from xnh_stream.io.omezarr import pyramid, read_volume, write_volume
 from xnh_stream.io.precomputed import read_precomputed
 from xnh_stream.segment.blockwise import BlockwiseSpec, run_blockwise

@@ -221,7 +221,7 @@ def test_training_learns_boundaries_and_resumes(tmp_path):
 
 
 def test_train_command_records_validation_and_names_bad_files(tmp_path, capsys):
-    from xnh_stream.cli import main
+    from actors.cli import main
     from xnh_stream.segment.unet import AffinityModel
 
     lab = cells((24, 32, 32), 8, seed=7)

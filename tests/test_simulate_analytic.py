@@ -240,7 +240,7 @@ def test_an_interrupted_scan_is_left_unfinished(tmp_path):
 
 
 def test_bad_requests_are_refused(tmp_path):
-    from xnh_stream.cli import main
+    from actors.cli import main
 
     with pytest.raises(ValueError, match="layout"):
         write_analytic_scan(tmp_path, SimulationConfig(nx=32, ny=8, n_angles=2), layout="tiff")
@@ -253,7 +253,7 @@ def test_bad_requests_are_refused(tmp_path):
 
 
 def test_cli_writes_an_analytic_edf_scan(tmp_path, capsys):
-    from xnh_stream.cli import main
+    from actors.cli import main
 
     assert main(["simulate", str(tmp_path), "--analytic", "--nx", "48", "--ny", "16", "--angles", "6",
                  "--layout", "edf", "--range", "360", "--no-returns"]) == 0

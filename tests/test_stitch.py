@@ -257,13 +257,13 @@ def test_inputs_without_a_place_are_refused_naming_the_file(column, tmp_path):
     (out / "report.json").write_text(json.dumps(rep))
     with pytest.raises(InputError, match=r"report.json \[sample.position_m\]"):
         load_scan(out)
-    from xnh_stream.cli import main
+    from actors.cli import main
 
     assert main(["stitch", str(out), str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
 
 
 def test_command_line_stitch(column, tmp_path, capsys):
-    from xnh_stream.cli import main
+    from actors.cli import main
 
     rc = main(["stitch", *[str(s.out) for s in column.scans], "--out", str(tmp_path / "cli"),
                "--block-shape", "64", "64", "64"])

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -219,7 +220,7 @@ def cmd_process(a: argparse.Namespace) -> int:
     from .chain.report import REPORT_NAME, VOLUME_NAME
 
     config = _process_config(a)
-    executor = None if a.local else _ray_executor(a.address, config)
+    executor = None if a.local else _executor(a, config)
     update, close = _progress_bars()
     try:
         result = process_scan(a.scan, a.out, config, progress=update, executor=executor, layout=_layout(a))
@@ -253,18 +254,12 @@ def _layout(a: argparse.Namespace):  # noqa: ANN202
                        keep_work=a.keep_work)
 
 
-def _ray_executor(address: str | None, config: ProcessConfig):  # noqa: ANN202
-    """Start or join Ray (:mod:`actors.runtime`) and return the chain's executor on it."""
-    from actors.executor import RayExecutor  # noqa: PLC0415
-    from actors.runtime import gpus_available, start_ray  # noqa: PLC0415
+def _executor(a: argparse.Namespace, config: ProcessConfig):  # noqa: ANN202
+    """The chain's executor on the runtime (an embedded Ray, or the cluster at ``--address``)."""
+    from .runtime import runtime_of  # noqa: PLC0415
 
-    log.info(start_ray(address))
-    gpus = 0.0
-    if config.compute.backend == "cupy":
-        if gpus_available() < 1:
-            raise ConfigError("backend 'cupy' was asked for but the Ray cluster has no GPU")
-        gpus = 1.0
-    return RayExecutor(num_gpus=gpus)
+    return runtime_of(a, f"{a.command} without --local" if hasattr(a, "local") else a.command).executor(
+        a.address, config)
 
 
 def _summarise(report) -> None:  # noqa: ANN001
@@ -313,23 +308,22 @@ def _stream_progress() -> tuple[Callable[[object], None], Callable[[], None]]:
 
 
 def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace) -> int:
-    from actors.stream import StreamDriver, StreamOptions, WatcherSource  # noqa: PLC0415
-
     from .ingest.watch import FolderWatcher  # noqa: PLC0415
+    from .runtime import runtime_of  # noqa: PLC0415
 
     update, close = _stream_progress()
     metrics = _start_metrics(a)  # metrics: the exporter consumes the same progress reports
     consumers = [update] + ([metrics.update] if metrics else [])
     live_page = _start_live(a, folder)  # live page: fed by the stream
-    options = StreamOptions(n_distances=a.distances, n_workers=a.workers, n_shards=a.shards, poll_interval_s=a.poll_s,
-                            timeout_s=a.timeout_s, layout=_layout(a))
+    options = {"n_distances": a.distances, "n_workers": a.workers, "n_shards": a.shards, "poll_interval_s": a.poll_s,
+               "timeout_s": a.timeout_s, "layout": _layout(a)}
     with FolderWatcher(folder, poll_interval_s=a.poll_s, use_inotify=not a.no_inotify, stall_s=a.stall_s) as watcher:
-        source = WatcherSource(watcher, n_distances=a.distances, quiet_s=a.quiet_s)
         try:
-            result = StreamDriver(source, folder, out, config, options,
-                                  on_progress=lambda p: [f(p) for f in consumers],
-                                  subscribers=((metrics.scan_complete,) if metrics else ()) + _segment_subscribers(a),
-                                  live_page=live_page).run()
+            result = runtime_of(a, a.command).stream(
+                watcher, folder, out, config, quiet_s=a.quiet_s, options=options,
+                on_progress=lambda p: [f(p) for f in consumers],
+                subscribers=((metrics.scan_complete,) if metrics else ()) + _segment_subscribers(a),
+                live_page=live_page)
         finally:
             close()
             if live_page:
@@ -354,7 +348,7 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
 def cmd_watch(a: argparse.Namespace) -> int:
     """Watch a beamline folder and process the scan as it is written."""
     config = _process_config(a)
-    _ray_executor(a.address, config)
+    _executor(a, config)
     return _watch(a.folder, a.out, config, a)
 
 
@@ -386,7 +380,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     writer = threading.Thread(target=write, name="simulated-detector", daemon=True)
     writer.start()
     config = _process_config(a)
-    _ray_executor(a.address, config)
+    _executor(a, config)
     code = _watch(scan_dir, out_dir, config, a)
     writer.join()
     if errors:
@@ -465,15 +459,11 @@ def cmd_overnight(a: argparse.Namespace) -> int:
     config = _process_config(a)
     factory = stitch_runner = None
     if not a.local:
-        from actors.stitch import run_stitch_ray as stitch_runner  # noqa: PLC0415
+        from .runtime import runtime_of  # noqa: PLC0415
 
-        first = _ray_executor(a.address, config)
-        share = max(1, first.parallelism // max(1, a.concurrent))
-
-        def factory():  # noqa: ANN202 - one scan's share of the cluster
-            from actors.executor import RayExecutor  # noqa: PLC0415
-
-            return RayExecutor(max_in_flight=share, num_gpus=first.num_gpus)
+        runtime = runtime_of(a, "overnight without --local")
+        factory = runtime.shares(runtime.executor(a.address, config), a.concurrent)  # one scan's share each
+        stitch_runner = runtime.stitch_runner(a.address)
     metrics = _start_metrics(a)
 
     def report(name: str, status: str, duration_s: float | None) -> None:
@@ -799,9 +789,11 @@ TERMINAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``xnh-stream`` console script."""
+def main(argv: Sequence[str] | None = None, runtime: Any = None) -> int:
+    """The commands; ``runtime`` (:class:`xnh_stream.runtime.Runtime`) is where distributed work runs
+    (the ``xnh-stream`` console script, :func:`actors.cli.main`, passes Ray's)."""
     args = build_parser().parse_args(argv)
+    args.runtime = runtime
     _UI["quiet"] = bool(args.quiet)
     level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format=TERMINAL_FORMAT if sys.stderr.isatty() else PLAIN_FORMAT,

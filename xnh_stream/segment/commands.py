@@ -110,11 +110,9 @@ def cmd_segment(a: argparse.Namespace) -> int:
                              params.fragment_threshold, params.seed_distance, params.fragment_method,
                              params.enclosed, device=a.device)
         if a.ray:
-            from actors.runtime import start_ray
-            from actors.segment import run_blockwise_ray
+            from ..runtime import runtime_of
 
-            start_ray(a.address)
-            bw = run_blockwise_ray(spec)
+            bw = runtime_of(a, "segment --ray").segment_blockwise(spec, a.address)
         else:
             bw = run_blockwise(spec)
         import dask.array as da

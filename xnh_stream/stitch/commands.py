@@ -20,12 +20,9 @@ def cmd_stitch(a: argparse.Namespace) -> int:
 
     runner = None
     if a.ray:
-        import ray
+        from ..runtime import runtime_of
 
-        from actors.stitch import run_stitch_ray
-
-        ray.init(address=a.address, include_dashboard=False, log_to_driver=False)
-        runner = run_stitch_ray
+        runner = runtime_of(a, "stitch --ray").stitch_runner(a.address)
     if a.precomputed:
         try:
             import tensorstore  # noqa: F401

@@ -1,0 +1,79 @@
+"""The ``xnh-stream`` console script: the commands of :mod:`xnh_stream.cli` with Ray as their runtime.
+
+:class:`RayRuntime` is the one place the commands reach Ray (:class:`xnh_stream.runtime.Runtime`); Ray
+and the actors are imported when a command first needs them, so ``--version`` or ``simulate`` start no Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from xnh_stream import cli
+from xnh_stream.config import ConfigError, ProcessConfig
+
+log = logging.getLogger(__name__)
+
+
+class RayRuntime:
+    """The commands' runtime on Ray: an embedded local instance, or a cluster joined by address
+    (:func:`actors.runtime.start_ray`)."""
+
+    def executor(self, address: str | None, config: ProcessConfig) -> Any:
+        """See :meth:`xnh_stream.runtime.Runtime.executor`."""
+        from actors.executor import RayExecutor  # noqa: PLC0415
+        from actors.runtime import gpus_available, start_ray  # noqa: PLC0415
+
+        log.info(start_ray(address))
+        gpus = 0.0
+        if config.compute.backend == "cupy":
+            if gpus_available() < 1:
+                raise ConfigError("backend 'cupy' was asked for but the Ray cluster has no GPU")
+            gpus = 1.0
+        return RayExecutor(num_gpus=gpus)
+
+    def shares(self, executor: Any, parts: int) -> Callable[[], Any]:
+        """See :meth:`xnh_stream.runtime.Runtime.shares`."""
+        from actors.executor import RayExecutor  # noqa: PLC0415
+
+        share = max(1, executor.parallelism // max(1, parts))
+        return lambda: RayExecutor(max_in_flight=share, num_gpus=executor.num_gpus)
+
+    def stream(self, watcher: Any, folder: Path, out: Path, config: ProcessConfig, *, quiet_s: float,
+               options: dict[str, Any], on_progress: Callable[[Any], None],
+               subscribers: Iterable[Callable[[dict[str, Any]], None]], live_page: Any) -> Any:
+        """See :meth:`xnh_stream.runtime.Runtime.stream`."""
+        from actors.stream import StreamDriver, StreamOptions, WatcherSource  # noqa: PLC0415
+
+        opts = StreamOptions(**options)
+        source = WatcherSource(watcher, n_distances=opts.n_distances, quiet_s=quiet_s)
+        return StreamDriver(source, folder, out, config, opts, on_progress=on_progress,
+                            subscribers=tuple(subscribers), live_page=live_page).run()
+
+    def stitch_runner(self, address: str | None) -> Callable[..., Any]:
+        """See :meth:`xnh_stream.runtime.Runtime.stitch_runner`."""
+        from actors.runtime import start_ray  # noqa: PLC0415
+        from actors.stitch import run_stitch_ray  # noqa: PLC0415
+
+        log.info(start_ray(address))
+        return run_stitch_ray
+
+    def segment_blockwise(self, spec: Any, address: str | None) -> Any:
+        """See :meth:`xnh_stream.runtime.Runtime.segment_blockwise`."""
+        from actors.runtime import start_ray  # noqa: PLC0415
+        from actors.segment import run_blockwise_ray  # noqa: PLC0415
+
+        log.info(start_ray(address))
+        return run_blockwise_ray(spec)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xnh-stream`` console script."""
+    return cli.main(argv, runtime=RayRuntime())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
