@@ -516,10 +516,7 @@ class FBPAccumulator:
         self._project(filter_projection(diff, self.window, xp=xp, padding=self.padding), theta, half)
 
     def _project(self, filtered: Any, theta: float, half: int) -> None:
-        """Back-project one filtered projection into ``half``, now or with the next batch."""
-        if self.batch <= 1:
-            backproject(filtered, float(theta), self.cor, self._sums[half], xp=self.xp, workers=self.workers)
-            return
+        """Back-project one filtered projection into ``half``, now (``batch`` 1) or with the next batch."""
         if not self._waiting:
             self._waiting_since = time.monotonic()
         self._waiting.append((filtered, float(theta), half))
