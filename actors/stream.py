@@ -128,7 +128,7 @@ class ReconShard:
         self._incarnation = uuid.uuid4().hex  # a restarted actor (empty volume) has a new one
         self._changes = 0  # projections back-projected: views are recomputed only when it moved
         self.cpu_s = {"add": 0.0, "views": 0.0}  # process CPU seconds spent in each (the refresh cost)
-        self._views: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
+        self._views: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # (what was asked, the views)
 
     @ray.method(concurrency_group="control")
     def incarnation(self) -> str:
@@ -176,11 +176,10 @@ class ReconShard:
             t0 = time.process_time()
             self.vol.acc.flush()  # the batch waiting: back-projection, not refresh
             t1 = time.process_time()
-            self.cpu_s["add"] += t1 - t0
-            t0 = t1
             self._views = key, slab_views(self.vol.acc, self.rows.start, n_rows, fsc_bin, region_px, binned,
                                           planes)
-            self.cpu_s["views"] += time.process_time() - t0
+            self.cpu_s["add"] += t1 - t0
+            self.cpu_s["views"] += time.process_time() - t1
         return self._views[1]
 
     @ray.method(concurrency_group="control")
@@ -401,10 +400,6 @@ class StreamOptions:
     n_workers: int = 2
     n_shards: int = 2
     max_in_flight: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_in_flight is None:
-            self.max_in_flight = 2 * max(1, self.n_workers)
     poll_interval_s: float = 0.2
     timeout_s: float | None = None
     final_pass: bool = True
@@ -412,6 +407,10 @@ class StreamOptions:
     live_slices: bool = True
     layout: ChainLayout = field(default_factory=ChainLayout)
     live_result_max_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight is None:
+            self.max_in_flight = 2 * max(1, self.n_workers)
 
 
 @dataclass

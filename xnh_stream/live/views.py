@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..quality.fsc import bin_volume, region_bounds
+from ..quality.fsc import region_bounds
 from ..physics.xp import to_numpy
 
 
@@ -39,21 +39,17 @@ def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, bin
     rows, n = acc.n_slices, acc.n_out
     out: dict[str, Any] = {"r0": int(r0), "rows": rows, "n": n}
     if binned and rows >= fsc_bin:
-        out["binned"] = tuple(_host(h) for h in acc.binned_halves(fsc_bin))
+        out["binned"] = tuple(to_numpy(h) for h in acc.binned_halves(fsc_bin))
     zs, ys, xs = region_bounds((n_rows, n, n), region_px)
     a, b = max(zs.start, r0), min(zs.stop, r0 + rows)
     if b > a:
-        out["region"] = tuple(_host(h) for h in acc.half_volumes((slice(a - r0, b - r0), ys, xs)))
+        out["region"] = tuple(to_numpy(h) for h in acc.half_volumes((slice(a - r0, b - r0), ys, xs)))
     if planes:
         if r0 <= n_rows // 2 < r0 + rows:
-            out["axial"] = _host(acc.volume((n_rows // 2 - r0,)))
-        out["coronal"] = _host(acc.volume((slice(None), n // 2)))
-        out["sagittal"] = _host(acc.volume((slice(None), slice(None), n // 2)))
+            out["axial"] = to_numpy(acc.volume((n_rows // 2 - r0,)))
+        out["coronal"] = to_numpy(acc.volume((slice(None), n // 2)))
+        out["sagittal"] = to_numpy(acc.volume((slice(None), slice(None), n // 2)))
     return out
-
-
-def _host(a: Any) -> np.ndarray:
-    return np.asarray(to_numpy(a), dtype=np.float32)
 
 
 def merge_views(parts: list[dict[str, Any]]) -> dict[str, Any]:
