@@ -80,17 +80,24 @@ class PhaseWorker:
         """Changes when Ray restarts the actor (its tasks are retried by Ray; the stream only counts it)."""
         return self._incarnation
 
+    def _processor(self, geometry: Any) -> AngleProcessor:
+        if self._proc is None or self._proc.geometry != geometry:
+            from xnh_stream.physics.xp import get_array_module  # noqa: PLC0415
+
+            self._proc = AngleProcessor(geometry, self.shape, self.delta_beta, self.config,
+                                        xp=get_array_module(self.config.compute.backend))
+        return self._proc
+
+    def prepare(self, geometry: Any) -> None:
+        """Every distance is known: build the CTF filter now, before the first final work comes."""
+        self._processor(geometry).prepare_ctf()
+
     def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
                                                                    np.ndarray | None]:
         """The projection of ``work`` binned for the live volume, and for final work the preview it replaces
-        (recomputed exactly: same frame, angle and shift); then the same two at full resolution (the live
-        slices)."""
-        if self._proc is None or self._proc.geometry != work.geometry:
-            from xnh_stream.physics.xp import get_array_module  # noqa: PLC0415
-
-            self._proc = AngleProcessor(work.geometry, self.shape, self.delta_beta, self.config,
-                                        xp=get_array_module(self.config.compute.backend))
-        proc = self._proc
+        (as kept on disk, or recomputed exactly: same frame, angle and shift); then the same two at full
+        resolution (the live slices)."""
+        proc = self._processor(work.geometry)
         proc.models = models if len(models) == len(work.geometry.distances) else [None] * len(work.geometry.distances)
         if work.kind == "preview":
             ((k, frame),) = work.frames.items()
@@ -98,8 +105,9 @@ class PhaseWorker:
         else:
             out = proc.ctf(work.frames, work.theta_deg)
             k = work.preview_distance
-            previous = (proc.preview(k, work.frames[k], work.preview_theta_deg, work.preview_shift_yx)
-                        if k is not None else None)
+            previous = work.preview
+            if previous is None and k is not None:
+                previous = proc.preview(k, work.frames[k], work.preview_theta_deg, work.preview_shift_yx)
         out = _to_host(out)
         previous = None if previous is None else _to_host(previous)
         return (bin_2d(out, self.binning), None if previous is None else bin_2d(previous, self.binning),
@@ -379,7 +387,12 @@ class StreamOptions:
         on 2 cores, 4 and 8 in flight gave 18.7 and 17.7 frames/s with a landing-to-final p50 of 1.4 and
         1.9 s (``bench/bench_stream.py``).
     poll_interval_s : float
-        Sleep between polls when nothing arrived.
+        Wait between polls when nothing arrived (cut short when a phase task or back-projection finishes).
+    restart_check_s : float
+        How often the actors are asked whether Ray restarted them (a round trip to each).
+    progress_every_s : float
+        Progress (metrics, live page) is reported after every poll that brought frames or finished work,
+        and at least this often while idle.
     timeout_s : float, optional
         Stop waiting for the end of the scan after this long (reported incomplete; no final volume).
     final_pass : bool
@@ -400,7 +413,9 @@ class StreamOptions:
     n_workers: int = 2
     n_shards: int = 2
     max_in_flight: int | None = None
-    poll_interval_s: float = 0.2
+    poll_interval_s: float = 0.1
+    restart_check_s: float = 1.0
+    progress_every_s: float = 0.5
     timeout_s: float | None = None
     final_pass: bool = True
     quality_every_s: float = 5.0
@@ -411,6 +426,15 @@ class StreamOptions:
     def __post_init__(self) -> None:
         if self.max_in_flight is None:
             self.max_in_flight = 2 * max(1, self.n_workers)
+
+
+@dataclass
+class _ViewsAsked:
+    """Live views asked of the actors, not yet taken."""
+
+    refs: list[Any]  # each shard's views
+    slices: Any | None  # the slice keeper's, if there is one
+    seen: int  # angles seen when asked
 
 
 @dataclass
@@ -485,6 +509,11 @@ class StreamDriver:
         self.slicer: Any = None
         self.final_slices: dict[str, np.ndarray] = {}
         self.quality_at = -float("inf")
+        self._restarts_at = -float("inf")
+        self._prepared = False  # the phase workers were asked to build the CTF filter
+        self._asked: _ViewsAsked | None = None  # live views asked for and not yet taken
+        self._n_booked = 0  # work items in every live actor
+        self._reported_at = -float("inf")  # the last progress report
         self._n_dispatched = 0
         self.monitor = QualityMonitor(config, str(self.scan_folder.resolve()), router=default_router(
             config, extra=[CallbackSink(lambda a: self.journal.emit("alert", a.as_dict(),
@@ -532,9 +561,9 @@ class StreamDriver:
             self._drain(block=True)
         worker = self.workers[self._n_dispatched % len(self.workers)]
         self._n_dispatched += 1
-        work.load(self.assembler.store)
+        work.load(self.assembler.store, self.assembler.previews_store)
         ref = worker.project.remote(work, self.assembler.shift_models())
-        work.frames = {}  # the object store has them now
+        work.unload()  # the object store has them now
         self.in_flight[ref] = (work, targets)
         self.dispatched_at[ref] = time.monotonic()
 
@@ -546,6 +575,8 @@ class StreamDriver:
                 work, targets = self.in_flight.pop(ref)
                 if work.kind == "final":
                     self.last_final = (work.theta_deg, ref)
+                else:
+                    self._keep_preview(work, ref)
                 now = time.monotonic()
                 self.instruments.sample("phase_preview" if work.kind == "preview" else "phase_ctf",
                                         now - self.dispatched_at.pop(ref, now))
@@ -554,6 +585,13 @@ class StreamDriver:
                 self.adding.append((work, [s.add.remote(work.index, theta, ref, work.kind == "final", prev)
                                            for s in (targets or self._live_targets())], now))
         self._settle()
+
+    def _keep_preview(self, work: AngleWork, ref: Any) -> None:
+        """Keep a preview on disk for the final that replaces it (which then need not recompute it)."""
+        try:
+            self.assembler.previews_store.put(*work.preview_key(), ray.get(ref)[2])
+        except ValueError as exc:  # e.g. an all-zero preview of an empty field: the final recomputes it
+            log.debug("preview of angle %.3f deg not kept: %s", work.theta_deg, exc)
 
     def _settle(self, all_of_them: bool = False) -> None:
         """Book the work whose back-projection finished (oldest first); wait while too much is queued."""
@@ -565,6 +603,7 @@ class StreamDriver:
                 return
             ray.get(refs)  # raise a shard's error here
             self.adding.popleft()
+            self._n_booked += 1
             now = time.monotonic()
             self.instruments.sample("backprojection", now - t_added)
             self.instruments.booked(work, now)
@@ -587,11 +626,28 @@ class StreamDriver:
             self._drain(block=True)
         self._settle(all_of_them=True)
 
-    def _check_restarts(self) -> None:
-        """Count the actors Ray restarted. A restarted shard lost its slab: replay every angle into it from the
-        frames on disk (a restarted phase worker needs nothing: Ray retries the tasks it held)."""
+    def _idle(self, timeout_s: float) -> None:
+        """Nothing arrived: wait up to ``timeout_s`` for the next poll, waking as soon as a phase task or the
+        oldest back-projection finishes (its projection is then passed on at once, not after the sleep)."""
+        refs = list(self.in_flight)
+        if self.adding:
+            oldest = self.adding[0][1]
+            refs += ray.wait(oldest, num_returns=len(oldest), timeout=0)[1]
+        if refs:
+            ray.wait(refs, num_returns=1, timeout=timeout_s)
+        elif timeout_s > 0:
+            time.sleep(timeout_s)
+
+    def _check_restarts(self, force: bool = False) -> None:
+        """Count the actors Ray restarted (asked every ``restart_check_s``, or now when ``force``). A restarted
+        shard lost its slab: replay every angle into it from the frames on disk (a restarted phase worker needs
+        nothing: Ray retries the tasks it held)."""
         if not self.shards:
             return
+        now = time.monotonic()
+        if not force and now - self._restarts_at < self.opt.restart_check_s:
+            return
+        self._restarts_at = now
         actors = (*self.workers, *self._live_targets())
         current = ray.get([a.incarnation.remote() for a in actors])
         for actor, inc in zip(actors, current):
@@ -630,6 +686,7 @@ class StreamDriver:
         """The live volume rebuilt around a new rotation axis from the frames on disk."""
         log.info("live centre of rotation %.2f px; rebuilding the live volume", cor)
         self._flush()
+        self._asked = None  # asked of the actors about to go
         for s in self._live_targets():
             ray.kill(s)
         self.shards = self._make_shards(cor)
@@ -689,6 +746,10 @@ class StreamDriver:
                         self.monitor.add_frame(rec, pixels if wants else None)
                     except (ValueError, OSError) as exc:  # quality figures must not stop the reconstruction
                         log.error("quality monitor: frame %s not used: %s", rec.frame_id, exc)
+            if a.complete and not self._prepared:  # every distance known: CTF filters built before the finals
+                self._prepared = True
+                for w in self.workers:
+                    w.prepare.remote(a.geometry)
             new_bad = a.quarantined[n_bad:]
             if new_bad:
                 self._mark([f for f, _ in new_bad], QUARANTINED, "assemble", [r for _, r in new_bad])
@@ -696,30 +757,47 @@ class StreamDriver:
             self._mark(used, PROCESSED, "assemble")
 
     # ------------------------------------------------------------------ quality and progress
-    def _update_quality(self, status: str) -> dict[str, Any]:
-        """Running FSC from the shards' pieces, live images, and the monitor's snapshot (to the live page)."""
+    def _ask_views(self, status: str) -> _ViewsAsked | None:
+        """Ask the shards (and the slice keeper) for their live views; None before there is anything to show."""
+        seen = self.assembler.state()["angles_seen"]
+        if not self.shards or seen < 4:
+            return None
+        n_rows = self.assembler.shape[0] // self.live_binning
+        # The binned whole-volume FSC reads every slab: refreshed by angles received (each time half as many
+        # again came, and at the end), the full-resolution region and the slices every time.
+        binned = status != "streaming" or seen >= max(BINNED_FSC_FIRST, BINNED_FSC_GROWTH * self._binned_fsc_angles)
+        # The binned volume's central slices only when the full-resolution ones are not kept.
+        refs = [s.views.remote(n_rows, self.config.stream.fsc_bin, self.config.stream.fsc_region_px, binned,
+                               self.slicer is None) for s in self.shards]
+        return _ViewsAsked(refs, self.slicer.views.remote() if self.slicer is not None else None, seen)
+
+    def _update_quality(self, status: str, block: bool = True) -> dict[str, Any] | None:
+        """Running FSC from the shards' pieces, live images, and the monitor's snapshot (to the live page).
+
+        Without ``block`` the views are asked for and taken by a later call, once every actor answered (a shard
+        answers after the back-projections queued before the question: the driver does not wait for them);
+        None until then.
+        """
+        if self._asked is None or block:
+            self._asked = self._ask_views(status)
+        asked = self._asked
+        if asked is not None and not block:
+            refs = [*asked.refs, *([asked.slices] if asked.slices is not None else [])]
+            if ray.wait(refs, num_returns=len(refs), timeout=0)[1]:
+                return None
+        self._asked = None
         images: dict[str, Any] = {}
-        state = self.assembler.state()
-        if self.shards and state["angles_seen"] >= 4:
-            n_rows = self.assembler.shape[0] // self.live_binning
-            # The binned whole-volume FSC reads every slab: refreshed by angles received (each time half as
-            # many again came, and at the end), the full-resolution region and the slices every time.
-            seen = state["angles_seen"]
-            binned = status != "streaming" or seen >= max(BINNED_FSC_FIRST, BINNED_FSC_GROWTH * self._binned_fsc_angles)
-            # The binned volume's central slices only when the full-resolution ones are not kept.
-            views = merge_views(ray.get([s.views.remote(n_rows, self.config.stream.fsc_bin,
-                                                        self.config.stream.fsc_region_px, binned,
-                                                        self.slicer is None)
-                                         for s in self.shards]))
+        if asked is not None:
+            views = merge_views(ray.get(asked.refs))
             if "binned" in views:
-                self._binned_fsc_angles = seen
+                self._binned_fsc_angles = asked.seen
             voxel = self.assembler.geometry.voxel_m * self.live_binning
             if "binned" in views or "region" in views:
-                self.monitor.add_fsc(n_angles=state["angles_seen"], binned=views.get("binned"),
-                                     region=views.get("region"), voxel_m=voxel)
+                self.monitor.add_fsc(n_angles=asked.seen, binned=views.get("binned"), region=views.get("region"),
+                                     voxel_m=voxel)
             images = views["images"]
-            if self.slicer is not None:  # the full-resolution slices replace the binned ones
-                images.update(ray.get(self.slicer.views.remote()))
+            if asked.slices is not None:  # the full-resolution slices replace the binned ones
+                images.update(ray.get(asked.slices))
         extra = {}
         if self.last_final is not None:
             images["phase"] = -np.asarray(ray.get(self.last_final[1])[0])  # phase = -k voxel * projected delta
@@ -761,6 +839,7 @@ class StreamDriver:
         completion = None
         while True:
             batch = self.source.poll()
+            booked = self._n_booked
             self._ingest(batch)
             a = self.assembler
             if not self.cor_known and a is not None and (pair := a.cor_pair()) is not None:
@@ -773,23 +852,30 @@ class StreamDriver:
             self._drain(block=False)
             self._check_restarts()
             if a is not None:
-                if time.monotonic() - self.quality_at >= self.opt.quality_every_s:
-                    self.quality_at = time.monotonic()
-                    quality = self._update_quality("streaming")
-                else:
-                    quality = self.monitor.snapshot()
-                    self._publish("streaming", quality)
-                if self.on_progress:
-                    self.on_progress(self.progress("streaming", quality))
+                quality = None
+                if self._asked is not None or time.monotonic() - self.quality_at >= self.opt.quality_every_s:
+                    if self._asked is None:
+                        self.quality_at = time.monotonic()
+                    quality = self._update_quality("streaming", block=False)
+                # progress when something happened, and every progress_every_s when idle
+                now = time.monotonic()
+                if (quality is not None or batch or self._n_booked != booked
+                        or now - self._reported_at >= self.opt.progress_every_s):
+                    self._reported_at = now
+                    if quality is None:
+                        quality = self.monitor.snapshot()
+                        self._publish("streaming", quality)
+                    if self.on_progress:
+                        self.on_progress(self.progress("streaming", quality))
             if not batch and (completion := self.source.completion()) is not None:
                 break
             if self.opt.timeout_s is not None and time.monotonic() - started > self.opt.timeout_s:
                 log.error("stream: no end of scan after %.0f s; stopping with what arrived", self.opt.timeout_s)
                 break
             if not batch:
-                time.sleep(self.opt.poll_interval_s)
+                self._idle(self.opt.poll_interval_s)
         self._flush()
-        self._check_restarts()
+        self._check_restarts(force=True)
         self._flush()
         return self._finish(completion)
 
@@ -811,6 +897,8 @@ class StreamDriver:
         self.final_slices = ray.get(self.slicer.views.remote()) if self.slicer is not None else {}
         for actor in (*self.workers, *self._live_targets()):  # their resources go to the final pass
             ray.kill(actor)
+        if self.assembler is not None:
+            self.assembler.drop_previews()
         final = None
         if self.opt.final_pass and completion is not None and self.assembler is not None:
             if completion.missing:

@@ -85,10 +85,11 @@ class SyntheticDetector:
             now = time.perf_counter()
             self.t0 = now if self.t0 is None else self.t0
             stop = min(stop, int((now - self.t0) * self.rate) + 1)
-        for k, i, key, ang, ctrl in self.plan[self.pos : stop]:
+        for j, (k, i, key, ang, ctrl) in enumerate(self.plan[self.pos : stop], start=self.pos):
             level = 0 if key == 2 else (1.0 if key == 1 else 0.9)
             fid = f"d{k}#{i}"
-            self.landed[fid] = time.perf_counter()
+            # a paced frame landed when the detector wrote it, however late the stream polls
+            self.landed[fid] = time.perf_counter() if self.rate is None else self.t0 + j / self.rate
             g = self.geo[k]
             out.append(SyntheticRecord(f"d{k}", i, fid, distance_key(g.z1_m), f"d{k}", key, ctrl, float(ang), 0.1,
                                        float(i), g, (self.n, self.n), "synthetic", None, beam=self.beam, level=level))
@@ -134,7 +135,7 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
     config = ProcessConfig.from_mapping(settings)
     t0 = time.perf_counter()
     result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=in_flight,
-                                                               poll_interval_s=0.0, final_pass=False),
+                                                               poll_interval_s=0.02, final_pass=False),
                           on_result=done, on_progress=progress).run()
     dt = time.perf_counter() - t0
     n_frames = len(det.plan)
@@ -181,6 +182,8 @@ def main() -> None:
                     help="also a 2048^2 run with the detector paced at FPS frames/s (latency without backlog)")
     ap.add_argument("--only-paced", action="store_true", help="with --paced: only that run")
     ap.add_argument("--in-flight", type=int, default=4, help="phase tasks in flight in the paced run")
+    ap.add_argument("--paced-angles", type=int, default=64,
+                    help="angles per distance of the paced run (its first frames include the actors' warm-up)")
     a = ap.parse_args()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     print(f"embedded local Ray, {os.cpu_count()} CPUs")
@@ -202,7 +205,7 @@ def main() -> None:
               f"live refresh {100 * r['refresh_share']:.1f} % of the shards' CPU (back-projection "
               f"{r['shard_cpu']['add']:.1f} s, views {r['shard_cpu']['views']:.2f} s); journal {r['counts']}")
     if a.paced:  # 2048^2 frames landing at a.paced frames/s: latency without a backlog
-        r = run(2048, 16, live_binning=0, rate=a.paced, in_flight=a.in_flight)
+        r = run(2048, a.paced_angles, live_binning=0, rate=a.paced, in_flight=a.in_flight)
         p50, p95 = r["to_final_ms"]
         print(f"2048x2048 paced at {a.paced:g} frames/s, {a.in_flight} phase tasks in flight: "
               f"{r['fps']:.1f} frames/s sustained; landing of an "

@@ -155,3 +155,25 @@ def test_stream_volume_matches_batch(scan, tmp_path):
     # series taken after them), and the shift models grow as angles complete: close, not equal. The
     # exact final volume comes from the final pass at scan completion.
     assert r > 0.9
+
+
+def test_a_final_takes_back_the_preview_kept_for_it(scan, tmp_path):
+    """A preview kept under its key is what the final of its angle loads (so it is not recomputed); without it
+    the final carries none (recomputed by the worker); dropping the kept previews deletes them."""
+    folder, index, frames = scan
+    a = assembler(index, tmp_path)
+    works = run(a, frames)
+    for w in works:
+        if w.kind == "preview":
+            a.previews_store.put(*w.preview_key(), np.full(index.frame_shape, w.index + 1, np.float32))
+    finals = [w for w in works if w.kind == "final"]
+    assert len(finals) == len(index.distances[0].projections)
+    for w in finals:
+        w.load(a.store, a.previews_store)
+        assert w.preview is not None and np.all(w.preview == w.index + 1)  # its own angle's preview
+        w.unload()
+        assert w.preview is None and not w.frames
+    path = a.previews_store.path
+    a.drop_previews()
+    assert not path.exists()
+    assert finals[0].load(a.store, a.previews_store).preview is None

@@ -192,6 +192,41 @@ def undisturbed(ray_local, small_scan, tmp_path_factory):
                           poll_interval_s=0.0, final_pass=False, n_workers=2, n_shards=2)
 
 
+class KeepsNoPreview:
+    """A previews store that keeps nothing (every final recomputes its preview) and notes what it was offered."""
+
+    def __init__(self):
+        self.offered = []
+
+    def put(self, distance_key, angle_deg, frame):
+        self.offered.append((distance_key, angle_deg))
+        return True
+
+    def has(self, distance_key, angle_deg):
+        return False
+
+
+def test_kept_previews_are_the_recomputed_ones(ray_local, small_scan, undisturbed, tmp_path, monkeypatch):
+    """Finals take their preview back from disk instead of recomputing it: every preview is offered for keeping
+    once, the live volume is the one of a stream that recomputes each, and the kept previews go at the end."""
+    from xnh_stream.chain.assembler import ScanAssembler
+
+    config, kept = undisturbed
+    store = KeepsNoPreview()
+    monkeypatch.setattr(ScanAssembler, "previews_store", property(lambda self: store))
+    monkeypatch.setattr(ScanAssembler, "drop_previews", lambda self: None)
+    recomputed = stream(ListSource(small_scan), small_scan, tmp_path / "r", config, poll_interval_s=0.0,
+                        final_pass=False, n_workers=2, n_shards=2)
+    angles = sorted(angle for _, angle in store.offered)
+    assert len(angles) == 24 and len(set(angles)) == 24
+    b = recomputed.live_volume
+    np.testing.assert_allclose(kept.live_volume, b, atol=1e-5 * np.abs(b).max())
+    for name, cut in recomputed.slices.items():
+        np.testing.assert_allclose(kept.slices[name], cut, atol=1e-5 * np.abs(cut).max())
+    assert list(small_scan.parent.glob("undisturbed*/store")) and not list(small_scan.parent.glob(
+        "undisturbed*/store_previews"))
+
+
 def stream_killing_one(ray_local, small_scan, out, config, kind: str, need_in_flight: bool = False):
     """Stream the small scan and kill the first actor of ``kind`` (shards, workers) once a quarter of the
     angles are final; returns the result and the ``restarts`` figures of every progress report."""

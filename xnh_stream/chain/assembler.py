@@ -25,6 +25,7 @@ increasing ``z1`` (the reference, most magnified, is the smallest ``z1`` in XNH)
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,9 @@ class AngleWork:
         Final work: the angle that preview was back-projected at.
     preview_shift_yx : tuple or None
         The shift the preview was made with (final work: so the preview is recomputed exactly).
+    preview : ndarray or None
+        Final work: the preview projection it replaces, filled by :meth:`load` where the preview was kept
+        (:attr:`ScanAssembler.previews_store`); None means it is recomputed from its frame.
     """
 
     kind: str
@@ -80,12 +84,31 @@ class AngleWork:
     preview_distance: int | None = None
     preview_theta_deg: float | None = None
     preview_shift_yx: tuple[float, float] | None = None
+    preview: np.ndarray | None = None
 
-    def load(self, store: DistanceStore) -> AngleWork:
-        """Fill :attr:`frames` from the store (returns self)."""
+    def preview_key(self) -> tuple[float, float] | None:
+        """Where this angle's preview is kept: ``(distance key, angle it was back-projected at)``; None for
+        final work without a preview."""
+        if self.kind == "preview":
+            ((key, _),) = self.sources.values()
+            return key, self.theta_deg
+        if self.preview_distance is None or self.preview_theta_deg is None:
+            return None
+        return self.sources[self.preview_distance][0], self.preview_theta_deg
+
+    def load(self, store: DistanceStore, previews: DistanceStore | None = None) -> AngleWork:
+        """Fill :attr:`frames` from the store, and for final work :attr:`preview` from ``previews`` when the
+        preview is there (returns self)."""
         if not self.frames:
             self.frames = {k: store.get(key, angle) for k, (key, angle) in self.sources.items()}
+        key = self.preview_key() if self.kind == "final" and previews is not None else None
+        if self.preview is None and key is not None and previews.has(*key):
+            self.preview = previews.get(*key)
         return self
+
+    def unload(self) -> None:
+        """Drop the pixels (once they were sent: queued work holds none)."""
+        self.frames, self.preview = {}, None
 
 
 @dataclass
@@ -150,6 +173,7 @@ class ScanAssembler:
         self.models: dict[float, ShiftModel] = {}
         self.quarantined: list[tuple[str, str]] = []
         self._returns: DistanceStore | None = None  # return projections, apart: they share angles with projections
+        self._previews: DistanceStore | None = None
 
     @property
     def returns_store(self) -> DistanceStore:
@@ -157,6 +181,15 @@ class ScanAssembler:
         if self._returns is None:
             self._returns = DistanceStore(self.store.path.with_name(self.store.path.name + "_returns"), self.shape)
         return self._returns
+
+    @property
+    def previews_store(self) -> DistanceStore:
+        """Preview projections as they were back-projected (a store beside the main one, keyed by
+        :meth:`AngleWork.preview_key`): a final takes its preview back from here instead of recomputing it.
+        Disposable: a preview not found is recomputed from its frame."""
+        if self._previews is None:
+            self._previews = DistanceStore(self.store.path.with_name(self.store.path.name + "_previews"), self.shape)
+        return self._previews
 
     # ------------------------------------------------------------------ distances
     @property
@@ -289,7 +322,7 @@ class ScanAssembler:
             log.warning("distance shifts at %.2f deg not measured: %s", work.theta_deg, exc)
             return
         finally:
-            work.frames = {}  # loaded again at dispatch: no pixels held in the queue
+            work.unload()  # loaded again at dispatch: no pixels held in the queue
         for n, z in enumerate(self.distance_keys):
             if n == geo.reference:
                 continue
@@ -339,6 +372,12 @@ class ScanAssembler:
                 yield AngleWork("preview", slot, s.preview_theta, geo,
                                 {keys.index(z): (z, self._dist[z].have[slot][1])},
                                 preview_shift_yx=s.preview_shift)
+
+    def drop_previews(self) -> None:
+        """Delete the kept previews (the stream is over: finals no longer replace them)."""
+        if self._previews is not None:
+            shutil.rmtree(self._previews.path, ignore_errors=True)
+            self._previews = None
 
     def shift_models(self) -> list[ShiftModel | None]:
         """Current shift model of each distance number (None for the reference and unmeasured ones)."""
