@@ -33,6 +33,7 @@ from xnh_stream.chain.final import ChainLayout, ChainResult, FinalChain, delta_b
 from xnh_stream.chain.report import JOURNAL_NAME, Completion, DistanceState, StreamProgress
 from xnh_stream.chain.scan import ScanIndex
 from xnh_stream.chain.steps import AngleProcessor, read_frame
+from xnh_stream.chain.warmup import compile_kernels
 from xnh_stream.config import ProcessConfig
 from xnh_stream.ingest.watch import FolderWatcher, QuarantineRecord
 from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN
@@ -834,6 +835,11 @@ class StreamDriver:
     # ------------------------------------------------------------------ the run
     def run(self) -> StreamResult:
         """Stream until the scan completes (or the timeout), then run the final pass."""
+        if self.config.compute.backend == "numpy":
+            took = compile_kernels()  # here once, before the actors exist, instead of in each of them at once
+            if took > 2.0:
+                log.info("compiled the CPU kernels in %.1f s (the first run after an install; later runs and "
+                         "the actors load them from numba's cache)", took)
         self._finished: set[str] = {r.frame_id for r in self.journal.iter_records() if r.state != RECEIVED}
         started = time.monotonic()
         completion = None

@@ -9,6 +9,9 @@ import pytest
 def ray_local():
     """An embedded Ray of this session's own, whatever RAY_ADDRESS or another Ray on the machine says."""
     ray = pytest.importorskip("ray")
+    from xnh_stream.chain.warmup import compile_kernels
+
+    compile_kernels()  # the kernels into numba's cache once, before the workers would each compile them
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
