@@ -56,7 +56,7 @@ LIVE_COLUMNS = 512
 
 #: The binned whole-volume running FSC is refreshed from this many angles on, each time the angles seen grew
 #: by this factor (it reads every slab; the full-resolution region and the slices are refreshed every time).
-BINNED_FSC_FIRST, BINNED_FSC_GROWTH = 16, 1.5
+BINNED_FSC_FIRST, BINNED_FSC_GROWTH = 16, 2.0
 
 #: An actor that dies is restarted this many times, then the stream fails loudly.
 MAX_RESTARTS = 3
@@ -764,8 +764,8 @@ class StreamDriver:
         if not self.shards or seen < 4:
             return None
         n_rows = self.assembler.shape[0] // self.live_binning
-        # The binned whole-volume FSC reads every slab: refreshed by angles received (each time half as many
-        # again came, and at the end), the full-resolution region and the slices every time.
+        # The binned whole-volume FSC reads every slab: refreshed by angles received (each time the angles doubled,
+        # and at the end: log-spaced points of resolution against angles), the full-resolution region and the slices every time.
         binned = status != "streaming" or seen >= max(BINNED_FSC_FIRST, BINNED_FSC_GROWTH * self._binned_fsc_angles)
         # The binned volume's central slices only when the full-resolution ones are not kept.
         refs = [s.views.remote(n_rows, self.config.stream.fsc_bin, self.config.stream.fsc_region_px, binned,

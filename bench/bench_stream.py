@@ -222,7 +222,7 @@ def main() -> None:
               f"({r['frames']} frames, {r['fps']:.1f} frames/s): "
               f"resident MiB (driver + Ray workers) first {rss[0]:.0f}, median {np.median(rss):.0f}, "
               f"last {rss[-1]:.0f}, max {rss.max():.0f}; live refresh {100 * r['refresh_share']:.1f} % of the "
-              f"shards' CPU")
+              f"shards' CPU (back-projection {r['shard_cpu']['add']:.1f} s, views {r['shard_cpu']['views']:.2f} s)")
     for n in () if a.memory_only else (512, 2048):
         move, proc = move_vs_process(n)
         print(f"{n}x{n} frame: moving it to an actor {move:.2f} ms vs Paganin preview {proc:.1f} ms "
