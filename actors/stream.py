@@ -86,7 +86,8 @@ class PhaseWorker:
             from xnh_stream.physics.xp import get_array_module  # noqa: PLC0415
 
             self._proc = AngleProcessor(geometry, self.shape, self.delta_beta, self.config,
-                                        xp=get_array_module(self.config.compute.backend))
+                                        xp=get_array_module(self.config.compute.backend),
+                                        pad=self.config.stream.phase_pad)
         return self._proc
 
     def prepare(self, geometry: Any) -> None:

@@ -1,5 +1,7 @@
 """Four-distance CTF phase retrieval per angle vs nabu's single-distance CTF per frame.
 
+Also times the live path's padding (``stream.phase_pad``, 1.25x) against the same 2x-padded retrieval.
+
 Run: ``python bench/bench_ctf.py`` (4 x 2048 x 2048 float32) or ``--small`` (4 x 512 x 512).
 Both sides pad to 2x (ours: next fast size >= 2n, mirror; nabu: "auto" = 2n, mirror), use
 real FFTs (nabu with ``use_rfft=True``) on all CPU threads; filters are built once and a
@@ -14,6 +16,7 @@ import time
 
 import numpy as np
 
+from xnh_stream.config import ProcessConfig
 from xnh_stream.physics.geometry import DistanceGeometry, ScanGeometry
 from xnh_stream.physics.phase import DEFAULT_ALPHA_HIGH, DEFAULT_ALPHA_LOW, CTFRetriever
 
@@ -45,6 +48,11 @@ def main() -> None:
     retr = CTFRetriever(geom, (n, n), delta_beta)
     retr(frames)  # warm-up (filter already cached by the constructor)
     ours_ms = _median_ms(lambda: retr(frames), repeats)
+    live = CTFRetriever(geom, (n, n), delta_beta, pad=ProcessConfig().stream.phase_pad)
+    live(frames)
+    live_ms = _median_ms(lambda: live(frames), repeats)
+    print(f"live padding (stream.phase_pad): {live_ms:.1f} ms per angle, padded FFT {live.shape_padded} "
+          f"({live_ms / ours_ms:.2f}x the 2x-padded {ours_ms:.1f} ms)")
 
     try:
         from nabu.preproc.ctf import CTFPhaseRetrieval, GeoPars

@@ -38,6 +38,8 @@ def test_config_names_bad_keys(tmp_path):
         ProcessConfig.from_mapping({"fbp_window": "hann"})  # the flat keys of earlier versions are named
     with pytest.raises(ConfigError, match="fbp.window"):
         ProcessConfig.from_mapping({"fbp": {"window": "boxcar"}})
+    with pytest.raises(ConfigError, match="stream.phase_pad"):
+        ProcessConfig.from_mapping({"stream": {"phase_pad": 0.5}})  # padding cannot crop
     with pytest.raises(ConfigError, match="alignment.enabled"):
         ProcessConfig.from_mapping({"alignment": {"enabled": "yes"}})
     f = tmp_path / "c.yaml"

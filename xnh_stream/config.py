@@ -271,6 +271,12 @@ class LiveOptions:
         read (every live refresh).
     bp_wait_s : float
         Longest wait of a projection in a batch.
+    phase_pad : float
+        FFT padding factor (>= 1, mirror values) of the live phase retrieval, CTF and Paganin previews; the
+        final pass pads 2x. At 2048^2 the CTF's FFTs take a third of the CPU at 1.25 (2560^2) that they take
+        at 2 (4096^2), with the same result inside the field and in its 32-pixel edge band on a sample wider
+        than the field (``bench/bench_ctf.py``); raise it for weakly absorbing samples at long distances,
+        whose Paganin kernel reaches further.
     """
 
     live_binning: int = 0
@@ -278,11 +284,12 @@ class LiveOptions:
     fsc_region_px: int = 64
     bp_batch: int = 8
     bp_wait_s: float = 1.0
+    phase_pad: float = 1.25
 
     def __post_init__(self) -> None:
         _check("stream", {"live_binning": self.live_binning >= 0, "fsc_bin": self.fsc_bin >= 1,
                           "fsc_region_px": self.fsc_region_px >= 8, "bp_batch": self.bp_batch >= 1,
-                          "bp_wait_s": self.bp_wait_s >= 0}, self)
+                          "bp_wait_s": self.bp_wait_s >= 0, "phase_pad": self.phase_pad >= 1}, self)
 
 
 @dataclass

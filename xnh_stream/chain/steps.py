@@ -53,6 +53,9 @@ class AngleProcessor:
         CTF regularisation.
     xp : module
         Array module.
+    pad : float
+        FFT padding factor of the CTF and of Paganin (mirror values; see
+        :func:`~xnh_stream.physics.phase.padded_shape`): 2 in the final pass, ``stream.phase_pad`` live.
 
     Attributes
     ----------
@@ -62,8 +65,9 @@ class AngleProcessor:
     """
 
     def __init__(self, geometry: ScanGeometry, frame_shape: tuple[int, int], delta_beta: float,
-                 config: ProcessConfig, xp: ModuleType = np) -> None:
+                 config: ProcessConfig, xp: ModuleType = np, pad: float = 2.0) -> None:
         self.geometry, self.shape, self.delta_beta, self.config, self.xp = geometry, frame_shape, delta_beta, config, xp
+        self.pad = float(pad)
         self.models: list[ShiftModel | None] = [None] * len(geometry.distances)
         # phase [rad] -> line integral of delta in voxel units: p = -phi / (k * voxel)
         self.scale = -1.0 / (2 * math.pi / geometry.distances[0].wavelength_m * geometry.voxel_m)
@@ -92,7 +96,8 @@ class AngleProcessor:
             db = self.contrast_delta_beta if two_material else self.delta_beta
             alpha_low = cfg.ctf.alpha_low * 2 * len(which) / db**2
             self._retrievers[key] = CTFRetriever(sub, self.shape, db, alpha_low=alpha_low,
-                                                 alpha_high=cfg.ctf.alpha_high, pixel_m=geo.voxel_m, xp=self.xp,
+                                                 alpha_high=cfg.ctf.alpha_high, pad=self.pad, pixel_m=geo.voxel_m,
+                                                 xp=self.xp,
                                                  envelope_delta_beta=self.delta_beta if two_material else None)
         return self._retrievers[key]
 
@@ -118,7 +123,7 @@ class AngleProcessor:
         d = self.geometry.distances[k]
         on_grid = self.aligned(k, image, theta_deg, shift)
         phi = retrieve_phase_paganin(on_grid, (d.propagation_distance_m, d.wavelength_m, self.geometry.voxel_m),
-                                     self.delta_beta, xp=self.xp)
+                                     self.delta_beta, pad=self.pad, xp=self.xp)
         return phi * self.scale
 
 @dataclass(frozen=True)
