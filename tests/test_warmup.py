@@ -82,3 +82,24 @@ def test_without_the_warm_up_the_same_steps_would_compile(tmp_path):
     out = _python(code, tmp_path / "empty-cache")
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == 1
+
+
+def test_preparing_the_ctf_builds_it_for_the_live_padding_and_changes_no_result():
+    """PhaseWorker.prepare runs the CTF once on blank frames when the last distance appears: the filter, FFT plans
+    and padding buffer then exist, and the first real angle comes out exactly as from a fresh processor."""
+    import numpy as np
+
+    from xnh_stream.chain.steps import AngleProcessor
+    from xnh_stream.chain.warmup import _tiny_geometry
+    from xnh_stream.config import ProcessConfig
+    from xnh_stream.physics.phase import padded_shape
+
+    n, geometry, config = 40, _tiny_geometry(), ProcessConfig()
+    rng = np.random.default_rng(2)
+    frames = {k: (1 + 0.05 * rng.standard_normal((n, n))).astype(np.float32) for k in range(4)}
+    prepared = AngleProcessor(geometry, (n, n), 100.0, config, pad=config.stream.phase_pad)
+    prepared.prepare_ctf()
+    (retriever,) = prepared._retrievers.values()
+    assert retriever.shape_padded == padded_shape((n, n), 1.25) != padded_shape((n, n), 2.0)
+    fresh = AngleProcessor(geometry, (n, n), 100.0, config, pad=config.stream.phase_pad)
+    np.testing.assert_array_equal(prepared.ctf(frames, 30.0), fresh.ctf(frames, 30.0))

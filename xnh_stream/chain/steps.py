@@ -102,9 +102,11 @@ class AngleProcessor:
         return self._retrievers[key]
 
     def prepare_ctf(self) -> None:
-        """Build the single-material CTF filter of all the distances now (2-3 s at 2048^2), so that the first
-        final projection does not wait for it."""
-        self._retriever(tuple(range(len(self.geometry.distances))), False)
+        """Build the single-material CTF filter of all the distances now and run it once on blank frames (the
+        FFT plans, padding buffer and resampling taps of this shape), so that the first final projections do
+        not wait for them."""
+        blank = self.xp.ones(self.shape, dtype=self.xp.float32)
+        self.ctf(dict.fromkeys(range(len(self.geometry.distances)), blank), 0.0)
 
     def ctf(self, images: Mapping[int, Any], theta_deg: float) -> Any:
         """Projection from the CTF of the distances present (``{distance index: flat-fielded frame}``)."""
