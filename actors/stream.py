@@ -17,6 +17,7 @@ they are dispatched, so memory stays bounded, after a restart too.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -60,6 +61,9 @@ BINNED_FSC_FIRST, BINNED_FSC_GROWTH = 16, 2.0
 
 #: An actor that dies is restarted this many times, then the stream fails loudly.
 MAX_RESTARTS = 3
+#: The live volume's shards run at this niceness: where the cores are contended, phase retrieval, the live slices
+#: and the driver (the path a frame takes to the slices) go first; the shards' batches catch up in the gaps.
+SHARD_NICENESS = 5
 #: A second thread per actor for ``incarnation()``: the driver asks every loop, and in the default group the
 #: question would wait behind the actor's queued work (stalling the driver's loop on a busy worker).
 CONTROL = {"concurrency_groups": {"control": 1}}
@@ -139,6 +143,7 @@ class ReconShard:
         self._changes = 0  # projections back-projected: views are recomputed only when it moved
         self.cpu_s = {"add": 0.0, "views": 0.0}  # process CPU seconds spent in each (the refresh cost)
         self._views: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # (what was asked, the views)
+        os.nice(SHARD_NICENESS)
 
     @ray.method(concurrency_group="control")
     def incarnation(self) -> str:
