@@ -9,7 +9,12 @@ Figures printed:
 * the cost of moving a frame between actors (put + actor call by reference) against processing it
   (Paganin preview of one frame), measured in the same run.
 
+* with ``--paced FPS``: 2048^2 frames landing at FPS frames/s (a frame lands when the detector wrote it, however
+  late the stream polls), the latency from an angle's last frame to its CTF projection in the full-resolution
+  live slices and every live shard (``--paced-angles`` per distance; the issue's target is p95 <= 1 s at 2).
+
 Usage: python bench/bench_stream.py [--small] [--long N_ANGLES] [--no-memory | --memory-only]
+       [--paced FPS [--only-paced] [--paced-angles N] [--in-flight N]]
 """
 
 from __future__ import annotations
