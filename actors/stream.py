@@ -95,7 +95,8 @@ class PhaseWorker:
         return self._proc
 
     def prepare(self, geometry: Any) -> None:
-        """Every distance is known: build the CTF filter now, before the first final work comes."""
+        """Every distance is known: build the CTF and run it once now (:meth:`AngleProcessor.prepare_ctf`),
+        before the first final work comes."""
         self._processor(geometry).prepare_ctf()
 
     def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
@@ -753,7 +754,7 @@ class StreamDriver:
                         self.monitor.add_frame(rec, pixels if wants else None)
                     except (ValueError, OSError) as exc:  # quality figures must not stop the reconstruction
                         log.error("quality monitor: frame %s not used: %s", rec.frame_id, exc)
-            if a.complete and not self._prepared:  # every distance known: CTF filters built before the finals
+            if a.complete and not self._prepared:  # every distance known: the CTF ready before the finals
                 self._prepared = True
                 for w in self.workers:
                     w.prepare.remote(a.geometry)
@@ -770,8 +771,9 @@ class StreamDriver:
         if not self.shards or seen < 4:
             return None
         n_rows = self.assembler.shape[0] // self.live_binning
-        # The binned whole-volume FSC reads every slab: refreshed by angles received (each time the angles doubled,
-        # and at the end: log-spaced points of resolution against angles), the full-resolution region and the slices every time.
+        # The binned whole-volume FSC reads every slab: refreshed by angles received (each time the angles
+        # doubled, and at the end: log-spaced points of resolution against angles); the full-resolution region
+        # and the slices every time.
         binned = status != "streaming" or seen >= max(BINNED_FSC_FIRST, BINNED_FSC_GROWTH * self._binned_fsc_angles)
         # The binned volume's central slices only when the full-resolution ones are not kept.
         refs = [s.views.remote(n_rows, self.config.stream.fsc_bin, self.config.stream.fsc_region_px, binned,

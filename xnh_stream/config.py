@@ -274,8 +274,8 @@ class LiveOptions:
     phase_pad : float
         FFT padding factor (>= 1, mirror values) of the live phase retrieval, CTF and Paganin previews; the
         final pass pads 2x. At 2048^2 the CTF's FFTs take a third of the CPU at 1.25 (2560^2) that they take
-        at 2 (4096^2), with the same result inside the field and in its 32-pixel edge band on a sample wider
-        than the field (``bench/bench_ctf.py``); raise it for weakly absorbing samples at long distances,
+        at 2 (4096^2), with the same result inside the field and in its edge band on a sample wider than the
+        field (``bench/bench_ctf.py``, ``tests/test_phase.py``); raise it for weakly absorbing samples at long distances,
         whose Paganin kernel reaches further.
     """
 

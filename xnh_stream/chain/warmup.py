@@ -11,7 +11,6 @@ come out of the object store included) and the actors load them (milliseconds) i
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
@@ -19,8 +18,6 @@ import numpy as np
 
 from ..config import ProcessConfig
 from ..physics.geometry import DistanceGeometry, ScanGeometry
-
-log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
 _DONE = False
