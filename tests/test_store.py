@@ -117,7 +117,7 @@ def test_complete_angles_sequential_interleaved_and_jittered(tmp_path):
 def test_pairs_the_same_frames_as_the_batch_chain(tmp_path):
     """The store and ``process_scan`` (the final chain's pairing step on NXtomo files) pair the same angles."""
     rng = np.random.default_rng(2)
-    shape = (4, 6)
+    shape = (8, 8)  # the reader refuses frames under 8 px a side (nxtomo.MIN_FRAME_PX)
     sets, _ = angle_sets(rng, n=20, step=9.0, jitter=1.5)
     z1 = [0.0388, 0.0398, 0.0428, 0.0488]  # ID16A-like, most magnified first
     for k in range(4):

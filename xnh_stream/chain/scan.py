@@ -9,16 +9,25 @@ metadata everywhere.
 
 Distances are numbered by increasing ``z1`` (:attr:`ScanIndex.distances`); the reference, whose effective
 pixel is the voxel, is the most magnified one (:attr:`ScanGeometry.reference
-<xnh_stream.physics.geometry.ScanGeometry.reference>`). A distance whose frame shape or energy disagrees
-with the reference distance is set aside as a whole, with the reason (:attr:`ScanIndex.rejected`).
+<xnh_stream.physics.geometry.ScanGeometry.reference>`).
+
+Which distances make the scan is decided by majority (:func:`trusted_distances`), never by which distance
+came first or is the most magnified: the distances that agree on frame shape, photon energy and detector
+pixel are trusted when they outnumber every other such group; a distance that disagrees with them, or whose
+effective pixel is implausible next to theirs (more than :data:`MAX_PIXEL_RATIO` times apart: a z1 or z2
+in the wrong unit), is set aside as a whole with the reason (:attr:`ScanIndex.rejected`; its frames are
+counted as quarantined). When no group outnumbers the others (two distances against two) the scan is refused
+with an :class:`~xnh_stream.io.nxtomo.InputError` naming the files of each group: guessing could make a
+volume of the wrong distances.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..ingest.watch import FolderWatcher, QuarantineRecord, WatchCounters
 from ..io.nxtomo import DARK, FLAT, INVALID, PROJECTION, RETURN, InputError
@@ -99,7 +108,8 @@ class ScanIndex:
     distances : list of DistanceIndex
         Usable distances, by increasing ``z1``.
     rejected : list of RejectedDistance
-        Distances set aside (frame shape or energy differs from the reference distance's).
+        Distances set aside: they disagree with the majority of the distances (frame shape, energy, detector
+        pixel) or their geometry is implausible (:func:`trusted_distances`).
     rejected_files : list of QuarantineRecord
         Files the reader could not use (truncated, bad metadata), with the reason.
     counters : WatchCounters
@@ -144,22 +154,8 @@ class ScanIndex:
         distances = sorted(by_key.values(), key=lambda d: d.geometry.z1_m)
         for d in distances:
             d.sort()
-        # The reference (most magnified) sets the frame shape; a distance that disagrees cannot be combined.
-        ref = ScanGeometry(tuple(d.geometry for d in distances)).reference if _one_energy(distances) else 0
-        first = distances[ref]
-        kept: list[DistanceIndex] = []
-        rejected: list[RejectedDistance] = []
-        for d in distances:
-            reason = None
-            if d.frame_shape != first.frame_shape:
-                reason = f"frame shape {d.frame_shape} differs from distance {first.name}'s {first.frame_shape}"
-            elif abs(d.geometry.energy_kev - first.geometry.energy_kev) > 1e-6 * first.geometry.energy_kev:
-                reason = f"energy {d.geometry.energy_kev} keV differs from distance {first.name}'s " \
-                         f"{first.geometry.energy_kev} keV"
-            if reason is None:
-                kept.append(d)
-            else:
-                rejected.append(RejectedDistance(d.key, d.name, reason, d.frames))
+        kept, reasons = trusted_distances(folder, distances)
+        rejected = [RejectedDistance(d.key, d.name, reasons[d.key], d.frames) for d in distances if d.key in reasons]
         return cls(folder, kept, rejected, rejected_files, counters or WatchCounters(), list(duplicates))
 
     @classmethod
@@ -184,7 +180,9 @@ class ScanIndex:
             raise InputError(folder, "is not a folder (a scan is a folder with one NXtomo file, one NXtomo chunk "
                              "folder or one EDF folder per distance)")
         # stall_s: in a finished folder, a file still incomplete now will stay so (truncated, writer died)
-        with FolderWatcher(folder, use_inotify=False, settle_s=settle_s, stall_s=settle_s) as watcher:
+        # one_energy=False: the distances' energies are compared here, by majority, not against the first file
+        with FolderWatcher(folder, use_inotify=False, settle_s=settle_s, stall_s=settle_s,
+                           one_energy=False) as watcher:
             records = watcher.poll()
             return cls.from_records(folder, records, watcher.quarantined, watcher.counters,
                                     watcher.drain_duplicates())
@@ -216,5 +214,105 @@ class ScanIndex:
         return len(self.frames) + sum(len(r.frames) for r in self.rejected) + len(self.duplicates)
 
 
-def _one_energy(distances: list[DistanceIndex]) -> bool:
-    return len(Counter(round(d.geometry.energy_kev, 6) for d in distances)) == 1
+#: Largest ratio between a distance's effective pixel (``p / M``) and the median of the scan's other trusted
+#: distances: the distances of an XNH scan differ by tens of percent (ID16A: 1.3 times from the first to the
+#: fourth); a factor of 4 or more is a z1 or z2 read in the wrong unit, not a distance.
+MAX_PIXEL_RATIO = 4.0
+#: Relative tolerance on the energy and the detector pixel of two distances that agree.
+_REL_TOL = 1e-6
+
+
+def _agree(a: DistanceIndex, b: DistanceIndex) -> bool:
+    ga, gb = a.geometry, b.geometry
+    return (a.frame_shape == b.frame_shape
+            and abs(ga.energy_kev - gb.energy_kev) <= _REL_TOL * gb.energy_kev
+            and abs(ga.pixel_m - gb.pixel_m) <= _REL_TOL * gb.pixel_m)
+
+
+def _describe(d: DistanceIndex) -> str:
+    g = d.geometry
+    return f"frames {d.frame_shape[0]} x {d.frame_shape[1]}, {g.energy_kev:g} keV, detector pixel {g.pixel_m:.4g} m"
+
+
+def _files(d: DistanceIndex, at_most: int = 2) -> str:
+    paths = sorted({r.path for r in d.frames})
+    shown = ", ".join(paths[:at_most])
+    return shown + (f" and {len(paths) - at_most} more files" if len(paths) > at_most else "")
+
+
+def _difference(d: DistanceIndex, ref: DistanceIndex) -> str:
+    """What of ``d`` differs from ``ref`` (a distance of the trusted group), in words."""
+    g, r = d.geometry, ref.geometry
+    parts = []
+    if d.frame_shape != ref.frame_shape:
+        parts.append(f"frame shape {d.frame_shape} instead of the {ref.frame_shape}")
+    if abs(g.energy_kev - r.energy_kev) > _REL_TOL * r.energy_kev:
+        parts.append(f"energy {g.energy_kev:g} keV instead of the {r.energy_kev:g} keV")
+    if abs(g.pixel_m - r.pixel_m) > _REL_TOL * r.pixel_m:
+        parts.append(f"detector pixel {g.pixel_m:.4g} m instead of the {r.pixel_m:.4g} m")
+    return ", ".join(parts)
+
+
+def trusted_distances(folder: Path, distances: list[DistanceIndex]) -> tuple[list[DistanceIndex], dict[float, str]]:
+    """The distances that make the scan, by majority, and why each other one is set aside.
+
+    The distances are grouped by what must be the same for all of them (frame shape, photon energy,
+    detector pixel). The largest group is trusted when it outnumbers every other group (a lone distance is
+    trusted); a distance outside it is set aside with what differs. Among the trusted distances (three or
+    more), one whose effective pixel is more than :data:`MAX_PIXEL_RATIO` times from the median of the
+    others is set aside as implausible (a z1 or z2 in the wrong unit).
+
+    Parameters
+    ----------
+    folder : Path
+        The scan folder (named by the error).
+    distances : list of DistanceIndex
+        Every distance found, by increasing z1.
+
+    Returns
+    -------
+    kept : list of DistanceIndex
+        The trusted distances, in the order given.
+    reasons : dict
+        Distance key -> why that distance is set aside.
+
+    Raises
+    ------
+    InputError
+        When no group outnumbers the others (e.g. two distances against two): naming each group's
+        distances and files.
+    """
+    groups: list[list[DistanceIndex]] = []
+    for d in distances:
+        for g in groups:
+            if _agree(d, g[0]):
+                g.append(d)
+                break
+        else:
+            groups.append([d])
+    groups.sort(key=len, reverse=True)
+    if len(groups) > 1 and len(groups[0]) == len(groups[1]):
+        tied = [g for g in groups if len(g) == len(groups[0])]
+        detail = "; ".join(f"{', '.join(d.name for d in g)} ({_describe(g[0])}: "
+                           f"{'; '.join(_files(d) for d in g)})" for g in tied)
+        raise InputError(folder, f"its distances disagree and no group of them is a majority, so which ones "
+                         f"belong to the scan cannot be told: {detail}. Remove or fix the files of the wrong "
+                         "distances")
+    trusted = groups[0]
+    reasons: dict[float, str] = {}
+    names = ", ".join(d.name for d in trusted)
+    for g in groups[1:]:
+        for d in g:
+            reasons[d.key] = (f"{_difference(d, trusted[0])} of the {len(trusted)} other "
+                              f"distance{'s' if len(trusted) > 1 else ''} ({names})")
+    if len(trusted) >= 3:
+        pixels = np.array([d.geometry.effective_pixel_m for d in trusted])
+        for i, d in enumerate(trusted):
+            others = float(np.median(np.delete(pixels, i)))
+            ratio = pixels[i] / others
+            if ratio > MAX_PIXEL_RATIO or ratio < 1 / MAX_PIXEL_RATIO:
+                g = d.geometry
+                reasons[d.key] = (f"implausible geometry: z1 {g.z1_m:.4g} m and z2 {g.z2_m:.4g} m give an effective "
+                                  f"pixel of {pixels[i]:.3g} m against {others:.3g} m for the other distances "
+                                  f"(a factor {max(ratio, 1 / ratio):.1f}); check the units of z1 and z2")
+    return [d for d in distances if d.key not in reasons], reasons

@@ -192,6 +192,10 @@ class FolderWatcher:
         Quarantine a file that is still incomplete after being unchanged this long (a writer that died, a
         file truncated inside a frame). ``None`` (default): such a file waits, listed by
         :meth:`pending_files` and counted in ``incomplete_pending`` (an acquisition can pause for minutes).
+    one_energy : bool
+        Quarantine a file whose energy differs from the first file's (the live stream, which combines the
+        distances as they come). ``False`` leaves the comparison across distances to the caller
+        (:class:`~xnh_stream.chain.scan.ScanIndex` decides by majority which distances belong to the scan).
 
     Examples
     --------
@@ -203,7 +207,7 @@ class FolderWatcher:
 
     def __init__(self, root: str | Path, poll_interval_s: float = 1.0, use_inotify: bool = True,
                  known_frame_ids: Iterable[str] | None = None, settle_s: float = 2.0,
-                 stall_s: float | None = None) -> None:
+                 stall_s: float | None = None, one_energy: bool = True) -> None:
         self.root = Path(root).absolute()
         if not self.root.is_dir():
             raise InputError(self.root, "is not a folder to watch")
@@ -218,6 +222,7 @@ class FolderWatcher:
         self._signatures: dict[str, Path] = {}
         self._distances: dict[float, _Distance] = {}
         self._energy: tuple[float, Path] | None = None
+        self._one_energy = bool(one_energy)
         self._edf: dict[Path, EdfFolder] = {}
         self._edf_poll: dict[Path, int] = {}
         self._poll_id = 0
@@ -534,7 +539,7 @@ class FolderWatcher:
         g = view.geometry
         if self._energy is None:
             self._energy = (g.energy_kev, view.path)
-        elif abs(g.energy_kev - self._energy[0]) > 1e-6 * self._energy[0]:
+        elif self._one_energy and abs(g.energy_kev - self._energy[0]) > 1e-6 * self._energy[0]:
             return InputError(view.path, f"energy {g.energy_kev} keV differs from {self._energy[1].name}'s "
                               f"{self._energy[0]} keV", FIELDS["energy"] if view.layout == "nxtomo" else "Energy")
         d = self._distances.get(view.distance_key)

@@ -245,9 +245,27 @@ def _find_entry(path: Path, f: h5py.File, entry: str | None) -> str:
         return entry
     candidates = [k for k, g in f.items() if isinstance(g, h5py.Group) and FIELDS["data"] in g]
     if not candidates:
+        # An NXtomo entry without frames is a broken distance file (set aside, counted and reported), not a
+        # file that holds no scan (a truth or master file, ignored).
+        broken = [k for k, g in f.items() if isinstance(g, h5py.Group) and _is_nxtomo_entry(g)]
+        if broken:
+            raise InputError(path, f"required field is missing: NXtomo entry {broken[0]!r} has no frames",
+                             FIELDS["data"])
         raise InputError(path, f"{NOT_NXTOMO} with {FIELDS['data']} (top-level groups: {sorted(f.keys())})")
     tomo = [k for k in candidates if _text(f[k], "definition") == "NXtomo"]
     return sorted(tomo or candidates)[0]
+
+
+def _is_nxtomo_entry(group: h5py.Group) -> bool:
+    """Whether a group says it is an NXtomo entry: ``definition`` NXtomo (dataset or attribute), or it holds
+    ``instrument/detector``."""
+    try:
+        definition = _text(group, "definition") if isinstance(group.get("definition"), h5py.Dataset) else None
+    except (TypeError, ValueError, OSError):
+        definition = None
+    attr = group.attrs.get("definition")
+    attr = attr.decode() if isinstance(attr, bytes) else attr
+    return "NXtomo" in (definition, attr) or isinstance(group.get(DETECTOR), h5py.Group)
 
 
 @dataclass
@@ -691,6 +709,21 @@ def raw_problem(raw: np.ndarray) -> str | None:
     n_max = int(np.count_nonzero(raw == info.max))
     if n_max > SATURATED_FRACTION * raw.size:
         return f"saturated: {100 * n_max / raw.size:.1f} % of the pixels at {info.max}, the largest {raw.dtype} count"
+    return None
+
+
+#: Frames with fewer pixels than this on a side cannot be used: the distances' registration, the phase retrieval
+#: and the reconstruction's quality figures (FSC, edge fit) need a few pixels of margin on every side.
+MIN_FRAME_PX = 8
+
+
+def shape_problem(shape: Sequence[int]) -> str | None:
+    """Why frames of ``shape`` (``(ny, nx)``) cannot make a scan, or ``None``: fewer than :data:`MIN_FRAME_PX`
+    pixels on a side."""
+    ny, nx = (int(v) for v in shape)
+    if min(ny, nx) < MIN_FRAME_PX:
+        return (f"frames of {ny} x {nx} px: fewer than {MIN_FRAME_PX} px on a side cannot be registered, "
+                "phase-retrieved or reconstructed")
     return None
 
 

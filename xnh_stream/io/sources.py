@@ -93,6 +93,7 @@ from .nxtomo import (
     read_geometry,
     read_nxtomo,
     scale_field,
+    shape_problem,
 )
 
 #: Entry attributes of NXtomo chunk files (all optional).
@@ -364,6 +365,11 @@ def inspect_nxtomo(path: str | Path, root: str | Path | None = None, signature: 
             raise InputError(path, f"must be 3-D [n, ny, nx], has shape {data.shape}", FIELDS["data"])
         n_data = int(data.shape[0])
         end_time = _text(e, "end_time")
+        problem = shape_problem(data.shape[1:])
+        if problem:
+            raise InputError(path, problem, FIELDS["data"])
+        if n_data == 0 and end_time is not None:
+            raise InputError(path, "holds no frame, yet the file is finished (end_time)", FIELDS["data"])
         attrs = dict(e.attrs)
         expected = _int_attr(attrs.get(EXPECTED_FRAMES_ATTR))
         offset = float(attrs.get(FRAME_OFFSET_ATTR, 0) or 0)
@@ -860,6 +866,8 @@ def inspect_edf(path: str | Path, root: str | Path | None = None, folder: EdfFol
         except (KeyError, ValueError) as exc:
             raise InputError(path, f"EDF header lacks Dim_1 / Dim_2: {exc}", "Dim_1") from exc
     shape = info.frame_shape or (shapes[0] if shapes else None)
+    if shape is not None and (problem := shape_problem(shape)):
+        raise InputError(path, problem, "Dim_1")
     for i, s in enumerate(shapes):
         if s != shape:
             raise InputError(path, f"frame {i} has shape {s}, the acquisition's is {shape} "
