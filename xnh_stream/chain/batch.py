@@ -19,7 +19,7 @@ from .scan import ScanIndex
 def process_scan(folder: str | Path, out: str | Path | None = None, config: ProcessConfig | None = None,
                  progress: Callable[[int, int, str], None] | None = None, monitor: Any = None,
                  executor: Executor | None = None, layout: ChainLayout | None = None,
-                 index: ScanIndex | None = None) -> ChainResult:
+                 index: ScanIndex | None = None, replace: bool = False) -> ChainResult:
     """Process a finished multi-distance scan folder.
 
     Parameters
@@ -41,6 +41,9 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
         How the work is cut into tasks.
     index : ScanIndex, optional
         The scan's frames when the caller has them (the live stream); else the folder is read.
+    replace : bool
+        Replace the outputs of another run found in ``out`` (``--overwrite``); without it they are refused.
+        Outputs of this very run (same frames and options) are checked and kept: nothing is recomputed.
 
     Returns
     -------
@@ -49,8 +52,10 @@ def process_scan(folder: str | Path, out: str | Path | None = None, config: Proc
     Raises
     ------
     InputError
-        When the folder holds no usable scan.
+        When the folder holds no usable scan, or ``out`` holds outputs it may not replace (see
+        :meth:`FinalChain.run`).
     """
     config = config or ProcessConfig()
     index = index or ScanIndex.read(folder)
-    return FinalChain(index, out, config, executor=executor, layout=layout, progress=progress, monitor=monitor).run()
+    return FinalChain(index, out, config, executor=executor, layout=layout, progress=progress, monitor=monitor,
+                      replace=replace).run()

@@ -27,9 +27,12 @@ report          ``report.json``                                           (here)
 
 No process holds the volume or all projections: a phase task holds the frames of one angle, a slab task
 the two half-volumes of its rows (``slab_rows`` rows, chosen so they stay within ``task_memory_bytes``). The
-work folder (:class:`~xnh_stream.state.work.WorkFolder`, ``OUT/work``) records each finished unit, so a
-run killed at any point resumes where it stopped; the finished volume is moved to ``OUT/volume.ome.zarr``
-and the report is written last (a report that exists means the outputs are complete).
+work folder (:class:`~xnh_stream.state.work.WorkFolder`, ``OUT/work``) records each finished unit with the
+CRC-32 of what it wrote, so a run killed at any point resumes where it stopped, and a unit whose data no
+longer match (a deleted or damaged chunk) is redone, never read. Before anything is published the volume is
+checked (finite, not constant, within the range of its projections); then it is published by renames in an
+order that a kill at any instant cannot turn into a wrong volume (:mod:`~xnh_stream.chain.publish`): the
+report comes last and records the checksums, so a report that exists describes the volume beside it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -61,11 +63,13 @@ from ..physics.phase import retrieve_phase_paganin
 from ..physics.xp import bin_2d, binning_for, get_array_module, to_numpy
 from ..state.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal
 from ..state.journal import FrameRecord as JournalEntry
+from ..state.lock import OutputLock
 from ..state.projections import ProjectionStore
-from ..state.work import WorkFolder
+from ..state.work import DamagedWork, WorkFolder, crash_point, crc32
 from .angles import AngleTable
 from .calibration import Calibration
 from .executor import Executor, SerialExecutor
+from .publish import VolumeStats, check_volume, damaged_units, describe_damage, publish, region_crc_task, stage
 from .report import (
     JOURNAL_NAME,
     REPORT_NAME,
@@ -77,6 +81,7 @@ from .report import (
     Resolution,
     RotationAxis,
     ScanReport,
+    VolumeRecord,
 )
 from .scan import DistanceIndex, ScanIndex
 from .steps import PhaseSetup, processor_for, read_frame
@@ -143,6 +148,8 @@ class ChainResult:
     report: ScanReport
     out: Path | None
     volume_path: Path
+    #: The outputs were already complete (checked against their report): nothing was recomputed.
+    already_complete: bool = False
 
     @property
     def volume(self) -> np.ndarray:
@@ -235,28 +242,43 @@ class SurveyJob:
 
 
 def survey_task(batch: list[tuple[int, float, FrameRecord]], calibration: Calibration, geometry: Any,
-                delta_beta: float, config: ProcessConfig, job: SurveyJob) -> tuple[list[int], Outcome]:
+                delta_beta: float, config: ProcessConfig, job: SurveyJob) -> tuple[list[int], Outcome, list[int]]:
     """One pass over reference-distance frames: binned Paganin projections in binned-voxel units (the
-    envelope) and the chosen rows of the flat-fielded frame (the rotation axis); returns the slots written."""
+    envelope) and the chosen rows of the flat-fielded frame (the rotation axis); returns the slots written,
+    the frames set aside and per slot the CRC-32 of what it wrote (rows, then binned projection)."""
     xp = get_array_module(config.compute.backend)
     d = geometry.distances[geometry.reference]
     scale = -1.0 / (2 * np.pi / d.wavelength_m * d.effective_pixel_m)  # phase -> line integral, voxel units
     b = job.binning
     outcome = Outcome()
-    slots = []
+    slots, crcs = [], []
     for slot, _, rec in batch:
         img = _corrected(rec, calibration, outcome, xp)
         if img is None:
             continue
+        crc = 0
         if job.row_store is not None:
-            job.row_store.write(slot, to_numpy(img[list(job.rows)]))
+            crc = job.row_store.write(slot, to_numpy(img[list(job.rows)]))
         if job.binned is not None:
             binned = bin_2d(img, b)
             phi = retrieve_phase_paganin(binned, (d.propagation_distance_m, d.wavelength_m, d.effective_pixel_m * b),
                                          delta_beta, xp=xp)
-            job.binned.write(slot, to_numpy(phi * (scale / b)))
+            crc = job.binned.write(slot, to_numpy(phi * (scale / b)), crc)
         slots.append(slot)
-    return slots, outcome
+        crcs.append(crc)
+    return slots, outcome, crcs
+
+
+def survey_crcs_task(slots: list[int], job: SurveyJob) -> list[int | None]:
+    """Per slot the CRC-32 of what the survey stores hold now (as :func:`survey_task` computed it)."""
+    out: list[int | None] = []
+    for slot in slots:
+        crc: int | None = 0
+        for store in (job.row_store, job.binned):
+            if store is not None and crc is not None:
+                crc = store.crc(slot, crc)
+        out.append(crc)
+    return out
 
 
 def envelope_task(slots: list[int], store: ProjectionStore, thetas_deg: np.ndarray, frame_shape: tuple[int, int],
@@ -275,15 +297,23 @@ def envelope_task(slots: list[int], store: ProjectionStore, thetas_deg: np.ndarr
     return envelope_from_volume(to_numpy(acc.volume()), binning, frame_shape, cor, xp=xp)
 
 
-def phase_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
-               calibrations: list[Calibration], store: ProjectionStore) -> tuple[list[int], Outcome]:
-    """Phase-retrieved projections of a batch of angles, written to the projection store.
+@dataclass
+class PhaseBatch:
+    """What a phase task wrote: the slots (an angle with no usable frame at any distance has none), the
+    CRC-32 of each slot's projection, their largest |value|, and the frames set aside."""
 
-    Returns the slots written (an angle with no usable frame at any distance is not) and the frames set aside.
-    """
+    written: list[int]
+    crc: list[int]
+    absmax: float
+    outcome: Outcome
+
+
+def phase_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
+               calibrations: list[Calibration], store: ProjectionStore) -> PhaseBatch:
+    """Phase-retrieved projections of a batch of angles, written to the projection store."""
     proc = processor_for(setup)
     outcome = Outcome()
-    written = []
+    written, crcs, absmax = [], [], 0.0
     for slot, theta, frames in batch:
         images = {}
         for k, rec in frames.items():
@@ -292,9 +322,16 @@ def phase_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], setup: Ph
                 images[k] = img
         if not images:
             continue
-        store.write(slot, to_numpy(proc.ctf(images, theta)))
+        projection = to_numpy(proc.ctf(images, theta))
+        crcs.append(store.write(slot, projection))
+        absmax = max(absmax, float(np.max(np.abs(projection))))
         written.append(slot)
-    return written, outcome
+    return PhaseBatch(written, crcs, absmax, outcome)
+
+
+def projection_crcs_task(slots: list[int], store: ProjectionStore) -> list[int | None]:
+    """Per slot the CRC-32 of the projection the store holds now (None: unreadable)."""
+    return [store.crc(slot) for slot in slots]
 
 
 @dataclass(frozen=True)
@@ -315,7 +352,28 @@ class SlabJob:
     angles_per_read: int = 64
 
 
-def slab_task(job: SlabJob, store: ProjectionStore) -> int:
+@dataclass
+class SlabOutput:
+    """What a slab task wrote: the CRC-32 of its rows of level 0 and of its parts of the FSC boxes' halves,
+    and the statistics of its voxels (the volume's plausibility check)."""
+
+    r0: int
+    crc: int
+    halves_crc: int
+    stats: VolumeStats
+
+
+def _halves_parts(job: SlabJob) -> list[tuple[int, int, int]]:
+    """The boxes a slab cuts: ``(box, first plane in the box, last plane + 1)``."""
+    parts = []
+    for i, (z0, z1, _, _, _, _) in enumerate(job.boxes):
+        a, b = max(z0, job.r0), min(z1, job.r1)
+        if a < b:
+            parts.append((i, a, b))
+    return parts
+
+
+def slab_task(job: SlabJob, store: ProjectionStore) -> SlabOutput:
     """Back-project every projection's rows ``r0:r1``; write the slab into level 0 and the FSC boxes' halves."""
     import zarr  # noqa: PLC0415
 
@@ -328,20 +386,40 @@ def slab_task(job: SlabJob, store: ProjectionStore) -> int:
         acc.add_many(block, job.thetas_rad[a:a + part.size], indices=part)
         del block
     level0, _ = open_volume(job.volume_path, 0, mode="r+")
-    level0[job.r0:job.r1] = acc.volume()
+    slab = np.asarray(to_numpy(acc.volume()), dtype=np.float32)
+    level0[job.r0:job.r1] = slab
+    halves_crc = 0
     if job.boxes:
         group = zarr.open_group(job.halves_path, mode="r+")
-        for i, (z0, z1, y0, y1, x0, x1) in enumerate(job.boxes):
-            a, b = max(z0, job.r0), min(z1, job.r1)
-            if a >= b:
-                continue
-            halves = acc.half_volumes((slice(a - job.r0, b - job.r0), slice(y0, y1), slice(x0, x1)))
-            group[f"box{i}"][:, a - z0:b - z0] = np.stack(halves)
-    return job.r0
+        for i, a, b in _halves_parts(job):
+            z0, _, y0, y1, x0, x1 = job.boxes[i]
+            halves = np.stack([to_numpy(h) for h in acc.half_volumes((slice(a - job.r0, b - job.r0), slice(y0, y1),
+                                                                      slice(x0, x1)))])
+            group[f"box{i}"][:, a - z0:b - z0] = halves
+            halves_crc = crc32(halves, halves_crc)
+    return SlabOutput(job.r0, crc32(slab), halves_crc, VolumeStats.of(slab))
 
 
-def pyramid_task(job: tuple[str, int, int, int]) -> int:
-    """Level ``level`` rows ``r0:r1`` as the 2x2x2 block mean of level ``level - 1``."""
+def slab_crcs_task(job: SlabJob) -> tuple[int | None, int | None]:
+    """The CRC-32s of a slab's rows of level 0 and of its parts of the halves as read now (None: unreadable)."""
+    import zarr  # noqa: PLC0415
+
+    crc = region_crc_task((str(Path(job.volume_path) / "s0"), job.r0, job.r1))
+    halves_crc: int | None = 0
+    try:
+        group = zarr.open_group(job.halves_path, mode="r") if job.boxes else None
+        for i, a, b in _halves_parts(job):
+            z0 = job.boxes[i][0]
+            halves_crc = crc32(np.asarray(group[f"box{i}"][:, a - z0:b - z0]), halves_crc)  # type: ignore[index]
+    except Exception as exc:  # noqa: BLE001 - damaged halves: the slab is redone
+        log.warning("FSC halves of rows %d:%d unreadable: %s", job.r0, job.r1, exc)
+        halves_crc = None
+    return crc, halves_crc
+
+
+def pyramid_task(job: tuple[str, int, int, int]) -> tuple[int, int]:
+    """Level ``level`` rows ``r0:r1`` as the 2x2x2 block mean of level ``level - 1``; returns ``r0`` and the
+    CRC-32 of what it wrote."""
     path, level, r0, r1 = job
     src, _ = open_volume(path, level - 1)
     dst, _ = open_volume(path, level, mode="r+")
@@ -353,7 +431,7 @@ def pyramid_task(job: tuple[str, int, int, int]) -> int:
         block = np.asarray(src[2 * a:2 * b, :2 * ny, :2 * nx], dtype=np.float32)
         out[a - r0:b - r0] = block.reshape(b - a, 2, ny, 2, nx, 2).mean(axis=(1, 3, 5))
     dst[r0:r1] = out  # whole chunks: no other task writes them
-    return r0
+    return r0, crc32(out)
 
 
 @dataclass
@@ -413,12 +491,17 @@ class FinalChain:
     monitor : QualityMonitor, optional
         A monitor already fed with every frame (the live stream's); without one, the final pass feeds its
         own from the files.
+    replace : bool
+        Replace the outputs of another run found in ``out`` (``--overwrite``; the live stream, whose
+        command checked its output folder); without it they are refused.
     """
 
     def __init__(self, index: ScanIndex, out: str | Path | None, config: ProcessConfig,
                  executor: Executor | None = None, layout: ChainLayout | None = None,
-                 progress: Callable[[int, int, str], None] | None = None, monitor: Any = None) -> None:
+                 progress: Callable[[int, int, str], None] | None = None, monitor: Any = None,
+                 replace: bool = False) -> None:
         self.index, self.config = index, config
+        self.replace = replace
         self.out = Path(out) if out is not None else None
         self.executor = executor or SerialExecutor()
         self.layout = layout or ChainLayout()
@@ -429,8 +512,7 @@ class FinalChain:
         self.surveyed: list[int] = []  # slots the survey of the reference distance covered
         self.quarantine: dict[str, QuarantinedFrame] = {}
         self.timing: dict[str, float] = {}
-        base = self.out if self.out is not None else Path(tempfile.mkdtemp(prefix="xnh-final-"))
-        self.work = WorkFolder(base / "work", self._spec())
+        self._work: WorkFolder | None = None  # opened by run(), under the output folder's lock
         geo = index.geometry
         self.geometry = geo
         self.K = len(geo.distances)
@@ -440,6 +522,14 @@ class FinalChain:
                                                              geo.energy_kev)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def work(self) -> WorkFolder:
+        """The work folder (``OUT/work``, or a temporary folder without ``out``), opened on first use."""
+        if self._work is None:
+            base = self.out if self.out is not None else Path(tempfile.mkdtemp(prefix="xnh-final-"))
+            self._work = WorkFolder(base / "work", self._spec())
+        return self._work
+
     def _spec(self) -> dict[str, Any]:
         h = hashlib.sha1()
         for rec in sorted(self.index.frames, key=lambda r: r.frame_id):
@@ -463,9 +553,13 @@ class FinalChain:
             log.warning("quarantined %s: %s", fid, reason)
 
     def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
-        """A driver-side step's result, from the work folder when a previous run finished it."""
+        """A driver-side step's result, from the work folder when a previous run finished it (and its
+        checksum holds; a damaged one is computed again)."""
         if self.work.has(name):
-            return self.work.load(name)
+            try:
+                return self.work.load(name)
+            except DamagedWork as exc:
+                log.warning("%s: computing it again", exc)
         t0 = time.perf_counter()
         steps = set(self.timing)
         value = compute()
@@ -623,12 +717,28 @@ class FinalChain:
             size = max(self.layout.angle_batch, math.ceil(len(items) / max(1, 4 * self.executor.parallelism)))
             parts = self._map("survey", survey_task, _batches(items, size), self.executor.share(cals[self.ref]),
                               self.geometry, self.delta_beta, self.config, job)
-            for _, o in parts:
+            for _, o, _ in parts:
                 self._note(o, "survey")
-            return sorted(s for w, _ in parts for s in w)
+            return sorted((s, c) for w, _, crcs in parts for s, c in zip(w, crcs))
 
-        self.surveyed = self._cached("survey", compute)
+        if self.work.resumed and self.work.has("survey") and not (self.work.has("rotation_axis")
+                                                                   and self.work.has("envelope")):
+            self._check_survey(job)  # its stores are still to be read: a damaged one is surveyed again
+        surveyed = self._cached("survey", compute)
+        self.surveyed = [s for s, _ in surveyed]
         return job
+
+    def _check_survey(self, job: SurveyJob) -> None:
+        try:
+            want = dict(self.work.load("survey"))
+        except DamagedWork:
+            return  # computed again by _cached
+        slots = sorted(want)
+        parts = _batches(slots, max(1, math.ceil(len(slots) / max(1, 4 * self.executor.parallelism))))
+        got = [c for part in self._map("check survey", survey_crcs_task, parts, job) for c in part]
+        if any(want[s] != c for s, c in zip(slots, got)):
+            log.warning("%s: the survey stores differ from what the survey wrote: surveying again", self.work.path)
+            self.work.forget("survey")
 
     def rotation_axis(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
                       job: SurveyJob) -> RotationAxis:
@@ -708,29 +818,47 @@ class FinalChain:
         return self._cached("envelope", compute)
 
     def phase(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
-              cals: list[Calibration], store: ProjectionStore) -> list[int]:
-        """Every angle's projection into the projection store; returns the slots written."""
+              cals: list[Calibration], store: ProjectionStore, check: bool = False) -> tuple[list[int], float]:
+        """Every angle's projection into the projection store; returns the slots written and the largest
+        |value| of their projections.
+
+        With ``check`` (a resumed run that will read the projections again) the units a previous run
+        finished are checked against the CRC-32s their markers hold, and a damaged unit is redone.
+        """
         stage = f"phase_b{self.layout.angle_batch}"
         done = self.work.done(stage)
         batches = _batches(slots, self.layout.angle_batch)
+        if check and done:
+            keys = sorted(done, key=int)
+            got = self._map("check projections", projection_crcs_task, [done[k]["written"] for k in keys], store)
+            for key, crcs in zip(keys, got):
+                if crcs != done[key]["crc"]:
+                    log.warning("phase unit %s of %s is damaged (its projections differ from their checksums): "
+                                "redoing it", key, self.work.path)
+                    self.work.unmark(stage, key)
+                    del done[key]
         todo = [(i, b) for i, b in enumerate(batches) if str(i) not in done]
         written: list[int] = []
+        absmax = 0.0
         for payload in done.values():
             written += payload["written"]
+            absmax = max(absmax, payload["absmax"])
             for fid, reason in payload["quarantined"]:
                 self._quarantine(fid, reason, "phase")
         if todo:
             shared = (self.executor.share(setup), self.executor.share(cals), store)
             t0 = time.perf_counter()
-            for n, (j, (w, outcome)) in enumerate(self.executor.map(phase_task, [b for _, b in todo], *shared,
-                                                                    memory_bytes=self.layout.task_memory_bytes), 1):
+            for n, (j, out) in enumerate(self.executor.map(phase_task, [b for _, b in todo], *shared,
+                                                           memory_bytes=self.layout.task_memory_bytes), 1):
                 i = todo[j][0]
-                self.work.mark(stage, str(i), {"written": w, "quarantined": outcome.quarantined})
-                written += w
-                self._note(outcome, "phase")
+                self.work.mark(stage, str(i), {"written": out.written, "crc": out.crc, "absmax": out.absmax,
+                                               "quarantined": out.outcome.quarantined})
+                written += out.written
+                absmax = max(absmax, out.absmax)
+                self._note(out.outcome, "phase")
                 self.progress(n + len(done), len(batches), "phase")
             self.timing["phase"] = round(time.perf_counter() - t0, 3)
-        return sorted(written)
+        return sorted(written), absmax
 
     def sample_position(self) -> dict[str, Any] | None:
         """Name and stage position of the sample (NXtomo ``sample/name``, ``sample/{x,y,z}_translation`` of the
@@ -774,9 +902,32 @@ class FinalChain:
             out.append((z, z + side[0], y, y + side[1], x, x + side[2]))
         return out
 
+    def slabs_done(self, rows: int, volume_path: Path, boxes: list[tuple[int, ...]],
+                   halves_path: Path) -> dict[str, Any]:
+        """The slabs of ``rows`` rows a previous run finished, each checked (on a resumed run) against the
+        CRC-32s its marker holds: a slab whose rows of the volume or parts of the halves differ (a deleted,
+        cut or damaged chunk) is dropped, to be redone."""
+        stage = f"slab_r{rows}"
+        done = self.work.done(stage)
+        if not (self.work.resumed and done):
+            return done
+        ny, nx = self.shape
+        keys = sorted(done, key=int)
+        jobs = [SlabJob(int(k), min(int(k) + rows, ny), np.zeros(0, np.int64), np.zeros(0), 0.0, "", "", nx,
+                        str(volume_path), tuple(boxes), str(halves_path)) for k in keys]
+        for key, got in zip(keys, self._map("check volume", slab_crcs_task, jobs)):
+            if got != (done[key]["crc"], done[key]["halves_crc"]):
+                log.warning("rows %s-%d of %s are damaged (they differ from their checksums): redoing them", key,
+                            done[key]["r1"] - 1, volume_path)
+                self.work.unmark(stage, key)
+                del done[key]
+        return done
+
     def backproject(self, written: list[int], thetas_deg: np.ndarray, cor: float, store: ProjectionStore,
-                    volume_path: Path, boxes: list[tuple[int, ...]], halves_path: Path) -> None:
-        """Every slab of rows reconstructed into level 0 of the volume (and the FSC boxes' halves)."""
+                    volume_path: Path, boxes: list[tuple[int, ...]], halves_path: Path,
+                    done: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """Every slab of rows not in ``done`` (:meth:`slabs_done`) reconstructed into level 0 of the volume
+        (and the FSC boxes' halves); returns every slab's marker payload and how many were computed now."""
         ny, nx = self.shape
         rows = store.rows
         slots = np.asarray(written, dtype=np.int64)
@@ -784,26 +935,51 @@ class FinalChain:
                         self.config.fbp.padding, nx, str(volume_path), tuple(boxes), str(halves_path))
                 for r0 in range(0, ny, rows)]
         stage = f"slab_r{rows}"
-        done = self.work.done(stage)
         todo = [j for j in jobs if str(j.r0) not in done]
+        done = dict(done)
         t0 = time.perf_counter()
-        for n, (_, r0) in enumerate(self.executor.map(slab_task, todo, store,
-                                                      memory_bytes=self.layout.task_memory_bytes), 1):
-            self.work.mark(stage, str(r0))
+        for n, (j, out) in enumerate(self.executor.map(slab_task, todo, store,
+                                                       memory_bytes=self.layout.task_memory_bytes), 1):
+            payload = {"r1": todo[j].r1, "crc": out.crc, "halves_crc": out.halves_crc, "stats": out.stats.as_list()}
+            self.work.mark(stage, str(out.r0), payload)
+            done[str(out.r0)] = payload
             self.progress(n + len(jobs) - len(todo), len(jobs), "backproject")
         self.timing["backproject"] = round(time.perf_counter() - t0, 3)
+        return done, len(todo)
 
-    def pyramid(self, volume_path: Path, n_levels: int, rows: int) -> None:
-        """The lower-resolution levels, level by level, slab by slab."""
+    def pyramid(self, volume_path: Path, n_levels: int, rows: int, redo: bool = False) -> dict[str, list[list[int]]]:
+        """The lower-resolution levels, level by level, slab by slab; returns each level's units ``[r0, r1,
+        crc32]`` (the report's checksums).
+
+        Units a previous run finished are checked against their markers' CRC-32s; a damaged one is redone
+        with every level above it. ``redo``: level 0 changed in this run, every level is made again.
+        """
+        units: dict[str, list[list[int]]] = {}
+        stale = redo
         for level in range(1, n_levels):
+            stage = f"level{level}_r{rows}"
+            if stale:
+                self.work.unmark(stage)
             arr, _ = open_volume(volume_path, level)
             nz = arr.shape[0]
             jobs = [(str(volume_path), level, r0, min(r0 + rows, nz)) for r0 in range(0, nz, rows)]
-            done = self.work.done(f"level{level}_r{rows}")
-            todo = [j for j in jobs if str(j[2]) not in done]
-            for _, r0 in self.executor.map(pyramid_task, todo):
-                self.work.mark(f"level{level}_r{rows}", str(r0))
+            done = self.work.done(stage)
+            if self.work.resumed and done:
+                keys = sorted(done, key=int)
+                checks = [(str(volume_path / f"s{level}"), int(k), done[k]["r1"]) for k in keys]
+                for key, got in zip(keys, self._map("check pyramid", region_crc_task, checks)):
+                    if got != done[key]["crc"]:
+                        log.warning("level %d rows %s of %s is damaged: making it and the levels above again", level,
+                                    key, volume_path)
+                        self.work.unmark(stage, key)
+                        del done[key]
+                        stale = True
+            for _, (r0, crc) in self.executor.map(pyramid_task, [j for j in jobs if str(j[2]) not in done]):
+                done[str(r0)] = {"r1": min(r0 + rows, nz), "crc": crc}
+                self.work.mark(stage, str(r0), done[str(r0)])
+            units[f"s{level}"] = [[int(k), v["r1"], v["crc"]] for k, v in sorted(done.items(), key=lambda kv: int(kv[0]))]
             self.progress(level, n_levels - 1, "pyramid")
+        return units
 
     def resolution(self, halves_path: Path, boxes: list[tuple[int, ...]]) -> tuple[Resolution, dict[str, Any]]:
         """FSC (half-bit) averaged over the boxes, and the edge-fit cross-check on the central one."""
@@ -829,14 +1005,28 @@ class FinalChain:
 
     # ------------------------------------------------------------------ the whole pass
     def run(self, journal: FrameJournal | None = None) -> ChainResult:
-        """Run every step (skipping what a previous run finished) and write the outputs.
+        """Run every step (skipping what a previous run finished and still checks out) and publish the outputs.
 
         Parameters
         ----------
         journal : FrameJournal, optional
             The scan's frame journal (the live stream's); by default ``OUT/journal.sqlite``. Every frame
             is booked in it, and the report's frame account is the journal's.
+
+        Raises
+        ------
+        InputError
+            When the folder holds no usable scan; when ``OUT`` holds the outputs of another run and
+            ``replace`` is off, or a published volume that differs from its report; when the volume is
+            not plausible (nothing is published then).
         """
+        if self.out is None:
+            return self._run(journal)
+        with OutputLock(self.out, "xnh-stream final pass"):  # re-entrant: the command may hold it already
+            finished = self._resume_end()
+            return finished if finished is not None else self._run(journal)
+
+    def _run(self, journal: FrameJournal | None) -> ChainResult:
         t_start = time.perf_counter()
         cfg = self.config
         for d in self.index.rejected:
@@ -862,9 +1052,6 @@ class FinalChain:
         ny, nx = self.shape
         rows = self.layout.rows_per_slab(ny, nx)
         store = ProjectionStore(self.work.path / "projections.zarr", len(slots), self.shape, rows, create=True)
-        written = self.phase(slots, setup, cals, store)
-        if not written:
-            raise InputError(self.index.folder, "no angle has a usable frame at any distance")
         vol_shape = (ny, nx, nx)
         work_volume = self.work.path / VOLUME_NAME
         position = self.sample_position()
@@ -876,12 +1063,27 @@ class FinalChain:
         boxes = self.boxes(vol_shape)
         halves_path = self.work.path / "fsc_halves.zarr"
         _create_halves(halves_path, boxes)
-        self.backproject(written, thetas, axis.px, store, work_volume, boxes, halves_path)
-        self.pyramid(work_volume, len(levels), rows)
+        slabs = self.slabs_done(rows, work_volume, boxes, halves_path)
+        n_slabs = math.ceil(ny / rows)
+        written, absmax = self.phase(slots, setup, cals, store, check=self.work.resumed and len(slabs) < n_slabs)
+        if not written:
+            raise InputError(self.index.folder, "no angle has a usable frame at any distance")
+        slabs, computed = self.backproject(written, thetas, axis.px, store, work_volume, boxes, halves_path, slabs)
+        in_order = [(int(k), v) for k, v in sorted(slabs.items(), key=lambda kv: int(kv[0]))]
+        units = {"s0": [[r0, v["r1"], v["crc"]] for r0, v in in_order],
+                 **self.pyramid(work_volume, len(levels), rows, redo=bool(computed) and self.work.resumed)}
+        stats = sum((VolumeStats.from_list(v["stats"]) for _, v in in_order), VolumeStats())  # one order: one sum
+        problems = check_volume(stats, absmax)
+        if problems:
+            raise InputError(self.out or work_volume, "the reconstructed volume is not plausible: " + "; ".join(problems)
+                             + "; nothing was published (the work folder keeps what was computed)")
+        crash_point("volume:checked")
         fsc_section, edge_section = self.resolution(halves_path, boxes)
         report = self._report(slots, written, axis, envelope, contrast, shift_record, fsc_section, edge_section,
                               halves_path, t_start)
         report.sample = position or {}
+        report.volume = VolumeRecord(self.work.spec_id, list(vol_shape), units, {
+            "min": stats.vmin, "max": stats.vmax, "mean": stats.mean, "std": stats.std, "projection_absmax": absmax})
         own_journal = journal is None and self.out is not None
         if own_journal:
             journal = FrameJournal(self.out / JOURNAL_NAME)
@@ -893,17 +1095,79 @@ class FinalChain:
                     "scan folder: the final volume was made without them")})
             if own_journal:
                 journal.close()
-        volume_path = work_volume
-        if self.out is not None:
-            final = self.out / VOLUME_NAME
-            if final.exists():
-                shutil.rmtree(final)
-            work_volume.replace(final)
-            volume_path = final
-            report.write(self.out)
-            if not self.layout.keep_work:
-                self.work.remove()
-        return ChainResult(report, self.out, volume_path)
+        if self.out is None:
+            return ChainResult(report, None, work_volume)
+        stage(self.work.path, report)
+        publish(self.out, self.work.path, keep_work=self.layout.keep_work)
+        return ChainResult(report, self.out, self.out / VOLUME_NAME)
+
+    def _resume_end(self) -> ChainResult | None:
+        """Where a previous run of this work got to at its end (:mod:`~xnh_stream.chain.publish`): finish a
+        staged publication, or find the outputs complete; None when the pass has work to do.
+
+        A staged or published volume is read back and checked against the CRC-32s of its report first:
+        a damaged staged volume has its damaged units redone (None is returned); a damaged published volume
+        (the work is gone) is refused.
+        """
+        out, work = self.out, self.work.path
+        assert out is not None
+        staged = work / REPORT_NAME
+        if staged.exists():
+            try:
+                report = ScanReport.load(staged)
+            except (OSError, ValueError) as exc:
+                log.warning("%s unreadable (%s): making it again", staged, exc)
+                staged.unlink(missing_ok=True)
+                report = None
+            if report is not None and report.volume is not None and report.volume.spec == self.work.spec_id:
+                volume = work / VOLUME_NAME if (work / VOLUME_NAME).exists() else out / VOLUME_NAME
+                bad = damaged_units(volume, report.volume, self.executor)
+                if not bad:
+                    log.info("%s: publishing the outputs a killed run had finished", out)
+                    publish(out, work, keep_work=self.layout.keep_work)
+                    return ChainResult(report, out, out / VOLUME_NAME)
+                log.warning("%s: %s; redoing them", volume, describe_damage(bad))
+                if volume != work / VOLUME_NAME and volume.exists():
+                    volume.rename(work / VOLUME_NAME)  # back into the work, to be repaired
+                self._unmark_units(bad)
+            staged.unlink(missing_ok=True)
+        published = out / REPORT_NAME
+        if not published.exists():
+            return None
+        try:
+            report = ScanReport.load(published)
+        except (OSError, ValueError) as exc:
+            raise InputError(published, f"unreadable ({exc}); give --overwrite to process the scan again") from exc
+        if report.volume is None or report.volume.spec != self.work.spec_id:
+            if self.replace:
+                return None
+            raise InputError(out, "holds the outputs of another run (other frames or options); give another output "
+                             "folder, or --overwrite to replace them")
+        bad = damaged_units(out / VOLUME_NAME, report.volume, self.executor)
+        if bad and self.replace:
+            log.warning("%s: %s; processing the scan again", out / VOLUME_NAME, describe_damage(bad))
+            return None
+        if bad:
+            raise InputError(out / VOLUME_NAME, f"is damaged: {describe_damage(bad)}; give --overwrite to process "
+                             "the scan again")
+        log.info("%s: the outputs of this scan are complete (checked against their report); nothing to do", out)
+        if not self.layout.keep_work:
+            self.work.remove()
+        return ChainResult(report, out, out / VOLUME_NAME, already_complete=True)
+
+    def _unmark_units(self, bad: list[tuple[str, int, int]]) -> None:
+        """Drop the markers of damaged volume units (level 0: the slab; any level: that level's unit and the
+        levels above)."""
+        rows = self.layout.rows_per_slab(*self.shape)
+        for level, r0, _ in bad:
+            n = int(level.lstrip("s"))
+            if n == 0:
+                self.work.unmark(f"slab_r{rows}", str(r0))
+            else:
+                self.work.unmark(f"level{n}_r{rows}", str(r0))
+            for above in self.work.stages("level"):
+                if int(above.split("_")[0][len("level"):]) > n:
+                    self.work.unmark(above)
 
     def _reject_distance_alert(self, name: str, reason: str) -> None:
         self.alerts.append({"name": "DistanceFileRejected", "severity": "critical",
@@ -962,15 +1226,15 @@ class FinalChain:
             completion=self.completion,
         )
 
-    def universe(self) -> dict[str, tuple[int | None, float | None]]:
-        """Every frame id of the scan (incl. unused and rejected ones) with its journal key and angle."""
-        out: dict[str, tuple[int | None, float | None]] = {}
+    def universe(self) -> dict[str, tuple[int | None, float | None, float | None]]:
+        """Every frame id of the scan (incl. unused and rejected ones) with its journal key, angle and distance key."""
+        out: dict[str, tuple[int | None, float | None, float | None]] = {}
         recs = [*self.index.frames, *(r for d in self.index.rejected for r in d.frames),
                 *(r for r, _ in self.index.duplicates)]
         for r in recs:
-            out[r.frame_id] = (journal_key(r), r.rotation_angle_deg)
+            out[r.frame_id] = (journal_key(r), r.rotation_angle_deg, r.distance_key)
         for q in self.index.rejected_files:
-            out[f"{q.file_id}#file"] = (None, None)
+            out[f"{q.file_id}#file"] = (None, None, None)
         return out
 
     def book(self, journal: FrameJournal) -> FrameAccount:
@@ -984,8 +1248,8 @@ class FinalChain:
         account = self.account()
         universe = self.universe()
         known = journal.known_ids()
-        journal.record_many(JournalEntry(fid, RECEIVED, image_key=k, angle_deg=a, stage="final")
-                            for fid, (k, a) in universe.items() if fid not in known)
+        journal.record_many(JournalEntry(fid, RECEIVED, d, k, a, stage="final")
+                            for fid, (k, a, d) in universe.items() if fid not in known)
         pending = {r.frame_id for r in journal.pending()}
         reasons = dict(zip(self._quarantine_ids, account.quarantine))
         bad = [(fid, q) for fid, q in reasons.items() if fid in pending]

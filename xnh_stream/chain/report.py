@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,31 @@ class Completion:
 
 
 @dataclass
+class VolumeRecord:
+    """What the published volume is (``volume`` in the report): the work it was made from and a checksum
+    of each of its units, so that any later run can tell the volume on disk from a damaged one.
+
+    Attributes
+    ----------
+    spec : str
+        Hash of the frames and options it was made from (the work folder's spec).
+    shape : list of int
+        ``[z, y, x]`` of level 0.
+    units : dict
+        Per level array (``s0``, ``s1``, ...) the units ``[r0, r1, crc32]``: rows ``r0:r1`` and the CRC-32 of
+        their float32 bytes.
+    stats : dict
+        ``min``, ``max``, ``mean``, ``std`` of level 0 and ``projection_absmax``, the largest |value| of the
+        projections (the plausibility check's bound).
+    """
+
+    spec: str
+    shape: list[int]
+    units: dict[str, list[list[int]]] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class ScanReport:
     """``report.json`` (see the module docstring)."""
 
@@ -140,6 +166,7 @@ class ScanReport:
     timing_s: dict[str, float] | float
     completion: Completion | None = None
     sample: dict[str, Any] = field(default_factory=dict)
+    volume: VolumeRecord | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (the report's contract layout)."""
@@ -147,15 +174,19 @@ class ScanReport:
         dose = d.pop("dose")
         d["dose"] = {"gray": dose["gray"], "per_distance_gray": dose["per_distance_gray"],
                      "mu_rho_m2_per_kg": dose["mu_rho_m2_per_kg"], **dose["details"]}
-        if d["completion"] is None:
-            del d["completion"]
+        for optional in ("completion", "volume"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     def write(self, folder: str | Path) -> Path:
-        """Write ``folder/report.json`` (atomically: a report that exists is whole)."""
+        """Write ``folder/report.json`` (atomically and durably: a report that exists is whole)."""
         path = Path(folder) / REPORT_NAME
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=json_default, allow_nan=True))
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.to_dict(), indent=2, default=json_default, allow_nan=True))
+            fh.flush()
+            os.fsync(fh.fileno())
         tmp.replace(path)
         return path
 
@@ -166,6 +197,7 @@ class ScanReport:
         dose = dict(d.get("dose") or {})
         fsc = dict(d.get("fsc") or {})
         comp = d.get("completion")
+        vol = d.get("volume")
         values = {k: v for k, v in d.items() if k in known}
         values.update(
             cor=RotationAxis(**{k: v for k, v in (d.get("cor") or {"px": math.nan, "method": "unknown"}).items()
@@ -174,7 +206,9 @@ class ScanReport:
             dose=Dose(dose.pop("gray", math.nan), dose.pop("per_distance_gray", []), dose.pop("mu_rho_m2_per_kg", None),
                       dose),
             frames=FrameAccount.from_dict(d.get("frames") or {}),
-            completion=Completion(**comp) if comp else None)
+            completion=Completion(**comp) if comp else None,
+            volume=VolumeRecord(**{k: v for k, v in vol.items() if k in {f.name for f in fields(VolumeRecord)}})
+            if isinstance(vol, dict) and "spec" in vol and "shape" in vol else None)
         for name in known - set(values):
             values[name] = {} if name not in ("running_fsc", "alerts") else []
         return cls(**values)

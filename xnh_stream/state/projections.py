@@ -5,6 +5,11 @@ delta in voxel units), then reconstructs the volume slab by slab: a slab of rows
 projection. :class:`ProjectionStore` is that transpose on disk: one array ``[n_slots, ny, nx]`` chunked
 ``(1, rows, nx)``, so a phase task writes whole chunks of its angle and a slab task reads whole chunks of
 its rows, each task from its own process (chunks are separate files; no two tasks write one chunk).
+
+Every chunk carries a CRC-32C (zarr's ``crc32c`` codec), so a damaged chunk fails to read instead of
+giving wrong numbers; :meth:`ProjectionStore.write` returns the CRC-32 of what it wrote and
+:meth:`ProjectionStore.crc` recomputes it from what the store holds, which is how a resumed final pass
+tells a finished unit from a damaged one (a missing chunk reads as zeros and does not match).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from .work import crc32
 
 
 class ProjectionStore:
@@ -41,7 +48,8 @@ class ProjectionStore:
         self.rows = int(rows)
         if create and not (self.path / "zarr.json").exists():
             zarr.create_array(str(self.path), shape=self.shape, chunks=(1, min(self.rows, ny), nx), dtype="float32",
-                              fill_value=0.0, compressors=[BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")])
+                              fill_value=0.0, compressors=[BloscCodec(cname="lz4", clevel=3, shuffle="shuffle"),
+                                                           Crc32cCodec()])
         self._array: zarr.Array | None = None
 
     @property
@@ -51,9 +59,20 @@ class ProjectionStore:
             self._array = zarr.open_array(str(self.path), mode="r+")
         return self._array
 
-    def write(self, slot: int, projection: Any) -> None:
-        """Store the projection of one slot."""
-        self.array[int(slot)] = np.asarray(projection, dtype=np.float32)
+    def write(self, slot: int, projection: Any, value: int = 0) -> int:
+        """Store the projection of one slot; returns the CRC-32 of its float32 bytes (continued from
+        ``value``, :func:`~xnh_stream.state.work.crc32`)."""
+        data = np.asarray(projection, dtype=np.float32)
+        self.array[int(slot)] = data
+        return crc32(data, value)
+
+    def crc(self, slot: int, value: int = 0) -> int | None:
+        """The CRC-32 of the projection of ``slot`` as the store holds it now (continued from ``value``);
+        None when it cannot be read (a damaged chunk)."""
+        try:
+            return crc32(np.asarray(self.array[int(slot)]), value)
+        except Exception:  # noqa: BLE001 - garbage, a cut chunk, a checksum that fails: damaged
+            return None
 
     def read_rows(self, slots: np.ndarray, r0: int, r1: int) -> np.ndarray:
         """Rows ``r0:r1`` of the projections of ``slots`` (increasing), ``[len(slots), r1 - r0, nx]``."""
