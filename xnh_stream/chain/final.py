@@ -52,7 +52,7 @@ import numpy as np
 from .. import __version__
 from ..config import ProcessConfig
 from ..io.nxtomo import FIELDS, InputError, read_sample_name, read_sample_translation
-from ..io.omezarr import create_volume, open_volume
+from ..io.omezarr import CHECKED_COMPRESSORS, create_volume, open_volume
 from ..io.sources import FrameRecord
 from ..physics.align import ShiftModel, measure_distance_shifts
 from ..physics.envelope import SampleEnvelope, envelope_from_volume
@@ -1328,7 +1328,7 @@ def _create_halves(path: Path, boxes: list[tuple[int, ...]]) -> None:
             continue
         # one z-plane per chunk: slabs cut boxes anywhere, and no two slabs may write one chunk
         group.create_array(f"box{i}", shape=shape, chunks=(2, 1, shape[2], shape[3]), dtype="float32",
-                           fill_value=0.0, overwrite=True)
+                           fill_value=0.0, overwrite=True, compressors=CHECKED_COMPRESSORS)
 
 
 def feed_monitor(monitor: Any, index: ScanIndex) -> None:
