@@ -429,3 +429,24 @@ def test_a_work_folder_of_other_options_is_renamed_away_before_it_is_deleted(tmp
     new = WorkFolder(work, {"a": 2})
     assert new.done("slab_r4") == {} and not new.resumed
     assert not list(tmp_path.glob(f"{TRASH_PREFIX}*"))
+
+
+@pytest.mark.slow
+def test_a_stream_killed_while_its_work_folder_is_deleted_keeps_its_volume(ray_local, scan, kill_at, tmp_path):
+    """The issue's ``watch`` row: killed just after report.json appeared, while OUT/work was being deleted;
+    the restarted stream finds the outputs complete (checked against the report) instead of making an empty
+    volume from the markers of a half-deleted work folder."""
+    from .test_stream import ListSource, stream
+
+    out = tmp_path / "out"
+    config = ProcessConfig.from_mapping({**CONFIG, "fbp.cor": (SIM.nx - 1) / 2})
+    kill_at("trash:renamed")
+    with pytest.raises(Killed):
+        stream(ListSource(scan), scan, out, config, poll_interval_s=0.0, layout=LAYOUT)
+    published = read_volume(out / "volume.ome.zarr")[0]
+    assert consistent(out) and np.count_nonzero(published) == published.size
+    kill_at("")
+    result = stream(ListSource(scan), scan, out, config, poll_interval_s=0.0, layout=LAYOUT)
+    assert result.final is not None and result.final.already_complete
+    np.testing.assert_array_equal(read_volume(out / "volume.ome.zarr")[0], published)
+    assert not (out / "work").exists() and not list(out.glob(f"{TRASH_PREFIX}*"))
