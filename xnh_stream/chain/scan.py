@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ingest.watch import FolderWatcher, QuarantineRecord, WatchCounters
-from ..io.nxtomo import DARK, FLAT, INVALID, PROJECTION, RETURN, InputError
+from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN, InputError
 from ..io.sources import FrameRecord
 from ..physics.geometry import DistanceGeometry, ScanGeometry
 
