@@ -20,6 +20,26 @@ process), but under ``NORMAL`` a power cut may roll back the last commits: frame
 volume would be redone and counted twice. One fsync per commit is cheap when frames are recorded in
 batches (:meth:`FrameJournal.record_many`); pass ``synchronous="NORMAL"`` for a scratch journal.
 
+Checkpoints
+-----------
+A commit lands in the write-ahead log (``journal.sqlite-wal``), not in the main file. SQLite's own
+checkpoint only runs once the log holds 1000 pages (4 MiB), which a scan's journal may never reach: the
+main file would then stay at its first 4 KiB and a lost or cut ``-wal`` file (a crash of the disk, a copy
+of the main file alone, a careless cleanup) would lose the whole journal. The writer therefore copies the
+log into the main file itself (``PRAGMA wal_checkpoint(PASSIVE)``, which never waits for readers) right
+after creating the schema, whenever ``checkpoint_every`` frames or ``checkpoint_s`` seconds have gone to
+the log since the last checkpoint (checked after each write, and by a timer when writes stop), and at
+:meth:`FrameJournal.close`. The main file holds everything but the last second or so at any moment; a
+journal whose ``-wal`` file was lost or cut opens with what was checkpointed (SQLite ignores a log whose
+frames do not check out from the first bad one on).
+
+Damage
+------
+A main file that is not a SQLite database, or that SQLite finds malformed, raises
+:class:`JournalDamaged` (naming the file) when it is opened or checked (:meth:`FrameJournal.check`);
+a file without the journal's tables (created by a writer that died at once, or whose log was lost
+before the first checkpoint) raises :class:`JournalEmpty` when opened ``readonly``.
+
 Concurrency
 -----------
 One :class:`FrameJournal` is safe to share between threads of one process (one connection behind a
@@ -32,6 +52,7 @@ memory between the processes, so the database must live on a local disk, not on 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -86,11 +107,35 @@ CREATE TABLE IF NOT EXISTS events (
 """
 _COLUMNS = "frame_id, state, distance, image_key, angle_deg, stage, reason, received_at, updated_at, duplicates"
 _BATCH_VARS = 900  # ids per "IN (...)" query, below every SQLite build's variable limit
+CHECKPOINT_EVERY = 100  # frames written to the WAL between two checkpoints (at most)
+CHECKPOINT_S = 1.0  # seconds between a write and the checkpoint that copies it into the main file (at most)
+log = logging.getLogger(__name__)
 
 
 class TransitionError(ValueError):
     """A state change that the journal refuses (a finished frame cannot move; an unknown frame cannot finish
     without its metadata)."""
+
+
+class JournalDamaged(ValueError):
+    """The journal's main file is not a SQLite database, or SQLite finds it malformed or cannot read it.
+
+    Attributes
+    ----------
+    path : Path
+        The journal file.
+    detail : str
+        SQLite's own words.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+        self.path, self.detail = Path(path), detail
+        super().__init__(f"journal {self.path} is damaged or unreadable: {detail}")
+
+
+class JournalEmpty(ValueError):
+    """A database file without the journal's tables: its writer is creating it, died before it had, or
+    its write-ahead log was lost before the first checkpoint. It holds no frame."""
 
 
 def file_id_of(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str:
@@ -133,8 +178,10 @@ class FrameRecord:
         Key, normally from :func:`frame_id_of`.
     state : str
         ``"received"``, ``"processed"`` or ``"quarantined"``.
-    distance : int or None
-        Distance key (0-based index of the distance, most magnified first).
+    distance : float or None
+        The frame's distance key: focus-to-sample distance z1 in metres, rounded to 0.1 um
+        (:func:`xnh_stream.io.sources.distance_key`, ``FrameRecord.distance_key`` of the reader); None
+        for an entry that stands for a whole file.
     image_key : int or None
         NXtomo image key: 0 projection, 1 flat, 2 dark, -1 return projection.
     angle_deg : float or None
@@ -151,7 +198,7 @@ class FrameRecord:
 
     frame_id: str
     state: str = RECEIVED
-    distance: int | None = None
+    distance: float | None = None
     image_key: int | None = None
     angle_deg: float | None = None
     stage: str | None = None
@@ -166,9 +213,11 @@ class FrameRecord:
             raise ValueError(f"frame_id must be a non-empty string, got {self.frame_id!r}")
         if self.state not in STATES:
             raise ValueError(f"frame {self.frame_id}: state must be one of {STATES}, got {self.state!r}")
-        if self.distance is not None and (isinstance(self.distance, bool) or not isinstance(self.distance, int)
-                                          or self.distance < 0):
-            raise ValueError(f"frame {self.frame_id}: distance must be a non-negative int, got {self.distance!r}")
+        if self.distance is not None and (isinstance(self.distance, bool)
+                                          or not isinstance(self.distance, (int, float, np.integer, np.floating))
+                                          or not math.isfinite(self.distance) or self.distance < 0):
+            raise ValueError(f"frame {self.frame_id}: distance must be a finite non-negative number (the distance "
+                             f"key, z1 in metres), got {self.distance!r}")
         if self.image_key is not None and self.image_key not in IMAGE_KEYS:
             raise ValueError(f"frame {self.frame_id}: image_key must be one of {IMAGE_KEYS}, got {self.image_key!r}")
         if self.angle_deg is not None and not math.isfinite(self.angle_deg):
@@ -191,47 +240,86 @@ class FrameJournal:
         Open an existing journal for reading only (a second process beside the one writer).
     timeout_s : float
         How long a call waits for a lock held by another connection before failing.
+    checkpoint_every : int
+        Copy the write-ahead log into the main file once this many frames were written to it (see the
+        module docstring, "Checkpoints").
+    checkpoint_s : float
+        ... or once this many seconds passed since a write that no checkpoint has copied yet.
+
+    Raises
+    ------
+    JournalDamaged
+        When the file is not a SQLite database or SQLite cannot read it.
+    JournalEmpty
+        ``readonly``: the file has no journal tables (it holds no frame).
+    ValueError
+        ``readonly`` and the file does not exist; another schema version; no WAL support.
     """
 
     def __init__(self, path: str | os.PathLike[str], synchronous: str = "FULL", readonly: bool = False,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, checkpoint_every: int = CHECKPOINT_EVERY,
+                 checkpoint_s: float = CHECKPOINT_S) -> None:
         sync = synchronous.upper()
         if sync not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if checkpoint_every < 1 or not checkpoint_s > 0:
+            raise ValueError(f"checkpoint_every must be >= 1 and checkpoint_s > 0, got {checkpoint_every}, "
+                             f"{checkpoint_s}")
         self.path = Path(path)
         self.readonly = readonly
+        self.checkpoint_every, self.checkpoint_s = int(checkpoint_every), float(checkpoint_s)
         self._lock = threading.RLock()
+        self._closed = False
+        self._unsaved = 0  # frames written to the WAL since the last checkpoint
+        self._unsaved_since: float | None = None  # monotonic time of the first of them
+        self._timer: threading.Timer | None = None
+        self.checkpoints = 0  #: checkpoints run by this writer
         if readonly:
             if not self.path.is_file():
                 raise ValueError(f"journal {self.path} does not exist (readonly=True opens an existing one)")
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, timeout=timeout_s, check_same_thread=False,
                                        isolation_level=None)
-            self._check_schema()
+            try:
+                self._check_schema()
+            except BaseException:
+                self._db.close()
+                raise
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; every write below opens its own BEGIN IMMEDIATE.
         self._db = sqlite3.connect(str(self.path), timeout=timeout_s, check_same_thread=False,
                                    isolation_level=None)
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
+        try:
+            with _damage(self.path):
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise ValueError(f"journal {self.path}: the filesystem does not support SQLite WAL mode "
+                                     f"({mode})")
+                self._db.execute(f"PRAGMA synchronous={sync}")
+                with self._transaction():
+                    for statement in _split(_SCHEMA):  # executescript() would commit on its own
+                        self._db.execute(statement)
+                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                                     (str(SCHEMA_VERSION),))
+                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (repr(time.time()),))
+            self._check_schema()
+        except BaseException:
             self._db.close()
-            raise ValueError(f"journal {self.path}: the filesystem does not support SQLite WAL mode ({mode})")
-        self._db.execute(f"PRAGMA synchronous={sync}")
-        with self._transaction():
-            for statement in _split(_SCHEMA):  # executescript() would commit on its own
-                self._db.execute(statement)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (repr(time.time()),))
-        self._check_schema()
+            raise
+        self.checkpoint()  # the schema in the main file from the start
 
     # ------------------------------------------------------------------ plumbing
     def _check_schema(self) -> None:
-        try:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.OperationalError as exc:  # a reader that opened the file between create and schema
-            raise ValueError(f"journal {self.path} has no schema yet (is its writer still creating it?): "
-                             f"{exc}") from exc
+        with _damage(self.path):
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                # a reader that opened the file between create and schema, or a log lost before any checkpoint
+                raise JournalEmpty(f"journal {self.path} has no schema yet (is its writer still creating it, "
+                                   f"or was its -wal file lost before the first checkpoint?): {exc}") from exc
         if row is None or int(row[0]) != SCHEMA_VERSION:
             raise ValueError(f"journal {self.path}: schema version {row and row[0]} is not {SCHEMA_VERSION}")
 
@@ -240,9 +328,66 @@ class FrameJournal:
             raise ValueError(f"journal {self.path} was opened readonly")
         return _Transaction(self._db)
 
-    def close(self) -> None:
-        """Close the database (a clean close also checkpoints the WAL into the main file)."""
+    def check(self) -> None:
+        """Raise :class:`JournalDamaged` unless SQLite finds the database sound (``PRAGMA quick_check``:
+        every page readable and well formed; linear in the journal's size)."""
+        with self._lock, _damage(self.path):
+            rows = self._db.execute("PRAGMA quick_check").fetchall()
+        if [r[0] for r in rows] != ["ok"]:
+            raise JournalDamaged(self.path, "; ".join(str(r[0]) for r in rows[:5]))
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the write-ahead log into the main file now, as far as readers allow (never waits).
+
+        Returns
+        -------
+        tuple of int
+            SQLite's answer: ``(busy, frames in the log, frames copied)``; ``(0, 0, 0)`` for a reader.
+        """
         with self._lock:
+            if self.readonly or self._closed:
+                return (0, 0, 0)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            try:
+                row = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.OperationalError as exc:  # durability against a lost log only: the commit stands
+                log.warning("journal %s: checkpoint failed (%s); the frames stay in the -wal file", self.path, exc)
+                return (1, -1, -1)
+            self.checkpoints += 1
+            self._unsaved, self._unsaved_since = 0, None
+            return int(row[0]), int(row[1]), int(row[2])
+
+    def _written(self, n: int) -> None:
+        """Book ``n`` frames committed to the log: checkpoint when due, else make sure a timer will."""
+        if n <= 0:
+            return
+        now = time.monotonic()
+        self._unsaved += n
+        if self._unsaved_since is None:
+            self._unsaved_since = now
+        if self._unsaved >= self.checkpoint_every or now - self._unsaved_since >= self.checkpoint_s:
+            self.checkpoint()
+        elif self._timer is None:
+            self._timer = threading.Timer(self.checkpoint_s - (now - self._unsaved_since), self._on_timer)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._unsaved:
+                self.checkpoint()
+
+    def close(self) -> None:
+        """Close the database; a writer first checkpoints the log into the main file (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            if not self.readonly:
+                self.checkpoint()
+            self._closed = True
             self._db.close()
 
     def __enter__(self) -> FrameJournal:
@@ -309,6 +454,8 @@ class FrameJournal:
             self._db.executemany(
                 "UPDATE frames SET state = ?, stage = coalesce(?, stage), reason = coalesce(?, reason), "
                 "updated_at = ? WHERE frame_id = ?", rows)
+        with self._lock:
+            self._written(len(rows))
 
     def record_many(self, records: Iterable[FrameRecord]) -> int:
         """Record a batch of frames in one transaction (all or none); the fast path for ingest.
@@ -366,6 +513,8 @@ class FrameJournal:
             self._db.executemany(
                 "UPDATE frames SET state = ?, stage = coalesce(?, stage), reason = coalesce(?, reason), "
                 "updated_at = ? WHERE frame_id = ?", updates)
+        with self._lock:
+            self._written(len(inserts) + len(dups) + len(updates))
         return len(inserts)
 
     def _states(self, fids: list[str]) -> dict[str, str]:
@@ -395,7 +544,10 @@ class FrameJournal:
                     return int(row[0])
             cur = self._db.execute("INSERT INTO events (t, event, dedup_key, payload) VALUES (?, ?, ?, ?)",
                                    (time.time(), event, key, text))
-            return int(cur.lastrowid)
+            event_id = int(cur.lastrowid)
+        with self._lock:
+            self._written(1)
+        return event_id
 
     def events(self, event: str | None = None, after_id: int = 0) -> list[dict[str, Any]]:
         """Events in emission order, optionally of one name and after an id (for a polling subscriber)."""
@@ -492,6 +644,26 @@ class FrameJournal:
 
 def _split(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+class _damage:  # noqa: N801 - used as a context manager, named for what it catches
+    """Turn SQLite's "not a database" / "malformed" / I/O errors into :class:`JournalDamaged`; a lock held by
+    another connection and "no such table" pass as they are."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or not isinstance(exc, sqlite3.DatabaseError):
+            return
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and any(
+                s in text for s in ("locked", "busy", "no such table")):
+            return
+        raise JournalDamaged(self.path, text) from exc
 
 
 class _Transaction:
