@@ -542,21 +542,56 @@ def _entries(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if not p.name.startswith(".")]
 
 
-def journal_belongs_to(journal: Path, scan: Path, sample: int = 20) -> bool:
+def journal_belongs_to(journal: Path, scan: Path, sample: int = 20, overwrite: bool = False) -> bool:
     """Whether the journal in an output folder is that of the scan in ``scan`` (a resume): it holds no frame
-    yet, or the files of its first frames are found in ``scan`` (frame ids are paths relative to it)."""
-    from .state.journal import FrameJournal, split_frame_id  # noqa: PLC0415
+    yet, or the files of its first frames are found in ``scan`` (frame ids are paths relative to it).
+
+    A journal whose ``-wal`` file was lost or cut is judged on what its main file holds (the writer
+    checkpoints it as it goes, :mod:`xnh_stream.state.journal`); one without any table yet holds no frame.
+
+    Parameters
+    ----------
+    journal : Path
+        The ``journal.sqlite`` file.
+    scan : Path
+        The scan folder.
+    sample : int
+        How many of the first frames are looked for in ``scan``.
+    overwrite : bool
+        ``--overwrite`` was given: a damaged journal is not this scan's (the caller replaces it) instead of
+        an error.
+
+    Raises
+    ------
+    InputError
+        When the journal is damaged or unreadable (and not ``overwrite``): naming the file, what is lost and
+        what to do.
+    """
+    import sqlite3  # noqa: PLC0415
+
+    from .state.journal import FrameJournal, JournalDamaged, JournalEmpty, split_frame_id  # noqa: PLC0415
 
     try:
         with FrameJournal(journal, readonly=True) as j:
+            j.check()
             ids = []
             for rec in j.iter_records():
                 ids.append(split_frame_id(rec.frame_id)[0])
                 if len(ids) >= sample:
                     break
-    except Exception as exc:  # noqa: BLE001 - an unreadable journal is not a resume
-        log.info("%s: not a journal this scan can resume (%s)", journal, exc)
-        return False
+    except JournalEmpty:
+        log.info("%s holds no frame yet: resumed as an empty journal", journal)
+        return True
+    except (ValueError, sqlite3.Error, OSError) as exc:  # damaged, unreadable, or of another schema version
+        if overwrite:
+            log.warning("%s cannot be read (%s): replaced (--overwrite)", journal, exc)
+            return False
+        detail = f"SQLite: {exc.detail}" if isinstance(exc, JournalDamaged) else str(exc)
+        raise InputError(journal, f"is damaged or unreadable ({detail}): the frame account of the earlier run in "
+                         f"{journal.parent} (which frames were received, processed or set aside) is lost. Move "
+                         f"it aside with its -wal and -shm files (e.g. to {journal.name}.damaged) to start a new "
+                         "journal there, in which every frame of the scan is processed again, or give "
+                         "--overwrite to replace it") from exc
     if not ids:
         return True
     return any((scan / f).exists() or Path(f).is_absolute() and Path(f).exists() for f in ids)
@@ -619,7 +654,7 @@ def check_output(out: Path, rule: str, overwrite: bool = False, scan: Path | Non
         return  # resuming the queue: done scans are skipped
     if rule == "final" and (out / "work" / "spec.json").exists() and not (out / "report.json").exists():
         journal = out / JOURNAL_NAME
-        if not journal.exists() or scan is None or journal_belongs_to(journal, Path(scan)):
+        if not journal.exists() or scan is None or journal_belongs_to(journal, Path(scan), overwrite=overwrite):
             log.info("%s: resuming the unfinished final pass found there", out)
             return  # the final pass checks that its work folder is this scan's, else starts afresh
     if rule == "final" and overwrite:
@@ -628,7 +663,7 @@ def check_output(out: Path, rule: str, overwrite: bool = False, scan: Path | Non
         shutil.rmtree(out / "work", ignore_errors=True)
         return
     if rule == "resume" and (out / JOURNAL_NAME).exists():
-        if scan is not None and journal_belongs_to(out / JOURNAL_NAME, Path(scan)):
+        if scan is not None and journal_belongs_to(out / JOURNAL_NAME, Path(scan), overwrite=overwrite):
             log.info("%s: resuming the journal of %s", out, scan)
             return
         if overwrite:
