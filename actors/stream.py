@@ -37,7 +37,7 @@ from xnh_stream.chain.steps import AngleProcessor, read_frame
 from xnh_stream.chain.warmup import compile_kernels
 from xnh_stream.config import ProcessConfig
 from xnh_stream.ingest.watch import FolderWatcher, QuarantineRecord
-from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN
+from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, one_open_per_file
 from xnh_stream.io.sources import FrameRecord
 from xnh_stream.live.views import merge_views, slab_views
 from xnh_stream.physics.cor import estimate_rotation_axis
@@ -714,10 +714,10 @@ class StreamDriver:
                                           JournalEntry(fid, QUARANTINED, stage="ingest", reason=q.reason)])
         dups = getattr(self.source, "drain_duplicates", lambda: [])()
         new = [rec for rec in records if rec.frame_id not in self.known]
-        self.journal.record_many([JournalEntry(rec.frame_id, RECEIVED, image_key=journal_key(rec),
+        self.journal.record_many([JournalEntry(rec.frame_id, RECEIVED, rec.distance_key, journal_key(rec),
                                                angle_deg=rec.rotation_angle_deg) for rec in new]
                                  + [e for rec, orig in dups if rec.frame_id not in self.known for e in (
-                                     JournalEntry(rec.frame_id, RECEIVED, image_key=journal_key(rec),
+                                     JournalEntry(rec.frame_id, RECEIVED, rec.distance_key, journal_key(rec),
                                                   angle_deg=rec.rotation_angle_deg),
                                      JournalEntry(rec.frame_id, QUARANTINED, stage="ingest",
                                                   reason=f"copy of {orig} (same content): not used"))])
@@ -852,9 +852,10 @@ class StreamDriver:
         started = time.monotonic()
         completion = None
         while True:
-            batch = self.source.poll()
             booked = self._n_booked
-            self._ingest(batch)
+            with one_open_per_file():  # a file opened once for the poll's inspection and the frames read from it
+                batch = self.source.poll()
+                self._ingest(batch)
             a = self.assembler
             if not self.cor_known and a is not None and (pair := a.cor_pair()) is not None:
                 # The reference distance has come round (a return projection 180 degrees from a projection):

@@ -39,11 +39,12 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..io.nxtomo import FIELDS, InputError
+from ..io.nxtomo import FIELDS, InputError, one_open_per_file
 from ..state.journal import file_id_of
 from ..io.sources import (
     EDF_SUFFIX,
@@ -65,6 +66,61 @@ _FINAL = (COMPLETE, QUARANTINED, IGNORED, DUPLICATE)
 # the watcher's own reads would otherwise trigger themselves.
 _EVENT_TYPES = frozenset({"created", "modified", "moved", "deleted", "closed"})
 _METADATA_SUFFIXES = frozenset({".info", ".xml", ".abo", ".yaml"})
+
+
+class _ViewCache:
+    """Inspections of finished NXtomo files, shared by the watchers of this process.
+
+    Keyed by the file (and the watched root, which the frame ids depend on) and valid while the file's
+    identity on disk is unchanged (device, inode, size, modification and change times): the identity a
+    watcher already relies on to know that a finished file did not change. A second watcher of the same
+    folder (the final pass's :class:`~xnh_stream.chain.scan.ScanIndex` after the stream's watcher, a restart
+    in the same process) then opens none of the files the first one found finished. Only finished views are
+    kept (``complete``, or consistent and settled), at most ``max_frames`` frames' worth of them.
+    """
+
+    def __init__(self, max_frames: int = 1_000_000) -> None:
+        self.max_frames = int(max_frames)
+        self._views: OrderedDict[tuple[str, str], tuple[tuple[int, ...], FileView]] = OrderedDict()
+        self._frames = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def identity(st: os.stat_result) -> tuple[int, ...]:
+        """What must stay the same for a kept view to hold."""
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, path: Path, root: Path, st: os.stat_result, signature: bool) -> FileView | None:
+        """The kept view of ``path`` if the file is as it was, with a signature when ``signature``."""
+        with self._lock:
+            hit = self._views.get((str(path), str(root)))
+            if hit is None or hit[0] != self.identity(st) or (signature and hit[1].signature is None):
+                return None
+            self._views.move_to_end((str(path), str(root)))
+            return hit[1]
+
+    def put(self, path: Path, root: Path, st: os.stat_result, view: FileView) -> None:
+        """Keep the view of a finished file, inspected when the file had identity ``st``."""
+        key = (str(path), str(root))
+        with self._lock:
+            old = self._views.pop(key, None)
+            if old is not None:
+                self._frames -= old[1].n_frames
+            self._views[key] = (self.identity(st), view)
+            self._frames += view.n_frames
+            while self._frames > self.max_frames and len(self._views) > 1:
+                _, (_, dropped) = self._views.popitem(last=False)
+                self._frames -= dropped.n_frames
+
+    def clear(self) -> None:
+        """Forget every view."""
+        with self._lock:
+            self._views.clear()
+            self._frames = 0
+
+
+#: The finished NXtomo files inspected in this process (see :class:`_ViewCache`).
+VIEWS = _ViewCache()
 
 
 def _arrival(path: Path) -> tuple[float, str]:
@@ -309,7 +365,7 @@ class FolderWatcher:
         self._wake.clear()
         with self._lock:
             dirty_paths, self._dirty = self._dirty, set()
-        with self._state:
+        with self._state, one_open_per_file():  # a file inspected once per poll (and its frames, by a caller's block)
             return self._poll_paths(dirty_paths)
 
     def _poll_paths(self, dirty_paths: set[str]) -> list[FrameRecord]:
@@ -461,7 +517,11 @@ class FolderWatcher:
         settled = now - t.changed_at >= self.settle_s
         t.judged_settled = settled
         try:
-            view = inspect_file(path, self.root, self._edf_folder, signature=t.signature is None)
+            view = VIEWS.get(path, self.root, st, signature=t.signature is None)
+            if view is None:
+                view = inspect_file(path, self.root, self._edf_folder, signature=t.signature is None)
+                if view.layout == "nxtomo" and (view.complete or (view.consistent and settled)):
+                    VIEWS.put(path, self.root, st, view)
         except NotAFrameFile as exc:
             if exc.final or settled:
                 t.state = IGNORED

@@ -28,10 +28,14 @@ read-only and without HDF5 file locking, so a file held open by a detector write
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import logging
-from collections.abc import Sequence
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,13 +233,105 @@ def _text(entry: h5py.Group, name: str) -> str | None:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _open(path: Path) -> h5py.File:
+def _open(path: Path) -> contextlib.AbstractContextManager[h5py.File]:
+    """The file, read-only and unlocked, for a ``with`` block (within :func:`one_open_per_file`, the handle that
+    block holds)."""
+    held: _HeldFiles | None = getattr(_HELD, "files", None)
+    if held is not None:
+        return held.borrow(path)
+    return _open_file(path)
+
+
+def _open_file(path: Path) -> h5py.File:
     if not path.exists():
         raise InputError(path, "file does not exist")
     try:
         return h5py.File(path, "r", locking=False)
     except OSError as exc:
         raise InputError(path, f"cannot be opened as HDF5 (truncated, still being written, or not HDF5): {exc}") from exc
+
+
+_HELD = threading.local()
+
+
+@contextlib.contextmanager
+def one_open_per_file(max_open: int = 64) -> Iterator[None]:
+    """Within this block, every NXtomo reader of this thread opens a file once and reuses the handle.
+
+    Inspecting a file (:func:`~xnh_stream.io.sources.inspect_nxtomo`, which validates it with
+    :func:`read_nxtomo`) and reading its frames then cost one open instead of one per call: one poll of a
+    folder watcher and the frames it handed out (a restart re-reads the darks, flats, returns and drift
+    views of every file: a dozen opens per file without it). The handles are closed at the end of the block,
+    so that a file still being written is seen afresh by the next one: hold it only while reading frames
+    that were complete when the file was first opened in it. A read that fails in it closes the handle
+    (a retry opens the file again). Blocks nest (the outermost one holds the handles); at most ``max_open``
+    files stay open, the least recently used closed first.
+    """
+    if getattr(_HELD, "files", None) is not None:
+        yield
+        return
+    held = _HELD.files = _HeldFiles(max_open)
+    try:
+        yield
+    finally:
+        _HELD.files = None
+        held.close_all()
+
+
+class _HeldFiles:
+    """The open files of one :func:`one_open_per_file` block: handle, ``with`` depth and whether a read failed."""
+
+    def __init__(self, max_open: int) -> None:
+        self.max_open = max(1, int(max_open))
+        self.files: OrderedDict[str, h5py.File] = OrderedDict()
+        self.depth: dict[str, int] = {}
+        self.failed: set[str] = set()
+
+    def borrow(self, path: Path) -> _Borrowed:
+        key = os.path.abspath(path)
+        f = self.files.get(key)
+        if f is None:
+            f = _open_file(path)
+            idle = [k for k in self.files if not self.depth.get(k)]
+            for k in idle[:max(0, len(self.files) + 1 - self.max_open)]:
+                self._close(k)
+            self.files[key] = f
+        self.files.move_to_end(key)
+        return _Borrowed(self, key, f)
+
+    def _close(self, key: str) -> None:
+        f = self.files.pop(key, None)
+        self.depth.pop(key, None)
+        self.failed.discard(key)
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+
+    def close_all(self) -> None:
+        for key in list(self.files):
+            self._close(key)
+
+
+class _Borrowed(contextlib.AbstractContextManager):
+    """A held file for one ``with`` block: not closed at its end, unless a read in it failed."""
+
+    def __init__(self, held: _HeldFiles, key: str, f: h5py.File) -> None:
+        self.held, self.key, self.f = held, key, f
+
+    def __enter__(self) -> h5py.File:
+        self.held.depth[self.key] = self.held.depth.get(self.key, 0) + 1
+        return self.f
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        held, key = self.held, self.key
+        if key not in held.files:
+            return None
+        held.depth[key] -= 1
+        if exc_type is not None:
+            held.failed.add(key)
+        if not held.depth[key] and key in held.failed:
+            held._close(key)  # the next read opens the file afresh
+        return None
 
 
 def _find_entry(path: Path, f: h5py.File, entry: str | None) -> str:
