@@ -1,4 +1,5 @@
-"""The overnight queue on real simulated scans: finished ones processed, a bad one recorded, resume, metrics."""
+"""The overnight queue on real simulated scans: finished ones processed, bad ones recorded, random pixel data
+flagged, every scan attempt accounted with its reason, resume, metrics."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import time
 import urllib.request
 
 import h5py
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.cli import main
 from xnh_stream.config import ProcessConfig
 from xnh_stream.metrics import PipelineMetrics
+from xnh_stream.io.nxtomo import DARK, FLAT
 from xnh_stream.overnight import ERROR_NAME, SUMMARY_NAME, find_scans, run_overnight
 from xnh_stream.chain.batch import process_scan
 from xnh_stream.chain.report import REPORT_NAME
@@ -30,10 +33,24 @@ def age(folder, seconds=3600.0):
         os.utime(p, (t, t))
 
 
+def randomise(folder):
+    """Random pixel data in valid NXtomo files: darks low, flats high, projections between (the flat-field
+    accepts every distance)."""
+    rng = np.random.default_rng(9)
+    for p in sorted(folder.glob("*.nx")):
+        with h5py.File(p, "r+") as f:
+            data = f["entry0000/instrument/detector/data"]
+            keys = f["entry0000/instrument/detector/image_key"][()][:, None, None]
+            data[...] = np.where(keys == DARK, rng.uniform(90, 110, data.shape),
+                                 np.where(keys == FLAT, rng.uniform(15000, 25000, data.shape),
+                                          rng.uniform(5000, 25000, data.shape))).astype(data.dtype)
+
+
 @pytest.fixture(scope="module")
 def day(tmp_path_factory):
-    """A day's root: two finished scans (one nested), a scan that makes the chain fail, one still being
-    written, and a folder of unrelated files."""
+    """A day's root: two finished scans (one nested), a scan that makes the chain fail, a scan of garbage
+    files, a scan of random pixel data, a folder of analysis HDF5 files, one scan still being written, and a
+    folder of unrelated files."""
     root = tmp_path_factory.mktemp("day")
     simulate_scan(root / "scan_a", SimulationConfig(seed=1, **CFG))
     simulate_scan(root / "sample2" / "scan_b", SimulationConfig(seed=2, **CFG))
@@ -49,6 +66,16 @@ def day(tmp_path_factory):
             ik[...] = keys
     (root / "notes").mkdir()
     (root / "notes" / "log.txt").write_text("beamline notes")
+    (root / "scan_garbage").mkdir()
+    for k in (1, 2, 3, 4):  # a failed transfer: names of a scan, no HDF5 inside
+        (root / "scan_garbage" / f"phantom_{k}_.nx").write_bytes(b"garbage " * 100)
+    # frames of 64 x 24: smaller ones are too small for the plausibility verdict
+    simulate_scan(root / "scan_noise", SimulationConfig(seed=3, **{**CFG, "nx": 64, "ny": 24}))
+    (root / "scan_noise" / "truth.h5").unlink()
+    randomise(root / "scan_noise")
+    (root / "analysis").mkdir()
+    with h5py.File(root / "analysis" / "results.h5", "w") as f:
+        f["volume_mean"] = 1.0
     age(root)
     shutil.copytree(root / "scan_a", root / "scan_running", copy_function=shutil.copy)
     for f in (root / "scan_running").glob("*.nx"):  # fresh files without end_time: still being written
@@ -64,11 +91,36 @@ def families(m):
 
 def test_find_scans_keeps_finished_scan_folders(day):
     scans = {s.name: s for s in find_scans(day, settle_s=600)}
-    assert set(scans) == {"scan_a", "sample2/scan_b", "scan_bad", "scan_running"}
-    assert scans["scan_a"].finished and scans["sample2/scan_b"].finished and scans["scan_bad"].finished
+    assert set(scans) == {"scan_a", "sample2/scan_b", "scan_bad", "scan_running", "scan_garbage", "scan_noise",
+                          "analysis"}
+    assert all(scans[n].finished for n in ("scan_a", "sample2/scan_b", "scan_bad", "scan_garbage", "scan_noise"))
     assert not scans["scan_running"].finished and "no end_time" in scans["scan_running"].why_not
+    assert "no NXtomo entry" in scans["analysis"].skip and "results.h5" in scans["analysis"].skip
+    assert not any(s.skip or s.problem for n, s in scans.items() if n != "analysis")
     assert {s.name for s in find_scans(day, settle_s=0)} == set(scans)
     assert all(s.finished for s in find_scans(day, settle_s=0))
+
+
+def test_every_scan_attempt_is_found_once(day, tmp_path):
+    """Broken distance sub-folders make one attempt, not one per folder; stray scan files beside scan folders
+    are a problem of their own; a folder of folders is not an attempt; fresh garbage waits to settle."""
+    root = tmp_path / "root"
+    for d in ("chunks_bad/d1", "chunks_bad/d2", "sample/bad_1", "sample/bad_2"):
+        (root / d).mkdir(parents=True)
+        (root / d / "c_0000.nx").write_bytes(b"not hdf5 " * 50)
+    shutil.copytree(day / "scan_a", root / "sample" / "scan_ok")
+    (root / "stray.nx").write_bytes(b"not hdf5")
+    (root / "edf_only").mkdir()
+    (root / "edf_only" / "s_1_0000.edf").write_bytes(b"{ not an edf }")
+    age(root)
+    (root / "fresh").mkdir()
+    (root / "fresh" / "a.h5").write_bytes(b"being copied")
+    scans = {s.name: s for s in find_scans(root, settle_s=600)}
+    assert set(scans) == {"chunks_bad", "sample/bad_1", "sample/bad_2", "sample/scan_ok", "root", "edf_only",
+                          "fresh"}
+    assert "stray.nx" in scans["root"].problem and "sample/scan_ok" in scans["root"].problem
+    assert scans["chunks_bad"].finished and not scans["chunks_bad"].problem
+    assert not scans["fresh"].finished and "a.h5" in scans["fresh"].why_not
 
 
 def test_chunk_file_series_is_one_scan(tmp_path):
@@ -90,9 +142,17 @@ def test_queue_processes_records_failure_and_resumes(day, tmp_path):
     config = ProcessConfig.from_mapping({"alignment.angles": 6})
     r = run_overnight(day, out, config, metrics=m, settle_s=600, on_scan=lambda *a: seen.append(a[:2]))
     assert r.done == ["sample2/scan_b", "scan_a"]
-    assert [f["scan"] for f in r.failed] == ["scan_bad"] and "flat" in r.failed[0]["error"]
-    assert r.waiting == ["scan_running"] and r.skipped == []
-    assert seen == [("sample2/scan_b", "done"), ("scan_a", "done"), ("scan_bad", "failed")]
+    assert [f["scan"] for f in r.failed] == ["scan_bad", "scan_garbage"] and "flat" in r.failed[0]["error"]
+    assert "no usable frame" in r.failed[1]["error"] and "phantom_1_.nx" in r.failed[1]["error"]
+    assert [f["scan"] for f in r.flagged] == ["scan_noise"]
+    assert "ImplausibleProjections" in r.flagged[0]["reason"] and "one sample" in r.flagged[0]["reason"]
+    assert r.waiting == ["scan_running"] and "no end_time" in r.why["scan_running"]
+    assert r.skipped == ["analysis"] and "no NXtomo entry" in r.why["analysis"]
+    assert seen == [("analysis", "skipped"), ("sample2/scan_b", "done"), ("scan_a", "done"), ("scan_bad", "failed"),
+                    ("scan_garbage", "failed"), ("scan_noise", "flagged")]
+    rep = json.loads((out / "scan_noise" / REPORT_NAME).read_text())  # the flagged scan's report says why
+    assert any(a["name"] == "ImplausibleProjections" and a["severity"] == "critical" for a in rep["alerts"])
+    assert "contains no usable frame" in json.loads((out / "scan_garbage" / ERROR_NAME).read_text())["error"]
     # outputs: the batch chain's, bit for bit
     rep = json.loads((out / "scan_a" / REPORT_NAME).read_text())
     direct = process_scan(day / "scan_a", None, config)
@@ -103,23 +163,27 @@ def test_queue_processes_records_failure_and_resumes(day, tmp_path):
     assert err["type"] == "InputError" and err["file"].endswith("phantom_1_.nx")
     assert not (out / "scan_bad" / REPORT_NAME).exists()
     summary = json.loads((out / SUMMARY_NAME).read_text())
-    assert summary["done"] == r.done and summary["queued"] == []
+    assert summary["done"] == r.done and summary["queued"] == [] and summary["flagged"] == r.flagged
+    assert summary["why"] == r.why and {f["scan"] for f in summary["failed"]} == {"scan_bad", "scan_garbage"}
     v = families(m)
-    assert v["xnh_overnight_scans_done_total"] == 2 and v["xnh_overnight_scans_failed_total"] == 1
-    assert v["xnh_overnight_scan_duration_seconds_count"] == 3 and v["xnh_overnight_queue_scans"] == 0
-    assert v["xnh_overnight_running_scans"] == 0
-    reports = [json.loads((out / n / REPORT_NAME).read_text()) for n in r.done]
+    assert v["xnh_overnight_scans_done_total"] == 2 and v["xnh_overnight_scans_failed_total"] == 2
+    assert v["xnh_overnight_scans_flagged_total"] == 1 and v["xnh_overnight_scans_skipped_total"] == 1
+    assert v["xnh_overnight_scan_duration_seconds_count"] == 5 and v["xnh_overnight_queue_scans"] == 0
+    assert v["xnh_overnight_running_scans"] == 0 and v["xnh_overnight_waiting_scans"] == 1
+    reports = [json.loads((out / n / REPORT_NAME).read_text()) for n in (*r.done, "scan_noise")]
     assert v["xnh_frames_received_total"] == sum(x["frames"]["received"] for x in reports)
 
-    # second pass: finished scans are skipped, the failed one is tried again (and fails again)
+    # second pass: finished scans are skipped (the flagged one says so), the failed ones are tried again
     r2 = run_overnight(day, out, config, metrics=m, settle_s=600)
-    assert r2.skipped == ["sample2/scan_b", "scan_a"] and r2.done == [] and len(r2.failed) == 1
+    assert r2.skipped == ["analysis", "sample2/scan_b", "scan_a", "scan_noise"] and r2.done == []
+    assert len(r2.failed) == 2 and r2.flagged == []
+    assert r2.why["scan_noise"] == "report.json exists (flagged: ImplausibleProjections)"
     # a crash before scan_a's report was written: only scan_a is redone
     (out / "scan_a" / REPORT_NAME).unlink()
     r3 = run_overnight(day, out, config, metrics=m, settle_s=600)
-    assert r3.done == ["scan_a"] and r3.skipped == ["sample2/scan_b"]
+    assert r3.done == ["scan_a"] and r3.skipped == ["analysis", "sample2/scan_b", "scan_noise"]
     v = families(m)
-    assert v["xnh_overnight_scans_done_total"] == 3 and v["xnh_overnight_scans_skipped_total"] == 3
+    assert v["xnh_overnight_scans_done_total"] == 3 and v["xnh_overnight_scans_skipped_total"] == 8
 
 
 def test_overnight_command_serves_metrics_and_exits_1_on_a_failure(day, tmp_path, capsys):
@@ -132,7 +196,9 @@ def test_overnight_command_serves_metrics_and_exits_1_on_a_failure(day, tmp_path
                  str(port), "--local"])
     out = capsys.readouterr()
     assert code == 1
-    assert "2 done, 1 failed, 0 skipped" in out.out and "FAILED scan_bad" in out.out
+    assert "2 done, 1 flagged, 2 failed, 1 skipped, 1 not finished" in out.out
+    assert "FAILED scan_bad" in out.out and "FAILED scan_garbage" in out.out and "FLAGGED scan_noise" in out.out
+    assert "skipped analysis: no NXtomo entry" in out.out and "waiting scan_running" in out.out
     assert f"http://127.0.0.1:{port}/metrics" in out.err
     with pytest.raises(OSError):  # the endpoint is closed when the command ends
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)

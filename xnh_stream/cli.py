@@ -449,7 +449,9 @@ def _start_metrics(a: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_overnight(a: argparse.Namespace) -> int:
-    """Process every finished scan folder under ROOT with the final pass, resumably."""
+    """Process every finished scan folder under ROOT with the final pass, resumably; print every scan
+    attempt's outcome (done, flagged, failed, skipped, waiting) with its reason; exit 1 when a scan failed or
+    was flagged."""
     import functools  # noqa: PLC0415
     import time  # noqa: PLC0415
 
@@ -477,12 +479,17 @@ def cmd_overnight(a: argparse.Namespace) -> int:
                                    concurrent=a.concurrent, executor_for_scan=factory,
                                    process=functools.partial(process_scan, layout=_layout(a)),
                                    stitch=not a.no_stitch, stitch_runner=stitch_runner)
-            failed = len(result.failed)
-            print(f"overnight: {len(result.done)} done, {failed} failed, {len(result.skipped)} skipped "
-                  f"(report.json exists), {len(result.waiting)} not finished; account in "
+            failed = len(result.failed) + len(result.flagged)
+            print(f"overnight: {len(result.done)} done, {len(result.flagged)} flagged, {len(result.failed)} "
+                  f"failed, {len(result.skipped)} skipped, {len(result.waiting)} not finished; account in "
                   f"{Path(a.out) / SUMMARY_NAME}")
+            for f in result.flagged:
+                print(f"FLAGGED {f['scan']}: {f['reason']}")
             for f in result.failed:
                 print(f"FAILED {f['scan']}: {f['error']}")
+            for word, names in (("skipped", result.skipped), ("waiting", result.waiting)):
+                for name in names:
+                    print(f"{word} {name}: {result.why.get(name, '')}")
             if not a.follow:
                 break
             time.sleep(a.poll_s)

@@ -142,12 +142,18 @@ class PipelineMetrics:
                                      "queue (this pass).", registry=r)
         self.overnight_running = Gauge("xnh_overnight_running_scans", "Scans being processed now.",
                                        registry=r)
+        self.overnight_waiting = Gauge("xnh_overnight_waiting_scans", "Scan folders whose files are not "
+                                       "finished yet (left for a later pass).", registry=r)
         self.overnight_done = Counter("xnh_overnight_scans_done", "Scans the overnight queue processed.",
                                       registry=r)
+        self.overnight_flagged = Counter("xnh_overnight_scans_flagged", "Scans processed whose distances "
+                                         "do not show one sample (ImplausibleProjections): a report, not a "
+                                         "volume to trust.", registry=r)
         self.overnight_failed = Counter("xnh_overnight_scans_failed", "Scans that failed (recorded; the queue "
                                         "went on).", registry=r)
-        self.overnight_skipped = Counter("xnh_overnight_scans_skipped", "Scans skipped because their "
-                                         "report.json exists (resume).", registry=r)
+        self.overnight_skipped = Counter("xnh_overnight_scans_skipped", "Scans skipped: their "
+                                         "report.json exists (resume), or their files make no scan.",
+                                         registry=r)
         self.overnight_duration = Histogram("xnh_overnight_scan_duration_seconds", "Wall time to process one "
                                             "scan (done or failed).", buckets=SCAN_DURATION_BUCKETS_S,
                                             registry=r)
@@ -304,11 +310,12 @@ class PipelineMetrics:
         self.overnight_queue.set(n)
 
     def overnight_scan(self, status: str, duration_s: float | None = None) -> None:
-        """Account one scan of the overnight queue: ``done``, ``failed`` or ``skipped``."""
-        counter = {"done": self.overnight_done, "failed": self.overnight_failed,
-                   "skipped": self.overnight_skipped}.get(status)
+        """Account one scan of the overnight queue: ``done``, ``flagged``, ``failed`` or ``skipped``."""
+        counter = {"done": self.overnight_done, "flagged": self.overnight_flagged,
+                   "failed": self.overnight_failed, "skipped": self.overnight_skipped}.get(status)
         if counter is None:
-            raise ValueError(f"overnight scan status must be done, failed or skipped, not {status!r}")
+            raise ValueError(f"overnight scan status must be done, flagged, failed or skipped, not "
+                             f"{status!r}")
         counter.inc()
         if duration_s is not None and status != "skipped":
             self.overnight_duration.observe(duration_s)

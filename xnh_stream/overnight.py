@@ -21,6 +21,16 @@ each scan's tasks limited to its share of the cluster (``max_in_flight``). Rules
   acquisition wrote its ``.xml``, or its files have not changed for ``settle_s``). HDF5 files that are not
   NXtomo (``truth.h5``, master files) are ignored; ``OUTROOT`` is never searched when it lies inside
   ``ROOT``;
+- **every scan attempt is accounted**: a folder that holds scan-like files (``.nx``, ``.nxs``, ``.h5``,
+  ``.hdf5``, ``.edf``) that make fewer than two distances (unreadable, broken, or a single distance), or two
+  or more sub-folders of such files, is processed like a scan once its files have settled: the batch chain
+  makes what it can of it or fails with the reason in ``error.json``. A folder whose scan-like files are all
+  HDF5 files without an NXtomo entry is skipped with that reason; one whose stray scan files lie beside
+  scan folders is failed without processing (``error.json`` names the files). Every scan ends the pass as
+  **done**, **flagged** (processed, but the final pass found that its distances do not show one sample:
+  the critical ``ImplausibleProjections`` alert of :mod:`xnh_stream.quality.plausibility`; its report says
+  why), **failed**, **skipped** (its report exists, or it makes no scan) or **waiting** (not finished), each
+  with its reason in ``OUTROOT/overnight.json``;
 - **a killed pass resumes inside a scan too**: the final pass keeps its finished units in
   ``OUTROOT/<scan>/work`` and does not redo them;
 - **scans of one sample are stitched** (``stitch=True``): after the pass, the finished outputs whose reports
@@ -46,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ProcessConfig
-from .io.sources import EDF_SUFFIX, EdfFolder, NotAFrameFile, inspect_nxtomo
+from .io.sources import EDF_SUFFIX, HDF5_SUFFIXES, EdfFolder, NotAFrameFile, inspect_nxtomo, is_candidate
 from .io.nxtomo import InputError
 from .metrics import PipelineMetrics
 from .chain.batch import process_scan
@@ -57,27 +67,53 @@ log = logging.getLogger(__name__)
 
 ERROR_NAME = "error.json"
 SUMMARY_NAME = "overnight.json"
-_SUFFIXES = {".nx", ".h5", ".hdf5"}
+_SUFFIXES = HDF5_SUFFIXES
+#: The alert of the final pass that makes a processed scan ``flagged`` instead of ``done``.
+FLAG_ALERTS = frozenset({"ImplausibleProjections"})
 
 
 @dataclass
 class ScanFolder:
-    """A scan found under the root: its folder, name (relative path) and whether it is finished."""
+    """A scan (or scan attempt) found under the root.
+
+    Attributes
+    ----------
+    folder : Path
+        The folder.
+    name : str
+        Its path relative to the root.
+    finished : bool
+        Its files are finished (it may be processed now).
+    why_not : str
+        Why it is not finished.
+    skip : str
+        Why it is not processed although it looks like a scan ('' : processed when finished).
+    problem : str
+        Why it cannot be a scan, found without processing it (it fails with this reason).
+    """
 
     folder: Path
     name: str
     finished: bool
     why_not: str = ""
+    skip: str = ""
+    problem: str = ""
 
 
 @dataclass
 class OvernightResult:
-    """One pass of the queue: scan names per outcome (failed: name, error)."""
+    """One pass of the queue: scan names per outcome, with the reasons.
+
+    ``failed`` and ``flagged`` hold ``{"scan": name, "error" | "reason": why}``; ``why`` holds the reason of
+    each skipped and waiting scan.
+    """
 
     done: list[str] = field(default_factory=list)
+    flagged: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)
     durations_s: dict[str, float] = field(default_factory=dict)
     stitched: dict[str, list[str]] = field(default_factory=dict)  # sample -> scans stitched this pass
 
@@ -87,6 +123,38 @@ def _frame_files(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
     except OSError:
         return []
+
+
+def _scan_like(folder: Path) -> list[Path]:
+    """The files of ``folder`` a scan is made of, by name (HDF5 and EDF), hidden and temporary ones aside."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and is_candidate(p))
+    except OSError:
+        return []
+
+
+def _no_scan(path: Path) -> bool:
+    """A readable HDF5 file without an NXtomo entry (truth, master or analysis file): no part of a scan."""
+    if path.suffix.lower() not in _SUFFIXES:
+        return False
+    try:
+        inspect_nxtomo(path, signature=False)
+    except NotAFrameFile:
+        return True
+    except Exception:  # noqa: BLE001 - unreadable or broken: part of a (broken) scan attempt
+        return False
+    return False
+
+
+def _settled(files: list[Path], settle_s: float, now: float) -> str:
+    """'' when none of ``files`` changed within ``settle_s``, else why not."""
+    for p in files:
+        try:
+            if now - p.stat().st_mtime < settle_s:
+                return f"{p.name} changed less than {settle_s:g} s ago"
+        except OSError:
+            continue
+    return ""
 
 
 def _edf_distance(folder: Path, settle_s: float, now: float) -> tuple[set[float], str] | None:
@@ -129,7 +197,7 @@ def _inspect(files: list[Path], settle_s: float, now: float) -> tuple[set[float]
 
 
 def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | None = None) -> list[ScanFolder]:
-    """Scan folders under ``root`` (rules in the module docstring), in path order.
+    """Scan folders and scan attempts under ``root`` (rules in the module docstring), in path order.
 
     Raises
     ------
@@ -141,12 +209,22 @@ def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | N
         raise InputError(root, "is not a folder (the root of the day's scan folders)")
     skip = Path(exclude).absolute() if exclude is not None else None
     now = time.time()
+
+    def name_of(here: Path) -> str:
+        return here.relative_to(root).as_posix() if here != root else root.name
+
     found: list[ScanFolder] = []
+    # folders that are no scan themselves: their scan-like files, and their sub-folders holding such files
+    others: dict[Path, tuple[list[Path], list[Path]]] = {}
     for dirpath, dirnames, _ in os.walk(root):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if skip is None or here / d != skip)
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(".") and (skip is None or here / d != skip))
         z1s, why = _inspect(_frame_files(here), settle_s, now)
+        subs = []
         for d in dirnames:
+            if _scan_like(here / d):
+                subs.append(here / d)
             edf = _edf_distance(here / d, settle_s, now)
             if edf is not None:
                 z1s |= edf[0]
@@ -160,10 +238,40 @@ def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | N
                 z1s |= sub_z1
                 why = why or (f"{d}/{sub_why}" if sub_why else "")
         if len(z1s) >= 2:
-            name = here.relative_to(root).as_posix() if here != root else root.name
-            found.append(ScanFolder(here, name, not why, why))
+            found.append(ScanFolder(here, name_of(here), not why, why))
             dirnames[:] = []  # its sub-folders are its distances
-    return found
+        else:
+            others[here] = (_scan_like(here), subs)
+    scans = {s.folder for s in found}
+    attempts: list[ScanFolder] = []
+    taken: list[Path] = []
+    for here in sorted(others):
+        if any(t in here.parents for t in taken):
+            continue  # a distance sub-folder of an attempt found above
+        files, subs = others[here]
+        nested = sorted(s for s in scans if here in s.parents)
+        distance_like = [d for d in subs if d not in scans and not any(d in s.parents for s in scans)]
+        if not files and (nested or len(distance_like) < 2):
+            continue  # a folder of folders: they are judged on their own
+        members = files + [p for d in distance_like for p in _scan_like(d)]
+        ignored = [p for p in members if _no_scan(p)]
+        name = name_of(here)
+        if nested:
+            stray = [p for p in files if p not in ignored]
+            if stray:
+                attempts.append(ScanFolder(here, name, True, problem=(
+                    f"{len(stray)} scan file(s) ({', '.join(p.name for p in stray[:4])}) lie beside the "
+                    f"scan folders below it ({', '.join(name_of(s) for s in nested[:4])}) and make no scan: "
+                    "move them into a scan folder of their own")))
+            continue
+        taken.append(here)
+        if len(ignored) == len(members):
+            attempts.append(ScanFolder(here, name, True, skip=(
+                f"no NXtomo entry in its HDF5 files ({', '.join(p.name for p in ignored[:4])}): not a scan")))
+            continue
+        why = _settled(members, settle_s, now)
+        attempts.append(ScanFolder(here, name, not why, why))
+    return sorted(found + attempts, key=lambda s: s.name)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -189,13 +297,15 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
     config : ProcessConfig, optional
         Options of the final pass for every scan.
     metrics : PipelineMetrics, optional
-        Exporter to account the queue in (queued, running, done/failed/skipped, durations, each report).
+        Exporter to account the queue in (queued, running, waiting, done/flagged/failed/skipped, durations,
+        each report).
     settle_s : float
         Quiet time after which a file without ``end_time`` counts as finished.
     process : callable
         The final pass (``process(folder, out, config, executor=...)``); replaceable for tests.
     on_scan : callable, optional
-        ``on_scan(name, status, duration_s)`` after each scan (``done``, ``failed``, ``skipped``).
+        ``on_scan(name, status, duration_s)`` after each scan (``done``, ``flagged``, ``failed`` or
+        ``skipped``).
     concurrent : int
         Scans processed at once (each from its own driver thread).
     executor_for_scan : callable, optional
@@ -214,20 +324,26 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
     config = config or ProcessConfig()
     result = OvernightResult()
     scans = find_scans(root, settle_s, exclude=out_root)
-    result.waiting = [s.name for s in scans if not s.finished]
     for s in scans:
         if not s.finished:
+            result.waiting.append(s.name)
+            result.why[s.name] = s.why_not
             log.info("overnight: %s is not finished (%s); left for a later pass", s.name, s.why_not)
     todo = []
     for s in (s for s in scans if s.finished):
-        if (out_root / s.name / REPORT_NAME).exists():
+        report = out_root / s.name / REPORT_NAME
+        why = s.skip or (f"{REPORT_NAME} exists{_flag_note(report)}" if report.exists() else "")
+        if why:
             result.skipped.append(s.name)
+            result.why[s.name] = why
             if metrics:
                 metrics.overnight_scan("skipped")
             if on_scan:
                 on_scan(s.name, "skipped", None)
         else:
             todo.append(s)
+    if metrics:
+        metrics.overnight_waiting.set(len(result.waiting))
     summary_path = out_root / SUMMARY_NAME
     started = time.time()
     lock = threading.Lock()
@@ -252,6 +368,8 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
         t0 = time.perf_counter()
         status = "done"
         try:
+            if s.problem:
+                raise InputError(s.folder, s.problem)
             kwargs = {"executor": executor_for_scan()} if executor_for_scan is not None else {}
             chain = process(s.folder, out, config, **kwargs)
         except Exception as exc:  # noqa: BLE001 - recorded, and the queue goes on
@@ -268,10 +386,19 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
         else:
             dt = time.perf_counter() - t0
             (out / ERROR_NAME).unlink(missing_ok=True)  # a previous failure of this scan is resolved
+            report = chain.report.to_dict()
+            flags = [a for a in report.get("alerts", []) if a.get("name") in FLAG_ALERTS]
+            reason = "; ".join(f"{a['name']}: {a.get('message', '')}" for a in flags)
             with lock:
-                result.done.append(s.name)
+                if flags:
+                    status = "flagged"
+                    result.flagged.append({"scan": s.name, "reason": reason})
+                else:
+                    result.done.append(s.name)
+            if flags:
+                log.error("overnight: %s processed but flagged: %s", s.name, reason)
             if metrics:
-                metrics.observe_report(chain.report.to_dict())
+                metrics.observe_report(report)
         with lock:
             result.durations_s[s.name] = round(dt, 3)
             running.discard(s.name)
@@ -292,6 +419,16 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
         result.stitched = stitch_samples(out_root, [s.name for s in scans if s.finished], stitch_runner)
     account()
     return result
+
+
+def _flag_note(report: Path) -> str:
+    """``" (flagged: ...)"`` when a scan's existing report carries a flagging alert, else ''."""
+    try:
+        alerts = json.loads(report.read_text()).get("alerts", [])
+    except (OSError, ValueError, AttributeError):
+        return ""
+    names = sorted({a.get("name") for a in alerts if isinstance(a, dict) and a.get("name") in FLAG_ALERTS})
+    return f" (flagged: {', '.join(names)})" if names else ""
 
 
 #: Folder suffix of a sample's stitched volume under the output root.
