@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import h5py
 import pytest
@@ -155,9 +156,8 @@ def test_a_damaged_journal_is_named_as_damaged_not_as_another_scans(tmp_path, ho
     out.mkdir()
     (scan / "s_1_.nx").write_bytes(b"")
     path = _damaged(out, how)
-    with pytest.raises(JournalDamaged):
-        with FrameJournal(path, readonly=True) as j:
-            j.check()
+    with pytest.raises(JournalDamaged), FrameJournal(path, readonly=True) as j:
+        j.check()
     for call in (lambda: journal_belongs_to(path, scan), lambda: check_output(out, "resume", scan=scan)):
         with pytest.raises(InputError) as err:
             call()
@@ -211,7 +211,7 @@ def test_the_final_pass_books_every_frame_with_its_distance(scan_folder, tmp_pat
 class CountingFile(h5py.File):
     """h5py.File that counts its opens per file name."""
 
-    opens: Counter = Counter()
+    opens: ClassVar[Counter] = Counter()
 
     def __init__(self, name, *args, **kwargs):
         if isinstance(name, (str, os.PathLike)):

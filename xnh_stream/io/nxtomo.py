@@ -325,13 +325,12 @@ class _Borrowed(contextlib.AbstractContextManager):
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         held, key = self.held, self.key
         if key not in held.files:
-            return None
+            return
         held.depth[key] -= 1
         if exc_type is not None:
             held.failed.add(key)
         if not held.depth[key] and key in held.failed:
             held._close(key)  # the next read opens the file afresh
-        return None
 
 
 def _find_entry(path: Path, f: h5py.File, entry: str | None) -> str:

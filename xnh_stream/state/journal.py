@@ -51,6 +51,7 @@ memory between the processes, so the database must live on a local disk, not on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -646,24 +647,17 @@ def _split(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-class _damage:  # noqa: N801 - used as a context manager, named for what it catches
+@contextlib.contextmanager
+def _damage(path: Path) -> Iterator[None]:
     """Turn SQLite's "not a database" / "malformed" / I/O errors into :class:`JournalDamaged`; a lock held by
     another connection and "no such table" pass as they are."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is None or not isinstance(exc, sqlite3.DatabaseError):
-            return
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
         text = str(exc)
-        if isinstance(exc, sqlite3.OperationalError) and any(
-                s in text for s in ("locked", "busy", "no such table")):
-            return
-        raise JournalDamaged(self.path, text) from exc
+        if isinstance(exc, sqlite3.OperationalError) and any(s in text for s in ("locked", "busy", "no such table")):
+            raise
+        raise JournalDamaged(path, text) from exc
 
 
 class _Transaction:
