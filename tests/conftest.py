@@ -7,12 +7,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """An embedded Ray of this session's own, whatever RAY_ADDRESS or another Ray on the machine says."""
+    """An embedded Ray of this session's own, whatever RAY_ADDRESS or another Ray on the machine says, started
+    as the commands start theirs (``start_ray``: its services on the loopback interface only)."""
     ray = pytest.importorskip("ray")
+    from actors.runtime import start_ray
     from xnh_stream.chain.warmup import compile_kernels
 
     compile_kernels()  # the kernels into numba's cache once, before the workers would each compile them
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray(num_cpus=2)  # keeps a Ray this process already has
     yield ray
     ray.shutdown()
