@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import fabio
@@ -22,8 +23,9 @@ from fabio.edfimage import EdfImage
 
 from xnh_stream.physics.geometry import DistanceGeometry
 from xnh_stream.ingest import FolderWatcher, edf_geometry, inspect_edf, inspect_nxtomo
+from xnh_stream.ingest.watch import VIEWS
 from xnh_stream.chain.scan import ScanIndex
-from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, InputError, NXtomoWriter
+from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, InputError, NXtomoWriter, one_open_per_file
 from xnh_stream.simulate.scan import SimulationConfig, simulate_scan
 from xnh_stream.simulate.stream import LiveNXtomoFile, StreamThread, stream_scan
 
@@ -419,3 +421,51 @@ def test_stream_scan_stops_cleanly_and_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="order"):
         stream_scan(tmp_path, CFG, order="random")
     assert fabio.version  # fabio is the EDF reader and writer
+
+
+class _CountingFile(h5py.File):
+    """h5py.File counting its opens per file name."""
+
+    opens: Counter[str] = Counter()  # noqa: RUF012 - the class-level count is the point
+
+    def __init__(self, name, *args, **kwargs):
+        if isinstance(name, (str, os.PathLike)):
+            _CountingFile.opens[Path(name).name] += 1
+        super().__init__(name, *args, **kwargs)
+
+
+def test_a_poll_and_the_frames_read_from_it_open_each_file_once(tmp_path, reference, monkeypatch):
+    """The stream's loop holds one ``one_open_per_file`` block for a poll and the frames it reads: frames of
+    chunk files still being written are read right (bit for bit, a growing file is seen afresh by the next
+    block); on a finished folder a poll and every frame read cost one open per file, and a second watcher of
+    the folder (the final pass's ScanIndex) opens only a file that changed since (``VIEWS``)."""
+    stream = StreamThread(tmp_path, CFG, frames_per_second=150, chunk_frames=5, hdf5_locking=False)
+    got = []
+    with FolderWatcher(tmp_path, poll_interval_s=0.02, use_inotify=False, settle_s=0.2) as w:
+        stream.start()
+        t0 = time.monotonic()
+        while stream.is_alive() or len(got) < K * N_PER:
+            assert time.monotonic() - t0 < 60, f"{len(got)} frames: {w.counters}"
+            with one_open_per_file():
+                new = w.poll(timeout_s=0.05)
+                _check_against_reference(new, reference)
+            got += new
+    assert stream.result().completed
+    assert len({r.frame_id for r in got}) == len(got) == K * N_PER
+
+    chunks = sorted(p.name for p in tmp_path.rglob("*.nx"))
+    assert len(chunks) == K * -(-N_PER // 5)
+    VIEWS.clear()  # a new process
+    monkeypatch.setattr(h5py, "File", _CountingFile)
+    _CountingFile.opens.clear()
+    with FolderWatcher(tmp_path, use_inotify=False, settle_s=0.0) as w, one_open_per_file():
+        records = w.poll()
+        _check_against_reference(records, reference)  # every frame read
+    assert len(records) == K * N_PER
+    assert {n: _CountingFile.opens[n] for n in chunks} == dict.fromkeys(chunks, 1)
+    _CountingFile.opens.clear()
+    changed = next(tmp_path.rglob("*.nx"))
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ScanIndex.read(tmp_path)
+    assert {n: _CountingFile.opens[n] for n in chunks} == {n: int(n == changed.name) for n in chunks}
