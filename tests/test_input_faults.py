@@ -215,3 +215,14 @@ def test_edf_frames_too_small_are_refused(tmp_path):
     EdfImage(data=np.full((4, 6), 100, np.uint16)).write(str(folder / "s_1_0000.edf"))
     with pytest.raises(InputError, match=f"frames of 4 x 6 px: fewer than {MIN_FRAME_PX}"):
         inspect_edf(folder / "s_1_0000.edf")
+
+
+def test_frames_of_the_smallest_size_accepted_are_reconstructed(good, tmp_path):
+    """Frames of MIN_FRAME_PX rows pass the reader: the whole pass must make a volume of them (the edge fit
+    of the resolution cross-check needed 10)."""
+    folder = scan_copy(good, tmp_path / "scan")
+    for k in (1, 2, 3, 4):
+        rewrite_data(folder / name(k), lambda d: d[:, 4:4 + MIN_FRAME_PX, :])
+    result = process_scan(folder, tmp_path / "out", ProcessConfig.from_mapping(FAST))
+    assert result.report.scan["frame_shape"] == [MIN_FRAME_PX, SIM.nx]
+    assert np.isfinite(result.volume).all() and result.volume.shape == (MIN_FRAME_PX, SIM.nx, SIM.nx)

@@ -464,7 +464,7 @@ def fsc_box_task(job: tuple[str, int, float, int]) -> BoxResolution:
         # the erf edge fit needs one strong edge, not the whole box (it takes ~60 bytes per voxel)
         volume = (halves[0][centre(EDGE_FIT_PX)] + halves[1][centre(EDGE_FIT_PX)]) / 2
         out.edge = edge_resolution(volume, voxel_m=voxel,
-                                   half_length=float(max(3, min(12, (min(volume.shape) - 4) // 2))))
+                                   half_length=float(max(2, min(12, (min(volume.shape) - 4) // 2))))
         sl = centre(region_px)
         out.region = (np.ascontiguousarray(halves[0][sl]), np.ascontiguousarray(halves[1][sl]))
     return out

@@ -253,7 +253,8 @@ def _difference(d: DistanceIndex, ref: DistanceIndex) -> str:
     return ", ".join(parts)
 
 
-def trusted_distances(folder: Path, distances: list[DistanceIndex]) -> tuple[list[DistanceIndex], dict[float, str]]:
+def trusted_distances(folder: Path, distances: list[DistanceIndex]
+                      ) -> tuple[list[DistanceIndex], dict[float, str]]:
     """The distances that make the scan, by majority, and why each other one is set aside.
 
     The distances are grouped by what must be the same for all of them (frame shape, photon energy,

@@ -35,9 +35,9 @@ registrations, and the median NCC peak:
 The median peak of random data grows as the frames shrink (fewer independent pixels, higher chance peaks:
 0.42 at 48 x 16, above the 0.39 of the noisiest real scan at 64 x 24); the consistency of the shifts much
 less, so the verdict rests on it: :data:`MIN_CONSISTENT` sits a factor 2 below the noisiest real scan and
-well above random data on the frames judged. Not caught: random projections flat-fielded by real flats (the flats' common beam
-structure correlates at zero shift) and real frames paired with the wrong angles (partly consistent on a
-sample that looks alike from every side). NumPy only.
+well above random data on the frames judged. Not caught: random projections flat-fielded by real flats (the
+flats' common beam structure correlates at zero shift) and real frames paired with the wrong angles (partly
+consistent on a sample that looks alike from every side). NumPy only.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def _local_median(values: np.ndarray, usable: np.ndarray, i: int, neighbours: in
     return np.median(values[near], axis=0)
 
 
-def assess_distance_registrations(thetas_deg: np.ndarray, peaks: np.ndarray, ok: np.ndarray, shifts_yx: np.ndarray,
-                                  reference: int, frame_shape: tuple[int, int] | None = None,
+def assess_distance_registrations(thetas_deg: np.ndarray, peaks: np.ndarray, ok: np.ndarray,
+                                  shifts_yx: np.ndarray, reference: int, frame_shape: tuple[int, int] | None = None,
                                   tol_px: float = TOLERANCE_PX, min_consistent: float = MIN_CONSISTENT,
                                   neighbours: int = 2) -> Plausibility:
     """Whether the registrations of the distances on the reference show one sample (module docstring).
