@@ -32,7 +32,17 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A configuration key that is unknown or has a bad value."""
+    """A configuration key that is unknown or has a bad value.
+
+    The message never shows a password: the ``user:password@`` of any URL in it (an alert webhook with
+    credentials, echoed as a bad value or in a YAML error) reads ``***@``
+    (:func:`xnh_stream.quality.alerts.redact_text`).
+    """
+
+    def __init__(self, *args: object) -> None:
+        from .quality.alerts import redact_text  # noqa: PLC0415 - alerts is imported after the config
+
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 def _check(section: str, checks: dict[str, bool], values: Any) -> None:

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import queue
+import re
 import socket
 import threading
 import time
@@ -43,7 +44,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["Alert", "evaluate_alerts", "AlertRouter", "LogSink", "CallbackSink", "WebhookSink",
-           "alertmanager_payload", "SEVERITIES"]
+           "alertmanager_payload", "SEVERITIES", "redact_url", "redact_text"]
 
 SEVERITIES = ("warning", "critical")
 
@@ -269,11 +270,25 @@ def split_credentials(url: str) -> tuple[str, str | None]:
 
 def redact_url(url: str) -> str:
     """``url`` with any ``user:password@`` replaced by ``***@`` (for logs and reports)."""
-    bare, auth = split_credentials(url)
+    try:
+        bare, auth = split_credentials(url)
+    except ValueError:  # not a URL urlsplit accepts (a bad port): redacted as text
+        return redact_text(url)
     if auth is None:
         return url
     scheme, rest = bare.split("://", 1)
     return f"{scheme}://***@{rest}"
+
+
+#: The ``user[:password]@`` of a URL anywhere in a text: after ``scheme://``, up to the last ``@`` before the
+#: path (a password may hold an unencoded ``@``).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#'\"<>]+)@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with the ``user:password@`` of every URL in it replaced by
+    ``***@``, as :func:`redact_url` does for one URL."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
 
 
 class WebhookSink(Sink):
@@ -305,7 +320,7 @@ class WebhookSink(Sink):
     def __init__(self, url: str, timeout_s: float = 2.0, resend_s: float = 60.0,
                  labels: Mapping[str, str] | None = None, generator_url: str = "", max_queue: int = 16) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"alert webhook URL must start with http:// or https://, got {url!r}")
+            raise ValueError(f"alert webhook URL must start with http:// or https://, got {redact_url(url)!r}")
         self._post_url, self._auth = split_credentials(url)
         self.url = redact_url(url)  # what logs show
         self.timeout_s, self.resend_s = float(timeout_s), float(resend_s)
