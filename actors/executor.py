@@ -65,4 +65,25 @@ class RayExecutor:
                 nxt += 1
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                yield pending.pop(ref), ray.get(ref)
+                yield pending.pop(ref), result_of(ref)
+
+
+def result_of(ref: Any) -> Any:
+    """``ray.get(ref)``, with an :class:`OSError` raised in the task raised here as itself.
+
+    Ray raises a task's error as a class derived from both ``RayTaskError`` and the error's own class, but
+    without its attributes: an ``OSError`` arrives without ``errno`` and ``filename``, so a full disk in a
+    task would read as an unknown ``OSError`` here. The original is in ``.cause``; it is raised instead
+    (``from`` Ray's error, whose text holds the task's traceback).
+
+    Raises
+    ------
+    OSError
+        The task's own, with its errno and file.
+    """
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, OSError):
+            raise exc.cause from exc
+        raise

@@ -6,6 +6,10 @@
 * With ``--address`` (``auto``, ``host:port`` or ``ray://host:10001``) the existing cluster is joined; the
   resources are the cluster's, none are passed.
 * A process that already has Ray (a test session, a second command in one process) keeps it.
+
+``ray.init`` installs Ray's own SIGTERM handlers in the driver (one exits with code 1 after killing the
+node's processes; the core worker's C++ failure handler prints a C stack first): the command's handlers
+(:mod:`xnh_stream.interrupt`) are put back after it, so that SIGTERM and SIGINT stop a command cleanly.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
+
+from xnh_stream import interrupt
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +81,27 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus:
     """
     if ray.is_initialized():
         return "ray: already started in this process"
-    if address:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-        n = sum(1 for node in ray.nodes() if node.get("Alive"))
-        return f"ray: joined the cluster at {address} ({n} nodes)"
-    cpus = num_cpus or min(os.cpu_count() or 2, 8)
-    kwargs = {"num_gpus": num_gpus} if num_gpus is not None else {}
-    with _loopback_node():
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _node_ip_address=LOOPBACK, **kwargs)
-    node = ray.util.get_node_ip_address()
-    if not ipaddress.ip_address(node).is_loopback:  # a Ray that no longer honours the switch
-        log.warning("ray: the embedded instance took the node address %s, not %s: its services may listen "
-                    "on other interfaces than the loopback one", node, LOOPBACK)
-    return f"ray: embedded local instance with {cpus} CPUs on {node}"
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            n = sum(1 for node in ray.nodes() if node.get("Alive"))
+            return f"ray: joined the cluster at {address} ({n} nodes)"
+        cpus = num_cpus or min(os.cpu_count() or 2, 8)
+        kwargs = {"num_gpus": num_gpus} if num_gpus is not None else {}
+        with _loopback_node():
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, _node_ip_address=LOOPBACK, **kwargs)
+        node = ray.util.get_node_ip_address()
+        if not ipaddress.ip_address(node).is_loopback:  # a Ray that no longer honours the switch
+            log.warning("ray: the embedded instance took the node address %s, not %s: its services may listen "
+                        "on other interfaces than the loopback one", node, LOOPBACK)
+        return f"ray: embedded local instance with {cpus} CPUs on {node}"
+    except SystemExit:
+        if interrupt.active():  # SIGTERM during ray.init, which had its own handlers (sys.exit) in place
+            raise interrupt.Interrupted(signal.SIGTERM) from None
+        raise
+    finally:
+        interrupt.reinstall()  # ray.init replaced the command's SIGTERM handler by its own
 
 
 def gpus_available() -> float:

@@ -842,7 +842,24 @@ class StreamDriver:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> StreamResult:
-        """Stream until the scan completes (or the timeout), then run the final pass."""
+        """Stream until the scan completes (or the timeout), then run the final pass.
+
+        Stopped on the way (SIGTERM or SIGINT raise in the command's main thread, :mod:`xnh_stream.interrupt`;
+        or an error), the journal is closed before the exception goes on, its WAL checkpointed into
+        ``journal.sqlite``: the same command resumes from it (what it holds is consistent at any instruction,
+        even after ``kill -9``; closing it leaves no ``-wal`` file behind). The actors go with Ray's shutdown.
+        """
+        try:
+            return self._run()
+        except BaseException:
+            try:
+                self.journal.close()
+            except Exception as exc:  # noqa: BLE001 - the stop (or the error) is what is reported
+                log.warning("%s: not closed cleanly (%s); it is consistent all the same",
+                            self.out / JOURNAL_NAME, exc)
+            raise
+
+    def _run(self) -> StreamResult:
         if self.config.compute.backend == "numpy":
             took = compile_kernels()  # here once, before the actors exist, instead of in each of them at once
             if took > 2.0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shutil
 import logging
 import os
@@ -15,8 +16,10 @@ from typing import Any
 from tqdm import tqdm
 
 from . import __version__
+from . import interrupt
 from .config import ConfigError, ProcessConfig
 from .io.nxtomo import InputError
+from .quality.alerts import redact_text
 
 log = logging.getLogger("xnh_stream")
 
@@ -831,9 +834,99 @@ TERMINAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+# --- how a command ends: a signal, a storage problem, a runtime to shut down -------------------------------
+#: errno values of a problem of the storage (full, read-only, not ours, over quota): the command ends with
+#: ``error: FILE: problem`` and exit code 2 instead of a traceback, wherever it was raised.
+STORAGE_ERRNOS = frozenset(e for e in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS,
+                                       getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+def storage_error(exc: BaseException) -> OSError | None:
+    """The storage problem behind ``exc`` (:data:`STORAGE_ERRNOS`), or None.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What a command raised: the :class:`OSError` itself, an error raised ``from`` it, or the wrapper of
+        an error raised in a remote task (which carries the original as ``cause``, e.g. Ray's).
+
+    Returns
+    -------
+    OSError or None
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        e = pending.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return e
+        pending += [getattr(e, "cause", None), e.__cause__]
+    return None
+
+
+def describe_storage_error(exc: OSError) -> str:
+    """``FILE: no space left on device`` (the file, then the system's words for the errno)."""
+    problem = os.strerror(exc.errno) if exc.errno is not None else str(exc)
+    problem = problem[:1].lower() + problem[1:]
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return redact_text(f"{' -> '.join(files)}: {problem}" if files else problem)
+
+
+def _stopped(a: argparse.Namespace, signum: int) -> int:
+    """Say that the command stopped on ``signum`` and how to resume; the exit code for that signal."""
+    print(f"{a.command}: stopped by {interrupt.signal_name(signum)}; what was done is kept: run the same command "
+          "again to resume", file=sys.stderr, flush=True)
+    return interrupt.EXIT_CODES.get(signum, 128 + signum)
+
+
+def _close_runtime(runtime: Any) -> None:
+    """Shut the runtime down where it has a ``close`` (Ray started by the command: its processes stop now,
+    not in an exit handler); a failure there is logged, the command's result stands."""
+    close = getattr(runtime, "close", None)
+    if not callable(close):
+        return
+    try:
+        close()
+    except Exception as exc:  # noqa: BLE001 - the command's outcome is already decided
+        log.warning("runtime shutdown: %s", redact_text(str(exc)))
+
+
+class _RedactingFilter(logging.Filter):
+    """Log lines with the ``user:password@`` of any URL in them replaced by ``***@``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _redact_log_lines() -> None:
+    """Every handler of the root logger redacts credentials from the lines it writes (once per handler)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
+            handler.addFilter(_RedactingFilter())
+
+
 def main(argv: Sequence[str] | None = None, runtime: Any = None) -> int:
     """The commands; ``runtime`` (:class:`xnh_stream.runtime.Runtime`) is where distributed work runs
-    (the ``xnh-stream`` console script, :func:`actors.cli.main`, passes Ray's)."""
+    (the ``xnh-stream`` console script, :func:`actors.cli.main`, passes Ray's).
+
+    SIGTERM and SIGINT stop the command (:mod:`xnh_stream.interrupt`): one line says so and that running it
+    again resumes. Bad input or configuration, and a storage problem anywhere (:data:`STORAGE_ERRNOS`, also
+    in a remote task), end with one line ``error: ...`` (a URL's password never shown). The runtime is shut
+    down (its ``close``, where it has one) however the command ends.
+
+    Returns
+    -------
+    int
+        The exit code: the command's (0 done, 1 a watched scan that did not complete, an overnight queue
+        with failures), 2 bad input, configuration or storage, 0 stopped by SIGTERM, 130 stopped by SIGINT.
+    """
     args = build_parser().parse_args(argv)
     args.runtime = runtime
     _UI["quiet"] = bool(args.quiet)
@@ -842,12 +935,29 @@ def main(argv: Sequence[str] | None = None, runtime: Any = None) -> int:
                         datefmt="%Y-%m-%dT%H:%M:%S")
     logging.getLogger().setLevel(level)  # basicConfig configures once per process; the level follows each call
     logging.captureWarnings(True)  # library warnings as log lines, in the same format
-    try:
-        check_outputs(args)
-        return int(args.func(args) or 0)
-    except (InputError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _redact_log_lines()
+    with interrupt.stop_on_signals():  # SIGTERM / SIGINT: Interrupted, here or in the runtime's calls
+        try:
+            try:
+                check_outputs(args)
+                code = int(args.func(args) or 0)
+                signum = interrupt.received()  # a command that stopped on the signal itself (overnight)
+                return code if signum is None else interrupt.EXIT_CODES.get(signum, code)
+            except (InputError, ConfigError) as exc:
+                print(f"error: {redact_text(str(exc))}", file=sys.stderr)
+                return 2
+            except Exception as exc:
+                problem = storage_error(exc)
+                if problem is None:
+                    raise
+                print(f"error: {describe_storage_error(problem)}", file=sys.stderr)
+                return 2
+        except KeyboardInterrupt as exc:  # Interrupted, or the bare one Ray raises in its place
+            interrupt.hold()
+            return _stopped(args, interrupt.signal_of(exc))
+        finally:
+            interrupt.hold()  # a signal while the runtime shuts down does not cut the shutdown short
+            _close_runtime(runtime)
 
 
 if __name__ == "__main__":  # pragma: no cover
