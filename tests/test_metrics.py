@@ -130,7 +130,10 @@ def test_report_and_overnight_accounting():
     assert value(m, "xnh_overnight_scans_skipped_total") == 1
     assert value(m, "xnh_overnight_scan_duration_seconds_count") == 2
     assert value(m, "xnh_overnight_scan_duration_seconds_bucket", le="1.0") == 1
-    with pytest.raises(ValueError, match="done, failed or skipped"):
+    m.overnight_scan("flagged", 3.0)
+    assert value(m, "xnh_overnight_scans_flagged_total") == 1
+    assert value(m, "xnh_overnight_scan_duration_seconds_count") == 3
+    with pytest.raises(ValueError, match="done, flagged, failed or skipped"):
         m.overnight_scan("lost")
 
 
