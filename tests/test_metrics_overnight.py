@@ -112,12 +112,18 @@ def test_every_scan_attempt_is_found_once(day, tmp_path):
     (root / "stray.nx").write_bytes(b"not hdf5")
     (root / "edf_only").mkdir()
     (root / "edf_only" / "s_1_0000.edf").write_bytes(b"{ not an edf }")
+    for d in ("one_distance", "one_and_garbage"):
+        (root / d).mkdir()
+        shutil.copy(day / "scan_a" / "phantom_1_.nx", root / d)
+    (root / "one_and_garbage" / "phantom_2_.nx").write_bytes(b"cut short")
     age(root)
     (root / "fresh").mkdir()
     (root / "fresh" / "a.h5").write_bytes(b"being copied")
     scans = {s.name: s for s in find_scans(root, settle_s=600)}
     assert set(scans) == {"chunks_bad", "sample/bad_1", "sample/bad_2", "sample/scan_ok", "root", "edf_only",
-                          "fresh"}
+                          "fresh", "one_distance", "one_and_garbage"}
+    assert not scans["one_distance"].finished and "one distance only" in scans["one_distance"].why_not
+    assert scans["one_and_garbage"].finished  # processed: the chain sets the broken file aside, or fails
     assert "stray.nx" in scans["root"].problem and "sample/scan_ok" in scans["root"].problem
     assert scans["chunks_bad"].finished and not scans["chunks_bad"].problem
     assert not scans["fresh"].finished and "a.h5" in scans["fresh"].why_not

@@ -22,11 +22,12 @@ each scan's tasks limited to its share of the cluster (``max_in_flight``). Rules
   NXtomo (``truth.h5``, master files) are ignored; ``OUTROOT`` is never searched when it lies inside
   ``ROOT``;
 - **every scan attempt is accounted**: a folder that holds scan-like files (``.nx``, ``.nxs``, ``.h5``,
-  ``.hdf5``, ``.edf``) that make fewer than two distances (unreadable, broken, or a single distance), or two
-  or more sub-folders of such files, is processed like a scan once its files have settled: the batch chain
-  makes what it can of it or fails with the reason in ``error.json``. A folder whose scan-like files are all
-  HDF5 files without an NXtomo entry is skipped with that reason; one whose stray scan files lie beside
-  scan folders is failed without processing (``error.json`` names the files). Every scan ends the pass as
+  ``.hdf5``, ``.edf``) that make fewer than two distances because some are unreadable or broken, or two or
+  more sub-folders of such files, is processed like a scan once its files have settled: the batch chain
+  makes what it can of it or fails with the reason in ``error.json``. One good distance and nothing broken
+  waits for the others; a folder whose scan-like files are all HDF5 files without an NXtomo entry is
+  skipped with that reason; one whose stray scan files lie beside scan folders is failed without processing
+  (``error.json`` names the files). Every scan ends the pass as
   **done**, **flagged** (processed, but the final pass found that its distances do not show one sample:
   the critical ``ImplausibleProjections`` alert of :mod:`xnh_stream.quality.plausibility`; its report says
   why), **failed**, **skipped** (its report exists, or it makes no scan) or **waiting** (not finished), each
@@ -133,17 +134,19 @@ def _scan_like(folder: Path) -> list[Path]:
         return []
 
 
-def _no_scan(path: Path) -> bool:
-    """A readable HDF5 file without an NXtomo entry (truth, master or analysis file): no part of a scan."""
+def _status(path: Path) -> str:
+    """``"none"``: a readable HDF5 file without an NXtomo entry (truth, master or analysis file: no part of a
+    scan); ``"broken"``: an HDF5 file that cannot be read as a distance file; ``"ok"``: a distance file (or an
+    EDF file: its folder's metadata decide)."""
     if path.suffix.lower() not in _SUFFIXES:
-        return False
+        return "ok"
     try:
         inspect_nxtomo(path, signature=False)
     except NotAFrameFile:
-        return True
+        return "none"
     except Exception:  # noqa: BLE001 - unreadable or broken: part of a (broken) scan attempt
-        return False
-    return False
+        return "broken"
+    return "ok"
 
 
 def _settled(files: list[Path], settle_s: float, now: float) -> str:
@@ -241,23 +244,22 @@ def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | N
             found.append(ScanFolder(here, name_of(here), not why, why))
             dirnames[:] = []  # its sub-folders are its distances
         else:
-            others[here] = (_scan_like(here), subs)
+            others[here] = (_scan_like(here), subs, z1s)
     scans = {s.folder for s in found}
     attempts: list[ScanFolder] = []
     taken: list[Path] = []
     for here in sorted(others):
         if any(t in here.parents for t in taken):
             continue  # a distance sub-folder of an attempt found above
-        files, subs = others[here]
+        files, subs, z1s = others[here]
         nested = sorted(s for s in scans if here in s.parents)
         distance_like = [d for d in subs if d not in scans and not any(d in s.parents for s in scans)]
-        if not files and (nested or len(distance_like) < 2):
+        if not files and (nested or not (len(distance_like) >= 2 or (distance_like and z1s))):
             continue  # a folder of folders: they are judged on their own
         members = files + [p for d in distance_like for p in _scan_like(d)]
-        ignored = [p for p in members if _no_scan(p)]
         name = name_of(here)
         if nested:
-            stray = [p for p in files if p not in ignored]
+            stray = [p for p in files if _status(p) != "none"]
             if stray:
                 attempts.append(ScanFolder(here, name, True, problem=(
                     f"{len(stray)} scan file(s) ({', '.join(p.name for p in stray[:4])}) lie beside the "
@@ -265,11 +267,15 @@ def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | N
                     "move them into a scan folder of their own")))
             continue
         taken.append(here)
-        if len(ignored) == len(members):
+        status = [_status(p) for p in members]
+        if all(st == "none" for st in status):
             attempts.append(ScanFolder(here, name, True, skip=(
-                f"no NXtomo entry in its HDF5 files ({', '.join(p.name for p in ignored[:4])}): not a scan")))
+                f"no NXtomo entry in its HDF5 files ({', '.join(p.name for p in members[:4])}): not a scan")))
             continue
         why = _settled(members, settle_s, now)
+        if not why and z1s and "broken" not in status:  # one good distance, nothing broken: the others may come
+            why = (f"one distance only (z1 = {min(z1s):.6g} m): a scan needs two or more; waiting for the "
+                   "others")
         attempts.append(ScanFolder(here, name, not why, why))
     return sorted(found + attempts, key=lambda s: s.name)
 
