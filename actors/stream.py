@@ -940,7 +940,8 @@ class StreamDriver:
                 self.journal.emit("alert", alert, key="alert:ScanIncomplete:critical")
             index = ScanIndex.read(self.scan_folder)
             chain = FinalChain(index, self.out, self.config, executor=RayExecutor(), layout=self.opt.layout,
-                               monitor=self.monitor, progress=self._final_progress)
+                               monitor=self.monitor, progress=self._final_progress,
+                               replace=True)  # the command checked OUT; a resumed stream renews its outputs
             chain.completion = completion
             if completion.missing:
                 chain.alerts.append(alert)

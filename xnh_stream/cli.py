@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
-import shutil
 import logging
 import os
 import sys
@@ -226,9 +226,12 @@ def cmd_process(a: argparse.Namespace) -> int:
     executor = None if a.local else _executor(a, config)
     update, close = _progress_bars()
     try:
-        result = process_scan(a.scan, a.out, config, progress=update, executor=executor, layout=_layout(a))
+        result = process_scan(a.scan, a.out, config, progress=update, executor=executor, layout=_layout(a),
+                              replace=a.overwrite)
     finally:
         close()
+    if result.already_complete:
+        print(f"{a.out}: already complete (the volume checks against its report); nothing recomputed")
     _summarise(result.report)
     print(f"volume: {Path(a.out) / VOLUME_NAME}\nreport: {Path(a.out) / REPORT_NAME}")
     return 0
@@ -238,7 +241,7 @@ def _add_layout_args(p: argparse.ArgumentParser) -> None:
     from .chain.final import ChainLayout  # noqa: PLC0415
 
     d = ChainLayout()
-    g = p.add_argument_group("final pass (how the work is cut; the result does not change)")
+    g = p.add_argument_group("final pass (how the work is cut; the result changes only by float32 rounding)")
     g.add_argument("--angle-batch", type=int, default=d.angle_batch,
                    help="angles per phase-retrieval task (default %(default)s)")
     g.add_argument("--slab-rows", type=int, default=d.slab_rows,
@@ -607,6 +610,17 @@ def journal_belongs_to(journal: Path, scan: Path, sample: int = 20, overwrite: b
     return any((scan / f).exists() or Path(f).is_absolute() and Path(f).exists() for f in ids)
 
 
+def _report_of(out: Path, scan: Path) -> bool:
+    """Whether ``out/report.json`` is the report of the scan in ``scan``."""
+    import json  # noqa: PLC0415
+
+    try:
+        folder = json.loads((out / "report.json").read_text())["scan"]["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return Path(folder).resolve() == scan.resolve()
+
+
 def check_output(out: Path, rule: str, overwrite: bool = False, scan: Path | None = None) -> None:
     """Refuse, before any work, an output that would fail at the end or overwrite results silently.
 
@@ -667,11 +681,17 @@ def check_output(out: Path, rule: str, overwrite: bool = False, scan: Path | Non
         if not journal.exists() or scan is None or journal_belongs_to(journal, Path(scan), overwrite=overwrite):
             log.info("%s: resuming the unfinished final pass found there", out)
             return  # the final pass checks that its work folder is this scan's, else starts afresh
+    if rule == "final" and not overwrite and scan is not None and _report_of(out, Path(scan)):
+        # this scan's outputs: the final pass checks them against their report (done, or a clear refusal),
+        # finishes a publication a kill interrupted, or refuses outputs made with other options
+        return
     if rule == "final" and overwrite:
+        from .state.work import trash  # noqa: PLC0415
+
         for suffix in ("", "-wal", "-shm"):  # the frame account of whatever was there before
             (out / (JOURNAL_NAME + suffix)).unlink(missing_ok=True)
-        shutil.rmtree(out / "work", ignore_errors=True)
-        return
+        trash(out / "work")
+        return  # the old volume and report stay until the new ones replace them
     if rule == "resume" and (out / JOURNAL_NAME).exists():
         if scan is not None and journal_belongs_to(out / JOURNAL_NAME, Path(scan), overwrite=overwrite):
             log.info("%s: resuming the journal of %s", out, scan)
@@ -704,6 +724,23 @@ def check_outputs(a: argparse.Namespace) -> None:
     arg, kind, scan_arg = rule
     check_output(Path(getattr(a, arg)), kind, getattr(a, "overwrite", False),
                  Path(getattr(a, scan_arg)) if scan_arg else None)
+
+
+def output_lock(a: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """The lock of the output folder of the command in ``a`` (:class:`~xnh_stream.state.lock.OutputLock`;
+    a no-op for commands that write no folder)."""
+    from .state.lock import OutputLock  # noqa: PLC0415
+
+    arg = LOCKED_OUTPUTS.get(getattr(a, "command", ""))
+    folder = getattr(a, arg, None) if arg else None
+    if folder is None:
+        return contextlib.nullcontext()
+    return OutputLock(Path(folder), f"xnh-stream {a.command}")
+
+
+#: The output folder of each command that writes one, held under its lock while the command runs.
+LOCKED_OUTPUTS = {"process": "out", "watch": "out", "demo": "out", "overnight": "out", "segment": "out",
+                  "stitch": "out"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -939,8 +976,9 @@ def main(argv: Sequence[str] | None = None, runtime: Any = None) -> int:
     with interrupt.stop_on_signals():  # SIGTERM / SIGINT: Interrupted, here or in the runtime's calls
         try:
             try:
-                check_outputs(args)
-                code = int(args.func(args) or 0)
+                with output_lock(args):  # one writer per output folder, from the checks to the end
+                    check_outputs(args)
+                    code = int(args.func(args) or 0)
                 signum = interrupt.received()  # a command that stopped on the signal itself (overnight)
                 return code if signum is None else interrupt.EXIT_CODES.get(signum, code)
             except (InputError, ConfigError) as exc:
