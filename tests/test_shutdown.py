@@ -144,3 +144,25 @@ def test_watch_stops_on_sigterm_with_its_journal_closed_and_resumes(scan, tmp_pa
     assert code == 0, err[-3000:]
     assert (out / "volume.ome.zarr").is_dir() and (out / "report.json").is_file()
     assert "Traceback" not in err and "scan complete" in stdout
+
+
+def test_a_signal_wrapped_by_native_code_is_still_a_clean_stop(monkeypatch, capsys, tmp_path):
+    """A signal that lands inside a compiled function comes out as that function's error (numba's
+    dispatcher: ``SystemError ... returned a result with an exception set``, seen with SIGTERM during the
+    live FSC): the command still stops cleanly with the signal's code, not a traceback."""
+    import os
+
+    from xnh_stream import cli
+
+    def native(a):  # what numba's dispatcher does with the handler's exception
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt as exc:
+            raise SystemError("CPUDispatcher(<function apodise_separable>) returned a result with an exception "
+                              "set") from exc
+
+    monkeypatch.setattr(cli, "cmd_simulate", native)
+    code = cli.main(["simulate", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 0 and "stopped by SIGTERM" in err and RESUME_HINT in err

@@ -985,6 +985,11 @@ def main(argv: Sequence[str] | None = None, runtime: Any = None) -> int:
                 print(f"error: {redact_text(str(exc))}", file=sys.stderr)
                 return 2
             except Exception as exc:
+                if interrupt.received() is not None:
+                    # the signal's exception, wrapped where it crossed native code: numba's dispatcher
+                    # (SystemError "returned a result with an exception set"), a library's own error
+                    interrupt.hold()
+                    return _stopped(args, interrupt.received())
                 problem = storage_error(exc)
                 if problem is None:
                     raise
