@@ -934,4 +934,22 @@ def estimate_rotation_axis(
                 cands.append(CorCandidate("vo", float("nan"), float("inf"), 0.0, False, str(err)))
     if not cands:
         raise ValueError("no rotation-axis estimate possible: give 0/180 pairs or sinograms over >= 180 degrees")
-    return consensus(cands, drift)
+    return consensus(_outside_vo_range(cands, sinograms, search_px), drift)
+
+
+def _outside_vo_range(cands: list[CorCandidate], sinograms: Any, search_px: float | None) -> list[CorCandidate]:
+    """Vo's estimate marked unreliable where a reliable other estimator puts the axis outside Vo's search
+    range (an off-centre axis of a half acquisition): there Vo can only have found a spurious notch."""
+    vo = next((c for c in cands if c.method == "vo" and c.reliable), None)
+    if vo is None or sinograms is None:
+        return cands
+    n = np.shape(sinograms)[-1]
+    search = n / 4.0 if search_px is None else float(search_px)
+    centre = (n - 1) / 2.0
+    outside = [c for c in cands if c is not vo and c.reliable and abs(c.px - centre) > search]
+    if not outside:
+        return cands
+    note = (f"; unreliable: {outside[0].method} puts the axis at {outside[0].px:.1f} px, outside Vo's search "
+            f"range ({centre - search:.1f}-{centre + search:.1f} px)")
+    return [CorCandidate(c.method, c.px, c.uncertainty_px, c.quality, False, c.detail + note) if c is vo else c
+            for c in cands]
