@@ -86,6 +86,13 @@ class ForeignSpec:
         Extra columns / rows of the fine grid around the largest field of view (room for the fringes).
     seed : int
         Random seed (phantom details, noise, offsets).
+    delta_beta : float, optional
+        A sample of one material in the optical sense: every part keeps its ``delta`` and gets
+        ``beta = delta / delta_beta`` (the homogeneous object of the CTF). With ``delta_beta_inclusions`` too,
+        the body has ``delta_beta`` and every inclusion ``delta_beta_inclusions`` (a two-material sample:
+        resin against air, stain inside). None: each material's own optical constants.
+    delta_beta_inclusions : float, optional
+        See ``delta_beta``.
     """
 
     nx: int = 96
@@ -111,6 +118,8 @@ class ForeignSpec:
     distance_shift_px: float = 1.5
     margin_px: int = 16
     seed: int = 7
+    delta_beta: float | None = None
+    delta_beta_inclusions: float | None = None
 
     @property
     def axis(self) -> float:
@@ -213,6 +222,9 @@ def make_phantom(spec: ForeignSpec, nz: int, n: int) -> tuple[np.ndarray, np.nda
     """
     rng = np.random.default_rng(spec.seed)
     oc = _optical_constants(spec.energy_kev)
+    if spec.delta_beta is not None:  # one material, or two: the body's and the inclusions' delta/beta
+        inner = spec.delta_beta if spec.delta_beta_inclusions is None else spec.delta_beta_inclusions
+        oc = {name: (d, d / (spec.delta_beta if name == "body" else inner)) for name, (d, _) in oc.items()}
     vol = {"delta": np.zeros((nz, n, n), np.float32), "beta": np.zeros((nz, n, n), np.float32)}
     c = (n - 1) / 2.0
     cz = (nz - 1) / 2.0
