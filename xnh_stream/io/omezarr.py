@@ -5,8 +5,9 @@ metres in each level's scale transformation. Written with the ``ome-zarr`` packa
 
 Label images (a segmentation, a class map) are OME-NGFF labels: ``IMAGE/labels/<name>`` with the
 ``image-label`` metadata (``source.image`` pointing back to the image), listed in ``IMAGE/labels``'s
-``labels``, on the image's grid and pyramid (:func:`write_labels`), so napari and ome-zarr's reader show
-them as labels over the volume. A label image that cannot live in its image (the image belongs to someone
+``labels``, on the image's grid and pyramid with the image's coordinate transformations level by level
+(scale and the stage translation, :func:`write_labels`), so napari and ome-zarr's reader show them as labels
+over the volume, in the same world frame. A label image that cannot live in its image (the image belongs to someone
 else) is a standalone multiscale with ``image-label`` metadata (:func:`write_volume` with ``labels=True``).
 """
 
@@ -27,16 +28,61 @@ AXES = [{"name": a, "type": "space", "unit": "meter"} for a in "zyx"]
 CHECKED_COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())
 
 
-def pyramid(volume: np.ndarray | da.Array, labels: bool = False, min_size: int = 32) -> list:
-    """Halve ``volume`` repeatedly (block mean, or every second voxel for labels) down to ``min_size``.
+def block_mode(blocks: np.ndarray, axis: tuple[int, ...] = (1, 3, 5)) -> np.ndarray:
+    """The most frequent value of each 2x2x2 block: ``blocks`` shaped ``(a, 2, b, 2, c, 2)``, reduced over ``axis``.
 
+    Ties go to the value met first in ``z y x`` order within the block (so a block of eight different ids keeps
+    its first voxel). The signature is that of a :func:`dask.array.coarsen` reduction.
+
+    Parameters
+    ----------
+    blocks : ndarray
+        Integer labels, shape ``(a, 2, b, 2, c, 2)``.
+    axis : tuple of int
+        The block axes (``(1, 3, 5)``; anything else is refused).
+
+    Returns
+    -------
+    ndarray
+        ``(a, b, c)``, the dtype of ``blocks``.
+    """
+    if blocks.ndim != 6:  # dask infers the result's type from a small array of another shape
+        return np.asarray(blocks)[..., :0] if blocks.ndim else np.asarray(blocks)
+    if tuple(axis) != (1, 3, 5) or blocks.shape[1::2] != (2, 2, 2):
+        raise ValueError(f"block_mode reduces 2x2x2 blocks over axes (1, 3, 5), got {blocks.shape} over {axis}")
+    a, _, b, _, c, _ = blocks.shape
+    v = blocks.transpose(0, 2, 4, 1, 3, 5).reshape(a, b, c, 8)
+    best = v[..., 0].copy()
+    best_n = (v == best[..., None]).sum(axis=-1, dtype=np.uint8)
+    for i in range(1, 8):
+        n = (v == v[..., i:i + 1]).sum(axis=-1, dtype=np.uint8)
+        more = n > best_n
+        best[more] = v[..., i][more]
+        best_n[more] = n[more]
+    return best
+
+
+def _label_mode(v: np.ndarray | da.Array) -> np.ndarray | da.Array:
+    """Labels halved by the mode of each 2x2x2 block (an odd last voxel dropped, as for the image)."""
+    if isinstance(v, da.Array):
+        return da.coarsen(block_mode, v, {0: 2, 1: 2, 2: 2}, trim_excess=True)
+    a, b, c = (s // 2 for s in v.shape)
+    return block_mode(np.asarray(v)[:2 * a, :2 * b, :2 * c].reshape(a, 2, b, 2, c, 2))
+
+
+def pyramid(volume: np.ndarray | da.Array, labels: bool = False, min_size: int = 32) -> list:
+    """Halve ``volume`` repeatedly (block mean, or the mode of each 2x2x2 block for labels) down to ``min_size``.
+
+    Labels take the most frequent id of each block (:func:`block_mode`, as neuroglancer's downsampling does),
+    not every second voxel: a level-``l`` voxel then covers the same ``2**l`` cube as the image's, so the label
+    levels have the image's shapes and coordinate transformations (:func:`level_transforms`) level by level.
     A dask array gives lazy levels (dask arrays), so a volume larger than memory is written chunk by chunk.
     """
     levels = [volume]
     while min(levels[-1].shape) >= 2 * min_size:
         v = levels[-1]
         if labels:
-            levels.append(v[::2, ::2, ::2] if isinstance(v, da.Array) else v[::2, ::2, ::2].copy())
+            levels.append(_label_mode(v))
         elif isinstance(v, da.Array):
             levels.append(da.coarsen(np.mean, v, {0: 2, 1: 2, 2: 2}, trim_excess=True).astype(v.dtype))
         else:
@@ -150,6 +196,7 @@ def write_labels(image: str | Path, labels: np.ndarray, name: str = "segmentatio
         replaced, other label images are kept (the ``labels`` list keeps them).
     labels : ndarray or array-like
         ``[z, y, x]`` on the image's grid (level 0 shape). A zarr or dask array is written chunk by chunk.
+        Every level gets the image's coordinate transformations of that level (:func:`image_transforms`).
     name : str
         Name of the label image.
     chunks : tuple of int
@@ -168,14 +215,14 @@ def write_labels(image: str | Path, labels: np.ndarray, name: str = "segmentatio
         When the labels are not on the image's grid.
     """
     image = Path(image)
-    arr, voxel = open_volume(image)
+    arr, _ = open_volume(image)
     if tuple(labels.shape) != tuple(arr.shape):
         raise ValueError(f"labels of shape {tuple(labels.shape)} are not on the grid of {image} {tuple(arr.shape)}")
     group = zarr.open_group(str(image), mode="r+")
     if "labels" in group and name in group["labels"]:
         del group["labels"][name]
     levels, opts = _levels(labels, chunks)
-    transforms = [[{"type": "scale", "scale": [voxel * 2**i] * 3}] for i in range(len(levels))]
+    transforms = image_transforms(image, len(levels))
     metadata = {"source": {"image": "../../"}}
     if properties:
         metadata["properties"] = properties
@@ -186,11 +233,28 @@ def write_labels(image: str | Path, labels: np.ndarray, name: str = "segmentatio
     listing = group["labels"]
     attrs, nested = _ome_attrs(listing)
     unique = list(dict.fromkeys(attrs.get("labels", [])))  # ome-zarr appends the name again on a rewrite
-    if nested:
-        listing.attrs["ome"] = {**attrs, "labels": unique}
+    if nested:  # OME-NGFF 0.5: every group's "ome" carries the version (ome-zarr writes none for "labels")
+        version = _ome_attrs(group)[0].get("version", "0.5")
+        listing.attrs["ome"] = {"version": version, **attrs, "labels": unique}
     else:
         listing.attrs["labels"] = unique
     return image / "labels" / name
+
+
+def image_transforms(image: str | Path, n_levels: int) -> list[list[dict]]:
+    """The coordinate transformations of the first ``n_levels`` levels of the OME-NGFF image ``image``.
+
+    Each level's are the image's own (scale, and translation where it has one), so that labels written with
+    them sit on the image in any viewer; levels beyond the image's follow :func:`level_transforms` from its
+    level 0.
+    """
+    group = zarr.open_group(str(image), mode="r")
+    datasets = _ome_attrs(group)[0]["multiscales"][0]["datasets"]
+    out = [[dict(t) for t in ds["coordinateTransformations"]] for ds in datasets[:n_levels]]
+    if len(out) < n_levels:
+        first = multiscale_levels(image)[0]
+        out += level_transforms(first["voxel_m"], n_levels, first["origin_m"])[len(out):]
+    return out
 
 
 def label_names(image: str | Path) -> list[str]:
