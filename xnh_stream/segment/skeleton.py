@@ -1,5 +1,10 @@
 """Skeletons of segmented neurites (kimimaro TEASAR) written as SWC files for tracing tools (CATMAID,
-neuTube, Vaa3D...). Coordinates are in nanometres, ``x y z`` order as SWC expects."""
+neuTube, Vaa3D...).
+
+SWC coordinates and radii are in nanometres, ``x y z`` order as SWC expects (``x`` is the volume's last array
+axis), in the world frame of the volume: the sample-stage frame of its OME-NGFF coordinate transformations,
+so a node at ``(x, y, z)`` nm lies at ``(z, y, x) * 1e-9`` m in the volume's ``z y x`` metres (the centre of
+voxel ``[k, j, i]`` is at ``origin_m + voxel_m * (k, j, i)``). Each file says so in its header."""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ def skeletonize(labels: np.ndarray, voxel_m: float, min_voxels: int = 200, scale
                 const_nm: float = 300.0) -> dict:
     """Skeleton of every label with at least ``min_voxels`` voxels (label 0 is background).
 
-    Returns a dict ``{label: kimimaro/osteoid Skeleton}`` with vertices in nanometres (``z y x`` array axes
-    become SWC ``x y z``; see :func:`write_swc`).
+    Returns a dict ``{label: kimimaro/osteoid Skeleton}`` with vertices in nanometres relative to the centre
+    of voxel ``[0, 0, 0]`` (``z y x`` array axes become SWC ``x y z``); :func:`write_swc` adds the volume's
+    origin.
     """
     import kimimaro
 
@@ -48,16 +54,53 @@ def node_types(radii_nm: np.ndarray, soma_radius_nm: float = 2000.0,
     return types
 
 
+def swc_header(label: int, origin_m: tuple[float, float, float] | None, source: str = "") -> str:
+    """The comment lines that open every SWC file: units, axes and frame (see the module docstring)."""
+    o = np.zeros(3) if origin_m is None else np.asarray(origin_m, dtype=np.float64)
+    x, y, z = (o[::-1] * 1e9).tolist()
+    return (f"# xnh-stream skeleton of segment {int(label)}{' of ' + source if source else ''}\n"
+            "# UNITS nm (x y z and radius)\n"
+            "# FRAME world frame of the volume's OME-NGFF coordinate transformations (the sample stage): "
+            "SWC x y z = volume axes x y z (array axes 2 1 0), in nm\n"
+            f"# ORIGIN the centre of voxel [0, 0, 0] of the volume lies at x y z = {x:.3f} {y:.3f} {z:.3f} nm\n")
+
+
 def write_swc(skeletons: dict, folder: str | Path, soma_radius_nm: float = 2000.0,
-              axon_radius_nm: float | None = None) -> list[Path]:
-    """Write one ``<label>.swc`` per skeleton into ``folder``, node types set by :func:`node_types`;
-    returns the files."""
+              axon_radius_nm: float | None = None, origin_m: tuple[float, float, float] | None = None,
+              source: str = "") -> list[Path]:
+    """Write one ``<label>.swc`` per skeleton into ``folder``, node types set by :func:`node_types`.
+
+    Parameters
+    ----------
+    skeletons : dict
+        ``{label: Skeleton}`` from :func:`skeletonize` (vertices in nm from the centre of voxel ``[0, 0, 0]``).
+    folder : str or Path
+        Created if missing.
+    soma_radius_nm, axon_radius_nm : float
+        See :func:`node_types`.
+    origin_m : (float, float, float), optional
+        The volume's origin ``z y x`` in metres (the centre of its voxel ``[0, 0, 0]``, its OME-NGFF
+        translation): added to every node, so that the files are in the volume's world frame.
+    source : str
+        The label image, named in each file's header.
+
+    Returns
+    -------
+    list of Path
+        The files.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    shift = np.zeros(3) if origin_m is None else np.asarray(origin_m, dtype=np.float64)[::-1] * 1e9  # x y z nm
     out = []
     for label, skel in sorted(skeletons.items()):
+        skel = skel.clone()
+        skel.vertices = skel.vertices + shift
         skel.vertex_types = node_types(skel.radius, soma_radius_nm, axon_radius_nm)
+        # osteoid's header gives the voxel as SCALE; the coordinates are nanometres already
+        body = "\n".join("# SCALE 1.000000 1.000000 1.000000" if ln.startswith("# SCALE") else ln
+                         for ln in skel.to_swc().splitlines())
         path = folder / f"{int(label)}.swc"
-        path.write_text(skel.to_swc())
+        path.write_text(swc_header(label, origin_m, source) + body + "\n")
         out.append(path)
     return out

@@ -95,7 +95,8 @@ def stitch_report(st: Stitch, timing: dict | None = None) -> dict:
         "output": {"volume": str(st.out / VOLUME_NAME), "voxel_m": plan.voxel_m, "shape": plan.shape,
                    "origin_m": plan.origin_m, "levels": plan.levels, "blocks": len(st.blocks(0)),
                    "frame": "sample stage, z y x, metres; origin_m is the centre of voxel [0, 0, 0] (also the "
-                            "volume's OME-NGFF translation)"},
+                            "volume's OME-NGFF translation, and that of its labels after `segment`; the "
+                            "precomputed layer's voxel_offset puts it there to the nearest voxel)"},
         "scans": scans,
         "isolated": isolated,
         "groups": [[st.scans[i].name for i in g] for g in plan.placement["groups"]],
@@ -155,16 +156,21 @@ def stitch_outputs(outputs: list[Path] | list[str], out: Path | str, voxel_m: fl
     if precomputed is not None:
         import dask.array as da
 
-        from ..io.precomputed import write_precomputed
+        from ..io.precomputed import voxel_offsets, write_precomputed
 
         t = time.perf_counter()
         level0 = st._level(0)
-        write_precomputed(precomputed, da.from_array(level0, chunks=tuple(spec.block_shape)), st.plan.voxel_m)
+        origin = tuple(st.plan.origin_m)  # the stitched volume's translation: the same world frame
+        write_precomputed(precomputed, da.from_array(level0, chunks=tuple(spec.block_shape)), st.plan.voxel_m,
+                          origin_m=origin)  # type: ignore[arg-type]
         timing["precomputed"] = time.perf_counter() - t
     timing["total"] = time.perf_counter() - t0
     report = stitch_report(st, timing)
     if precomputed is not None:
+        offsets, residuals = voxel_offsets(origin, st.plan.voxel_m, 1)  # type: ignore[arg-type]
         report["output"]["precomputed"] = str(precomputed)
+        report["output"]["precomputed_voxel_offset"] = offsets[0]  # x y z, whole voxels
+        report["output"]["precomputed_rounding_nm"] = residuals[0]
     (out / REPORT_NAME).write_text(json.dumps(report, indent=1))
     placed = [s["name"] for s in report["scans"] if s["placed"]]
     return StitchResult(out, out / VOLUME_NAME, report, placed, [s["name"] for s in report["isolated"]])
