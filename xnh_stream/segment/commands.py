@@ -89,19 +89,79 @@ def _read_image(path: Path) -> tuple[np.ndarray, float]:
         raise InputError(str(p), f"not an OME-Zarr volume ({exc})") from exc
 
 
+class _Created:
+    """What a ``segment`` run may create in ``OUT``, as it stood before: :meth:`undo` removes what the run
+    created when it fails, and never anything that existed before (a label image replaced with
+    ``--overwrite`` stays).
+
+    A blockwise work folder is kept once a block is done (a re-run resumes from it).
+    """
+
+    def __init__(self, out: Path, a: argparse.Namespace) -> None:
+        from .pipeline import LABEL_NAME, STANDALONE_NAME, SUMMARY_NAME, VOLUME_NAME
+
+        self.image = out / VOLUME_NAME
+        self.label_name = LABEL_NAME
+        self.work = out / "segmentation.work"
+        paths = [self.work, self.image / "labels", self.image / "labels" / LABEL_NAME, out / STANDALONE_NAME,
+                 out / SUMMARY_NAME, a.swc, a.precomputed]
+        self.new = [Path(p) for p in paths if p is not None and not Path(p).exists()]
+
+    def undo(self) -> None:
+        """Remove what the failed run created (see the class docstring)."""
+        import shutil
+
+        labels = self.image / "labels"
+        for path in self.new:
+            if not path.exists() or (path == self.work and any((path / "done").glob("*/*"))):
+                continue
+            if path == labels / self.label_name and labels not in self.new:
+                self._unlist(labels)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def _unlist(self, labels: Path) -> None:
+        import zarr
+
+        try:
+            group = zarr.open_group(str(labels), mode="r+")
+            attrs = group.attrs.asdict()
+            ome = attrs.get("ome", attrs)
+            kept = [n for n in ome.get("labels", []) if n != self.label_name]
+            if "ome" in attrs:
+                group.attrs["ome"] = {**ome, "labels": kept}
+            else:
+                group.attrs["labels"] = kept
+        except Exception as exc:  # noqa: BLE001 - best effort: the label image itself goes either way
+            print(f"segment: {labels} still lists {self.label_name} ({exc})", file=sys.stderr)
+
+
 def cmd_segment(a: argparse.Namespace) -> int:
     """Segment a reconstructed volume into OME-NGFF labels (in memory or blockwise): the label image
-    OUT/volume.ome.zarr/labels/segmentation of OUT's volume, else the standalone OUT/segmentation.ome.zarr."""
+    OUT/volume.ome.zarr/labels/segmentation of OUT's volume, else the standalone OUT/segmentation.ome.zarr;
+    a summary in OUT/segmentation.json. Labels, SWC files and precomputed layers are in the volume's world
+    frame (its OME-NGFF scale and translation). A run that fails removes what it created."""
+    out = Path(a.out)
+    src = a.volume / "volume.ome.zarr" if (a.volume / "volume.ome.zarr").exists() else a.volume
+    if not src.exists():
+        raise InputError(str(src), "no such volume")
+    created = _Created(out, a)
+    try:
+        return _segment(a, out, src)
+    except BaseException:
+        created.undo()
+        raise
+
+
+def _segment(a: argparse.Namespace, out: Path, src: Path) -> int:
     from ..io.omezarr import open_volume
-    from .pipeline import SegmentParams, segment_volume, write_segmentation
+    from .pipeline import SegmentParams, segment_volume, volume_origin, write_segmentation, write_summary
     from .unet import AffinityModel
 
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    src = a.volume / "volume.ome.zarr" if (a.volume / "volume.ome.zarr").exists() else a.volume
     model = AffinityModel.load(a.model)
     params = SegmentParams.for_model(model, threshold=a.threshold, enclosed=a.enclosed)
     t0 = time.perf_counter()
+    extra: dict[str, object] = {}
     if a.block_shape or a.ray:
         from .blockwise import BlockwiseSpec, run_blockwise
 
@@ -121,29 +181,41 @@ def cmd_segment(a: argparse.Namespace) -> int:
         on_disk = bw.segmentation(in_memory=False)  # written chunk by chunk, never whole in memory
         labels = da.from_array(on_disk, chunks=on_disk.chunks)
         voxel = open_volume(src)[1]
+        seconds = {"blockwise": time.perf_counter() - t0}
+        extra["block_shape"] = list(spec.block_shape)
     else:
         volume, voxel = _read_image(a.volume)
-        labels = segment_volume(volume, model, params, a.device).labels
+        res = segment_volume(volume, model, params, a.device)
+        labels, seconds = res.labels, dict(res.seconds)
         n_segments = int(np.count_nonzero(np.unique(labels)))
         max_label = int(labels.max(initial=0))  # waterz keeps fragment ids
+    origin = volume_origin(src)
     dst, labels = write_segmentation(out, labels, voxel, max_label, image=src)
     print(f"segmentation: {dst} ({n_segments} segments, {time.perf_counter() - t0:.1f} s)")
     if a.swc:
         from .skeleton import skeletonize, write_swc
 
         files = write_swc(skeletonize(np.asarray(labels), voxel, a.swc_min_voxels), a.swc,
-                          soma_radius_nm=a.swc_soma_radius_nm, axon_radius_nm=a.swc_axon_radius_nm)
+                          soma_radius_nm=a.swc_soma_radius_nm, axon_radius_nm=a.swc_axon_radius_nm,
+                          origin_m=origin, source=str(dst))
+        extra["swc"] = {"folder": str(a.swc), "files": len(files), "units": "nm"}
         print(f"skeletons: {len(files)} SWC files in {a.swc}")
     if a.precomputed:
         try:
-            from ..io.precomputed import write_precomputed
+            from ..io.precomputed import voxel_offsets, write_precomputed
         except ImportError as exc:  # tensorstore is an optional dependency
             raise InputError(str(a.precomputed), f"neuroglancer export needs tensorstore "
                                                  f"(pip install 'xnh-stream[neuroglancer]'): {exc}") from exc
-        image = write_precomputed(a.precomputed / "image", open_volume(src)[0], voxel)
-        seg = write_precomputed(a.precomputed / "segmentation", labels, voxel, labels=True)
+        image = write_precomputed(a.precomputed / "image", open_volume(src)[0], voxel, origin_m=origin)
+        seg = write_precomputed(a.precomputed / "segmentation", labels, voxel, labels=True, origin_m=origin)
+        offsets, residuals = voxel_offsets(origin, voxel, 1)
+        extra["precomputed"] = {"folder": str(a.precomputed), "voxel_offset": offsets[0],
+                                "rounding_nm": residuals[0]}
         print(f"neuroglancer precomputed layers: {image} and {seg} (serve {a.precomputed} over HTTP, e.g. "
               f"`python -m http.server`, and add precomputed://http://HOST:PORT/image and .../segmentation)")
+    seconds["total"] = time.perf_counter() - t0
+    write_summary(out, dst, n_segments, tuple(open_volume(src)[0].shape), voxel, origin, seconds, a.model, params,
+                  **extra)
     return 0
 
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import zarr
 
-from ..io.omezarr import label_names, read_volume, write_labels, write_volume
+from ..io.omezarr import label_names, multiscale_levels, read_volume, write_labels, write_volume
 from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed,
                           segments_of_fragments)
 from .predict import predict_affinities
@@ -102,11 +103,63 @@ def segment_output(out: str | Path, model_path: str | Path | None = None, device
     params = SegmentParams.for_model(model, **overrides)
     res = segment_volume(volume, model, params, device)
     dst, _ = write_segmentation(out, res.labels, voxel, int(res.labels.max(initial=0)), image=src)
-    info = {"segments": int(len(np.unique(res.labels))), "shape": list(volume.shape), "voxel_m": voxel,
-            "labels": str(dst.relative_to(out)), "seconds": res.seconds, "model": str(model_path or "shipped"),
-            "params": params.__dict__}
-    (out / "segmentation.json").write_text(json.dumps(info, indent=1))
+    write_summary(out, dst, int(np.count_nonzero(np.unique(res.labels))), tuple(volume.shape), voxel,
+                  volume_origin(src), res.seconds, model_path, params)
     return dst
+
+
+#: The summary beside the labels, written by ``segment`` and by the stream's segmentation of a finished scan.
+SUMMARY_NAME = "segmentation.json"
+#: How ``segmentation.json`` describes the frame every output of the segmentation is in.
+FRAME = ("world (sample stage), the volume's OME-NGFF frame: label image levels carry the volume's scale and "
+         "translation; neuroglancer precomputed layers their voxel_offset (whole voxels, centre of voxel i at "
+         "(i + 0.5) * resolution nm); SWC nodes x y z in nm")
+
+
+def write_summary(out: str | Path, labels: Path, segments: int, shape: tuple[int, ...], voxel_m: float,
+                  origin_m: tuple[float, float, float] | None, seconds: dict, model_path: str | Path | None,
+                  params: SegmentParams, **extra: object) -> Path:
+    """Write ``OUT/segmentation.json``: what was segmented, with what, and the frame of the outputs.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output folder.
+    labels : Path
+        The label image written.
+    segments : int
+        Number of segments (ids other than 0).
+    shape : tuple of int
+        The volume's level-0 shape ``z y x``.
+    voxel_m : float
+        Level-0 voxel, metres.
+    origin_m : (float, float, float) or None
+        The centre of voxel ``[0, 0, 0]`` in the world frame, ``z y x`` metres (the volume's translation).
+    seconds : dict
+        Timings.
+    model_path : str or Path, optional
+        The model file (None: the shipped model).
+    params : SegmentParams
+        The post-processing parameters.
+    **extra
+        More entries (``swc``, ``precomputed``, ``block_shape``).
+
+    Returns
+    -------
+    Path
+    """
+    out = Path(out)
+    try:
+        shown = str(Path(labels).relative_to(out))
+    except ValueError:
+        shown = str(labels)
+    info = {"segments": int(segments), "shape": [int(n) for n in shape], "voxel_m": float(voxel_m),
+            "origin_m": None if origin_m is None else [float(v) for v in origin_m], "frame": FRAME,
+            "labels": shown, "seconds": seconds, "model": str(model_path or "shipped"), "params": params.__dict__,
+            **extra}
+    path = out / SUMMARY_NAME
+    path.write_text(json.dumps(info, indent=1))
+    return path
 
 
 def write_segmentation(out: str | Path, labels: np.ndarray, voxel_m: float, max_label: int,
@@ -115,8 +168,9 @@ def write_segmentation(out: str | Path, labels: np.ndarray, voxel_m: float, max_
 
     The labels of ``OUT/volume.ome.zarr`` (``image`` is it, or None while it exists) go into
     ``OUT/volume.ome.zarr/labels/segmentation``; those of a volume elsewhere (not to be written into)
-    into the standalone label image ``OUT/segmentation.ome.zarr``. As uint32 when ``max_label`` (the
-    largest id) fits. Returns the path of the label image and the labels as written.
+    into the standalone label image ``OUT/segmentation.ome.zarr``. Either way the labels carry the volume's
+    coordinate transformations (scale and stage translation), so they sit on it in the world frame. As uint32
+    when ``max_label`` (the largest id) fits. Returns the path of the label image and the labels as written.
     """
     out = Path(out)
     labels = labels.astype(np.uint32) if max_label < 2**32 else labels
@@ -124,8 +178,18 @@ def write_segmentation(out: str | Path, labels: np.ndarray, voxel_m: float, max_
     image = Path(image) if image is not None else own
     if own.exists() and image.resolve() == own.resolve():
         return write_labels(own, labels, LABEL_NAME), labels
-    dst = write_volume(out / STANDALONE_NAME, labels, voxel_m, labels=True, name=LABEL_NAME)
+    dst = write_volume(out / STANDALONE_NAME, labels, voxel_m, labels=True, name=LABEL_NAME,
+                       origin_m=volume_origin(image))
     return dst, labels
+
+
+def volume_origin(image: str | Path) -> tuple[float, float, float] | None:
+    """The world position ``z y x`` (metres, sample-stage frame) of the centre of voxel ``[0, 0, 0]`` of the
+    OME-NGFF volume ``image`` (its level 0 ``translation``); None when it has none or is not OME-NGFF."""
+    try:
+        return multiscale_levels(image)[0]["origin_m"]
+    except (OSError, KeyError, IndexError, ValueError, TypeError, StopIteration, zarr.errors.GroupNotFoundError):
+        return None
 
 
 def find_segmentation(path: str | Path) -> Path:

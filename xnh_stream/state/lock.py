@@ -12,6 +12,10 @@ gone is stale and the lock is taken over (with a warning); a holder on another h
 
 The lock is re-entrant within a process (the stream's final pass runs inside the ``watch`` command that
 holds the folder), keyed by the folder's real path.
+
+A folder the lock created (it did not exist) and that holds nothing but the lock file when the lock is
+released (a command that failed before writing anything) is removed, with the parents the lock created: a
+failed command leaves no empty output folder behind. A folder that existed is never removed.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".xnh.lock"
 
 _held: dict[str, tuple[IO[str], int]] = {}  # real path of the folder -> (open lock file, depth)
+_created: dict[str, list[Path]] = {}  # real path of the folder -> the folders its lock created, deepest first
 _guard = threading.Lock()
 
 
@@ -95,6 +100,8 @@ class OutputLock:
         """Take the lock (re-entrant in this process)."""
         if self.folder.exists() and not self.folder.is_dir():
             raise InputError(self.folder, "is a file; an output folder was expected (give a folder path)")
+        # the folders this lock creates, deepest first (removed again if nothing is written into them)
+        made = [Path(os.path.abspath(p)) for p in (self.folder, *self.folder.parents) if not p.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -107,7 +114,11 @@ class OutputLock:
                 self._key = key
                 return
             path = Path(key) / LOCK_NAME
-            fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+            try:
+                fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+            except FileNotFoundError:  # a failed holder removed the folder it had created just now
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115
             try:
                 self._lock(fh, path)
             except BaseException:
@@ -119,6 +130,8 @@ class OutputLock:
                        "since": time.time()}, fh)
             fh.flush()
             _held[key] = (fh, 1)
+            if made:
+                _created[key] = made
             self._key = key
 
     def _lock(self, fh: IO[str], path: Path) -> None:
@@ -168,7 +181,23 @@ class OutputLock:
                 fh.flush()
             except OSError:
                 pass
+            _remove_if_unused(Path(key), _created.pop(key, []))  # still under the flock
             fh.close()  # closing the file releases the flock
+
+
+def _remove_if_unused(folder: Path, made: list[Path]) -> None:
+    """Remove ``folder`` and its parents in ``made`` (the folders the lock created, deepest first) when
+    ``folder`` holds nothing but the lock file; anything else in it keeps everything."""
+    if not made:
+        return
+    try:
+        if [p.name for p in folder.iterdir()] != [LOCK_NAME]:
+            return
+        (folder / LOCK_NAME).unlink()
+        for path in made:
+            path.rmdir()  # a parent holding something else stays (OSError: not empty)
+    except OSError:
+        return
 
 
 def held(folder: str | Path) -> bool:
