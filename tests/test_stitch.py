@@ -266,11 +266,28 @@ def test_command_line_stitch(column, tmp_path, capsys):
     from actors.cli import main
 
     rc = main(["stitch", *[str(s.out) for s in column.scans], "--out", str(tmp_path / "cli"),
-               "--block-shape", "64", "64", "64"])
+               "--block-shape", "64", "64", "64", "--precomputed", str(tmp_path / "ng")])
     assert rc == 0
     report = json.loads((tmp_path / "cli" / "stitch.json").read_text())
     assert len(report["scans"]) == 2 and all(s["placed"] for s in report["scans"])
     assert "stitched:" in capsys.readouterr().out
+    # one frame: the precomputed layer's corner (neuroglancer: voxel i spans [i, i+1) * resolution) is the
+    # stitched volume's (stitch.json origin_m, the centre of voxel 0) within half a voxel, at every scale
+    out = report["output"]
+    info = json.loads((tmp_path / "ng" / "info").read_text())
+    for level, scale in enumerate(info["scales"]):
+        corner_nm = (np.asarray(out["origin_m"][::-1]) - out["voxel_m"] / 2) * 1e9
+        np.testing.assert_allclose(np.asarray(scale["voxel_offset"]) * scale["resolution"], corner_nm,
+                                   atol=scale["resolution"][0] / 2)
+    assert out["precomputed_voxel_offset"] == info["scales"][0]["voxel_offset"]
+    # labels written into the stitched volume (as `segment` does) carry its transforms, level by level
+    from xnh_stream.io.omezarr import write_labels
+
+    vol = tmp_path / "cli" / "volume.ome.zarr"
+    write_labels(vol, np.ones(tuple(out["shape"]), np.uint32))
+    levels, labels = multiscale_levels(vol), multiscale_levels(vol / "labels" / "segmentation")
+    assert [(m["voxel_m"], m["origin_m"]) for m in labels] == [(m["voxel_m"], m["origin_m"]) for m in levels]
+    np.testing.assert_allclose(levels[0]["origin_m"], out["origin_m"])
 
 
 @pytest.mark.slow
