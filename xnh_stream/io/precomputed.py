@@ -37,7 +37,8 @@ def voxel_offsets(origin_m: tuple[float, float, float] | None, voxel_m: float,
     Parameters
     ----------
     origin_m : (float, float, float) or None
-        The volume's OME-NGFF translation of level 0; None: offset 0 (the corner at the world origin).
+        The volume's OME-NGFF translation of level 0; None: no translation, the centre of voxel ``[0, 0, 0]``
+        at the world origin (as OME-NGFF readers place such a volume).
     voxel_m : float
         Level-0 voxel, metres.
     n_levels : int
@@ -51,7 +52,8 @@ def voxel_offsets(origin_m: tuple[float, float, float] | None, voxel_m: float,
         World position of the volume's corner minus the one the offset gives, ``x y z`` in nm (each within
         half that scale's voxel).
     """
-    corner_nm = np.zeros(3) if origin_m is None else (np.asarray(origin_m, float)[::-1] - voxel_m / 2) * 1e9
+    origin = np.zeros(3) if origin_m is None else np.asarray(origin_m, dtype=np.float64)[::-1]
+    corner_nm = (origin - voxel_m / 2) * 1e9
     offsets, residuals = [], []
     for i in range(n_levels):
         res = voxel_m * 1e9 * 2**i
@@ -86,7 +88,8 @@ def write_precomputed(path: str | Path, volume: np.ndarray | da.Array, voxel_m: 
         Chunks per axis written at once (memory: ``block_chunks^3`` chunks).
     origin_m : (float, float, float), optional
         Position ``z y x`` in metres of the centre of voxel ``[0, 0, 0]`` (the OME-Zarr volume's translation,
-        the sample-stage frame): each scale's ``voxel_offset`` (:func:`voxel_offsets`). None: offset 0.
+        the sample-stage frame): each scale's ``voxel_offset`` (:func:`voxel_offsets`). None: the volume has
+        no translation (its voxel ``[0, 0, 0]`` centred at the world origin).
 
     Returns
     -------
