@@ -89,6 +89,25 @@ def tree(root: int, parents: dict[int, int]) -> set[int]:
     return found
 
 
+def listeners_of(root: int) -> list[tuple[str, str]]:
+    """``(local address, owner)`` of every listening TCP/UDP socket owned by ``root`` or a process below it,
+    as ``ss`` lists them now."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+    ours = tree(root, parents)
+    text = subprocess.run([SS, "-H", "-l", "-t", "-u", "-n", "-p"], capture_output=True, text=True, check=True).stdout
+    owned = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and ours & {int(p) for p in re.findall(r"pid=(\d+)", line)}:
+            owned.append((fields[4], " ".join(fields[6:])))
+    return owned
+
+
 @pytest.mark.skipif(SS is None, reason="ss (iproute2) is not installed")
 def test_every_listener_of_an_embedded_ray_is_on_loopback():
     run = subprocess.run([sys.executable, "-c", CHILD, SS], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -23,6 +23,8 @@ import pytest
 from xnh_stream.simulate.scan import SimulationConfig, simulate_scan
 from xnh_stream.state.journal import FrameJournal
 
+from .test_network import SS, is_loopback, listeners_of
+
 ROOT = Path(__file__).resolve().parents[1]
 SIM = SimulationConfig(nx=48, ny=16, n_angles=24, seed=12, oversample=1, n_flats=3, n_darks=2)
 _SCRIPT = Path(sys.executable).with_name("xnh-stream")
@@ -77,6 +79,15 @@ class Command:
         return self.proc.returncode, out, self.stderr
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def signal_group(pid: int, signum: int) -> None:
     import os
 
@@ -126,11 +137,16 @@ def test_watch_stops_on_sigterm_with_its_journal_closed_and_resumes(scan, tmp_pa
     folder.mkdir()
     for n in (1, 2):
         shutil.copy(scan / f"{SIM.name}_{n}_.nx", folder)
-    args = ["watch", str(folder), "--out", str(out), "--quiet-s", "600", "--metrics-port", "0", "--live-port", "0",
-            "--no-segment", "--workers", "1", "--shards", "1"]
+    args = ["watch", str(folder), "--out", str(out), "--quiet-s", "600", "--metrics-port", str(free_port()),
+            "--live-port", str(free_port()), "--no-segment", "--workers", "1", "--shards", "1"]
     watch = Command(args)
     watch.wait_until(lambda: any("progress distance 2" in line for line in watch.lines),
                      "the second distance arrived")
+    if SS is not None:  # during the stream: Ray's services, the metrics endpoint and the live page
+        owned = listeners_of(watch.proc.pid)
+        assert len(owned) >= 4, owned  # not vacuous: GCS, raylet, metrics, live page at least
+        outside = [(local, who) for local, who in owned if not is_loopback(local)]
+        assert not outside, f"listening outside the loopback interface during a stream: {outside}"
     code, _, err = watch.stop(signal.SIGTERM)
     assert_stopped_cleanly(code, err, signal.SIGTERM, 0)
     assert (out / "journal.sqlite").exists() and not (out / "journal.sqlite-wal").exists()
