@@ -31,6 +31,7 @@ import ray
 
 from xnh_stream.chain.assembler import AngleWork, ScanAssembler
 from xnh_stream.chain.final import ChainLayout, ChainResult, FinalChain, delta_beta_of, journal_key
+from xnh_stream.chain.layout import plural, step_unit
 from xnh_stream.chain.report import JOURNAL_NAME, Completion, DistanceState, StreamProgress
 from xnh_stream.chain.scan import ScanIndex
 from xnh_stream.chain.steps import AngleProcessor, read_frame
@@ -966,5 +967,5 @@ class StreamDriver:
     def _final_progress(self, done: int, total: int, step: str) -> None:
         if self.on_progress and self.assembler is not None:
             p = self.progress("final pass", None)
-            p.final_step = f"{step} {done}/{total}"
+            p.final_step = f"{step} {done}/{total} {plural(step_unit(step), total)}"
             self.on_progress(p)

@@ -27,7 +27,10 @@ FILE = "/data/out/work/projections.zarr/0.0.0"
 
 
 def run_process(tmp_path, capsys, *extra: str) -> tuple[int, str]:
-    """``process --local`` in this process (exit code, stderr)."""
+    """``process --local`` in this process (exit code, stderr), on a folder that passes the checks made before
+    anything starts (it holds a scan-like file; ``process_scan`` is replaced by the tests)."""
+    (tmp_path / "scan").mkdir(exist_ok=True)
+    (tmp_path / "scan" / "s_1_.nx").touch()
     code = cli.main(["process", str(tmp_path / "scan"), "--out", str(tmp_path / "out"), "--local", *extra])
     return code, capsys.readouterr().err
 

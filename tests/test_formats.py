@@ -355,6 +355,7 @@ def test_swc_node_types_from_radius(tmp_path):
 
 def test_output_checks_before_any_work(tmp_path, capsys):
     (tmp_path / "scan").mkdir()
+    (tmp_path / "scan" / "s_1_.nx").touch()  # a scan-like folder: the input checks pass
     afile = tmp_path / "out.txt"
     afile.write_text("x")
     assert main(["process", str(tmp_path / "scan"), "--out", str(afile)]) == 2

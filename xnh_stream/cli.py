@@ -5,21 +5,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from . import interrupt
+from .chain.layout import plural, step_unit
 from .config import ConfigError, ProcessConfig
-from .io.nxtomo import InputError
-from .quality.alerts import redact_text
+from .errors import InputError, redact_text
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+# Imported here: the standard library, yaml and the light modules above. NumPy, h5py, zarr, the chain's
+# steps, numba's kernels, Ray, torch, dask and scikit-image are imported by the commands that use them,
+# after the checks (:func:`check_before_start`), so that a bad folder, option or configuration is refused
+# at once (tests/test_cli.py runs a failing command in a fresh interpreter and lists what it imported).
 
 log = logging.getLogger("xnh_stream")
 
@@ -48,20 +55,33 @@ class _PlainProgress:
         if mark > self.reported:
             self.reported = mark
             of = f"/{total}" if total else ""
-            print(f"progress {self.stage}: {done}{of} {self.unit}s", file=sys.stderr, flush=True)
+            print(f"progress {self.stage}: {done}{of} {plural(self.unit, total or done)}", file=sys.stderr,
+                  flush=True)
 
 
-def _progress_bars(unit: str = "angle") -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
+def _progress_bars(unit: str | None = None) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
     """A ``progress(done, total, stage)`` callback (a tqdm bar per stage on a terminal, plain lines
-    otherwise, nothing with ``--quiet``) and a closer."""
+    otherwise, nothing with ``--quiet``) and a closer.
+
+    Parameters
+    ----------
+    unit : str, optional
+        What every stage counts (``"angle"``, ``"distance"``); by default each stage of the final pass
+        counts its own unit of work (:data:`xnh_stream.chain.layout.STEP_UNITS`: distances, angles, batches
+        of angles, slabs, levels, boxes).
+    """
+    from tqdm import tqdm  # noqa: PLC0415
+
     bars: dict[str, tqdm | _PlainProgress] = {}
 
     def update(done: int, total: int, stage: str) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = (tqdm(total=total, desc=f"{stage:>11}", unit=unit, leave=True,
+            what = unit or step_unit(stage)
+            shown = "{l_bar}{bar}| {n_fmt}/{total_fmt} " + plural(what) + " [{elapsed}<{remaining}, {rate_fmt}]"
+            bar = bars[stage] = (tqdm(total=total, desc=f"{stage:>11}", unit=what, bar_format=shown, leave=True,
                                       dynamic_ncols=True, file=sys.stderr) if interactive()
-                                 else _PlainProgress(stage, unit))
+                                 else _PlainProgress(stage, what))
         if isinstance(bar, _PlainProgress):
             bar.update(done, total)
             return
@@ -76,13 +96,68 @@ def _progress_bars(unit: str = "angle") -> tuple[Callable[[int, int, str], None]
     return update, close
 
 
+class _SimulationDefault:
+    """The default of a simulation option, read from :class:`~xnh_stream.simulate.scan.SimulationConfig` only
+    when the command's parser is used (:class:`_CommandParser`): that module imports the simulator (NumPy,
+    SciPy, h5py, xraydb), which the other commands need not load to start or to refuse their input."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def resolve(self) -> Any:
+        """The value (``SimulationConfig().<name>``)."""
+        return getattr(_simulation_config_defaults(), self.name)
+
+
+class _SimulationDefaults:
+    """``d.nx`` -> ``_SimulationDefault("nx")``: :class:`~xnh_stream.simulate.scan.SimulationConfig`'s fields
+    as deferred defaults."""
+
+    def __getattr__(self, name: str) -> _SimulationDefault:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _SimulationDefault(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _simulation_config_defaults() -> Any:
+    from .simulate.scan import SimulationConfig  # noqa: PLC0415
+
+    return SimulationConfig()
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of one command (``xnh-stream process ...``): deferred defaults (:class:`_SimulationDefault`)
+    become values when the command is parsed or its usage or help is shown, so that building every command's
+    parser imports nothing heavy."""
+
+    def _resolve_defaults(self) -> None:
+        for action in self._actions:
+            if isinstance(action.default, _SimulationDefault):
+                action.default = action.default.resolve()
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._resolve_defaults()
+        return super().parse_known_args(args, namespace)
+
+    def _parse_known_args(self, *args: Any, **kwargs: Any) -> Any:  # the subcommand's entry in some Pythons
+        self._resolve_defaults()
+        return super()._parse_known_args(*args, **kwargs)
+
+    def format_usage(self) -> str:
+        self._resolve_defaults()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._resolve_defaults()
+        return super().format_help()
+
+
 def _add_simulation_args(p: argparse.ArgumentParser, analytic: bool | None = None) -> None:
     """Options of the simulated scan; ``analytic`` (default: only for the ``simulate`` command, whose parser's
     ``prog`` ends in ``simulate``) adds the analytic simulator's options (``--workers`` would clash with the
     stream's on ``demo``)."""
-    from .simulate.scan import SimulationConfig
-
-    d = SimulationConfig()
+    d = _SimulationDefaults()  # read when the command is parsed (the simulator's imports take a second)
     g = p.add_argument_group("simulated scan")
     g.add_argument("--nx", type=int, default=d.nx, help="detector columns (default %(default)s)")
     g.add_argument("--ny", type=int, default=d.ny, help="detector rows (default %(default)s)")
@@ -139,7 +214,11 @@ def _simulation_config(a: argparse.Namespace):  # noqa: ANN202
 
 
 def _process_config(a: argparse.Namespace) -> ProcessConfig:
-    """Defaults < config file < XNH_<SECTION>_<KEY> environment < command-line flags."""
+    """Defaults < config file < XNH_<SECTION>_<KEY> environment < command-line flags (built once per command:
+    :func:`check_before_start` builds it, the command takes it)."""
+    built = vars(a).get("_process_config")
+    if built is not None:
+        return built
     flags = {section_key: getattr(a, flag, None) for flag, section_key in (
         ("delta_beta", "sample.delta_beta"), ("cor", "fbp.cor"), ("backend", "compute.backend"),
         ("fbp_window", "fbp.window"), ("live_binning", "stream.live_binning"), ("pca", "flatfield.pca_components"))}
@@ -147,7 +226,8 @@ def _process_config(a: argparse.Namespace) -> ProcessConfig:
         flags["alignment.enabled"] = False
     if getattr(a, "no_envelope", False):
         flags["ctf.envelope"] = False
-    return ProcessConfig.layered(a.config, overrides=flags)
+    a._process_config = ProcessConfig.layered(a.config, overrides=flags)
+    return a._process_config
 
 
 def _add_process_args(p: argparse.ArgumentParser) -> None:
@@ -195,7 +275,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         cfg.validate()
     except ValueError as exc:
         raise ConfigError(f"simulation parameters: {exc}") from exc
-    update, close = _progress_bars()
+    update, close = _progress_bars("frame" if analytic else "angle")  # the analytic writer counts frames
     try:
         if not analytic:
             sim = simulate_scan(a.out, cfg, progress=lambda d, t: update(d, t, "simulate"))
@@ -238,7 +318,7 @@ def cmd_process(a: argparse.Namespace) -> int:
 
 
 def _add_layout_args(p: argparse.ArgumentParser) -> None:
-    from .chain.final import ChainLayout  # noqa: PLC0415
+    from .chain.layout import ChainLayout  # noqa: PLC0415
 
     d = ChainLayout()
     g = p.add_argument_group("final pass (how the work is cut; the result changes only by float32 rounding)")
@@ -254,7 +334,7 @@ def _add_layout_args(p: argparse.ArgumentParser) -> None:
 
 
 def _layout(a: argparse.Namespace):  # noqa: ANN202
-    from .chain.final import ChainLayout  # noqa: PLC0415
+    from .chain.layout import ChainLayout  # noqa: PLC0415
 
     return ChainLayout(angle_batch=a.angle_batch, slab_rows=a.slab_rows, task_memory_bytes=a.task_memory_mib << 20,
                        keep_work=a.keep_work)
@@ -283,6 +363,8 @@ def _summarise(report) -> None:  # noqa: ANN001
 def _stream_progress() -> tuple[Callable[[object], None], Callable[[], None]]:
     """Progress per distance (frames received) and for the CTF angles, fed by the stream (a StreamProgress):
     tqdm bars on a terminal, plain lines otherwise, nothing with ``--quiet``."""
+    from tqdm import tqdm  # noqa: PLC0415
+
     bars: dict[str, tqdm | _PlainProgress] = {}
 
     def bar_for(name: str, unit: str) -> tqdm | _PlainProgress:
@@ -743,6 +825,192 @@ LOCKED_OUTPUTS = {"process": "out", "watch": "out", "demo": "out", "overnight": 
                   "stitch": "out"}
 
 
+# --- input, option and configuration checks: before Ray, a server or an output folder -----------------------
+#: Suffixes of the files the scan reader takes (:data:`xnh_stream.io.sources.HDF5_SUFFIXES` and
+#: :data:`~xnh_stream.io.sources.EDF_SUFFIX`, repeated here so that the check imports no reader).
+SCAN_SUFFIXES = frozenset({".nx", ".nxs", ".h5", ".hdf5", ".edf"})
+SCAN_LIKE = ("a scan folder: NXtomo files (.nx, .nxs, .h5, .hdf5) or ID16A EDF frames (.edf), in it or in one "
+             "sub-folder per distance")
+
+#: Which argument of each command is an input (one path or a list) and what it must be (:func:`check_input`).
+INPUT_RULES = {"process": ("scan", "scan"), "watch": ("folder", "watched"), "overnight": ("root", "root"),
+               "convert": ("scan", "folder"), "stitch": ("outputs", "exists")}
+
+
+def _scan_files(folder: Path) -> Iterator[Path]:
+    """The files of ``folder`` the scan reader would look at (by suffix; hidden sub-folders skipped, as
+    :class:`~xnh_stream.ingest.watch.FolderWatcher` does), lazily."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if os.path.splitext(name)[1].lower() in SCAN_SUFFIXES:
+                yield Path(dirpath) / name
+
+
+def check_input(path: Path, rule: str) -> None:
+    """Refuse, before anything starts, an input that cannot be what the command reads.
+
+    Parameters
+    ----------
+    path : Path
+        The input a command was given.
+    rule : {"scan", "watched", "root", "folder", "exists"}
+        ``scan`` (``process``): a readable folder holding at least one readable scan file
+        (:data:`SCAN_SUFFIXES`, in it or in a sub-folder); ``watched`` (``watch``): a readable folder, which
+        may still be empty (the scan is about to be written); ``root`` (``overnight``): a readable folder;
+        ``folder``: a folder; ``exists``: a file or folder that exists.
+
+    Raises
+    ------
+    InputError
+        Naming the input and what is wrong with it.
+    """
+    path = Path(path)
+    what = {"scan": f"expected {SCAN_LIKE}", "watched": "expected the folder the scan is written into",
+            "root": "expected the root of the day's scan folders"}.get(rule, "")
+    if not path.exists():
+        raise InputError(path, f"does not exist{f' ({what})' if what else ''}")
+    if rule == "exists":
+        return
+    if not path.is_dir():
+        raise InputError(path, f"is not a folder{f' ({what})' if what else ''}")
+    if rule == "folder":
+        return
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise InputError(path, "cannot be read (permission denied)")
+    if rule != "scan":
+        return
+    unreadable = None
+    for file in _scan_files(path):
+        if os.access(file, os.R_OK):
+            return
+        unreadable = unreadable or file
+    if unreadable is not None:
+        raise InputError(unreadable, "cannot be read (permission denied), and no other scan file of "
+                         f"{path} can: nothing to process")
+    raise InputError(path, f"holds no scan file (expected {SCAN_LIKE})")
+
+
+def check_inputs(a: argparse.Namespace) -> None:
+    """:func:`check_input` for the command in ``a`` (no-op for commands without a checked input)."""
+    arg, rule = INPUT_RULES.get(getattr(a, "command", ""), (None, None))
+    value = getattr(a, arg, None) if arg else None
+    for path in value if isinstance(value, list) else [] if value is None else [value]:
+        check_input(Path(path), rule)
+
+
+#: Options whose values are checked before anything starts: destination, test, what the value must be.
+OPTION_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("angle_batch", lambda v: v >= 1, "at least 1"),
+    ("slab_rows", lambda v: v >= 0, "0 (as many as fit --task-memory-mib) or more"),
+    ("task_memory_mib", lambda v: v >= 1, "at least 1"),
+    ("distances", lambda v: v >= 1, "at least 1"),
+    ("workers", lambda v: v >= 1, "at least 1"),
+    ("shards", lambda v: v >= 1, "at least 1"),
+    ("concurrent", lambda v: v >= 1, "at least 1"),
+    ("poll_s", lambda v: v > 0, "more than 0 s"),
+    ("quiet_s", lambda v: v >= 0, "0 s or more"),
+    ("stall_s", lambda v: v > 0, "more than 0 s"),
+    ("settle_s", lambda v: v >= 0, "0 s or more"),
+    ("timeout_s", lambda v: v > 0, "more than 0 s"),
+    ("fps", lambda v: v > 0, "more than 0 frames/s"),
+    ("metrics_port", lambda v: 0 <= v < 65536, "a port number (1-65535), or 0 for off"),
+    ("live_port", lambda v: 0 <= v < 65536, "a port number (1-65535), or 0 for off"),
+)
+
+#: Commands whose options :data:`OPTION_RULES` checks (``simulate`` checks its own, with the simulator's).
+CHECKED_OPTIONS = frozenset({"process", "watch", "demo", "overnight"})
+
+
+def check_options(a: argparse.Namespace) -> None:
+    """Refuse option values that could only fail later (:data:`OPTION_RULES`), naming the flag.
+
+    Raises
+    ------
+    ConfigError
+        ``--angle-batch 0: must be at least 1``.
+    """
+    if getattr(a, "command", "") not in CHECKED_OPTIONS:
+        return
+    for dest, ok, must in OPTION_RULES:
+        value = getattr(a, dest, None)
+        if value is not None and not ok(value):
+            raise ConfigError(f"--{dest.replace('_', '-')} {value}: must be {must}")
+
+
+def check_before_start(a: argparse.Namespace) -> None:
+    """Every check a command can make before it starts anything (Ray, a server, its output folder): option
+    values (:func:`check_options`), the configuration (``--config`` file, ``XNH_*`` variables, flags:
+    :func:`_process_config`, whose unknown ``XNH_*`` variables are warned about here), the simulated scan
+    of ``demo``, and the inputs (:func:`check_inputs`). The outputs are checked next, under their lock
+    (:func:`check_outputs`).
+
+    Raises
+    ------
+    InputError, ConfigError
+        The first problem found.
+    """
+    check_options(a)
+    if hasattr(a, "config"):  # the commands that take processing options
+        _process_config(a)
+    if getattr(a, "command", "") == "demo":
+        try:
+            _simulation_config(a).validate()
+        except ValueError as exc:
+            raise ConfigError(f"simulation parameters: {exc}") from exc
+    check_inputs(a)
+
+
+class _CreatedOutput:
+    """The output folder of a command, as it stood before the command (:data:`OUTPUT_RULES`,
+    :data:`LOCKED_OUTPUTS`); a context manager, entered under the output's lock, that removes what a failed
+    command created and nothing that existed.
+
+    A command fails when it raises (a signal's stop included) or sets :attr:`failed` (a non-zero exit code).
+    A folder it created is then removed when it holds no file but the lock's ``.xnh.lock`` (empty sub-folders
+    go with it), with the parents created for it; the lock file is removed while the lock is still held, so
+    no other command can take the folder in between. A folder that holds any other file (a journal, work,
+    results) is kept whole; a folder that existed is never touched.
+    """
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        command = getattr(a, "command", "")
+        arg = LOCKED_OUTPUTS.get(command) or (OUTPUT_RULES.get(command) or (None,))[0]
+        value = getattr(a, arg, None) if arg else None
+        self.folder = Path(os.path.abspath(value)) if value is not None else None
+        #: the folders the command would create, deepest first (none when the output exists)
+        self.new = [p for p in (self.folder, *self.folder.parents) if not p.exists()] if self.folder else []
+        self.failed = False
+
+    def __enter__(self) -> _CreatedOutput:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is not None or self.failed:
+            self.undo()
+
+    def undo(self) -> None:
+        """Remove what the failed command created (see the class docstring); never raises."""
+        if not self.new or not self.folder.is_dir():
+            return
+        from .state.lock import LOCK_NAME  # noqa: PLC0415
+
+        tree = list(os.walk(self.folder, topdown=False))  # deepest first
+        for dirpath, dirnames, filenames in tree:
+            if any(not (f == LOCK_NAME and dirpath == str(self.folder)) for f in filenames) or any(
+                    (Path(dirpath) / d).is_symlink() for d in dirnames):
+                return  # something was written: kept whole
+        try:
+            for dirpath, dirnames, _ in tree:
+                for d in dirnames:
+                    (Path(dirpath) / d).rmdir()
+            (self.folder / LOCK_NAME).unlink(missing_ok=True)  # the lock still holds its open file
+            for path in self.new:
+                path.rmdir()
+        except OSError as exc:  # what could not be removed stays
+            log.debug("%s: not removed (%s)", self.folder, exc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``xnh-stream``."""
     p = argparse.ArgumentParser(prog="xnh-stream", description=__doc__)
@@ -751,7 +1019,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="errors and results only: no progress, no warnings (progress bars are drawn only on a "
                         "terminal; piped or redirected output gets plain lines)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     s = sub.add_parser("simulate", help="write a simulated four-distance XNH scan (NXtomo) and its ground truth")
     s.add_argument("out", type=Path, help="output folder")
@@ -953,6 +1221,10 @@ def main(argv: Sequence[str] | None = None, runtime: Any = None) -> int:
     """The commands; ``runtime`` (:class:`xnh_stream.runtime.Runtime`) is where distributed work runs
     (the ``xnh-stream`` console script, :func:`actors.cli.main`, passes Ray's).
 
+    Options, configuration and inputs are checked before anything starts (:func:`check_before_start`), the
+    output under its lock (:func:`check_outputs`); a command that fails removes the output folder it created
+    if it wrote nothing into it (:class:`_CreatedOutput`).
+
     SIGTERM and SIGINT stop the command (:mod:`xnh_stream.interrupt`): one line says so and that running it
     again resumes. Bad input or configuration, and a storage problem anywhere (:data:`STORAGE_ERRNOS`, also
     in a remote task), end with one line ``error: ...`` (a URL's password never shown). The runtime is shut
@@ -976,9 +1248,14 @@ def main(argv: Sequence[str] | None = None, runtime: Any = None) -> int:
     with interrupt.stop_on_signals():  # SIGTERM / SIGINT: Interrupted, here or in the runtime's calls
         try:
             try:
-                with output_lock(args):  # one writer per output folder, from the checks to the end
+                check_before_start(args)  # options, configuration, inputs: before Ray, a server or OUT
+                created = _CreatedOutput(args)  # the output folder as it is before the lock creates it
+                # one writer per output folder, from the checks to the end; a failed command's empty output
+                # folder removed under the lock
+                with output_lock(args), created:
                     check_outputs(args)
                     code = int(args.func(args) or 0)
+                    created.failed = code != 0
                 signum = interrupt.received()  # a command that stopped on the signal itself (overnight)
                 return code if signum is None else interrupt.EXIT_CODES.get(signum, code)
             except (InputError, ConfigError) as exc:

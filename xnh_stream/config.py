@@ -36,11 +36,11 @@ class ConfigError(ValueError):
 
     The message never shows a password: the ``user:password@`` of any URL in it (an alert webhook with
     credentials, echoed as a bad value or in a YAML error) reads ``***@``
-    (:func:`xnh_stream.quality.alerts.redact_text`).
+    (:func:`xnh_stream.errors.redact_text`).
     """
 
     def __init__(self, *args: object) -> None:
-        from .quality.alerts import redact_text  # noqa: PLC0415 - alerts is imported after the config
+        from .errors import redact_text  # noqa: PLC0415
 
         super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 

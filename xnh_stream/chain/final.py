@@ -69,6 +69,7 @@ from ..state.work import DamagedWork, WorkFolder, crash_point, crc32
 from .angles import AngleTable
 from .calibration import Calibration
 from .executor import Executor, SerialExecutor
+from .layout import STEP_UNITS, ChainLayout  # noqa: F401 - ChainLayout exported here as before
 from .publish import VolumeStats, check_volume, damaged_units, describe_damage, publish, region_crc_task, stage
 from .report import (
     JOURNAL_NAME,
@@ -105,44 +106,6 @@ def delta_beta_of(formula: str, density_g_cm3: float, energy_kev: float) -> floa
 # ----------------------------------------------------------------------------------------------------------
 # Options and results
 # ----------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChainLayout:
-    """How the final pass cuts its work (not the result, but for float32 rounding: a slab of fewer than 16 rows
-    is back-projected by the scalar kernel instead of the 16-row vector one, which sums in another order;
-    measured at most 3.8e-7 of the volume's peak, 64 x 40 x 32 scan, slabs of 1-40 rows, batches of 5-16).
-
-    Attributes
-    ----------
-    angle_batch : int
-        Angles per phase-retrieval task.
-    slab_rows : int
-        Rows per back-projection task (and the volume's chunk height); 0 picks the largest that keeps the
-        two half-volumes of a slab within ``task_memory_bytes``, at most 64.
-    task_memory_bytes : int
-        Memory a task may use for its arrays.
-    fsc_box_px : int
-        Side of the central boxes the FSC is computed on (each axis clipped to the volume).
-    fsc_max_boxes : int
-        How many such boxes at most, nearest the centre first.
-    keep_work : bool
-        Keep ``OUT/work`` (projections, markers) after success.
-    """
-
-    angle_batch: int = 16
-    slab_rows: int = 0
-    task_memory_bytes: int = 256 << 20
-    fsc_box_px: int = 192
-    fsc_max_boxes: int = 8
-    keep_work: bool = False
-
-    def rows_per_slab(self, ny: int, n_out: int) -> int:
-        """The slab height for a volume ``[ny, n_out, n_out]``."""
-        if self.slab_rows > 0:
-            return min(self.slab_rows, ny)
-        per_row = 3 * 4 * n_out * n_out  # two float32 half-volumes and the volume written from them
-        return int(max(1, min(64, ny, self.task_memory_bytes // per_row)))
-
-
 @dataclass
 class ChainResult:
     """What the final pass produced."""
@@ -540,7 +503,8 @@ class FinalChain:
         return {"frames": h.hexdigest(), "config": self.config.to_dict()}
 
     def progress(self, done: int, total: int, step: str) -> None:
-        """Report progress of a step."""
+        """Report progress of a step: ``done`` of ``total`` units of :data:`STEP_UNITS` ``[step]`` (distances,
+        angles, batches of angles, slabs, levels, boxes)."""
         if self._progress:
             self._progress(done, total, step)
 

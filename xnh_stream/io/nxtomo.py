@@ -42,6 +42,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import InputError  # defined without h5py (the command line refuses a folder at once)
 from ..physics.geometry import DistanceGeometry
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
@@ -161,27 +162,6 @@ def scale_field(path: Path, ds: h5py.Dataset, key: str, values: np.ndarray) -> n
         raise InputError(path, f"unknown unit {unit!r} for a {kind} (expected e.g. "
                          f"{', '.join(sorted(_ALIASES[kind])[:6])}, or a pint unit name)", FIELDS[key])
     return values * scale
-
-
-class InputError(ValueError):
-    """A scan file that cannot be used, with the file and the field that is wrong.
-
-    Parameters
-    ----------
-    path : str or Path
-        The offending file.
-    problem : str
-        What is wrong, in words a beamline user understands.
-    field : str, optional
-        The HDF5 path (relative to the entry) of the offending field.
-    """
-
-    def __init__(self, path: str | Path, problem: str, field: str | None = None) -> None:
-        self.path = str(path)
-        self.field = field
-        self.problem = problem
-        where = f"{self.path} [{field}]" if field else self.path
-        super().__init__(f"{where}: {problem}")
 
 
 def _units(ds: h5py.Dataset) -> str | None:

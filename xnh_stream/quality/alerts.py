@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import queue
-import re
 import socket
 import threading
 import time
@@ -40,6 +39,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..errors import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -278,17 +279,6 @@ def redact_url(url: str) -> str:
         return url
     scheme, rest = bare.split("://", 1)
     return f"{scheme}://***@{rest}"
-
-
-#: The ``user[:password]@`` of a URL anywhere in a text: after ``scheme://``, up to the last ``@`` before the
-#: path (a password may hold an unencoded ``@``).
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#'\"<>]+)@")
-
-
-def redact_text(text: str) -> str:
-    """``text`` (an error message, a log line) with the ``user:password@`` of every URL in it replaced by
-    ``***@``, as :func:`redact_url` does for one URL."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
 
 
 class WebhookSink(Sink):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.nxtomo import InputError
+from ..errors import InputError
 
 
 def _seeds(text: str) -> list[int]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from ..io.nxtomo import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

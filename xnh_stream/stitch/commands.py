@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..io.nxtomo import InputError
+from ..errors import InputError
 
 
 def _progress(stage: str, done: int, total: int) -> None:
