@@ -75,3 +75,24 @@ def test_config_layers_file_env_flags(tmp_path):
     with pytest.raises(ConfigError, match="alignment.enabled"):
         ProcessConfig.layered(env={"XNH_ALIGNMENT_ENABLED": "maybe"})
     assert c.replace(**{"fbp.cor": 12.5}).fbp.cor == 12.5 and c.fbp.cor is None
+
+
+def test_unknown_xnh_variables_are_warned_about_with_the_known_ones(caplog):
+    """A typo in an XNH_* variable was ignored silently; it is named with the nearest known names, those of
+    its section (or the sections) and the test switches; config keys and the test switches are not warned."""
+    from xnh_stream.config import OTHER_ENV_VARIABLES, env_variables, unknown_env_variables
+
+    env = {"XNH_CTF_ALPHA_LOWW": "0.2", "XNH_SOMETHING_ELSE": "x", "XNH_CTF_ALPHA_LOW": "0.2",
+           "XNH_REQUIRE_CHROMIUM": "1", "XNH_CRASH_AT": "", "XNH_ARTIFACTS": "/tmp", "XNH_REQUIRE_PROMETHEUS": "1",
+           "PATH": "/bin"}
+    with caplog.at_level("WARNING", logger="xnh_stream.config"):
+        c = ProcessConfig.layered(env=env)
+    assert c.ctf.alpha_low == 0.2
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2, warned
+    typo, other = sorted(warned)
+    assert "XNH_CTF_ALPHA_LOWW" in typo and "ignored" in typo and "Did you mean XNH_CTF_ALPHA_LOW" in typo
+    assert "XNH_CTF_ALPHA_HIGH, XNH_CTF_ALPHA_LOW, XNH_CTF_ENVELOPE" in typo and "XNH_CRASH_AT" in typo
+    assert "XNH_SOMETHING_ELSE" in other and "SAMPLE, FLATFIELD" in other and "XNH_REQUIRE_PROMETHEUS" in other
+    assert unknown_env_variables(env) == ["XNH_CTF_ALPHA_LOWW", "XNH_SOMETHING_ELSE"]
+    assert "XNH_SAMPLE_DELTA_BETA" in env_variables() and not set(OTHER_ENV_VARIABLES) & set(env_variables())

@@ -23,12 +23,16 @@ defaults, the file, environment variables ``XNH_<SECTION>_<KEY>`` (upper case, e
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -394,6 +398,8 @@ class ProcessConfig:
             key = _env_key(var)
             if key is not None:
                 values[key] = _parse_env(var, raw)
+        for var in unknown_env_variables(env):
+            log.warning("%s", describe_unknown_env(var))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_mapping(values)
 
@@ -448,6 +454,58 @@ def _env_key(var: str) -> str | None:
             if key in {f.name for f in fields(cls)}:
                 return f"{name}.{key}"
     return None  # XNH_* variables of other components (e.g. the tests) are not ours
+
+
+#: ``XNH_*`` variables that are not configuration keys: switches of the tests, the CI and fault injection, and
+#: the settings of the Slurm script (``deploy/slurm/xnh-stream.sbatch``, which unsets them before it runs
+#: ``xnh-stream``; known here for a shell that exports them).
+OTHER_ENV_VARIABLES: dict[str, str] = {
+    "XNH_ARTIFACTS": "tests: a folder the live page's and the dashboards' screenshots are copied to",
+    "XNH_CRASH_AT": "fault injection: the process dies at this named point (xnh_stream/state/work.py)",
+    "XNH_REQUIRE_CHROMIUM": "tests: 1 makes a missing chromium a failure instead of a skip (CI)",
+    "XNH_REQUIRE_PROMETHEUS": "tests: 1 makes a missing prometheus or promtool a failure instead of a skip (CI)",
+    "XNH_REQUIRE_SLURM": "tests: 1 makes a missing Slurm a failure instead of a skip (CI)",
+    "XNH_SLURM_STATE": "CI: the state folder of the one-node Slurm (.ci/slurm-single-node)",
+    **{f"XNH_{name}": "deploy/slurm/xnh-stream.sbatch" for name in (
+        "VENV", "MODULES", "CONDA_ENV", "SIF", "BACKEND", "RAY_PORT", "RAY_NODE_IP", "RAY_TEMP_DIR", "RAY_WAIT_S",
+        "PROM_SD_DIR")},
+}
+
+
+def env_variables() -> list[str]:
+    """Every ``XNH_<SECTION>_<KEY>`` variable of the configuration, sorted."""
+    return sorted(f"XNH_{name}_{f.name}".upper() for name, cls in SECTIONS.items() for f in fields(cls))
+
+
+def unknown_env_variables(env: Mapping[str, str]) -> list[str]:
+    """The ``XNH_*`` variables of ``env`` that are neither a configuration key nor one of
+    :data:`OTHER_ENV_VARIABLES` (a typo, or a key that no longer exists), sorted."""
+    return sorted(v for v in env if v.startswith("XNH_") and _env_key(v) is None and v not in OTHER_ENV_VARIABLES)
+
+
+def describe_unknown_env(var: str) -> str:
+    """The warning for an unknown ``XNH_*`` variable: that it is ignored, the nearest known names, and the
+    known ones (those of its section when the section is right, else the sections), e.g.
+
+    ``environment variable XNH_CTF_ALPHA_LOWW is not one of xnh-stream's: ignored. Did you mean
+    XNH_CTF_ALPHA_LOW? Known: XNH_CTF_ALPHA_HIGH, XNH_CTF_ALPHA_LOW, XNH_CTF_ENVELOPE (section ctf) ...``
+    """
+    import difflib  # noqa: PLC0415
+
+    known = env_variables()
+    close = difflib.get_close_matches(var, known + sorted(OTHER_ENV_VARIABLES), n=3, cutoff=0.75)
+    text = f"environment variable {var} is not one of xnh-stream's: ignored."
+    if close:
+        text += f" Did you mean {' or '.join(close)}?"
+    section = next((name for name in SECTIONS if var.startswith(f"XNH_{name.upper()}_")), None)
+    if section is not None:
+        keys = [k for k in known if k.startswith(f"XNH_{section.upper()}_")]
+        text += f" Known: {', '.join(keys)} (section {section})"
+    else:
+        text += (f" Known: XNH_<SECTION>_<KEY> for every configuration key, sections "
+                 f"{', '.join(name.upper() for name in SECTIONS)} (e.g. XNH_CTF_ALPHA_LOW)")
+    return (text + f"; not configuration: {', '.join(sorted(OTHER_ENV_VARIABLES))} (tests, CI, the Slurm script); "
+            "docs/configuration.md")
 
 
 def _parse_env(name: str, raw: str) -> Any:
