@@ -40,7 +40,7 @@ from xnh_stream.config import ProcessConfig
 from xnh_stream.ingest.watch import FolderWatcher, QuarantineRecord
 from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, one_open_per_file
 from xnh_stream.io.sources import FrameRecord
-from xnh_stream.live.views import merge_views, slab_views
+from xnh_stream.live.views import merge_views, slab_views, slice_info
 from xnh_stream.physics.cor import estimate_rotation_axis
 from xnh_stream.physics.xp import bin_2d, binning_for
 from xnh_stream.quality.alerts import CallbackSink, default_router
@@ -512,6 +512,7 @@ class StreamDriver:
         self.live_binning = 1
         self._binned_fsc_angles = 0  # angles seen at the last binned running FSC
         self.cor_known = config.fbp.cor is not None
+        self.rotation_axis: dict[str, Any] | None = None  # the axis the live volume is built around (live page)
         self.instruments = _Instruments()
         self.dispatched_at: dict[Any, float] = {}
         self.last_final: tuple[float, Any] | None = None  # angle and result ref of the latest CTF projection
@@ -543,6 +544,8 @@ class StreamDriver:
         self.workers = [PhaseWorker.options(**gpu).remote((ny, nx), self.delta_beta, cfg.to_dict(), self.live_binning)
                         for _ in range(self.opt.n_workers)]
         cor = cfg.fbp.cor if cfg.fbp.cor is not None else (nx - 1) / 2
+        self.rotation_axis = {"px": cor, "columns": nx, "source": "given (fbp.cor)" if cfg.fbp.cor is not None else
+                              "the detector centre until the reference distance has come round"}
         self.shards = self._make_shards(cor)
         self.slicer = self._make_slicer(cor) if self.opt.live_slices else None
 
@@ -683,12 +686,17 @@ class StreamDriver:
                                          thetas if thetas.size >= 8 else None)
         except ValueError as exc:
             log.warning("live rotation axis not estimated (%s): the detector centre is kept", exc)
+            self.rotation_axis = {**(self.rotation_axis or {}), "source": "the detector centre (not estimated live)"}
             return None
         if est.method.endswith("(unreliable)"):
             log.warning("live rotation axis %.2f px (%s) is not reliable: the detector centre is kept", est.px,
                         est.method)
+            self.rotation_axis = {**(self.rotation_axis or {}),
+                                  "source": "the detector centre (the live estimate was not reliable)"}
             return None
         log.info("live rotation axis %.2f px (%s, confidence %.2f px)", est.px, est.method, est.confidence_px)
+        self.rotation_axis = {**(self.rotation_axis or {}), "px": float(est.px),
+                              "source": f"estimated live: {est.method}, confidence {est.confidence_px:.2f} px"}
         return float(est.px)
 
     def _rebuild_around(self, cor: float) -> None:
@@ -797,6 +805,8 @@ class StreamDriver:
                 return None
         self._asked = None
         images: dict[str, Any] = {}
+        info: dict[str, Any] = {}  # scale, slice positions and grey-level units of the images (live page)
+        geo = self.assembler.geometry
         if asked is not None:
             views = merge_views(ray.get(asked.refs))
             if "binned" in views:
@@ -806,24 +816,33 @@ class StreamDriver:
                 self.monitor.add_fsc(n_angles=asked.seen, binned=views.get("binned"), region=views.get("region"),
                                      voxel_m=voxel)
             images = views["images"]
+            if "n" in views:  # the shards' slices through the centre of the binned live volume
+                rows, n = self.assembler.shape[0] // self.live_binning, views["n"]
+                info = slice_info((rows, n, n), (rows // 2, n // 2, n // 2), voxel, self.live_binning)
             if asked.slices is not None:  # the full-resolution slices replace the binned ones
                 images.update(ray.get(asked.slices))
+                ny, nx = self.assembler.shape  # the slice keeper's slices: through the centre (OrthoSlices)
+                info = slice_info((ny, nx, nx), (ny // 2, nx // 2, nx // 2), geo.voxel_m)
         extra = {}
         if self.last_final is not None:
-            images["phase"] = -np.asarray(ray.get(self.last_final[1])[0])  # phase = -k voxel * projected delta
+            # the live projection is -phi / (k voxel) (AngleProcessor.scale), binned: shown as the phase in rad
+            k_voxel = 2 * np.pi / geo.distances[0].wavelength_m * geo.voxel_m
+            images["phase"] = -k_voxel * np.asarray(ray.get(self.last_final[1])[0])
+            info["phase"] = {"pixel_m": geo.voxel_m * self.live_binning, "binning": self.live_binning, "unit": "rad"}
             extra["phase_angle_deg"] = self.last_final[0]
         quality = self.monitor.snapshot()
-        self._publish(status, quality, images, extra)
+        self._publish(status, quality, images, extra, image_info=info)
         return quality
 
     def _publish(self, status: str, quality: dict[str, Any] | None, images: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, image_info: dict[str, Any] | None = None) -> None:
         if self.live_page is None or self.assembler is None:
             return
         st = self.assembler.state()
         self.live_page.publish({"status": status, "angles_seen": st["angles_seen"], "angles_final": st["angles_final"],
                                 "distances": [{"z1_m": z, "frames": n} for z, n, _ in st["distances"]],
-                                "quality": quality, **(extra or {})}, images)
+                                "rotation_axis": self.rotation_axis, "quality": quality, **(extra or {})}, images,
+                               image_info)
 
     def progress(self, status: str, quality: dict[str, Any] | None) -> StreamProgress:
         """The progress now."""
@@ -947,6 +966,8 @@ class StreamDriver:
             if completion.missing:
                 chain.alerts.append(alert)
             final = chain.run(journal=self.journal)
+            axis = final.report.cor
+            self.rotation_axis = {**(self.rotation_axis or {}), "px": axis.px, "source": f"final pass: {axis.method}"}
             quality = self.monitor.snapshot()
             event = self.journal.emit("scan_complete", {"scan": str(self.scan_folder), "out": str(self.out),
                                                         "resolution_m": final.report.fsc.resolution_m},

@@ -113,6 +113,12 @@ def test_live_page_updates_in_headless_chromium_during_a_real_stream(ray_local, 
     for img in ("img_xy", "img_xz", "img_yz", "img_phase"):
         assert re.search(rf'id="{img}"[^>]*data-loaded="1"', end), f"{img} not loaded"
     assert "<polyline" in end  # FSC curve drawn
+    # each image with its scale bar and caption (slice position, grey range), and the axis the final pass used
+    for name in ("xy", "xz", "yz", "phase"):
+        assert re.search(rf'id="sb_{name}"[^>]*data-bar-m="[0-9.e-]+"', end), f"no scale bar on {name}"
+    assert re.search(r'id="cap_xy">z = [^<]*: slice 16 of 32; y down, x across · grey [^<]* delta', end)
+    assert re.search(r'id="cap_phase">grey [^<]* rad', end)
+    assert re.search(r'rotation axis: <b id="axis_px">[0-9.]+ px</b> of 64 detector columns \(final pass: ', end)
 
 
 def test_live_page_is_read_only_and_serves_json_and_png():
@@ -136,3 +142,67 @@ def test_live_page_is_read_only_and_serves_json_and_png():
             page.publish(images={"../x": np.zeros((2, 2))})
     finally:
         page.close()
+
+
+def _publish_views(page: LivePage) -> None:
+    """What the stream publishes: three slices through the centre of a 40 x 64 x 64 volume of 100 nm voxels,
+    a phase map binned 2x, the rotation axis, FSC and edge-fit figures."""
+    from xnh_stream.live.views import slice_info
+
+    rng = np.random.default_rng(1)
+    info = slice_info((40, 64, 64), (20, 32, 32), 100e-9)
+    info["phase"] = {"pixel_m": 200e-9, "binning": 2, "unit": "rad"}
+    page.publish({"status": "streaming", "rotation_axis": {"px": 31.75, "columns": 64, "source": "given (fbp.cor)"},
+                  "quality": {"fsc": {"resolution_m": 161e-9, "edge_resolution_m": 610e-9}}},
+                 {"xy": 1e-6 * rng.random((64, 64)), "xz": 1e-6 * rng.random((40, 64)),
+                  "yz": 1e-6 * rng.random((40, 64)), "phase": -rng.random((20, 32))}, info)
+
+
+def test_live_page_states_scale_grey_range_slice_positions_axis_and_what_fsc_and_edge_fit_mean():
+    """The state and the page carry what a reader needs to read the images: each image's pixel (scale bar),
+    grey range (black and white values, their unit), where a slice is cut (index and position), the rotation
+    axis, and a note on FSC against edge fit."""
+    page = LivePage(port=0, title="t")
+    try:
+        _publish_views(page)
+        state = json.loads(urllib.request.urlopen(page.url + "state.json", timeout=5).read())
+        html = urllib.request.urlopen(page.url, timeout=5).read().decode()
+    finally:
+        page.close()
+    xy, xz, phase = state["image_info"]["xy"], state["image_info"]["xz"], state["image_info"]["phase"]
+    assert (xy["axis"], xy["index"], xy["size"], xy["rows"], xy["columns"]) == ("z", 20, 40, "y", "x")
+    assert xy["position_m"] == pytest.approx(2e-6) and xy["pixel_m"] == 100e-9 and xy["unit"] == "delta"
+    assert (xz["axis"], xz["index"], xz["size"], xz["shape"]) == ("y", 32, 64, [40, 64])
+    lo, hi = xy["grey"]
+    assert 0 < lo < 0.05e-6 and 0.95e-6 < hi < 1e-6 and xy["percentiles"] == [1.0, 99.0]
+    assert phase["unit"] == "rad" and phase["pixel_m"] == 200e-9 and phase["grey"][0] < phase["grey"][1] < 0
+    assert state["rotation_axis"] == {"px": 31.75, "columns": 64, "source": "given (fbp.cor)"}
+    for element in ('id="sb_xy"', 'id="cap_xz"', 'id="sb_phase"', 'id="axis"', 'id="fsc_note"'):
+        assert element in html, element
+    note = " ".join(re.search(r'id="fsc_note">(.*?)</div>', html, re.S).group(1).split())
+    assert "half-bit" in note and "finest detail resolved reproducibly" in note and "edge" in note.lower()
+    assert "point-spread of the whole chain" in note and "typically larger" in note
+
+
+def test_live_page_draws_scale_bars_and_captions_in_headless_chromium(tmp_path):
+    """The page's script turns the state into a scale bar of a round length over each image, a caption with
+    the slice's position and grey range, and the rotation axis (a published state, no stream: seconds)."""
+    chromium_or_skip()
+    page = LivePage(port=0, title="t")
+    try:
+        _publish_views(page)
+        dom = headless(page.url, tmp_path, "--dump-dom")
+    finally:
+        page.close()
+    # 64 px of 100 nm: a quarter is 1.6 um, rounded down to 1 um = 15.625 % of the width
+    assert re.search(r'id="sb_xy"[^>]*data-bar-m="0.000001"', dom), dom[:3000]
+    assert re.search(r'<span class="sb_label">1 µm</span><div style="width:calc\(15\.625% - 2px\)', dom)
+    # 32 px of 200 nm: 1.6 um -> 1 um
+    assert re.search(r'id="sb_phase"[^>]*>.*?1 µm', dom)
+    cap = re.search(r'id="cap_xy">([^<]*)<', dom).group(1)
+    assert "z = 2 µm: slice 20 of 40; y down, x across" in cap and "(black) to" in cap and "delta" in cap
+    assert "pixel 100 nm" in cap
+    assert "rad" in re.search(r'id="cap_phase">([^<]*)<', dom).group(1)
+    assert re.search(r'rotation axis: <b id="axis_px">31\.750 px</b> of 64 detector columns \(given \(fbp\.cor\)\)',
+                     dom)
+    assert re.search(r'id="resolution">161 nm', dom) and "edge fit 610 nm" in dom

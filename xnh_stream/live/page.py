@@ -12,26 +12,58 @@ PAGE = r"""<!doctype html>
  .bar>div{background:#4a9;height:100%} table{border-collapse:collapse;width:100%}
  td,th{border-bottom:1px solid #333;padding:2px 4px;text-align:right} th:first-child,td:first-child{text-align:left}
  .critical{color:#f66;font-weight:bold} .warning{color:#fc6} .none{color:#7c7} svg{background:#000;width:100%}
+ .view{position:relative;line-height:0} .note,.caption{color:#999;font-size:12px;margin-top:4px}
+ .scalebar{position:absolute;left:0;right:0;bottom:4px;line-height:1.2;font-size:11px;color:#fff;text-shadow:0 0 2px #000}
+ .scalebar>div{height:4px;background:#fff;border:1px solid #000;margin-left:6px}
+ .scalebar>span{margin-left:6px;padding:0 3px;background:rgba(0,0,0,.55)}
 </style></head>
 <body>
 <h1>{{TITLE}} <span id="status"></span></h1>
 <div id="updated" style="color:#888"></div>
 <div class="grid">
- <div class="card"><h2>Progress per distance</h2><div id="progress"></div></div>
+ <div class="card"><h2>Progress per distance</h2><div id="progress"></div><div id="axis"></div></div>
  <div class="card"><h2>Alerts</h2><div id="alerts"></div></div>
  <div class="card"><h2>Resolution (running FSC)</h2><div id="fsc"></div>
+   <div class="note" id="fsc_note">FSC: the half-bit resolution of the two half-volumes (even and odd angles),
+   the finest detail resolved reproducibly. Edge fit: the blur (FWHM) of the strongest edge, the point-spread
+   of the whole chain (detector, phase retrieval, back-projection, motion), typically larger.</div>
    <svg id="fsccurve" viewBox="0 0 300 150"></svg><svg id="fschist" viewBox="0 0 300 150"></svg></div>
  <div class="card"><h2>Dose</h2><div id="dose"></div></div>
  <div class="card"><h2>Drift and warping</h2><div id="drift"></div></div>
- <div class="card"><h2>Slice z (axial)</h2><img id="img_xy" alt="axial slice"></div>
- <div class="card"><h2>Slice y (coronal)</h2><img id="img_xz" alt="coronal slice"></div>
- <div class="card"><h2>Slice x (sagittal)</h2><img id="img_yz" alt="sagittal slice"></div>
- <div class="card"><h2>Phase map of the latest angle <span id="phase_angle"></span></h2><img id="img_phase" alt="phase"></div>
+ <div class="card"><h2>Slice z (axial)</h2><div class="view"><img id="img_xy" alt="axial slice"><div class="scalebar" id="sb_xy"></div></div><div class="caption" id="cap_xy"></div></div>
+ <div class="card"><h2>Slice y (coronal)</h2><div class="view"><img id="img_xz" alt="coronal slice"><div class="scalebar" id="sb_xz"></div></div><div class="caption" id="cap_xz"></div></div>
+ <div class="card"><h2>Slice x (sagittal)</h2><div class="view"><img id="img_yz" alt="sagittal slice"><div class="scalebar" id="sb_yz"></div></div><div class="caption" id="cap_yz"></div></div>
+ <div class="card"><h2>Phase map of the latest angle <span id="phase_angle"></span></h2><div class="view"><img id="img_phase" alt="phase"><div class="scalebar" id="sb_phase"></div></div><div class="caption" id="cap_phase"></div></div>
 </div>
 <script>
 const $ = id => document.getElementById(id);
 const fmt = (v, d=3) => v === null || v === undefined ? "-" : Number(v).toPrecision(d);
 const nm = v => v === null || v === undefined ? "-" : (v * 1e9).toFixed(0) + " nm";
+const len = m => m === null || m === undefined ? "-" : Math.abs(m) >= 1e-3 ? +(m * 1e3).toPrecision(3) + " mm"
+  : Math.abs(m) >= 1e-6 ? +(m * 1e6).toPrecision(3) + " µm" : +(m * 1e9).toPrecision(3) + " nm";
+function nice(m) {  // 1, 2 or 5 times a power of ten, at most m
+  const e = Math.pow(10, Math.floor(Math.log10(m))), f = m / e;
+  return (f >= 5 ? 5 : f >= 2 ? 2 : 1) * e;
+}
+function scalebar(name, info) {  // a bar of a round length, about a quarter of the image's width
+  const el = $("sb_" + name), w = (info.shape || [])[1], px = info.pixel_m;
+  if (!el) return;
+  if (!w || !px) { el.innerHTML = ""; return; }
+  const width = w * px, bar = nice(width / 4);
+  el.innerHTML = `<span class="sb_label">${len(bar)}</span><div style="width:calc(${(100 * bar / width).toFixed(3)}% - 2px)"></div>`;
+  el.dataset.barM = bar;
+}
+function caption(name, info) {  // where the slice is cut, its grey range, its pixel
+  const el = $("cap_" + name);
+  if (!el) return;
+  const parts = [];
+  if (info.axis) parts.push(`${info.axis} = ${len(info.position_m)}: slice ${info.index} of ${info.size}` +
+    (info.binning > 1 ? ` (binned ${info.binning}×)` : "") + `; ${info.rows} down, ${info.columns} across`);
+  if (info.grey) parts.push(`grey ${fmt(info.grey[0])} (black) to ${fmt(info.grey[1])} (white) ${info.unit || ""}` +
+    (info.percentiles ? `, the ${info.percentiles[0]}–${info.percentiles[1]} % percentiles` : ""));
+  if (info.pixel_m) parts.push(`pixel ${len(info.pixel_m)}`);
+  el.textContent = parts.join(" · ");
+}
 function plot(svg, series, xlab, ylab, ymin, ymax, xmin, xmax) {
   const W = 300, H = 150, L = 34, B = 20;
   let xs = series.flatMap(s => s.x).filter(v => v !== null);
@@ -61,6 +93,9 @@ function render(s) {
     return `distance ${p.distance}: <b class="frames">${p.frames}</b> frames, ${p.projections} projections, ${p.returns} returns` +
       `<div class="bar"><div style="width:${Math.min(100, 100 * p.frames / expected)}%"></div></div>`;
   }).join("") + `<div>angles in the live volume: <b id="angles">${s.angles_seen ?? "-"}</b>, final (CTF): <b id="angles_final">${s.angles_final ?? "-"}</b></div>`;
+  const ax = s.rotation_axis;
+  $("axis").innerHTML = ax ? `rotation axis: <b id="axis_px">${fmt(ax.px, 5)} px</b>` +
+    (ax.columns ? ` of ${ax.columns} detector columns` : "") + ` (${ax.source || ""})` : "";
   const al = q.alerts || [];
   $("alerts").innerHTML = al.length ? al.map(a => `<div class="${a.severity}">[${a.severity}] ${a.name}: ${a.message}</div>`).join("")
     : `<div class="none">no alert</div>`;
@@ -87,6 +122,7 @@ function render(s) {
     const img = $("img_" + name);
     if (img && img.dataset.src !== url) { img.dataset.src = url; img.onload = () => img.dataset.loaded = "1"; img.src = url; }
   }
+  for (const [name, info] of Object.entries(s.image_info || {})) { scalebar(name, info); caption(name, info); }
   if (s.phase_angle_deg !== undefined && s.phase_angle_deg !== null) $("phase_angle").textContent = "(" + fmt(s.phase_angle_deg, 4) + "°)";
   document.body.dataset.version = s.version;
 }

@@ -28,23 +28,50 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8765
 
 
-def to_png(image: Any, lo_pct: float = 1.0, hi_pct: float = 99.0) -> bytes:
-    """An 8-bit grey PNG of a 2-D array, contrast stretched between two percentiles (NaN as black)."""
+#: Percentiles of an image's finite values shown black and white (:func:`to_png`).
+GREY_PERCENTILES = (1.0, 99.0)
+
+
+def encode_png(image: Any, lo_pct: float = GREY_PERCENTILES[0],
+               hi_pct: float = GREY_PERCENTILES[1]) -> tuple[bytes, tuple[float, float] | None]:
+    """An 8-bit grey PNG of a 2-D array, contrast stretched between two percentiles (NaN as black), and the
+    values shown black and white (None when the image has no finite value).
+
+    Parameters
+    ----------
+    image : array_like
+        A non-empty 2-D array.
+    lo_pct, hi_pct : float
+        Percentiles of the finite values drawn black (0) and white (255).
+
+    Returns
+    -------
+    png : bytes
+    grey : (float, float) or None
+        The values at ``lo_pct`` and ``hi_pct``: the grey-level range the PNG shows.
+    """
     from PIL import Image  # noqa: PLC0415
 
     a = np.asarray(image, dtype=np.float64)
     if a.ndim != 2 or a.size == 0:
         raise ValueError(f"live page images must be non-empty 2-D arrays, got shape {a.shape}")
     finite = np.isfinite(a)
+    grey = None
     if finite.any():
         lo, hi = np.percentile(a[finite], [lo_pct, hi_pct])
+        grey = (float(lo), float(hi))
         scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     else:
         scaled = np.zeros_like(a)
     u8 = (np.clip(np.nan_to_num(scaled, nan=0.0), 0, 1) * 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(u8, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+    return buf.getvalue(), grey
+
+
+def to_png(image: Any, lo_pct: float = GREY_PERCENTILES[0], hi_pct: float = GREY_PERCENTILES[1]) -> bytes:
+    """An 8-bit grey PNG of a 2-D array, contrast stretched between two percentiles (NaN as black)."""
+    return encode_png(image, lo_pct, hi_pct)[0]
 
 
 def _clean(o: Any) -> Any:
@@ -80,6 +107,7 @@ class LivePage:
         self._lock = threading.Lock()
         self._state: dict[str, Any] = {"status": "waiting for frames"}
         self._images: dict[str, tuple[int, bytes]] = {}
+        self._info: dict[str, dict[str, Any]] = {}  # per image: grey range, shape, and what the caller said
         self._version = 0
         page = self
 
@@ -131,24 +159,49 @@ class LivePage:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/"
 
-    def publish(self, state: dict[str, Any] | None = None, images: dict[str, Any] | None = None) -> None:
-        """Replace the page's state and (some of) its images (2-D arrays, or PNG bytes)."""
-        encoded = {}
+    def publish(self, state: dict[str, Any] | None = None, images: dict[str, Any] | None = None,
+                image_info: dict[str, dict[str, Any]] | None = None) -> None:
+        """Replace the page's state and (some of) its images (2-D arrays, or PNG bytes).
+
+        Parameters
+        ----------
+        state : dict, optional
+            The page's figures (``/state.json``; NaN and inf become null).
+        images : dict, optional
+            ``{name: 2-D array or PNG bytes}``; an array is drawn between its 1st and 99th percentiles
+            (:data:`GREY_PERCENTILES`), which the page shows as the image's grey range.
+        image_info : dict, optional
+            ``{name: {...}}`` shown beside each image: ``pixel_m`` (the scale bar), ``unit`` (of the grey
+            levels), where a slice is cut (``axis``, ``index``, ``size``, ``position_m``;
+            :func:`xnh_stream.live.views.slice_info`). Served in ``/state.json`` under ``image_info`` with
+            ``grey`` (``[black, white]``, null for PNG bytes) and ``shape`` (``[rows, columns]``) added.
+        """
+        encoded: dict[str, tuple[bytes, dict[str, Any]]] = {}
         for name, img in (images or {}).items():
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"live page image name must be alphanumeric, got {name!r}")
-            encoded[name] = img if isinstance(img, bytes) else to_png(img)
+            if isinstance(img, bytes):
+                encoded[name] = (img, {"grey": None})
+            else:
+                png, grey = encode_png(img)
+                encoded[name] = (png, {"grey": grey, "shape": list(np.shape(img)),
+                                       "percentiles": list(GREY_PERCENTILES)})
         with self._lock:
             self._version += 1
-            for name, png in encoded.items():
+            for name, (png, measured) in encoded.items():
                 self._images[name] = (self._version, png)
+                self._info[name] = {**(image_info or {}).get(name, {}), **measured}
+            for name, info in (image_info or {}).items():
+                if name not in encoded and name in self._info:  # new words for an image already shown
+                    self._info[name] = {**self._info[name], **info}
             if state is not None:
                 self._state = _clean(state)
 
     def _state_json(self) -> bytes:
         with self._lock:
             body = {"title": self.title, "version": self._version, "time_s": time.time(), **self._state,
-                    "images": {n: f"/img/{n}.png?v={v}" for n, (v, _) in self._images.items()}}
+                    "images": {n: f"/img/{n}.png?v={v}" for n, (v, _) in self._images.items()},
+                    "image_info": _clean(self._info)}
         return json.dumps(body, allow_nan=False).encode()
 
     def _html(self) -> bytes:

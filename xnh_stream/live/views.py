@@ -78,3 +78,40 @@ def merge_views(parts: list[dict[str, Any]]) -> dict[str, Any]:
         out["n"] = parts[0]["n"]
     out["images"] = images
     return out
+
+
+#: What each live slice shows: the axis it is cut across, and the axes of its rows and columns
+#: (:class:`xnh_stream.physics.slices.OrthoSlices`, :func:`slab_views`).
+SLICE_AXES = {"xy": ("z", "y", "x"), "xz": ("y", "z", "x"), "yz": ("x", "z", "y")}
+
+
+def slice_info(shape: tuple[int, int, int], point: tuple[int, int, int], pixel_m: float,
+               binning: int = 1) -> dict[str, dict[str, Any]]:
+    """What the live page writes beside each slice: where it is cut and at what scale.
+
+    Parameters
+    ----------
+    shape : (int, int, int)
+        ``(nz, ny, nx)`` of the volume the slices are cut from (the binned live volume, or the
+        full-resolution grid of the slice keeper).
+    point : (int, int, int)
+        ``(z0, y0, x0)``: the ``xy`` slice is ``volume[z0]``, ``xz`` is ``volume[:, y0]``, ``yz`` is
+        ``volume[:, :, x0]``.
+    pixel_m : float
+        Voxel of that volume (m): the final voxel times ``binning``.
+    binning : int
+        Final voxels per voxel of that volume.
+
+    Returns
+    -------
+    dict
+        ``{"xy" | "xz" | "yz": {"axis", "index", "size", "position_m", "rows", "columns", "pixel_m",
+        "binning", "unit"}}``; ``position_m`` is ``index * pixel_m`` from the volume's first voxel along the
+        axis, ``unit`` what the grey levels are (``delta``, the refractive-index decrement).
+    """
+    sizes = dict(zip("zyx", shape))
+    where = dict(zip("zyx", point))
+    return {name: {"axis": axis, "index": int(where[axis]), "size": int(sizes[axis]),
+                   "position_m": float(where[axis] * pixel_m), "rows": rows, "columns": columns,
+                   "pixel_m": float(pixel_m), "binning": int(binning), "unit": "delta"}
+            for name, (axis, rows, columns) in SLICE_AXES.items()}
