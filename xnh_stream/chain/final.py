@@ -84,7 +84,7 @@ from .report import (
     ScanReport,
     VolumeRecord,
 )
-from .scan import DistanceIndex, ScanIndex
+from .scan import DistanceIndex, ScanIndex, left_out, left_out_alert
 from .steps import PhaseSetup, processor_for, read_frame
 
 log = logging.getLogger(__name__)
@@ -1151,9 +1151,9 @@ class FinalChain:
                     self.work.unmark(above)
 
     def _reject_distance_alert(self, name: str, reason: str) -> None:
-        self.alerts.append({"name": "DistanceFileRejected", "severity": "critical",
-                            "message": f"distance {name} left out: {reason}"})
-        log.error("distance %s left out: %s", name, reason)
+        alert = left_out_alert(name, reason)
+        self.alerts.append(alert)
+        log.error("%s", alert["message"])
 
     def _report(self, slots: list, written: list[int], axis: RotationAxis, envelope: SampleEnvelope | None,
                 contrast: float | None, shift_record: dict[str, Any], fsc_section: Resolution,
@@ -1270,8 +1270,8 @@ class FinalChain:
                                                                      "ingest"))
         for d in self.index.rejected:
             for rec in d.frames:
-                quarantine.setdefault(rec.frame_id, QuarantinedFrame(rec.path, rec.index,
-                                                                     f"distance left out: {d.reason}", "ingest"))
+                quarantine.setdefault(rec.frame_id, QuarantinedFrame(rec.path, rec.index, left_out(d.reason),
+                                                                     "ingest"))
         for rec, original in self.index.duplicates:
             quarantine.setdefault(rec.frame_id, QuarantinedFrame(rec.path, rec.index,
                                                                  f"copy of {original} (same content): not used",

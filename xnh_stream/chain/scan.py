@@ -18,7 +18,8 @@ effective pixel is implausible next to theirs (more than :data:`MAX_PIXEL_RATIO`
 in the wrong unit), is set aside as a whole with the reason (:attr:`ScanIndex.rejected`; its frames are
 counted as quarantined). When no group outnumbers the others (two distances against two) the scan is refused
 with an :class:`~xnh_stream.io.nxtomo.InputError` naming the files of each group: guessing could make a
-volume of the wrong distances.
+volume of the wrong distances. The live stream applies the same rule as the distances arrive
+(:class:`DistanceVote`).
 """
 
 from __future__ import annotations
@@ -317,3 +318,86 @@ def trusted_distances(folder: Path, distances: list[DistanceIndex]
                                   f"pixel of {pixels[i]:.3g} m against {others:.3g} m for the other distances "
                                   f"(a factor {max(ratio, 1 / ratio):.1f}); check the units of z1 and z2")
     return [d for d in distances if d.key not in reasons], reasons
+
+
+def left_out(reason: str) -> str:
+    """The quarantine reason of each frame of a distance set aside (``reason``, from
+    :func:`trusted_distances`)."""
+    return f"distance left out: {reason}"
+
+
+def left_out_alert(name: str, reason: str) -> dict[str, str]:
+    """The critical alert that a distance (by its name) is set aside, and why."""
+    return {"name": "DistanceFileRejected", "severity": "critical",
+            "message": f"distance {name} left out: {reason}"}
+
+
+class DistanceVote:
+    """The rule of :func:`trusted_distances` applied while a scan arrives (the live stream).
+
+    The live side must not take the first frame's shape and energy as the scan's: the first distance to
+    arrive may be the odd one. Every frame is filed under its distance (:meth:`add`); :meth:`trusted_now`
+    names the distances the live chain should work on given what has arrived, and :meth:`verdict` which
+    distances are set aside, and why, once every declared distance has arrived: the rule then has the
+    distances the final pass will have and decides as it will, with the same reasons.
+
+    Parameters
+    ----------
+    folder : Path
+        The scan folder (named by the refusal of a tie).
+    n_distances : int
+        Distances the scan has (the stream's ``n_distances``).
+    """
+
+    def __init__(self, folder: str | Path, n_distances: int) -> None:
+        self.folder = Path(folder)
+        self.n_distances = int(n_distances)
+        self._by_key: dict[float, DistanceIndex] = {}
+        self._arrived: dict[float, list[FrameRecord]] = {}
+
+    def add(self, rec: FrameRecord) -> bool:
+        """File one frame under its distance; True when it is the distance's first (the vote may change)."""
+        d = self._by_key.get(rec.distance_key)
+        first = d is None
+        if d is None:
+            d = DistanceIndex(rec.distance_key, rec.distance_name, rec.geometry, tuple(rec.frame_shape))
+            self._by_key[rec.distance_key] = d
+            self._arrived[rec.distance_key] = []
+        d.add(rec)
+        self._arrived[rec.distance_key].append(rec)
+        return first
+
+    @property
+    def distances(self) -> list[DistanceIndex]:
+        """The distances arrived so far, by increasing z1."""
+        return sorted(self._by_key.values(), key=lambda d: d.geometry.z1_m)
+
+    def name(self, key: float) -> str:
+        """The name of a distance."""
+        return self._by_key[key].name
+
+    def arrived(self, key: float) -> list[FrameRecord]:
+        """The frames of a distance in the order they arrived."""
+        return list(self._arrived.get(key, ()))
+
+    def trusted_now(self) -> set[float] | None:
+        """Keys of the distances :func:`trusted_distances` trusts among those arrived; None while no group of
+        them outnumbers the others (one distance against one)."""
+        try:
+            kept, _ = trusted_distances(self.folder, self.distances)
+        except InputError:
+            return None
+        return {d.key for d in kept}
+
+    def verdict(self, complete: bool = False) -> dict[float, str] | None:
+        """Once the scan's ``n_distances`` distances have arrived, or with ``complete`` (the scan is over:
+        what arrived is all there is): distance key -> why it is set aside (empty when every distance is
+        trusted). None before, and when no group is a majority (two distances against two: the final pass
+        refuses the scan)."""
+        if not self._by_key or (len(self._by_key) < self.n_distances and not complete):
+            return None
+        try:
+            _, reasons = trusted_distances(self.folder, self.distances)
+        except InputError:
+            return None
+        return reasons
