@@ -25,8 +25,11 @@ that disappears is ``vanished``. While pending, its frames are handed out as soo
   and index) was already handed out (a file deleted and written again) is also counted, not handed out;
 - frame ids given as ``known_frame_ids`` (from a journal, after a restart) are skipped and counted in
   ``known_skipped``;
-- within one distance (same z1) every file must have the same frame shape and geometry, and every distance
-  the same energy as the first file seen; a file that disagrees is quarantined.
+- within one distance (same z1) every file must have the same frame shape and geometry; a file that
+  disagrees is quarantined. Distances are not compared with the first one seen (it may be the odd one): which
+  distances make the scan is decided by majority (:func:`~xnh_stream.chain.scan.trusted_distances`, and
+  :class:`~xnh_stream.chain.scan.DistanceVote` as they arrive); ``one_energy`` quarantines a file whose
+  energy differs from the first file's.
 
 Call :meth:`FolderWatcher.poll` from one thread (``counters``, :meth:`~FolderWatcher.distance_progress`
 and :meth:`~FolderWatcher.pending_files` may be read from others). The watchdog observer thread only
@@ -249,9 +252,10 @@ class FolderWatcher:
         file truncated inside a frame). ``None`` (default): such a file waits, listed by
         :meth:`pending_files` and counted in ``incomplete_pending`` (an acquisition can pause for minutes).
     one_energy : bool
-        Quarantine a file whose energy differs from the first file's (the live stream, which combines the
-        distances as they come). ``False`` leaves the comparison across distances to the caller
-        (:class:`~xnh_stream.chain.scan.ScanIndex` decides by majority which distances belong to the scan).
+        Quarantine a file whose energy differs from the first file's. ``False`` (default) leaves the
+        comparison across distances to the caller: :class:`~xnh_stream.chain.scan.ScanIndex` and the live
+        stream (:class:`~xnh_stream.chain.scan.DistanceVote`) decide by majority which distances make the
+        scan.
 
     Examples
     --------
@@ -263,7 +267,7 @@ class FolderWatcher:
 
     def __init__(self, root: str | Path, poll_interval_s: float = 1.0, use_inotify: bool = True,
                  known_frame_ids: Iterable[str] | None = None, settle_s: float = 2.0,
-                 stall_s: float | None = None, one_energy: bool = True) -> None:
+                 stall_s: float | None = None, one_energy: bool = False) -> None:
         self.root = Path(root).absolute()
         if not self.root.is_dir():
             raise InputError(self.root, "is not a folder to watch")
