@@ -29,11 +29,11 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
-from xnh_stream.chain.assembler import AngleWork, ScanAssembler
+from xnh_stream.chain.assembler import AngleWork, ScanAssembler, discard_stores
 from xnh_stream.chain.final import ChainLayout, ChainResult, FinalChain, delta_beta_of, journal_key
 from xnh_stream.chain.layout import plural, step_unit
 from xnh_stream.chain.report import JOURNAL_NAME, Completion, DistanceState, StreamProgress
-from xnh_stream.chain.scan import ScanIndex
+from xnh_stream.chain.scan import DistanceVote, ScanIndex, left_out, left_out_alert
 from xnh_stream.chain.steps import AngleProcessor, read_frame
 from xnh_stream.chain.warmup import compile_kernels
 from xnh_stream.config import ProcessConfig
@@ -525,16 +525,34 @@ class StreamDriver:
         self._n_booked = 0  # work items in every live actor
         self._reported_at = -float("inf")  # the last progress report
         self._n_dispatched = 0
-        self.monitor = QualityMonitor(config, str(self.scan_folder.resolve()), router=default_router(
-            config, extra=[CallbackSink(lambda a: self.journal.emit("alert", a.as_dict(),
-                                                                    key=f"alert:{a.name}:{a.severity}"))],
-            generator_url=getattr(live_page, "url", "")))
+        self.monitor = self._make_monitor()
+        # Which distances make the scan, by the final pass's majority rule as they arrive (never "the first
+        # one seen"): the live chain takes the frames of the distances trusted now, holds the others' records,
+        # and starts again when a distance it holds outvotes those it took. Frames are booked in the journal
+        # only once the vote is decided (every distance arrived), so no frame is processed that the rule then
+        # sets aside: until then their marks wait in _early, as (frame id, state, stage, reason) by distance.
+        self.vote = DistanceVote(self.scan_folder, self.opt.n_distances)
+        self._live: set[float] = set()  # distance keys fed to the assembler
+        self._verdict: dict[float, str] | None = None  # distance key -> why set aside, once decided
+        self._early: dict[float, list[tuple[str, str, str, str | None]]] = {}
+
+    def _make_monitor(self) -> QualityMonitor:
+        """The quality monitor, its alerts journaled."""
+        sink = CallbackSink(lambda a: self.journal.emit("alert", a.as_dict(), key=f"alert:{a.name}:{a.severity}"))
+        return QualityMonitor(self.config, str(self.scan_folder.resolve()), router=default_router(
+            self.config, extra=[sink], generator_url=getattr(self.live_page, "url", "")))
 
     # ------------------------------------------------------------------ set-up
     def _start(self, rec: FrameRecord) -> None:
         ny, nx = rec.frame_shape
         cfg = self.config
-        self.assembler = ScanAssembler(self.opt.n_distances, (ny, nx), DistanceStore(self.out / "store", (ny, nx)),
+        try:
+            store = DistanceStore(self.out / "store", (ny, nx))
+        except ValueError as exc:  # a store of an earlier run's live chain on other distances: read again
+            log.info("live store set aside (%s): its frames are read again", exc)
+            discard_stores(self.out / "store")
+            store = DistanceStore(self.out / "store", (ny, nx))
+        self.assembler = ScanAssembler(self.opt.n_distances, (ny, nx), store,
                                        delta_beta_align=cfg.alignment.delta_beta, align_bin_px=max(1, min(ny, nx) // 256),
                                        pca_components=cfg.flatfield.pca_components)
         if self.delta_beta is None:
@@ -628,8 +646,9 @@ class StreamDriver:
         pending = {r for r in fids if r not in self._finished}
         if not pending:
             return
+        if reasons is not None:
+            reasons = [r for f, r in zip(fids, reasons) if f in pending]
         fids = [f for f in fids if f in pending]
-        reasons = None if reasons is None else [r for f, r in zip(fids, reasons)]
         self.journal.mark_many(fids, state, stage=stage, reasons=reasons)
         self._finished.update(fids)
 
@@ -733,45 +752,129 @@ class StreamDriver:
         for rec in records:
             if rec.image_key == PROJECTION and rec.image_key_control == PROJECTION:
                 self.instruments.landed(rec.frame_id, t_landed)
-        used: list[str] = []
+        used: dict[float, list[str]] = {}  # darks, flats and return projections used on arrival, by distance
+        left: list[tuple[str, str]] = []  # frames of a distance set aside, with the reason
         for rec in records:
-            if self.assembler is None:
-                self._start(rec)
-            a = self.assembler
-            n_bad = len(a.quarantined)
-            # a projection journaled before a restart is taken back from the store, its file not read again
-            restore = rec.frame_id in self.known and a.can_restore(rec)
-            wants = self.monitor.wants_pixels(rec)
-            pixels = None
-            if (not restore and rec.image_key in (PROJECTION, FLAT, DARK)) or wants:
-                pixels, problem = read_frame(rec)
-                if pixels is None:
-                    a.quarantined.append((rec.frame_id, problem or "unreadable"))
-            if pixels is not None or restore or rec.image_key not in (PROJECTION, FLAT, DARK):
+            if self.vote.add(rec):  # a distance's first frame: the distances trusted may change
+                self._follow_vote(used)
+            elif rec.distance_key in self._live:
+                self._assemble(rec, used)
+            elif self._verdict is not None and rec.distance_key in self._verdict:
+                left.append((rec.frame_id, left_out(self._verdict[rec.distance_key])))
+            # else: a distance not trusted (yet): its record waits in the vote
+        for key, fids in used.items():
+            self._book(key, fids, PROCESSED, "assemble")
+        if left:
+            self._mark([f for f, _ in left], QUARANTINED, "ingest", [r for _, r in left])
+
+    def _assemble(self, rec: FrameRecord, used: dict[float, list[str]]) -> None:
+        """Read, assemble and monitor one frame of a distance the live chain takes."""
+        if self.assembler is None:
+            self._start(rec)
+        a = self.assembler
+        n_bad = len(a.quarantined)
+        # a projection journaled before a restart is taken back from the store, its file not read again
+        restore = rec.frame_id in self.known and a.can_restore(rec)
+        wants = self.monitor.wants_pixels(rec)
+        pixels = None
+        if (not restore and rec.image_key in (PROJECTION, FLAT, DARK)) or wants:
+            pixels, problem = read_frame(rec)
+            if pixels is None:
+                a.quarantined.append((rec.frame_id, problem or "unreadable"))
+        if pixels is not None or restore or rec.image_key not in (PROJECTION, FLAT, DARK):
+            try:
+                works = a.add(rec, None if restore else pixels)
+            except (ValueError, ArithmeticError, KeyError) as exc:  # one unusable frame must not end the scan
+                log.error("frame %s set aside: %s", rec.frame_id, exc)
+                a.quarantined.append((rec.frame_id, f"could not be assembled: {exc}"))
+                works = []
+            for work in works:
+                self._dispatch(work)
+            if rec.frame_id not in {f for f, _ in a.quarantined[n_bad:]}:
+                if rec.image_key in (DARK, FLAT) or rec.image_key_control == RETURN:
+                    used.setdefault(rec.distance_key, []).append(rec.frame_id)  # used on arrival
                 try:
-                    works = a.add(rec, None if restore else pixels)
-                except (ValueError, ArithmeticError, KeyError) as exc:  # one unusable frame must not end the scan
-                    log.error("frame %s set aside: %s", rec.frame_id, exc)
-                    a.quarantined.append((rec.frame_id, f"could not be assembled: {exc}"))
-                    works = []
-                for work in works:
-                    self._dispatch(work)
-                if rec.frame_id not in {f for f, _ in a.quarantined[n_bad:]}:
-                    if rec.image_key in (DARK, FLAT) or rec.image_key_control == RETURN:
-                        used.append(rec.frame_id)  # used on arrival
-                    try:
-                        self.monitor.add_frame(rec, pixels if wants else None)
-                    except (ValueError, OSError) as exc:  # quality figures must not stop the reconstruction
-                        log.error("quality monitor: frame %s not used: %s", rec.frame_id, exc)
-            if a.complete and not self._prepared:  # every distance known: the CTF ready before the finals
-                self._prepared = True
-                for w in self.workers:
-                    w.prepare.remote(a.geometry)
-            new_bad = a.quarantined[n_bad:]
-            if new_bad:
-                self._mark([f for f, _ in new_bad], QUARANTINED, "assemble", [r for _, r in new_bad])
-        if used:
-            self._mark(used, PROCESSED, "assemble")
+                    self.monitor.add_frame(rec, pixels if wants else None)
+                except (ValueError, OSError) as exc:  # quality figures must not stop the reconstruction
+                    log.error("quality monitor: frame %s not used: %s", rec.frame_id, exc)
+        if a.complete and not self._prepared:  # every distance known: the CTF ready before the finals
+            self._prepared = True
+            for w in self.workers:
+                w.prepare.remote(a.geometry)
+        new_bad = a.quarantined[n_bad:]
+        if new_bad:
+            self._book(rec.distance_key, [f for f, _ in new_bad], QUARANTINED, "assemble",
+                       [r for _, r in new_bad])
+
+    # ------------------------------------------------------------------ which distances
+    def _follow_vote(self, used: dict[float, list[str]]) -> None:
+        """A distance arrived: decide once every distance is there, and feed the live chain the distances
+        trusted now (started again, from their frames' records, when they outvote those it was started on)."""
+        self._decide(self.vote.verdict())
+        trusted = self.vote.trusted_now()
+        if trusted is None:  # one group against another of the same size: the live chain goes on as it is
+            trusted = self._live
+        if not self._live <= trusted:
+            self._restart_live(trusted)
+        for key in sorted(trusted - self._live, key=lambda k: self.vote.arrived(k)[0].geometry.z1_m):
+            self._live.add(key)
+            for rec in self.vote.arrived(key):
+                self._assemble(rec, used)
+
+    def _decide(self, verdict: dict[float, str] | None) -> None:
+        """Book what waited for the vote: the frames of a distance set aside are quarantined with the final
+        pass's reason (and a critical alert), the marks of the others' frames are written."""
+        if verdict is None:
+            return
+        self._verdict = verdict
+        for key, reason in verdict.items():
+            fids = [r.frame_id for r in self.vote.arrived(key)]
+            if not any(f not in self._finished for f in fids):
+                continue  # booked already (before a restart of the stream, or at an earlier verdict)
+            alert = left_out_alert(self.vote.name(key), reason)
+            log.error("%s", alert["message"])
+            self.journal.emit("alert", alert,
+                              key=f"alert:{alert['name']}:{alert['severity']}:{self.vote.name(key)}")
+            self._mark(fids, QUARANTINED, "ingest", [left_out(reason)] * len(fids))
+        early, self._early = self._early, {}
+        for key, marks in early.items():
+            if key in verdict:
+                continue
+            for state, stage in dict.fromkeys((m[1], m[2]) for m in marks):
+                mine = [m for m in marks if (m[1], m[2]) == (state, stage)]
+                self._mark([m[0] for m in mine], state, stage,
+                           None if state == PROCESSED else [m[3] or "" for m in mine])
+
+    def _book(self, key: float, fids: list[str], state: str, stage: str,
+              reasons: list[str] | None = None) -> None:
+        """Mark frames of distance ``key`` in the journal once the vote decided on it; until then the marks
+        wait (a frame must not end processed, or quarantined for another reason, if the final pass's rule then
+        sets its distance aside)."""
+        if self._verdict is None:
+            self._early.setdefault(key, []).extend(
+                (f, state, stage, None if reasons is None else reasons[i]) for i, f in enumerate(fids))
+        elif key not in self._verdict:
+            self._mark(fids, state, stage, reasons)
+
+    def _restart_live(self, trusted: set[float]) -> None:
+        """The live chain was started on distances that others now outvote (the first to arrive was the odd
+        one): its actors, stores and quality monitor go, and it starts again on the trusted distances."""
+        log.warning("the live volume starts again on %s, which outnumber %s (they disagree)",
+                    ", ".join(self.vote.name(k) for k in sorted(trusted)),
+                    ", ".join(self.vote.name(k) for k in sorted(self._live)))
+        if self.assembler is not None:
+            self._flush()
+            for actor in (*self.workers, *self._live_targets()):
+                ray.kill(actor)
+            self.assembler.discard()
+        self.assembler, self.workers, self.shards, self.slicer = None, [], [], None
+        self.incarnations.clear()
+        self.delta_beta = self.config.sample.delta_beta
+        self.cor_known = self.config.fbp.cor is not None
+        self._prepared, self._asked, self.last_final, self._binned_fsc_angles = False, None, None, 0
+        self.monitor.close()
+        self.monitor = self._make_monitor()  # fed the trusted distances only, as the final pass's would be
+        self._live = set()
 
     # ------------------------------------------------------------------ quality and progress
     def _ask_views(self, status: str) -> _ViewsAsked | None:
@@ -932,6 +1035,8 @@ class StreamDriver:
         return self._finish(completion)
 
     def _finish(self, completion: Completion | None) -> StreamResult:
+        if completion is not None and self._verdict is None:  # fewer distances than the scan's: these decide
+            self._decide(self.vote.verdict(complete=True))
         live = None
         b = self.live_binning
         live_bytes = 4 * (self.assembler.shape[0] // b) * (self.assembler.shape[1] // b) ** 2 if self.shards else 0

@@ -28,6 +28,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -373,6 +374,12 @@ class ScanAssembler:
                                 {keys.index(z): (z, self._dist[z].have[slot][1])},
                                 preview_shift_yx=s.preview_shift)
 
+    def discard(self) -> None:
+        """Delete the frames kept on disk (the store and the two beside it): the live chain starts again on
+        other distances (:class:`~xnh_stream.chain.scan.DistanceVote`), whose frames are read again."""
+        discard_stores(self.store.path)
+        self._returns = self._previews = None
+
     def drop_previews(self) -> None:
         """Delete the kept previews (the stream is over: finals no longer replace them)."""
         if self._previews is not None:
@@ -393,3 +400,10 @@ class ScanAssembler:
                               for z in self.distance_keys],
                 "angles_seen": sum(1 for s in self._slots if s.previewed_by is not None),
                 "angles_final": self._n_complete, "quarantined": len(self.quarantined)}
+
+
+def discard_stores(path: Path) -> None:
+    """Delete a live store and the return and preview stores beside it (:attr:`ScanAssembler.returns_store`,
+    :attr:`ScanAssembler.previews_store`)."""
+    for p in (path, path.with_name(path.name + "_returns"), path.with_name(path.name + "_previews")):
+        shutil.rmtree(p, ignore_errors=True)
