@@ -33,14 +33,15 @@ def wall(cmd: list[str], runs: int) -> tuple[float, int]:
     times, code = [], 0
     for _ in range(runs):
         t = time.perf_counter()
-        code = subprocess.run(cmd, cwd=REPO, capture_output=True).returncode
+        code = subprocess.run(cmd, cwd=REPO, capture_output=True, check=False).returncode
         times.append(time.perf_counter() - t)
     return statistics.median(times), code
 
 
 def imports(cmd: list[str]) -> tuple[list[tuple[float, str]], list[str]]:
     """The cumulative import times (s) of ``cmd``'s top-level imports, slowest first, and the heavy ones."""
-    res = subprocess.run([sys.executable, "-X", "importtime", *cmd], cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-X", "importtime", *cmd], cwd=REPO, capture_output=True, text=True,
+                         check=False)
     top: list[tuple[float, str]] = []
     loaded = set()
     for line in res.stderr.splitlines():

@@ -51,8 +51,10 @@ def test_a_missing_scan_folder_is_refused_before_ray_or_a_server_in_a_fresh_inte
     """As a user runs it (a fresh ``xnh-stream``): process and watch on a missing folder answer with exit 2,
     create no output folder, start no Ray and import none of the heavy libraries (the time a user waits is
     in bench/bench_cli_start.py, not here)."""
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
     script = (
         "import json, sys\n"
@@ -61,9 +63,8 @@ def test_a_missing_scan_folder_is_refused_before_ray_or_a_server_in_a_fresh_inte
         f"         main(['watch', {str(tmp_path / 'nothing')!r}, '--out', {str(tmp_path / 'b')!r},\n"
         "               '--live-port', '1', '--metrics-port', '1'])]\n"
         f"print(json.dumps({{'codes': codes, 'heavy': sorted(m for m in {HEAVY!r} if m in sys.modules)}}))\n")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path, env={**__import__("os").environ,
-                                            "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out == {"codes": [2, 2], "heavy": []}, (out, res.stderr)
@@ -143,7 +144,7 @@ def test_a_failed_command_removes_the_output_folder_it_created_and_nothing_else(
         raise InputError(a.scan, "found bad late")
 
     monkeypatch.setattr(cli, "cmd_process", fails)
-    run = lambda out: cli.main(["process", str(scan), "--out", str(out), "--local"])  # noqa: E731
+    run = lambda out: cli.main(["process", str(scan), "--out", str(out), "--local"])
     # created, left with nothing but empty sub-folders and the lock file: removed with its new parents
     written["dirs"] = "store work/done"
     assert run(tmp_path / "new" / "deeper" / "out") == 2

@@ -179,7 +179,7 @@ def test_live_page_states_scale_grey_range_slice_positions_axis_and_what_fsc_and
     assert state["rotation_axis"] == {"px": 31.75, "columns": 64, "source": "given (fbp.cor)"}
     for element in ('id="sb_xy"', 'id="cap_xz"', 'id="sb_phase"', 'id="axis"', 'id="fsc_note"'):
         assert element in html, element
-    note = " ".join(re.search(r'id="fsc_note">(.*?)</div>', html, re.S).group(1).split())
+    note = " ".join(re.search(r'id="fsc_note">(.*?)</div>', html, re.DOTALL).group(1).split())
     assert "half-bit" in note and "finest detail resolved reproducibly" in note and "edge" in note.lower()
     assert "point-spread of the whole chain" in note and "typically larger" in note
 
