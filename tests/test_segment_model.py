@@ -155,6 +155,10 @@ def test_commands_segment_evaluate_and_errors(tmp_path, heldout, capsys):
     assert f"({len(np.unique(work)) - (0 in work)} segments" in capsys.readouterr().out
     np.testing.assert_array_equal(read_precomputed(tmp_path / "ng" / "segmentation"), work)
     np.testing.assert_array_equal(read_precomputed(tmp_path / "ng" / "image"), heldout.raw[crop])
+    # a block the network cannot use: refused before any work, not a traceback
+    assert main(["segment", str(out), "--out", str(tmp_path / "bad"), "--block-shape", "12", "12", "12"]) == 2
+    assert "--block-shape 12 12 12: each edge must be a positive multiple of 8" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     assert main(["evaluate", str(out), str(tmp_path / "missing.h5")]) == 2
     assert "missing.h5: no such file" in capsys.readouterr().err
     assert main(["evaluate", str(out), str(truth), "--labels-key", "nope"]) == 2

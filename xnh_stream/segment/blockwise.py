@@ -164,7 +164,7 @@ class BlockwiseSegmentation:
                 raise ValueError(f"{spec_file}: work folder belongs to another run ({theirs} != {mine})")
             spec.norm = tuple(old["norm"])  # type: ignore[assignment]
         self = cls(spec)
-        grid = 8
+        grid = 8  # segment.commands.BLOCK_GRID: the command refuses a bad --block-shape before this
         if any(b % grid and b < n for b, n in zip(spec.block_shape, self.shape)):
             raise ValueError(f"block shape {spec.block_shape} must be a multiple of {grid} (the downsampling grid)")
         if spec.norm is None:

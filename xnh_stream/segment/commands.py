@@ -144,12 +144,31 @@ def cmd_segment(a: argparse.Namespace) -> int:
     src = a.volume / "volume.ome.zarr" if (a.volume / "volume.ome.zarr").exists() else a.volume
     if not src.exists():
         raise InputError(str(src), "no such volume")
+    if a.block_shape:
+        _check_block_shape(a.block_shape, src)
     created = _Created(out, a)
     try:
         return _segment(a, out, src)
     except BaseException:
         created.undo()
         raise
+
+
+#: The network's downsampling grid: a block edge is a multiple of it (or covers the whole axis).
+BLOCK_GRID = 8
+
+
+def _check_block_shape(block: tuple[int, int, int], src: Path) -> None:
+    """Refuse, before any work, a ``--block-shape`` the blockwise segmentation cannot use."""
+    from ..config import ConfigError
+    from ..io.omezarr import open_volume
+
+    shape = open_volume(src)[0].shape
+    bad = [b for b, n in zip(block, shape) if b <= 0 or (b % BLOCK_GRID and b < n)]
+    if bad:
+        raise ConfigError(f"--block-shape {' '.join(map(str, block))}: each edge must be a positive multiple of "
+                          f"{BLOCK_GRID} (the network's downsampling grid) or cover the volume's axis "
+                          f"({' '.join(map(str, shape))} voxels)")
 
 
 def _segment(a: argparse.Namespace, out: Path, src: Path) -> int:
