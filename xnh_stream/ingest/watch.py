@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io.nxtomo import FIELDS, InputError, one_open_per_file
+from ..io.z1 import token as z1_token
 from ..state.journal import file_id_of
 from ..io.sources import (
     EDF_SUFFIX,
@@ -89,9 +90,9 @@ class _ViewCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def identity(st: os.stat_result) -> tuple[int, ...]:
-        """What must stay the same for a kept view to hold."""
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    def identity(st: os.stat_result) -> tuple:
+        """What must stay the same for a kept view to hold: the file, and the ``--z1`` values it was read with."""
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, z1_token())
 
     def get(self, path: Path, root: Path, st: os.stat_result, signature: bool) -> FileView | None:
         """The kept view of ``path`` if the file is as it was, with a signature when ``signature``."""

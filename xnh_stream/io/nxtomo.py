@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import InputError  # defined without h5py (the command line refuses a folder at once)
 from ..physics.geometry import DistanceGeometry
+from .z1 import supplied_z1_for
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
 RETURN = -1  # image_key_control of return / alignment projections
@@ -521,6 +522,7 @@ def read_geometry(path: Path, e: h5py.Group) -> DistanceGeometry:
             raise InputError(path, str(exc), FIELDS["sample_pixel_size"]) from exc
     if z1 is not None and z2 is not None:
         geometry = DistanceGeometry(z1, z2, pixel, energy)
+        _check_supplied(path, e, geometry)
         if sample_plane is not None and not (
                 np.isclose(sample_plane.effective_pixel_m, geometry.effective_pixel_m, rtol=0.01)
                 and np.isclose(sample_plane.propagation_distance_m, geometry.propagation_distance_m, rtol=0.01)):
@@ -534,13 +536,33 @@ def read_geometry(path: Path, e: h5py.Group) -> DistanceGeometry:
             _warn_once((str(path), "z2"), "%s: instrument/detector/distance %.4g m disagrees with the z2 %.4g m that "
                        "sample/x_pixel_size and sample/propagation_distance give; the sample-plane values are used",
                        path, z2, sample_plane.z2_m)
+        _check_supplied(path, e, sample_plane)
         return sample_plane
     if z2 is None:
         raise InputError(path, "required field is missing", FIELDS["distance"])
+    name = e.attrs.get("distance_name")  # a chunk file's distance (sources.DISTANCE_NAME_ATTR)
+    supplied = supplied_z1_for(path, name.decode() if isinstance(name, bytes) else name)
+    if supplied is not None:
+        log.info("%s: z1 %.6g m from %s (the file does not record it)", path, supplied[0], supplied[1])
+        try:
+            return DistanceGeometry(supplied[0], z2, pixel, energy)
+        except ValueError as exc:
+            raise InputError(path, f"{supplied[1]}: {exc}", FIELDS["source_distance"]) from exc
     raise InputError(path, "required field is missing: the focus-to-sample distance z1 (or, instead, "
                      f"{FIELDS['sample_pixel_size']} and {FIELDS['propagation_distance']}). A file converted from "
-                     "EDF by nxtomomill edf2nx has neither: convert the EDF scan with 'xnh-stream convert', which "
-                     "takes z1 from xnh.yaml", FIELDS["source_distance"])
+                     f"EDF by nxtomomill edf2nx has neither: give it with --z1 {path.stem}=METRES (process, watch, "
+                     "nabu-config), or convert the EDF scan with 'xnh-stream convert', which takes z1 from "
+                     "xnh.yaml or --z1", FIELDS["source_distance"])
+
+
+def _check_supplied(path: Path, e: h5py.Group, geometry: DistanceGeometry) -> None:
+    """Warn (once per file) when a ``--z1 NAME=`` value names a file whose own z1 differs from it by more than
+    1 %: the file's value is used."""
+    name = e.attrs.get("distance_name")
+    supplied = supplied_z1_for(path, name.decode() if isinstance(name, bytes) else name, default=False)
+    if supplied is not None and not np.isclose(supplied[0], geometry.z1_m, rtol=0.01):
+        _warn_once((str(path), "supplied z1"), "%s: %s disagrees with the file's z1 %.6g m; the file's value is "
+                   "used", path, supplied[1], geometry.z1_m)
 
 
 def _header_angles(e: h5py.Group, frames: np.ndarray, motors: Sequence[str] = ("srot", "somega")) -> np.ndarray | None:

@@ -95,6 +95,7 @@ from .nxtomo import (
     scale_field,
     shape_problem,
 )
+from .z1 import supplied_z1_for
 
 #: Entry attributes of NXtomo chunk files (all optional).
 EXPECTED_FRAMES_ATTR = "expected_frames"
@@ -568,6 +569,8 @@ def edf_geometry(folder: str | Path) -> EdfScanInfo:
     then ``distances: {FOLDER_NAME: {...}}``), the distance folder's ``xnh.yaml``. Sidecar keys are SI:
     ``z1_m`` (required: the layout does not record it), ``z2_m`` or ``focus_detector_m`` (z2 = focus_detector
     - z1), ``pixel_m``, ``energy_kev``, ``tomo_n``, ``scan_range_deg``, ``count_time_s``, ``rotation_motor``.
+    Where no sidecar gives ``z1_m``, the command line's ``--z1 FOLDER_NAME=METRES`` does
+    (:mod:`xnh_stream.io.z1`).
 
     Raises
     ------
@@ -636,7 +639,10 @@ def edf_geometry(folder: str | Path) -> EdfScanInfo:
 
     energy = value("energy_kev", "energy", 1.0, "photon energy (keV)")
     pixel = value("pixel_m", "pixelsize", 1e-6, "detector pixel size")
-    z1 = value("z1_m", None, 1.0, "focus-to-sample distance z1 (the EDF layout does not record it)")
+    supplied = supplied_z1_for(folder) if "z1_m" not in side else None
+    z1 = supplied[0] if supplied is not None else value(
+        "z1_m", None, 1.0, "focus-to-sample distance z1 (the EDF layout does not record it; or give "
+        f"--z1 {folder.name}=METRES)")
     if "z2_m" in side:
         z2 = _number(side_src["z2_m"], "z2_m", side["z2_m"])
     elif "focus_detector_m" in side:
