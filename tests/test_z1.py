@@ -1,5 +1,5 @@
 """``--z1``: the focus-to-sample distance of files that do not record it (nxtomomill's conversions of EDF
-scans, EDF folders without xnh.yaml), given on the command line.
+scans, EDF folders without xnh.yaml), given on the command line of process, watch, convert and nabu-config.
 
 The references are the simulation's own geometry, never values read back by the code under test.
 """
@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from actors.cli import main
 from xnh_stream.chain.scan import ScanIndex
 from xnh_stream.io import nxtomo as nxio
 from xnh_stream.io.nxtomo import InputError, read_nxtomo
@@ -42,6 +43,10 @@ def raw_scan(tmp_path_factory):
 def _fresh_warnings():
     nxio._WARNED.clear()
     yield
+
+
+def _z1_flags(names, distances=GEO.distances) -> list[str]:
+    return [a for n, g in zip(names, distances) for a in ("--z1", f"{n}={g.z1_m!r}")]
 
 
 def test_parse_z1_values_and_their_refusals():
@@ -112,3 +117,29 @@ def test_edf_folder_without_xnh_yaml_takes_z1_from_the_command_line(tmp_path):
     with supplying_z1(parse_z1([f"{folder.name}={GEO.distances[1].z1_m!r}"])):
         g = edf_geometry(folder).geometry
     assert (g.z1_m, g.z2_m) == pytest.approx((GEO.distances[1].z1_m, GEO.distances[1].z2_m))
+    out = tmp_path / "nx"  # convert: the file states z1 (tomoscan reads it), nabu's configuration beside it
+    z1 = f"{folder.name}={GEO.distances[1].z1_m!r}"
+    assert main(["-q", "convert", str(folder), "--out", str(out), "--z1", z1]) == 0
+    assert read_nxtomo(out / f"{folder.name}.nx").geometry.z1_m == pytest.approx(GEO.distances[1].z1_m)
+    assert f"z1_v={GEO.distances[1].z1_m!r}" in (out / f"nabu_{folder.name}.conf").read_text()
+
+
+def test_commands_take_z1(raw_scan, tmp_path, capsys):
+    """nabu-config and process with --z1 on files that lack it; without it they refuse, naming the flag."""
+    names = [f.stem for f in raw_scan.files]
+    assert main(["nabu-config", str(raw_scan.folder), "--out", str(tmp_path / "conf")]) == 2
+    assert "--z1 phantom_1_=METRES" in capsys.readouterr().err
+    conf = tmp_path / "conf"
+    assert main(["nabu-config", str(raw_scan.folder), "--out", str(conf), *_z1_flags(names)]) == 0
+    for name, g in zip(names, GEO.distances):
+        text = (tmp_path / "conf" / f"nabu_{name}.conf").read_text()
+        assert f"z1_v={g.z1_m!r}; z1_h={g.z1_m!r}; detec_pixel_size={CFG.pixel_m!r}" in text
+    assert (tmp_path / "conf" / "nabu").is_dir()
+    assert main(["nabu-config", str(raw_scan.folder), "--z1", "0.01", "--z1", "0.02"]) == 2
+    assert "only one value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: a value that is no distance
+        main(["process", str(raw_scan.folder), "--out", str(tmp_path / "x"), "--z1", "phantom_1_=2.5mm"])
+    assert "not a number of metres" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["-q", "process", str(raw_scan.folder), "--out", str(out), "--local", *_z1_flags(names)]) == 0
+    assert (out / "report.json").is_file()

@@ -18,6 +18,7 @@ from . import __version__
 from . import interrupt
 from .chain.layout import plural, step_unit
 from .config import ConfigError, ProcessConfig
+from .nabu_cli import add_z1_arg, supplying_z1_of
 from .errors import InputError, redact_text
 
 if TYPE_CHECKING:
@@ -280,6 +281,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         if not analytic:
             sim = simulate_scan(a.out, cfg, progress=lambda d, t: update(d, t, "simulate"))
             print(f"scan written to {sim.folder}: {', '.join(p.name for p in sim.files)} + {sim.truth_file.name}")
+            _nabu_configs(sim.files)
             return 0
         from .simulate.analytic import make_analytic_phantom, write_analytic_scan  # noqa: PLC0415
 
@@ -294,7 +296,16 @@ def cmd_simulate(a: argparse.Namespace) -> int:
           f"{cfg.ny} x {cfg.nx} in {scan.elapsed_s:.1f} s ({scan.frames_per_second:.1f} frames/s, "
           f"{a.workers} worker{'s' * (a.workers > 1)}); {', '.join(p.name for p in scan.distance_paths)} + "
           f"{', '.join(extras)}")
+    if a.layout == "nxtomo":
+        _nabu_configs(scan.distance_paths)
     return 0
+
+
+def _nabu_configs(files: Sequence[Path]) -> None:
+    """nabu configurations beside the distance files of ``simulate`` and ``convert`` (nabu_cli.py)."""
+    from .nabu_cli import announce, write_configs  # noqa: PLC0415
+
+    announce(write_configs(files))
 
 
 def cmd_process(a: argparse.Namespace) -> int:
@@ -623,6 +634,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         print(f"{c.file}: {c.scan.n_frames} frames from {c.folder} ({c.engine}); z1 {g.z1_m:.6g} m, "
               f"z2 {g.z2_m:.6g} m, pixel {g.pixel_m:.6g} m (sample plane {g.effective_pixel_m:.6g} m), "
               f"D {g.propagation_distance_m:.6g} m, {g.energy_kev:g} keV")
+    _nabu_configs([c.file for c in done])
     print(f"scan folder for process / nabu: {a.out}")
     return 0
 
@@ -1027,12 +1039,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("convert", help="convert an ID16A EDF scan (one folder per distance) into NXtomo files, "
-                                       "one per distance (nxtomomill edf2nx, completed with z1 from xnh.yaml)")
+                                       "one per distance (nxtomomill edf2nx, completed with z1 from xnh.yaml "
+                                       "or --z1), with a nabu configuration beside each")
     s.add_argument("scan", type=Path, help="EDF scan folder: distance folders of .edf files, or one of them")
     s.add_argument("--out", type=Path, required=True, help="output folder: one NXtomo file per distance")
     s.add_argument("--engine", choices=["auto", "nxtomomill", "builtin"], default="auto",
                    help="auto: nxtomomill where it works, else the builtin writer (default %(default)s)")
-    s.set_defaults(func=cmd_convert)
+    add_z1_arg(s)
+    s.set_defaults(func=supplying_z1_of(cmd_convert))
 
     s = sub.add_parser("process", help="process a finished scan folder into volume.ome.zarr and report.json")
     s.add_argument("scan", type=Path, help="scan folder: one NXtomo file, NXtomo chunk folder or ID16A EDF folder "
@@ -1043,7 +1057,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--local", action="store_true", help="run every task in this process, without Ray")
     _add_layout_args(s)
     _add_process_args(s)
-    s.set_defaults(func=cmd_process)
+    add_z1_arg(s)
+    s.set_defaults(func=supplying_z1_of(cmd_process))
 
     s = sub.add_parser("watch", help="process a scan live as its frames are written into a folder (Ray)")
     s.add_argument("folder", type=Path, help="scan folder (NXtomo files or chunk files, or ID16A EDF folders)")
@@ -1053,7 +1068,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_args(s)
     _add_metrics_args(s, LIVE_METRICS_PORT)
     _add_live_args(s)
-    s.set_defaults(func=cmd_watch)
+    add_z1_arg(s)
+    s.set_defaults(func=supplying_z1_of(cmd_watch))
 
     s = sub.add_parser("demo", help="simulate a scan being written and stream it through the pipeline (Ray)")
     s.add_argument("--out", type=Path, help="working folder (default: a new temporary folder)")
@@ -1094,6 +1110,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .stitch.commands import add_parsers as _add_stitch_parsers  # noqa: PLC0415
 
     _add_stitch_parsers(sub)
+    from .nabu_cli import add_parser as _add_nabu_parser  # noqa: PLC0415
+
+    _add_nabu_parser(sub)
     for name in ("watch", "demo"):
         _add_segment_args(sub.choices[name])
     for name, (_, rule, _) in OUTPUT_RULES.items():

@@ -2,8 +2,8 @@
 
 ``xnh-stream convert EDF_SCAN --out NX_FOLDER`` writes ``NX_FOLDER/<distance folder>.nx`` for every
 distance folder of ``EDF_SCAN`` (or for ``EDF_SCAN`` itself when it is one distance folder). The output is
-a scan folder that ``process`` reads, and that nabu, tomoscan and nxtomomill's users read with the right
-geometry.
+a scan folder that ``process`` reads, and that tomoscan and nxtomomill's users read with the right geometry
+(nabu with the configuration ``convert`` writes beside each file: :mod:`xnh_stream.io.nabu_config`).
 
 Two engines write the same content:
 

@@ -20,7 +20,9 @@ Units come from each field's ``units`` attribute, in any spelling the ESRF tools
 without one is read by the rule of :func:`assumed_unit`, with a warning naming the field. Files converted by
 nxtomomill are read as written (return projections labelled 0 degrees get their angles back:
 :func:`recognise_returns`). Our files follow the nxtomo package's conventions (:func:`write_geometry_fields`),
-so tomoscan and nabu find the sample pixel and propagation distance in them.
+so tomoscan finds the sample pixel and propagation distance in them; nabu reads the sample pixel and z2 only
+(its phase retrieval needs the configuration :mod:`xnh_stream.io.nabu_config` writes). A file without z1 nor
+the sample plane (nxtomomill's ``edf2nx``) takes z1 from the command line's ``--z1`` (:mod:`xnh_stream.io.z1`).
 
 Every problem is raised as :class:`InputError`, naming the file and the field. Files are always opened
 read-only and without HDF5 file locking, so a file held open by a detector writer can be inspected.
@@ -653,7 +655,8 @@ def write_geometry_fields(entry: h5py.Group, geometry: DistanceGeometry, data: h
     - ``instrument/beam/incident_energy`` in keV;
     - ``sample/x_pixel_size``, ``y_pixel_size`` = ``p / M`` (the voxel: tomoscan's ``sample_x_pixel_size``,
       the pixel nabu reconstructs with) and ``sample/propagation_distance`` = ``D = z1 z2 / (z1 + z2)``
-      (the distance nabu's phase retrieval uses);
+      (tomoscan's ``propagation_distance``; nabu's phase retrieval reads neither it nor z1 but z2: it takes
+      the geometry from the configuration of :mod:`xnh_stream.io.nabu_config`);
 
     every length in m with its ``units`` attribute. ``entry`` must already hold ``instrument/detector``
     (with ``data``); the writers of whole files and of growing chunk files share this.
