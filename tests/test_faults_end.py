@@ -81,6 +81,40 @@ def reference(scan, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def checked(scan, tmp_path_factory):
+    """An output folder of a run killed at ``volume:checked``: every unit done and checked, nothing published
+    (each test copies it; the end of a pass is what the tests here kill and damage)."""
+    import shutil
+
+    real = os.kill
+
+    def fake(pid: int, sig: int) -> None:
+        if sig == signal.SIGKILL and pid == os.getpid():
+            raise Killed("volume:checked")
+        real(pid, sig)
+
+    out = tmp_path_factory.mktemp("checked") / "out"
+    os.environ[CRASH_ENV], os.kill = "volume:checked", fake
+    try:
+        with pytest.raises(Killed):
+            run(scan, out)
+    finally:
+        os.environ.pop(CRASH_ENV, None)
+        os.kill = real
+    (out / ".xnh.lock").unlink(missing_ok=True)
+    return out
+
+
+def from_checked(checked: Path, tmp_path: Path) -> Path:
+    """A copy of the :func:`checked` folder: the work of a killed run, to resume."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(checked, out)
+    return out
+
+
+@pytest.fixture(scope="module")
 def other(scan, tmp_path_factory):
     """Outputs of the same scan made with other options (what ``--overwrite`` replaces)."""
     out = tmp_path_factory.mktemp("other")
@@ -116,11 +150,12 @@ def copy_outputs(src: Path, dst: Path) -> None:
 
 
 @pytest.mark.parametrize("point", END_POINTS)
-def test_a_kill_at_any_instant_of_the_end_then_a_rerun_gives_the_volume(point, scan, reference, kill_at, tmp_path):
-    """Fresh output folder: killed at ``point``; the folder is consistent at that instant, and the same call
-    again ends with the uninterrupted volume and report (published or finished, never recomputed from
-    missing parts)."""
-    out = tmp_path / "out"
+def test_a_kill_at_any_instant_of_the_end_then_a_rerun_gives_the_volume(point, scan, reference, checked, kill_at,
+                                                                        tmp_path):
+    """Output folder without earlier outputs: the pass (resumed with every unit done) killed at ``point``; the
+    folder is consistent at that instant, and the same call again ends with the uninterrupted volume and
+    report (published or finished, never recomputed from missing parts)."""
+    out = from_checked(checked, tmp_path)
     kill_at(point)
     with pytest.raises(Killed):
         run(scan, out)
@@ -133,11 +168,15 @@ def test_a_kill_at_any_instant_of_the_end_then_a_rerun_gives_the_volume(point, s
 
 @pytest.mark.parametrize("point", END_POINTS)
 def test_a_kill_while_replacing_older_outputs_never_leaves_a_report_beside_another_volume(point, scan, reference,
-                                                                                        other, kill_at, tmp_path):
+                                                                                        other, checked, kill_at,
+                                                                                        tmp_path):
     """``--overwrite`` over the outputs of other options: at every instant the report (old or new) describes
     the volume beside it, or there is no report; the rerun ends with the new outputs."""
     out = tmp_path / "out"
     copy_outputs(other, out)
+    import shutil
+
+    shutil.copytree(checked / "work", out / "work")  # this run's units, done (the old outputs beside them)
     kill_at(point)
     with pytest.raises(Killed):
         run(scan, out, replace=True)
@@ -191,31 +230,30 @@ def empty(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [delete, flip_bytes, garbage, empty])
-def test_a_damaged_chunk_of_a_finished_slab_is_redone_not_read(damage, scan, reference, kill_at, tmp_path):
+def test_a_damaged_chunk_of_a_finished_slab_is_redone_not_read(damage, scan, reference, checked, monkeypatch,
+                                                              tmp_path):
     """Killed with every unit done (nothing published); a finished chunk of the work volume is then deleted,
-    flipped, replaced by random bytes or emptied: the rerun redoes that slab and ends with the right volume."""
-    out = tmp_path / "out"
-    kill_at("volume:checked")
-    with pytest.raises(Killed):
-        run(scan, out)
+    flipped, replaced by random bytes or emptied: the rerun redoes that slab, and only it, and ends with the
+    right volume."""
+    from xnh_stream.chain import final
+
+    out = from_checked(checked, tmp_path)
     chunks = sorted((out / "work" / "volume.ome.zarr" / "s0").rglob("c/*/*/*"))
     assert len(chunks) == 4  # 16 rows in slabs of 4
     damage(chunks[2])
-    markers = {p.name: p.stat().st_mtime_ns for p in (out / "work" / "done" / "slab_r4").glob("*.json")}
-    kill_at("")
-    run(scan, out, replace=False)
+    redone = []
+    real = final.slab_task
+    monkeypatch.setattr(final, "slab_task", lambda job, store: redone.append(job.r0) or real(job, store))
+    run(scan, out)
+    assert redone == [8]  # the third slab of 4 rows
     assert_finished(out, reference)
-    assert len(markers) == 4
 
 
-def test_damaged_projections_halves_and_results_are_redone(scan, reference, kill_at, tmp_path):
+def test_damaged_projections_halves_and_results_are_redone(scan, reference, checked, tmp_path):
     """A slab to redo reads the projections again: a deleted projection chunk and a flipped one are found by
     their checksums and their phase units redone; a damaged FSC-halves chunk redoes its slab; a damaged
     saved result (the rotation axis) is computed again."""
-    out = tmp_path / "out"
-    kill_at("volume:checked")
-    with pytest.raises(Killed):
-        run(scan, out)
+    out = from_checked(checked, tmp_path)
     work = out / "work"
     projections = sorted((work / "projections.zarr").rglob("c/*/*/*"))
     delete(projections[3])
@@ -223,13 +261,12 @@ def test_damaged_projections_halves_and_results_are_redone(scan, reference, kill
     delete(sorted((work / "volume.ome.zarr" / "s0").rglob("c/*/*/*"))[0])  # so that a slab reads them again
     flip_bytes(sorted((work / "fsc_halves.zarr").rglob("c/*/*/*/*"))[0])
     flip_bytes(work / "results" / "rotation_axis.pkl")
-    kill_at("")
     run(scan, out)
     assert_finished(out, reference)
 
 
-def test_a_damaged_staged_volume_is_repaired_before_it_is_published(scan, reference, kill_at, tmp_path):
-    out = tmp_path / "out"
+def test_a_damaged_staged_volume_is_repaired_before_it_is_published(scan, reference, checked, kill_at, tmp_path):
+    out = from_checked(checked, tmp_path)
     kill_at("publish:volume-moved")  # the new volume is in OUT, its report still in the work folder
     with pytest.raises(Killed):
         run(scan, out)
@@ -239,17 +276,13 @@ def test_a_damaged_staged_volume_is_repaired_before_it_is_published(scan, refere
     assert_finished(out, reference)
 
 
-def test_a_work_folder_without_its_spec_is_not_trusted(scan, reference, kill_at, tmp_path):
+def test_a_work_folder_without_its_spec_is_not_trusted(scan, reference, checked, tmp_path):
     """What the old deletion left when killed: markers without spec.json. They are not believed (the volume
     they describe may be half deleted): the pass starts afresh and gets the right volume."""
-    out = tmp_path / "out"
-    kill_at("volume:checked")
-    with pytest.raises(Killed):
-        run(scan, out)
+    out = from_checked(checked, tmp_path)
     (out / "work" / "spec.json").unlink()
     for chunk in sorted((out / "work" / "volume.ome.zarr" / "s0").rglob("c/*/*/*"))[:2]:
         chunk.unlink()
-    kill_at("")
     run(scan, out)
     assert_finished(out, reference)
 
