@@ -84,8 +84,6 @@ def reference(scan, tmp_path_factory):
 def checked(scan, tmp_path_factory):
     """An output folder of a run killed at ``volume:checked``: every unit done and checked, nothing published
     (each test copies it; the end of a pass is what the tests here kill and damage)."""
-    import shutil
-
     real = os.kill
 
     def fake(pid: int, sig: int) -> None:
