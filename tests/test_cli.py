@@ -42,6 +42,20 @@ def test_demo_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+def test_demo_into_a_new_folder_starts(tmp_path, monkeypatch):
+    """A new --out (the README's way): the output lock's file in it does not make it 'not empty' (it did:
+    every demo with --out was refused)."""
+    from xnh_stream import cli
+    from xnh_stream.simulate import stream
+
+    seen = {}
+    monkeypatch.setattr(stream, "stream_scan", lambda folder, cfg, **kw: seen.setdefault("scan", folder))
+    monkeypatch.setattr(cli, "_executor", lambda a, config: None)
+    monkeypatch.setattr(cli, "_watch", lambda folder, out, config, a: seen.setdefault("out", out) and 0)
+    assert main(["demo", "--out", str(tmp_path / "new")]) == 0
+    assert seen == {"scan": tmp_path / "new" / "scan", "out": tmp_path / "new" / "out"}
+
+
 
 # --- checks before anything starts, and what a failed command leaves --------------------------------------
 HEAVY = ("ray", "torch", "dask", "skimage", "numba", "h5py", "zarr", "scipy", "xraydb")

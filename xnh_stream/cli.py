@@ -458,7 +458,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .simulate.stream import stream_scan  # noqa: PLC0415
 
     base = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="xnh-demo-"))
-    if base.exists() and any(base.iterdir()):
+    if base.exists() and _entries(base):  # hidden files aside: the output lock's own file is there already
         # a new simulated scan on top of an old one (and its journal) would mix two scans
         from .io.nxtomo import InputError  # noqa: PLC0415
 
