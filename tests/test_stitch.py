@@ -154,6 +154,24 @@ def test_no_seam_in_the_difference_image_across_an_overlap(column, tmp_path):
     assert np.nanmax(rms_g[overlap]) < 1.1 * max(np.nanmedian(rms_g[before]), np.nanmedian(rms_g[after]))
 
 
+def test_the_outer_slices_that_one_scan_covers_are_not_blank(column, tmp_path):
+    """Where a single scan covers the output (its first and last slices: the trimmed edge of its field of
+    view, with no other scan there) the stitched volume holds that scan's values, not zeros (the outer two
+    slices were blank)."""
+    res = stitch_outputs([s.out for s in column.scans], tmp_path / "st", block_shape=(64, 64, 64))
+    vol, voxel = read_volume(res.volume)
+    lowest = min(res.report["scans"], key=lambda sc: sc["origin_m"][0])
+    scan = load_scan(lowest["out"])
+    shift = np.asarray(lowest["correction_m"])
+    plane = np.asarray(res.origin_m) + [0.0, 0.0, 0.0]  # the output's first slice
+    alone = sample_scan(scan, 0, shift, plane, voxel, (1,) + vol.shape[1:])[0]
+    inside = fov_distance(scan, shift, plane, voxel, (1,) + vol.shape[1:])[0] > 0
+    assert inside.sum() > 100
+    first = vol[0]
+    assert np.count_nonzero(first[inside]) == inside.sum()
+    assert _corr(first, alone, inside) > 0.99
+
+
 def test_an_inconsistent_link_is_dropped_and_its_residual_reported():
     rng = np.random.default_rng(0)
     truth = rng.normal(0, 1e-6, (4, 3))

@@ -345,15 +345,16 @@ class Stitch:
                     continue
                 trim = spec.trim_voxels * scan.voxel_m
                 d = fov_distance(scan, shift, origin, v, shape, spec.fov)
-                if not np.any(d > trim):
+                if not np.any(d > 0):
                     continue
                 img = sample_scan(scan, scan.level_for(v), shift, origin, v, shape, spec.order)
                 if img is None:
                     continue
                 if acc is None:
                     acc, wsum, alpha = (np.zeros(shape, np.float32) for _ in range(3))
-                np.maximum(alpha, blend_weight(d, spec.edge_voxels * scan.voxel_m, trim), out=alpha)
-                w = blend_weight(d, plan.blend_m, trim)
+                inside = d > 0
+                np.maximum(alpha, _floored(blend_weight(d, spec.edge_voxels * scan.voxel_m, trim), inside), out=alpha)
+                w = _floored(blend_weight(d, plan.blend_m, trim), inside)
                 img += np.float32(plan.offsets[i])
                 img *= w
                 acc += img
@@ -387,6 +388,16 @@ class Stitch:
     def finished(self) -> bool:
         """Whether every stage is done."""
         return self.solved and not self.pending("fuse") and not any(self.pending(s) for s in self.level_stages())
+
+
+#: Weight of a voxel inside a field of view but within its trimmed edge: it counts only where no voxel of
+#: another scan further inside covers the place (the outer slices of the first and last scan were blank).
+EDGE_FLOOR = np.float32(1e-4)
+
+
+def _floored(weight: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``weight``, at least :data:`EDGE_FLOOR` inside the field of view and 0 outside it."""
+    return np.where(inside, np.maximum(weight, EDGE_FLOOR), np.float32(0))
 
 
 def run_stitch(spec: StitchSpec, progress: Callable[[str, int, int], None] | None = None) -> Stitch:
