@@ -172,6 +172,28 @@ def test_the_outer_slices_that_one_scan_covers_are_not_blank(column, tmp_path):
     assert _corr(first, alone, inside) > 0.99
 
 
+@pytest.mark.parametrize("gap", [5, 12])
+def test_scans_a_few_voxels_apart_are_not_linked(gap, tmp_path):
+    """Two scans that do not overlap (``gap`` voxels apart along z), within the stage error of each other:
+    the registration finds some peak anyway (0.2-0.43 on this tissue, 9-44 voxels off), and it must not
+    become a link (it did: min_ncc was 0.2); the report says why and how unique the peak was."""
+    from xnh_stream.simulate.overlap import OverlapScan
+    from xnh_stream.stitch.register import register_pair
+
+    voxel, nz, n = 100e-9, 48, 64
+    rng = np.random.default_rng(gap)
+    scans = []
+    for k in range(2):
+        true = np.array([k * (nz + gap), 0.0, 0.0]) * voxel
+        scans.append(OverlapScan(f"s{k}", voxel, (nz, n, n), tuple(true), tuple(true - rng.uniform(-3, 3, 3) * voxel)))
+    sim = simulate_overlap(tmp_path / "scans", scans=scans, seed=gap)
+    a, b = (load_scan(s.out) for s in sim.scans)
+    res = register_pair(a, b, 0, 1)
+    assert not res.ok and res.reason and res.peak_ratio > 0
+    with pytest.raises(InputError, match="no two scans overlap and register"):
+        stitch_outputs([s.out for s in sim.scans], tmp_path / "st", block_shape=(64, 64, 64))
+
+
 def test_an_inconsistent_link_is_dropped_and_its_residual_reported():
     rng = np.random.default_rng(0)
     truth = rng.normal(0, 1e-6, (4, 3))

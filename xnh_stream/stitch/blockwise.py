@@ -94,7 +94,7 @@ class StitchSpec:
     trim_voxels: float = 2.0
     max_shift_m: float = 4e-6
     register_voxel_m: float | None = None
-    min_ncc: float = 0.2
+    min_ncc: float = 0.5
     tolerance_m: float | None = None
     intensity: str = "offset"
     edge_voxels: float = 2.0
@@ -170,7 +170,7 @@ class Stitch:
                 scan.name = f"{scan.name}#{len(names)}"
             names.append(scan.name)
             self.scans.append(scan)
-        self.pairs = find_pairs(self.scans, spec.max_shift_m)
+        self.pairs, self.refused_pairs = find_pairs(self.scans, spec.register_params())
         self._plan: Plan | None = None
 
     # ------------------------------------------------------------------ setup and bookkeeping

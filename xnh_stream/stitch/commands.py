@@ -63,7 +63,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
                         "smallest scan)")
     s.add_argument("--max-shift-um", type=float, default=4.0,
                    help="largest stage-position error searched, um (default %(default)s)")
-    s.add_argument("--min-ncc", type=float, default=0.2,
+    s.add_argument("--min-ncc", type=float, default=0.5,
                    help="lowest correlation of an accepted pair (default %(default)s)")
     s.add_argument("--intensity", choices=("offset", "none"), default="offset",
                    help="match the scans' mean values on their overlaps (default), or not")

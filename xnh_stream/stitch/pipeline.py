@@ -64,6 +64,7 @@ def stitch_report(st: Stitch, timing: dict | None = None) -> dict:
     for a, b in st.pairs:
         partners[a].append(b)
         partners[b].append(a)
+    thin = {(r["a"], r["b"]): r["reason"] for r in st.refused_pairs}
     scans, isolated = [], []
     group_of = {i: g for g, members in enumerate(plan.placement["groups"]) for i in members}
     for i, scan in enumerate(st.scans):
@@ -75,7 +76,10 @@ def stitch_report(st: Stitch, timing: dict | None = None) -> dict:
             "tier": plan.tiers[i]}
         scans.append(row)
         if i in plan.placement["alone"]:
-            if not partners[i]:
+            near = [f"{st.scans[b if a == i else a].name}: {why}" for (a, b), why in thin.items() if i in (a, b)]
+            if not partners[i] and near:
+                why = "overlaps no other scan enough to register (" + "; ".join(near) + ")"
+            elif not partners[i]:
                 why = "overlaps no other scan at its nominal place (within the allowed stage error)"
             else:
                 fails = [f"{st.scans[j].name}: {results[tuple(sorted((i, j)))].reason or 'link dropped'}"
@@ -86,10 +90,14 @@ def stitch_report(st: Stitch, timing: dict | None = None) -> dict:
     for (a, b), r in sorted(results.items()):
         state = link_state.get((a, b))
         links.append({"a": st.scans[a].name, "b": st.scans[b].name, "shift_m": r.shift_m, "ncc": round(r.ncc, 4),
+                      "peak_ratio": round(min(r.peak_ratio, 1e6), 3),
                       "voxels": r.voxels, "register_voxel_m": r.register_voxel_m, "coarse_voxel_m": r.coarse_voxel_m,
                       "accepted": r.ok, "used": bool(state and state["used"]),
                       "residual_m": None if state is None else state["residual_m"],
                       "reason": r.reason or (state or {}).get("reason", "")})
+    for (a, b), why in sorted(thin.items()):  # near pairs never registered: reported, not links
+        links.append({"a": st.scans[a].name, "b": st.scans[b].name, "shift_m": None, "ncc": None, "peak_ratio": None, "voxels": 0,
+                      "accepted": False, "used": False, "residual_m": None, "reason": why})
     return {
         "software": {"name": "xnh-stream", "version": __version__},
         "output": {"volume": str(st.out / VOLUME_NAME), "voxel_m": plan.voxel_m, "shape": plan.shape,
