@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from xnh_stream.config import ConfigError, ProcessConfig
+from xnh_stream.config import ConfigError, CTFOptions, ProcessConfig
 from xnh_stream.physics.dose import dose_gray, fluence_per_frame, mass_attenuation_m2_per_kg
 from xnh_stream.physics.geometry import DistanceGeometry, ScanGeometry, wavelength_m
 
@@ -46,7 +46,7 @@ def test_config_names_bad_keys(tmp_path):
     f.write_text("sample:\n  delta_beta: 250\nfbp:\n  window: hann\nalignment:\n  angles: 12\n")
     c = ProcessConfig.from_file(f)
     assert (c.sample.delta_beta, c.fbp.window, c.alignment.angles) == (250.0, "hann", 12)
-    assert c.ctf.alpha_low == 0.1  # untouched sections keep their defaults
+    assert c.ctf.alpha_low == CTFOptions().alpha_low == "auto"  # untouched sections keep their defaults
     f.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="mapping"):
         ProcessConfig.from_file(f)

@@ -69,8 +69,15 @@ class SampleOptions:
     Attributes
     ----------
     delta_beta : float or None
-        delta/beta of the homogeneous-object approximation; None derives it from ``formula`` and ``density``
-        at the scan energy (xraydb).
+        delta/beta of the homogeneous-object approximation. None (or ``auto``) takes it from
+        ``delta_beta_from``.
+    delta_beta_from : str
+        Where an unset ``delta_beta`` comes from: ``data``, the fit of the linear CTF to every distance's
+        holograms on ``delta_beta_angles`` angles before the phase pass (:mod:`xnh_stream.physics.material`;
+        the composition's value when the fit finds no minimum or too wide an interval); ``composition``,
+        ``formula`` and ``density`` at the scan energy (xraydb).
+    delta_beta_angles : int
+        Angles the fit of ``delta_beta_from: data`` reads.
     formula, density : str, float
         Mean composition (chemical formula) and density (g/cm^3), for delta/beta and the dose.
     stain_formula, stain_density : str, float
@@ -81,7 +88,9 @@ class SampleOptions:
         Sample the dose ledger accumulates under; empty: the scan folder's name.
     """
 
-    delta_beta: float | None = None
+    delta_beta: float | None = field(default=None, metadata={"auto": True})
+    delta_beta_from: str = "data"
+    delta_beta_angles: int = 64
     formula: str = "C5H8O2Os0.065"
     density: float = 1.35
     stain_formula: str = "OsO2"
@@ -90,7 +99,9 @@ class SampleOptions:
     name: str = ""
 
     def __post_init__(self) -> None:
-        _check("sample", {"delta_beta": self.delta_beta is None or self.delta_beta > 0, "density": self.density > 0,
+        _check("sample", {"delta_beta": self.delta_beta is None or self.delta_beta > 0,
+                          "delta_beta_from": self.delta_beta_from in ("data", "composition"),
+                          "delta_beta_angles": self.delta_beta_angles >= 4, "density": self.density > 0,
                           "stain_density": self.stain_density > 0,
                           "delta_beta_contrast": self.delta_beta_contrast is None or self.delta_beta_contrast > 0},
                self)
@@ -139,27 +150,42 @@ class AlignmentOptions:
                              "delta_beta": self.delta_beta > 0}, self)
 
 
+#: ``ctf.alpha_low: auto`` for the two-material CTF (True) and for one material (False)
+AUTO_ALPHA_LOW: dict[bool, float] = {True: 0.1, False: 2.0}
+
+
 @dataclass
 class CTFOptions:
     """Multi-distance CTF phase retrieval.
 
     Attributes
     ----------
-    alpha_low : float
-        Regularisation at low frequencies, relative to ``2 K (beta/delta)^2``.
+    alpha_low : float or str
+        Regularisation at low frequencies, relative to ``2 K (beta/delta)^2``: the lowest frequencies of the
+        phase come out ``1 / (1 + alpha_low)`` of what the CTF alone gives. ``auto``: 0.1 for the two-material
+        CTF (its envelope carries the low frequencies), 2 for one material, whose lowest frequencies carry the
+        errors the CTF amplifies most (a sample wider than the field of view, the nonlinearity of a 1 rad phase;
+        docs/delta_beta.md). A number applies to both.
     alpha_high : float
         Regularisation at high frequencies (absolute).
-    envelope : bool
+    envelope : bool or str
         Two-material CTF in the final pass: the sample's outline against air with ``sample.delta_beta``, its
-        interior with ``sample.delta_beta_contrast``.
+        interior with ``sample.delta_beta_contrast``. ``true``: wherever a plausible sample support is found;
+        ``auto``: only where that support is a sample in air (it fills a good part of the field of view and the
+        volume around it is empty), otherwise one material; ``false``: never.
     """
 
-    alpha_low: float = 0.1
+    alpha_low: float | str = field(default="auto", metadata={"number_or_auto": True})
     alpha_high: float = 0.05
-    envelope: bool = True
+    envelope: bool | str = field(default="auto", metadata={"choices": (True, False, "auto")})
+
+    def alpha_low_for(self, two_material: bool) -> float:
+        """The ``alpha_low`` the CTF uses (``auto`` resolved: :data:`AUTO_ALPHA_LOW`)."""
+        return AUTO_ALPHA_LOW[bool(two_material)] if self.alpha_low == "auto" else float(self.alpha_low)
 
     def __post_init__(self) -> None:
-        _check("ctf", {"alpha_low": self.alpha_low >= 0, "alpha_high": self.alpha_high >= 0}, self)
+        _check("ctf", {"alpha_low": self.alpha_low == "auto" or self.alpha_low >= 0, "alpha_high": self.alpha_high >= 0,
+                       "envelope": isinstance(self.envelope, bool) or self.envelope == "auto"}, self)
 
 
 @dataclass
@@ -427,8 +453,20 @@ def _section(name: str, cls: type, values: dict[str, Any]) -> Any:
     clean: dict[str, Any] = {}
     for key, value in values.items():
         default = known[key].default
+        meta = known[key].metadata
         try:
-            if isinstance(default, bool):
+            if "choices" in meta:  # a few words or booleans (``ctf.envelope``: true, false, auto)
+                if isinstance(value, str) and value.strip().lower() in ("true", "false", "auto"):
+                    value = {"true": True, "false": False}.get(value.strip().lower(), value.strip().lower())
+                if not any(value is c or (isinstance(c, str) and value == c) for c in meta["choices"]):
+                    raise TypeError(f"expected one of {', '.join(str(c).lower() for c in meta['choices'])}")
+            elif meta.get("auto") and isinstance(value, str) and value.strip().lower() == "auto":
+                value = None  # ``auto`` = unset: found by the chain
+            elif meta.get("number_or_auto"):
+                if isinstance(value, bool):
+                    raise TypeError("expected a number or auto")
+                value = "auto" if isinstance(value, str) and value.strip().lower() == "auto" else float(value)
+            elif isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise TypeError("expected true or false")
             elif isinstance(default, (int, float)) and value is not None:

@@ -10,6 +10,8 @@ step            what                                                      unit o
 calibrate       mean dark, median flat series of every distance           a distance
 pair            the projections of every distance paired by angle         (metadata, here)
 align           distance shifts on a subset of angles, smooth model       an angle
+material        delta/beta from the fit of the linear CTF to every        a batch of angles, then one task
+                distance's holograms on a subset of angles
 rotation axis   from a 0/180 pair of the reference distance, else from    (two frames, here)
                 the sharpness of a sinogram
 envelope        binned Paganin pass of the reference distance: support    a batch of angles, then one task
@@ -59,6 +61,15 @@ from ..physics.envelope import SampleEnvelope, envelope_from_volume
 from ..physics.cor import estimate_rotation_axis
 from ..physics.fbp import FBPAccumulator
 from ..physics.fsc import edge_resolution, half_bit_threshold, fourier_shell_correlation, resolution_from_fsc
+from ..physics.material import (
+    DeltaBetaEstimate,
+    MaterialBand,
+    TruncatedCTFFit,
+    estimate_delta_beta,
+    material_band,
+    noise_frames,
+    window_samples,
+)
 from ..physics.phase import retrieve_phase_paganin
 from ..physics.xp import bin_2d, binning_for, get_array_module, to_numpy
 from ..state.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal
@@ -85,7 +96,7 @@ from .report import (
     VolumeRecord,
 )
 from .scan import DistanceIndex, ScanIndex, left_out, left_out_alert
-from .steps import PhaseSetup, processor_for, read_frame
+from .steps import AngleProcessor, PhaseSetup, processor_for, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +104,14 @@ log = logging.getLogger(__name__)
 ENVELOPE_COLUMNS = 256
 #: Side of the central cube of the first FSC box the erf edge fit (the resolution cross-check) runs on.
 EDGE_FIT_PX = 128
+#: Simulated noise frames of the delta/beta fit (the noise part of its residual).
+MATERIAL_NOISE_FRAMES = 64
+#: The delta/beta fit is used when the standard error of its log is below this (about 95 % within a factor 2) ...
+MATERIAL_MAX_LOG_SE = 0.35
+#: ... and its residual at the minimum is at most this many times the simulated noise's (foreign scans 1.14-1.34,
+#: where it found delta/beta within 20 %; the analytic simulator 2.0-2.5; the voxel simulator, whose beam drifts
+#: between the flat series, 3.8-6.5, where the estimate was 2-3x the mean delta/beta and cost r 0.11)
+MATERIAL_MAX_NOISE_SCALE = 3.0
 
 
 def delta_beta_of(formula: str, density_g_cm3: float, energy_kev: float) -> float:
@@ -193,6 +212,52 @@ def align_task(item: tuple[int, float, dict[int, FrameRecord]], calibrations: li
         res = measure_distance_shifts(imgs, geometry, config.alignment.delta_beta, xp=xp)
         shifts, ok, peaks, reasons = res.shifts_yx, res.ok, res.peaks, res.reasons
     return AlignSample(slot, theta, shifts, ok, peaks, reasons, outcome)
+
+
+@dataclass
+class MaterialSamples:
+    """What a material task read: per angle the low-passed windows of every distance
+    (:func:`~xnh_stream.physics.material.window_samples`), the sum of the aligned frames (the intensity of
+    the simulated noise) and the frames set aside."""
+
+    slots: list[int]
+    samples: list[np.ndarray]
+    intensity: np.ndarray | None
+    outcome: Outcome
+
+
+def material_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], calibrations: list[Calibration],
+                  geometry: Any, models: tuple[ShiftModel | None, ...], band: MaterialBand, config: ProcessConfig
+                  ) -> MaterialSamples:
+    """Flat-field and align every distance of a batch of angles (angles missing a distance are skipped) and
+    keep the windows of the delta/beta fit."""
+    K = len(geometry.distances)
+    proc = AngleProcessor(geometry, tuple(calibrations[geometry.reference].shape), 1.0, config)
+    proc.models = list(models) if models else [None] * K
+    outcome = Outcome()
+    slots, samples, total = [], [], None
+    for slot, theta, frames in batch:
+        if len(frames) < K:
+            continue
+        imgs = [_corrected(frames[k], calibrations[k], outcome) for k in range(K)]
+        if any(im is None for im in imgs):
+            continue
+        stack = np.stack([np.asarray(proc.aligned(k, im, theta), dtype=np.float64) for k, im in enumerate(imgs)])
+        samples.append(window_samples(stack, band))
+        total = stack if total is None else total + stack
+        slots.append(slot)
+    return MaterialSamples(slots, samples, total, outcome)
+
+
+def material_fit_task(part: tuple[list[np.ndarray], np.ndarray, np.ndarray], geometry: Any, band: MaterialBand,
+                      seed: int = 0) -> DeltaBetaEstimate:
+    """The delta/beta of the windows of ``part = (samples, mean intensity [K, ny, nx], relative noise variance
+    per distance)`` (:func:`~xnh_stream.physics.material.estimate_delta_beta`)."""
+    samples, intensity, variance = part
+    rng = np.random.default_rng(seed)
+    noise = np.stack([window_samples(noise_frames(intensity, variance, geometry, rng), band)
+                      for _ in range(MATERIAL_NOISE_FRAMES)])
+    return estimate_delta_beta(TruncatedCTFFit(geometry, band), samples, noise)
 
 
 @dataclass(frozen=True)
@@ -485,6 +550,11 @@ class FinalChain:
         self.shape = index.frame_shape
         self.delta_beta = config.sample.delta_beta or delta_beta_of(config.sample.formula, config.sample.density,
                                                              geo.energy_kev)
+        #: the survey's Paganin (the envelope and its sample-in-air test) keeps the given or composition's
+        #: value: a fitted one changes the support's surroundings (a pin in air read 0.26 with 327, 0.08 with 111)
+        self.survey_delta_beta = self.delta_beta
+        #: where delta/beta comes from and what the fit found (report ``phase.delta_beta_estimate``)
+        self.material_record: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -678,11 +748,77 @@ class FinalChain:
                 "rms_residual_px": float(np.sqrt(np.mean(model.residuals()[inl] ** 2)))}
         return models, record
 
+    def material(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
+                 models: list[ShiftModel | None]) -> float:
+        """The sample's delta/beta: ``sample.delta_beta`` when given; else, with ``sample.delta_beta_from: data``,
+        the fit of the linear CTF to every distance's holograms on ``sample.delta_beta_angles`` angles
+        (:mod:`~xnh_stream.physics.material`), used when its interval is narrow enough; else the composition's.
+        Sets :attr:`delta_beta` and :attr:`material_record`."""
+        cfg = self.config.sample
+        composition = self.delta_beta if cfg.delta_beta is None else None
+        record: dict[str, Any] = {"method": None, "value": None, "interval": None, "composition": composition}
+        self.material_record = record
+        if cfg.delta_beta is not None:
+            record["decision"] = f"given (sample.delta_beta = {cfg.delta_beta:g}); not estimated"
+            return self.delta_beta
+        if cfg.delta_beta_from == "composition":
+            record["decision"] = "from the composition (sample.delta_beta_from: composition); not estimated"
+            return self.delta_beta
+        band = material_band(self.geometry, self.shape) if self.K > 1 else None
+        if band is None:
+            record["decision"] = ("from the composition: " + ("one distance" if self.K < 2 else
+                                  f"frames of {self.shape[0]} x {self.shape[1]} px are too small for the fit"))
+            return self.delta_beta
+        n = len(slots)
+        subset = np.unique(np.linspace(0, n - 1, min(cfg.delta_beta_angles, n)).round().astype(int))
+        items = [slots[i] for i in subset if len(slots[i][2]) == self.K]
+
+        def compute() -> DeltaBetaEstimate | None:
+            size = max(1, math.ceil(len(items) / max(1, 2 * self.executor.parallelism)))
+            parts = self._map("material", material_task, _batches(items, size), self.executor.share(cals),
+                              self.geometry, tuple(models), band, self.config)
+            samples = [w for part in parts for w in part.samples]
+            for part in parts:
+                self._note(part.outcome, "material")
+            if len(samples) < 4:
+                return None
+            intensity = sum(part.intensity for part in parts if part.intensity is not None) / len(samples)
+            counts = np.array([c.flat_counts - c.dark_counts for c in cals], dtype=np.float64)
+            variance = 1.0 / counts if np.all(np.isfinite(counts) & (counts > 0)) else np.ones(self.K)
+            (est,) = self._map("material fit", material_fit_task, [(samples, intensity, variance)], self.geometry,
+                               band)
+            return est
+
+        est = self._cached("material", compute)
+        record["method"] = ("linear CTF fit to every distance, phase free beyond the field of view, "
+                            "noise-debiased residual (xnh_stream/physics/material.py)")
+        if est is None:
+            record["decision"] = "from the composition: fewer than 4 angles with every distance"
+            return self.delta_beta
+        record.update({k: v for k, v in est.as_dict().items() if k != "value"}, value=est.as_dict()["value"],
+                      angles=len(items), sigma_px=round(band.sigma_px, 3), step_px=band.step,
+                      window=list(band.window))
+        if est.value is None:
+            record["decision"] = (f"from the composition: the residual has no minimum within "
+                                  f"{est.grid[0]:g}-{est.grid[-1]:g}")
+        elif est.log_se is None or est.log_se > MATERIAL_MAX_LOG_SE:
+            record["decision"] = (f"from the composition: the estimate {est.value:.3g} is too uncertain "
+                                  f"(interval {record['interval']})")
+        elif est.noise_scale > MATERIAL_MAX_NOISE_SCALE:
+            record["decision"] = (f"from the composition: the linear model leaves {est.noise_scale:.2g} times the "
+                                  f"noise (a drifting beam, a strong edge?), so its estimate {est.value:.3g} is not "
+                                  "trusted")
+        else:
+            self.delta_beta = float(est.value)
+            record["decision"] = "estimated"
+        log.info("delta/beta: %s (%s)", f"{self.delta_beta:.4g}", record["decision"])
+        return self.delta_beta
+
     def survey(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration]) -> SurveyJob:
         """One pass over the reference distance for what the envelope and the rotation axis need."""
         ny, nx = self.shape
         b = binning_for((ny, nx), ENVELOPE_COLUMNS)
-        envelope = self.config.ctf.envelope and self.K > 1
+        envelope = self.config.ctf.envelope is not False and self.K > 1
         axis = self.config.fbp.cor is None
         rows = tuple(sorted({int(round(r)) for r in np.linspace(0.15 * (ny - 1), 0.85 * (ny - 1), min(6, ny))}))
         n = len(slots)
@@ -697,7 +833,7 @@ class FinalChain:
             items = [(s, t, f[self.ref]) for s, t, f in slots if self.ref in f]
             size = max(self.layout.angle_batch, math.ceil(len(items) / max(1, 4 * self.executor.parallelism)))
             parts = self._map("survey", survey_task, _batches(items, size), self.executor.share(cals[self.ref]),
-                              self.geometry, self.delta_beta, self.config, job)
+                              self.geometry, self.survey_delta_beta, self.config, job)
             for _, o, _ in parts:
                 self._note(o, "survey")
             return sorted((s, c) for w, _, crcs in parts for s, c in zip(w, crcs))
@@ -797,6 +933,30 @@ class FinalChain:
             return env
 
         return self._cached("envelope", compute)
+
+    def two_material(self, envelope: SampleEnvelope | None) -> SampleEnvelope | None:
+        """The envelope the CTF uses: with ``ctf.envelope: auto`` only a sample in air
+        (:meth:`~xnh_stream.physics.envelope.SampleEnvelope.in_air`). The outline's delta/beta is then the
+        given or the composition's: the fit's value is that of the whole hologram, outline and stain together
+        (docs/delta_beta.md), not the outline's."""
+        record = self.material_record
+        if envelope is None:
+            if record:
+                record["material_model"] = "one material" + ("" if self.config.ctf.envelope is not False and self.K > 1
+                                                             else " (ctf.envelope: false)")
+            return None
+        if self.config.ctf.envelope == "auto" and not envelope.in_air():
+            record["material_model"] = ("one material: the envelope's support is not a sample in air "
+                                        f"({envelope.as_dict()})")
+            log.info("one material: the support found is not a sample in air")
+            return None
+        record["material_model"] = ("two materials (sample in air: outline and interior)" if envelope.in_air() else
+                                    "two materials (ctf.envelope: true)")
+        if record.get("decision") == "estimated":
+            self.delta_beta = float(record["composition"])
+            record["decision"] = ("estimated, not used: two materials, the outline takes the composition's "
+                                  "delta/beta")
+        return envelope
 
     def phase(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
               cals: list[Calibration], store: ProjectionStore, check: bool = False) -> tuple[list[int], float]:
@@ -1020,10 +1180,11 @@ class FinalChain:
         slots = self.pair()
         thetas = np.array([t for _, t, _ in slots])
         models, shift_record = self.align(slots, cals)
+        self.material(slots, cals, models)
         survey = self.survey(slots, cals)
         axis = self.rotation_axis(slots, cals, survey)
         log.info("centre of rotation %.2f px (%s)", axis.px, axis.method)
-        envelope = self.envelope(slots, survey, axis.px)
+        envelope = self.two_material(self.envelope(slots, survey, axis.px))
         contrast = None
         if envelope is not None:
             contrast = cfg.sample.delta_beta_contrast or delta_beta_of(cfg.sample.stain_formula, cfg.sample.stain_density,
@@ -1193,8 +1354,9 @@ class FinalChain:
                                     for d, g in zip(self.index.distances, geo.distances)]},
             phase={"method": "ctf-multi-distance" + ("-two-material" if envelope is not None else ""),
                    "delta_beta": self.delta_beta, "delta_beta_contrast": contrast,
+                   "delta_beta_estimate": self.material_record or None,
                    "envelope": None if envelope is None else envelope.as_dict(),
-                   "alpha_low": cfg.ctf.alpha_low, "alpha_high": cfg.ctf.alpha_high,
+                   "alpha_low": cfg.ctf.alpha_low_for(envelope is not None), "alpha_high": cfg.ctf.alpha_high,
                    "sign": "phase = -k * integral(delta dz) (negative for matter); volume holds delta"},
             alignment=shift_record,
             cor=axis,

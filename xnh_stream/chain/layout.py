@@ -56,6 +56,8 @@ class ChainLayout:
 STEP_UNITS: dict[str, str] = {
     "calibrate": "distance",
     "align": "angle",
+    "material": "batch",
+    "material fit": "fit",
     "survey": "batch",
     "check survey": "batch",
     "check projections": "batch",

@@ -94,7 +94,7 @@ class AngleProcessor:
             geo, cfg = self.geometry, self.config
             sub = ScanGeometry(tuple(geo.distances[k] for k in which))
             db = self.contrast_delta_beta if two_material else self.delta_beta
-            alpha_low = cfg.ctf.alpha_low * 2 * len(which) / db**2
+            alpha_low = cfg.ctf.alpha_low_for(two_material) * 2 * len(which) / db**2
             self._retrievers[key] = CTFRetriever(sub, self.shape, db, alpha_low=alpha_low,
                                                  alpha_high=cfg.ctf.alpha_high, pad=self.pad, pixel_m=geo.voxel_m,
                                                  xp=self.xp,

@@ -21,7 +21,18 @@ from skimage.filters import threshold_otsu
 from .projector import ParallelProjector
 from .xp import PicklableXp, bin_volume, to_numpy
 
-__all__ = ["SampleEnvelope", "envelope_from_volume", "estimate_support"]
+__all__ = ["SampleEnvelope", "envelope_from_volume", "estimate_support", "surroundings"]
+
+#: ``ctf.envelope: auto`` takes a support for a sample in air when it fills at least this fraction of the
+#: reconstruction disk ...
+IN_AIR_MIN_FRACTION = 0.6
+#: ... and the mean delta around it is below this fraction of the mean inside. Measured (docs/delta_beta.md):
+#: stained pins in air 0.79-0.80 of the disk, ratio -0.10 to 0.25 (0.25: the golden scan, 64 px, whose air ring
+#: is a few binned pixels of blur); samples wider than the field of view, whose Otsu support is their densest
+#: part, 0.03-0.49 and 0.13-0.66; a body in air with dense inclusions, whose support was the inclusions (its
+#: two-material CTF gave r 0.55, one material 0.83), 0.29 and 0.24. A pin in air filling less than 0.6 of the
+#: disk is taken for one material: not measured.
+IN_AIR_MAX_RATIO = 0.3
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +109,12 @@ class SampleEnvelope(PicklableXp):
     """
 
     def __init__(self, support: np.ndarray, delta_mean: float, binning: int, frame_shape: tuple[int, int],
-                 cor: float, xp: ModuleType = np, workers: int = 1) -> None:
+                 cor: float, xp: ModuleType = np, workers: int = 1, surroundings: dict[str, float] | None = None) -> None:
         if not (np.isfinite(delta_mean) and delta_mean > 0):
             raise ValueError(f"delta_mean must be positive, got {delta_mean}")
         self.delta_mean, self.binning, self.xp = float(delta_mean), int(binning), xp
+        #: what lies around the support (:func:`surroundings`); None when not measured
+        self.surroundings = surroundings
         self.shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.workers = int(workers)
         self.support_fraction = float(np.mean(support))
@@ -126,9 +139,34 @@ class SampleEnvelope(PicklableXp):
                 p = resample_bilinear(np.ascontiguousarray(p, dtype=np.float32), *self._ry, *self._rx, full)
         return self.xp.asarray(np.ascontiguousarray(p, dtype=np.float32))
 
+    def in_air(self, min_fraction: float = IN_AIR_MIN_FRACTION, max_ratio: float = IN_AIR_MAX_RATIO) -> bool:
+        """Is the support a sample in air (``ctf.envelope: auto``)? It fills at least ``min_fraction`` of the
+        reconstruction disk, and the mean delta around it is below ``max_ratio`` of the mean inside (a sample
+        wider than the field of view has none of it: there the support is a part of the sample, and the
+        two-material CTF makes the rest of it a second material)."""
+        s = self.surroundings
+        return s is not None and s["disk_fraction"] >= min_fraction and s["outside_ratio"] < max_ratio
+
     def as_dict(self) -> dict[str, Any]:
         """Figures for the report."""
-        return {"delta_mean": self.delta_mean, "binning": self.binning, "support_fraction": self.support_fraction}
+        out = {"delta_mean": self.delta_mean, "binning": self.binning, "support_fraction": self.support_fraction}
+        if self.surroundings is not None:
+            out.update({k: round(v, 4) for k, v in self.surroundings.items()}, in_air=self.in_air())
+        return out
+
+
+def surroundings(volume: np.ndarray, support: np.ndarray) -> dict[str, float]:
+    """What lies around a support in a coarse reconstruction ``volume [rows, n, n]``: the fraction of the
+    reconstruction disk it fills (``disk_fraction``) and the mean delta of the disk outside it over the mean
+    inside (``outside_ratio``: about 0 for a sample in air)."""
+    n = volume.shape[-1]
+    yy, xx = np.mgrid[:n, :n]
+    c = (n - 1) / 2
+    disk = np.broadcast_to(np.hypot(yy - c, xx - c) <= n / 2 - 1, volume.shape)
+    inside = float(volume[support & disk].mean()) if (support & disk).any() else 0.0
+    outside = volume[~support & disk]
+    ratio = float(outside.mean()) / inside if outside.size and inside > 0 else 0.0
+    return {"disk_fraction": float((support & disk).sum() / max(1, disk.sum())), "outside_ratio": ratio}
 
 
 def envelope_from_volume(volume: np.ndarray, binning: int, frame_shape: tuple[int, int], cor: float,
@@ -166,5 +204,6 @@ def envelope_from_volume(volume: np.ndarray, binning: int, frame_shape: tuple[in
     delta_mean = float(v[core if core.any() else support].mean())
     if not delta_mean > 0:
         return None
-    return SampleEnvelope(support, delta_mean, binning * extra, frame_shape, cor, xp=xp)
+    return SampleEnvelope(support, delta_mean, binning * extra, frame_shape, cor, xp=xp,
+                          surroundings=surroundings(v, support))
 
