@@ -82,7 +82,7 @@ def write_configs(files: Iterable[Path], folder: Path | None = None, config: Pro
                   method: str = "CTF") -> list:
     """Write a nabu configuration for each NXtomo distance file
     (:func:`~xnh_stream.io.nabu_config.write_nabu_config`), with the geometry our reader reads and the processing
-    options of ``config`` (delta/beta, ramp window, padding).
+    options of ``config`` (delta/beta, CTF regularisation, ramp window, padding).
 
     Parameters
     ----------
@@ -111,9 +111,12 @@ def write_configs(files: Iterable[Path], folder: Path | None = None, config: Pro
     out = []
     for f in files:
         scan = read_nxtomo(f)
-        out.append(write_nabu_config(f, scan.geometry, sample_delta_beta(config, scan.geometry.energy_kev),
-                                     folder, method=method, entry=scan.entry, fbp_window=config.fbp.window,
-                                     fbp_padding=config.fbp.padding))
+        delta_beta = sample_delta_beta(config, scan.geometry.energy_kev)
+        # one distance, one material: our CTF's alpha_low is relative to 2 K (beta/delta)^2 (steps.py), K = 1
+        out.append(write_nabu_config(f, scan.geometry, delta_beta, folder, method=method, entry=scan.entry,
+                                     fbp_window=config.fbp.window, fbp_padding=config.fbp.padding,
+                                     alpha_low=config.ctf.alpha_low_for(False) * 2 / delta_beta**2,
+                                     alpha_high=config.ctf.alpha_high))
     return out
 
 

@@ -98,7 +98,8 @@ def nabu_scale_factor(geometry: DistanceGeometry, method: str, delta_beta: float
 
 def nabu_config_text(scan_file: str | Path, geometry: DistanceGeometry, delta_beta: float, output: str | Path,
                      method: str = "CTF", entry: str | None = None, cor_px: float | None = None,
-                     fbp_window: str = "shepp-logan", fbp_padding: str = "edge") -> str:
+                     fbp_window: str = "shepp-logan", fbp_padding: str = "edge",
+                     alpha_low: float = 1e-5, alpha_high: float = 0.2) -> str:
     """The text of a nabu configuration file that reconstructs one distance file with its true geometry.
 
     Parameters
@@ -119,6 +120,9 @@ def nabu_config_text(scan_file: str | Path, geometry: DistanceGeometry, delta_be
         Rotation-axis column in this file's detector pixels; None lets nabu estimate it (``sliding-window``).
     fbp_window, fbp_padding : str
         Our ramp window and padding (:class:`~xnh_stream.config.FBPOptions`), in nabu's spelling.
+    alpha_low, alpha_high : float
+        The CTF's absolute regularisation below and above its first maximum (nabu's ``lim1`` and ``lim2``, added
+        to ``2 A^2`` as ours, :func:`~xnh_stream.physics.phase.ctf_filter`); nabu's own defaults unless given.
 
     Returns
     -------
@@ -134,6 +138,8 @@ def nabu_config_text(scan_file: str | Path, geometry: DistanceGeometry, delta_be
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not (delta_beta > 0 and math.isfinite(delta_beta)):
         raise ValueError(f"delta/beta must be positive, got {delta_beta}")
+    if not (alpha_low > 0 and alpha_high > 0):
+        raise ValueError(f"the CTF regularisation must be positive, got {alpha_low} / {alpha_high}")
     if fbp_window not in _FILTERS or fbp_padding not in _PADDINGS:
         raise ValueError(f"window {fbp_window!r} / padding {fbp_padding!r}: expected one of {sorted(_FILTERS)} / "
                          f"{sorted(_PADDINGS)}")
@@ -178,6 +184,8 @@ def nabu_config_text(scan_file: str | Path, geometry: DistanceGeometry, delta_be
         lines += [
             "# the cone-beam geometry: z1 (both focus distances), the DETECTOR pixel p, magnification on",
             f"ctf_geometry = z1_v={g.z1_m!r}; z1_h={g.z1_m!r}; detec_pixel_size={g.pixel_m!r}; magnification=True",
+            "# the regularisation below / above the first CTF maximum, as xnh-stream's (ctf.alpha_low, alpha_high)",
+            f"ctf_advanced_params = length_scale=1e-5; lim1={alpha_low!r}; lim2={alpha_high!r}; normalize_by_mean=True",
         ]
     lines += [
         "",
@@ -198,7 +206,7 @@ def nabu_config_text(scan_file: str | Path, geometry: DistanceGeometry, delta_be
 def write_nabu_config(scan_file: str | Path, geometry: DistanceGeometry, delta_beta: float,
                       folder: str | Path | None = None, method: str = "CTF", entry: str | None = None,
                       cor_px: float | None = None, fbp_window: str = "shepp-logan",
-                      fbp_padding: str = "edge") -> NabuConfig:
+                      fbp_padding: str = "edge", alpha_low: float = 1e-5, alpha_high: float = 0.2) -> NabuConfig:
     """Write ``folder/nabu_<stem>.conf`` for one distance file (:func:`nabu_config_text`) and create the folder
     nabu writes into, ``folder/nabu/``.
 
@@ -212,7 +220,7 @@ def write_nabu_config(scan_file: str | Path, geometry: DistanceGeometry, delta_b
         delta/beta.
     folder : str or Path, optional
         Where the configuration goes (default: beside the file).
-    method, entry, cor_px, fbp_window, fbp_padding :
+    method, entry, cor_px, fbp_window, fbp_padding, alpha_low, alpha_high :
         See :func:`nabu_config_text`.
 
     Returns
@@ -223,7 +231,8 @@ def write_nabu_config(scan_file: str | Path, geometry: DistanceGeometry, delta_b
     folder = Path(folder) if folder is not None else scan_file.parent
     output = folder / OUTPUT_FOLDER
     text = nabu_config_text(scan_file, geometry, delta_beta, output, method=method, entry=entry, cor_px=cor_px,
-                            fbp_window=fbp_window, fbp_padding=fbp_padding)
+                            fbp_window=fbp_window, fbp_padding=fbp_padding, alpha_low=alpha_low,
+                            alpha_high=alpha_high)
     output.mkdir(parents=True, exist_ok=True)
     path = folder / f"nabu_{scan_file.stem}.conf"
     tmp = path.with_name(f".{path.name}.tmp")
