@@ -53,3 +53,108 @@ def test_the_physics_is_pure():
             if f"from ..{layer}" in text or f"xnh_stream.{layer}" in text:
                 bad.append(f"{f.name} imports {layer}")
     assert not bad, bad
+
+
+# The layers of docs/architecture.md, lowest first: a module may import its own layer and the layers
+# below it (a row's "may import" names the layers under it, and what they may import). quality/ sits under
+# chain/ (the chain's row names it; it imports nothing of the chain). errors.py (standard library only)
+# and the package's __init__ (__version__) are under every layer.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"errors", "__init__"}),
+    frozenset({"physics"}),
+    frozenset({"io"}),
+    frozenset({"state"}),
+    frozenset({"ingest"}),
+    frozenset({"quality"}),
+    frozenset({"chain"}),
+    frozenset({"live", "segment", "stitch", "simulate"}),
+    frozenset({"cli", "nabu_cli", "runtime", "metrics", "overnight", "config", "interrupt"}),
+)
+
+#: Imports against the layering that are known and left for later: (importer, imported) -> why. An entry
+#: that no longer occurs must be removed (the test says so).
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("chain", "config"): "the chain takes its options as config.ProcessConfig (issue 21)",
+    ("segment", "config"): "segment/commands.py, the command's handler kept with its package: ConfigError",
+    ("segment", "runtime"): "segment/commands.py, the command's handler: runtime_of for --ray",
+    ("stitch", "runtime"): "stitch/commands.py, the command's handler: runtime_of for --ray",
+}
+
+
+def _layer_of(module: str) -> str | None:
+    """The layer of a dotted name under xnh_stream (``__init__`` for a name of the package itself, such as
+    ``__version__``); None outside xnh_stream."""
+    parts = module.split(".")
+    if parts[0] != "xnh_stream":
+        return None
+    if len(parts) == 1:
+        return "__init__"
+    core = ROOT / "xnh_stream"
+    is_module = (core / parts[1]).is_dir() or (core / f"{parts[1]}.py").is_file()
+    return parts[1] if is_module else "__init__"
+
+
+def _imported_layers(path: Path, package: list[str]) -> set[str]:
+    """The xnh_stream layers a source file imports, at module level or inside a function; ``package`` is the
+    dotted package relative imports start from (an ``__init__``'s own package)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                if node.module:
+                    names = [".".join([*base, node.module])]
+                else:
+                    names = [".".join([*base, a.name]) for a in node.names]
+            else:
+                names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found.update(layer for name in names if (layer := _layer_of(name)) is not None)
+    return found
+
+
+def _rank(layer: str) -> int:
+    return next(i for i, group in enumerate(LAYERS) if layer in group)
+
+
+def test_the_layers_map_every_module():
+    """Every package and top-level module of xnh_stream is in one layer of the table."""
+    names = {p.stem if p.is_file() else p.name for p in (ROOT / "xnh_stream").iterdir()
+             if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"}
+    known = set().union(*LAYERS)
+    assert names - known == set(), "add it to LAYERS (and to docs/architecture.md)"
+
+
+def test_no_layer_imports_a_layer_above_it():
+    """io/ must not import state/, state/ must not import chain/, and so on down the table of
+    docs/architecture.md; only the exceptions in KNOWN_EXCEPTIONS, and each of them must still occur."""
+    bad: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for f in sorted((ROOT / "xnh_stream").rglob("*.py")):
+        own = _layer_of(".".join(f.relative_to(ROOT).with_suffix("").parts))
+        if own is None or own == "__init__":
+            continue
+        for other in _imported_layers(f, list(f.relative_to(ROOT).parts[:-1])):
+            if other != own and _rank(other) > _rank(own):
+                if (own, other) in KNOWN_EXCEPTIONS:
+                    seen.add((own, other))
+                else:
+                    bad.append(f"{f.relative_to(ROOT)} ({own}) imports {other}")
+    assert not bad, bad
+    stale = set(KNOWN_EXCEPTIONS) - seen
+    assert not stale, f"no longer imported, remove from KNOWN_EXCEPTIONS: {sorted(stale)}"
+
+
+def test_the_import_check_sees_back_imports(tmp_path):
+    """The checker itself: a relative import of state/ from io/, a lazy absolute one of chain/ and the
+    package's own __version__ are found, each in its layer."""
+    f = tmp_path / "x.py"
+    f.write_text("from ..state.journal import FrameJournal\nfrom .. import __version__\n"
+                 "from . import nxtomo\n\ndef g():\n    import xnh_stream.chain.angles\n")
+    assert _imported_layers(f, ["xnh_stream", "io"]) == {"state", "chain", "__init__", "io"}
+    assert _rank("state") > _rank("io") and _rank("chain") > _rank("state")

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import zarr
 
-from xnh_stream.physics.geometry import DistanceGeometry
-from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, NXtomoWriter
+from xnh_stream.chain.angles import complete_angles, match_angles
 from xnh_stream.chain.final import FinalChain
 from xnh_stream.chain.scan import ScanIndex
 from xnh_stream.config import ProcessConfig
+from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, NXtomoWriter
+from xnh_stream.physics.geometry import DistanceGeometry
 from xnh_stream.state.store import CODECS, DistanceStore
 
 
@@ -89,11 +90,11 @@ def test_complete_angles_sequential_interleaved_and_jittered(tmp_path):
                 seen.add((k, round(a / 6.0)))
             # After every frame: an angle is complete exactly when all four distances hold it.
             want = [j * 6.0 for j in range(30) if all((kk, j) in seen for kk in range(4))]
-            np.testing.assert_array_equal(s.complete_angles(4), want)
+            np.testing.assert_array_equal(complete_angles(s.angles, 4), want)
         # Three distances are complete wherever distance 2 has its frames (28 of 30 angles).
-        assert s.complete_angles(3).size == 28
-        results.append(s.complete_angles(4))
-        thetas, table = s.match(4)
+        assert complete_angles(s.angles, 3).size == 28
+        results.append(complete_angles(s.angles, 4))
+        thetas, table = match_angles(s.angles, 4)
         for i, t in enumerate(thetas):
             for k in range(4):
                 if np.isfinite(table[i, k]):
@@ -102,20 +103,21 @@ def test_complete_angles_sequential_interleaved_and_jittered(tmp_path):
     np.testing.assert_array_equal(results[0], complete)
     np.testing.assert_array_equal(results[1], complete)
     # A tolerance below the jitter pairs fewer angles; a reference other than 0 gives its own angles.
-    assert results[0].size > DistanceStore(tmp_path / "sequential.zarr").complete_angles(4, tol_deg=0.05).size
     s = DistanceStore(tmp_path / "sequential.zarr")
-    np.testing.assert_array_equal(s.complete_angles(4, reference=1),
+    assert results[0].size > complete_angles(s.angles, 4, tol_deg=0.05).size
+    np.testing.assert_array_equal(complete_angles(s.angles, 4, reference=1),
                                   np.delete(sets[1], [4, 11]))
     with pytest.raises(ValueError, match="reference"):
-        s.complete_angles(4, reference=4)
+        complete_angles(s.angles, 4, reference=4)
     with pytest.raises(ValueError, match="n_distances"):
-        s.complete_angles(0)
+        complete_angles(s.angles, 0)
     with pytest.raises(ValueError, match="tol_deg"):
-        s.complete_angles(4, tol_deg=-1.0)
+        complete_angles(s.angles, 4, tol_deg=-1.0)
 
 
 def test_pairs_the_same_frames_as_the_batch_chain(tmp_path):
-    """The store and ``process_scan`` (the final chain's pairing step on NXtomo files) pair the same angles."""
+    """The store's angles (``match_angles``) and ``process_scan`` (the final chain's pairing step on NXtomo
+    files) pair the same angles."""
     rng = np.random.default_rng(2)
     shape = (8, 8)  # the reader refuses frames under 8 px a side (nxtomo.MIN_FRAME_PX)
     sets, _ = angle_sets(rng, n=20, step=9.0, jitter=1.5)
@@ -133,10 +135,10 @@ def test_pairs_the_same_frames_as_the_batch_chain(tmp_path):
     order = [(k, a) for k in range(4) for a in sets[k]]
     rng.shuffle(order)
     fill(s, order, shape)
-    thetas_s, table = s.match(4)
+    thetas_s, table = match_angles(s.angles, 4)
     np.testing.assert_array_equal(thetas_s, thetas_b)
     np.testing.assert_array_equal(table, paired)
-    np.testing.assert_array_equal(s.complete_angles(4), thetas_b[np.isfinite(paired).all(axis=1)])
+    np.testing.assert_array_equal(complete_angles(s.angles, 4), thetas_b[np.isfinite(paired).all(axis=1)])
 
 
 def test_reopen_overwrite_and_bad_input(tmp_path):
@@ -254,7 +256,7 @@ def test_threads_share_one_store(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert s.complete_angles(4).tolist() == [float(a) for a in range(40)]
+    assert complete_angles(s.angles, 4).tolist() == [float(a) for a in range(40)]
     assert all(s.get(k, 17.0)[5, 5] == k * 100 + 18 for k in range(4))
 
 
@@ -275,7 +277,7 @@ def test_memory_stays_bounded_writing_800_frames(tmp_path):
     print(f"\nstore 800 x 256^2 float32 ({data_bytes / 2**20:.0f} MiB): traced peak {peak / 2**20:.2f} MiB, "
           f"{800 / dt:.0f} frames/s, {disk / 2**20:.0f} MiB on disk")
     assert peak < 0.02 * data_bytes  # well below the data: one frame and its compressed copy at a time
-    assert len(s) == 800 and s.complete_angles(4).size == 200
+    assert len(s) == 800 and complete_angles(s.angles, 4).size == 200
     np.testing.assert_array_equal(s.get(3, 199 * 0.9), base + np.float32(799 * 1e-4))
 
 

@@ -10,12 +10,16 @@ the first frame's. A slot's parity picks the FSC half-volume.
 The batch chain creates the slots from the reference distance's projections first, so that its slots are
 the reference angles in acquisition order; the live stream creates them in arrival order. When two frames
 of one distance fall in one slot the nearer one is kept and the other is refused with the reason.
+
+:func:`match_angles` and :func:`complete_angles` apply the rule to angles already stored per distance (a
+:class:`~xnh_stream.state.store.DistanceStore`'s ``angles``): the store keeps frames, the chain pairs them.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -162,3 +166,71 @@ class AngleTable:
         """The quarantine reason of a refused projection."""
         return (f"projection at {theta_deg:g} deg has no slot of its own: another projection of distance "
                 f"{distance_name} is nearer to that angle, or no reference angle is within half a step")
+
+
+def match_angles(angles_of: Callable[[int], np.ndarray], n_distances: int, tol_deg: float | None = None,
+                 reference: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pair every distance's angles with the reference distance's, with the chain's rule
+    (:class:`AngleTable`: nearest within half the reference's angular step).
+
+    Parameters
+    ----------
+    angles_of : callable
+        ``angles_of(k)``: the sorted angles (degree) held for distance ``k`` (e.g.
+        :meth:`xnh_stream.state.store.DistanceStore.angles`).
+    n_distances : int
+        Number of distances of the scan (keys ``0 .. n_distances - 1``).
+    tol_deg : float, optional
+        Largest angle difference accepted; default half the reference's median angular step.
+    reference : int
+        Distance whose angles define the rows (the most magnified, 0, in a sorted scan).
+
+    Returns
+    -------
+    thetas_deg : ndarray [n]
+        Sorted angles of the reference distance.
+    angles_deg : ndarray [n, n_distances]
+        The held angle of each distance paired with each reference angle (the key of its frame in the
+        store), NaN where a distance has no frame within ``tol_deg``.
+
+    Raises
+    ------
+    ValueError
+        ``n_distances`` is not a positive int, ``reference`` is not one of the distances, or ``tol_deg`` is
+        negative or not finite.
+    """
+    if isinstance(n_distances, bool) or not isinstance(n_distances, (int, np.integer)) or n_distances < 1:
+        raise ValueError(f"n_distances must be a positive int, got {n_distances!r}")
+    if not 0 <= reference < n_distances:
+        raise ValueError(f"reference must be in 0..{n_distances - 1}, got {reference!r}")
+    if tol_deg is not None and not (math.isfinite(tol_deg) and tol_deg >= 0):
+        raise ValueError(f"tol_deg must be a finite non-negative number, got {tol_deg!r}")
+    thetas = np.asarray(angles_of(reference), dtype=np.float64)
+    table = AngleTable.from_reference(thetas)
+    if tol_deg is not None:
+        table.tol_deg, table._step = float(tol_deg), None
+    out = np.full((thetas.size, n_distances), np.nan)
+    out[:, reference] = thetas
+    for k in range(n_distances):
+        if k == reference:
+            continue
+        for a in angles_of(k):
+            slot, _ = table.file(k, str(a), float(a), create=False)
+            if slot is not None:
+                out[slot, k] = a
+    return thetas, out
+
+
+def complete_angles(angles_of: Callable[[int], np.ndarray], n_distances: int, tol_deg: float | None = None,
+                    reference: int = 0) -> np.ndarray:
+    """Reference angles (degree, sorted) at which every one of ``n_distances`` distances has a frame.
+
+    See :func:`match_angles` for the parameters, the pairing and its tolerance.
+
+    Returns
+    -------
+    ndarray
+        The complete reference angles.
+    """
+    thetas, angles = match_angles(angles_of, n_distances, tol_deg, reference)
+    return thetas[np.isfinite(angles).all(axis=1)]

@@ -4,6 +4,7 @@
 (watchdog events plus polling) and hands out each frame once. No Ray here: actors wrap these classes.
 """
 
+from ..io.ids import frame_id_of
 from ..io.sources import (
     EdfFolder,
     FileView,
@@ -16,7 +17,6 @@ from ..io.sources import (
     inspect_nxtomo,
     iter_records,
 )
-from ..state.journal import frame_id_of
 from .watch import DistanceProgress, FolderWatcher, QuarantineRecord, WatchCounters
 
 __all__ = [

@@ -47,9 +47,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..io.ids import file_id_of
 from ..io.nxtomo import FIELDS, InputError, one_open_per_file
-from ..io.z1 import token as z1_token
-from ..state.journal import file_id_of
 from ..io.sources import (
     EDF_SUFFIX,
     SIDECAR_NAME,
@@ -60,6 +59,7 @@ from ..io.sources import (
     inspect_file,
     is_candidate,
 )
+from ..io.z1 import token as z1_token
 
 log = logging.getLogger(__name__)
 

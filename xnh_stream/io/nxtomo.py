@@ -208,7 +208,21 @@ def _scalar(path: Path, values: np.ndarray, key: str) -> float:
     return float(flat[0])
 
 
-def _text(entry: h5py.Group, name: str) -> str | None:
+def entry_text(entry: h5py.Group, name: str) -> str | None:
+    """A text field of an entry (``start_time``, ``definition`` ...) as ``str``.
+
+    Parameters
+    ----------
+    entry : h5py.Group
+        The NXtomo entry (or any group).
+    name : str
+        The field's path in the group.
+
+    Returns
+    -------
+    str or None
+        The value (bytes decoded, anything else through ``str``), None where the field is absent.
+    """
     ds = entry.get(name)
     if ds is None:
         return None
@@ -216,9 +230,25 @@ def _text(entry: h5py.Group, name: str) -> str | None:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _open(path: Path) -> contextlib.AbstractContextManager[h5py.File]:
+def open_hdf5(path: Path) -> contextlib.AbstractContextManager[h5py.File]:
     """The file, read-only and unlocked, for a ``with`` block (within :func:`one_open_per_file`, the handle that
-    block holds)."""
+    block holds).
+
+    Parameters
+    ----------
+    path : Path
+        The HDF5 file.
+
+    Returns
+    -------
+    context manager of h5py.File
+        The open file.
+
+    Raises
+    ------
+    InputError
+        The file does not exist or cannot be opened as HDF5.
+    """
     held: _HeldFiles | None = getattr(_HELD, "files", None)
     if held is not None:
         return held.borrow(path)
@@ -316,7 +346,29 @@ class _Borrowed(contextlib.AbstractContextManager):
             held._close(key)  # the next read opens the file afresh
 
 
-def _find_entry(path: Path, f: h5py.File, entry: str | None) -> str:
+def find_entry(path: Path, f: h5py.File, entry: str | None) -> str:
+    """The name of the NXtomo entry to read: ``entry`` if given, else the first entry with frames (one whose
+    ``definition`` is ``NXtomo`` preferred).
+
+    Parameters
+    ----------
+    path : Path
+        The file (for the error's text).
+    f : h5py.File
+        The open file.
+    entry : str or None
+        The entry asked for, or None for the first one.
+
+    Returns
+    -------
+    str
+        The entry's name.
+
+    Raises
+    ------
+    InputError
+        ``entry`` is absent, the NXtomo entry has no frames, or the file holds no entry with frames.
+    """
     if entry is not None:
         if entry not in f:
             raise InputError(path, f"entry {entry!r} not found (entries: {sorted(f.keys())})")
@@ -330,7 +382,7 @@ def _find_entry(path: Path, f: h5py.File, entry: str | None) -> str:
             raise InputError(path, f"required field is missing: NXtomo entry {broken[0]!r} has no frames",
                              FIELDS["data"])
         raise InputError(path, f"{NOT_NXTOMO} with {FIELDS['data']} (top-level groups: {sorted(f.keys())})")
-    tomo = [k for k in candidates if _text(f[k], "definition") == "NXtomo"]
+    tomo = [k for k in candidates if entry_text(f[k], "definition") == "NXtomo"]
     return sorted(tomo or candidates)[0]
 
 
@@ -338,7 +390,7 @@ def _is_nxtomo_entry(group: h5py.Group) -> bool:
     """Whether a group says it is an NXtomo entry: ``definition`` NXtomo (dataset or attribute), or it holds
     ``instrument/detector``."""
     try:
-        definition = _text(group, "definition") if isinstance(group.get("definition"), h5py.Dataset) else None
+        definition = entry_text(group, "definition") if isinstance(group.get("definition"), h5py.Dataset) else None
     except (TypeError, ValueError, OSError):
         definition = None
     attr = group.attrs.get("definition")
@@ -402,7 +454,7 @@ class NXtomoScan:
             sel = np.asarray(indices, dtype=np.int64)
             if sel.size == 0:
                 return np.empty((0, *self.frame_shape), np.float32)
-        with _open(self.path) as f:
+        with open_hdf5(self.path) as f:
             ds = f[self.entry][FIELDS["data"]]
             try:
                 if isinstance(sel, slice):
@@ -442,8 +494,8 @@ def read_nxtomo(path: str | Path, entry: str | None = None) -> NXtomoScan:
         When a required field is missing, has an unknown unit, an inconsistent length or a bad value.
     """
     path = Path(path)
-    with _open(path) as f:
-        name = _find_entry(path, f, entry)
+    with open_hdf5(path) as f:
+        name = find_entry(path, f, entry)
         e = f[name]
         data = _dataset(path, e, "data")
         if data.ndim != 3:
@@ -478,8 +530,8 @@ def read_nxtomo(path: str | Path, entry: str | None = None) -> NXtomoScan:
         return NXtomoScan(
             path=path, entry=name, geometry=geometry,
             image_key=ik, image_key_control=ikc, rotation_angle_deg=angles, count_time_s=count,
-            frame_shape=(int(data.shape[1]), int(data.shape[2])), start_time=_text(e, "start_time"),
-            end_time=_text(e, "end_time"), dtype=data.dtype,
+            frame_shape=(int(data.shape[1]), int(data.shape[2])), start_time=entry_text(e, "start_time"),
+            end_time=entry_text(e, "end_time"), dtype=data.dtype,
         )
 
 
@@ -578,8 +630,8 @@ def _header_angles(e: h5py.Group, frames: np.ndarray, motors: Sequence[str] = ("
         g = pos.get(str(int(i)))
         if not isinstance(g, h5py.Group) or "motor_mne" not in g or "motor_pos" not in g:
             return None
-        names = _text(g, "motor_mne").replace(";", " ").split()
-        values = _text(g, "motor_pos").replace(";", " ").split()
+        names = entry_text(g, "motor_mne").replace(";", " ").split()
+        values = entry_text(g, "motor_pos").replace(";", " ").split()
         found = [values[names.index(m)] for m in motors if m in names and names.index(m) < len(values)]
         try:
             out.append(float(found[0]))
@@ -875,11 +927,11 @@ class SampleTranslation:
 def read_sample_name(path: str | Path, entry: str | None = None) -> str | None:
     """The sample's name in an NXtomo file (``sample/name``, or ``sample/sample_name`` of layout 1.0), or None."""
     path = Path(path)
-    with _open(path) as f:
-        e = f[_find_entry(path, f, entry)]
+    with open_hdf5(path) as f:
+        e = f[find_entry(path, f, entry)]
         for key in ("sample/name", "sample/sample_name"):
             if key in e:
-                name = _text(e, key)
+                name = entry_text(e, key)
                 return name.strip() if name and name.strip() else None
     return None
 
@@ -908,8 +960,8 @@ def read_sample_translation(path: str | Path, entry: str | None = None) -> Sampl
         length matches neither 1 nor the number of frames.
     """
     path = Path(path)
-    with _open(path) as f:
-        e = f[_find_entry(path, f, entry)]
+    with open_hdf5(path) as f:
+        e = f[find_entry(path, f, entry)]
         if not any(name in e for name in TRANSLATION_FIELDS.values()):
             return None
         keys = e.get(FIELDS["image_key"])

@@ -75,7 +75,7 @@ import numpy as np
 import yaml
 
 from ..physics.geometry import DistanceGeometry
-from ..state.journal import file_id_of
+from .ids import file_id_of
 from .nxtomo import (
     DARK,
     FIELDS,
@@ -85,10 +85,10 @@ from .nxtomo import (
     PROJECTION,
     RETURN,
     InputError,
-    _find_entry,
-    _open,
-    _text,
+    entry_text,
+    find_entry,
     frame_problem,
+    open_hdf5,
     raw_problem,
     read_geometry,
     read_nxtomo,
@@ -231,9 +231,9 @@ class FrameRecord:
 
 
 def _read_nxtomo_frame(path: Path, entry: str | None, index: int) -> np.ndarray:
-    with _open(path) as f:
+    with open_hdf5(path) as f:
         try:
-            ds = f[entry][FIELDS["data"]] if entry else f[_find_entry(path, f, None)][FIELDS["data"]]
+            ds = f[entry][FIELDS["data"]] if entry else f[find_entry(path, f, None)][FIELDS["data"]]
             if not 0 <= index < ds.shape[0]:
                 raise InputError(path, f"frame {index} does not exist (the file holds {ds.shape[0]})",
                                  FIELDS["data"])
@@ -351,9 +351,9 @@ def inspect_nxtomo(path: str | Path, root: str | Path | None = None, signature: 
         For a file that cannot be opened (truncated, or being created) or holds bad metadata.
     """
     path = Path(path)
-    with _open(path) as f:
+    with open_hdf5(path) as f:
         try:
-            name = _find_entry(path, f, None)
+            name = find_entry(path, f, None)
         except InputError as exc:
             if exc.problem.startswith(NOT_NXTOMO):
                 raise NotAFrameFile(path, exc.problem) from exc
@@ -365,7 +365,7 @@ def inspect_nxtomo(path: str | Path, root: str | Path | None = None, signature: 
         if data.ndim != 3:
             raise InputError(path, f"must be 3-D [n, ny, nx], has shape {data.shape}", FIELDS["data"])
         n_data = int(data.shape[0])
-        end_time = _text(e, "end_time")
+        end_time = entry_text(e, "end_time")
         problem = shape_problem(data.shape[1:])
         if problem:
             raise InputError(path, problem, FIELDS["data"])
@@ -389,7 +389,7 @@ def inspect_nxtomo(path: str | Path, root: str | Path | None = None, signature: 
         count, m_ct = (_per_frame(path, e, "count_time", n_data, scaled=True) if FIELDS["count_time"] in e
                        else (np.full(n_data, np.nan), n_data))
         m = int(min(n_data, m_ik, m_ikc, m_ang, m_ct))
-        start_time = _text(e, "start_time")
+        start_time = entry_text(e, "start_time")
         complete = end_time is not None or (expected is not None and m >= expected and n_data == expected)
         consistent = m == n_data
         if end_time is not None and not consistent:

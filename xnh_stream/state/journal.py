@@ -66,6 +66,9 @@ from typing import Any
 
 import numpy as np
 
+# The journal's keys are the reader's frame ids (io layer); re-exported here under their former home.
+from ..io.ids import file_id_of, frame_id_of, split_frame_id  # noqa: F401
+
 RECEIVED = "received"
 PROCESSED = "processed"
 QUARANTINED = "quarantined"
@@ -137,36 +140,6 @@ class JournalDamaged(ValueError):
 class JournalEmpty(ValueError):
     """A database file without the journal's tables: its writer is creating it, died before it had, or
     its write-ahead log was lost before the first checkpoint. It holds no frame."""
-
-
-def file_id_of(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str:
-    """Stable id of a file: its path relative to ``root`` (POSIX), or its absolute path outside ``root``.
-
-    Relative ids let a restart find the same keys after the scan folder was moved or mounted elsewhere;
-    the path is made absolute without resolving links or touching the disk.
-    """
-    p = Path(os.path.abspath(os.fspath(path)))
-    if root is not None:
-        try:
-            return p.relative_to(Path(os.path.abspath(os.fspath(root)))).as_posix()
-        except ValueError:
-            pass
-    return p.as_posix()
-
-
-def frame_id_of(path: str | os.PathLike[str], index: int, root: str | os.PathLike[str] | None = None) -> str:
-    """The journal key of frame ``index`` of file ``path``: :func:`file_id_of`, ``#``, the index."""
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-        raise ValueError(f"frame index must be a non-negative int, got {index!r}")
-    return f"{file_id_of(path, root)}#{int(index)}"
-
-
-def split_frame_id(fid: str) -> tuple[str, int | None]:
-    """``(path, index)`` of a key made by :func:`frame_id_of` (index None for a key of another form)."""
-    path, sep, idx = fid.rpartition("#")
-    if sep and idx.isdigit():
-        return path, int(idx)
-    return fid, None
 
 
 @dataclass(frozen=True)

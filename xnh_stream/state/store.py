@@ -14,7 +14,8 @@ file atomically (write to a temporary file, then rename), so a crash at any poin
 frame with its angle, or an empty slot that the next ``put`` reuses: never an angle pointing at a torn
 frame. Nothing is held in memory but the angle index (8 bytes per frame).
 
-Angles of the different distances are paired with the chain's :class:`~xnh_stream.chain.angles.AngleTable`,
+The store pairs nothing: the chain pairs the angles of the different distances (:meth:`DistanceStore.angles`)
+with its one rule, :class:`~xnh_stream.chain.angles.AngleTable` (:func:`~xnh_stream.chain.angles.match_angles`),
 so the stream and ``xnh-stream process`` pair the same frames.
 
 One process writes a store (threads of it may share the instance: a lock serialises writes); others may
@@ -263,59 +264,6 @@ class DistanceStore:
 
     def __len__(self) -> int:
         return sum(len(d.slot) for d in self._distances.values())
-
-    def match(self, n_distances: int, tol_deg: float | None = None,
-              reference: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Pair every distance's angles with the reference distance's, with the chain's rule
-        (:class:`~xnh_stream.chain.angles.AngleTable`: nearest within half the reference's angular step).
-
-        Parameters
-        ----------
-        n_distances : int
-            Number of distances of the scan (keys ``0 .. n_distances - 1``).
-        tol_deg : float, optional
-            Largest angle difference accepted; default half the reference's median angular step.
-        reference : int
-            Distance whose angles define the rows (the most magnified, 0, in a sorted scan).
-
-        Returns
-        -------
-        thetas_deg : ndarray [n]
-            Sorted angles of the reference distance.
-        angles_deg : ndarray [n, n_distances]
-            The stored angle of each distance paired with each reference angle (usable with :meth:`get`),
-            NaN where a distance has no frame within ``tol_deg``.
-        """
-        from ..chain.angles import AngleTable  # noqa: PLC0415
-
-        if isinstance(n_distances, bool) or not isinstance(n_distances, (int, np.integer)) or n_distances < 1:
-            raise ValueError(f"n_distances must be a positive int, got {n_distances!r}")
-        if not 0 <= reference < n_distances:
-            raise ValueError(f"reference must be in 0..{n_distances - 1}, got {reference!r}")
-        if tol_deg is not None and not (math.isfinite(tol_deg) and tol_deg >= 0):
-            raise ValueError(f"tol_deg must be a finite non-negative number, got {tol_deg!r}")
-        thetas = self.angles(reference)
-        table = AngleTable.from_reference(thetas)
-        if tol_deg is not None:
-            table.tol_deg, table._step = float(tol_deg), None
-        out = np.full((thetas.size, n_distances), np.nan)
-        out[:, reference] = thetas
-        for k in range(n_distances):
-            if k == reference:
-                continue
-            for a in self.angles(k):
-                slot, displaced = table.file(k, str(a), float(a), create=False)
-                if slot is not None:
-                    out[slot, k] = a
-        return thetas, out
-
-    def complete_angles(self, n_distances: int, tol_deg: float | None = None, reference: int = 0) -> np.ndarray:
-        """Reference angles (degree, sorted) at which every one of ``n_distances`` distances has a frame.
-
-        See :meth:`match` for the pairing and its tolerance.
-        """
-        thetas, angles = self.match(n_distances, tol_deg, reference)
-        return thetas[np.isfinite(angles).all(axis=1)]
 
     def nbytes_on_disk(self) -> int:
         """Bytes of every file of the store on disk (frames, angles and metadata)."""
