@@ -14,8 +14,12 @@ run resumes):
    fragment -> segment table
 5. ``relabel``   the block's fragments through the table, into the segmentation
 
+The sample mask (:mod:`~.mask`, ``spec.mask``) is computed once by :meth:`BlockwiseSegmentation.prepare` on
+a strided sample of the whole volume, as the whole-volume path computes it, and stored (``mask.npz``); each
+block's watershed takes its part of it, so voxels outside the sample are 0 in both paths alike.
+
 Work files live in one folder: ``affinities.zarr``, ``fragments.zarr``, ``segmentation.zarr``, ``edges/``,
-``lut.npz``, ``done/<stage>/<block>``.
+``mask.npz``, ``lut.npz``, ``done/<stage>/<block>``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .mask import SampleMask, outside_area, sample_mask
 from .postprocess import (agglomerate_contacts, apply_lut, contact_statistics, face_area, fragments_watershed,
                           merge_enclosed, segment_lut, sum_contacts)
 
 STAGES = ("predict", "fragments", "agglomerate", "relabel")
-#: Version of the work folder's layout, in ``spec.json``; 2 added each block's surface areas (``border_*.npy``).
-WORK_FORMAT = 2
+#: Version of the work folder's layout, in ``spec.json``; 2 added each block's surface areas (``border_*.npy``),
+#: 3 the sample mask (``mask.npz``, ``spec.mask``).
+WORK_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class BlockwiseSpec:
         ``auto``, ``cpu`` or ``cuda``.
     norm : (float, float) or None
         Input normalisation (offset, scale); computed once by :func:`prepare` if None.
+    mask : str
+        Sample mask method (:data:`~.mask.MASK_METHODS`): ``auto`` (default), ``threshold`` or ``none``.
     """
 
     work: str
@@ -116,6 +124,7 @@ class BlockwiseSpec:
     tile: int = 64
     device: str = "auto"
     norm: tuple[float, float] | None = None
+    mask: str = "auto"
 
 
 def open_raw(path: str | Path):
@@ -142,6 +151,7 @@ class BlockwiseSegmentation:
         self.blocks = block_grid(self.shape, tuple(spec.block_shape))  # type: ignore[arg-type]
         self.block_voxels = int(np.prod(spec.block_shape))
         self._model = None
+        self._mask: SampleMask | None = None
 
     # ------------------------------------------------------------------ setup and bookkeeping
     @classmethod
@@ -172,6 +182,10 @@ class BlockwiseSegmentation:
             step = max(1, int(np.ceil((np.prod(self.shape) / 4e6) ** (1 / 3))))
             sample = np.asarray(self.raw[::step, ::step, ::step])
             spec.norm = normalise(sample, model.norm)
+        if not (work / "mask.npz").exists():
+            tmp = work / "mask.tmp.npz"
+            sample_mask(self.raw, spec.mask).save(tmp)
+            os.replace(tmp, work / "mask.npz")
         spec_file.write_text(json.dumps({"format": WORK_FORMAT, **asdict(spec)}))
         n_aff = 3
         for name, dtype, shape, chunks in (
@@ -213,6 +227,13 @@ class BlockwiseSegmentation:
             self._model = AffinityModel.load(self.spec.model, pick_device(self.spec.device))
         return self._model
 
+    @property
+    def volume_mask(self) -> SampleMask:
+        """The volume's sample mask (written by :meth:`prepare`)."""
+        if self._mask is None:
+            self._mask = SampleMask.load(self.work / "mask.npz")
+        return self._mask
+
     # ------------------------------------------------------------------ stages
     def predict(self, index: int) -> None:
         """Stage 1: affinities of block ``index``."""
@@ -230,7 +251,7 @@ class BlockwiseSegmentation:
         grown = b.grown(ctx, self.shape)
         affs = np.asarray(self._array("affinities.zarr")[(slice(None),) + grown])
         frag = fragments_watershed(affs, self.spec.fragment_threshold, self.spec.seed_distance,
-                                   method=self.spec.fragment_method)
+                                   method=self.spec.fragment_method, mask=self.volume_mask.region(grown))
         core = frag[tuple(slice(a - g.start, c - g.start) for a, c, g in zip(b.start, b.stop, grown))]
         ids, local = np.unique(core, return_inverse=True)  # consecutive ids in the block, 0 kept
         out = local.reshape(core.shape).astype(np.uint64) + np.uint64(0 if ids[0] == 0 else 1)
@@ -250,6 +271,7 @@ class BlockwiseSegmentation:
         contacts = contact_statistics(affs, frag, grow)
         core = frag[tuple(slice(int(g), None) for g in grow)]
         surface = face_area(core, [(a == 0, c == n) for a, c, n in zip(b.start, b.stop, self.shape)])
+        surface = np.concatenate([surface, outside_area(frag, self.volume_mask.region(region), grow)])
         for name, rows in (("border", surface), ("edges", contacts)):  # edges last: its file means done
             tmp = self.work / "edges" / f"{name}_{index}.tmp.npy"
             np.save(tmp, rows)

@@ -16,6 +16,7 @@ import zarr
 from ..io.omezarr import label_names, multiscale_levels, read_volume, write_labels, write_volume
 from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed,
                           segments_of_fragments)
+from .mask import MASK_METHODS, outside_area, sample_mask
 from .predict import predict_affinities
 from .unet import AffinityModel
 
@@ -33,6 +34,9 @@ class SegmentParams:
 
     ``enclosed``: merge a segment into the neighbour holding at least this share of its contact surface
     (:func:`~.postprocess.merge_enclosed`: nuclei and mitochondria split off their cell); 0 = off.
+    ``mask``: the sample mask (:mod:`~.mask`), voxels outside the sample labelled 0: ``auto`` (default; the
+    sample's support where one is found, as the chain's envelope finds it), ``threshold`` (Otsu on the whole
+    volume) or ``none`` (every voxel segmented).
     """
 
     threshold: float = 0.5
@@ -40,6 +44,11 @@ class SegmentParams:
     seed_distance: int = 2
     fragment_method: str = "affinity"
     enclosed: float = 0.0
+    mask: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASK_METHODS:
+            raise ValueError(f"unknown mask method {self.mask!r} (one of {', '.join(MASK_METHODS)})")
 
     @classmethod
     def for_model(cls, model: AffinityModel, **overrides: object) -> SegmentParams:
@@ -47,45 +56,76 @@ class SegmentParams:
         base = dict(model.record.get("postprocess", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**{k: base[k] for k in ("threshold", "fragment_threshold", "seed_distance", "fragment_method",
-                                           "enclosed") if k in base})
+                                           "enclosed", "mask") if k in base})
 
 
 @dataclass
 class SegmentResult:
-    """Labels (uint64, 0 never used), the affinities and fragments they came from, and timings in seconds."""
+    """Labels (uint64, 0 never used for a segment; 0 outside the sample ``mask``), the affinities and fragments
+    they came from, the sample mask (None: none) and timings in seconds."""
 
     labels: np.ndarray
     affinities: np.ndarray
     fragments: np.ndarray
     seconds: dict = field(default_factory=dict)
+    mask: np.ndarray | None = None
 
 
 def segment_volume(raw: np.ndarray, model: AffinityModel | None = None, params: SegmentParams | None = None,
                    device: str = "auto", tile: int = 64) -> SegmentResult:
-    """Segment a volume held in memory (``[z, y, x]``); see :func:`~.blockwise.run_blockwise` for large ones."""
+    """Segment a volume held in memory (``[z, y, x]``); see :func:`~.blockwise.run_blockwise` for large ones.
+
+    Voxels outside the sample mask (``params.mask``, :func:`~.mask.sample_mask`) are 0.
+    """
     model = model or AffinityModel.load()
     params = params or SegmentParams.for_model(model)
     t0 = time.perf_counter()
     affs = predict_affinities(model, raw, tile=tile, device=device)
     t1 = time.perf_counter()
-    frag = fragments_watershed(affs, params.fragment_threshold, params.seed_distance,
-                               method=params.fragment_method)
+    inside = sample_mask(raw, params.mask).full()
     t2 = time.perf_counter()
-    labels = merge_enclosed_segments(affs, frag, agglomerate(affs, frag, [params.threshold])[0], params.enclosed)
+    labels, frag = segment_from_affinities(affs, params, inside)
     t3 = time.perf_counter()
-    return SegmentResult(labels, affs, frag, {"predict": t1 - t0, "watershed": t2 - t1, "agglomerate": t3 - t2})
+    return SegmentResult(labels, affs, frag, {"predict": t1 - t0, "mask": t2 - t1, "postprocess": t3 - t2}, inside)
+
+
+def segment_from_affinities(affs: np.ndarray, params: SegmentParams, inside: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """The whole-volume post-processing of :func:`segment_volume`: fragments, agglomeration, enclosed merge.
+
+    Parameters
+    ----------
+    affs : ndarray [3, z, y, x]
+        Nearest-neighbour affinities.
+    params : SegmentParams
+        Post-processing parameters (``params.mask`` is not read: the mask is ``inside``).
+    inside : ndarray of bool, optional
+        The sample mask (:func:`~.mask.sample_mask`); voxels outside it are labelled 0.
+
+    Returns
+    -------
+    labels, fragments : ndarray of uint64
+    """
+    frag = fragments_watershed(affs, params.fragment_threshold, params.seed_distance,
+                               method=params.fragment_method, mask=inside)
+    labels = merge_enclosed_segments(affs, frag, agglomerate(affs, frag, [params.threshold])[0], params.enclosed,
+                                     inside=inside)
+    return labels, frag
 
 
 def merge_enclosed_segments(affs: np.ndarray, frag: np.ndarray, labels: np.ndarray, fraction: float,
-                            contacts: np.ndarray | None = None) -> np.ndarray:
+                            contacts: np.ndarray | None = None, inside: np.ndarray | None = None) -> np.ndarray:
     """Whole-volume :func:`~.postprocess.merge_enclosed` on ``labels`` (segments of the fragments ``frag``);
-    ``contacts`` (:func:`~.postprocess.contact_statistics` of ``frag``) is computed when not given."""
+    ``contacts`` (:func:`~.postprocess.contact_statistics` of ``frag``) is computed when not given. A
+    segment's area against voxels outside the sample mask ``inside`` counts, like the volume's faces, as
+    surface with no neighbour."""
     if fraction <= 0:
         return labels
     if contacts is None:
         contacts = contact_statistics(affs, frag, (False, False, False))
     ids, segs = segments_of_fragments(frag, labels)
-    return apply_lut(frag, ids, merge_enclosed(contacts, ids, segs, fraction, face_area(frag)))
+    border = np.concatenate([face_area(frag), outside_area(frag, inside)])
+    return apply_lut(frag, ids, merge_enclosed(contacts, ids, segs, fraction, border))
 
 
 def segment_output(out: str | Path, model_path: str | Path | None = None, device: str = "auto",
@@ -209,8 +249,10 @@ def tune_postprocess(model: AffinityModel, volumes: list,
                      thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                      fragment_thresholds: tuple[float, ...] = (0.5, 0.7), seed_distance: int = 2,
                      device: str = "auto", methods: tuple[str, ...] = ("affinity", "distance"),
-                     enclosed: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8)) -> tuple[SegmentParams, list[dict]]:
-    """Pick the post-processing parameters with the lowest mean adapted Rand error on labelled ``volumes``.
+                     enclosed: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8), mask: str = "auto"
+                     ) -> tuple[SegmentParams, list[dict]]:
+    """Pick the post-processing parameters with the lowest mean adapted Rand error on labelled ``volumes``
+    (each segmented with the sample mask ``mask``).
 
     Returns the best parameters and one row per (method, fragment threshold, threshold, enclosed share) with
     the mean scores.
@@ -220,17 +262,18 @@ def tune_postprocess(model: AffinityModel, volumes: list,
     rows: dict[tuple[str, float, float], list] = {}
     for vol in volumes:
         affs = predict_affinities(model, vol.raw, device=device)
+        inside = sample_mask(vol.raw, mask).full()
         for method in methods:
             for ft in fragment_thresholds if method == "distance" else (0.5,):
-                frag = fragments_watershed(affs, ft, seed_distance, method=method)
+                frag = fragments_watershed(affs, ft, seed_distance, method=method, mask=inside)
                 contacts = contact_statistics(affs, frag, (False, False, False))
                 for t, seg in zip(sorted(thresholds), agglomerate(affs, frag, thresholds)):
                     for e in enclosed:
-                        merged = merge_enclosed_segments(affs, frag, seg, e, contacts)
+                        merged = merge_enclosed_segments(affs, frag, seg, e, contacts, inside)
                         rows.setdefault((method, ft, t, e), []).append(evaluate(merged, vol.labels, vol.mask))
     table = [{"fragment_method": m, "fragment_threshold": ft, "threshold": t, "enclosed": e,
               **{k: float(np.mean([s.as_dict()[k] for s in scores])) for k in
                  ("voi_split", "voi_merge", "adapted_rand")}} for (m, ft, t, e), scores in sorted(rows.items())]
     best = min(table, key=lambda r: r["adapted_rand"])
     return SegmentParams(best["threshold"], best["fragment_threshold"], seed_distance, best["fragment_method"],
-                         best["enclosed"]), table
+                         best["enclosed"], mask), table

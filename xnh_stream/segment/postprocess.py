@@ -52,7 +52,8 @@ def voxel_affinity(affs: np.ndarray) -> np.ndarray:
 
 
 def fragments_watershed(affs: np.ndarray, threshold: float = 0.5, seed_distance: int = 2,
-                        id_offset: int = 0, method: str = "affinity", high: float = 0.9) -> np.ndarray:
+                        id_offset: int = 0, method: str = "affinity", high: float = 0.9,
+                        mask: np.ndarray | None = None) -> np.ndarray:
     """Over-segment into fragments by a seeded watershed on the affinities.
 
     ``method="affinity"`` (default): watershed on the affinity graph itself (waterz's zwatershed): seeds are
@@ -62,11 +63,21 @@ def fragments_watershed(affs: np.ndarray, threshold: float = 0.5, seed_distance:
     voxels whose six links all exceed ``threshold`` (maxima closer than ``seed_distance`` merged), flooded
     on ``1 - voxel_affinity`` (assigns boundary voxels to either side at random: use with blurry affinities).
 
+    ``mask`` (bool, the voxels' shape; :mod:`~.mask`): voxels outside it get fragment 0 and no fragment grows
+    across them (links touching them count as 0), so every later stage (agglomeration, contacts, relabelling)
+    leaves them 0. This is where the whole-volume and the blockwise paths both apply the sample mask.
+
     Returns
     -------
     ndarray of uint64
-        Fragment ids ``id_offset + 1, ...``; 0 only where every link of a voxel is below 1e-4 (affinity method).
+        Fragment ids ``id_offset + 1, ...``; 0 outside ``mask`` and, affinity method, where every link of a voxel
+        is below 1e-4.
     """
+    if mask is not None:
+        if mask.shape != affs.shape[1:]:
+            raise ValueError(f"mask shape {mask.shape} differs from the affinities' {affs.shape[1:]}")
+        mask = mask.astype(bool, copy=False)
+        affs = _mask_links(affs, mask)
     if method == "affinity":
         import waterz
 
@@ -74,21 +85,38 @@ def fragments_watershed(affs: np.ndarray, threshold: float = 0.5, seed_distance:
             (frag,) = waterz.agglomerate(np.ascontiguousarray(affs, np.float32), [0.0],
                                          aff_threshold_low=1e-4, aff_threshold_high=high)
         frag = frag.astype(np.uint64)
+        if mask is not None:
+            frag[~mask] = 0
     elif method == "distance":
         low = voxel_affinity(affs)
         inside = low > threshold
+        if mask is not None:
+            inside &= mask
         dist = ndimage.distance_transform_edt(inside)
         maxima = inside & (dist == ndimage.maximum_filter(dist, size=2 * seed_distance + 1))
         seeds, n = ndimage.label(maxima)
-        if n == 0:  # no interior anywhere: a single fragment
-            return np.full(low.shape, id_offset + 1, np.uint64)
-        frag = watershed(1.0 - low, seeds).astype(np.uint64)
+        if n == 0:  # no interior anywhere: a single fragment (inside the mask)
+            out = np.full(low.shape, id_offset + 1, np.uint64)
+            if mask is not None:
+                out[~mask] = 0
+            return out
+        frag = watershed(1.0 - low, seeds, mask=mask).astype(np.uint64)
     else:
         raise ValueError(f"unknown fragment method {method!r} (affinity or distance)")
     ids, inv = np.unique(frag, return_inverse=True)  # consecutive ids, 0 kept for background
     inv = inv.reshape(frag.shape).astype(np.uint64) + np.uint64(0 if ids[0] == 0 else 1)
     inv[inv > 0] += np.uint64(id_offset)
     return inv
+
+
+def _mask_links(affs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A copy of ``affs`` with every link that touches a voxel outside ``mask`` set to 0."""
+    out = affs * mask[None]
+    for c in range(affs.shape[0]):  # link c of voxel x joins x and x - e_c
+        src = tuple(slice(1, None) if k == c else slice(None) for k in range(3))
+        prev = tuple(slice(None, -1) if k == c else slice(None) for k in range(3))
+        out[c][src] *= mask[prev]
+    return out.astype(affs.dtype, copy=False)
 
 
 def merge_tree(affs: np.ndarray, fragments: np.ndarray) -> np.ndarray:
