@@ -1,6 +1,6 @@
 """The live stream on Ray: a driver (:class:`StreamDriver`) and two thin actors around the chain's core.
 
-Data flow (see DESIGN.md)::
+Data flow (``docs/contracts.md``, "Data flow (live)")::
 
     source.poll() --> StreamDriver: journal + ScanAssembler (flat-field, DistanceStore on disk)
         --> PhaseWorker pool (Paganin preview / multi-distance CTF), bounded in flight

@@ -3,7 +3,7 @@
 Test helper (not a test module). The phantom is voxelised here, projected by astra-toolbox (2-D CPU
 ``linear`` projector, slice by slice), propagated to four distances by HoToPy's Fresnel propagator,
 integrated onto detector pixels of each distance's own effective size and written with ESRF's ``nxtomo``
-package, one file per distance, in the layout of README "Input" and DESIGN.md "Contracts".
+package, one file per distance, in the layout of README "Input" and ``docs/contracts.md`` "Input".
 
 Geometry
 --------

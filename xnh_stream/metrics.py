@@ -11,9 +11,9 @@ by plain dictionaries:
 * :meth:`PipelineMetrics.observe_report` takes a finished scan's ``report.json`` content (batch chain);
 * the ``overnight_*`` methods follow the overnight queue.
 
-Names follow DESIGN.md: ``xnh_<noun>_<unit>`` in base units (seconds, metres, bytes, gray), ``_total`` on
-counters, low label cardinality (labels: ``stage``, ``queue``, ``kind``, ``state``, ``distance`` = 1..4,
-alert ``name`` and ``severity``; never a scan id). The full list with meanings is in ``docs/metrics.md``.
+Names follow ``docs/contracts.md`` ("Metrics"): ``xnh_<noun>_<unit>`` in base units (seconds, metres,
+bytes, gray), ``_total`` on counters, low label cardinality (labels: ``stage``, ``queue``, ``kind``,
+``state``, ``distance`` = 1..4, alert ``name`` and ``severity``; never a scan id). The full list with meanings is in ``docs/metrics.md``.
 
 Counters are fed from the cumulative counts of a scan (the journal's): each update adds the increase since
 the previous one; call :meth:`PipelineMetrics.new_scan` between scans processed by the same exporter.

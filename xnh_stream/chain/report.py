@@ -2,8 +2,8 @@
 
 :class:`ScanReport` is what the final pass writes and what the metrics, the overnight queue, the
 stitcher and the command line read back (:meth:`ScanReport.load`). Its JSON form is the output contract
-of DESIGN.md (``fsc.resolution_m``, ``dose.gray``, ``alerts``, ``frames.received / processed /
-quarantined``, ``cor.px`` with its method) plus the details each section carries.
+of ``docs/contracts.md`` ("report.json": ``fsc.resolution_m``, ``dose.gray``, ``alerts``, ``frames.received /
+processed / quarantined``, ``cor.px`` with its method, and the details each section carries).
 :class:`FrameAccount` is the one frame count, the same in the journal, the report and the metrics.
 :class:`StreamProgress` is what the live stream hands its consumers (progress bars, metrics, live page)
 after every poll.

@@ -1,6 +1,6 @@
 """Frame sources: turn detector files into :class:`FrameRecord` s, never reading a file half-written.
 
-Two input layouts (``DESIGN.md``, "Input"):
+Two input layouts (``docs/contracts.md``, "Input"):
 
 **NXtomo** (``*.nx``, ``*.nxs``, ``*.h5``, ``*.hdf5``): whole files, one per distance, or a growing series
 of chunk files per distance while a scan runs. Files are opened read-only without HDF5 file locking

@@ -1,6 +1,7 @@
 """Drift and warping of the sample from pairs of images of the same view.
 
-Two kinds of pairs (DESIGN.md, "Drift and warping"):
+Two kinds of pairs (``docs/quality.md``, "Drift and warping"; the figures the report holds:
+``docs/contracts.md``, "Drift and warping"):
 
 * a **return projection** (``image_key_control = -1``, taken at the end of a distance) against the
   projection at the same angle taken at the start of that distance: what moved or deformed during the
