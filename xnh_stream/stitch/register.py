@@ -11,8 +11,13 @@ filtered, so both see the same band). Two steps:
 2. **Fine, sub-voxel.** Both scans resampled again at the registration voxel on the overlap left by the
    coarse shift (at most ``fine_side`` voxels per axis), tapered to zero at the edge of the common field of
    view, and registered by phase correlation with an upsampled DFT (scikit-image
-   ``phase_cross_correlation``, ``upsample_factor``); repeated with the new shift, so the window's own
-   correlation (which pulls towards zero shift) no longer biases the answer.
+   ``phase_cross_correlation``, ``upsample_factor``); repeated with the new shift until a step moves less
+   than ``1 / upsample``. The taper is common to both images, so its own correlation pulls the peak towards
+   the current shift: a residual ``r`` is measured as about ``0.7 r`` on a 22-voxel overlap, and every step
+   under-corrects. Stopped after three steps at a 1/20-voxel peak (the quantum swallows the last, shrunken
+   steps), scans overlapping by a third of 64 slices were left up to 0.64 voxel off (rms 0.16 over 16 pairs);
+   run to convergence at 1/40, 0.087 (rms 0.04; ``tests/test_stitch.py``). Finer peaks cost memory: the
+   upsampled DFT is ``(1.5 upsample)^3`` complex values (54 MB at 1/100).
 
 The coarse grid covers the nominal overlap grown by ``max_shift_m`` (the content the two share lies there
 whatever the stage error). The result of a pair is the shift ``s`` that moves scan ``b`` onto scan ``a``: with nominal-to-true errors
@@ -56,7 +61,7 @@ class RegisterParams:
     upsample : int
         Sub-voxel precision of the fine step is ``1 / upsample``.
     iterations : int
-        Fine steps.
+        Most fine steps (they stop once a step moves less than ``1 / upsample``).
     """
 
     max_shift_m: float = 4e-6
@@ -67,8 +72,8 @@ class RegisterParams:
     fov: str = "cylinder"
     min_overlap_voxels: int = 8
     min_ncc: float = 0.5
-    upsample: int = 20
-    iterations: int = 3
+    upsample: int = 40
+    iterations: int = 12
 
 
 @dataclass
@@ -313,7 +318,7 @@ def register_pair(a: Scan, b: Scan, ia: int, ib: int, params: RegisterParams | N
             res.reason = f"fine step moved {ds.tolist()} voxels: no stable peak"
             return res
         shift = shift + ds * voxel
-        if np.all(np.abs(ds) < 0.01):
+        if np.all(np.abs(ds) < 1.0 / p.upsample):
             break
     (fa, fb), (da, db) = _pair_images(a, b, shift, origin_f, voxel, shape_f, p)
     w = ((da > 0) & (db > 0)).astype(np.float32)
