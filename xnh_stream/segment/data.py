@@ -127,7 +127,13 @@ def save_labelled(path: str | Path, vol: LabelledVolume) -> Path:
     return path
 
 
-def simulate_labelled(seed: int, workdir: str | Path | None = None, **sim_overrides: object) -> LabelledVolume:
+#: Tissue generator families of :func:`simulate_labelled`: ``neural`` (:mod:`~xnh_stream.simulate.phantom`, the
+#: shipped model's training data) and ``voronoi`` (:mod:`~xnh_stream.simulate.tissue`, never trained on).
+FAMILIES = ("neural", "voronoi")
+
+
+def simulate_labelled(seed: int, workdir: str | Path | None = None, family: str = "neural",
+                      **sim_overrides: object) -> LabelledVolume:
     """Simulate a scan of neural tissue, reconstruct it with the batch chain and pair it with its true labels.
 
     The image is the reconstructed delta volume (``process_scan``), the labels the phantom's neurite/cell ids
@@ -139,21 +145,41 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, **sim_overri
         Simulation seed (phantom, offsets, noise).
     workdir : str or Path, optional
         Folder for the scan files (a temporary folder, removed afterwards, if omitted).
+    family : str
+        Tissue generator (:data:`FAMILIES`): ``neural`` (default, :func:`~xnh_stream.simulate.phantom.make_neural_phantom`)
+        or ``voronoi`` (:func:`~xnh_stream.simulate.tissue.make_voronoi_tissue`: power-diagram cells, swept
+        neurites and myelinated axons; its labels are made 6-connected components of the reconstructed grid,
+        a cell the grid's edge cuts in two being two objects there).
     **sim_overrides
         Fields of :class:`~xnh_stream.simulate.scan.SimulationConfig`.
     """
     from ..chain.batch import process_scan
-    from ..simulate.scan import SimulationConfig, read_truth, simulate_scan
+    from ..simulate.scan import SimulationConfig, read_truth, simulate_scan, simulation_grid
 
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tissue family {family!r} (one of {', '.join(FAMILIES)})")
     cfg = SimulationConfig(seed=seed, **sim_overrides)  # type: ignore[arg-type]
+    phantom = None
+    if family == "voronoi":
+        from ..simulate.tissue import make_voronoi_tissue
+
+        nz, n, _ = simulation_grid(cfg)
+        radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else 0.44 * cfg.nx
+        phantom = make_voronoi_tissue((nz, n, n), voxel_m=cfg.geometry().voxel_m, energy_kev=cfg.energy_kev,
+                                      seed=seed, sample_radius_px=min(radius, n / 2))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(workdir) if workdir else Path(tmp)
-        simulate_scan(folder / "scan", cfg)
+        simulate_scan(folder / "scan", cfg, phantom)
         result = process_scan(folder / "scan")
         truth, record = read_truth(folder / "scan")
     raw = np.asarray(result.volume, np.float32)
     if raw.shape != truth["labels"].shape:
         raise LabelledVolumeError(folder, f"reconstruction {raw.shape} and truth {truth['labels'].shape} differ")
-    meta = {"seed": seed, "simulation": {k: v for k, v in record["config"].items()}}
-    return LabelledVolume(raw, truth["labels"].astype(np.uint32), truth["field_of_view"].astype(bool),
-                          float(record["voxel_m"]), f"simulated seed {seed}", meta)
+    labels = truth["labels"].astype(np.uint32)
+    if family == "voronoi":
+        from skimage.measure import label as connected
+
+        labels = connected(labels, background=0, connectivity=1).astype(np.uint32)
+    meta = {"seed": seed, "family": family, "simulation": {k: v for k, v in record["config"].items()}}
+    name = f"simulated seed {seed}" if family == "neural" else f"simulated {family} seed {seed}"
+    return LabelledVolume(raw, labels, truth["field_of_view"].astype(bool), float(record["voxel_m"]), name, meta)
