@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
-from xnh_stream.chain.assembler import AngleWork, ScanAssembler, discard_stores
+from xnh_stream.chain.assembler import AngleWork, ProjectionResult, ScanAssembler, discard_stores
 from xnh_stream.chain.final import ChainLayout, ChainResult, FinalChain, delta_beta_of, journal_key
 from xnh_stream.chain.layout import plural, step_unit
 from xnh_stream.chain.report import JOURNAL_NAME, Completion, DistanceState, StreamProgress
@@ -42,8 +42,8 @@ from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, one_open_per_fi
 from xnh_stream.io.sources import FrameRecord
 from xnh_stream.live.views import merge_views, slab_views, slice_info
 from xnh_stream.physics.cor import estimate_rotation_axis
-from xnh_stream.physics.xp import bin_2d, binning_for
-from xnh_stream.quality.alerts import CallbackSink, default_router
+from xnh_stream.physics.xp import binning_for
+from xnh_stream.quality.alerts import Alert, CallbackSink, default_router
 from xnh_stream.quality.monitor import QualityMonitor
 from xnh_stream.state.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal
 from xnh_stream.state.journal import FrameRecord as JournalEntry
@@ -100,8 +100,7 @@ class PhaseWorker:
         before the first final work comes."""
         self._processor(geometry).prepare_ctf()
 
-    def project(self, work: AngleWork, models: list[Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
-                                                                   np.ndarray | None]:
+    def project(self, work: AngleWork, models: list[Any]) -> ProjectionResult:
         """The projection of ``work`` binned for the live volume, and for final work the preview it replaces
         (as kept on disk, or recomputed exactly: same frame, angle and shift); then the same two at full
         resolution (the live slices)."""
@@ -118,8 +117,7 @@ class PhaseWorker:
                 previous = proc.preview(k, work.frames[k], work.preview_theta_deg, work.preview_shift_yx)
         out = _to_host(out)
         previous = None if previous is None else _to_host(previous)
-        return (bin_2d(out, self.binning), None if previous is None else bin_2d(previous, self.binning),
-                out, previous)
+        return ProjectionResult.of(out, previous, self.binning)
 
 
 def _to_host(a: Any) -> np.ndarray:
@@ -152,7 +150,7 @@ class ReconShard:
         """Changes when Ray restarts the actor: its volume is then empty and must be replayed."""
         return self._incarnation
 
-    def add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool,
+    def add(self, index: int, theta_rad: float, result: ProjectionResult, final: bool,
             previous_theta_rad: float | None = None) -> int:
         """Back-project one projection (previews are not kept: finals carry the preview they replace)."""
         t0 = time.process_time()
@@ -161,9 +159,9 @@ class ReconShard:
         finally:
             self.cpu_s["add"] += time.process_time() - t0
 
-    def _add(self, index: int, theta_rad: float, result: tuple[np.ndarray, np.ndarray | None], final: bool,
+    def _add(self, index: int, theta_rad: float, result: ProjectionResult, final: bool,
              previous_theta_rad: float | None) -> int:
-        projection, previous = result[0], result[1]
+        projection, previous = result.binned, result.binned_previous
         state = self.vol.state(index)
         if state == "final":
             return self.vol.n_final  # a stale preview, or a final already replayed/retried: nothing to do
@@ -231,10 +229,10 @@ class SliceKeeper:
 
         return filter_projection(projection, self.window, padding=self.padding)
 
-    def add(self, index: int, theta_rad: float, result: tuple[Any, ...], final: bool,
+    def add(self, index: int, theta_rad: float, result: ProjectionResult, final: bool,
             previous_theta_rad: float | None = None) -> int:
         """Take one angle's projection (a final replaces that angle's preview)."""
-        projection, previous = result[2], result[3]
+        projection, previous = result.full, result.full_previous
         state = self.state.get(index)
         if state == "final" or (state == "preview" and not final):
             return len(self.state)
@@ -619,7 +617,7 @@ class StreamDriver:
     def _keep_preview(self, work: AngleWork, ref: Any) -> None:
         """Keep a preview on disk for the final that replaces it (which then need not recompute it)."""
         try:
-            self.assembler.previews_store.put(*work.preview_key(), ray.get(ref)[2])
+            self.assembler.previews_store.put(*work.preview_key(), ray.get(ref).full)
         except ValueError as exc:  # e.g. an all-zero preview of an empty field: the final recomputes it
             log.debug("preview of angle %.3f deg not kept: %s", work.theta_deg, exc)
 
@@ -832,9 +830,9 @@ class StreamDriver:
             if not any(f not in self._finished for f in fids):
                 continue  # booked already (before a restart of the stream, or at an earlier verdict)
             alert = left_out_alert(self.vote.name(key), reason)
-            log.error("%s", alert["message"])
-            self.journal.emit("alert", alert,
-                              key=f"alert:{alert['name']}:{alert['severity']}:{self.vote.name(key)}")
+            log.error("%s", alert.message)
+            self.journal.emit("alert", alert.as_entry(),
+                              key=f"alert:{alert.name}:{alert.severity}:{self.vote.name(key)}")
             self._mark(fids, QUARANTINED, "ingest", [left_out(reason)] * len(fids))
         early, self._early = self._early, {}
         for key, marks in early.items():
@@ -930,7 +928,7 @@ class StreamDriver:
         if self.last_final is not None:
             # the live projection is -phi / (k voxel) (AngleProcessor.scale), binned: shown as the phase in rad
             k_voxel = 2 * np.pi / geo.distances[0].wavelength_m * geo.voxel_m
-            images["phase"] = -k_voxel * np.asarray(ray.get(self.last_final[1])[0])
+            images["phase"] = -k_voxel * np.asarray(ray.get(self.last_final[1]).binned)
             info["phase"] = {"pixel_m": geo.voxel_m * self.live_binning, "binning": self.live_binning, "unit": "rad"}
             extra["phase_angle_deg"] = self.last_final[0]
         quality = self.monitor.snapshot()
@@ -1059,10 +1057,10 @@ class StreamDriver:
         final = None
         if self.opt.final_pass and completion is not None and self.assembler is not None:
             if completion.missing:
-                alert = {"name": "ScanIncomplete", "severity": "critical",
-                         "message": f"scan completed ({completion.reason}) without: {'; '.join(completion.missing)}"}
-                log.error(alert["message"])
-                self.journal.emit("alert", alert, key="alert:ScanIncomplete:critical")
+                alert = Alert("ScanIncomplete", "critical",
+                              f"scan completed ({completion.reason}) without: {'; '.join(completion.missing)}")
+                log.error(alert.message)
+                self.journal.emit("alert", alert.as_entry(), key="alert:ScanIncomplete:critical")
             index = ScanIndex.read(self.scan_folder)
             chain = FinalChain(index, self.out, self.config, executor=RayExecutor(), layout=self.opt.layout,
                                monitor=self.monitor, progress=self._final_progress,

@@ -177,3 +177,21 @@ def test_a_final_takes_back_the_preview_kept_for_it(scan, tmp_path):
     a.drop_previews()
     assert not path.exists()
     assert finals[0].load(a.store, a.previews_store).preview is None
+
+
+def test_a_projection_result_names_its_four_arrays():
+    """The phase worker's hand-off: the binned pair for the live volume, the full-resolution pair for the
+    slices; frozen, and without a preview for preview work."""
+    from xnh_stream.chain.assembler import ProjectionResult
+
+    rng = np.random.default_rng(0)
+    proj, prev = rng.random((8, 12), dtype=np.float32), rng.random((8, 12), dtype=np.float32)
+    r = ProjectionResult.of(proj, prev, 2)
+    assert r.binned.shape == r.binned_previous.shape == (4, 6)
+    np.testing.assert_allclose(r.binned[0, 0], proj[:2, :2].mean(), rtol=1e-6)
+    np.testing.assert_allclose(r.binned_previous[1, 2], prev[2:4, 4:6].mean(), rtol=1e-6)
+    assert r.full is proj and r.full_previous is prev
+    preview = ProjectionResult.of(proj, None, 2)
+    assert preview.binned_previous is None and preview.full_previous is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.full = prev  # type: ignore[misc]

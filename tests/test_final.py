@@ -213,3 +213,21 @@ def test_a_foreign_scan_with_an_off_centre_axis_and_no_180_projection(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["cor"]["method"] and len(report["cor"]["candidates"]) >= 2
     assert not any(a["name"].startswith("RotationAxis") for a in report["alerts"])
+
+
+def test_the_final_pass_alerts_are_typed_and_reported_as_before():
+    """The chain keeps Alert objects; report.json gets name, severity, message (as the hand-built entries
+    had them); an alert saved as a dict by an earlier version's work folder is read back as an Alert."""
+    from xnh_stream.chain.final import alert_entries, as_alert
+    from xnh_stream.chain.scan import left_out_alert
+    from xnh_stream.quality.alerts import Alert
+
+    alert = left_out_alert("scan_1_", "frame shape (16, 40)")
+    assert isinstance(alert, Alert)
+    entries = alert_entries([alert, Alert("AlignmentFailed", "critical", "not aligned")])
+    assert entries == [{"name": "DistanceFileRejected", "severity": "critical",
+                        "message": "distance scan_1_ left out: frame shape (16, 40)"},
+                       {"name": "AlignmentFailed", "severity": "critical", "message": "not aligned"}]
+    old = {"name": "RotationAxisUnknown", "severity": "critical", "message": "no estimate"}
+    assert as_alert(old) == Alert("RotationAxisUnknown", "critical", "no estimate")
+    assert as_alert(alert) is alert

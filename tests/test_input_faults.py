@@ -90,6 +90,7 @@ def test_the_distance_whose_frame_shape_disagrees_is_set_aside_not_the_three_oth
     assert all("frame shape (16, 40)" in q.reason and "(16, 48)" in q.reason for q in odd)
     alerts = [a for a in rep.alerts if a["name"] == "DistanceFileRejected"]
     assert len(alerts) == 1 and alerts[0]["severity"] == "critical"
+    assert list(alerts[0]) == ["name", "severity", "message"]  # the report's form of the chain's own alerts
     assert f"{SIM.name}_1_" in alerts[0]["message"] and "frame shape" in alerts[0]["message"]
     assert rep.frames.processed == sum(n_frames(folder / name(k)) for k in (2, 3, 4))
     with FrameJournal(out / "journal.sqlite", readonly=True) as j:

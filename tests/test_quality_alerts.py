@@ -160,3 +160,16 @@ def test_webhook_credentials_are_sent_as_basic_auth_and_never_logged_or_reported
     assert "s3cr" not in logs and "hunter2" not in logs and "***@127.0.0.1:1/x" in logs
     assert "hunter2" not in str(ProcessConfig.from_mapping({"alerts.webhook": "http://bob:hunter2@am:9093/a"}).to_dict())
     assert redact_url("http://am:9093/a") == "http://am:9093/a"
+
+
+def test_an_alert_entry_holds_only_what_is_set():
+    """The final pass's and the stream's alerts keep their report.json form (name, severity, message);
+    a figure, a threshold and labels appear where given."""
+    plain = Alert("RotationAxisUnknown", "critical", "no estimate")
+    assert plain.as_entry() == {"name": "RotationAxisUnknown", "severity": "critical", "message": "no estimate"}
+    assert list(plain.as_entry()) == ["name", "severity", "message"]
+    full = Alert("SampleDrift", "warning", "moved", value=1.5, threshold=1.0, labels={"distance": "2"})
+    assert full.as_entry() == full.as_dict()
+    assert json.loads(json.dumps(plain.as_entry())) == plain.as_entry()
+    with pytest.raises(ValueError, match="severity"):
+        Alert("X", "info", "y")

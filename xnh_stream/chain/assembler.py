@@ -37,11 +37,57 @@ from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN, frame_problem
 from ..io.sources import FrameRecord
 from ..physics.align import ShiftModel, measure_distance_shifts
 from ..physics.geometry import DistanceGeometry, ScanGeometry
+from ..physics.xp import bin_2d
 from ..state.store import DistanceStore
 from .angles import AngleTable
 from .calibration import Calibration
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProjectionResult:
+    """What a phase worker hands back for one :class:`AngleWork`: the projection, binned for the live volume
+    and at full resolution for the live slices, and for final work the preview it replaces (the same two).
+
+    Attributes
+    ----------
+    binned : ndarray [ny // b, nx // b]
+        The projection binned by the live volume's binning (float32).
+    binned_previous : ndarray or None
+        Final work: the preview it replaces, binned the same way; None for a preview, or for a final whose
+        preview was never made.
+    full : ndarray [ny, nx]
+        The projection at full resolution (float32): the live slices, and the preview kept on disk.
+    full_previous : ndarray or None
+        The replaced preview at full resolution (as :attr:`binned_previous`).
+    """
+
+    binned: np.ndarray
+    binned_previous: np.ndarray | None
+    full: np.ndarray
+    full_previous: np.ndarray | None
+
+    @classmethod
+    def of(cls, projection: np.ndarray, previous: np.ndarray | None, binning: int) -> ProjectionResult:
+        """The result of a projection (and the preview it replaces), binned by ``binning`` for the volume.
+
+        Parameters
+        ----------
+        projection : ndarray [ny, nx]
+            The projection at full resolution, on the host.
+        previous : ndarray or None
+            The preview it replaces (final work), on the host.
+        binning : int
+            The live volume's binning.
+
+        Returns
+        -------
+        ProjectionResult
+            The four arrays.
+        """
+        return cls(bin_2d(projection, binning), None if previous is None else bin_2d(previous, binning),
+                   projection, previous)
 
 
 @dataclass

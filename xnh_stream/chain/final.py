@@ -72,6 +72,7 @@ from ..physics.material import (
 )
 from ..physics.phase import retrieve_phase_paganin
 from ..physics.xp import bin_2d, binning_for, get_array_module, to_numpy
+from ..quality.alerts import Alert
 from ..state.journal import PROCESSED, QUARANTINED, RECEIVED, FrameJournal
 from ..state.journal import FrameRecord as JournalEntry
 from ..state.lock import OutputLock
@@ -125,6 +126,43 @@ def delta_beta_of(formula: str, density_g_cm3: float, energy_kev: float) -> floa
 # ----------------------------------------------------------------------------------------------------------
 # Options and results
 # ----------------------------------------------------------------------------------------------------------
+def as_alert(alert: Alert | dict[str, Any]) -> Alert:
+    """An alert as the typed :class:`~xnh_stream.quality.alerts.Alert` (an entry in its JSON form too: a
+    result saved in the work folder by an earlier version holds dicts).
+
+    Parameters
+    ----------
+    alert : Alert or dict
+        The alert.
+
+    Returns
+    -------
+    Alert
+        The same alert, typed.
+    """
+    if isinstance(alert, Alert):
+        return alert
+    return Alert(**{k: v for k, v in alert.items() if k in ("name", "severity", "message", "value", "threshold",
+                                                              "labels")})
+
+
+def alert_entries(alerts: Sequence[Alert]) -> list[dict[str, Any]]:
+    """The ``alerts`` entries of ``report.json`` for the final pass's own alerts (:meth:`Alert.as_entry`:
+    ``name``, ``severity``, ``message``; ``docs/contracts.md``, "Alerts").
+
+    Parameters
+    ----------
+    alerts : sequence of Alert
+        The alerts.
+
+    Returns
+    -------
+    list of dict
+        Their JSON entries, in order.
+    """
+    return [a.as_entry() for a in alerts]
+
+
 @dataclass
 class ChainResult:
     """What the final pass produced."""
@@ -537,7 +575,7 @@ class FinalChain:
         self.layout = layout or ChainLayout()
         self._progress = progress
         self.monitor = monitor
-        self.alerts: list[dict[str, str]] = []
+        self.alerts: list[Alert] = []  # the final pass's own alerts; report.json's entries at _report
         self.completion: Completion | None = None  # why a live scan counted as complete (the report says)
         self.surveyed: list[int] = []  # slots the survey of the reference distance covered
         self.quarantine: dict[str, QuarantinedFrame] = {}
@@ -710,9 +748,9 @@ class FinalChain:
                     continue
                 models[k].add(s.theta_deg, s.shifts_yx[k], ok=bool(s.ok[k]))
                 if not s.ok[k]:
-                    self.alerts.append({"name": "AlignmentPeakRejected", "severity": "warning",
-                                        "message": f"distance {k + 1} at {s.theta_deg:.2f} deg: {s.reasons[k]} "
-                                                   f"(NCC peak {s.peaks[k]:.2f})"})
+                    self.alerts.append(Alert("AlignmentPeakRejected", "warning",
+                                             f"distance {k + 1} at {s.theta_deg:.2f} deg: {s.reasons[k]} "
+                                             f"(NCC peak {s.peaks[k]:.2f})"))
         record: dict[str, Any] = {}
         measured = [s for s in samples if s.shifts_yx is not None]
         if measured:  # do the distances show one sample? (random or mixed-up frames do not)
@@ -726,17 +764,16 @@ class FinalChain:
                 "consistent": {f"distance_{k}": round(v, 3) for k, v in verdict.consistent.items()},
                 "median_peak": {f"distance_{k}": round(v, 3) for k, v in verdict.median_peak.items()}}
             if verdict.implausible:
-                self.alerts.append({"name": "ImplausibleProjections", "severity": "critical",
-                                    "message": verdict.reason})
+                self.alerts.append(Alert("ImplausibleProjections", "critical", verdict.reason))
                 log.error("implausible projections: %s", verdict.reason)
         thetas = np.array([t for _, t, _ in slots])
         for k, model in enumerate(models):
             if model is None:
                 continue
             if model.n_valid < 3:
-                self.alerts.append({"name": "AlignmentFailed", "severity": "critical",
-                                    "message": f"distance {k + 1}: only {model.n_valid} reliable registrations; "
-                                               "not aligned"})
+                self.alerts.append(Alert("AlignmentFailed", "critical",
+                                         f"distance {k + 1}: only {model.n_valid} reliable registrations; "
+                                         "not aligned"))
                 models[k] = None
                 continue
             model.fit()
@@ -893,28 +930,28 @@ class FinalChain:
                 block = job.row_store.read_rows(np.asarray(written), 0, len(job.rows))  # [angles, rows, nx]
                 sinos = np.ascontiguousarray(block.transpose(1, 0, 2))
                 thetas = np.deg2rad([slots[s][1] for s in written])
-            alerts = []
+            alerts: list[Alert] = []
             try:
                 est = estimate_rotation_axis(pairs, sinos, thetas)
             except ValueError as exc:
                 ny, nx = self.shape
-                alerts.append({"name": "RotationAxisUnknown", "severity": "critical",
-                               "message": f"no estimate of the rotation axis ({exc}); the detector centre is used"})
+                alerts.append(Alert("RotationAxisUnknown", "critical",
+                                    f"no estimate of the rotation axis ({exc}); the detector centre is used"))
                 return RotationAxis((nx - 1) / 2, "detector centre (no estimate)"), alerts
             if not est.agree:
-                alerts.append({"name": "RotationAxisDisagreement", "severity": "warning",
-                               "message": f"rotation-axis estimators disagree by {est.disagreement_px:.2f} px "
-                                          f"(> 1 px); {est.px:.2f} px ({est.method}) used"})
+                alerts.append(Alert("RotationAxisDisagreement", "warning",
+                                    f"rotation-axis estimators disagree by {est.disagreement_px:.2f} px "
+                                    f"(> 1 px); {est.px:.2f} px ({est.method}) used"))
             if est.method.endswith("(unreliable)"):
-                alerts.append({"name": "RotationAxisUnreliable", "severity": "warning",
-                               "message": f"no reliable rotation-axis estimate; {est.px:.2f} px ({est.method}) used"})
+                alerts.append(Alert("RotationAxisUnreliable", "warning",
+                                    f"no reliable rotation-axis estimate; {est.px:.2f} px ({est.method}) used"))
             d = est.as_dict()
             return RotationAxis(est.px, est.method, est.confidence_px,
                                 [{**c, "reliable": c["reliable"]} for c in d["candidates"]],
                                 disagreement_px=est.disagreement_px, axis_drift_px=est.axis_drift_px), alerts
 
         axis, alerts = self._cached("rotation_axis", compute)
-        self.alerts += alerts
+        self.alerts += [as_alert(a) for a in alerts]  # a work folder of an earlier version holds dicts
         return axis
 
     def envelope(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], job: SurveyJob,
@@ -1173,8 +1210,7 @@ class FinalChain:
         for d in self.index.rejected:
             self._reject_distance_alert(d.name, d.reason)
         for q in self.index.rejected_files:
-            self.alerts.append({"name": "DistanceFileRejected", "severity": "critical",
-                                "message": f"{q.source}: {q.reason}"})
+            self.alerts.append(Alert("DistanceFileRejected", "critical", f"{q.source}: {q.reason}"))
             log.error("file set aside: %s: %s", q.path, q.reason)
         cals = self.calibrate()
         slots = self.pair()
@@ -1232,9 +1268,11 @@ class FinalChain:
         if journal is not None:
             report.frames = self.book(journal)
             if report.frames.missing_from_volume:
-                report.alerts.append({"name": "FramesVanished", "severity": "critical", "message": (
+                vanished = Alert("FramesVanished", "critical", (
                     f"{report.frames.missing_from_volume} frames received during the scan are no longer in the "
-                    "scan folder: the final volume was made without them")})
+                    "scan folder: the final volume was made without them"))
+                self.alerts.append(vanished)
+                report.alerts += alert_entries([vanished])  # after the quality monitor's, as the report had it
             if own_journal:
                 journal.close()
         if self.out is None:
@@ -1314,7 +1352,7 @@ class FinalChain:
     def _reject_distance_alert(self, name: str, reason: str) -> None:
         alert = left_out_alert(name, reason)
         self.alerts.append(alert)
-        log.error("%s", alert["message"])
+        log.error("%s", alert.message)
 
     def _report(self, slots: list, written: list[int], axis: RotationAxis, envelope: SampleEnvelope | None,
                 contrast: float | None, shift_record: dict[str, Any], fsc_section: Resolution,
@@ -1336,7 +1374,7 @@ class FinalChain:
         if own:
             monitor.close()
         q = quality["dose"]
-        alerts = self.alerts + list(monitor.alert_history())
+        alerts = alert_entries(self.alerts) + list(monitor.alert_history())
         account = self.account()
         ny, nx = self.shape
         details = {k: q[k] for k in ("sample", "sample_gray", "previous_scans_gray", "ledger", "dead_time_s",

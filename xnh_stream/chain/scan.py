@@ -34,6 +34,7 @@ from ..ingest.watch import FolderWatcher, QuarantineRecord, WatchCounters
 from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN, InputError
 from ..io.sources import FrameRecord
 from ..physics.geometry import DistanceGeometry, ScanGeometry
+from ..quality.alerts import Alert
 
 
 @dataclass
@@ -326,10 +327,22 @@ def left_out(reason: str) -> str:
     return f"distance left out: {reason}"
 
 
-def left_out_alert(name: str, reason: str) -> dict[str, str]:
-    """The critical alert that a distance (by its name) is set aside, and why."""
-    return {"name": "DistanceFileRejected", "severity": "critical",
-            "message": f"distance {name} left out: {reason}"}
+def left_out_alert(name: str, reason: str) -> Alert:
+    """The critical alert that a distance (by its name) is set aside, and why.
+
+    Parameters
+    ----------
+    name : str
+        The distance's name.
+    reason : str
+        Why it is set aside.
+
+    Returns
+    -------
+    Alert
+        ``DistanceFileRejected``, critical.
+    """
+    return Alert("DistanceFileRejected", "critical", f"distance {name} left out: {reason}")
 
 
 class DistanceVote:

@@ -88,6 +88,26 @@ class Alert:
         """JSON-ready (the ``alerts`` entries of the snapshot and of ``report.json``)."""
         return asdict(self)
 
+    def as_entry(self) -> dict[str, Any]:
+        """JSON-ready, with only what is set: ``name``, ``severity``, ``message``, then ``value``,
+        ``threshold`` and ``labels`` where they are given (the entry of an alert that carries no figure, as
+        the final pass and the stream raise them in ``report.json`` and the journal's ``alert`` events;
+        ``docs/contracts.md``, "Alerts").
+
+        Returns
+        -------
+        dict
+            The entry.
+        """
+        entry: dict[str, Any] = {"name": self.name, "severity": self.severity, "message": self.message}
+        if self.value is not None:
+            entry["value"] = self.value
+        if self.threshold is not None:
+            entry["threshold"] = self.threshold
+        if self.labels:
+            entry["labels"] = dict(self.labels)
+        return entry
+
 
 def _grade(value: float | None, warning: float | None, critical: float | None) -> tuple[str, float] | None:
     """Severity and threshold crossed by ``value`` (strictly above), or None."""
