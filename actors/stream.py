@@ -56,10 +56,6 @@ log = logging.getLogger(__name__)
 #: Columns of the live volume when ``live_binning`` is 0 (auto): larger frames are binned to about this.
 LIVE_COLUMNS = 512
 
-#: The binned whole-volume running FSC is refreshed from this many angles on, each time the angles seen grew
-#: by this factor (it reads every slab; the full-resolution region and the slices are refreshed every time).
-BINNED_FSC_FIRST, BINNED_FSC_GROWTH = 16, 2.0
-
 #: An actor that dies is restarted this many times, then the stream fails loudly.
 MAX_RESTARTS = 3
 #: The live volume's shards run at this niceness: where the cores are contended, phase retrieval, the live slices
@@ -404,8 +400,9 @@ class StreamOptions:
         Stop waiting for the end of the scan after this long (reported incomplete; no final volume).
     final_pass : bool
         Run the final pass at completion.
-    quality_every_s : float
-        How often the running FSC and the live images are refreshed from the shards.
+    quality_every_s : float, optional
+        How often the running FSC and the live images are refreshed from the shards; None takes the
+        configuration's ``stream.quality_every_s``.
     live_slices : bool
         Keep the three orthogonal slices through the volume's centre at full resolution, updated per angle
         (a :class:`SliceKeeper`), for the live page.
@@ -425,7 +422,7 @@ class StreamOptions:
     progress_every_s: float = 0.5
     timeout_s: float | None = None
     final_pass: bool = True
-    quality_every_s: float = 5.0
+    quality_every_s: float | None = None
     live_slices: bool = True
     layout: ChainLayout = field(default_factory=ChainLayout)
     live_result_max_bytes: int = 1 << 30
@@ -491,6 +488,8 @@ class StreamDriver:
                  on_result: Callable[[AngleWork], None] | None = None, live_page: Any | None = None) -> None:
         self.source, self.scan_folder, self.out = source, Path(scan_folder), Path(out)
         self.config, self.opt = config, options or StreamOptions()
+        self._quality_every_s = (config.stream.quality_every_s if self.opt.quality_every_s is None
+                                 else self.opt.quality_every_s)
         self.on_progress, self.subscribers, self.on_result, self.live_page = (
             on_progress, tuple(subscribers), on_result, live_page)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -552,7 +551,8 @@ class StreamDriver:
             store = DistanceStore(self.out / "store", (ny, nx))
         self.assembler = ScanAssembler(self.opt.n_distances, (ny, nx), store,
                                        delta_beta_align=cfg.alignment.delta_beta, align_bin_px=max(1, min(ny, nx) // 256),
-                                       pca_components=cfg.flatfield.pca_components)
+                                       pca_components=cfg.flatfield.pca_components,
+                                       align_pad=cfg.alignment.paganin_pad)
         if self.delta_beta is None:
             self.delta_beta = delta_beta_of(cfg.sample.formula, cfg.sample.density, rec.geometry.energy_kev)
         self.live_binning = cfg.stream.live_binning or binning_for((ny, nx), LIVE_COLUMNS)
@@ -884,7 +884,9 @@ class StreamDriver:
         # The binned whole-volume FSC reads every slab: refreshed by angles received (each time the angles
         # doubled, and at the end: log-spaced points of resolution against angles); the full-resolution region
         # and the slices every time.
-        binned = status != "streaming" or seen >= max(BINNED_FSC_FIRST, BINNED_FSC_GROWTH * self._binned_fsc_angles)
+        live = self.config.stream
+        binned = status != "streaming" or seen >= max(live.binned_fsc_first,
+                                                      live.binned_fsc_growth * self._binned_fsc_angles)
         # The binned volume's central slices only when the full-resolution ones are not kept.
         refs = [s.views.remote(n_rows, self.config.stream.fsc_bin, self.config.stream.fsc_region_px, binned,
                                self.slicer is None) for s in self.shards]
@@ -1006,7 +1008,7 @@ class StreamDriver:
             self._check_restarts()
             if a is not None:
                 quality = None
-                if self._asked is not None or time.monotonic() - self.quality_at >= self.opt.quality_every_s:
+                if self._asked is not None or time.monotonic() - self.quality_at >= self._quality_every_s:
                     if self._asked is None:
                         self.quality_at = time.monotonic()
                     quality = self._update_quality("streaming", block=False)

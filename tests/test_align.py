@@ -229,6 +229,12 @@ def test_measure_distance_shifts_recovers_injected_offsets(scene: dict) -> None:
     # binned 2x for speed: same answer within the same tolerance
     binned = measure_distance_shifts(scene["frames"], g, DELTA_BETA, bin_px=2)
     assert binned.ok.all() and np.abs(binned.shifts_yx - expected).max() < 0.1
+    # the Paganin padding is a parameter (alignment.paganin_pad): 1.5 is the default, 2 moves the answer a little
+    same = measure_distance_shifts(scene["frames"], g, DELTA_BETA, paganin_pad=1.5)
+    np.testing.assert_array_equal(same.shifts_yx, res.shifts_yx)
+    wider = measure_distance_shifts(scene["frames"], g, DELTA_BETA, paganin_pad=2.0)
+    assert wider.ok.all() and np.abs(wider.shifts_yx - expected).max() < 0.1
+    assert not np.array_equal(wider.shifts_yx, res.shifts_yx)
 
 
 def test_bad_frame_is_flagged(scene: dict, caplog: pytest.LogCaptureFixture) -> None:

@@ -96,3 +96,52 @@ def test_unknown_xnh_variables_are_warned_about_with_the_known_ones(caplog):
     assert "XNH_SOMETHING_ELSE" in other and "SAMPLE, FLATFIELD" in other and "XNH_REQUIRE_PROMETHEUS" in other
     assert unknown_env_variables(env) == ["XNH_CTF_ALPHA_LOWW", "XNH_SOMETHING_ELSE"]
     assert "XNH_SAMPLE_DELTA_BETA" in env_variables() and not set(OTHER_ENV_VARIABLES) & set(env_variables())
+
+
+def test_every_option_is_documented_with_its_default():
+    """docs/configuration.md's YAML block lists every key of every section with the default the code has
+    (the paddings and the live cadence included), and nothing else."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    documented = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
+    defaults = ProcessConfig().to_dict()
+    assert set(documented) == set(defaults)
+    for section, values in defaults.items():
+        assert set(documented[section]) == set(values), section
+        for key, value in values.items():
+            doc = documented[section][key]
+            if isinstance(value, float) and isinstance(doc, str):
+                doc = float(doc)  # YAML 1.1 reads 1.0e8 as a string
+            assert doc == value, f"{section}.{key}: documented {doc!r}, default {value!r}"
+
+
+def test_the_paddings_and_the_live_cadence_are_options():
+    """The final pass's CTF padding, the registration's Paganin padding and the live refresh cadence are
+    configuration keys (YAML, XNH_* variables), with the values the code had as constants, and checked."""
+    c = ProcessConfig()
+    assert (c.ctf.phase_pad, c.alignment.paganin_pad, c.stream.phase_pad) == (2.0, 1.5, 1.25)
+    assert (c.stream.quality_every_s, c.stream.binned_fsc_first, c.stream.binned_fsc_growth) == (5.0, 16, 2.0)
+    env = {"XNH_CTF_PHASE_PAD": "1.5", "XNH_ALIGNMENT_PAGANIN_PAD": "2", "XNH_STREAM_QUALITY_EVERY_S": "0.5",
+           "XNH_STREAM_BINNED_FSC_FIRST": "32", "XNH_STREAM_BINNED_FSC_GROWTH": "1.5"}
+    c = ProcessConfig.layered(env=env)
+    assert (c.ctf.phase_pad, c.alignment.paganin_pad, c.stream.quality_every_s) == (1.5, 2.0, 0.5)
+    assert (c.stream.binned_fsc_first, c.stream.binned_fsc_growth) == (32, 1.5)
+    for key, bad in (("ctf.phase_pad", 0.5), ("alignment.paganin_pad", 0.9), ("stream.quality_every_s", 0.0),
+                     ("stream.binned_fsc_first", 0), ("stream.binned_fsc_growth", 1.0)):
+        with pytest.raises(ConfigError, match=key):
+            ProcessConfig.from_mapping({key: bad})
+
+
+def test_the_processor_pads_as_the_configuration_says():
+    """AngleProcessor pads ctf.phase_pad unless told otherwise (the stream gives stream.phase_pad)."""
+    from xnh_stream.chain.steps import AngleProcessor
+
+    geo = ScanGeometry((DistanceGeometry(z1_m=0.0125, z2_m=1.2, pixel_m=3e-6, energy_kev=17.0),))
+    assert AngleProcessor(geo, (16, 16), 100.0, ProcessConfig()).pad == 2.0
+    cfg = ProcessConfig.from_mapping({"ctf.phase_pad": 1.5})
+    assert AngleProcessor(geo, (16, 16), 100.0, cfg).pad == 1.5
+    assert AngleProcessor(geo, (16, 16), 100.0, cfg, pad=1.25).pad == 1.25

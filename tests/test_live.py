@@ -78,8 +78,9 @@ def test_live_page_updates_in_headless_chromium_during_a_real_stream(ray_local, 
     def stream():
         try:
             StreamDriver(source, folder, tmp_path / "out",
-                         ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"]}),
-                         StreamOptions(poll_interval_s=0.05, quality_every_s=0.3), live_page=page).run()
+                         ProcessConfig.from_mapping({"sample.delta_beta": record["delta_beta"], "fbp.cor": record["cor_px"],
+                                                     "stream.quality_every_s": 0.3}),  # the refresh, from the config
+                         StreamOptions(poll_interval_s=0.05), live_page=page).run()
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -138,16 +138,20 @@ class AlignmentOptions:
         Polynomial degree of the smooth shift-versus-angle model.
     delta_beta : float
         delta/beta of the short Paganin filter that makes the distances comparable.
+    paganin_pad : float
+        FFT padding factor (>= 1, mirror values) of that Paganin filter, in the registration of the distances
+        (final pass and stream) and in the quality monitor's comparison of the distances.
     """
 
     enabled: bool = True
     angles: int = 48
     model_degree: int = 2
     delta_beta: float = 0.3
+    paganin_pad: float = 1.5
 
     def __post_init__(self) -> None:
         _check("alignment", {"angles": self.angles >= 3, "model_degree": 0 <= self.model_degree <= 6,
-                             "delta_beta": self.delta_beta > 0}, self)
+                             "delta_beta": self.delta_beta > 0, "paganin_pad": self.paganin_pad >= 1}, self)
 
 
 #: ``ctf.alpha_low: auto`` for the two-material CTF (True) and for one material (False)
@@ -173,11 +177,15 @@ class CTFOptions:
         interior with ``sample.delta_beta_contrast``. ``true``: wherever a plausible sample support is found;
         ``auto``: only where that support is a sample in air (it fills a good part of the field of view and the
         volume around it is empty), otherwise one material; ``false``: never.
+    phase_pad : float
+        FFT padding factor (>= 1, mirror values; :func:`~xnh_stream.physics.phase.padded_shape`) of the final
+        pass's phase retrieval (``stream.phase_pad`` is the live one's).
     """
 
     alpha_low: float | str = field(default="auto", metadata={"number_or_auto": True})
     alpha_high: float = 0.05
     envelope: bool | str = field(default="auto", metadata={"choices": (True, False, "auto")})
+    phase_pad: float = 2.0
 
     def alpha_low_for(self, two_material: bool) -> float:
         """The ``alpha_low`` the CTF uses (``auto`` resolved: :data:`AUTO_ALPHA_LOW`)."""
@@ -185,7 +193,8 @@ class CTFOptions:
 
     def __post_init__(self) -> None:
         _check("ctf", {"alpha_low": self.alpha_low == "auto" or self.alpha_low >= 0, "alpha_high": self.alpha_high >= 0,
-                       "envelope": isinstance(self.envelope, bool) or self.envelope == "auto"}, self)
+                       "envelope": isinstance(self.envelope, bool) or self.envelope == "auto",
+                       "phase_pad": self.phase_pad >= 1}, self)
 
 
 @dataclass
@@ -313,10 +322,18 @@ class LiveOptions:
         Longest wait of a projection in a batch.
     phase_pad : float
         FFT padding factor (>= 1, mirror values) of the live phase retrieval, CTF and Paganin previews; the
-        final pass pads 2x. At 2048^2 the CTF's FFTs take a third of the CPU at 1.25 (2560^2) that they take
-        at 2 (4096^2), with the same result inside the field and in its edge band on a sample wider than the
-        field (``bench/bench_ctf.py``, ``tests/test_phase.py``); raise it for weakly absorbing samples at long distances,
-        whose Paganin kernel reaches further.
+        final pass pads ``ctf.phase_pad`` (2). At 2048^2 the CTF's FFTs take a third of the CPU at 1.25
+        (2560^2) that they take at 2 (4096^2), with the same result inside the field and in its edge band on a
+        sample wider than the field (``bench/bench_ctf.py``, ``tests/test_phase.py``); raise it for weakly
+        absorbing samples at long distances, whose Paganin kernel reaches further.
+    quality_every_s : float
+        How often the running FSC (the full-resolution central region) and the live images are refreshed from
+        the live volume's shards, seconds.
+    binned_fsc_first : int
+        The binned whole-volume running FSC (a pass over every slab) is refreshed from this many angles on ...
+    binned_fsc_growth : float
+        ... each time the angles seen grew by this factor since its last point (log-spaced points of resolution
+        against angles), and at the end of the scan.
     """
 
     live_binning: int = 0
@@ -325,11 +342,16 @@ class LiveOptions:
     bp_batch: int = 8
     bp_wait_s: float = 1.0
     phase_pad: float = 1.25
+    quality_every_s: float = 5.0
+    binned_fsc_first: int = 16
+    binned_fsc_growth: float = 2.0
 
     def __post_init__(self) -> None:
         _check("stream", {"live_binning": self.live_binning >= 0, "fsc_bin": self.fsc_bin >= 1,
                           "fsc_region_px": self.fsc_region_px >= 8, "bp_batch": self.bp_batch >= 1,
-                          "bp_wait_s": self.bp_wait_s >= 0, "phase_pad": self.phase_pad >= 1}, self)
+                          "bp_wait_s": self.bp_wait_s >= 0, "phase_pad": self.phase_pad >= 1,
+                          "quality_every_s": self.quality_every_s > 0, "binned_fsc_first": self.binned_fsc_first >= 1,
+                          "binned_fsc_growth": self.binned_fsc_growth > 1}, self)
 
 
 @dataclass

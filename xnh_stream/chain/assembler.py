@@ -200,11 +200,14 @@ class ScanAssembler:
         Tolerance of the angle table (:class:`AngleTable`).
     pca_components : int
         Dynamic flat-field components (0: interpolated flats).
+    align_pad : float
+        FFT padding factor of the registration's Paganin filter (``alignment.paganin_pad``).
     """
 
     def __init__(self, n_distances: int, frame_shape: tuple[int, int], store: DistanceStore,
                  delta_beta_align: float = 0.3, align_every: int = 4, align_degree: int = 2,
-                 align_bin_px: int = 1, angle_tol_deg: float = 0.01, pca_components: int = 0) -> None:
+                 align_bin_px: int = 1, angle_tol_deg: float = 0.01, pca_components: int = 0,
+                 align_pad: float = 1.5) -> None:
         self.n_distances = int(n_distances)
         self.shape = tuple(frame_shape)
         self.store = store
@@ -212,6 +215,7 @@ class ScanAssembler:
         self.align_every = max(1, int(align_every))
         self.align_degree = align_degree
         self.align_bin_px = max(1, int(align_bin_px))
+        self.align_pad = float(align_pad)
         self.pca_components = pca_components
         self.table = AngleTable(angle_tol_deg)
         self._dist: dict[float, _Distance] = {}
@@ -364,7 +368,7 @@ class ScanAssembler:
         frames = work.load(self.store).frames
         try:
             res = measure_distance_shifts([frames[n] for n in range(len(frames))], geo, self.delta_beta_align,
-                                          bin_px=self.align_bin_px)
+                                          bin_px=self.align_bin_px, paganin_pad=self.align_pad)
         except ValueError as exc:  # a registration that cannot run must not stop the stream
             log.warning("distance shifts at %.2f deg not measured: %s", work.theta_deg, exc)
             return

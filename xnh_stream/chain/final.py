@@ -247,7 +247,8 @@ def align_task(item: tuple[int, float, dict[int, FrameRecord]], calibrations: li
     shifts = ok = peaks = None
     reasons: tuple[str, ...] = ()
     if measure and all(im is not None for im in imgs):
-        res = measure_distance_shifts(imgs, geometry, config.alignment.delta_beta, xp=xp)
+        res = measure_distance_shifts(imgs, geometry, config.alignment.delta_beta,
+                                      paganin_pad=config.alignment.paganin_pad, xp=xp)
         shifts, ok, peaks, reasons = res.shifts_yx, res.ok, res.peaks, res.reasons
     return AlignSample(slot, theta, shifts, ok, peaks, reasons, outcome)
 

@@ -55,7 +55,8 @@ class AngleProcessor:
         Array module.
     pad : float
         FFT padding factor of the CTF and of Paganin (mirror values; see
-        :func:`~xnh_stream.physics.phase.padded_shape`): 2 in the final pass, ``stream.phase_pad`` live.
+        :func:`~xnh_stream.physics.phase.padded_shape`); default ``ctf.phase_pad`` (the final pass's, 2),
+        ``stream.phase_pad`` live.
 
     Attributes
     ----------
@@ -65,9 +66,9 @@ class AngleProcessor:
     """
 
     def __init__(self, geometry: ScanGeometry, frame_shape: tuple[int, int], delta_beta: float,
-                 config: ProcessConfig, xp: ModuleType = np, pad: float = 2.0) -> None:
+                 config: ProcessConfig, xp: ModuleType = np, pad: float | None = None) -> None:
         self.geometry, self.shape, self.delta_beta, self.config, self.xp = geometry, frame_shape, delta_beta, config, xp
-        self.pad = float(pad)
+        self.pad = float(config.ctf.phase_pad if pad is None else pad)
         self.models: list[ShiftModel | None] = [None] * len(geometry.distances)
         # phase [rad] -> line integral of delta in voxel units: p = -phi / (k * voxel)
         self.scale = -1.0 / (2 * math.pi / geometry.distances[0].wavelength_m * geometry.voxel_m)

@@ -464,6 +464,7 @@ def measure_distance_shifts(
     min_peak: float = DEFAULT_MIN_PEAK,
     apodize_fraction: float = 0.15,
     bin_px: int = 1,
+    paganin_pad: float = 1.5,
     xp: ModuleType = np,
 ) -> DistanceShifts:
     """Measure the shift of every distance relative to the reference distance at one angle.
@@ -489,6 +490,9 @@ def measure_distance_shifts(
         distances; on simulated 4-distance data it gives errors of a few 0.01 px.
     bin_px : int
         Block-average every image by this factor first (speed; must divide the shapes).
+    paganin_pad : float
+        FFT padding factor of the Paganin filter (mirror values; ``alignment.paganin_pad`` of the
+        configuration).
     xp : module
         Array module.
 
@@ -507,7 +511,7 @@ def measure_distance_shifts(
             raise ValueError(f"image of distance {k} must be 2-D, got shape {img.shape}")
         img = _bin(img.astype(xp.float32, copy=False), bin_px)
         trip = (dist.propagation_distance_m, dist.wavelength_m, dist.effective_pixel_m * bin_px)
-        phases.append(retrieve_phase_paganin(img, trip, delta_beta, pad=1.5, xp=xp))
+        phases.append(retrieve_phase_paganin(img, trip, delta_beta, pad=paganin_pad, xp=xp))
     ref_shape = phases[ref].shape
     shifts = np.zeros((n_dist, 2))
     peaks = np.ones(n_dist)

@@ -218,7 +218,7 @@ class QualityMonitor:
         """Single-distance Paganin phase of distance ``k``'s frame, rescaled to the reference pixel."""
         dist = geo.distances[k]
         ph = retrieve_phase_paganin(img, (dist.propagation_distance_m, dist.wavelength_m, dist.effective_pixel_m),
-                                    self.config.alignment.delta_beta, pad=1.5)
+                                    self.config.alignment.delta_beta, pad=self.config.alignment.paganin_pad)
         return rescale_shift(ph, geo.scale_to_reference(k), (0.0, 0.0), img.shape)
 
     def _inter_distance(self, a: float) -> None:
