@@ -46,9 +46,8 @@ def pin_in_air(shape=SHAPE, radius=RADIUS, n=40, seed=0):
 
 
 def air_affinities(labels, pin, seed=1):
-    """Affinities of the labels (cells 0.9, membranes 0.1, noisy), strong links (0.95) all through the air and
-    undecided ones (0.6) across the pin's surface: without a mask the air is one segment that joins the cells
-    at the surface."""
+    """Affinities of the labels (cells 0.9, membranes and the pin's surface 0.1, noisy) and undecided links (0.3)
+    all through the air (a network trained with the air as background): without a mask the air is segmented."""
     rng = np.random.default_rng(seed)
     a = affinities_from_labels(labels) * 0.8 + 0.1
     a = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1)
@@ -59,11 +58,8 @@ def air_affinities(labels, pin, seed=1):
         sl[c] = slice(1, None)
         prev = [slice(None)] * 3
         prev[c] = slice(None, -1)
-        across = np.zeros_like(air)
-        across[tuple(sl)] = air[tuple(sl)] != air[tuple(prev)]
         both[tuple(sl)] &= air[tuple(prev)]
-        a[c][both] = 0.95
-        a[c][across] = 0.6
+        a[c][both] = 0.3
     return a.astype(np.float32)
 
 
@@ -73,7 +69,7 @@ def pin():
 
 
 def test_mask_finds_the_pin_and_only_where_there_is_air(pin):
-    image, labels, inside = pin
+    image, _, inside = pin
     m = sample_mask(image)
     assert m.step == 1 and m.method == "auto"
     full = m.full()
@@ -165,15 +161,14 @@ def test_whole_volume_and_blockwise_mask_alike(tmp_path, pin, method):
     image, labels, inside = pin
     affs = air_affinities(labels, inside)
     params = SegmentParams(0.5, 0.5, 2, method, 0.5, "auto")
-    mask = sample_mask(image, params.mask).full()
-    whole, _ = segment_from_affinities(affs, params, mask)
+    sample = sample_mask(image, params.mask)
+    mask = sample.full()
+    whole, _ = segment_from_affinities(affs, params, sample)
     assert not whole[~mask].any()
     s = evaluate(whole, labels)
     assert s.adapted_rand < 0.05, s.line()  # the cells are segmented, not joined through the air
     free, _ = segment_from_affinities(affs, params, None)
-    print(f"\n{method}: masked {s.line()}\nno mask: {evaluate(free, labels).line()}")
-    # without the mask the air joins cells at the surface (measured 0.091 affinity, 0.935 distance; masked 0.000, 0.005)
-    assert evaluate(free, labels).adapted_rand > s.adapted_rand + 0.05
+    assert (free[~mask] > 0).mean() > 0.9 and evaluate(free, labels).adapted_rand < 0.05  # the air is segments
     one = _blockwise(tmp_path / "one", image, affs, SHAPE, params)
     assert same_partition(one, whole)
     many = _blockwise(tmp_path / "many", image, affs, (16, 32, 32), params)

@@ -16,7 +16,8 @@ run resumes):
 
 The sample mask (:mod:`~.mask`, ``spec.mask``) is computed once by :meth:`BlockwiseSegmentation.prepare` on
 a strided sample of the whole volume, as the whole-volume path computes it, and stored (``mask.npz``); each
-block's watershed takes its part of it, so voxels outside the sample are 0 in both paths alike.
+block's watershed floods its part of the grown support and its relabelling cuts the labels to the support,
+so voxels outside the sample are 0 in both paths alike.
 
 Work files live in one folder: ``affinities.zarr``, ``fragments.zarr``, ``segmentation.zarr``, ``edges/``,
 ``mask.npz``, ``lut.npz``, ``done/<stage>/<block>``.
@@ -251,7 +252,7 @@ class BlockwiseSegmentation:
         grown = b.grown(ctx, self.shape)
         affs = np.asarray(self._array("affinities.zarr")[(slice(None),) + grown])
         frag = fragments_watershed(affs, self.spec.fragment_threshold, self.spec.seed_distance,
-                                   method=self.spec.fragment_method, mask=self.volume_mask.region(grown))
+                                   method=self.spec.fragment_method, mask=self.volume_mask.region(grown, grown=True))
         core = frag[tuple(slice(a - g.start, c - g.start) for a, c, g in zip(b.start, b.stop, grown))]
         ids, local = np.unique(core, return_inverse=True)  # consecutive ids in the block, 0 kept
         out = local.reshape(core.shape).astype(np.uint64) + np.uint64(0 if ids[0] == 0 else 1)
@@ -271,7 +272,7 @@ class BlockwiseSegmentation:
         contacts = contact_statistics(affs, frag, grow)
         core = frag[tuple(slice(int(g), None) for g in grow)]
         surface = face_area(core, [(a == 0, c == n) for a, c, n in zip(b.start, b.stop, self.shape)])
-        surface = np.concatenate([surface, outside_area(frag, self.volume_mask.region(region), grow)])
+        surface = np.concatenate([surface, outside_area(frag, self.volume_mask.region(region, grown=True), grow)])
         for name, rows in (("border", surface), ("edges", contacts)):  # edges last: its file means done
             tmp = self.work / "edges" / f"{name}_{index}.tmp.npy"
             np.save(tmp, rows)
@@ -304,7 +305,9 @@ class BlockwiseSegmentation:
         b = self.blocks[index]
         lut = np.load(self.work / "lut.npz")
         frag = np.asarray(self._array("fragments.zarr")[b.slices()])
-        self._array("segmentation.zarr")[b.slices()] = apply_lut(frag, lut["ids"], lut["segments"])
+        seg = apply_lut(frag, lut["ids"], lut["segments"])
+        inside = self.volume_mask.region(b.slices())
+        self._array("segmentation.zarr")[b.slices()] = seg if inside is None else np.where(inside, seg, 0)
         self._mark("relabel", index)
 
     def segmentation(self, in_memory: bool = True) -> np.ndarray | zarr.Array:

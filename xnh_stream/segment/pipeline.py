@@ -14,9 +14,9 @@ import numpy as np
 import zarr
 
 from ..io.omezarr import label_names, multiscale_levels, read_volume, write_labels, write_volume
+from .mask import MASK_METHODS, SampleMask, outside_area, sample_mask
 from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed,
                           segments_of_fragments)
-from .mask import MASK_METHODS, outside_area, sample_mask
 from .predict import predict_affinities
 from .unet import AffinityModel
 
@@ -82,14 +82,15 @@ def segment_volume(raw: np.ndarray, model: AffinityModel | None = None, params: 
     t0 = time.perf_counter()
     affs = predict_affinities(model, raw, tile=tile, device=device)
     t1 = time.perf_counter()
-    inside = sample_mask(raw, params.mask).full()
+    mask = sample_mask(raw, params.mask)
     t2 = time.perf_counter()
-    labels, frag = segment_from_affinities(affs, params, inside)
+    labels, frag = segment_from_affinities(affs, params, mask)
     t3 = time.perf_counter()
-    return SegmentResult(labels, affs, frag, {"predict": t1 - t0, "mask": t2 - t1, "postprocess": t3 - t2}, inside)
+    return SegmentResult(labels, affs, frag, {"predict": t1 - t0, "mask": t2 - t1, "postprocess": t3 - t2},
+                         mask.full())
 
 
-def segment_from_affinities(affs: np.ndarray, params: SegmentParams, inside: np.ndarray | None = None
+def segment_from_affinities(affs: np.ndarray, params: SegmentParams, mask: SampleMask | None = None
                             ) -> tuple[np.ndarray, np.ndarray]:
     """The whole-volume post-processing of :func:`segment_volume`: fragments, agglomeration, enclosed merge.
 
@@ -99,17 +100,22 @@ def segment_from_affinities(affs: np.ndarray, params: SegmentParams, inside: np.
         Nearest-neighbour affinities.
     params : SegmentParams
         Post-processing parameters (``params.mask`` is not read: the mask is ``inside``).
-    inside : ndarray of bool, optional
-        The sample mask (:func:`~.mask.sample_mask`); voxels outside it are labelled 0.
+    mask : SampleMask, optional
+        The sample mask (:func:`~.mask.sample_mask`): the watershed floods its grown support, the labels are 0
+        outside the support.
 
     Returns
     -------
     labels, fragments : ndarray of uint64
     """
+    flooded = None if mask is None else mask.full(grown=True)
     frag = fragments_watershed(affs, params.fragment_threshold, params.seed_distance,
-                               method=params.fragment_method, mask=inside)
+                               method=params.fragment_method, mask=flooded)
     labels = merge_enclosed_segments(affs, frag, agglomerate(affs, frag, [params.threshold])[0], params.enclosed,
-                                     inside=inside)
+                                     inside=flooded)
+    inside = None if mask is None else mask.full()
+    if inside is not None:
+        labels = np.where(inside, labels, 0).astype(labels.dtype, copy=False)
     return labels, frag
 
 
@@ -262,14 +268,17 @@ def tune_postprocess(model: AffinityModel, volumes: list,
     rows: dict[tuple[str, float, float], list] = {}
     for vol in volumes:
         affs = predict_affinities(model, vol.raw, device=device)
-        inside = sample_mask(vol.raw, mask).full()
+        sample = sample_mask(vol.raw, mask)
+        flooded, inside = sample.full(grown=True), sample.full()
         for method in methods:
             for ft in fragment_thresholds if method == "distance" else (0.5,):
-                frag = fragments_watershed(affs, ft, seed_distance, method=method, mask=inside)
+                frag = fragments_watershed(affs, ft, seed_distance, method=method, mask=flooded)
                 contacts = contact_statistics(affs, frag, (False, False, False))
                 for t, seg in zip(sorted(thresholds), agglomerate(affs, frag, thresholds)):
                     for e in enclosed:
-                        merged = merge_enclosed_segments(affs, frag, seg, e, contacts, inside)
+                        merged = merge_enclosed_segments(affs, frag, seg, e, contacts, flooded)
+                        if inside is not None:
+                            merged = np.where(inside, merged, 0)
                         rows.setdefault((method, ft, t, e), []).append(evaluate(merged, vol.labels, vol.mask))
     table = [{"fragment_method": m, "fragment_threshold": ft, "threshold": t, "enclosed": e,
               **{k: float(np.mean([s.as_dict()[k] for s in scores])) for k in

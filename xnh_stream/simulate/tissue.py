@@ -152,7 +152,7 @@ def make_voronoi_tissue(
         raise ValueError("soma_fraction and myelin_fraction must lie in [0, 1]")
     indices = material_indices(energy_kev)
     rng = np.random.default_rng(seed)
-    cz, cy, cx = (nz - 1) / 2, (ny - 1) / 2, (nx - 1) / 2
+    cy, cx = (ny - 1) / 2, (nx - 1) / 2
     yy, xx = np.mgrid[:ny, :nx]
     radial = np.hypot(yy - cy, xx - cx)
     pin2 = radial <= R
@@ -183,7 +183,7 @@ def make_voronoi_tissue(
 
     # ---- neurites: swept tubes over the cells, some with a myelin sheath (label 0, stained)
     if n_tubes is None:
-        n_tubes = max(1, int(round(np.pi * R * R / (4 * a * a) * nz / a / 2)))
+        n_tubes = max(1, round(np.pi * R * R / (4 * a * a) * nz / a / 2))
     myelin = np.zeros((nz, ny, nx), bool)
     if n_tubes:
         paths, owner = [], []
