@@ -1,5 +1,6 @@
 """What the code cites in docs/ exists: every ``docs/....md`` a source file names, and the section it names
-with it (``docs/contracts.md``, "Input"); and no source cites the design brief that is not in the repository."""
+with it (``docs/contracts.md``, "Input"); and no source cites the design brief, which is not in the
+repository."""
 
 from __future__ import annotations
 
@@ -59,5 +60,6 @@ def test_every_cited_doc_and_section_exists():
 def test_no_source_cites_the_design_brief_outside_the_repository():
     """The contract lives in docs/contracts.md; DESIGN.md is not part of the repository."""
     assert not (ROOT / "DESIGN.md").exists()
-    bad = [str(f.relative_to(ROOT)) for f in _sources() if f != Path(__file__) and "DESIGN.md" in f.read_text()]
+    bad = [str(f.relative_to(ROOT)) for f in _sources()
+           if f != Path(__file__) and "DESIGN.md" in f.read_text()]
     assert not bad, bad
