@@ -110,11 +110,11 @@ def _align(folder: Path) -> FinalChain:
 
 def test_the_align_step_tells_a_simulated_scan_from_random_pixel_data(scans):
     real = _align(scans / "real")
-    assert not [a for a in real.alerts if a["name"] == "ImplausibleProjections"]
+    assert not [a for a in real.alerts if a.name == "ImplausibleProjections"]  # the chain keeps Alert objects
     noise = _align(scans / "noise")
     assert len(noise.index.distances) == 4  # nothing else set the random data aside
-    (alert,) = [a for a in noise.alerts if a["name"] == "ImplausibleProjections"]
-    assert alert["severity"] == "critical" and "do not show one sample" in alert["message"]
+    (alert,) = [a for a in noise.alerts if a.name == "ImplausibleProjections"]
+    assert alert.severity == "critical" and "do not show one sample" in alert.message
 
 
 def test_the_report_of_random_pixel_data_carries_the_critical_alert(scans, tmp_path):
