@@ -180,12 +180,19 @@ class CTFOptions:
     phase_pad : float
         FFT padding factor (>= 1, mirror values; :func:`~xnh_stream.physics.phase.padded_shape`) of the final
         pass's phase retrieval (``stream.phase_pad`` is the live one's).
+    refine : int
+        Iterations of the Fresnel refinement of every final projection (:mod:`xnh_stream.physics.refine`: the
+        CTF's functional with the exact hologram instead of its first order, started from the CTF); 0 turns it
+        off. One material only (a pass with the two-material envelope does not refine); the live previews never
+        do. About 10 is enough; each costs ``4 K + 2`` complex FFTs of the padded frame
+        (``bench/bench_refine.py``).
     """
 
     alpha_low: float | str = field(default="auto", metadata={"number_or_auto": True})
     alpha_high: float = 0.05
     envelope: bool | str = field(default="auto", metadata={"choices": (True, False, "auto")})
     phase_pad: float = 2.0
+    refine: int = 0
 
     def alpha_low_for(self, two_material: bool) -> float:
         """The ``alpha_low`` the CTF uses (``auto`` resolved: :data:`AUTO_ALPHA_LOW`)."""
@@ -194,7 +201,7 @@ class CTFOptions:
     def __post_init__(self) -> None:
         _check("ctf", {"alpha_low": self.alpha_low == "auto" or self.alpha_low >= 0, "alpha_high": self.alpha_high >= 0,
                        "envelope": isinstance(self.envelope, bool) or self.envelope == "auto",
-                       "phase_pad": self.phase_pad >= 1}, self)
+                       "phase_pad": self.phase_pad >= 1, "refine": self.refine >= 0}, self)
 
 
 @dataclass

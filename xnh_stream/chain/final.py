@@ -1391,7 +1391,8 @@ class FinalChain:
                                      "propagation_distance_m": g.propagation_distance_m,
                                      "fresnel_number": g.fresnel_number}
                                     for d, g in zip(self.index.distances, geo.distances)]},
-            phase={"method": "ctf-multi-distance" + ("-two-material" if envelope is not None else ""),
+            phase={"method": "ctf-multi-distance" + ("-two-material" if envelope is not None else "")
+                   + ("-fresnel-refined" if cfg.ctf.refine and envelope is None else ""),
                    "delta_beta": self.delta_beta, "delta_beta_contrast": contrast,
                    "delta_beta_estimate": self.material_record or None,
                    "envelope": None if envelope is None else envelope.as_dict(),

@@ -27,7 +27,8 @@ from ..physics.align import ShiftModel, align_to_reference
 from ..physics.envelope import SampleEnvelope
 from ..physics.geometry import ScanGeometry
 from ..physics.phase import CTFRetriever, retrieve_phase_paganin
-from ..physics.xp import get_array_module
+from ..physics.refine import FresnelRefiner
+from ..physics.xp import get_array_module, to_numpy
 
 
 def read_frame(rec: FrameRecord) -> tuple[np.ndarray | None, str | None]:
@@ -57,6 +58,9 @@ class AngleProcessor:
         FFT padding factor of the CTF and of Paganin (mirror values; see
         :func:`~xnh_stream.physics.phase.padded_shape`); default ``ctf.phase_pad`` (the final pass's, 2),
         ``stream.phase_pad`` live.
+    refine : int
+        Fresnel refinement iterations after the single-material CTF (``ctf.refine`` in the final pass, where
+        :class:`PhaseSetup` builds the processor; 0, off, live).
 
     Attributes
     ----------
@@ -66,9 +70,11 @@ class AngleProcessor:
     """
 
     def __init__(self, geometry: ScanGeometry, frame_shape: tuple[int, int], delta_beta: float,
-                 config: ProcessConfig, xp: ModuleType = np, pad: float | None = None) -> None:
+                 config: ProcessConfig, xp: ModuleType = np, pad: float | None = None, refine: int = 0) -> None:
         self.geometry, self.shape, self.delta_beta, self.config, self.xp = geometry, frame_shape, delta_beta, config, xp
         self.pad = float(config.ctf.phase_pad if pad is None else pad)
+        self.refine = int(refine)
+        self._refiners: dict[tuple[int, ...], FresnelRefiner] = {}
         self.models: list[ShiftModel | None] = [None] * len(geometry.distances)
         # phase [rad] -> line integral of delta in voxel units: p = -phi / (k * voxel)
         self.scale = -1.0 / (2 * math.pi / geometry.distances[0].wavelength_m * geometry.voxel_m)
@@ -118,7 +124,13 @@ class AngleProcessor:
         if self.envelope is not None and self.contrast_delta_beta:
             envelope = self.envelope.projection(math.radians(theta_deg)) / self.scale
             return self._retriever(which, True)(stack, envelope=envelope) * self.scale
-        return self._retriever(which, False)(stack) * self.scale
+        retriever = self._retriever(which, False)
+        phase = retriever(stack)
+        if self.refine > 0:
+            if which not in self._refiners:
+                self._refiners[which] = FresnelRefiner(retriever, self.delta_beta, iterations=self.refine)
+            phase = self.xp.asarray(self._refiners[which](to_numpy(stack), to_numpy(phase)).phase)
+        return phase * self.scale
 
     def preview(self, k: int, image: Any, theta_deg: float, shift: tuple[float, float] | None = None) -> Any:
         """Projection from a single-distance Paganin retrieval of distance ``k`` (fast, lower quality);
@@ -163,7 +175,8 @@ class PhaseSetup:
     def build(self, xp: ModuleType | None = None) -> AngleProcessor:
         """A processor for this set-up."""
         xp = xp or get_array_module(self.config.compute.backend)
-        proc = AngleProcessor(self.geometry, self.frame_shape, self.delta_beta, self.config, xp=xp)
+        proc = AngleProcessor(self.geometry, self.frame_shape, self.delta_beta, self.config, xp=xp,
+                              refine=self.config.ctf.refine)
         if self.models:
             proc.models = list(self.models)
         if self.envelope is not None and self.contrast_delta_beta:
