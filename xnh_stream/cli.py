@@ -676,7 +676,8 @@ def journal_belongs_to(journal: Path, scan: Path, sample: int = 20, overwrite: b
     """
     import sqlite3  # noqa: PLC0415
 
-    from .state.journal import FrameJournal, JournalDamaged, JournalEmpty, split_frame_id  # noqa: PLC0415
+    from .io.ids import split_frame_id  # noqa: PLC0415
+    from .state.journal import FrameJournal, JournalDamaged, JournalEmpty  # noqa: PLC0415
 
     try:
         with FrameJournal(journal, readonly=True) as j:
