@@ -32,7 +32,7 @@ from scipy import fft as _sfft
 from scipy.optimize import minimize
 
 from .phase import CTFRetriever
-from .xp import to_numpy
+from .xp import fft_workers, to_numpy
 
 __all__ = ["FresnelRefiner", "RefineResult", "fresnel_holograms"]
 
@@ -123,20 +123,22 @@ class FresnelRefiner:
 
     def _regulariser(self, phi: np.ndarray) -> np.ndarray:
         """``R phi = F^-1 alpha F phi``."""
-        return _sfft.irfft2(self.alpha * _sfft.rfft2(phi), s=phi.shape)
+        w = fft_workers(np)
+        return _sfft.irfft2(self.alpha * _sfft.rfft2(phi, **w), s=phi.shape, **w)
 
     def loss_and_gradient(self, phi: np.ndarray, data: np.ndarray) -> tuple[float, np.ndarray]:
         """The functional and its gradient at ``phi`` (padded grid) for the padded holograms ``data``."""
+        w = fft_workers(np)
         u = np.exp(phi * self.c)
-        spec = _sfft.fft2(u)
+        spec = _sfft.fft2(u, **w)
         g_spec = np.zeros_like(spec)
         loss = 0.0
         for h, d in zip(self.propagators, data):
-            v = _sfft.ifft2(spec * h)
+            v = _sfft.ifft2(spec * h, overwrite_x=True, **w)
             r = v.real**2 + v.imag**2 - d
             loss += 0.5 * float(np.vdot(r, r).real)
-            g_spec += _sfft.fft2(r * v) * np.conj(h)
-        g = _sfft.ifft2(g_spec)
+            g_spec += _sfft.fft2(r * v, overwrite_x=True, **w) * np.conj(h)
+        g = _sfft.ifft2(g_spec, overwrite_x=True, **w)
         rphi = self._regulariser(phi)
         loss += float(np.vdot(phi, rphi).real)
         grad = 2.0 * (np.conj(g) * self.c * u).real + 2.0 * rphi
