@@ -1,4 +1,4 @@
-"""Command-line subcommands of the segmentation: ``train``, ``segment``, ``evaluate``, ``classify``
+"""Command-line subcommands of the segmentation: ``train``, ``finetune``, ``segment``, ``evaluate``, ``classify``
 (registered into ``xnh-stream`` by :func:`add_parsers`)."""
 
 from __future__ import annotations
@@ -74,6 +74,35 @@ def cmd_train(a: argparse.Namespace) -> int:
                   f"adapted Rand {s['adapted_rand']:.3f}")
     model.save(a.out)
     print(f"model: {a.out} (record: {Path(a.out).with_suffix('.json')})")
+    return 0
+
+
+def cmd_finetune(a: argparse.Namespace) -> int:
+    """Fine-tune a model (default: the shipped one) on a few labelled blocks; score held-out blocks before and
+    after, print the scores and write them into the new model's record."""
+    from .data import LabelledVolumeError
+    from .finetune import FinetuneConfig, finetune, summary_lines
+    from .unet import AffinityModel
+
+    blocks = _labelled(a.blocks, [], a, "finetune")
+    held_out = _labelled(a.validate, [], a, "finetune")
+    try:
+        base = AffinityModel.load(a.base)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(str(a.base), str(exc).removeprefix(f"{a.base}: ")) from exc
+    cfg = FinetuneConfig(iterations=a.iterations, lr=a.lr, output_shape=tuple(a.output_patch) if a.output_patch
+                         else None, seed=a.seed, threads=a.threads, device=a.device, shading=a.shading)
+    try:
+        model = finetune(blocks, held_out, base, str(a.base or "shipped"), cfg)
+    except LabelledVolumeError as exc:
+        raise InputError(exc.path, exc.problem, exc.field) from exc
+    model.record["command"] = "xnh-stream " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("xnh-stream") \
+        else f"xnh-stream finetune {' '.join(map(str, a.blocks))} --out {a.out}"
+    model.save(a.out)
+    for line in summary_lines(model.record):
+        print(line)
+    print(f"model: {a.out} (record: {Path(a.out).with_suffix('.json')}); use it with "
+          f"`xnh-stream segment ... --model {a.out}`")
     return 0
 
 
@@ -296,7 +325,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
-    """Register ``train``, ``segment``, ``evaluate`` and ``classify``."""
+    """Register ``train``, ``finetune``, ``segment``, ``evaluate`` and ``classify``."""
     s = sub.add_parser("train", help="train the affinity U-Net on labelled volumes (zarr / HDF5 image + labels) "
                                      "or on simulated, reconstructed XNH tissue")
     s.add_argument("volumes", type=Path, nargs="*", help="labelled volume files (datasets --raw-key, --labels-key)")
@@ -322,6 +351,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     _add_common(s)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("finetune", help="fine-tune an affinity model (default: the shipped one) on a few small "
+                                        "labelled blocks of your own scan; held-out blocks scored before and after")
+    s.add_argument("blocks", type=Path, nargs="+",
+                   help="labelled blocks (zarr / HDF5: datasets --raw-key, --labels-key, optional --mask-key), "
+                        "each at least 24 voxels per axis (48^3 recommended)")
+    s.add_argument("--validate", type=Path, nargs="*", default=[],
+                   help="held-out labelled blocks: scored before and after, never trained or tuned on")
+    s.add_argument("--out", type=Path, required=True, help="the fine-tuned model (.pt; its record beside it, .json)")
+    s.add_argument("--from", dest="base", type=Path, help="model to start from (default: the shipped model)")
+    s.add_argument("--iterations", type=int, default=600, help="optimiser steps (default %(default)s)")
+    s.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default %(default)s)")
+    s.add_argument("--output-patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="output patch (default: the largest that fits every block, at most 34)")
+    s.add_argument("--shading", type=float, default=0.5, help="depth-shading augmentation probability")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+    _add_common(s)
+    s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("segment", help="segment a reconstructed volume into OME-NGFF labels: "
                                        "OUT/volume.ome.zarr/labels/segmentation (OUT/segmentation.ome.zarr when the "

@@ -18,7 +18,7 @@ from .mask import MASK_METHODS, SampleMask, outside_area, sample_mask
 from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed,
                           segments_of_fragments)
 from .predict import predict_affinities
-from .unet import AffinityModel
+from .unet import AffinityModel, volume_norm
 
 VOLUME_NAME = "volume.ome.zarr"
 LABEL_NAME = "segmentation"
@@ -267,7 +267,7 @@ def tune_postprocess(model: AffinityModel, volumes: list,
 
     rows: dict[tuple[str, float, float], list] = {}
     for vol in volumes:
-        affs = predict_affinities(model, vol.raw, device=device)
+        affs = predict_affinities(model, vol.raw, norm=volume_norm(vol.raw, vol.meta, model.norm), device=device)
         sample = sample_mask(vol.raw, mask)
         flooded, inside = sample.full(grown=True), sample.full()
         for method in methods:

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from .data import LabelledVolume, affinities_from_labels
 from .postprocess import voxel_affinity
-from .unet import AffinityModel, UNet3D, UNetConfig, normalise
+from .unet import AffinityModel, UNet3D, UNetConfig, volume_norm
 
 
 @dataclass
@@ -102,7 +102,7 @@ class PatchSampler:
         for v in volumes:
             if any(s < o for s, o in zip(v.raw.shape, self.out_shape)):
                 raise ValueError(f"{v.source}: volume {v.raw.shape} smaller than the output patch {self.out_shape}")
-            c, s = normalise(v.raw, norm)
+            c, s = volume_norm(v.raw, v.meta, norm)  # a block: its volume's normalisation, when known
             pad = [(k, k + 1) for k in self.ctx]  # reflect-pad by the context (images end at the volume edge)
             raw = np.pad((v.raw - c) / s, pad, mode="reflect").astype(np.float32)
             self.items.append((raw, v.labels, v.mask))

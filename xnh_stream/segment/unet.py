@@ -183,3 +183,20 @@ def normalise(raw: np.ndarray, norm: dict, sample: np.ndarray | None = None) -> 
     if not hi > lo:
         raise ValueError("image is constant: cannot normalise it for the network")
     return float((hi + lo) / 2), float((hi - lo) / 2)
+
+
+#: Key of :attr:`~.data.LabelledVolume.meta` holding the input normalisation of the volume a block was cut
+#: from (``{"offset", "scale", "method", "low", "high"}``, :func:`~.finetune.save_block`).
+INPUT_NORM_KEY = "input_norm"
+
+
+def volume_norm(raw: np.ndarray, meta: dict, norm: dict) -> tuple[float, float]:
+    """Offset and scale of a labelled volume's input: those of the volume it was cut from when its ``meta``
+    holds them (:data:`INPUT_NORM_KEY`, taken with the same percentiles as ``norm``), else :func:`normalise`
+    of ``raw`` itself. A block inside the tissue has a narrower intensity range than the whole volume with its
+    air and resin; normalised on its own, the network would see it at a different contrast than in the
+    volume."""
+    given = meta.get(INPUT_NORM_KEY) if meta else None
+    if given and all(given.get(k) == norm.get(k) for k in ("method", "low", "high")):
+        return float(given["offset"]), float(given["scale"])
+    return normalise(raw, norm)
