@@ -204,3 +204,41 @@ def test_progress_counts_the_unit_of_each_step(capsys):
     steps = set(re.findall(r'_map\(\s*"([^"]+)"', source)) | set(re.findall(r'\.progress\([^\n]*"([^"]+)"\)', source))
     assert steps >= {"calibrate", "phase", "backproject", "pyramid", "fsc"}
     assert steps <= set(STEP_UNITS), steps - set(STEP_UNITS)
+
+
+def test_a_small_scan_runs_here_unless_ray_is_asked_for(tmp_path, capsys, monkeypatch):
+    """``process`` without --address: a scan under SMALL_SCAN_BYTES of files runs in this process (the runtime
+    is never asked: an embedded Ray costs more than it gives there); --ray, or a larger scan, asks for it;
+    --local with --ray is refused."""
+    from xnh_stream import cli
+
+    scan, out = tmp_path / "scan", tmp_path / "out"
+    assert main(["-q", "simulate", str(scan), "--nx", "48", "--ny", "16", "--angles", "16"]) == 0
+    size = cli.scan_bytes(scan)
+    assert 0 < size < cli.SMALL_SCAN_BYTES
+    assert cli.main(["process", str(scan), "--out", str(out), "--cor", "23.5"], runtime=_NoRuntime()) == 0
+    text = capsys.readouterr().out
+    assert "a small scan: its tasks run in this process" in text and (out / "report.json").exists()
+
+    class Asked(Exception):
+        pass
+
+    class Recording:
+        def close(self):
+            pass
+
+        def executor(self, *args, **kwargs):
+            raise Asked
+
+    for argv, threshold in ((["--ray"], cli.SMALL_SCAN_BYTES), ([], size)):  # asked for, or not small
+        monkeypatch.setattr(cli, "SMALL_SCAN_BYTES", threshold)
+        try:
+            cli.main(["process", str(scan), "--out", str(tmp_path / f"o{len(argv)}"), "--cor", "23.5", *argv],
+                     runtime=Recording())
+        except Asked:
+            pass
+        else:
+            raise AssertionError(f"{argv}: the runtime was not asked for an executor")
+    assert cli.main(["process", str(scan), "--out", str(tmp_path / "x"), "--local", "--ray"],
+                    runtime=_NoRuntime()) == 2
+    assert "--local runs here" in capsys.readouterr().err

@@ -110,7 +110,7 @@ def test_process_stops_on_sigterm_and_sigint_and_resumes(scan, tmp_path):
     """SIGTERM to the command while its final pass runs on Ray: exit 0; run again, Ctrl-C (SIGINT to the
     process group, Ray's processes included): exit 130; run again: the volume."""
     out = tmp_path / "out"
-    args = ["process", str(scan), "--out", str(out)]
+    args = ["process", str(scan), "--out", str(out), "--ray"]  # a small scan: on Ray only when asked
     first = Command(args)
     first.wait_until(lambda: (out / "work" / "spec.json").exists(), "its final pass started")
     code, _, err = first.stop(signal.SIGTERM)
