@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 from xnh_stream.segment.data import LabelledVolume, LabelledVolumeError, affinities_from_labels, load_labelled
 from xnh_stream.segment.finetune import (
@@ -24,15 +23,7 @@ from xnh_stream.segment.finetune import (
 )
 from xnh_stream.segment.unet import AffinityModel, UNet3D, UNetConfig, normalise, volume_norm
 
-
-def cells(shape: tuple[int, int, int], n: int, seed: int) -> np.ndarray:
-    """Voronoi cells labelled 1..n."""
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, np.int32)
-    pts = np.column_stack([rng.integers(0, s, n) for s in shape])
-    seeds[tuple(pts.T)] = np.arange(1, n + 1)
-    _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-    return seeds[tuple(idx)].astype(np.uint32)
+from .test_segment_post import cells
 
 
 def scan(shape: tuple[int, int, int] = (32, 80, 80), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,8 @@ from xnh_stream.segment.pipeline import SegmentParams, segment_from_affinities, 
 from xnh_stream.segment.postprocess import fragments_watershed
 from xnh_stream.segment.unet import AffinityModel
 
+from .test_segment_post import _finish
+
 SHAPE = (32, 64, 64)
 RADIUS = 24.0  # pin radius, voxels
 
@@ -142,13 +144,7 @@ def _blockwise(tmp_path, image, affs, block_shape, params):
     zarr.open_array(str(tmp_path / "work" / "affinities.zarr"), mode="r+")[...] = affs
     for b in bw.blocks:
         bw._mark("predict", b.index)
-    for stage in ("fragments", "agglomerate"):
-        for i in bw.pending(stage):
-            getattr(bw, stage)(i)
-    bw.solve()
-    for i in bw.pending("relabel"):
-        bw.relabel(i)
-    return bw.segmentation()
+    return _finish(bw)
 
 
 def same_partition(a, b):
