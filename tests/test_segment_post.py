@@ -353,3 +353,22 @@ def test_merge_enclosed_joins_organelles_to_their_cell_only(tmp_path):
     # blockwise (eight blocks; the surface areas come from the blocks on the volume's edge): the same result
     bw = _prepared(tmp_path, affs, (16, 24, 24), 4, enclosed=0.6)
     assert len(bw.blocks) == 8 and same_partition(_finish(bw), expect)
+
+
+def test_randomised_looks_keep_what_the_patch_shows():
+    """Domain randomisation of the imaging (train.randomise_look) changes grey levels, sharpness and contrast,
+    never which side of a boundary is brighter: on a step patch (a membrane-like edge) the bright side stays
+    brighter in every draw, while the looks differ from the input and from each other."""
+    from xnh_stream.segment.train import TrainConfig, randomise_look
+
+    rng = np.random.default_rng(4)
+    x = np.full((24, 32, 32), -0.8, np.float32)
+    x[:, :, 16:] = 0.8
+    x += rng.normal(0, 0.05, x.shape).astype(np.float32)
+    looks = [randomise_look(x, rng) for _ in range(40)]
+    for y in looks:
+        assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
+        assert y[:, :, 18:].mean() - y[:, :, :14].mean() > 0.3
+    spread = np.std([y[:, :, 18:].mean() - y[:, :, :14].mean() for y in looks])
+    assert spread > 0.05 and max(np.abs(y - x).max() for y in looks) > 0.2
+    assert TrainConfig().randomise == 0.0  # off unless asked for: the shipped model was trained without it

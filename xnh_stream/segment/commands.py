@@ -56,7 +56,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     val_vols = _labelled(a.validate, _seeds(a.validate_simulate or ""), a, "validate")
     cfg = TrainConfig(iterations=a.iterations, output_shape=tuple(a.output_patch), lr=a.lr, seed=a.seed,
                       checkpoint_every=a.checkpoint_every, threads=a.threads, device=a.device,
-                      class_balance=not a.no_class_balance, shading=a.shading)
+                      class_balance=not a.no_class_balance, shading=a.shading, randomise=a.randomise)
     net_cfg = UNetConfig(num_fmaps=a.fmaps, fmap_inc_factor=a.fmap_inc, convs_per_level=a.convs_per_level)
     resume = AffinityModel.load(a.resume) if a.resume else None
     model = train(train_vols, cfg, net_cfg, out=a.out, resume=resume)  # checkpoints beside --out
@@ -348,6 +348,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     s.add_argument("--shading", type=float, default=0.5,
                    help="probability that a patch's object interiors are darkened with depth, as phase retrieval "
                         "leaves large cells (default %(default)s; 0 off)")
+    s.add_argument("--randomise", type=float, default=0.0,
+                   help="probability that a patch's look is randomised: grey-level curve, blur, smooth contrast "
+                        "and offset fields (domain randomisation; default %(default)s)")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     _add_common(s)
     s.set_defaults(func=cmd_train)

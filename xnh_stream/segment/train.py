@@ -53,6 +53,11 @@ class TrainConfig:
         in 0..:data:`SHADING_STRENGTH` input units, ``D`` uniform in :data:`SHADING_DEPTH` voxels). Phase
         retrieval with the stain's delta/beta leaves large unstained cells darker towards their centre,
         down to the resin's grey. 0 disables it (it applies only with ``augment``).
+    randomise : float
+        Probability that a patch's look is randomised (domain randomisation of the imaging, :func:`randomise_look`):
+        a monotone grey-level curve, a blur, a smooth contrast field and a smooth offset, so that the network
+        learns boundaries rather than one simulator's grey levels and sharpness. 0 disables it (it applies only
+        with ``augment``).
     """
 
     iterations: int = 2000
@@ -66,6 +71,43 @@ class TrainConfig:
     device: str = "auto"
     class_balance: bool = True
     shading: float = 0.5
+    randomise: float = 0.0
+
+
+def randomise_look(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Randomise how a patch looks, not what it shows (the labels stay valid).
+
+    Parameters
+    ----------
+    x : ndarray
+        Normalised input patch (1st..99th percentiles of its volume at -1..1).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of float32
+        ``x`` through a monotone curve (a power of its rank within the patch, exponent 0.5..2, mixed with the
+        original by a random weight), blurred (Gaussian, sigma 0..1.2 voxels), times a smooth contrast field
+        (0.6..1.4) plus a smooth offset (+-0.3), each field of a random scale of 8..32 voxels.
+    """
+    lo, hi = np.percentile(x, (1, 99))
+    span = max(float(hi - lo), 1e-6)
+    u = np.clip((x - lo) / span, 0, 1)
+    w = rng.uniform(0, 1)
+    curved = (1 - w) * u + w * u ** rng.uniform(0.5, 2.0)
+    y = lo + span * curved
+    sigma = rng.uniform(0, 1.2)
+    if sigma > 0.2:
+        y = ndimage.gaussian_filter(y, sigma)
+
+    def field(amplitude: float) -> np.ndarray:
+        scale = rng.uniform(8, 32)
+        small = rng.uniform(-1, 1, tuple(max(2, int(np.ceil(n / scale)) + 1) for n in x.shape))
+        return amplitude * ndimage.zoom(small, [n / m for n, m in zip(x.shape, small.shape)], order=1)[
+            tuple(slice(0, n) for n in x.shape)]
+
+    y = y * (1 + field(0.4)) + field(0.3)
+    return y.astype(np.float32)
 
 
 #: Largest darkening (network input units, where the 1st..99th percentiles span -1..1) of the shading
@@ -88,7 +130,7 @@ class PatchSampler:
 
     def __init__(self, volumes: Sequence[LabelledVolume], net: UNet3D, norm: dict, output_shape: Sequence[int],
                  seed: int = 0, augment: bool = True, min_mask_fraction: float = 0.5,
-                 class_balance: bool = True, shading: float = 0.0) -> None:
+                 class_balance: bool = True, shading: float = 0.0, randomise: float = 0.0) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.in_shape = net.valid_input_shape(tuple(output_shape))  # type: ignore[arg-type]
@@ -98,6 +140,7 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.augment, self.min_mask, self.class_balance = augment, min_mask_fraction, class_balance
         self.shading = shading if augment else 0.0
+        self.randomise = randomise if augment else 0.0
         self.items, self.depth = [], []
         for v in volumes:
             if any(s < o for s, o in zip(v.raw.shape, self.out_shape)):
@@ -141,6 +184,8 @@ class PatchSampler:
             if len(same) == 3:
                 perm = tuple(rng.permutation(3))
                 x, lab, m = (np.transpose(a, perm) for a in (x, lab, m))
+            if self.randomise > 0 and rng.random() < self.randomise:
+                x = randomise_look(np.asarray(x, np.float32), rng)
             x = x * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)
             x = x + rng.normal(0, rng.uniform(0, 0.1), x.shape)
         aff = affinities_from_labels(np.ascontiguousarray(lab), tuple(self.offsets))  # type: ignore[arg-type]
@@ -197,7 +242,7 @@ def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net
     model = resume or AffinityModel(UNet3D(net_config or UNetConfig()))
     net = model.net.to(device).train()
     sampler = PatchSampler(volumes, net, model.norm, cfg.output_shape, cfg.seed, cfg.augment, cfg.min_mask_fraction,
-                           cfg.class_balance, cfg.shading)
+                           cfg.class_balance, cfg.shading, cfg.randomise)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     record = dict(model.record) if resume else {}
     curve: list[list[float]] = list(record.get("loss_curve", []))
