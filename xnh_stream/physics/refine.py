@@ -159,7 +159,7 @@ class FresnelRefiner:
         RefineResult
         """
         ctf = self.ctf
-        imgs = [to_numpy(np.asarray(im) if isinstance(im, np.ndarray) else im) for im in images]
+        imgs = [to_numpy(im) for im in images]
         if phase is None:
             phase = ctf(images)
         pad = ctf._pad
