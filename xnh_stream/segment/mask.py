@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from ..physics.envelope import IN_AIR_MAX_RATIO, estimate_support, surroundings
+from ..physics.envelope import IN_AIR_MAX_RATIO, estimate_support, fill_slices, surroundings
 
 __all__ = ["MASK_METHODS", "SampleMask", "convex_slices", "mask_step", "outside_area", "sample_mask",
            "threshold_support"]
@@ -75,10 +75,7 @@ def threshold_support(volume: np.ndarray, min_fraction: float = 0.02, max_fracti
         raise ValueError(f"volume must be 3-D [z, y, x], got shape {v.shape}")
     if not np.isfinite(v).all() or float(v.max() - v.min()) <= 0:
         return None
-    support = v > threshold_otsu(v)
-    structure = ndimage.generate_binary_structure(2, 1)
-    for i in range(support.shape[0]):
-        support[i] = ndimage.binary_fill_holes(ndimage.binary_opening(support[i], structure, iterations=2))
+    support = fill_slices(v > threshold_otsu(v))
     fraction = float(support.mean())
     return support if min_fraction <= fraction <= max_fraction else None
 
