@@ -36,7 +36,7 @@ def test_the_gradient_is_the_functionals():
     rng = np.random.default_rng(1)
     shape = ctf.shape_padded
     phi = rng.normal(-0.5, 0.3, shape)
-    padded = np.stack([np.array(ctf._pad(d.astype(np.float32)), dtype=np.float64) for d in data])
+    padded = np.stack([ctf.padded(d).astype(np.float64) for d in data])
     _, grad = ref.loss_and_gradient(phi, padded)
     for _ in range(5):
         iy, ix = rng.integers(0, shape[0]), rng.integers(0, shape[1])

@@ -28,7 +28,7 @@ from ..physics.envelope import SampleEnvelope
 from ..physics.geometry import ScanGeometry
 from ..physics.phase import CTFRetriever, retrieve_phase_paganin
 from ..physics.refine import FresnelRefiner
-from ..physics.xp import get_array_module, to_numpy
+from ..physics.xp import get_array_module
 
 
 def read_frame(rec: FrameRecord) -> tuple[np.ndarray | None, str | None]:
@@ -129,7 +129,7 @@ class AngleProcessor:
         if self.refine > 0:
             if which not in self._refiners:
                 self._refiners[which] = FresnelRefiner(retriever, self.delta_beta, iterations=self.refine)
-            phase = self.xp.asarray(self._refiners[which](to_numpy(stack), to_numpy(phase)).phase)
+            phase = self.xp.asarray(self._refiners[which](stack, phase).phase)
         return phase * self.scale
 
     def preview(self, k: int, image: Any, theta_deg: float, shift: tuple[float, float] | None = None) -> Any:

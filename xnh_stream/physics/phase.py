@@ -387,6 +387,14 @@ class CTFRetriever:
         self._fft = fft_module(xp)
         self._workers = fft_workers(xp)
 
+    def padded(self, image: Any) -> Any:
+        """``image`` [ny, nx] padded as the filter sees it: a new float32 array of the retriever's module."""
+        return self._pad(self.xp.asarray(image, dtype=self.xp.float32)).copy()
+
+    def cropped(self, padded: Any) -> Any:
+        """The image region of a padded array (a view)."""
+        return self._pad.crop(padded)
+
     def __call__(self, images: Any, envelope: Any = None) -> Any:
         """Phase ``phi`` [ny, nx] float32 (radians, negative for matter) from K images [K, ny, nx].
 

@@ -159,12 +159,10 @@ class FresnelRefiner:
         RefineResult
         """
         ctf = self.ctf
-        imgs = [to_numpy(im) for im in images]
         if phase is None:
             phase = ctf(images)
-        pad = ctf._pad
-        data = np.stack([np.array(pad(np.asarray(im, dtype=np.float32)), dtype=np.float64) for im in imgs])
-        phi0 = np.array(pad(np.asarray(to_numpy(phase), dtype=np.float32)), dtype=np.float64)
+        data = np.stack([to_numpy(ctf.padded(im)).astype(np.float64) for im in images])
+        phi0 = to_numpy(ctf.padded(phase)).astype(np.float64)
         shape = phi0.shape
 
         def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -174,5 +172,5 @@ class FresnelRefiner:
         start = fun(phi0.ravel())[0]
         res = minimize(fun, phi0.ravel(), jac=True, method="L-BFGS-B",
                        options={"maxiter": self.iterations, "ftol": self.tolerance, "gtol": 1e-12})
-        out = pad.crop(res.x.reshape(shape)).astype(np.float32)
+        out = ctf.cropped(res.x.reshape(shape)).astype(np.float32)
         return RefineResult(np.ascontiguousarray(out), float(start), float(res.fun), int(res.nit))
