@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
+from xnh_stream.chain.axis import axis_rows, decide_rotation_axis
 from xnh_stream.chain.assembler import AngleWork, ProjectionResult, ScanAssembler, discard_stores
 from xnh_stream.chain.final import ChainLayout, ChainResult, FinalChain, delta_beta_of, journal_key
 from xnh_stream.chain.layout import plural, step_unit
@@ -41,7 +42,6 @@ from xnh_stream.ingest.watch import FolderWatcher, QuarantineRecord
 from xnh_stream.io.nxtomo import DARK, FLAT, PROJECTION, RETURN, one_open_per_file
 from xnh_stream.io.sources import FrameRecord
 from xnh_stream.live.views import merge_views, slab_views, slice_info
-from xnh_stream.physics.cor import estimate_rotation_axis
 from xnh_stream.physics.xp import binning_for
 from xnh_stream.quality.alerts import Alert, CallbackSink, default_router
 from xnh_stream.quality.monitor import QualityMonitor
@@ -693,19 +693,17 @@ class StreamDriver:
                 self._dispatch(work, targets=[actor])
 
     def _live_axis(self, pair: tuple[np.ndarray, np.ndarray]) -> float | None:
-        """The rotation axis from the 0/180 pair and the reference distance's rows in the store (the
-        consensus the final pass uses); None, and the detector centre kept, when no estimator is reliable."""
-        ny = self.assembler.shape[0]
-        rows = sorted({int(round(r)) for r in np.linspace(0.15 * (ny - 1), 0.85 * (ny - 1), min(6, ny))})
-        sinos, thetas = self.assembler.reference_rows(rows)
-        try:
-            est = estimate_rotation_axis([(pair[0], pair[1], 180.0)], sinos if thetas.size >= 8 else None,
-                                         thetas if thetas.size >= 8 else None)
-        except ValueError as exc:
-            log.warning("live rotation axis not estimated (%s): the detector centre is kept", exc)
+        """The rotation axis from the 0/180 pair and the reference distance's rows in the store, by the final
+        pass's rule (:func:`~xnh_stream.chain.axis.decide_rotation_axis`); None, and the detector centre kept,
+        when no estimator is reliable."""
+        sinos, thetas = self.assembler.reference_rows(list(axis_rows(self.assembler.shape[0])))
+        decision = decide_rotation_axis([(pair[0], pair[1], 180.0)], sinos, thetas, self.assembler.shape[1])
+        est = decision.axis
+        if decision.problem is not None:
+            log.warning("live rotation axis not estimated (%s): the detector centre is kept", decision.problem)
             self.rotation_axis = {**(self.rotation_axis or {}), "source": "the detector centre (not estimated live)"}
             return None
-        if est.method.endswith("(unreliable)"):
+        if not decision.trusted:
             log.warning("live rotation axis %.2f px (%s) is not reliable: the detector centre is kept", est.px,
                         est.method)
             self.rotation_axis = {**(self.rotation_axis or {}),

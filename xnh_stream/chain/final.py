@@ -58,7 +58,6 @@ from ..io.omezarr import CHECKED_COMPRESSORS, create_volume, open_volume
 from ..io.sources import FrameRecord
 from ..physics.align import ShiftModel, measure_distance_shifts
 from ..physics.envelope import SampleEnvelope, envelope_from_volume
-from ..physics.cor import estimate_rotation_axis
 from ..physics.fbp import FBPAccumulator
 from ..physics.fsc import edge_resolution, half_bit_threshold, fourier_shell_correlation, resolution_from_fsc
 from ..physics.material import (
@@ -79,6 +78,7 @@ from ..state.lock import OutputLock
 from ..state.projections import ProjectionStore
 from ..state.work import DamagedWork, WorkFolder, crash_point, crc32
 from .angles import AngleTable
+from .axis import MIN_SINOGRAM_ANGLES, axis_rows, decide_rotation_axis
 from .calibration import Calibration
 from .executor import Executor, SerialExecutor
 from .layout import STEP_UNITS, ChainLayout  # noqa: F401 - ChainLayout exported here as before
@@ -858,7 +858,7 @@ class FinalChain:
         b = binning_for((ny, nx), ENVELOPE_COLUMNS)
         envelope = self.config.ctf.envelope is not False and self.K > 1
         axis = self.config.fbp.cor is None
-        rows = tuple(sorted({int(round(r)) for r in np.linspace(0.15 * (ny - 1), 0.85 * (ny - 1), min(6, ny))}))
+        rows = axis_rows(ny)
         n = len(slots)
         job = SurveyJob(b, ProjectionStore(self.work.path / "survey.zarr", n, (ny // b, nx // b), ny // b, create=True)
                         if envelope else None, rows,
@@ -927,29 +927,12 @@ class FinalChain:
                         break
             written = [s for s in self.surveyed if s < len(slots)]
             sinos = thetas = None
-            if len(written) >= 8 and job.row_store is not None:
+            if len(written) >= MIN_SINOGRAM_ANGLES and job.row_store is not None:
                 block = job.row_store.read_rows(np.asarray(written), 0, len(job.rows))  # [angles, rows, nx]
                 sinos = np.ascontiguousarray(block.transpose(1, 0, 2))
                 thetas = np.deg2rad([slots[s][1] for s in written])
-            alerts: list[Alert] = []
-            try:
-                est = estimate_rotation_axis(pairs, sinos, thetas)
-            except ValueError as exc:
-                ny, nx = self.shape
-                alerts.append(Alert("RotationAxisUnknown", "critical",
-                                    f"no estimate of the rotation axis ({exc}); the detector centre is used"))
-                return RotationAxis((nx - 1) / 2, "detector centre (no estimate)"), alerts
-            if not est.agree:
-                alerts.append(Alert("RotationAxisDisagreement", "warning",
-                                    f"rotation-axis estimators disagree by {est.disagreement_px:.2f} px "
-                                    f"(> 1 px); {est.px:.2f} px ({est.method}) used"))
-            if est.method.endswith("(unreliable)"):
-                alerts.append(Alert("RotationAxisUnreliable", "warning",
-                                    f"no reliable rotation-axis estimate; {est.px:.2f} px ({est.method}) used"))
-            d = est.as_dict()
-            return RotationAxis(est.px, est.method, est.confidence_px,
-                                [{**c, "reliable": c["reliable"]} for c in d["candidates"]],
-                                disagreement_px=est.disagreement_px, axis_drift_px=est.axis_drift_px), alerts
+            decision = decide_rotation_axis(pairs, sinos, thetas, self.shape[1])  # the rule the stream uses too
+            return decision.axis, decision.alerts
 
         axis, alerts = self._cached("rotation_axis", compute)
         self.alerts += [as_alert(a) for a in alerts]  # a work folder of an earlier version holds dicts
