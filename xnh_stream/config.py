@@ -11,6 +11,7 @@ fbp         reconstruction and the rotation axis
 dose        detector response and the dose alert thresholds
 alerts      drift, warping, scale and resolution alert thresholds, the Alertmanager webhook
 stream      the live volume and the running FSC
+denoise     the optional self-supervised denoising of the final volume (Noise2Inverse)
 compute     the array backend
 =========== ===============================================================================================
 
@@ -362,6 +363,49 @@ class LiveOptions:
 
 
 @dataclass
+class DenoiseOptions:
+    """Self-supervised denoising of the final volume from its even/odd half-volumes
+    (:mod:`xnh_stream.physics.denoise`, Noise2Inverse). Off by default. When on, the final pass keeps both
+    half-volumes in its work folder, trains a small network on them (no data or weights from elsewhere) and
+    writes ``volume.ome.zarr/denoised`` beside the plain volume; the FSC, the alerts and every figure of
+    ``report.json`` are of the plain volume, the ``denoise`` section of the report says what was done and how
+    much noise it removed on rows it was not trained on.
+
+    Attributes
+    ----------
+    method : str
+        ``none`` or ``noise2inverse``.
+    steps : int
+        Training steps (Adam, 8 patches each).
+    context : int
+        Planes along the rotation axis the network sees at once (odd).
+    width : int
+        Feature maps of the network's top level.
+    patch : int
+        Side of the training patches (a multiple of 4).
+    seed : int
+        Random seed of the training.
+    """
+
+    method: str = "none"
+    steps: int = 400
+    context: int = 5
+    width: int = 16
+    patch: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check("denoise", {"method": self.method in {"none", "noise2inverse"}, "steps": self.steps >= 1,
+                           "context": self.context >= 1 and self.context % 2 == 1, "width": self.width >= 1,
+                           "patch": self.patch >= 8 and self.patch % 4 == 0}, self)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the final pass denoises."""
+        return self.method != "none"
+
+
+@dataclass
 class ComputeOptions:
     """Where the numbers are computed.
 
@@ -380,7 +424,7 @@ class ComputeOptions:
 #: Section name -> its dataclass.
 SECTIONS: dict[str, type] = {"sample": SampleOptions, "flatfield": FlatFieldOptions, "alignment": AlignmentOptions,
                              "ctf": CTFOptions, "fbp": FBPOptions, "dose": DoseOptions, "alerts": AlertOptions,
-                             "stream": LiveOptions, "compute": ComputeOptions}
+                             "stream": LiveOptions, "denoise": DenoiseOptions, "compute": ComputeOptions}
 
 
 @dataclass
@@ -395,6 +439,7 @@ class ProcessConfig:
     dose: DoseOptions = field(default_factory=DoseOptions)
     alerts: AlertOptions = field(default_factory=AlertOptions)
     stream: LiveOptions = field(default_factory=LiveOptions)
+    denoise: DenoiseOptions = field(default_factory=DenoiseOptions)
     compute: ComputeOptions = field(default_factory=ComputeOptions)
 
     @classmethod

@@ -57,6 +57,7 @@ from ..io.nxtomo import FIELDS, InputError, read_sample_name, read_sample_transl
 from ..io.omezarr import CHECKED_COMPRESSORS, create_volume, open_volume
 from ..io.sources import FrameRecord
 from ..physics.align import ShiftModel, measure_distance_shifts
+from ..physics.denoise import Noise2InverseConfig
 from ..physics.envelope import SampleEnvelope, envelope_from_volume
 from ..physics.fbp import FBPAccumulator
 from ..physics.fsc import edge_resolution, half_bit_threshold, fourier_shell_correlation, resolution_from_fsc
@@ -80,6 +81,7 @@ from ..state.work import DamagedWork, WorkFolder, crash_point, crc32
 from .angles import AngleTable
 from .axis import MIN_SINOGRAM_ANGLES, axis_rows, decide_rotation_axis
 from .calibration import Calibration
+from .denoise import DENOISED_NAME, HALVES_FULL_NAME, DenoiseSlab, create_full_halves, denoise_slab_task, denoise_train_task
 from .executor import Executor, SerialExecutor
 from .layout import STEP_UNITS, ChainLayout  # noqa: F401 - ChainLayout exported here as before
 from .publish import VolumeStats, check_volume, damaged_units, describe_damage, publish, region_crc_task, stage
@@ -419,6 +421,7 @@ class SlabJob:
     boxes: tuple[tuple[int, int, int, int, int, int], ...]
     halves_path: str
     angles_per_read: int = 64
+    halves_full: str = ""  # a zarr group of both whole half-volumes ("0", "1"): the denoiser's input
 
 
 @dataclass
@@ -466,6 +469,12 @@ def slab_task(job: SlabJob, store: ProjectionStore) -> SlabOutput:
                                                                       slice(x0, x1)))])
             group[f"box{i}"][:, a - z0:b - z0] = halves
             halves_crc = crc32(halves, halves_crc)
+    if job.halves_full:
+        group = zarr.open_group(job.halves_full, mode="r+")
+        for name, half in zip("01", acc.half_volumes()):
+            half = np.asarray(to_numpy(half), dtype=np.float32)
+            group[name][job.r0:job.r1] = half
+            halves_crc = crc32(half, halves_crc)
     return SlabOutput(job.r0, crc32(slab), halves_crc, VolumeStats.of(slab))
 
 
@@ -480,6 +489,10 @@ def slab_crcs_task(job: SlabJob) -> tuple[int | None, int | None]:
         for i, a, b in _halves_parts(job):
             z0 = job.boxes[i][0]
             halves_crc = crc32(np.asarray(group[f"box{i}"][:, a - z0:b - z0]), halves_crc)  # type: ignore[index]
+        if job.halves_full:
+            full = zarr.open_group(job.halves_full, mode="r")
+            for name in "01":
+                halves_crc = crc32(np.asarray(full[name][job.r0:job.r1]), halves_crc)
     except Exception as exc:  # noqa: BLE001 - damaged halves: the slab is redone
         log.warning("FSC halves of rows %d:%d unreadable: %s", job.r0, job.r1, exc)
         halves_crc = None
@@ -1076,7 +1089,8 @@ class FinalChain:
         ny, nx = self.shape
         keys = sorted(done, key=int)
         jobs = [SlabJob(int(k), min(int(k) + rows, ny), np.zeros(0, np.int64), np.zeros(0), 0.0, "", "", nx,
-                        str(volume_path), tuple(boxes), str(halves_path)) for k in keys]
+                        str(volume_path), tuple(boxes), str(halves_path), halves_full=self._halves_full())
+                for k in keys]
         for key, got in zip(keys, self._map("check volume", slab_crcs_task, jobs)):
             if got != (done[key]["crc"], done[key]["halves_crc"]):
                 log.warning("rows %s-%d of %s are damaged (they differ from their checksums): redoing them", key,
@@ -1094,7 +1108,8 @@ class FinalChain:
         rows = store.rows
         slots = np.asarray(written, dtype=np.int64)
         jobs = [SlabJob(r0, min(r0 + rows, ny), slots, np.deg2rad(thetas_deg[slots]), cor, self.config.fbp.window,
-                        self.config.fbp.padding, nx, str(volume_path), tuple(boxes), str(halves_path))
+                        self.config.fbp.padding, nx, str(volume_path), tuple(boxes), str(halves_path),
+                        halves_full=self._halves_full())
                 for r0 in range(0, ny, rows)]
         stage = f"slab_r{rows}"
         todo = [j for j in jobs if str(j.r0) not in done]
@@ -1109,9 +1124,10 @@ class FinalChain:
         self.timing["backproject"] = round(time.perf_counter() - t0, 3)
         return done, len(todo)
 
-    def pyramid(self, volume_path: Path, n_levels: int, rows: int, redo: bool = False) -> dict[str, list[list[int]]]:
+    def pyramid(self, volume_path: Path, n_levels: int, rows: int, redo: bool = False,
+                stage_prefix: str = "") -> dict[str, list[list[int]]]:
         """The lower-resolution levels, level by level, slab by slab; returns each level's units ``[r0, r1,
-        crc32]`` (the report's checksums).
+        crc32]`` (the report's checksums). ``stage_prefix`` names the markers of another image than the volume.
 
         Units a previous run finished are checked against their markers' CRC-32s; a damaged one is redone
         with every level above it. ``redo``: level 0 changed in this run, every level is made again.
@@ -1119,7 +1135,7 @@ class FinalChain:
         units: dict[str, list[list[int]]] = {}
         stale = redo
         for level in range(1, n_levels):
-            stage = f"level{level}_r{rows}"
+            stage = f"{stage_prefix}level{level}_r{rows}"
             if stale:
                 self.work.unmark(stage)
             arr, _ = open_volume(volume_path, level)
@@ -1142,6 +1158,52 @@ class FinalChain:
             units[f"s{level}"] = [[int(k), v["r1"], v["crc"]] for k, v in sorted(done.items(), key=lambda kv: int(kv[0]))]
             self.progress(level, n_levels - 1, "pyramid")
         return units
+
+    def _halves_full(self) -> str:
+        """Where the slab tasks write both whole half-volumes: only when the final pass denoises."""
+        return str(self.work.path / HALVES_FULL_NAME) if self.config.denoise.enabled else ""
+
+    def denoise(self, volume_path: Path, shape: tuple[int, int, int], n_levels: int, rows: int,
+                origin: tuple[float, float, float] | None) -> tuple[dict[str, list[list[int]]], VolumeStats,
+                                                                      dict[str, Any]]:
+        """The denoised image (:mod:`~xnh_stream.chain.denoise`): the model trained once (cached), level 0 slab
+        by slab, its pyramid; returns its units (keys ``denoised/s<level>``), its statistics and the report's
+        ``denoise`` section."""
+        opt = self.config.denoise
+        image = volume_path / DENOISED_NAME
+        create_volume(image, shape, self.geometry.voxel_m, chunks=(rows, 256, 256), origin_m=origin, reopen=True,
+                      name=DENOISED_NAME)
+        n2i = Noise2InverseConfig(steps=opt.steps, context=opt.context, width=opt.width, patch=opt.patch,
+                                  seed=opt.seed)
+        model = self._cached("denoise model", lambda: self._map(
+            "denoise train", denoise_train_task, [self._halves_full()], 0.5 * shape[2] - 1, n2i)[0])
+        stage = f"denoised_r{rows}"
+        done = self.work.done(stage)
+        if self.work.resumed and done:
+            keys = sorted(done, key=int)
+            checks = [(str(image / "s0"), int(k), done[k]["r1"]) for k in keys]
+            for key, got in zip(keys, self._map("check volume", region_crc_task, checks)):
+                if got != done[key]["crc"]:
+                    log.warning("denoised rows %s-%d are damaged: making them again", key, done[key]["r1"] - 1)
+                    self.work.unmark(stage, key)
+                    del done[key]
+        jobs = [DenoiseSlab(r0, min(r0 + rows, shape[0]), self._halves_full(), str(image))
+                for r0 in range(0, shape[0], rows) if str(r0) not in done]
+        for _, (r0, crc, stats) in self.executor.map(denoise_slab_task, jobs, model,
+                                                     memory_bytes=self.layout.task_memory_bytes):
+            done[str(r0)] = {"r1": min(r0 + rows, shape[0]), "crc": crc, "stats": stats.as_list()}
+            self.work.mark(stage, str(r0), done[str(r0)])
+            self.progress(len(done), math.ceil(shape[0] / rows), "denoise")
+        in_order = sorted(done.items(), key=lambda kv: int(kv[0]))
+        units = {"s0": [[int(k), v["r1"], v["crc"]] for k, v in in_order],
+                 **self.pyramid(image, n_levels, rows, redo=bool(jobs) and self.work.resumed,
+                                stage_prefix=f"{DENOISED_NAME}_")}
+        stats = sum((VolumeStats.from_list(v["stats"]) for _, v in in_order), VolumeStats())
+        record = {**model.record(), "volume": f"{VOLUME_NAME}/{DENOISED_NAME}",
+                  "note": "FSC, resolution, alerts and every other figure are of the plain volume (its even/odd "
+                          "halves, before denoising); noise_rms and error_rms_bound are measured on rows the "
+                          "network was not trained on"}
+        return {f"{DENOISED_NAME}/{k}": v for k, v in units.items()}, stats, record
 
     def resolution(self, halves_path: Path, boxes: list[tuple[int, ...]]) -> tuple[Resolution, dict[str, Any]]:
         """FSC (half-bit) averaged over the boxes, and the edge-fit cross-check on the central one."""
@@ -1225,6 +1287,8 @@ class FinalChain:
         boxes = self.boxes(vol_shape)
         halves_path = self.work.path / "fsc_halves.zarr"
         _create_halves(halves_path, boxes)
+        if cfg.denoise.enabled:
+            create_full_halves(self.work.path / HALVES_FULL_NAME, vol_shape, rows)
         slabs = self.slabs_done(rows, work_volume, boxes, halves_path)
         n_slabs = math.ceil(ny / rows)
         written, absmax = self.phase(slots, setup, cals, store, check=self.work.resumed and len(slabs) < n_slabs)
@@ -1239,11 +1303,20 @@ class FinalChain:
         if problems:
             raise InputError(self.out or work_volume, "the reconstructed volume is not plausible: " + "; ".join(problems)
                              + "; nothing was published (the work folder keeps what was computed)")
+        denoise_record = None
+        if cfg.denoise.enabled:
+            more, dstats, denoise_record = self.denoise(work_volume, vol_shape, len(levels), rows, origin)
+            problems = check_volume(dstats, absmax)
+            if problems:
+                raise InputError(self.out or work_volume, "the denoised volume is not plausible: " + "; ".join(problems)
+                                 + "; nothing was published (set denoise.method: none to publish the plain volume)")
+            units.update(more)
         crash_point("volume:checked")
         fsc_section, edge_section = self.resolution(halves_path, boxes)
         report = self._report(slots, written, axis, envelope, contrast, shift_record, fsc_section, edge_section,
                               halves_path, t_start)
         report.sample = position or {}
+        report.denoise = denoise_record
         report.volume = VolumeRecord(self.work.spec_id, list(vol_shape), units, {
             "min": stats.vmin, "max": stats.vmax, "mean": stats.mean, "std": stats.std, "projection_absmax": absmax})
         own_journal = journal is None and self.out is not None

@@ -67,6 +67,8 @@ STEP_UNITS: dict[str, str] = {
     "check pyramid": "slab",
     "pyramid": "level",
     "fsc": "box",
+    "denoise train": "model",
+    "denoise": "slab",
 }
 
 

@@ -167,6 +167,7 @@ class ScanReport:
     completion: Completion | None = None
     sample: dict[str, Any] = field(default_factory=dict)
     volume: VolumeRecord | None = None
+    denoise: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (the report's contract layout)."""
@@ -174,7 +175,7 @@ class ScanReport:
         dose = d.pop("dose")
         d["dose"] = {"gray": dose["gray"], "per_distance_gray": dose["per_distance_gray"],
                      "mu_rho_m2_per_kg": dose["mu_rho_m2_per_kg"], **dose["details"]}
-        for optional in ("completion", "volume"):
+        for optional in ("completion", "volume", "denoise"):
             if d[optional] is None:
                 del d[optional]
         return d
