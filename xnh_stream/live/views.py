@@ -8,7 +8,7 @@ so that the whole volume never travels.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -16,8 +16,35 @@ from ..quality.fsc import region_bounds
 from ..physics.xp import to_numpy
 
 
+class SlabView(TypedDict, total=False):
+    """What a reconstruction shard hands back for the live views (:func:`slab_views`): its first row
+    ``r0`` and either ``empty`` (no angle in one half yet) or ``rows``, ``n`` (columns), and the pieces it
+    was asked for: ``binned`` and ``region`` (the two halves of each), ``axial``, ``coronal``, ``sagittal``."""
+
+    r0: int
+    empty: bool
+    rows: int
+    n: int
+    binned: tuple[np.ndarray, np.ndarray]
+    region: tuple[np.ndarray, np.ndarray]
+    axial: np.ndarray
+    coronal: np.ndarray
+    sagittal: np.ndarray
+
+
+class MergedViews(TypedDict, total=False):
+    """Every shard's :class:`SlabView` put together (:func:`merge_views`): ``images`` (``xy``, ``xz``,
+    ``yz`` of the binned live volume), and when no slab is empty ``n`` (columns), the ``binned`` and
+    ``region`` halves of the whole volume."""
+
+    images: dict[str, np.ndarray]
+    n: int
+    binned: tuple[np.ndarray, np.ndarray]
+    region: tuple[np.ndarray, np.ndarray]
+
+
 def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, binned: bool = True,
-               planes: bool = True) -> dict[str, Any]:
+               planes: bool = True) -> SlabView:
     """Pieces of one slab (rows ``r0 ..`` of a live volume of ``n_rows`` rows).
 
     Parameters
@@ -31,13 +58,13 @@ def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, bin
         Binning of the whole-volume FSC and side of the full-resolution region.
     binned : bool
         Include the binned halves (the one piece that reads the whole slab; the driver asks for it only
-        when enough new angles came, see :class:`actors.stream.StreamDriver`).
+        when enough new angles came, see :class:`xnh_stream.live.driver.LiveDriver`).
     planes : bool
         Include the slab's rows of the three central slices (not needed when the full-resolution live
         slices are kept elsewhere).
     """
     rows, n = acc.n_slices, acc.n_out
-    out: dict[str, Any] = {"r0": int(r0), "rows": rows, "n": n}
+    out: SlabView = {"r0": int(r0), "rows": rows, "n": n}
     if binned and rows >= fsc_bin:
         out["binned"] = tuple(to_numpy(h) for h in acc.binned_halves(fsc_bin))
     zs, ys, xs = region_bounds((n_rows, n, n), region_px)
@@ -52,12 +79,12 @@ def slab_views(acc: Any, r0: int, n_rows: int, fsc_bin: int, region_px: int, bin
     return out
 
 
-def merge_views(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_views(parts: list[SlabView]) -> MergedViews:
     """Pieces of every slab (any order) into binned halves, region halves and the three slices.
 
     A slab marked ``empty`` (no angle in one of its halves yet) makes the result empty: no partial volume.
     """
-    out: dict[str, Any] = {"images": {}}
+    out: MergedViews = {"images": {}}
     if not parts or any(p.get("empty") for p in parts):
         return out
     parts = sorted(parts, key=lambda p: p["r0"])

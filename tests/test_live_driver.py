@@ -1,0 +1,111 @@
+"""The live driver in this process, without Ray (xnh_stream.live.driver with the in-process runtime): a small
+simulated scan end to end, and the same live volume as the driver gives with its workers on Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xnh_stream.chain.batch import process_scan
+from xnh_stream.config import ProcessConfig
+from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
+
+from .test_stream import ListSource
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM = SimulationConfig(nx=64, ny=16, n_angles=24, seed=4, oversample=1)
+#: The same workers and pacing on both runtimes.
+OPTIONS = {"n_workers": 2, "n_shards": 2, "poll_interval_s": 0.0}
+
+#: The in-process stream in a fresh interpreter, so that "no Ray" is a fact and not a test session's state.
+SCRIPT = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from xnh_stream.config import ProcessConfig
+from xnh_stream.live.driver import LiveDriver, StreamOptions
+from tests.test_stream import ListSource
+scan, out, settings, options = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+progress = []
+r = LiveDriver(ListSource(scan), scan, out, ProcessConfig.from_mapping(settings), StreamOptions(**options),
+               on_progress=progress.append, subscribers=(progress.append,)).run()
+np.savez(out / "live.npz", live=r.live_volume, final=r.final.volume, **{"slice_" + k: v for k, v in r.slices.items()})
+print(json.dumps({"ray": "ray" in sys.modules, "counts": r.counts, "events": [e["event"] for e in r.events],
+                  "angles_final": [p.angles_final for p in progress if hasattr(p, "angles_final")],
+                  "subscribed": [p["event"] for p in progress if isinstance(p, dict)],
+                  "axis": r.final.report.cor.px}))
+"""
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """The small scan, and its settings: delta/beta given, the rotation axis left to the stream (estimated
+    live from the first 0/180 pair by the final pass's rule, the live volume rebuilt around it)."""
+    folder = tmp_path_factory.mktemp("scan")
+    simulate_scan(folder, SIM)
+    _, record = read_truth(folder)
+    return folder, {"sample.delta_beta": record["delta_beta"]}
+
+
+@pytest.fixture(scope="module")
+def in_process(scan, tmp_path_factory) -> tuple[dict, dict[str, np.ndarray]]:
+    """The stream of the small scan in this machine's process, without Ray: what it said, and its volumes."""
+    folder, settings = scan
+    out = tmp_path_factory.mktemp("in_process")
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(folder), str(out), json.dumps(settings),
+                          json.dumps(OPTIONS)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with np.load(out / "live.npz") as f:
+        arrays = dict(f)
+    return json.loads(res.stdout.strip().splitlines()[-1]), arrays
+
+
+def test_a_scan_streams_end_to_end_in_process_without_ray(scan, in_process):
+    folder, settings = scan
+    said, arrays = in_process
+    assert said["ray"] is False  # Ray was never imported
+    n = len(ListSource(folder).records)
+    c = said["counts"]
+    assert c["received"] == n and c["pending"] == 0 and c["processed"] + c["quarantined"] == n
+    assert said["events"] == ["scan_complete"] and said["subscribed"] == ["scan_complete"]
+    assert said["angles_final"][-1] == SIM.n_angles
+    # the final pass (here on the serial executor) is the batch chain's, to the bit
+    batch = process_scan(folder, None, ProcessConfig.from_mapping(settings))
+    np.testing.assert_array_equal(arrays["final"], batch.volume)
+    assert said["axis"] == batch.report.cor.px
+    live = arrays["live"]
+    r = np.corrcoef(live.ravel(), batch.volume.ravel())[0, 1]
+    print(f"\nin-process live vs final volume r = {r:.3f}")
+    assert r > 0.85
+    # the full-resolution live slices are the live volume's (as on Ray, tests/test_stream.py)
+    ny, m, _ = live.shape
+    for name, cut in (("xy", live[ny // 2]), ("xz", live[:, m // 2, :]), ("yz", live[:, :, m // 2])):
+        np.testing.assert_allclose(arrays[f"slice_{name}"], cut, atol=2e-4 * np.abs(live).max())
+
+
+def test_the_in_process_live_volume_is_the_one_on_ray(ray_local, scan, in_process, tmp_path):
+    """The driver decides the same on both runtimes (same work, same shift models at dispatch, same axis,
+    calls to a worker in order): the live volumes differ only by the order of float32 sums. A shard
+    back-projects its angles in batches flushed by count or by time (``stream.bp_batch``, ``bp_wait_s``) and
+    Ray's timing groups them differently; FBP is linear, so the grouping changes rounding only: about 1e-7
+    relative per sum, over a few dozen angles and a preview replaced by its final each. 1e-5 of the volume's
+    largest value (the tolerance tests/test_stream.py uses between two Ray runs) is 10x above that and far
+    below any wrong angle, axis or shift (those move voxels by percents)."""
+    from actors.stream import StreamDriver, StreamOptions
+
+    folder, settings = scan
+    _, arrays = in_process
+    on_ray = StreamDriver(ListSource(folder), folder, tmp_path / "out", ProcessConfig.from_mapping(settings),
+                          StreamOptions(**OPTIONS, final_pass=False)).run()
+    a, b = arrays["live"], on_ray.live_volume
+    scale = np.abs(b).max()
+    diff = np.abs(a - b).max()
+    print(f"\nin-process vs Ray live volume: max |diff| {diff:.3g} = {diff / scale:.2e} of max |V|")
+    np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0)
+    for name, cut in on_ray.slices.items():
+        np.testing.assert_allclose(arrays[f"slice_{name}"], cut, atol=1e-5 * np.abs(cut).max(), rtol=0)
