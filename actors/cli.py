@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from xnh_stream import cli
@@ -71,16 +70,11 @@ class RayRuntime:
         share = max(1, executor.parallelism // max(1, parts))
         return lambda: RayExecutor(max_in_flight=share, num_gpus=executor.num_gpus)
 
-    def stream(self, watcher: Any, folder: Path, out: Path, config: ProcessConfig, *, quiet_s: float,
-               options: dict[str, Any], on_progress: Callable[[Any], None],
-               subscribers: Iterable[Callable[[dict[str, Any]], None]], live_page: Any) -> Any:
-        """See :meth:`xnh_stream.runtime.Runtime.stream`."""
-        from actors.stream import StreamDriver, StreamOptions, WatcherSource  # noqa: PLC0415
+    def live(self) -> Any:
+        """See :meth:`xnh_stream.runtime.Runtime.live`: the live workers as Ray actors."""
+        from actors.stream import RayLiveRuntime  # noqa: PLC0415
 
-        opts = StreamOptions(**options)
-        source = WatcherSource(watcher, n_distances=opts.n_distances, quiet_s=quiet_s)
-        return StreamDriver(source, folder, out, config, opts, on_progress=on_progress,
-                            subscribers=tuple(subscribers), live_page=live_page).run()
+        return RayLiveRuntime()
 
     def stitch_runner(self, address: str | None) -> Callable[..., Any]:
         """See :meth:`xnh_stream.runtime.Runtime.stitch_runner`."""

@@ -109,3 +109,21 @@ def test_the_in_process_live_volume_is_the_one_on_ray(ray_local, scan, in_proces
     np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0)
     for name, cut in on_ray.slices.items():
         np.testing.assert_allclose(arrays[f"slice_{name}"], cut, atol=1e-5 * np.abs(cut).max(), rtol=0)
+
+
+def test_watch_local_streams_a_folder_in_this_process(scan, tmp_path, capsys):
+    """``watch --local``: the command drives the live stream with its workers here (no runtime needed, the
+    core's ``main`` has none); ``--local`` with ``--address`` is refused."""
+    from xnh_stream.cli import main
+
+    folder, settings = scan
+    config = tmp_path / "config.yaml"
+    config.write_text(f"sample:\n  delta_beta: {settings['sample.delta_beta']}\n")
+    args = ["-q", "watch", str(folder), "--local", "--config", str(config), "--quiet-s", "2", "--poll-s", "0.05",
+            "--live-port", "0", "--metrics-port", "0", "--no-segment"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    n = len(ListSource(folder).records)
+    assert report["frames"]["received"] == n and report["frames"]["processed"] == n
+    assert main([*args, "--out", str(tmp_path / "b"), "--address", "auto"]) == 2
+    assert "--local runs here: it excludes --address" in capsys.readouterr().err

@@ -444,22 +444,28 @@ def _stream_progress() -> tuple[Callable[[object], None], Callable[[], None]]:
 
 
 def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace) -> int:
+    """The live stream of ``folder`` (:class:`~xnh_stream.live.driver.LiveDriver`), its workers on the
+    runtime's cluster, or in this process with ``--local``."""
     from .ingest.watch import FolderWatcher  # noqa: PLC0415
+    from .live.driver import LiveDriver, StreamOptions  # noqa: PLC0415
+    from .live.runtime import InProcessRuntime  # noqa: PLC0415
+    from .live.sources import WatcherSource  # noqa: PLC0415
     from .runtime import runtime_of  # noqa: PLC0415
 
     update, close = _stream_progress()
     metrics = _start_metrics(a)  # metrics: the exporter consumes the same progress reports
     consumers = [update] + ([metrics.update] if metrics else [])
     live_page = _start_live(a, folder)  # live page: fed by the stream
-    options = {"n_distances": a.distances, "n_workers": a.workers, "n_shards": a.shards, "poll_interval_s": a.poll_s,
-               "timeout_s": a.timeout_s, "layout": _layout(a)}
+    options = StreamOptions(n_distances=a.distances, n_workers=a.workers, n_shards=a.shards,
+                            poll_interval_s=a.poll_s, timeout_s=a.timeout_s, layout=_layout(a))
+    workers = InProcessRuntime() if a.local else runtime_of(a, a.command).live()
     with FolderWatcher(folder, poll_interval_s=a.poll_s, use_inotify=not a.no_inotify, stall_s=a.stall_s) as watcher:
         try:
-            result = runtime_of(a, a.command).stream(
-                watcher, folder, out, config, quiet_s=a.quiet_s, options=options,
-                on_progress=lambda p: [f(p) for f in consumers],
+            result = LiveDriver(
+                WatcherSource(watcher, n_distances=options.n_distances, quiet_s=a.quiet_s), folder, out, config,
+                options, on_progress=lambda p: [f(p) for f in consumers],
                 subscribers=((metrics.scan_complete,) if metrics else ()) + _segment_subscribers(a),
-                live_page=live_page)
+                live_page=live_page, runtime=workers).run()
         finally:
             close()
             if live_page:
@@ -484,8 +490,16 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
 def cmd_watch(a: argparse.Namespace) -> int:
     """Watch a beamline folder and process the scan as it is written."""
     config = _process_config(a)
-    _executor(a, config)
+    _stream_runtime(a, config)
     return _watch(a.folder, a.out, config, a)
+
+
+def _stream_runtime(a: argparse.Namespace, config: ProcessConfig) -> None:
+    """Start (or join) the runtime the live stream's workers and its final pass run on; none with ``--local``."""
+    if a.local and a.address:
+        raise ConfigError("--local runs here: it excludes --address")
+    if not a.local:
+        _executor(a, config)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -516,7 +530,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     writer = threading.Thread(target=write, name="simulated-detector", daemon=True)
     writer.start()
     config = _process_config(a)
-    _executor(a, config)
+    _stream_runtime(a, config)
     code = _watch(scan_dir, out_dir, config, a)
     writer.join()
     if errors:
@@ -641,6 +655,8 @@ def cmd_overnight(a: argparse.Namespace) -> int:
 def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("streaming")
     g.add_argument("--address", help="join this Ray cluster (e.g. auto, host:6379); default: embedded local Ray")
+    g.add_argument("--local", action="store_true",
+                   help="run the live workers and the final pass in this process, without Ray")
     g.add_argument("--distances", type=int, default=4, help="distances in the scan (default %(default)s)")
     g.add_argument("--workers", type=int, default=2, help="phase-retrieval workers (default %(default)s)")
     g.add_argument("--shards", type=int, default=2, help="reconstruction shards (default %(default)s)")

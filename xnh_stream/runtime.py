@@ -10,12 +10,14 @@ clear error; ``process --local`` and the commands that run here need none.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .chain.executor import Executor
 from .config import ConfigError, ProcessConfig
+
+if TYPE_CHECKING:
+    from .live.runtime import LiveRuntime
 
 __all__ = ["Runtime", "runtime_of"]
 
@@ -32,11 +34,9 @@ class Runtime(Protocol):
         """A factory of executors that each take ``1 / parts`` of ``executor``'s cluster (overnight scans)."""
         ...
 
-    def stream(self, watcher: Any, folder: Path, out: Path, config: ProcessConfig, *, quiet_s: float,
-               options: dict[str, Any], on_progress: Callable[[Any], None],
-               subscribers: Iterable[Callable[[dict[str, Any]], None]], live_page: Any) -> Any:
-        """Stream the scan that ``watcher`` follows until it completes, then run the final pass; returns the
-        stream's result (``final``, ``counts``, ...). ``options`` are the stream's options by name."""
+    def live(self) -> LiveRuntime:
+        """Where the live stream's workers run, on the runtime :meth:`executor` started or joined; the
+        stream itself is driven by the command (:class:`~xnh_stream.live.driver.LiveDriver`)."""
         ...
 
     def stitch_runner(self, address: str | None) -> Callable[..., Any]:

@@ -426,8 +426,8 @@ class LiveDriver:
     def _ingest(self, records: list[FrameRecord]) -> None:
         """Journal, read, assemble and monitor a batch of records (pixels read one frame at a time)."""
         t_landed = time.monotonic()
-        self.book.receive(records, getattr(self.source, "drain_duplicates", lambda: [])(),
-                          getattr(self.source, "drain_quarantine", lambda: [])())
+        self.book.receive(records, getattr(self.source, "drain_duplicates", list)(),
+                          getattr(self.source, "drain_quarantine", list)())
         for rec in records:
             if rec.image_key == PROJECTION and rec.image_key_control == PROJECTION:
                 self.instruments.landed(rec.frame_id, t_landed)

@@ -12,8 +12,8 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from ..quality.fsc import region_bounds
 from ..physics.xp import to_numpy
+from ..quality.fsc import region_bounds
 
 
 class SlabView(TypedDict, total=False):
