@@ -5,7 +5,7 @@ process-global default registry, so several exporters can live in one process, e
 by plain dictionaries:
 
 * :meth:`PipelineMetrics.update` takes the :class:`~xnh_stream.chain.report.StreamProgress` that the live
-  stream (:class:`actors.stream.StreamDriver`) reports after each poll (journal counts, queue depths, latency
+  stream (:class:`xnh_stream.live.driver.LiveDriver`) reports after each poll (journal counts, queue depths, latency
   samples, actor restarts, store size, cluster resources and, when present, the ``quality`` figures: FSC,
   dose, drift, warping, alerts);
 * :meth:`PipelineMetrics.observe_report` takes a finished scan's ``report.json`` content (batch chain);

@@ -1,6 +1,6 @@
 """QualityMonitor: the quality figures of one scan, fed incrementally as frames arrive.
 
-The stream (``actors/stream.py``) and the batch chain (``pipeline.py``) feed it the same way: every
+The stream (``xnh_stream/live/driver.py``) and the batch chain (``pipeline.py``) feed it the same way: every
 frame's metadata with :meth:`QualityMonitor.add_frame` (pixels only where :meth:`wants_pixels` says so:
 darks, flats, return projections and the projections at the drift angles), and the half-volumes with
 :meth:`add_fsc`. :meth:`snapshot` returns the figures (the ``quality`` entry of the stream's progress and
