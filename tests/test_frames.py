@@ -188,3 +188,47 @@ def test_a_failed_segment_removes_what_it_created_and_nothing_else(tmp_path, mon
     monkeypatch.setattr(pipeline, "segment_volume",
                         lambda raw, *a, **k: pipeline.SegmentResult(labels.copy(), None, None, {}))
     assert main(["segment", str(out), "--out", str(out)]) == 0  # not refused as 'a segmentation exists'
+
+
+def test_cloud_volume_and_navis_put_every_layer_at_the_same_world_place(segmented):
+    """Issue 20, item 3, read back by the tools a neuroscientist overlays with: cloud-volume (the precomputed
+    image and segmentation, every scale), navis (the SWC: one tree, nm) and ome_zarr's reader (volume and
+    labels). The cube's centre and the cylinder's axis agree across all of them within half a voxel."""
+    cloudvolume = pytest.importorskip("cloudvolume")
+    navis = pytest.importorskip("navis")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    labels, _ = _scene()
+    truth = np.asarray(ORIGIN) + VOXEL * _centroid(labels == CUBE)  # z y x metres
+    reader = Reader(parse_url(str(segmented / "volume.ome.zarr")))
+    nodes = {tuple(type(s).__name__ for s in n.specs): n for n in reader()}
+    image, seg = nodes[("Multiscales",)], nodes[("Label", "Multiscales")]
+    places = {"volume": _world(_centroid(np.asarray(image.data[0]) > 0.9),
+                               image.metadata["coordinateTransformations"][0]),
+              "labels": _world(_centroid(np.asarray(seg.data[0]) == CUBE), seg.metadata["coordinateTransformations"][0])}
+    for layer, select in (("image", lambda a: a > 0.9), ("segmentation", lambda a: a == CUBE)):
+        info = json.loads((segmented / "ng" / layer / "info").read_text())
+        for mip in range(len(info["scales"])):
+            cv = cloudvolume.CloudVolume(f"file://{segmented / 'ng' / layer}", mip=mip, progress=False,
+                                         fill_missing=True)  # chunks all background are not written
+            data = np.asarray(cv[:, :, :])[..., 0]  # x y z
+            offset, res = np.asarray(cv.voxel_offset), np.asarray(cv.resolution)  # voxels, nm
+            centre_nm = (offset + _centroid(select(data)) + 0.5) * res  # voxel i spans [i, i+1) * resolution
+            places[f"{layer} mip {mip}"] = centre_nm[::-1] * 1e-9
+            assert abs(places[f"{layer} mip {mip}"] - truth).max() <= VOXEL * 2**mip / 2, (layer, mip)
+    for name in ("volume", "labels"):
+        np.testing.assert_allclose(places[name], truth, atol=VOXEL / 2, err_msg=name)
+
+    # navis reads the SWC: one tree, nodes on voxel centres of the label image (its transforms from ome_zarr's
+    # reader, inverted) inside the cylinder, along its axis (kimimaro's path keeps within a voxel of it)
+    neuron = navis.read_swc(str(segmented / "swc" / f"{CYLINDER}.swc"), precision=64)
+    assert neuron.n_trees == 1 and neuron.n_nodes > 10
+    zyx_m = neuron.nodes[["z", "y", "x"]].to_numpy(np.float64) * 1e-9
+    scale, shift = (np.asarray(t["scale" if t["type"] == "scale" else "translation"])
+                    for t in seg.metadata["coordinateTransformations"][0])
+    index = (zyx_m - shift) / scale
+    np.testing.assert_allclose(index, np.rint(index), atol=1e-3)  # the same frame to a thousandth of a voxel
+    assert np.all(np.asarray(seg.data[0])[tuple(np.rint(index).astype(int).T)] == CYLINDER)
+    np.testing.assert_allclose(np.median(index[:, :2], axis=0), [100, 30], atol=1.5)
+    assert np.rint(index[:, 2]).min() >= 20 and np.rint(index[:, 2]).max() <= 139

@@ -207,7 +207,8 @@ def _segment(a: argparse.Namespace, out: Path, src: Path) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     model = AffinityModel.load(a.model)
-    params = SegmentParams.for_model(model, threshold=a.threshold, enclosed=a.enclosed, mask=a.mask)
+    params = SegmentParams.for_model(model, threshold=a.threshold, enclosed=a.enclosed, mask=a.mask,
+                                     fragment_method=a.fragment_method)
     t0 = time.perf_counter()
     extra: dict[str, object] = {}
     if a.block_shape or a.ray:
@@ -381,6 +382,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--model", type=Path, help="model file (default: the shipped model)")
     s.add_argument("--threshold", type=float, help="agglomeration threshold (default: the model's tuned value)")
+    s.add_argument("--fragment-method", choices=("affinity", "distance"),
+                   help="watershed fragments on the affinity graph or from distance-transform seeds "
+                        "(default: the model's tuned choice)")
     s.add_argument("--enclosed", type=float,
                    help="merge a segment into the neighbour holding at least this share of its contact surface "
                         "(nuclei, mitochondria; default: the model's tuned value; 0 off)")

@@ -29,7 +29,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..io.omezarr import write_volume
-from .phantom import make_neural_phantom
+from .materials import MATERIAL_ORDER, material_indices
+from .phantom import Phantom, make_neural_phantom
 
 REPORT_NAME = "report.json"
 VOLUME_NAME = "volume.ome.zarr"
@@ -94,6 +95,12 @@ class OverlapSet:
         Gaussian PSF sigma of every scan, in the scan's voxels.
     noise : float
         Noise standard deviation relative to each scan's signal.
+    extra : dict
+        Anything else the writer records.
+    labels : ndarray, optional
+        The phantom's object ids on its grid (0: resin), the truth of a segmentation.
+    neurites : tuple of int
+        Ids of the long neurites threaded through every scan (:func:`thread_neurites`).
     """
 
     folder: Path
@@ -104,6 +111,8 @@ class OverlapSet:
     blur_voxels: float
     noise: float
     extra: dict = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    neurites: tuple[int, ...] = ()
 
     def render(self, origin_m: np.ndarray | tuple, voxel_m: float, shape: tuple[int, int, int],
                blur_voxels: float | None = None) -> np.ndarray:
@@ -127,6 +136,32 @@ class OverlapSet:
         """
         return render_phantom(self.delta, self.voxel_m, self.origin_m, origin_m, voxel_m, shape,
                               self.blur_voxels if blur_voxels is None else blur_voxels)
+
+    def render_labels(self, origin_m: np.ndarray | tuple, voxel_m: float, shape: tuple[int, int, int]) -> np.ndarray:
+        """The phantom's labels on a grid: the id of the phantom voxel nearest each grid voxel's centre.
+
+        Parameters
+        ----------
+        origin_m : (float, float, float)
+            Position of the centre of the grid's voxel ``[0, 0, 0]`` (in the phantom's, i.e. the true, frame).
+        voxel_m : float
+            Grid voxel size.
+        shape : (int, int, int)
+            Grid shape.
+
+        Returns
+        -------
+        ndarray
+            Ids of :attr:`labels`; 0 outside the phantom.
+        """
+        if self.labels is None:
+            raise ValueError("this overlap set carries no labels")
+        axes = [np.rint((o + voxel_m * np.arange(n) - p) / self.voxel_m).astype(np.int64)
+                for o, n, p in zip(origin_m, shape, self.origin_m)]
+        out = self.labels[np.ix_(*[np.clip(a, 0, m - 1) for a, m in zip(axes, self.labels.shape)])]
+        for k, (a, m) in enumerate(zip(axes, self.labels.shape)):
+            out[(slice(None),) * k + ((a < 0) | (a >= m),)] = 0
+        return out
 
 
 def render_phantom(delta: np.ndarray, phantom_voxel_m: float, phantom_origin_m: tuple | np.ndarray,
@@ -213,6 +248,97 @@ def plan_overlap(n_scans: int = 4, voxels_m: tuple[float, ...] = (50e-9, 100e-9)
     return scans
 
 
+def thread_neurites(phantom: Phantom, n: int = 1, radius_px: float = 4.0, seed: int = 0,
+                    membrane_px: float = 2.0, meander: float = 0.3, within_px: float | None = None,
+                    min_piece_voxels: int = 64) -> tuple[int, ...]:
+    """Thread ``n`` long neurites along ``z`` through the whole phantom, in place (the objects a chain of scans
+    along the pin has to keep as one: issue 20's neurites that run through every scan).
+
+    Each is a tube of radius ``radius_px`` around a centre line that meanders smoothly in ``y`` and ``x``
+    (amplitude up to ``meander`` of the tissue radius, one to two periods over the phantom's length), inside
+    the sample and apart from the others; cytoplasm inside, a stained membrane of ``membrane_px`` at its
+    surface, a new label id. What it crosses (neurites, cell bodies) is cut through; pieces of them smaller than
+    ``min_piece_voxels`` left beside it become resin (as the phantom does with its own small pieces).
+
+    Parameters
+    ----------
+    phantom : Phantom
+        Modified in place: ``delta``, ``beta``, ``labels``, ``material``, ``membrane``, ``mito``, ``nucleus``.
+    n : int
+        Number of neurites.
+    radius_px : float
+        Tube radius, phantom voxels.
+    seed : int
+        Random seed of the centre lines.
+    membrane_px : float
+        Membrane thickness, phantom voxels (2: its own and the membrane of what it touches, as two cells meet).
+    meander : float
+        Largest sideways excursion of a centre line, as a fraction of the sample radius.
+    within_px : float, optional
+        Keep the tubes within this distance of the ``z`` axis (e.g. a field of view narrower than the sample);
+        default the sample's radius.
+    min_piece_voxels : int
+        Smaller (6-connected) pieces of the objects cut become resin.
+
+    Returns
+    -------
+    tuple of int
+        The neurites' label ids.
+    """
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = phantom.shape
+    centre = np.array([(ny - 1) / 2, (nx - 1) / 2])
+    radius = float(np.sqrt(phantom.sample[nz // 2].sum() / np.pi)) if within_px is None else float(within_px)
+    radius -= radius_px + 2
+    z = np.arange(nz, dtype=np.float64)
+    lines: list[np.ndarray] = []
+    for _ in range(200 * n):
+        if len(lines) == n:
+            break
+        amp = rng.uniform(0, meander * radius, 2)
+        base = rng.uniform(-1, 1, 2) * max(radius - amp.max(), 0) / np.sqrt(2)
+        period = nz / rng.uniform(1, 2, 2)
+        phase = rng.uniform(0, 2 * np.pi, 2)
+        line = centre + base + amp * np.sin(2 * np.pi * z[:, None] / period + phase)  # [nz, (y, x)]
+        if np.any(np.hypot(*(line - centre).T) > radius):
+            continue
+        if all(np.hypot(*(line - other).T).min() > 2 * radius_px + 3 for other in lines):
+            lines.append(line)
+    if len(lines) < n:
+        raise ValueError(f"no room for {n} neurites of radius {radius_px} voxels in this phantom")
+    table = material_indices(phantom.energy_kev)
+    index = {name: k for k, name in enumerate(MATERIAL_ORDER)}
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    ids = []
+    for line in lines:
+        label = int(phantom.labels.max()) + 1
+        slope = np.hypot(*np.gradient(line, axis=0).T)  # the tube's tilt: distances in a slice are 1/cos
+        for k in range(nz):
+            d = np.hypot(yy - line[k, 0], xx - line[k, 1]) / np.sqrt(1 + slope[k] ** 2)
+            inside, shell = d <= radius_px, (d <= radius_px) & (d > radius_px - membrane_px)
+            phantom.labels[k][inside] = label
+            for mask in (phantom.mito, phantom.nucleus):
+                mask[k][inside] = False
+            phantom.membrane[k][inside] = shell[inside]
+            phantom.material[k][inside] = np.where(shell[inside], index["membrane"], index["cytoplasm"])
+            for field_, j in (("delta", 0), ("beta", 1)):
+                getattr(phantom, field_)[k][inside] = np.where(shell[inside], table["membrane"][j],
+                                                               table["cytoplasm"][j])
+        ids.append(label)
+    import cc3d
+
+    pieces = cc3d.connected_components(phantom.labels, connectivity=6)
+    small = np.bincount(pieces.ravel()) < min_piece_voxels
+    small[0] = False
+    sliver = small[pieces]
+    phantom.labels[sliver] = 0
+    for mask in (phantom.membrane, phantom.mito, phantom.nucleus):
+        mask[sliver] = False
+    phantom.material[sliver] = index["resin"]
+    phantom.delta[sliver], phantom.beta[sliver] = table["resin"]
+    return tuple(ids)
+
+
 def _phantom_for(scans: list[OverlapScan], voxel_m: float, seed: int, margin_voxels: int = 8):
     lo = np.min([np.asarray(s.true_origin_m) for s in scans], axis=0) - margin_voxels * voxel_m
     hi = np.max([np.asarray(s.true_origin_m) + (np.asarray(s.shape) - 1) * s.voxel_m for s in scans], axis=0) \
@@ -227,7 +353,8 @@ def _phantom_for(scans: list[OverlapScan], voxel_m: float, seed: int, margin_vox
 def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, ...] = (50e-9, 100e-9),
                      extent_m: float = 4.8e-6, overlap: float = 0.45, max_error_voxels: float = 20.0,
                      blur_voxels: float = 0.8, noise: float = 0.3, offset: float = 0.5, seed: int = 0,
-                     isolated: bool = False, scans: list[OverlapScan] | None = None) -> OverlapSet:
+                     isolated: bool = False, scans: list[OverlapScan] | None = None, neurites: int = 0,
+                     neurite_radius_m: float = 400e-9) -> OverlapSet:
     """Write overlapping scan outputs (``volume.ome.zarr`` + ``report.json`` each) of one phantom.
 
     Parameters
@@ -245,10 +372,14 @@ def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, .
         Largest per-scan constant offset, relative to the same.
     scans : list of OverlapScan, optional
         A layout to use instead of :func:`plan_overlap`'s.
+    neurites : int
+        Long neurites of radius ``neurite_radius_m`` threaded along ``z`` through every scan
+        (:func:`thread_neurites`); their ids are ``OverlapSet.neurites``.
 
     Returns
     -------
     OverlapSet
+        With the phantom's labels (the truth of a segmentation).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +387,7 @@ def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, .
                                                          seed, isolated)
     fine = min(s.voxel_m for s in scans)
     phantom, origin = _phantom_for(scans, fine, seed)
+    threaded = thread_neurites(phantom, neurites, neurite_radius_m / fine, seed) if neurites else ()
     delta = phantom.delta
     rng = np.random.default_rng(seed + 1)
     for s in scans:
@@ -278,14 +410,16 @@ def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, .
                                  "offset": s.offset}}
         (folder / REPORT_NAME).write_text(json.dumps(report, indent=1))
     record = {"phantom": {"voxel_m": fine, "origin_m": list(origin), "shape": list(delta.shape), "seed": seed},
-              "blur_voxels": blur_voxels, "noise": noise, "scans": [asdict(s) for s in scans]}
+              "blur_voxels": blur_voxels, "noise": noise, "scans": [asdict(s) for s in scans],
+              "neurites": list(threaded)}
     (out / TRUTH_NAME).write_text(json.dumps(record, indent=1))
-    return OverlapSet(out, scans, delta, fine, origin, blur_voxels, noise)
+    return OverlapSet(out, scans, delta, fine, origin, blur_voxels, noise, labels=phantom.labels, neurites=threaded)
 
 
 def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 100e-9, nx: int = 64,
                             overlap: float = 0.5, max_error_voxels: float = 10.0, seed: int = 0,
-                            n_angles: int = 120, sample_name: str = "overlap-sample") -> OverlapSet:
+                            n_angles: int = 120, sample_name: str = "overlap-sample", neurites: int = 0,
+                            neurite_radius_m: float = 400e-9, sample_radius_px: float | None = None) -> OverlapSet:
     """Write raw four-distance NXtomo scans of one phantom at overlapping places, for an end-to-end run.
 
     Scans are stacked along ``z`` (the rotation axis), each ``nx // 2`` rows high, at the voxel size of the
@@ -294,12 +428,16 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
     distance file as ``sample/x_translation`` (horizontal), ``y_translation`` (vertical), ``z_translation``
     (along the beam) in micrometres (NXtomo McStas frame), with the mapping to volume axes used in the chain:
     volume ``z`` = vertical, ``y`` = along the beam at angle 0, ``x`` = horizontal; ``sample/name`` is
-    ``sample_name`` in every file (the overnight queue stitches the scans of one sample).
+    ``sample_name`` in every file (the overnight queue stitches the scans of one sample). ``neurites`` long
+    neurites of radius ``neurite_radius_m`` are threaded along ``z`` through every scan's field of view
+    (:func:`thread_neurites`). ``sample_radius_px`` is the radius of the tissue cylinder in voxels: by default
+    wider than the field of view (local tomography); ``0.44 * nx`` puts the sample in air inside it, as the
+    single scans the segmentation network was trained on.
 
     Returns
     -------
     OverlapSet
-        ``scans[k].out`` is the scan folder (input of the chain).
+        ``scans[k].out`` is the scan folder (input of the chain); with the phantom's labels and the neurites' ids.
     """
     from .phantom import Phantom
     from .scan import SimulationConfig, simulate_scan, simulation_grid
@@ -313,7 +451,10 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
     nz_sim, n_sim, margin = simulation_grid(cfg0)
     step = int(round(ny * (1 - overlap)))
     total_z = nz_sim + step * (n_scans - 1)
-    big = make_neural_phantom((total_z, n_sim, n_sim), voxel_m=voxel_m, seed=seed, sample_radius_px=n_sim / 2)
+    radius = n_sim / 2 if sample_radius_px is None else float(sample_radius_px)
+    big = make_neural_phantom((total_z, n_sim, n_sim), voxel_m=voxel_m, seed=seed, sample_radius_px=radius)
+    threaded = thread_neurites(big, neurites, neurite_radius_m / voxel_m, seed,
+                               within_px=min(0.4 * nx, radius - 2)) if neurites else ()
     # the chain's volume [ny, nx, nx] is the grid's rows margin.., columns x0.. (see ScanModel.write_truth)
     x0 = int(round((n_sim - 1) / 2 - (nx - 1) / 2))
     scans = []
@@ -347,6 +488,7 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
         scans.append(OverlapScan(f"scan{k:02d}", voxel_m, shape, tuple(true_origin.tolist()),
                                  tuple(nominal_origin.tolist()), 0.0, str(folder)))
     record = {"phantom": {"voxel_m": voxel_m, "origin_m": [0.0, 0.0, 0.0], "shape": list(big.delta.shape)},
-              "scans": [asdict(s) for s in scans]}
+              "scans": [asdict(s) for s in scans], "neurites": list(threaded)}
     (out / TRUTH_NAME).write_text(json.dumps(record, indent=1))
-    return OverlapSet(out, scans, big.delta, voxel_m, (0.0, 0.0, 0.0), 0.0, 0.0)
+    return OverlapSet(out, scans, big.delta, voxel_m, (0.0, 0.0, 0.0), 0.0, 0.0, labels=big.labels,
+                      neurites=threaded)
