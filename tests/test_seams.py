@@ -118,7 +118,7 @@ def _predict_from(affs: np.ndarray):
 def test_blockwise_joins_the_fragments_that_block_faces_cut(column, tmp_path, monkeypatch):
     """Distance-transform fragments in 32-voxel blocks segment as the whole volume does: each block's
     watershed sees the plane before its faces, and the fragments that go on there are joined before the
-    agglomeration (cut, the same fragments took the adapted Rand error from 0.071 to 0.163)."""
+    agglomeration (cut, the same fragments took the adapted Rand error from 0.099 to 0.315)."""
     from xnh_stream.segment import predict
     from xnh_stream.segment.blockwise import BlockwiseSpec, run_blockwise
     from xnh_stream.segment.evaluate import evaluate
