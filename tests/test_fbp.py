@@ -258,7 +258,8 @@ def test_stacked_kernel_equals_line_kernel_and_float64(monkeypatch, nz, cor):
     exact = _backproject_interp64(filtered, thetas, cor, n)
     scale = np.abs(exact).max()
     stacked = backproject_many(filtered, thetas, cor, np.zeros((nz, n, n), np.float32), workers=2)
-    monkeypatch.setattr(bpmod, "_STACK_SEGMENT", 7)
+    monkeypatch.setattr(bpmod, "_STACK_SEGMENT", 13)  # segments end inside a block of 8 voxels
+    monkeypatch.setattr(bpmod, "_STACK_MIN_ANGLES", 1)
     monkeypatch.setattr(bpmod, "_STACK_BLOCK_BYTES", 1)  # one angle per block
     monkeypatch.setattr(bpmod, "_CHUNK_BYTES", 1)  # one block of rows per chunk
     small = backproject_many(filtered, thetas, cor, np.zeros((nz, n, n), np.float32), workers=2)
@@ -267,6 +268,60 @@ def test_stacked_kernel_equals_line_kernel_and_float64(monkeypatch, nz, cor):
     np.testing.assert_allclose(stacked, exact, rtol=0, atol=1e-5 * scale)
     np.testing.assert_allclose(stacked, lines, rtol=0, atol=2e-6 * scale)
     np.testing.assert_allclose(small, lines, rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize(("n", "segment"), [(150, 512), (150, 40), (11, 512), (8, 8)])
+def test_register_blocked_kernel_matches_line_kernel_and_float64(monkeypatch, n, segment):
+    """The register-blocked stacked kernel (8 voxels x 16 rows in registers over the angles, tiles of 16 lines,
+    windows of 64 voxels, an overlapping last block when a line is not a multiple of 8) against the scalar line
+    kernel and an independent float64 back-projection: slabs (tiles of lines sharing their rows) and the live
+    slices' vertical lines (one line per block of rows: tiles of one), windows and segments ending anywhere."""
+    import xnh_stream.physics.backprojection as bpmod
+    from xnh_stream.physics.backprojection import backproject_lines
+
+    rng = np.random.default_rng(n + segment)
+    nz, n_det, n_angles, cor = 21, n + 6, 13, (n + 5) / 2 + 0.37
+    filtered = rng.normal(size=(n_angles, nz, n_det)).astype(np.float32)
+    thetas = rng.uniform(0, 2 * np.pi, n_angles)
+    monkeypatch.setattr(bpmod, "_STACK_SEGMENT", segment)
+    exact = _backproject_interp64(filtered, thetas, cor, n)
+    scale = np.abs(exact).max()
+    slab = backproject_many(filtered, thetas, cor, np.zeros((nz, n, n), np.float32))
+    np.testing.assert_allclose(slab, exact, rtol=0, atol=1e-5 * scale)
+    c = (n - 1) / 2
+    y0 = 3
+    zrow = np.arange(nz)  # the vertical slice volume[:, y0, :]: one line per row, 2 blocks of rows
+    part = np.zeros((nz, n), np.float32)
+    backproject_lines(filtered, thetas, cor, zrow, np.full(nz, -c), np.full(nz, y0 - c), (1.0, 0.0), part)
+    np.testing.assert_allclose(part, exact[:, y0, :], rtol=0, atol=1e-5 * scale)
+    monkeypatch.setattr(bpmod, "_MIN_STACKED", 10**9)  # every line to the line kernel
+    lines = backproject_many(filtered, thetas, cor, np.zeros((nz, n, n), np.float32))
+    np.testing.assert_allclose(slab, lines, rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize(("nz", "n"), [(64, 40), (21, 33), (5, 10), (37, 17), (1, 12)])
+def test_slab_line_groups_are_group_lines_of_the_slab(nz, n):
+    """backproject_many hands its slab's groups to backproject_lines built directly: the same as sorted."""
+    from xnh_stream.physics.backprojection import group_lines, slab_line_groups
+
+    c = (n - 1) / 2
+    zrow = np.repeat(np.arange(nz), n)
+    yr = np.tile(np.arange(n) - c, nz)
+    sorted_ = group_lines(zrow, np.full(zrow.size, -c), yr, np.ones(zrow.size), np.zeros(zrow.size), 16)
+    direct = slab_line_groups(nz, n, 16)
+    for field in ("block", "xr", "yr", "dx", "dy", "rows", "singles"):
+        np.testing.assert_array_equal(getattr(direct, field), getattr(sorted_, field))
+
+
+def test_register_blocked_kernel_validates():
+    from xnh_stream.physics._numba_kernels import bp_stacked
+
+    stacked = np.zeros((1, 2, 30, 2, 16), np.float32)
+    args = (np.zeros(1, np.int64), np.zeros(1), np.zeros(1), np.ones(1), np.zeros(1), np.zeros((1, 16), np.int64))
+    with pytest.raises(ValueError, match="at least 8 voxels"):
+        bp_stacked(stacked, *args, 512, 16, np.ones(2), np.zeros(2), 5.0, np.zeros((16, 7), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        bp_stacked(stacked[..., ::2], *args, 512, 16, np.ones(2), np.zeros(2), 5.0, np.zeros((16, 9), np.float32))
 
 
 def test_group_lines_covers_every_line_once():

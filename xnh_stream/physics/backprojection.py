@@ -22,9 +22,14 @@ its lever; vectors pay off across detector rows instead (below).
 
 Lines that share their geometry on consecutive detector rows (every slab: the line along ``x`` at one ``y``
 repeats on each of its rows; the two vertical live slices) go to a second kernel that takes ``STACK`` (16) rows
-at once: the detector rows are stored with the rows last, so that one detector position, computed once, is
-one vector load and one fused multiply-add for 16 voxels (LLVM's SLP vectoriser, which numba leaves off, is
-switched on for these kernels). Lines that stand alone (the axial live slice) use the scalar kernel.
+at once: the detector rows are stored with the rows last (64-byte aligned, one cache line of values and one
+of differences per detector position), so that one detector position, computed once, is two vector loads, a
+fused multiply-add and an add for 16 voxels. That kernel is register-blocked: 8 consecutive voxels x 16 rows
+are 8 AVX-512 accumulators (numba vector intrinsics in :mod:`._numba_kernels`) kept in registers across all the
+angles of a block, then stored once, transposed to rows, into a buffer of the job (16 neighbouring lines x a
+segment) that is added to the output row by row. Per voxel update the output is read and written once per
+block of angles (64 or more), not once per angle. Lines that stand alone (the axial live slice) use the
+scalar kernel.
 
 ``prange`` runs over lines (groups of lines x segments for the stacked kernel); ``workers`` threads are set for
 the call and restored after.
@@ -55,6 +60,9 @@ __all__ = [
     "padded_pairs",
     "row_margins",
     "stacked_pairs",
+    "aligned_empty",
+    "slab_line_groups",
+    "slab_traffic",
 ]
 
 #: Target size of one angle block of padded detector rows, per slice (kept in L2 cache).
@@ -66,10 +74,15 @@ _CHUNK_BYTES = 64 * 1024 * 1024
 #: Fewest lines of one geometry in one block of rows worth the stacked kernel (fewer: the line kernel; at
 #: 0.19 against 0.55 ns per update, 16 lanes break even at ~6 used).
 _MIN_STACKED = 6
-#: Points per segment of a stacked line (its accumulator: 512 x 16 floats = 32 KiB, L1 cache).
+#: Groups per block of rows (on average) from which the stacked kernel runs them in tiles.
+_TILE_MIN_SHARE = 4
+#: Points per segment of a stacked line: one job of the stacked kernel is 16 lines x one segment.
 _STACK_SEGMENT = 512
-#: Stacked pairs of one block of rows x one block of angles (read by every line of the block: L2 cache).
-_STACK_BLOCK_BYTES = 2 * 1024 * 1024
+#: Fewest angles per call of the stacked kernel (register accumulators are stored and the output read and
+#: written once per call; fewer only where the call has fewer), and the bound on the stacked pairs of one
+#: block of rows x one block of angles beyond that (a 2048-column row block is ~0.37 MB per angle).
+_STACK_MIN_ANGLES = 64
+_STACK_BLOCK_BYTES = 16 * 1024 * 1024
 
 
 def row_margins(reach: float, n_det: int, cor: float) -> tuple[int, int]:
@@ -153,8 +166,17 @@ def stacked_pairs(filtered: np.ndarray, left: int, right: int, stack: int, slope
 
     n_angles, nz, n_det = filtered.shape
     blocks = -(-nz // stack)
-    out = np.empty((blocks, n_angles, left + n_det + right, 2, stack), dtype=np.float32)
+    out = aligned_empty((blocks, n_angles, left + n_det + right, 2, stack))
     return stack_rows(np.ascontiguousarray(filtered, dtype=np.float32), int(left), np.float32(slope_scale), out)
+
+
+def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
+    """An uninitialised float32 array whose data starts on an ``align``-byte boundary (NumPy guarantees 16:
+    a 64-byte vector load that straddles two cache lines costs two)."""
+    size = int(np.prod(shape))
+    raw = np.empty(size + align // 4, dtype=np.float32)
+    skip = (-raw.ctypes.data % align) // 4
+    return raw[skip : skip + size].reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -220,6 +242,24 @@ def group_lines(zrow: np.ndarray, xr: np.ndarray, yr: np.ndarray, dx: np.ndarray
                       dy=geometry[3][take], rows=rows, singles=np.sort(order[~keep]))
 
 
+def slab_line_groups(nz: int, n: int, stack: int, min_lines: int = _MIN_STACKED) -> LineGroups:
+    """:func:`group_lines` of the lines of a ``[nz, n, n]`` slab as :func:`xnh_stream.physics.fbp.backproject_many`
+    lays them out (line ``z * n + y`` along ``x`` at ``y``, row ``z``), built directly instead of sorted: the
+    same groups and singles, the line along ``x`` at one ``y`` on the rows of each block."""
+    c = (n - 1) / 2.0
+    blocks = -(-nz // stack)
+    count = np.minimum(stack, nz - np.arange(blocks) * stack)  # rows of each block
+    kept = np.flatnonzero(count >= min_lines)
+    block = np.repeat(kept, n)
+    y = np.tile(np.arange(n), kept.size)
+    z = block[:, None] * stack + np.arange(stack)[None, :]
+    rows = np.where(z < nz, z * n + y[:, None], -1).astype(np.int64)
+    alone = np.flatnonzero(count < min_lines)
+    singles = (np.arange(nz)[np.isin(np.arange(nz) // stack, alone)][:, None] * n + np.arange(n)).ravel()
+    return LineGroups(block=block.astype(np.int64), xr=np.full(block.size, -c), yr=y - c,
+                      dx=np.ones(block.size), dy=np.zeros(block.size), rows=rows, singles=singles.astype(np.int64))
+
+
 def _angle_block(length: int, n_angles: int) -> int:
     return max(1, min(n_angles, _BLOCK_BYTES_PER_SLICE // (8 * length)))
 
@@ -234,6 +274,7 @@ def backproject_lines(
     direction: tuple[Any, Any],
     out: np.ndarray,
     workers: int = 1,
+    groups: LineGroups | None = None,
 ) -> np.ndarray:
     """Back-project filtered projections onto lines of voxels (CPU, compiled), adding into ``out``.
 
@@ -259,13 +300,16 @@ def backproject_lines(
         Accumulated in place (a view with contiguous rows is fine).
     workers : int
         Threads (``<= 0``: all numba threads).
+    groups : LineGroups, optional
+        :func:`group_lines` of these lines with ``STACK`` rows and ``_MIN_STACKED`` lines when known
+        (:func:`slab_line_groups`); computed otherwise.
 
     Returns
     -------
     ndarray
         ``out``.
     """
-    from xnh_stream.physics._numba_kernels import STACK, slp_vectorized, threads  # noqa: PLC0415
+    from xnh_stream.physics._numba_kernels import STACK, VOXELS, slp_vectorized, threads  # noqa: PLC0415
 
     n_angles, nz, n_det = filtered.shape
     n_lines, m = out.shape
@@ -294,7 +338,9 @@ def backproject_lines(
 
     if n_angles * n_lines * m < _MIN_PARALLEL_UPDATES:
         workers = 1  # a few ms of work: waking other threads costs more than it gains on a busy machine
-    groups = group_lines(zrow, xr, yr, dx, dy, STACK, min_lines=_MIN_STACKED)
+    # the stacked kernel works on blocks of VOXELS points: shorter lines all go to the line kernel
+    if groups is None or m < VOXELS:
+        groups = group_lines(zrow, xr, yr, dx, dy, STACK, min_lines=_MIN_STACKED if m >= VOXELS else n_lines + 1)
     with threads(workers), slp_vectorized():
         if groups.block.size:
             _stacked(filtered, groups, cs, sn, origin, left, right, out)
@@ -306,6 +352,38 @@ def backproject_lines(
             _singles(filtered, zrow[s], xr[s], yr[s], dx[s], dy[s], cs, sn, origin, left, right, part)
             out[s] += part
     return out
+
+
+def slab_traffic(nz: int, n: int, n_det: int, n_angles: int, cor: float | None = None) -> dict[str, float]:
+    """Bytes moved to or from memory per voxel update when the CPU kernels back-project ``n_angles`` angles of
+    ``[n_angles, nz, n_det]`` filtered projections into a ``[nz, n, n]`` slab in one call (a model from the
+    blocking the code uses, for the benches: traffic that stays in L1/L2 cache is not counted).
+
+    Returns
+    -------
+    dict
+        ``output``: the slab read and written once per block of angles; ``pairs``: the stacked
+        ``(value, difference)`` rows written once and read back once per block; ``input``: the filtered
+        projections read once; ``total``; ``angle_block``: angles per call of the stacked kernel;
+        ``pairs_block_bytes``: stacked pairs of one block of 16 rows x one block of angles (what each tile of
+        16 lines re-reads from the last-level cache when it exceeds L2).
+    """
+    from xnh_stream.physics._numba_kernels import STACK  # noqa: PLC0415
+
+    cor = (n_det - 1) / 2.0 if cor is None else float(cor)
+    left, right = row_margins((n - 1) / math.sqrt(2.0), n_det, cor)
+    length = left + n_det + right
+    per_angle = 8 * length * STACK
+    block = min(n_angles, max(_STACK_MIN_ANGLES, _STACK_BLOCK_BYTES // per_angle))
+    n_blocks = -(-n_angles // block)
+    z_blocks = -(-nz // STACK)
+    updates = float(n_angles) * nz * n * n
+    output = 8.0 * nz * n * n * n_blocks
+    pairs = 2.0 * z_blocks * n_angles * per_angle
+    inputs = 4.0 * n_angles * nz * n_det
+    return {"output": output / updates, "pairs": pairs / updates, "input": inputs / updates,
+            "total": (output + pairs + inputs) / updates, "angle_block": float(block),
+            "pairs_block_bytes": float(block * per_angle)}
 
 
 def _singles(filtered: np.ndarray, zrow: np.ndarray, xr: np.ndarray, yr: np.ndarray, dx: np.ndarray,
@@ -335,14 +413,17 @@ def _singles(filtered: np.ndarray, zrow: np.ndarray, xr: np.ndarray, yr: np.ndar
 def _stacked(filtered: np.ndarray, groups: LineGroups, cs: np.ndarray, sn: np.ndarray, origin: float,
              left: int, right: int, out: np.ndarray) -> None:
     """The stacked kernel over chunks of row blocks x blocks of angles (bounded stacked pairs)."""
-    from xnh_stream.physics._numba_kernels import STACK, bp_stacked  # noqa: PLC0415
+    from xnh_stream.physics._numba_kernels import STACK, TILE_GROUPS, VOXELS, bp_stacked  # noqa: PLC0415
 
     n_angles, nz, n_det = filtered.shape
     length = left + n_det + right
     per_angle = 8 * length * STACK  # bytes of one block of rows, one angle
-    block = max(1, min(n_angles, _STACK_BLOCK_BYTES // per_angle))
+    block = min(n_angles, max(_STACK_MIN_ANGLES, _STACK_BLOCK_BYTES // per_angle))
     blocks_per_chunk = max(1, _CHUNK_BYTES // (per_angle * block))
     first, last = int(groups.block[0]), int(groups.block[-1]) + 1
+    # groups of one block of rows (a slab's lines at neighbouring y) run in tiles that share detector positions;
+    # groups alone on their block (the vertical live slices) one at a time
+    tile = TILE_GROUPS if groups.block.size >= _TILE_MIN_SHARE * (last - first) else 1
     for b0 in range(first, last, blocks_per_chunk):
         b1 = min(last, b0 + blocks_per_chunk)
         g0, g1 = np.searchsorted(groups.block, [b0, b1])
@@ -354,7 +435,7 @@ def _stacked(filtered: np.ndarray, groups: LineGroups, cs: np.ndarray, sn: np.nd
             a1 = min(n_angles, a0 + block)
             stacked = stacked_pairs(filtered[a0:a1, z0:z1], left, right, STACK, slope_scale=2.0**-32)
             bp_stacked(stacked, local, groups.xr[g0:g1], groups.yr[g0:g1], groups.dx[g0:g1], groups.dy[g0:g1],
-                       groups.rows[g0:g1], _STACK_SEGMENT, cs[a0:a1], sn[a0:a1], origin, out)
+                       groups.rows[g0:g1], max(VOXELS, _STACK_SEGMENT), tile, cs[a0:a1], sn[a0:a1], origin, out)
 
 
 # --------------------------------------------------------------------------------------------------

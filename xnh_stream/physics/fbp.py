@@ -241,7 +241,12 @@ def backproject_many(
     array
         ``out`` (for chaining).
     """
-    from xnh_stream.physics.backprojection import backproject_lines, backproject_slab_gpu  # noqa: PLC0415
+    from xnh_stream.physics.backprojection import (  # noqa: PLC0415
+        backproject_lines,
+        backproject_slab_gpu,
+        slab_line_groups,
+    )
+    from xnh_stream.physics._numba_kernels import STACK  # noqa: PLC0415
 
     filtered = xp.asarray(filtered)
     thetas = np.atleast_1d(np.asarray(thetas if xp is np else xp.asnumpy(xp.asarray(thetas)),
@@ -262,7 +267,7 @@ def backproject_many(
         yr = np.tile(np.arange(n) - c, z1 - z0)
         xr = np.full(zrow.size, -c)
         backproject_lines(filtered[:, z0:z1], thetas, cor, zrow, xr, yr, (1.0, 0.0),
-                          lines[z0 * n : z1 * n], workers=workers)
+                          lines[z0 * n : z1 * n], workers=workers, groups=slab_line_groups(z1 - z0, n, STACK))
     return out
 
 
