@@ -175,3 +175,28 @@ def test_neurites_keep_one_id_across_every_seam_and_their_skeleton_is_one_tree(c
         z = (nodes[:, 0] - shift[0] - res.origin_m[0]) / res.voxel_m  # stitched slices
         for name, box in boxes.items():  # the tree reaches into every scan
             assert np.any((z >= box[0].start) & (z < box[0].stop)), name
+
+
+def test_overnight_segments_each_stitched_sample_when_it_is_newer(column, tmp_path):
+    """``overnight`` with ``segment=True`` segments ``OUT/<sample>.stitched`` (the shipped network, blockwise,
+    SWC), skips it while its segmentation is newer than ``stitch.json``, and segments a re-stitched volume
+    afresh (the old work folder discarded)."""
+    import os
+    import shutil
+
+    from xnh_stream.overnight import segment_samples
+    from xnh_stream.segment.pipeline import find_segmentation
+
+    _, res = column
+    dest = tmp_path / "leg.stitched"
+    shutil.copytree(res.out, dest, ignore=shutil.ignore_patterns("labels", "segmentation*", "swc", "stitch.work"))
+    assert segment_samples(tmp_path, (64, 64, 64)) == ["leg"]
+    info = json.loads((dest / "segmentation.json").read_text())
+    assert info["segments"] > 10 and info["block_shape"] == [64, 64, 64] and info["swc"]["files"] > 0
+    assert find_segmentation(dest).exists() and any((dest / "swc").glob("*.swc"))
+    assert segment_samples(tmp_path, (64, 64, 64)) == []  # up to date
+    later = (dest / "segmentation.json").stat().st_mtime + 10
+    os.utime(dest / "stitch.json", (later, later))  # stitched again after it
+    marker = dest / "segmentation.work" / "stale"
+    marker.write_text("")
+    assert segment_samples(tmp_path, (64, 64, 64)) == ["leg"] and not marker.exists()

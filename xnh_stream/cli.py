@@ -628,7 +628,7 @@ def cmd_overnight(a: argparse.Namespace) -> int:
             result = run_overnight(a.root, a.out, config, metrics=metrics, settle_s=a.settle_s, on_scan=report,
                                    concurrent=a.concurrent, executor_for_scan=factory,
                                    process=functools.partial(process_scan, layout=_layout(a)),
-                                   stitch=not a.no_stitch, stitch_runner=stitch_runner)
+                                   stitch=not a.no_stitch, stitch_runner=stitch_runner, segment=a.segment)
             failed = len(result.failed) + len(result.flagged)
             print(f"overnight: {len(result.done)} done, {len(result.flagged)} flagged, {len(result.failed)} "
                   f"failed, {len(result.skipped)} skipped, {len(result.waiting)} not finished; account in "
@@ -1154,6 +1154,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-stitch", action="store_true",
                    help="do not stitch the scans of one sample (NXtomo sample/name, with stage positions) into "
                         "OUT/<sample>.stitched")
+    g.add_argument("--segment", action="store_true",
+                   help="segment each stitched sample blockwise (labels, SWC in OUT/<sample>.stitched/swc)")
     _add_layout_args(s)
     _add_process_args(s)
     _add_metrics_args(s, OVERNIGHT_METRICS_PORT)

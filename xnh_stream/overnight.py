@@ -37,7 +37,11 @@ each scan's tasks limited to its share of the cluster (``max_in_flight``). Rules
 - **scans of one sample are stitched** (``stitch=True``): after the pass, the finished outputs whose reports
   name the same sample (NXtomo ``sample/name``) and carry a stage position are stitched into
   ``OUTROOT/<sample>.stitched/`` (:func:`xnh_stream.stitch.stitch_outputs`), again whenever one of them is
-  newer than the stitched volume; a failure is recorded in that folder's ``error.json``.
+  newer than the stitched volume; a failure is recorded in that folder's ``error.json``;
+- **stitched samples are segmented** (``segment=True``): each stitched volume newer than its segmentation is
+  segmented blockwise (``segment STITCHED --block-shape ... --swc STITCHED/swc``: labels, SWC skeletons and
+  ``segmentation.json`` in the stitched volume's frame); a killed segmentation resumes from its work folder,
+  one left from an older stitched volume is discarded; a failure goes into ``error.json`` like the stitch's.
 
 ``OUTROOT/overnight.json`` holds the account of the last pass (rewritten atomically after each scan).
 """
@@ -117,6 +121,7 @@ class OvernightResult:
     why: dict[str, str] = field(default_factory=dict)
     durations_s: dict[str, float] = field(default_factory=dict)
     stitched: dict[str, list[str]] = field(default_factory=dict)  # sample -> scans stitched this pass
+    segmented: list[str] = field(default_factory=list)  # stitched samples segmented this pass
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -293,7 +298,9 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
                   process: Callable[..., ChainResult] = process_scan,
                   on_scan: Callable[[str, str, float | None], None] | None = None,
                   concurrent: int = 1, executor_for_scan: Callable[[], Any] | None = None,
-                  stitch: bool = False, stitch_runner: Callable[..., Any] | None = None) -> OvernightResult:
+                  stitch: bool = False, stitch_runner: Callable[..., Any] | None = None,
+                  segment: bool = False, segment_block_shape: tuple[int, int, int] = (64, 128, 128)
+                  ) -> OvernightResult:
     """One pass of the overnight queue over ``root`` into ``out_root``.
 
     Parameters
@@ -321,6 +328,10 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
         Stitch the finished scans of each sample (module docstring).
     stitch_runner : callable, optional
         How the stitch runs (:func:`actors.stitch.run_stitch_ray` on Ray; default here).
+    segment : bool
+        Segment every stitched sample that is newer than its segmentation (:func:`segment_samples`).
+    segment_block_shape : (int, int, int)
+        Its blocks.
 
     Returns
     -------
@@ -423,6 +434,8 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
             list(pool.map(one, todo))
     if stitch:
         result.stitched = stitch_samples(out_root, [s.name for s in scans if s.finished], stitch_runner)
+    if stitch and segment:
+        result.segmented = segment_samples(out_root, segment_block_shape)
     account()
     return result
 
@@ -478,6 +491,49 @@ def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] 
         (dest / ERROR_NAME).unlink(missing_ok=True)
         done[sample] = [o.name for o in outs]
         log.info("overnight: %d scans of sample %s stitched into %s", len(outs), sample, dest)
+    return done
+
+
+#: The stitched folder's segmentation summary (``segment``'s ``segmentation.json``) and work folder.
+SEGMENT_SUMMARY, SEGMENT_WORK = "segmentation.json", "segmentation.work"
+
+
+def segment_samples(out_root: Path, block_shape: tuple[int, int, int] = (64, 128, 128)) -> list[str]:
+    """Segment every stitched sample under ``out_root`` whose ``stitch.json`` is newer than its
+    ``segmentation.json``, blockwise, with SWC skeletons in ``<sample>.stitched/swc`` (the ``segment`` command's
+    own run: labels in the stitched volume, summary, skeletons, all in its frame). A work folder older than
+    the stitch (of a previous stitched volume) is removed first; a younger one is resumed. Returns the samples
+    segmented; a failure is logged and recorded in the folder's ``error.json``."""
+    import argparse  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from .segment.commands import add_parsers  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="overnight")
+    add_parsers(parser.add_subparsers())
+    done = []
+    for dest in sorted(Path(out_root).glob(f"*{STITCHED_SUFFIX}")):
+        stitch = dest / "stitch.json"
+        if not stitch.exists() or not (dest / "volume.ome.zarr").exists():
+            continue
+        summary, work = dest / SEGMENT_SUMMARY, dest / SEGMENT_WORK
+        if summary.exists() and summary.stat().st_mtime >= stitch.stat().st_mtime:
+            continue  # up to date
+        if work.exists() and (not (work / "spec.json").exists()
+                              or (work / "spec.json").stat().st_mtime < stitch.stat().st_mtime):
+            shutil.rmtree(work)  # made for an older stitched volume
+        shutil.rmtree(dest / "swc", ignore_errors=True)
+        a = parser.parse_args(["segment", str(dest), "--out", str(dest), "--block-shape", *map(str, block_shape),
+                               "--swc", str(dest / "swc")])
+        try:
+            a.func(a)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other samples go on
+            _write_json(dest / ERROR_NAME, {"segment": str(dest), "error": str(exc), "type": type(exc).__name__,
+                                            "traceback": traceback.format_exc(limit=8)})
+            log.error("overnight: segmenting %s failed: %s (recorded in %s)", dest, exc, dest / ERROR_NAME)
+            continue
+        done.append(dest.name[: -len(STITCHED_SUFFIX)])
+        log.info("overnight: %s segmented (labels, SWC in %s)", dest, dest / "swc")
     return done
 
 
