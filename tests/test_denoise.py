@@ -90,20 +90,25 @@ def test_bad_options_are_refused():
         train_noise2inverse((z, z), 6.0, Noise2InverseConfig(steps=1))
 
 
-def test_the_final_pass_publishes_the_denoised_image_with_the_volume(tmp_path):
-    from xnh_stream.chain.batch import process_scan
+def test_the_final_pass_publishes_the_denoised_image_with_the_volume(tmp_path, monkeypatch, capsys):
+    """``process --denoise``: the denoised image inside volume.ome.zarr on the volume's grid, its units in the
+    report's checksums (a damaged chunk is refused by the next run, as the volume's), the FSC the plain
+    volume's."""
+    from xnh_stream.cli import main
     from xnh_stream.io.omezarr import image_transforms, read_volume
 
     from .foreign import ForeignSpec, write_foreign_scan
 
     truth = write_foreign_scan(tmp_path / "scan", ForeignSpec(nx=64, ny=32, n_angles=60, delta_beta=30.0, seed=3))
     folder, out = truth.files[0].parent, tmp_path / "out"
-    cfg = ProcessConfig.from_mapping({"denoise.method": "noise2inverse", "denoise.steps": 20,
-                                      "sample.delta_beta": 30, "alignment.angles": 8})
-    res = process_scan(folder, out, cfg)
+    for var, value in {"XNH_DENOISE_STEPS": "20", "XNH_SAMPLE_DELTA_BETA": "30", "XNH_ALIGNMENT_ANGLES": "8"}.items():
+        monkeypatch.setenv(var, value)
+    args = ["-q", "process", str(folder), "--out", str(out), "--denoise", "--local"]
+    assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     den = report["denoise"]
     assert den["volume"] == "volume.ome.zarr/denoised" and den["steps"] == 20 and den["noise_rms"] > 0
+    assert report["config"]["denoise"]["method"] == "noise2inverse"
     units = report["volume"]["units"]
     assert units["denoised/s0"][-1][1] == 32 and "s0" in units
     plain, voxel = read_volume(out / "volume.ome.zarr")
@@ -111,13 +116,15 @@ def test_the_final_pass_publishes_the_denoised_image_with_the_volume(tmp_path):
     assert denoised.shape == plain.shape and voxel_d == voxel
     assert image_transforms(out / "volume.ome.zarr" / "denoised", 1) == image_transforms(out / "volume.ome.zarr", 1)
     assert np.corrcoef(plain.ravel(), denoised.ravel())[0, 1] > 0.9 and not np.array_equal(plain, denoised)
-    assert res.report.fsc.resolution_m == report["fsc"]["resolution_m"]  # the FSC is the plain volume's
-    # a damaged chunk of the denoised image is found by the next run, which refuses, as for the volume
+    monkeypatch.delenv("XNH_DENOISE_STEPS")
+    plain_report = tmp_path / "plain"
+    assert main(["-q", "process", str(folder), "--out", str(plain_report), "--local"]) == 0
+    assert json.loads((plain_report / "report.json").read_text())["fsc"] == report["fsc"]  # the plain volume's
+    monkeypatch.setenv("XNH_DENOISE_STEPS", "20")
+    capsys.readouterr()
     chunk = next(p for p in (out / "volume.ome.zarr" / "denoised" / "s0").rglob("*") if p.is_file()
                  and p.name != "zarr.json")
     chunk.write_bytes(b"garbage")
-    from xnh_stream.errors import InputError
-
-    with pytest.raises(InputError, match="denoised/s0"):
-        process_scan(folder, out, cfg)
+    assert main(args) == 2
+    assert "denoised/s0" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "scan")

@@ -227,6 +227,8 @@ def _process_config(a: argparse.Namespace) -> ProcessConfig:
         flags["alignment.enabled"] = False
     if getattr(a, "no_envelope", False):
         flags["ctf.envelope"] = False
+    if getattr(a, "denoise", False):
+        flags["denoise.method"] = "noise2inverse"
     a._process_config = ProcessConfig.layered(a.config, overrides=flags)
     return a._process_config
 
@@ -241,6 +243,9 @@ def _add_process_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-align", action="store_true", help="do not register distances (rescale only)")
     g.add_argument("--no-envelope", action="store_true",
                    help="single-material CTF (no sample-envelope pass; see docs/configuration.md)")
+    g.add_argument("--denoise", action="store_true",
+                   help="also write a self-supervised (Noise2Inverse) denoised copy of the final volume to "
+                        "volume.ome.zarr/denoised (denoise.method; docs/denoising.md)")
     g.add_argument("--live-binning", type=int,
                    help="binning of the live volume (watch/demo; 0 = auto, about 512 columns)")
     g.add_argument("--backend", choices=["numpy", "cupy"], help="array backend (default numpy)")
