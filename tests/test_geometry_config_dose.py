@@ -32,8 +32,12 @@ def test_fresnel_scaled_geometry():
 def test_config_names_bad_keys(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key.*'ctf.alpha'"):
         ProcessConfig.from_mapping({"ctf": {"alpha": 1}})
-    with pytest.raises(ConfigError, match="unknown config section.*'phase'"):
+    with pytest.raises(ConfigError, match="unknown config section.*'retrieval'"):
+        ProcessConfig.from_mapping({"retrieval": {"alpha_low": 1}})
+    with pytest.raises(ConfigError, match="unknown config key.*'phase.alpha_low'"):
         ProcessConfig.from_mapping({"phase": {"alpha_low": 1}})
+    with pytest.raises(ConfigError, match="phase.method .*'tie' .known: paganin, ctf, ctf-two-material"):
+        ProcessConfig.from_mapping({"phase": {"method": "tie"}})
     with pytest.raises(ConfigError, match="'fbp_window' is not a section"):
         ProcessConfig.from_mapping({"fbp_window": "hann"})  # the flat keys of earlier versions are named
     with pytest.raises(ConfigError, match="fbp.window"):

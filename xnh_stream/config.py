@@ -6,7 +6,8 @@ section     what it configures
 sample      the sample's composition (delta/beta, dose), the stain (two-material CTF), the sample's name
 flatfield   dynamic (PCA) flat-field
 alignment   registration of the distances
-ctf         phase retrieval
+phase       the phase-retrieval method (a name of :mod:`xnh_stream.chain.phase_methods`)
+ctf         the multi-distance CTF's regularisation, envelope, padding and refinement
 fbp         reconstruction and the rotation axis
 dose        detector response and the dose alert thresholds
 alerts      drift, warping, scale and resolution alert thresholds, the Alertmanager webhook
@@ -157,6 +158,29 @@ class AlignmentOptions:
 
 #: ``ctf.alpha_low: auto`` for the two-material CTF (True) and for one material (False)
 AUTO_ALPHA_LOW: dict[bool, float] = {True: 0.1, False: 2.0}
+
+
+@dataclass
+class PhaseOptions:
+    """The phase-retrieval method.
+
+    Attributes
+    ----------
+    method : str
+        A name of the registry :data:`xnh_stream.chain.phase_methods.PHASE_METHODS`: ``paganin`` (single
+        distance, the reference), ``ctf`` (multi-distance, one material), ``ctf-two-material`` (multi-distance,
+        the sample's outline and interior where ``ctf.envelope`` finds a sample in air; one material otherwise).
+        The final pass and the live final projections use it; the live previews are always Paganin.
+    """
+
+    method: str = "ctf-two-material"
+
+    def __post_init__(self) -> None:
+        from .chain.phase_methods import PHASE_METHODS  # noqa: PLC0415  (light: the registry's names)
+
+        if self.method not in PHASE_METHODS:
+            raise ConfigError(f"config key phase.method has an invalid value {self.method!r} "
+                              f"(known: {', '.join(PHASE_METHODS)})")
 
 
 @dataclass
@@ -423,8 +447,8 @@ class ComputeOptions:
 
 #: Section name -> its dataclass.
 SECTIONS: dict[str, type] = {"sample": SampleOptions, "flatfield": FlatFieldOptions, "alignment": AlignmentOptions,
-                             "ctf": CTFOptions, "fbp": FBPOptions, "dose": DoseOptions, "alerts": AlertOptions,
-                             "stream": LiveOptions, "denoise": DenoiseOptions, "compute": ComputeOptions}
+                             "phase": PhaseOptions, "ctf": CTFOptions, "fbp": FBPOptions, "dose": DoseOptions,
+                             "alerts": AlertOptions, "stream": LiveOptions, "denoise": DenoiseOptions, "compute": ComputeOptions}
 
 
 @dataclass
@@ -434,6 +458,7 @@ class ProcessConfig:
     sample: SampleOptions = field(default_factory=SampleOptions)
     flatfield: FlatFieldOptions = field(default_factory=FlatFieldOptions)
     alignment: AlignmentOptions = field(default_factory=AlignmentOptions)
+    phase: PhaseOptions = field(default_factory=PhaseOptions)
     ctf: CTFOptions = field(default_factory=CTFOptions)
     fbp: FBPOptions = field(default_factory=FBPOptions)
     dose: DoseOptions = field(default_factory=DoseOptions)

@@ -84,6 +84,7 @@ from .calibration import Calibration
 from .denoise import DENOISED_NAME, HALVES_FULL_NAME, DenoiseSlab, create_full_halves, denoise_slab_task, denoise_train_task
 from .executor import Executor, SerialExecutor
 from .layout import STEP_UNITS, ChainLayout  # noqa: F401 - ChainLayout exported here as before
+from .phase_methods import phase_method
 from .publish import VolumeStats, check_volume, damaged_units, describe_damage, publish, region_crc_task, stage
 from .report import (
     JOURNAL_NAME,
@@ -393,7 +394,7 @@ def phase_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], setup: Ph
                 images[k] = img
         if not images:
             continue
-        projection = to_numpy(proc.ctf(images, theta))
+        projection = to_numpy(proc.retrieve(images, theta))
         crcs.append(store.write(slot, projection))
         absmax = max(absmax, float(np.max(np.abs(projection))))
         written.append(slot)
@@ -869,7 +870,7 @@ class FinalChain:
         """One pass over the reference distance for what the envelope and the rotation axis need."""
         ny, nx = self.shape
         b = binning_for((ny, nx), ENVELOPE_COLUMNS)
-        envelope = self.config.ctf.envelope is not False and self.K > 1
+        envelope = self._wants_envelope()
         axis = self.config.fbp.cor is None
         rows = axis_rows(ny)
         n = len(slots)
@@ -968,6 +969,17 @@ class FinalChain:
 
         return self._cached("envelope", compute)
 
+    def _wants_envelope(self) -> bool:
+        """Does the pass build the sample envelope? Its phase method uses one, ``ctf.envelope`` allows it,
+        and there are several distances."""
+        return phase_method(self.config.phase.method).envelope and self.config.ctf.envelope is not False and self.K > 1
+
+    def _one_material_why(self) -> str:
+        """Why the pass has no envelope when it was not looked for (empty when it was and none was found)."""
+        if not phase_method(self.config.phase.method).envelope:
+            return f" (phase.method: {self.config.phase.method})"
+        return "" if self._wants_envelope() else " (ctf.envelope: false)"
+
     def two_material(self, envelope: SampleEnvelope | None) -> SampleEnvelope | None:
         """The envelope the CTF uses: with ``ctf.envelope: auto`` only a sample in air
         (:meth:`~xnh_stream.physics.envelope.SampleEnvelope.in_air`). The outline's delta/beta is then the
@@ -976,8 +988,7 @@ class FinalChain:
         record = self.material_record
         if envelope is None:
             if record:
-                record["material_model"] = "one material" + ("" if self.config.ctf.envelope is not False and self.K > 1
-                                                             else " (ctf.envelope: false)")
+                record["material_model"] = "one material" + self._one_material_why()
             return None
         if self.config.ctf.envelope == "auto" and not envelope.in_air():
             record["material_model"] = ("one material: the envelope's support is not a sample in air "
@@ -1447,8 +1458,7 @@ class FinalChain:
                                      "propagation_distance_m": g.propagation_distance_m,
                                      "fresnel_number": g.fresnel_number}
                                     for d, g in zip(self.index.distances, geo.distances)]},
-            phase={"method": "ctf-multi-distance" + ("-two-material" if envelope is not None else "")
-                   + ("-fresnel-refined" if cfg.ctf.refine and envelope is None else ""),
+            phase={"method": phase_method(cfg.phase.method).label(envelope is not None, cfg.ctf.refine > 0),
                    "delta_beta": self.delta_beta, "delta_beta_contrast": contrast,
                    "delta_beta_estimate": self.material_record or None,
                    "envelope": None if envelope is None else envelope.as_dict(),

@@ -4,7 +4,8 @@
 * :meth:`Calibration.correct <xnh_stream.chain.calibration.Calibration.correct>`: flat-field;
 * :class:`AngleProcessor`: the flat-fielded frames of one angle to a projection of delta on the reference
   grid: every distance aligned (rescaled to the reference pixel and shifted by its model), then the
-  multi-distance CTF (two-material with a sample envelope), or a single-distance Paganin *preview*;
+  method ``phase.method`` names (:mod:`xnh_stream.chain.phase_methods`: the multi-distance CTF, two-material
+  with a sample envelope, or Paganin), or a single-distance Paganin *preview*;
 * :class:`PhaseSetup`: everything an :class:`AngleProcessor` is built from, small and picklable, so that a
   worker process builds its processor (and its cached CTF filters) once per scan (:func:`processor_for`).
 """
@@ -29,6 +30,7 @@ from ..physics.geometry import ScanGeometry
 from ..physics.phase import CTFRetriever, retrieve_phase_paganin
 from ..physics.refine import FresnelRefiner
 from ..physics.xp import get_array_module
+from .phase_methods import PhaseMethod, phase_method
 
 
 def read_frame(rec: FrameRecord) -> tuple[np.ndarray | None, str | None]:
@@ -64,6 +66,8 @@ class AngleProcessor:
 
     Attributes
     ----------
+    method : PhaseMethod
+        ``phase.method``: what :meth:`retrieve` does.
     envelope : SampleEnvelope or None
         Set it (with ``contrast_delta_beta``) for the two-material CTF: the envelope carries the
         sample's outline with ``delta_beta``, the interior is retrieved with ``contrast_delta_beta``.
@@ -81,6 +85,7 @@ class AngleProcessor:
         self._retrievers: dict[tuple[int, ...], CTFRetriever] = {}
         self.envelope: SampleEnvelope | None = None
         self.contrast_delta_beta: float | None = None
+        self.method: PhaseMethod = phase_method(config.phase.method)
 
     def shift(self, k: int, theta_deg: float) -> tuple[float, float]:
         """The shift distance ``k`` gets at this angle (its model's; zero for the reference or no model)."""
@@ -115,13 +120,21 @@ class AngleProcessor:
         blank = self.xp.ones(self.shape, dtype=self.xp.float32)
         self.ctf(dict.fromkeys(range(len(self.geometry.distances)), blank), 0.0)
 
-    def ctf(self, images: Mapping[int, Any], theta_deg: float) -> Any:
-        """Projection from the CTF of the distances present (``{distance index: flat-fielded frame}``)."""
+    def retrieve(self, images: Mapping[int, Any], theta_deg: float) -> Any:
+        """Projection of the distances present (``{distance index: flat-fielded frame}``) by ``phase.method``
+        (:attr:`method`)."""
+        if not images:
+            raise ValueError("no frame given")
+        return self.method.retrieve(self, images, theta_deg)
+
+    def ctf(self, images: Mapping[int, Any], theta_deg: float, two_material: bool = True) -> Any:
+        """Projection from the CTF of the distances present (``{distance index: flat-fielded frame}``): two
+        materials when the processor holds an envelope (and ``two_material``), else one."""
         which = tuple(sorted(images))
         if not which:
             raise ValueError("no frame given")
         stack = self.xp.stack([self.aligned(k, images[k], theta_deg) for k in which])
-        if self.envelope is not None and self.contrast_delta_beta:
+        if two_material and self.envelope is not None and self.contrast_delta_beta:
             envelope = self.envelope.projection(math.radians(theta_deg)) / self.scale
             return self._retriever(which, True)(stack, envelope=envelope) * self.scale
         retriever = self._retriever(which, False)

@@ -34,7 +34,7 @@ def to_host(a: Any) -> np.ndarray:
 
 
 class PhaseWorker:
-    """Phase retrieval of one angle: a Paganin preview or the multi-distance CTF projection.
+    """Phase retrieval of one angle: a Paganin preview or the final projection (``phase.method``).
 
     Parameters
     ----------
@@ -81,7 +81,7 @@ class PhaseWorker:
             ((k, frame),) = work.frames.items()
             out, previous = proc.preview(k, frame, work.theta_deg, work.preview_shift_yx), None
         else:
-            out = proc.ctf(work.frames, work.theta_deg)
+            out = proc.retrieve(work.frames, work.theta_deg)
             k = work.preview_distance
             previous = work.preview
             if previous is None and k is not None:
