@@ -155,21 +155,21 @@ def _floor_kernels():
                     s = st[a]
                     us = np.uint64(s)
                     t = np.uint64(t0[a] + i * s)
-                    a0 = _interp_step(a0, pf, 0, t)
+                    a0 = _interp_step(a0, pf, t)
                     t += us
-                    a1 = _interp_step(a1, pf, 0, t)
+                    a1 = _interp_step(a1, pf, t)
                     t += us
-                    a2 = _interp_step(a2, pf, 0, t)
+                    a2 = _interp_step(a2, pf, t)
                     t += us
-                    a3 = _interp_step(a3, pf, 0, t)
+                    a3 = _interp_step(a3, pf, t)
                     t += us
-                    a4 = _interp_step(a4, pf, 0, t)
+                    a4 = _interp_step(a4, pf, t)
                     t += us
-                    a5 = _interp_step(a5, pf, 0, t)
+                    a5 = _interp_step(a5, pf, t)
                     t += us
-                    a6 = _interp_step(a6, pf, 0, t)
+                    a6 = _interp_step(a6, pf, t)
                     t += us
-                    a7 = _interp_step(a7, pf, 0, t)
+                    a7 = _interp_step(a7, pf, t)
                 vec_store_transposed(res, 0, 8, a0, a1, a2, a3, a4, a5, a6, a7)
         return res
 

@@ -258,9 +258,10 @@ def prefetch_write(typingctx: Any, arr: Any, index: Any) -> Any:
 
 
 @numba.njit(inline="always", fastmath=FASTMATH)
-def _interp_step(acc, pf, base, t):  # pragma: no cover - compiled
-    """``acc`` plus the ``STACK`` rows at 32.32 fixed-point position ``t`` (value + fraction x difference)."""
-    q = base + np.int64(t >> np.uint64(32)) * 32
+def _interp_step(acc, pf, t):  # pragma: no cover - compiled
+    """``acc`` plus the ``STACK`` rows at 32.32 fixed-point position ``t`` (value + fraction x difference): the
+    integer part counts positions of ``2 x STACK`` floats from the start of ``pf``."""
+    q = np.int64(t >> np.uint64(32)) * (2 * STACK)
     return vec_interp(acc, np.float32(t & np.uint64(0xFFFFFFFF)), vec_load(pf, q), vec_load(pf, q + 16))
 
 
@@ -270,12 +271,19 @@ def _interp_at(acc, pf, q, f):  # pragma: no cover - compiled
     return vec_interp(acc, f, vec_load(pf, q), vec_load(pf, q + STACK))
 
 
+def stack_positions_per_block(stacked: np.ndarray) -> int:
+    """Detector positions of one block of rows over all angles of ``stacked`` (angles x length)."""
+    return int(stacked.shape[1]) * int(stacked.shape[2])
+
+
 def bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, tile, cs, sn, origin, out):  # type: ignore[no-untyped-def]
     """:func:`_bp_stacked`, after the checks its unchecked vector loads and stores rely on."""
     if out.shape[1] < VOXELS or seg < VOXELS:
         raise ValueError(f"the stacked kernel needs lines and segments of at least {VOXELS} voxels")
     if stacked.ndim != 5 or stacked.shape[3:] != (2, STACK) or not stacked.flags.c_contiguous:
         raise ValueError(f"stacked pairs must be C-contiguous [blocks, n_angles, length, 2, {STACK}]")
+    if stacked.shape[0] * stack_positions_per_block(stacked) >= 2**31:
+        raise ValueError("stacked pairs too large for 32.32 fixed-point positions: back-project fewer angles or rows")
     return _bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, max(1, int(tile)), cs, sn, origin, out)
 
 
@@ -324,12 +332,13 @@ def _bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, tile, cs, sn, origin
         s1 = min(m, s0 + seg)
         t0 = np.empty((g1 - g0, n_angles), np.int64)
         step = np.empty((g1 - g0, n_angles), np.int64)
-        base = np.empty((g1 - g0, n_angles), np.int64)
         for g in range(g0, g1):
             for a in range(n_angles):
-                t0[g - g0, a] = np.int64(np.floor((origin + xr[g] * cs[a] + yr[g] * sn[a]) * scale + 0.5))
+                # the row of (block, angle) in pf, in positions, goes into the integer part of the fixed-point
+                # position (< 2^32: blocks x angles x length positions), which then indexes pf directly
+                first = (gblock[g] * n_angles + a) * length
+                t0[g - g0, a] = np.int64(np.floor((origin + xr[g] * cs[a] + yr[g] * sn[a]) * scale + 0.5)) + (first << 32)
                 step[g - g0, a] = np.int64(np.floor((dx[g] * cs[a] + dy[g] * sn[a]) * scale + 0.5))
-                base[g - g0, a] = (gblock[g] * n_angles + a) * length * (2 * STACK)
         buf = np.empty((g1 - g0) * STACK * width, np.float32)
         n_blocks = (s1 - s0 + VOXELS - 1) // VOXELS
         for k in range(g1 - g0):  # the output of the first window, wanted at its end
@@ -356,22 +365,21 @@ def _bp_stacked(stacked, gblock, xr, yr, dx, dy, rows, seg, tile, cs, sn, origin
                         s = step[k, a]
                         us = np.uint64(s)
                         t = np.uint64(t0[k, a] + i * s)
-                        q = base[k, a]
-                        a0 = _interp_step(a0, pf, q, t)
+                        a0 = _interp_step(a0, pf, t)
                         t += us
-                        a1 = _interp_step(a1, pf, q, t)
+                        a1 = _interp_step(a1, pf, t)
                         t += us
-                        a2 = _interp_step(a2, pf, q, t)
+                        a2 = _interp_step(a2, pf, t)
                         t += us
-                        a3 = _interp_step(a3, pf, q, t)
+                        a3 = _interp_step(a3, pf, t)
                         t += us
-                        a4 = _interp_step(a4, pf, q, t)
+                        a4 = _interp_step(a4, pf, t)
                         t += us
-                        a5 = _interp_step(a5, pf, q, t)
+                        a5 = _interp_step(a5, pf, t)
                         t += us
-                        a6 = _interp_step(a6, pf, q, t)
+                        a6 = _interp_step(a6, pf, t)
                         t += us
-                        a7 = _interp_step(a7, pf, q, t)
+                        a7 = _interp_step(a7, pf, t)
                     vec_store_transposed(buf, k * STACK * width + VOXELS + (i - x0), width,
                                          a0, a1, a2, a3, a4, a5, a6, a7)
                     # the output of the next window is fetched meanwhile: rows 2 (b - w0), + 1 of group k
