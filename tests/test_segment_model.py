@@ -125,7 +125,7 @@ def test_blockwise_on_ray(tmp_path, ray_local, heldout):
     remote = run_blockwise_ray(BlockwiseSpec(str(tmp_path / "ray"), str(raw), (32, 32, 32), 8, device="cpu"))
     assert same_partition(local.segmentation(), remote.segmentation())
     done = sorted(p.name for p in (tmp_path / "ray" / "done" / "relabel").iterdir())
-    assert done == [str(i) for i in range(4)]
+    assert done == [f"{i}.json" for i in range(4)]
 
 
 def test_commands_segment_evaluate_and_errors(tmp_path, heldout, capsys):

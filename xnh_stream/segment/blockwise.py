@@ -28,22 +28,25 @@ phantom's labels): the whole volume's distance-transform fragments cut into 32-v
 Rand error from 0.099 to 0.315, and the objects that cross a seam from 28 of 29 keeping one id to 27; joined,
 the blocks give the whole volume's partition.
 
-Work files live in one folder: ``affinities.zarr``, ``fragments.zarr``, ``segmentation.zarr``, ``edges/``,
-``mask.npz``, ``lut.npz``, ``done/<stage>/<block>``.
+Work files live in one folder, the resumable :class:`~xnh_stream.state.work.WorkFolder` of the final pass
+(a folder of another run or an older format is started afresh): ``spec.json``, ``affinities.zarr``,
+``fragments.zarr``, ``segmentation.zarr``, ``edges/``, ``mask.npz``, ``lut.npz``, ``results/norm.pkl``,
+``done/<stage>/<block>.json``. :func:`run_blockwise` runs the stages on any
+:class:`~xnh_stream.chain.executor.Executor` (here, or Ray tasks).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from ..chain.executor import Executor, Progress, SerialExecutor, run_units, worker_of
+from ..state.work import DamagedWork, WorkFolder
 from .mask import SampleMask, outside_area, sample_mask
 from .postprocess import (agglomerate_contacts, apply_lut, contact_statistics, face_area, fragments_watershed,
                           merge_enclosed, segment_lut, sum_contacts)
@@ -51,8 +54,9 @@ from .postprocess import (agglomerate_contacts, apply_lut, contact_statistics, f
 STAGES = ("predict", "fragments", "agglomerate", "relabel")
 #: Version of the work folder's layout, in ``spec.json``; 2 added each block's surface areas (``border_*.npy``),
 #: 3 the sample mask (``mask.npz``, ``spec.mask``), 4 the fragments across block faces (``face_*.npz``,
-#: ``joins_*.npy``).
-WORK_FORMAT = 4
+#: ``joins_*.npy``), 5 the one work folder (:class:`~xnh_stream.state.work.WorkFolder`: ``done/*/<block>.json``,
+#: the normalisation in ``results/norm.pkl``).
+WORK_FORMAT = 5
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class BlockwiseSegmentation:
     def __init__(self, spec: BlockwiseSpec) -> None:
         self.spec = spec
         self.work = Path(spec.work)
+        self.folder = WorkFolder.attach(self.work)
         self.raw = open_raw(spec.raw)
         if self.raw.ndim != 3:
             raise ValueError(f"{spec.raw}: image must be 3-D [z, y, x], got shape {self.raw.shape}")
@@ -167,23 +172,17 @@ class BlockwiseSegmentation:
     # ------------------------------------------------------------------ setup and bookkeeping
     @classmethod
     def prepare(cls, spec: BlockwiseSpec) -> BlockwiseSegmentation:
-        """Create (or reopen, to resume) the work folder; fixes the input normalisation once."""
+        """Create (or reopen, to resume) the work folder (one of another run or an older format is started
+        afresh); fixes the input normalisation once."""
         from .unet import AffinityModel, normalise
 
         work = Path(spec.work)
-        work.mkdir(parents=True, exist_ok=True)
-        spec_file = work / "spec.json"
-        if spec_file.exists():
-            old = json.loads(spec_file.read_text())
-            if old.get("format", 1) != WORK_FORMAT:
-                raise ValueError(f"{spec_file}: work folder of an older xnh-stream (format {old.get('format', 1)}, "
-                                 f"this version writes {WORK_FORMAT}): segment into a new folder")
-            mine = {k: v for k, v in asdict(spec).items() if k not in ("norm", "device")}
-            theirs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in old.items() if k in mine}
-            mine = {k: (tuple(v) if isinstance(v, list) else v) for k, v in mine.items()}
-            if theirs != mine:
-                raise ValueError(f"{spec_file}: work folder belongs to another run ({theirs} != {mine})")
-            spec.norm = tuple(old["norm"])  # type: ignore[assignment]
+        folder = WorkFolder(work, {k: v for k, v in asdict(spec).items() if k not in ("norm", "device")}, WORK_FORMAT)
+        try:
+            if folder.has("norm"):
+                spec.norm = tuple(folder.load("norm"))  # type: ignore[assignment]
+        except DamagedWork:
+            pass  # computed again below
         self = cls(spec)
         grid = 8  # segment.commands.BLOCK_GRID: the command refuses a bad --block-shape before this
         if any(b % grid and b < n for b, n in zip(spec.block_shape, self.shape)):
@@ -193,11 +192,11 @@ class BlockwiseSegmentation:
             step = max(1, int(np.ceil((np.prod(self.shape) / 4e6) ** (1 / 3))))
             sample = np.asarray(self.raw[::step, ::step, ::step])
             spec.norm = normalise(sample, model.norm)
+        folder.save("norm", tuple(spec.norm))
         if not (work / "mask.npz").exists():
             tmp = work / "mask.tmp.npz"
             sample_mask(self.raw, spec.mask).save(tmp)
             os.replace(tmp, work / "mask.npz")
-        spec_file.write_text(json.dumps({"format": WORK_FORMAT, **asdict(spec)}))
         n_aff = 3
         for name, dtype, shape, chunks in (
                 ("affinities.zarr", "float32", (n_aff, *self.shape), (n_aff, *spec.block_shape)),
@@ -206,8 +205,6 @@ class BlockwiseSegmentation:
             if not (work / name).exists():
                 zarr.open_array(str(work / name), mode="w", shape=shape, dtype=dtype,
                                 chunks=tuple(min(c, s) for c, s in zip(chunks, shape)), fill_value=0)
-        for stage in STAGES:
-            (work / "done" / stage).mkdir(parents=True, exist_ok=True)
         (work / "edges").mkdir(exist_ok=True)
         return self
 
@@ -216,17 +213,14 @@ class BlockwiseSegmentation:
 
     def is_done(self, stage: str, index: int) -> bool:
         """Whether ``stage`` finished on block ``index``."""
-        return (self.work / "done" / stage / str(index)).exists()
+        return self.folder.is_done(stage, index)
 
     def _mark(self, stage: str, index: int, info: dict | None = None) -> None:
-        path = self.work / "done" / stage / str(index)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info or {}))
-        os.replace(tmp, path)
+        self.folder.mark(stage, str(index), info or {})
 
     def pending(self, stage: str) -> list[int]:
         """Blocks that still need ``stage``."""
-        return [b.index for b in self.blocks if not self.is_done(stage, b.index)]
+        return self.folder.pending(stage, (b.index for b in self.blocks))
 
     @property
     def model(self):
@@ -410,20 +404,34 @@ def contacts_between(contacts: np.ndarray, ids: np.ndarray, root: np.ndarray) ->
     return sum_contacts(rows)
 
 
-def run_blockwise(spec: BlockwiseSpec, progress: Callable[[str, int, int], None] | None = None
-                  ) -> BlockwiseSegmentation:
-    """Run (or resume) every stage in this process, block after block; see :mod:`actors.segment` for Ray."""
+def _segmentation_of(payload: dict) -> BlockwiseSegmentation:
+    return BlockwiseSegmentation(BlockwiseSpec(**payload))
+
+
+def block_task(index: int, payload: dict, stage: str) -> int:
+    """Run ``stage`` (predict, fragments, agglomerate, relabel) on block ``index`` of the run ``payload``
+    (its spec as a dict; the segmentation is built once per process and run)."""
+    getattr(worker_of(_segmentation_of, payload), stage)(index)
+    return index
+
+
+def solve_task(_: int, payload: dict) -> dict:
+    """:meth:`BlockwiseSegmentation.solve` of the run ``payload`` (one task)."""
+    return worker_of(_segmentation_of, payload).solve()
+
+
+def run_blockwise(spec: BlockwiseSpec, progress: Progress | None = None,
+                  executor: Executor | None = None) -> BlockwiseSegmentation:
+    """Run (or resume) every stage, block by block on ``executor`` (default: here, one after the other;
+    ``actors.executor.RayExecutor``: Ray tasks). A stage starts when the one before has finished on every
+    block (a block's watershed reads its neighbours' affinities, its contacts the plane before it); the
+    solve is one task before the relabelling."""
+    executor = executor or SerialExecutor()
     bw = BlockwiseSegmentation.prepare(spec)
-    for stage in ("predict", "fragments", "agglomerate"):
-        todo = bw.pending(stage)
-        for k, i in enumerate(todo):
-            getattr(bw, stage)(i)
-            if progress:
-                progress(stage, k + 1, len(todo))
-    if bw.pending("relabel"):
-        bw.solve()
-    for k, i in enumerate(todo := bw.pending("relabel")):
-        bw.relabel(i)
-        if progress:
-            progress("relabel", k + 1, len(todo))
+    payload = asdict(bw.spec)
+    worker_of(_segmentation_of, payload, bw)  # this process's calls use the prepared one
+    for stage in STAGES:
+        if stage == "relabel" and bw.pending("relabel"):
+            run_units(executor, "solve", solve_task, [0], payload)
+        run_units(executor, stage, block_task, bw.pending(stage), payload, stage, progress=progress)
     return bw

@@ -1,15 +1,21 @@
-"""The work folder of a final pass: what each step has finished, so that a killed run resumes.
+"""The one resumable work folder: what each step has finished, so that a killed run resumes.
 
-``OUT/work/`` holds
+Used by the final pass (``OUT/work``), the blockwise segmentation (``OUT/segmentation.work``) and the
+blockwise stitch (``OUT/stitch.work``). It holds
 
-* ``spec.json``: what the work is for (the frames of the scan, the options, the format number). A run
-  whose spec differs (another scan in the same output, other options) starts the work afresh. How the
+* ``spec.json``: what the work is for (the final pass: the frames of the scan, the options; a segmentation or
+  a stitch: its spec) and the format number of its writer. **A folder whose spec differs** (another scan or
+  input in the same output, other options, an older writer, or markers without a spec) **is started
+  afresh**: renamed to the trash and deleted, with a warning naming the keys that differ; it is never
+  refused, never reused. The
+  work is not the output: the published outputs stay until new ones replace them. How the
   work is cut is not in it: a stage whose units depend on the cut names its markers after it
   (``phase_b16``, ``slab_r8``), so a run with another cut redoes only those stages;
 * ``results/<step>.pkl``: the result of each driver-side step (calibration, alignment, rotation axis,
   envelope ...), written atomically (temporary file, then rename);
 * ``done/<stage>/<key>.json``: a marker per finished unit of a distributed step (a batch of angles, a
-  slab of rows), written after the unit's data, with what the driver needs to know of it;
+  slab of rows, a block), written atomically after the unit's data, with what the driver needs to know of
+  it (a worker marks its units in the folder its driver checked: :meth:`WorkFolder.attach`);
 * the large intermediate arrays (phase-retrieved projections, the volume being written).
 
 A unit whose marker exists is not redone; a unit without one is redone from the start (its data may
@@ -35,6 +41,7 @@ import signal
 import tempfile
 import uuid
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +122,16 @@ def purge_trash(folder: Path) -> None:
 _RESULT_MAGIC = b"XNHR1"
 
 
+def _differing(old_text: str, spec: dict[str, Any]) -> list[str]:
+    """The keys of ``spec`` whose values differ from those of the spec ``old_text`` (all: unreadable)."""
+    try:
+        old = json.loads(old_text)
+    except ValueError:
+        return ["spec.json unreadable"]
+    new = json.loads(json.dumps(spec, default=str))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) if isinstance(old, dict) else ["spec.json"]
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -138,11 +155,13 @@ class WorkFolder:
         The folder (created).
     spec : dict
         JSON-able description of the work; a folder with another spec is emptied first.
+    fmt : int
+        Format number of the writer (its layout of the folder), part of the spec.
     """
 
-    def __init__(self, path: str | Path, spec: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, spec: dict[str, Any], fmt: int = WORK_FORMAT) -> None:
         self.path = Path(path)
-        spec = {"format": WORK_FORMAT, **spec}
+        spec = {"format": fmt, **spec}
         spec_file = self.path / "spec.json"
         text = json.dumps(spec, sort_keys=True, default=str)
         purge_trash(self.path.parent)
@@ -152,7 +171,8 @@ class WorkFolder:
             except (OSError, UnicodeDecodeError):
                 old = ""
             if old != text:
-                log.warning("%s holds the work of another scan or other options: starting afresh", self.path)
+                log.warning("%s holds the work of another scan, input or options (differs in %s): starting "
+                            "afresh", self.path, _differing(old, spec))
                 trash(self.path)
             else:
                 log.info("resuming the work in %s", self.path)
@@ -167,6 +187,16 @@ class WorkFolder:
             fsync_dir(self.path.parent)
         #: Hash of the spec: what the outputs were made from (report.json records it).
         self.spec_id = hashlib.sha1(text.encode()).hexdigest()
+
+    @classmethod
+    def attach(cls, path: str | Path) -> WorkFolder:
+        """The work folder ``path`` as a driver prepared it (checked, spec written), for a worker that marks
+        its units there: nothing is checked or removed."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.resumed = True
+        self.spec_id = ""
+        return self
 
     # ------------------------------------------------------------------ driver-side results
     def has(self, name: str) -> bool:
@@ -216,6 +246,14 @@ class WorkFolder:
             shutil.rmtree(self.path / "done" / stage, ignore_errors=True)
         else:
             self._marker(stage, key).unlink(missing_ok=True)
+
+    def is_done(self, stage: str, key: str | int) -> bool:
+        """Unit ``key`` of ``stage`` is marked finished."""
+        return self._marker(stage, str(key)).exists()
+
+    def pending(self, stage: str, keys: Iterable[int]) -> list[int]:
+        """The units of ``keys`` not marked finished in ``stage``, in order."""
+        return [k for k in keys if not self.is_done(stage, k)]
 
     def stages(self, prefix: str) -> list[str]:
         """The stages with markers whose names start with ``prefix``."""

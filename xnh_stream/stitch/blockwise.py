@@ -1,7 +1,9 @@
 """Blockwise, resumable stitching of finished scans into one OME-Zarr volume: scheduling and per-unit work, no Ray.
 
-Stages (each unit marked done in ``OUT/stitch.work/done/<stage>/<unit>``; a re-run skips finished units, so an
-interrupted run resumes):
+Stages (each unit marked done in ``OUT/stitch.work/done/<stage>/<unit>.json``, the one resumable
+:class:`~xnh_stream.state.work.WorkFolder`; a re-run skips finished units, so an interrupted run resumes, and a
+work folder of another stitch or an older format is started afresh; :func:`run_stitch` runs the units on any
+:class:`~xnh_stream.chain.executor.Executor`, here or as Ray tasks):
 
 1. ``register``  each pair of scans whose nominal places overlap (:func:`~.register.register_pair`), result in
    ``pairs/<k>.json``
@@ -21,22 +23,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from ..chain.executor import Executor, Progress, SerialExecutor, run_units, worker_of
 from ..io.nxtomo import InputError
 from ..io.omezarr import create_volume
 from ..segment.blockwise import Block, block_grid
+from ..state.work import WorkFolder
 from .register import PairResult, RegisterParams, find_pairs, register_pair
 from .scans import FOVS, Scan, blend_weight, fov_distance, load_scan, sample_scan
 from .solve import Link, solve_offsets, solve_placement
 
-#: Version of the work folder's layout, in ``spec.json``.
-WORK_FORMAT = 1
+#: Version of the work folder's layout, in ``spec.json`` (2: the one work folder, ``done/<stage>/<unit>.json``).
+WORK_FORMAT = 2
 WORK_NAME = "stitch.work"
 VOLUME_NAME = "volume.ome.zarr"
 INTENSITY = ("offset", "none")
@@ -162,6 +165,7 @@ class Stitch:
         self.spec = spec
         self.out = Path(spec.out)
         self.work = self.out / WORK_NAME
+        self.folder = WorkFolder.attach(self.work)
         names: list[str] = []
         self.scans: list[Scan] = []
         for path in spec.inputs:
@@ -176,38 +180,19 @@ class Stitch:
     # ------------------------------------------------------------------ setup and bookkeeping
     @classmethod
     def prepare(cls, spec: StitchSpec) -> Stitch:
-        """Create (or reopen, to resume) the work folder; a folder of another run or version is refused."""
+        """Create (or reopen, to resume) the work folder; a folder of another stitch or an older format is
+        started afresh (:class:`~xnh_stream.state.work.WorkFolder`)."""
         self = cls(spec)
-        self.work.mkdir(parents=True, exist_ok=True)
-        spec_file = self.work / "spec.json"
-        mine = json.loads(json.dumps(asdict(spec)))
-        if spec_file.exists():
-            old = json.loads(spec_file.read_text())
-            if old.get("format") != WORK_FORMAT:
-                raise InputError(spec_file, f"stitch work folder of another xnh-stream version (format "
-                                            f"{old.get('format')}, this one writes {WORK_FORMAT}): stitch into a new folder")
-            theirs = {k: v for k, v in old.items() if k != "format"}
-            if theirs != mine:
-                diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-                raise InputError(spec_file, f"work folder belongs to another stitch (differs in {diff}): "
-                                            f"stitch into a new folder or remove it")
-        else:
-            spec_file.write_text(json.dumps({"format": WORK_FORMAT, **mine}, indent=1))
-        for stage in ("register", "fuse"):
-            (self.work / "done" / stage).mkdir(parents=True, exist_ok=True)
+        WorkFolder(self.work, json.loads(json.dumps(asdict(spec))), WORK_FORMAT)
         (self.work / "pairs").mkdir(exist_ok=True)
         return self
 
     def is_done(self, stage: str, unit: int) -> bool:
         """Whether ``stage`` finished on ``unit``."""
-        return (self.work / "done" / stage / str(unit)).exists()
+        return self.folder.is_done(stage, unit)
 
     def _mark(self, stage: str, unit: int, info: dict | None = None) -> None:
-        path = self.work / "done" / stage / str(unit)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info or {}))
-        os.replace(tmp, path)
+        self.folder.mark(stage, str(unit), info or {})
 
     def pending(self, stage: str) -> list[int]:
         """Units that still need ``stage`` (``register``, ``fuse``, ``s1``, ``s2`` ...)."""
@@ -217,7 +202,7 @@ class Stitch:
             units = range(len(self.blocks(0)))
         else:
             units = range(len(self.blocks(int(stage[1:]))))
-        return [u for u in units if not self.is_done(stage, u)]
+        return self.folder.pending(stage, units)
 
     @property
     def plan(self) -> Plan:
@@ -312,8 +297,6 @@ class Stitch:
         tmp.write_text(json.dumps(asdict(plan), indent=1))
         os.replace(tmp, self.work / "plan.json")  # last: its existence means solved
         self._plan = plan
-        for stage in self.level_stages():
-            (self.work / "done" / stage).mkdir(parents=True, exist_ok=True)
         return plan
 
     def fuse(self, index: int) -> dict:
@@ -400,28 +383,52 @@ def _floored(weight: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return np.where(inside, np.maximum(weight, EDGE_FLOOR), np.float32(0))
 
 
-def run_stitch(spec: StitchSpec, progress: Callable[[str, int, int], None] | None = None) -> Stitch:
-    """Run (or resume) every stage in this process, unit after unit; see :mod:`actors.stitch` for Ray.
+def _stitch_of(payload: dict) -> Stitch:
+    return Stitch(StitchSpec(**payload))
+
+
+def register_task(k: int, payload: dict) -> bool:
+    """Register pair ``k`` of the stitch ``payload`` (its spec as a dict); whether it was accepted."""
+    return worker_of(_stitch_of, payload).register(k).ok
+
+
+def fuse_task(index: int, payload: dict) -> int:
+    """Fuse output block ``index`` of level 0."""
+    worker_of(_stitch_of, payload).fuse(index)
+    return index
+
+
+def downsample_task(index: int, payload: dict, level: int) -> int:
+    """Build block ``index`` of output ``level`` from the level before."""
+    worker_of(_stitch_of, payload).downsample(level, index)
+    return index
+
+
+def run_stitch(spec: StitchSpec, progress: Progress | None = None, executor: Executor | None = None) -> Stitch:
+    """Run (or resume) every stage: the pairs and the blocks as units on ``executor`` (default: here, one after
+    the other; ``actors.executor.RayExecutor``: Ray tasks), the placement solved here, each level after the one
+    before.
 
     Parameters
     ----------
     spec : StitchSpec
     progress : callable, optional
         Called as ``progress(stage, done, total)`` after each unit.
+    executor : Executor, optional
+        Where the units run.
 
     Returns
     -------
     Stitch
         With ``timing_s`` per stage in ``stitch.timing``.
     """
+    executor = executor or SerialExecutor()
     st = Stitch.prepare(spec)
+    payload = asdict(st.spec)
+    worker_of(_stitch_of, payload, st)  # this process's calls use the prepared one
     st.timing = {}  # type: ignore[attr-defined]
     t = time.perf_counter()
-    todo = st.pending("register")
-    for k, u in enumerate(todo):
-        st.register(u)
-        if progress:
-            progress("register", k + 1, len(todo))
+    run_units(executor, "register", register_task, st.pending("register"), payload, progress=progress)
     st.timing["register"] = time.perf_counter() - t  # type: ignore[attr-defined]
     t = time.perf_counter()
     if not st.solved:
@@ -429,13 +436,9 @@ def run_stitch(spec: StitchSpec, progress: Callable[[str, int, int], None] | Non
     st.timing["solve"] = time.perf_counter() - t  # type: ignore[attr-defined]
     for stage in ["fuse", *st.level_stages()]:
         t = time.perf_counter()
-        todo = st.pending(stage)
-        for k, u in enumerate(todo):
-            if stage == "fuse":
-                st.fuse(u)
-            else:
-                st.downsample(int(stage[1:]), u)
-            if progress:
-                progress(stage, k + 1, len(todo))
+        if stage == "fuse":
+            run_units(executor, stage, fuse_task, st.pending(stage), payload, progress=progress)
+        else:
+            run_units(executor, stage, downsample_task, st.pending(stage), payload, int(stage[1:]), progress=progress)
         st.timing[stage] = time.perf_counter() - t  # type: ignore[attr-defined]
     return st
