@@ -160,3 +160,22 @@ def test_the_import_check_sees_back_imports(tmp_path):
                  "from . import nxtomo\n\ndef g():\n    import xnh_stream.chain.angles\n")
     assert _imported_layers(f, ["xnh_stream", "io"]) == {"state", "chain", "__init__", "io"}
     assert _rank("state") > _rank("io") and _rank("chain") > _rank("state")
+
+
+def test_the_output_names_are_spelled_in_one_module():
+    """What xnh-stream writes into an output folder is named in ``xnh_stream/io/names.py`` only (issue 21): every
+    other module imports the name (a file name spelled out elsewhere, as a whole string constant, fails)."""
+    import ast
+
+    from xnh_stream.io import names
+
+    spelled = {v for k, v in vars(names).items() if k.endswith("_NAME") and isinstance(v, str) and "." in v}
+    assert {"volume.ome.zarr", "report.json", "journal.sqlite", "segmentation.json", "stitch.json"} <= spelled
+    bad = []
+    for f in sorted((ROOT / "xnh_stream").rglob("*.py")):
+        if f == ROOT / "xnh_stream" / "io" / "names.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in spelled:
+                bad.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not bad, bad

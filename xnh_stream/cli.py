@@ -20,6 +20,7 @@ from .chain.layout import plural, step_unit
 from .config import ConfigError, ProcessConfig
 from .nabu_cli import add_z1_arg, supplying_z1_of
 from .errors import InputError, redact_text
+from .io.names import JOURNAL_NAME, OVERNIGHT_SUMMARY_NAME, REPORT_NAME, VOLUME_NAME, WORK_NAME
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -351,7 +352,6 @@ def cmd_process(a: argparse.Namespace) -> int:
     """Process a finished scan folder (the final pass, on an embedded Ray or a cluster; ``--local`` or a small
     scan: here)."""
     from .chain.batch import process_scan
-    from .chain.report import REPORT_NAME, VOLUME_NAME
 
     config = _process_config(a)
     if a.local and (a.ray or a.address):
@@ -488,7 +488,7 @@ def _watch(folder: Path, out: Path, config: ProcessConfig, a: argparse.Namespace
         print("scan did not complete: no final volume written (the journal keeps what arrived)")
         return 1
     _summarise(result.final.report)
-    print(f"volume:  {out / 'volume.ome.zarr'}\nreport:  {out / 'report.json'}\njournal: {out / 'journal.sqlite'}")
+    print(f"volume:  {out / VOLUME_NAME}\nreport:  {out / REPORT_NAME}\njournal: {out / JOURNAL_NAME}")
     return 0
 
 
@@ -698,8 +698,6 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 # --- output checks, before any work ------------------------------------------------------------------------
-JOURNAL_NAME = "journal.sqlite"
-OVERNIGHT_SUMMARY = "overnight.json"
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -768,7 +766,7 @@ def _report_of(out: Path, scan: Path) -> bool:
     import json  # noqa: PLC0415
 
     try:
-        folder = json.loads((out / "report.json").read_text())["scan"]["folder"]
+        folder = json.loads((out / REPORT_NAME).read_text())["scan"]["folder"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return Path(folder).resolve() == scan.resolve()
@@ -827,9 +825,9 @@ def check_output(out: Path, rule: str, overwrite: bool = False, scan: Path | Non
         return
     if not _entries(out):
         return
-    if rule == "overnight" and (out / OVERNIGHT_SUMMARY).exists():
+    if rule == "overnight" and (out / OVERNIGHT_SUMMARY_NAME).exists():
         return  # resuming the queue: done scans are skipped
-    if rule == "final" and (out / "work" / "spec.json").exists() and not (out / "report.json").exists():
+    if rule == "final" and (out / WORK_NAME / "spec.json").exists() and not (out / REPORT_NAME).exists():
         journal = out / JOURNAL_NAME
         if not journal.exists() or scan is None or journal_belongs_to(journal, Path(scan), overwrite=overwrite):
             log.info("%s: resuming the unfinished final pass found there", out)
@@ -843,7 +841,7 @@ def check_output(out: Path, rule: str, overwrite: bool = False, scan: Path | Non
 
         for suffix in ("", "-wal", "-shm"):  # the frame account of whatever was there before
             (out / (JOURNAL_NAME + suffix)).unlink(missing_ok=True)
-        trash(out / "work")
+        trash(out / WORK_NAME)
         return  # the old volume and report stay until the new ones replace them
     if rule == "resume" and (out / JOURNAL_NAME).exists():
         if scan is not None and journal_belongs_to(out / JOURNAL_NAME, Path(scan), overwrite=overwrite):

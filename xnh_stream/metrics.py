@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import start_http_server
 
 from .chain.report import StreamProgress
+from .io.names import REPORT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ class PipelineMetrics:
         if event.get("event") != "scan_complete":
             return
         self.scans_completed.inc()
-        report = Path(event["out"]) / "report.json" if event.get("out") else None
+        report = Path(event["out"]) / REPORT_NAME if event.get("out") else None
         if report is not None and report.is_file():
             try:
                 data = json.loads(report.read_text())

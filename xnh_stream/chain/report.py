@@ -20,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-REPORT_NAME = "report.json"
-VOLUME_NAME = "volume.ome.zarr"
-JOURNAL_NAME = "journal.sqlite"
+from ..io.names import JOURNAL_NAME, REPORT_NAME, VOLUME_NAME  # noqa: F401 - the chain's names, from io/names.py
 
 
 def json_default(o: Any) -> Any:

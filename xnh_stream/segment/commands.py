@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io.names import SEGMENTATION_WORK_NAME, VOLUME_NAME
 
 
 def _seeds(text: str) -> list[int]:
@@ -109,7 +110,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
 def _read_image(path: Path) -> tuple[np.ndarray, float]:
     from ..io.omezarr import read_volume
 
-    p = path / "volume.ome.zarr" if (path / "volume.ome.zarr").exists() else path
+    p = path / VOLUME_NAME if (path / VOLUME_NAME).exists() else path
     if not p.exists():
         raise InputError(str(p), "no such volume")
     try:
@@ -131,7 +132,7 @@ class _Created:
 
         self.image = out / VOLUME_NAME
         self.label_name = LABEL_NAME
-        self.work = out / "segmentation.work"
+        self.work = out / SEGMENTATION_WORK_NAME
         paths = [self.work, self.image / "labels", self.image / "labels" / LABEL_NAME, out / STANDALONE_NAME,
                  out / SUMMARY_NAME, a.swc, a.precomputed]
         self.new = [Path(p) for p in paths if p is not None and not Path(p).exists()]
@@ -170,7 +171,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
     a summary in OUT/segmentation.json. Labels, SWC files and precomputed layers are in the volume's world
     frame (its OME-NGFF scale and translation). A run that fails removes what it created."""
     out = Path(a.out)
-    src = a.volume / "volume.ome.zarr" if (a.volume / "volume.ome.zarr").exists() else a.volume
+    src = a.volume / VOLUME_NAME if (a.volume / VOLUME_NAME).exists() else a.volume
     if not src.exists():
         raise InputError(str(src), "no such volume")
     if a.block_shape:
@@ -214,7 +215,7 @@ def _segment(a: argparse.Namespace, out: Path, src: Path) -> int:
     if a.block_shape or a.ray:
         from .blockwise import BlockwiseSpec, run_blockwise
 
-        spec = BlockwiseSpec(str(out / "segmentation.work"), str(src), tuple(a.block_shape or (64, 128, 128)),
+        spec = BlockwiseSpec(str(out / SEGMENTATION_WORK_NAME), str(src), tuple(a.block_shape or (64, 128, 128)),
                              a.context, str(a.model) if a.model else None, params.threshold,
                              params.fragment_threshold, params.seed_distance, params.fragment_method,
                              params.enclosed, device=a.device, mask=params.mask)

@@ -17,15 +17,11 @@ from ..io.omezarr import label_names, multiscale_levels, read_volume, write_labe
 from .mask import MASK_METHODS, SampleMask, outside_area, sample_mask
 from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area, fragments_watershed, merge_enclosed,
                           segments_of_fragments)
+from ..io.names import (LABEL_NAME, SEGMENTATION_NAME, SEGMENTATION_SUMMARY_NAME, STANDALONE_NAME,  # noqa: F401
+                         VOLUME_NAME)
 from .predict import predict_affinities
 from .unet import AffinityModel, volume_norm
 
-VOLUME_NAME = "volume.ome.zarr"
-LABEL_NAME = "segmentation"
-#: The segmentation of ``OUT/volume.ome.zarr``, relative to ``OUT``.
-SEGMENTATION_NAME = f"{VOLUME_NAME}/labels/{LABEL_NAME}"
-#: A standalone label image in ``OUT`` (the volume segmented is not ``OUT/volume.ome.zarr``).
-STANDALONE_NAME = "segmentation.ome.zarr"
 
 
 @dataclass
@@ -155,7 +151,7 @@ def segment_output(out: str | Path, model_path: str | Path | None = None, device
 
 
 #: The summary beside the labels, written by ``segment`` and by the stream's segmentation of a finished scan.
-SUMMARY_NAME = "segmentation.json"
+SUMMARY_NAME = SEGMENTATION_SUMMARY_NAME
 #: How ``segmentation.json`` describes the frame every output of the segmentation is in.
 FRAME = ("world (sample stage), the volume's OME-NGFF frame: label image levels carry the volume's scale and "
          "translation; neuroglancer precomputed layers their voxel_offset (whole voxels, centre of voxel i at "

@@ -28,12 +28,11 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
+from ..io.names import REPORT_NAME, VOLUME_NAME
 from ..io.omezarr import write_volume
 from .materials import MATERIAL_ORDER, material_indices
 from .phantom import Phantom, make_neural_phantom
 
-REPORT_NAME = "report.json"
-VOLUME_NAME = "volume.ome.zarr"
 TRUTH_NAME = "overlap.json"
 
 

@@ -32,10 +32,9 @@ from types import TracebackType
 from typing import IO
 
 from ..errors import InputError
+from ..io.names import LOCK_NAME
 
 log = logging.getLogger(__name__)
-
-LOCK_NAME = ".xnh.lock"
 
 _held: dict[str, tuple[IO[str], int]] = {}  # real path of the folder -> (open lock file, depth)
 _created: dict[str, list[Path]] = {}  # real path of the folder -> the folders its lock created, deepest first

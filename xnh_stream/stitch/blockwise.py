@@ -30,6 +30,7 @@ import numpy as np
 import zarr
 
 from ..chain.executor import Executor, Progress, SerialExecutor, run_units, worker_of
+from ..io.names import STITCH_WORK_NAME, VOLUME_NAME
 from ..io.nxtomo import InputError
 from ..io.omezarr import create_volume
 from ..segment.blockwise import Block, block_grid
@@ -40,8 +41,7 @@ from .solve import Link, solve_offsets, solve_placement
 
 #: Version of the work folder's layout, in ``spec.json`` (2: the one work folder, ``done/<stage>/<unit>.json``).
 WORK_FORMAT = 2
-WORK_NAME = "stitch.work"
-VOLUME_NAME = "volume.ome.zarr"
+WORK_NAME = STITCH_WORK_NAME
 INTENSITY = ("offset", "none")
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..io.names import STITCH_REPORT_NAME
 
 
 def _progress(stage: str, done: int, total: int) -> None:
@@ -38,7 +39,7 @@ def cmd_stitch(a: argparse.Namespace) -> int:
     rep = res.report
     print(f"stitched: {res.volume} ({' x '.join(map(str, res.shape))} voxels of {res.voxel_m * 1e9:.1f} nm, "
           f"{len(res.placed)} scans; residuals max {rep['residuals']['max_m'] * 1e9:.1f} nm, "
-          f"rms {rep['residuals']['rms_m'] * 1e9:.1f} nm; report {res.out / 'stitch.json'})")
+          f"rms {rep['residuals']['rms_m'] * 1e9:.1f} nm; report {res.out / STITCH_REPORT_NAME})")
     for iso in rep["isolated"]:
         print(f"not stitched: {iso['name']}: {iso['reason']}", file=sys.stderr)
     if a.precomputed:

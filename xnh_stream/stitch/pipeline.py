@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..io.names import STITCH_REPORT_NAME
 from .blockwise import VOLUME_NAME, Stitch, StitchSpec, run_stitch
 
-REPORT_NAME = "stitch.json"
+#: The stitch's report (``io/names.py``).
+REPORT_NAME = STITCH_REPORT_NAME
 
 
 @dataclass

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..io.names import REPORT_NAME, VOLUME_NAME
 from ..io.nxtomo import InputError
 from ..io.omezarr import multiscale_levels
 
-VOLUME_NAME = "volume.ome.zarr"
-REPORT_NAME = "report.json"
 #: Key of the scan's place in ``report.json``: the position ``[z, y, x]`` in metres of the volume's centre.
 POSITION_KEY = ("sample", "position_m")
 #: Fields of view: ``cylinder`` (the disc inscribed in each ``y x`` slice: what tomography reconstructs) or
