@@ -61,17 +61,20 @@ from pathlib import Path
 from typing import Any
 
 from .config import ProcessConfig
-from .io.sources import EDF_SUFFIX, HDF5_SUFFIXES, EdfFolder, NotAFrameFile, inspect_nxtomo, is_candidate
+from .io.formats import SUBFOLDER_FORMATS, Evidence, nxtomo_evidence
+from .io.sources import HDF5_SUFFIXES, NotAFrameFile, inspect_nxtomo, is_candidate
 from .io.nxtomo import InputError
 from .metrics import PipelineMetrics
 from .chain.batch import process_scan
 from .chain.final import ChainResult
 from .chain.report import REPORT_NAME
+from .io.names import (OVERNIGHT_ERROR_NAME, OVERNIGHT_SUMMARY_NAME, SEGMENTATION_SUMMARY_NAME, SEGMENTATION_WORK_NAME,
+                       STITCH_REPORT_NAME, VOLUME_NAME)
 
 log = logging.getLogger(__name__)
 
-ERROR_NAME = "error.json"
-SUMMARY_NAME = "overnight.json"
+ERROR_NAME = OVERNIGHT_ERROR_NAME
+SUMMARY_NAME = OVERNIGHT_SUMMARY_NAME
 _SUFFIXES = HDF5_SUFFIXES
 #: The alert of the final pass that makes a processed scan ``flagged`` instead of ``done``.
 FLAG_ALERTS = frozenset({"ImplausibleProjections"})
@@ -165,43 +168,9 @@ def _settled(files: list[Path], settle_s: float, now: float) -> str:
     return ""
 
 
-def _edf_distance(folder: Path, settle_s: float, now: float) -> tuple[set[float], str] | None:
-    """The z1 of an EDF distance folder and why it is not finished; None if the folder holds no EDF frame."""
-    try:
-        edfs = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == EDF_SUFFIX]
-    except OSError:
-        return None
-    if not edfs:
-        return None
-    ctx = EdfFolder(folder)
-    try:
-        z1 = {round(ctx.info.geometry.z1_m, 12)}
-    except InputError as exc:
-        return set(), f"{folder.name}: {exc.problem}"
-    if ctx.finished:
-        return z1, ""
-    newest = max(p.stat().st_mtime for p in edfs)
-    return z1, "" if now - newest >= settle_s else f"{folder.name}: EDF acquisition still running (no .xml yet)"
-
-
-def _inspect(files: list[Path], settle_s: float, now: float) -> tuple[set[float], str]:
-    """Distances (z1) of the NXtomo files among ``files`` and why they are not finished ('' if finished)."""
-    z1s: set[float] = set()
-    why = ""
-    for p in files:
-        try:
-            settled = now - p.stat().st_mtime >= settle_s
-            view = inspect_nxtomo(p, signature=False)
-        except NotAFrameFile:
-            continue  # truth file, master file: not a distance
-        except (InputError, OSError) as exc:
-            if not settled:
-                why = why or f"{p.name} is being written ({exc})"
-            continue  # settled and still unreadable: the batch chain sets it aside and reports it
-        z1s.add(round(view.geometry.z1_m, 12))
-        if not (view.complete or (view.consistent and settled)):
-            why = why or f"{p.name}: {view.n_available} of {view.n_frames} frames written, no end_time"
-    return z1s, why
+def _distance_folder(folder: Path, settle_s: float, now: float) -> Evidence:
+    """The evidence of a distance sub-folder in the first input format that has some (EDF, a chunk series)."""
+    return next((e for f in SUBFOLDER_FORMATS if (e := f.evidence(folder, settle_s, now)) is not None), None)
 
 
 def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | None = None) -> list[ScanFolder]:
@@ -228,23 +197,15 @@ def find_scans(root: str | Path, settle_s: float = 60.0, exclude: str | Path | N
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames
                              if not d.startswith(".") and (skip is None or here / d != skip))
-        z1s, why = _inspect(_frame_files(here), settle_s, now)
+        z1s, why = nxtomo_evidence(_frame_files(here), settle_s, now)
         subs = []
         for d in dirnames:
             if _scan_like(here / d):
                 subs.append(here / d)
-            edf = _edf_distance(here / d, settle_s, now)
-            if edf is not None:
-                z1s |= edf[0]
-                why = why or edf[1]
-                continue
-            sub = _frame_files(here / d)
-            if not sub:
-                continue
-            sub_z1, sub_why = _inspect(sub, settle_s, now)
-            if len(sub_z1) == 1:  # a distance folder of chunk files
-                z1s |= sub_z1
-                why = why or (f"{d}/{sub_why}" if sub_why else "")
+            evidence = _distance_folder(here / d, settle_s, now)  # an EDF folder, or chunk files of one z1
+            if evidence is not None:
+                z1s |= evidence[0]
+                why = why or evidence[1]
         if len(z1s) >= 2:
             found.append(ScanFolder(here, name_of(here), not why, why))
             dirnames[:] = []  # its sub-folders are its distances
@@ -478,8 +439,8 @@ def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] 
             continue
         dest = out_root / f"{_safe(sample)}{STITCHED_SUFFIX}"
         newest = max((o / REPORT_NAME).stat().st_mtime for o in outs)
-        stitched = dest / "volume.ome.zarr" / "zarr.json"
-        if (dest / "stitch.json").exists() and stitched.exists() and (dest / "stitch.json").stat().st_mtime >= newest:
+        stitched, report = dest / VOLUME_NAME / "zarr.json", dest / STITCH_REPORT_NAME
+        if report.exists() and stitched.exists() and report.stat().st_mtime >= newest:
             continue  # up to date
         try:
             stitch_outputs(outs, dest, runner=runner)
@@ -495,7 +456,7 @@ def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] 
 
 
 #: The stitched folder's segmentation summary (``segment``'s ``segmentation.json``) and work folder.
-SEGMENT_SUMMARY, SEGMENT_WORK = "segmentation.json", "segmentation.work"
+SEGMENT_SUMMARY, SEGMENT_WORK = SEGMENTATION_SUMMARY_NAME, SEGMENTATION_WORK_NAME
 
 
 def segment_samples(out_root: Path, block_shape: tuple[int, int, int] = (64, 128, 128)) -> list[str]:
@@ -513,8 +474,8 @@ def segment_samples(out_root: Path, block_shape: tuple[int, int, int] = (64, 128
     add_parsers(parser.add_subparsers())
     done = []
     for dest in sorted(Path(out_root).glob(f"*{STITCHED_SUFFIX}")):
-        stitch = dest / "stitch.json"
-        if not stitch.exists() or not (dest / "volume.ome.zarr").exists():
+        stitch = dest / STITCH_REPORT_NAME
+        if not stitch.exists() or not (dest / VOLUME_NAME).exists():
             continue
         summary, work = dest / SEGMENT_SUMMARY, dest / SEGMENT_WORK
         if summary.exists() and summary.stat().st_mtime >= stitch.stat().st_mtime:

@@ -47,10 +47,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..io.formats import format_of
 from ..io.ids import file_id_of
-from ..io.nxtomo import FIELDS, InputError, one_open_per_file
+from ..io.nxtomo import InputError, one_open_per_file
 from ..io.sources import (
-    EDF_SUFFIX,
     SIDECAR_NAME,
     EdfFolder,
     FileView,
@@ -525,7 +525,7 @@ class FolderWatcher:
             view = VIEWS.get(path, self.root, st, signature=t.signature is None)
             if view is None:
                 view = inspect_file(path, self.root, self._edf_folder, signature=t.signature is None)
-                if view.layout == "nxtomo" and (view.complete or (view.consistent and settled)):
+                if format_of(view.layout).views_cacheable and (view.complete or (view.consistent and settled)):
                     VIEWS.put(path, self.root, st, view)
         except NotAFrameFile as exc:
             if exc.final or settled:
@@ -606,12 +606,12 @@ class FolderWatcher:
             self._energy = (g.energy_kev, view.path)
         elif self._one_energy and abs(g.energy_kev - self._energy[0]) > 1e-6 * self._energy[0]:
             return InputError(view.path, f"energy {g.energy_kev} keV differs from {self._energy[1].name}'s "
-                              f"{self._energy[0]} keV", FIELDS["energy"] if view.layout == "nxtomo" else "Energy")
+                              f"{self._energy[0]} keV", format_of(view.layout).energy_field)
         d = self._distances.get(view.distance_key)
         if d is None:
             self._distances[view.distance_key] = _Distance(
                 view.distance_name, view.frame_shape, g, view.path,
-                edf_folder=view.path.parent if view.path.suffix.lower() == EDF_SUFFIX else None)
+                edf_folder=view.path.parent if format_of(view.layout).folder_evidence else None)
             return None
         if view.frame_shape != d.shape:
             return InputError(view.path, f"frame shape {view.frame_shape} differs from {d.first_path.name}'s "

@@ -158,7 +158,7 @@ class FrameRecord:
     frame_shape : tuple of int
         ``(ny, nx)``.
     layout : str
-        ``"nxtomo"`` or ``"edf"``.
+        ``"nxtomo"`` or ``"edf"``: the reader of its pixels (:func:`xnh_stream.io.formats.format_of`).
     entry : str or None
         HDF5 entry (NXtomo only).
     scale : float
@@ -208,14 +208,14 @@ class FrameRecord:
             Naming the file and the frame when it cannot be read or is unusable (wrong shape, NaN or
             inf values, all zero: :func:`xnh_stream.io.nxtomo.frame_problem`).
         """
+        from .formats import format_of  # noqa: PLC0415 - the formats are built on this module
+
+        reader = format_of(self.layout)
         deadline = time.monotonic() + retry_s
         delay = 0.005
         while True:
             try:
-                if self.layout == "edf":
-                    frame, fld = _read_edf_frame(Path(self.path), self.index), "data"
-                else:
-                    frame, fld = _read_nxtomo_frame(Path(self.path), self.entry, self.index), FIELDS["data"]
+                frame, fld = reader.read(Path(self.path), self.entry, self.index)
                 break
             except InputError:
                 if time.monotonic() + delay > deadline:
@@ -230,7 +230,9 @@ class FrameRecord:
         return frame
 
 
-def _read_nxtomo_frame(path: Path, entry: str | None, index: int) -> np.ndarray:
+def read_nxtomo_frame(path: Path, entry: str | None, index: int) -> np.ndarray:
+    """Frame ``index`` of an NXtomo file's entry (the first NXtomo entry when None), float32; an
+    :class:`InputError` naming the file when it cannot be read or holds no usable pixels."""
     with open_hdf5(path) as f:
         try:
             ds = f[entry][FIELDS["data"]] if entry else f[find_entry(path, f, None)][FIELDS["data"]]
@@ -798,7 +800,9 @@ def _edf_extents(path: Path) -> tuple[list[dict[str, str]], list[int], int]:
     return headers, ends, size
 
 
-def _read_edf_frame(path: Path, index: int) -> np.ndarray:
+def read_edf_frame(path: Path, index: int) -> np.ndarray:
+    """Frame ``index`` of an EDF file, float32, once all its bytes are in the file; an :class:`InputError`
+    naming the file when it is truncated, cannot be read or holds no usable pixels."""
     headers, ends, size = _edf_extents(path)
     if not 0 <= index < len(headers):
         raise InputError(path, f"frame {index} does not exist (the file holds {len(headers)})", "data")
