@@ -40,6 +40,7 @@ from ..physics.geometry import DistanceGeometry, ScanGeometry
 from ..physics.xp import bin_2d
 from ..state.store import DistanceStore
 from .angles import AngleTable
+from .axis import axis_sinogram_rows
 from .calibration import Calibration
 
 log = logging.getLogger(__name__)
@@ -393,11 +394,13 @@ class ScanAssembler:
                     return self.store.get(key, theta), self.returns_store.get(key, angle)
         return None
 
-    def reference_rows(self, rows: list[int], max_angles: int = 360) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the reference distance's flat-fielded projections in the store, for a sinogram axis search.
+    def reference_rows(self, max_angles: int = 360) -> tuple[np.ndarray, np.ndarray]:
+        """The axis sinograms of the reference distance's flat-fielded projections in the store
+        (:func:`~xnh_stream.chain.axis.axis_sinogram_rows`: bands of rows about each of
+        :func:`~xnh_stream.chain.axis.axis_rows`), as the final pass reads them.
 
-        Returns ``(sinograms [len(rows), n, nx], thetas_rad [n])`` over at most ``max_angles`` angles, evenly
-        picked.
+        Returns ``(sinograms [len(axis_rows), n, nx], thetas_rad [n])`` over at most ``max_angles`` angles,
+        evenly picked.
         """
         key = self._reference_key()
         d = self._dist[key]
@@ -405,7 +408,7 @@ class ScanAssembler:
         if len(frames) > max_angles:
             pick = np.linspace(0, len(frames) - 1, max_angles).round().astype(int)
             frames = [frames[i] for i in np.unique(pick)]
-        sinos = np.stack([self.store.get(key, theta)[rows] for theta, _ in frames], axis=1)
+        sinos = np.stack([axis_sinogram_rows(np.asarray(self.store.get(key, theta))) for theta, _ in frames], axis=1)
         return sinos, np.deg2rad([theta for theta, _ in frames])
 
     def replay(self) -> Iterator[AngleWork]:

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..physics.cor import estimate_rotation_axis
+from ..physics.xp import array_module_of
 from ..quality.alerts import Alert
 from .report import RotationAxis
 
-__all__ = ["MIN_SINOGRAM_ANGLES", "AxisDecision", "axis_rows", "decide_rotation_axis"]
+__all__ = ["MIN_SINOGRAM_ANGLES", "AxisDecision", "axis_rows", "axis_sinogram_rows", "decide_rotation_axis"]
 
 #: The sinogram estimators (Vo, sliding window) are used from this many angles of the reference distance.
 MIN_SINOGRAM_ANGLES = 8
@@ -43,6 +44,39 @@ def axis_rows(ny: int) -> tuple[int, ...]:
         Sorted, distinct row indices.
     """
     return tuple(sorted({int(round(r)) for r in np.linspace(0.15 * (ny - 1), 0.85 * (ny - 1), min(6, ny))}))
+
+
+def axis_band(ny: int) -> int:
+    """Half-width of the band of rows averaged about each of :func:`axis_rows` (up to 8, less than half their
+    spacing, so that bands never overlap)."""
+    rows = axis_rows(ny)
+    spacing = min(np.diff(rows)) if len(rows) > 1 else ny
+    return int(max(0, min(8, (spacing - 1) // 2)))
+
+
+def axis_sinogram_rows(frame: Any, ny: int | None = None) -> Any:
+    """One flat-fielded reference frame's contribution to the axis sinograms: for each of :func:`axis_rows`,
+    the mean of the band of ``2 axis_band + 1`` rows about it.
+
+    A mean over rows is the projection of the mean over slices, so it is a sinogram of the same axis with the
+    noise of a single row divided by the band's square root (a 2000-photon scan's single rows left both
+    sinogram estimators unreliable and one 25 px off; its bands of 13 rows, 3.6x less noise, do not).
+
+    Parameters
+    ----------
+    frame : array ``[rows, columns]``
+        The flat-fielded frame (numpy or cupy).
+    ny : int, optional
+        Its rows (default: the frame's).
+
+    Returns
+    -------
+    array ``[len(axis_rows), columns]``
+    """
+    ny = frame.shape[0] if ny is None else ny
+    h = axis_band(ny)
+    xp = array_module_of(frame)
+    return xp.stack([frame[max(0, r - h):min(ny, r + h + 1)].mean(axis=0) for r in axis_rows(ny)])
 
 
 @dataclass

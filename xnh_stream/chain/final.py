@@ -79,7 +79,7 @@ from ..state.lock import OutputLock
 from ..state.projections import ProjectionStore
 from ..state.work import DamagedWork, WorkFolder, crash_point, crc32
 from .angles import AngleTable
-from .axis import MIN_SINOGRAM_ANGLES, axis_rows, decide_rotation_axis
+from .axis import MIN_SINOGRAM_ANGLES, axis_rows, axis_sinogram_rows, decide_rotation_axis
 from .calibration import Calibration
 from .denoise import DENOISED_NAME, HALVES_FULL_NAME, DenoiseSlab, create_full_halves, denoise_slab_task, denoise_train_task
 from .executor import Executor, SerialExecutor
@@ -330,7 +330,7 @@ def survey_task(batch: list[tuple[int, float, FrameRecord]], calibration: Calibr
             continue
         crc = 0
         if job.row_store is not None:
-            crc = job.row_store.write(slot, to_numpy(img[list(job.rows)]))
+            crc = job.row_store.write(slot, to_numpy(axis_sinogram_rows(img)))
         if job.binned is not None:
             binned = bin_2d(img, b)
             phi = retrieve_phase_paganin(binned, (d.propagation_distance_m, d.wavelength_m, d.effective_pixel_m * b),

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..chain.assembler import AngleWork, ProjectionResult, ScanAssembler, discard_stores
-from ..chain.axis import axis_rows, decide_rotation_axis
+from ..chain.axis import decide_rotation_axis
 from ..chain.final import ChainLayout, ChainResult, FinalChain, delta_beta_of
 from ..chain.layout import plural, step_unit
 from ..chain.report import JOURNAL_NAME, Completion, DistanceState, StreamProgress
@@ -394,7 +394,7 @@ class LiveDriver:
         """The rotation axis from the 0/180 pair and the reference distance's rows in the store, by the final
         pass's rule (:func:`~xnh_stream.chain.axis.decide_rotation_axis`); None, and the detector centre kept,
         when no estimator is reliable."""
-        sinos, thetas = self.assembler.reference_rows(list(axis_rows(self.assembler.shape[0])))
+        sinos, thetas = self.assembler.reference_rows()
         decision = decide_rotation_axis([(pair[0], pair[1], 180.0)], sinos, thetas, self.assembler.shape[1])
         est = decision.axis
         if decision.problem is not None:
