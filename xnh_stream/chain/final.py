@@ -53,6 +53,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import ProcessConfig
+from ..io.names import WORK_NAME
 from ..io.nxtomo import FIELDS, InputError, read_sample_name, read_sample_translation
 from ..io.omezarr import CHECKED_COMPRESSORS, create_volume, open_volume
 from ..io.sources import FrameRecord
@@ -615,7 +616,7 @@ class FinalChain:
         """The work folder (``OUT/work``, or a temporary folder without ``out``), opened on first use."""
         if self._work is None:
             base = self.out if self.out is not None else Path(tempfile.mkdtemp(prefix="xnh-final-"))
-            self._work = WorkFolder(base / "work", self._spec())
+            self._work = WorkFolder(base / WORK_NAME, self._spec())
         return self._work
 
     def _spec(self) -> dict[str, Any]:
