@@ -94,45 +94,6 @@ def slp_vectorized() -> Iterator[None]:
         numba.config.SLP_VECTORIZE = previous
 
 
-@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
-def stack_rows(filtered, left, slope, out):  # pragma: no cover - compiled
-    """Fill ``out`` ``[blocks, n_angles, length, 2, stack]`` with the padded rows of ``filtered``
-    ``[n_angles, nz, n_det]`` in blocks of ``stack`` rows, rows last: values (zeros in the margins and beyond
-    ``nz``), then forward differences times ``slope`` (0 for the last column). The rows of one block and angle
-    are first gathered into a small buffer with the rows last (and a column of zeros after them); values and
-    differences are then written in one pass, ``stack`` floats at a time."""
-    n_angles, nz, n_det = filtered.shape
-    blocks, _, length, _, stack = out.shape
-    zero = np.float32(0.0)
-    pair = 2 * stack
-    for job in numba.prange(blocks * n_angles):
-        b = job // n_angles
-        a = job % n_angles
-        o = out[b, a].reshape(-1)  # position k: o[k * pair : k * pair + stack] values, then differences
-        z0 = b * stack
-        rows = min(stack, nz - z0)
-        tmp = np.zeros((n_det + 1) * stack, np.float32)  # [n_det + 1, stack]; rows >= nz and the last column 0
-        for j in range(rows):
-            src = filtered[a, z0 + j]
-            for k in range(n_det):
-                tmp[k * stack + j] = src[k]
-        for e in range((left - 1) * pair):
-            o[e] = zero
-        p = (left - 1) * pair
-        for e in range(stack):
-            o[p + e] = zero
-            o[p + stack + e] = tmp[e] * slope
-        for k in range(n_det):
-            p = (left + k) * pair
-            q = k * stack
-            for e in range(stack):
-                o[p + e] = tmp[q + e]
-                o[p + stack + e] = (tmp[q + stack + e] - tmp[q + e]) * slope
-        for e in range((left + n_det) * pair, length * pair):
-            o[e] = zero
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 # Vectors of 16 float32 (one AVX-512 register; LLVM splits them on narrower CPUs) as a numba type, and the
 # few operations the back-projection needs, written as LLVM IR: the loops that use them keep their
@@ -182,6 +143,36 @@ def vec_load(typingctx: Any, arr: Any, index: Any) -> Any:
         return builder.load(builder.bitcast(p, _V16.as_pointer()), align=4)
 
     return vec16(arr, index), codegen
+
+
+@intrinsic
+def vec_store(typingctx: Any, arr: Any, index: Any, v: Any) -> Any:
+    """``arr[index : index + 16] = v`` (no bounds check)."""
+    if not isinstance(v, Vec16):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        p = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(p, _V16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, index, v), codegen
+
+
+@intrinsic
+def vec_diff(typingctx: Any, a: Any, b: Any, s: Any) -> Any:
+    """``(b - a) * s`` with ``s`` a float32 broadcast to the 16 lanes."""
+    if not (isinstance(a, Vec16) and isinstance(b, Vec16)):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        a_, b_, s_ = args
+        one = builder.insert_element(ir.Constant(_V16, None), s_, ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(one, ir.Constant(_V16, None),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+        return builder.fmul(builder.fsub(b_, a_), splat)
+
+    return vec16(a, b, types.float32), codegen
 
 
 @intrinsic
@@ -255,6 +246,52 @@ def prefetch_write(typingctx: Any, arr: Any, index: Any) -> Any:
         return context.get_dummy_value()
 
     return types.none(arr, index), codegen
+
+
+@_jit(parallel=True, fastmath=FASTMATH, nogil=True)
+def stack_rows(filtered, left, slope, out):  # pragma: no cover - compiled
+    """Fill ``out`` ``[blocks, n_angles, length, 2, stack]`` with the padded rows of ``filtered``
+    ``[n_angles, nz, n_det]`` in blocks of ``stack`` rows, rows last: values (zeros in the margins and beyond
+    ``nz``), then forward differences times ``slope`` (0 for the last column). The rows of one block and angle
+    are first gathered into a small buffer with the rows last (and a column of zeros after them); values and
+    differences are then written in one pass, ``stack`` floats at a time."""
+    n_angles, nz, n_det = filtered.shape
+    blocks, _, length, _, stack = out.shape
+    zero = np.float32(0.0)
+    pair = 2 * stack
+    for job in numba.prange(blocks * n_angles):
+        b = job // n_angles
+        a = job % n_angles
+        o = out[b, a].reshape(-1)  # position k: o[k * pair : k * pair + stack] values, then differences
+        z0 = b * stack
+        rows = min(stack, nz - z0)
+        tmp = np.zeros((n_det + 1) * stack, np.float32)  # [n_det + 1, stack]; rows >= nz and the last column 0
+        for j in range(rows):
+            src = filtered[a, z0 + j]
+            for k in range(n_det):
+                tmp[k * stack + j] = src[k]
+        for e in range((left - 1) * pair):
+            o[e] = zero
+        p = (left - 1) * pair
+        for e in range(stack):
+            o[p + e] = zero
+            o[p + stack + e] = tmp[e] * slope
+        if stack == STACK:  # 16 rows: one vector per position (values, then differences)
+            for k in range(n_det):
+                p = (left + k) * pair
+                v = vec_load(tmp, k * STACK)
+                vec_store(o, p, v)
+                vec_store(o, p + STACK, vec_diff(v, vec_load(tmp, (k + 1) * STACK), slope))
+        else:
+            for k in range(n_det):
+                p = (left + k) * pair
+                q = k * stack
+                for e in range(stack):
+                    o[p + e] = tmp[q + e]
+                    o[p + stack + e] = (tmp[q + stack + e] - tmp[q + e]) * slope
+        for e in range((left + n_det) * pair, length * pair):
+            o[e] = zero
+    return out
 
 
 @numba.njit(inline="always", fastmath=FASTMATH)
