@@ -41,3 +41,16 @@ def test_a_low_dose_scan_gets_its_axis_from_bands_where_single_rows_fail():
           f"({from_bands.axis.method}); truth {axis:.2f}")
     assert not from_rows.trusted
     assert from_bands.trusted and abs(from_bands.axis.px - axis) < 0.3
+
+
+def test_unreliable_estimators_pointing_at_different_axes_raise_a_critical_alert():
+    """Noise alone (no sample): the estimators are unreliable; when their answers lie apart the alert is
+    critical and names them, since the volume may be wrong."""
+    rng = np.random.default_rng(0)
+    sinos = 1 + 0.01 * rng.standard_normal((6, 64, 96))
+    d = decide_rotation_axis([], sinos, np.linspace(0, np.pi, 64, endpoint=False), 96)
+    px = [c["px"] for c in d.axis.candidates if c.get("px") is not None]
+    alert = next(a for a in d.alerts if a.name == "RotationAxisUnreliable")
+    print(f"\n{alert.severity}: {alert.message}")
+    assert not d.trusted
+    assert max(px) - min(px) > 1 and alert.severity == "critical" and "may be wrong" in alert.message

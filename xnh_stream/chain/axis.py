@@ -89,7 +89,8 @@ class AxisDecision:
         The estimators' consensus, or the detector centre when none gave an axis.
     alerts : list of Alert
         ``RotationAxisUnknown`` (no estimate), ``RotationAxisDisagreement`` (> 1 px apart),
-        ``RotationAxisUnreliable``: the final pass reports them.
+        ``RotationAxisUnreliable`` (critical when the unreliable estimators are more than 1 px apart): the
+        final pass reports them.
     trusted : bool
         An estimate that is reliable (not the detector centre, not marked unreliable): the live volume is
         rebuilt around the axis only then.
@@ -138,10 +139,20 @@ def decide_rotation_axis(pairs: Sequence[tuple[Any, Any, float]], sinograms: np.
                             f"rotation-axis estimators disagree by {est.disagreement_px:.2f} px "
                             f"(> 1 px); {est.px:.2f} px ({est.method}) used"))
     unreliable = est.method.endswith("(unreliable)")
-    if unreliable:
-        alerts.append(Alert("RotationAxisUnreliable", "warning",
-                            f"no reliable rotation-axis estimate; {est.px:.2f} px ({est.method}) used"))
     candidates = [{**c, "reliable": c["reliable"]} for c in est.as_dict()["candidates"]]
+    if unreliable:
+        found = [float(c["px"]) for c in candidates if c.get("px") is not None]
+        spread = max(found) - min(found) if found else 0.0
+        if spread > 1.0:  # none reliable and they point at different axes: the volume may well be wrong
+            answers = ", ".join("{} {:.2f}".format(c["method"], c["px"]) for c in candidates)
+            alerts.append(Alert("RotationAxisUnreliable", "critical",
+                                f"no reliable rotation-axis estimate and the estimators are {spread:.1f} px apart "
+                                f"({answers}); "
+                                f"{est.px:.2f} px ({est.method}) used: the volume may be wrong; set fbp.cor "
+                                "(--cor) if the axis is known"))
+        else:
+            alerts.append(Alert("RotationAxisUnreliable", "warning",
+                                f"no reliable rotation-axis estimate; {est.px:.2f} px ({est.method}) used"))
     axis = RotationAxis(est.px, est.method, est.confidence_px, candidates, disagreement_px=est.disagreement_px,
                         axis_drift_px=est.axis_drift_px)
     return AxisDecision(axis, alerts, trusted=not unreliable)
