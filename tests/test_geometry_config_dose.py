@@ -149,3 +149,20 @@ def test_the_processor_pads_as_the_configuration_says():
     cfg = ProcessConfig.from_mapping({"ctf.phase_pad": 1.5})
     assert AngleProcessor(geo, (16, 16), 100.0, cfg).pad == 1.5
     assert AngleProcessor(geo, (16, 16), 100.0, cfg, pad=1.25).pad == 1.25
+
+
+def test_the_streams_pacing_is_a_configuration_key():
+    """The live driver's pacing (StreamOptions) has one home, the stream section: a field left None takes its key;
+    the layout stays the command's flags."""
+    from xnh_stream.live.driver import StreamOptions
+
+    c = ProcessConfig.layered(env={"XNH_STREAM_MAX_IN_FLIGHT": "6", "XNH_STREAM_PROGRESS_EVERY_S": "2",
+                                   "XNH_STREAM_LIVE_RESULT_MAX_MIB": "16"})
+    opt = StreamOptions(n_workers=3, restart_check_s=0.25).resolved(c.stream)
+    assert (opt.max_in_flight, opt.progress_every_s, opt.restart_check_s) == (6, 2.0, 0.25)
+    assert (opt.quality_every_s, opt.live_result_max_bytes) == (5.0, 16 << 20)
+    defaults = StreamOptions(n_workers=3).resolved(ProcessConfig().stream)
+    assert (defaults.max_in_flight, defaults.restart_check_s, defaults.live_result_max_bytes) == (6, 1.0, 1 << 30)
+    assert StreamOptions(max_in_flight=1).resolved(ProcessConfig().stream).max_in_flight == 1
+    with pytest.raises(ConfigError, match="stream.restart_check_s"):
+        ProcessConfig.from_mapping({"stream.restart_check_s": 0})

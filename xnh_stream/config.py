@@ -366,6 +366,18 @@ class LiveOptions:
     binned_fsc_growth : float
         ... each time the angles seen grew by this factor since its last point (log-spaced points of resolution
         against angles), and at the end of the scan.
+    max_in_flight : int
+        Phase tasks in flight (backpressure); 0 = two per phase worker. More only adds latency: at 512^2 on 2
+        cores, 4 and 8 in flight gave 18.7 and 17.7 frames/s with a landing-to-final p50 of 1.4 and 1.9 s
+        (``bench/bench_stream.py``).
+    restart_check_s : float
+        How often the workers are asked whether the runtime restarted them (a round trip to each), seconds.
+    progress_every_s : float
+        Progress (metrics, live page) is reported after every poll that brought frames or finished work, and
+        at least this often while idle, seconds.
+    live_result_max_mib : int
+        The live volume is gathered from the shards into the stream's result only up to this size, MiB (a
+        full-resolution live volume of a real scan stays in the shards; the final pass writes the volume).
     """
 
     live_binning: int = 0
@@ -377,13 +389,19 @@ class LiveOptions:
     quality_every_s: float = 5.0
     binned_fsc_first: int = 16
     binned_fsc_growth: float = 2.0
+    max_in_flight: int = 0
+    restart_check_s: float = 1.0
+    progress_every_s: float = 0.5
+    live_result_max_mib: int = 1024
 
     def __post_init__(self) -> None:
         _check("stream", {"live_binning": self.live_binning >= 0, "fsc_bin": self.fsc_bin >= 1,
                           "fsc_region_px": self.fsc_region_px >= 8, "bp_batch": self.bp_batch >= 1,
                           "bp_wait_s": self.bp_wait_s >= 0, "phase_pad": self.phase_pad >= 1,
                           "quality_every_s": self.quality_every_s > 0, "binned_fsc_first": self.binned_fsc_first >= 1,
-                          "binned_fsc_growth": self.binned_fsc_growth > 1}, self)
+                          "binned_fsc_growth": self.binned_fsc_growth > 1, "max_in_flight": self.max_in_flight >= 0,
+                          "restart_check_s": self.restart_check_s > 0, "progress_every_s": self.progress_every_s > 0,
+                          "live_result_max_mib": self.live_result_max_mib >= 0}, self)
 
 
 @dataclass

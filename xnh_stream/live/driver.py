@@ -24,7 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,7 @@ from .sources import FrameSource
 from .views import SlabView, merge_views, slice_info
 
 if TYPE_CHECKING:
-    from ..config import ProcessConfig
+    from ..config import LiveOptions, ProcessConfig
 
 __all__ = ["LIVE_COLUMNS", "LiveDriver", "StreamOptions", "StreamResult"]
 
@@ -64,7 +64,8 @@ LIVE_COLUMNS = 512
 
 @dataclass
 class StreamOptions:
-    """How the stream runs (workers, pacing).
+    """How the stream runs: its layout (the command's flags) and its pacing (a field left None takes the
+    configuration's ``stream`` key of the same name: one home for the options, :meth:`resolved`).
 
     Attributes
     ----------
@@ -73,16 +74,13 @@ class StreamOptions:
     n_workers, n_shards : int
         Phase workers and reconstruction shards.
     max_in_flight : int, optional
-        Phase tasks in flight (backpressure); default two per phase worker. More only adds latency: at 512^2
-        on 2 cores, 4 and 8 in flight gave 18.7 and 17.7 frames/s with a landing-to-final p50 of 1.4 and
-        1.9 s (``bench/bench_stream.py``).
+        Phase tasks in flight (backpressure); None: ``stream.max_in_flight`` (0 there: two per phase worker).
     poll_interval_s : float
         Wait between polls when nothing arrived (cut short when a phase task or back-projection finishes).
-    restart_check_s : float
-        How often the workers are asked whether the runtime restarted them (a round trip to each).
-    progress_every_s : float
-        Progress (metrics, live page) is reported after every poll that brought frames or finished work,
-        and at least this often while idle.
+    restart_check_s : float, optional
+        How often the workers are asked whether the runtime restarted them; None: ``stream.restart_check_s``.
+    progress_every_s : float, optional
+        Progress is reported at least this often while idle; None: ``stream.progress_every_s``.
     timeout_s : float, optional
         Stop waiting for the end of the scan after this long (reported incomplete; no final volume).
     final_pass : bool
@@ -95,9 +93,9 @@ class StreamOptions:
         (a :class:`~xnh_stream.live.workers.SliceKeeper`), for the live page.
     layout : ChainLayout
         How the final pass cuts its work.
-    live_result_max_bytes : int
-        The live volume is gathered from the shards into :class:`StreamResult` only up to this size (a
-        full-resolution live volume of a real scan stays in the shards; the final pass writes the volume).
+    live_result_max_bytes : int, optional
+        The live volume is gathered from the shards into :class:`StreamResult` only up to this size; None:
+        ``stream.live_result_max_mib``.
     """
 
     n_distances: int = 4
@@ -105,18 +103,22 @@ class StreamOptions:
     n_shards: int = 2
     max_in_flight: int | None = None
     poll_interval_s: float = 0.1
-    restart_check_s: float = 1.0
-    progress_every_s: float = 0.5
+    restart_check_s: float | None = None
+    progress_every_s: float | None = None
     timeout_s: float | None = None
     final_pass: bool = True
     quality_every_s: float | None = None
     live_slices: bool = True
     layout: ChainLayout = field(default_factory=ChainLayout)
-    live_result_max_bytes: int = 1 << 30
+    live_result_max_bytes: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.max_in_flight is None:
-            self.max_in_flight = 2 * max(1, self.n_workers)
+    def resolved(self, stream: LiveOptions) -> StreamOptions:
+        """These options with every pacing field left None taken from the configuration's ``stream`` section."""
+        from_config = {"max_in_flight": stream.max_in_flight or 2 * max(1, self.n_workers),
+                       "restart_check_s": stream.restart_check_s, "progress_every_s": stream.progress_every_s,
+                       "quality_every_s": stream.quality_every_s,
+                       "live_result_max_bytes": stream.live_result_max_mib << 20}
+        return replace(self, **{k: v for k, v in from_config.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -181,10 +183,8 @@ class LiveDriver:
                  on_result: Callable[[AngleWork], None] | None = None, live_page: Any | None = None,
                  runtime: LiveRuntime | None = None) -> None:
         self.source, self.scan_folder, self.out = source, Path(scan_folder), Path(out)
-        self.config, self.opt = config, options or StreamOptions()
+        self.config, self.opt = config, (options or StreamOptions()).resolved(config.stream)
         self.runtime = runtime if runtime is not None else InProcessRuntime()
-        self._quality_every_s = (config.stream.quality_every_s if self.opt.quality_every_s is None
-                                 else self.opt.quality_every_s)
         self.on_progress, self.subscribers, self.on_result, self.live_page = (
             on_progress, tuple(subscribers), on_result, live_page)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +199,7 @@ class LiveDriver:
         self.dispatched_at: dict[Pending[ProjectionResult], float] = {}
         self.live_binning = 1
         self.rotation_axis: dict[str, Any] | None = None  # the axis the live volume is built around (live page)
+        self.material: dict[str, Any] | None = None  # the delta/beta used, where it came from (live page)
         self.instruments = Instruments()
         self.final_slices: dict[str, np.ndarray] = {}
         self.quality_at = self._restarts_at = self._reported_at = -float("inf")  # the last refresh, check, report
@@ -249,8 +250,12 @@ class LiveDriver:
                                        delta_beta_align=cfg.alignment.delta_beta, align_bin_px=max(1, min(ny, nx) // 256),
                                        pca_components=cfg.flatfield.pca_components,
                                        align_pad=cfg.alignment.paganin_pad)
+        given = self.delta_beta is not None
         if self.delta_beta is None:
             self.delta_beta = delta_beta_of(cfg.sample.formula, cfg.sample.density, rec.geometry.energy_kev)
+        self.material = {"delta_beta": float(self.delta_beta), "interval": None, "source": (
+            "given (sample.delta_beta)" if given else
+            f"live CTF: from the composition {cfg.sample.formula}; the final pass fits it to the four distances")}
         self.live_binning = cfg.stream.live_binning or binning_for((ny, nx), LIVE_COLUMNS)
         spec = WorkerSpec((ny, nx), self.delta_beta, cfg, self.live_binning)
         self.workers = [self.runtime.phase_worker(spec) for _ in range(self.opt.n_workers)]
@@ -594,7 +599,8 @@ class LiveDriver:
         st = self.assembler.state()
         self.live_page.publish({"status": status, "angles_seen": st["angles_seen"], "angles_final": st["angles_final"],
                                 "distances": [{"z1_m": z, "frames": n} for z, n, _ in st["distances"]],
-                                "rotation_axis": self.rotation_axis, "quality": quality, **(extra or {})}, images,
+                                "rotation_axis": self.rotation_axis, "material": self.material, "quality": quality,
+                                **(extra or {})}, images,
                                image_info)
 
     def progress(self, status: str, quality: dict[str, Any] | None) -> StreamProgress:
@@ -618,7 +624,7 @@ class LiveDriver:
         answered), and the progress reported when something happened, and every ``progress_every_s`` when
         idle."""
         quality = None
-        if self._asked is not None or time.monotonic() - self.quality_at >= self._quality_every_s:
+        if self._asked is not None or time.monotonic() - self.quality_at >= self.opt.quality_every_s:
             if self._asked is None:
                 self.quality_at = time.monotonic()
             quality = self._update_quality("streaming", block=False)
@@ -744,6 +750,9 @@ class LiveDriver:
         final = chain.run(journal=self.journal)
         axis = final.report.cor
         self.rotation_axis = {**(self.rotation_axis or {}), "px": axis.px, "source": f"final pass: {axis.method}"}
+        estimate = final.report.phase.get("delta_beta_estimate") or {}
+        self.material = {"delta_beta": final.report.phase.get("delta_beta"), "interval": estimate.get("interval"),
+                         "source": f"final pass: {estimate.get('decision', 'given')}"}
         event = self.journal.emit("scan_complete", {"scan": str(self.scan_folder), "out": str(self.out),
                                                     "resolution_m": final.report.fsc.resolution_m},
                                   key=str(self.scan_folder))
