@@ -99,7 +99,8 @@ class BlockwiseSpec:
     Attributes
     ----------
     work : str
-        Work folder.
+        Work folder, the run's own (:class:`~xnh_stream.state.work.WorkFolder`): one of another run, or a
+        non-empty folder without its ``spec.json``, is emptied first.
     raw : str
         Image: an OME-Zarr folder (level ``s0``/``0`` is used) or a zarr array folder.
     block_shape : (int, int, int)
