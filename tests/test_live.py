@@ -120,6 +120,7 @@ def test_live_page_updates_in_headless_chromium_during_a_real_stream(ray_local, 
     assert re.search(r'id="cap_xy">z = [^<]*: slice 16 of 32; y down, x across · grey [^<]* delta', end)
     assert re.search(r'id="cap_phase">grey [^<]* rad', end)
     assert re.search(r'rotation axis: <b id="axis_px">[0-9.]+ px</b> of 64 detector columns \(final pass: ', end)
+    assert re.search(r'delta/beta: <b id="material_db">[0-9.]+</b> \(final pass: given', end)
 
 
 def test_live_page_is_read_only_and_serves_json_and_png():

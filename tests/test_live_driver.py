@@ -31,14 +31,17 @@ from xnh_stream.config import ProcessConfig
 from xnh_stream.live.driver import LiveDriver, StreamOptions
 from tests.test_stream import ListSource
 scan, out, settings, options = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
-progress = []
+progress, pages = [], []
+class Page:  # what the live page would be sent
+    def publish(self, state, images=None, info=None):
+        pages.append(state)
 r = LiveDriver(ListSource(scan), scan, out, ProcessConfig.from_mapping(settings), StreamOptions(**options),
-               on_progress=progress.append, subscribers=(progress.append,)).run()
+               on_progress=progress.append, subscribers=(progress.append,), live_page=Page()).run()
 np.savez(out / "live.npz", live=r.live_volume, final=r.final.volume, **{"slice_" + k: v for k, v in r.slices.items()})
 print(json.dumps({"ray": "ray" in sys.modules, "counts": r.counts, "events": [e["event"] for e in r.events],
                   "angles_final": [p.angles_final for p in progress if hasattr(p, "angles_final")],
                   "subscribed": [p["event"] for p in progress if isinstance(p, dict)],
-                  "axis": r.final.report.cor.px}))
+                  "axis": r.final.report.cor.px, "material": [pages[0]["material"], pages[-1]["material"]]}))
 """
 
 
@@ -78,6 +81,10 @@ def test_a_scan_streams_end_to_end_in_process_without_ray(scan, in_process):
     batch = process_scan(folder, None, ProcessConfig.from_mapping(settings))
     np.testing.assert_array_equal(arrays["final"], batch.volume)
     assert said["axis"] == batch.report.cor.px
+    # the live page says which delta/beta the live CTF uses and, at the end, the final pass's and why
+    first, last = said["material"]
+    assert first["delta_beta"] == settings["sample.delta_beta"] and first["source"].startswith("given")
+    assert last["delta_beta"] == batch.report.phase["delta_beta"] and last["source"].startswith("final pass: given")
     live = arrays["live"]
     r = np.corrcoef(live.ravel(), batch.volume.ravel())[0, 1]
     print(f"\nin-process live vs final volume r = {r:.3f}")

@@ -21,7 +21,7 @@ PAGE = r"""<!doctype html>
 <h1>{{TITLE}} <span id="status"></span></h1>
 <div id="updated" style="color:#888"></div>
 <div class="grid">
- <div class="card"><h2>Progress per distance</h2><div id="progress"></div><div id="axis"></div></div>
+ <div class="card"><h2>Progress per distance</h2><div id="progress"></div><div id="axis"></div><div id="material"></div></div>
  <div class="card"><h2>Alerts</h2><div id="alerts"></div></div>
  <div class="card"><h2>Resolution (running FSC)</h2><div id="fsc"></div>
    <div class="note" id="fsc_note">FSC: the half-bit resolution of the two half-volumes (even and odd angles),
@@ -96,6 +96,9 @@ function render(s) {
   const ax = s.rotation_axis;
   $("axis").innerHTML = ax ? `rotation axis: <b id="axis_px">${fmt(ax.px, 5)} px</b>` +
     (ax.columns ? ` of ${ax.columns} detector columns` : "") + ` (${ax.source || ""})` : "";
+  const mt = s.material;
+  $("material").innerHTML = mt && mt.delta_beta !== null ? `delta/beta: <b id="material_db">${fmt(mt.delta_beta, 4)}</b>` +
+    (mt.interval ? ` (${fmt(mt.interval[0], 3)}-${fmt(mt.interval[1], 3)})` : "") + ` (${mt.source || ""})` : "";
   const al = q.alerts || [];
   $("alerts").innerHTML = al.length ? al.map(a => `<div class="${a.severity}">[${a.severity}] ${a.name}: ${a.message}</div>`).join("")
     : `<div class="none">no alert</div>`;
