@@ -1,0 +1,130 @@
+"""A simulated leg (issue 20, item 4): a chain of overlapping raw scans along a tissue pin with long neurites
+through all of them, processed and stitched unattended by ``xnh-stream overnight`` and the stitched volume
+segmented by ``xnh-stream segment --block-shape --swc``, each command in its own process: wall time and
+peak resident memory per process, the stitched places against the truth, seam continuity of the segmentation
+(``bench_seams.py``'s measures) and a cost model for the real leg (12 scans of 2048^3).
+
+    python bench/bench_leg.py [--scans 12] [--nx 128] [--angles 180] [--overlap 0.4] [--keep DIR]
+
+A straight chain along ``z`` (the simulator stacks scans along the rotation axis); the paper's leg bends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_seams import mid_scan_continuity, true_frame_shift
+
+from xnh_stream.io.omezarr import read_volume
+from xnh_stream.segment.evaluate import evaluate
+from xnh_stream.segment.pipeline import find_segmentation
+from xnh_stream.segment.seams import scan_boxes, seam_continuity
+from xnh_stream.simulate.overlap import simulate_overlap_nxtomo
+
+CLI = [sys.executable, "-m", "actors.cli"]
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd``; its wall time (s) and peak resident memory (MiB: the process's ``VmHWM``, polled every
+    0.1 s; ``ru_maxrss`` would count this process's memory, which the child inherits at fork)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak_kib = 0
+    while proc.poll() is None:
+        try:
+            text = Path(f"/proc/{proc.pid}/status").read_text()
+            peak_kib = max(peak_kib, int(text.split("VmHWM:")[1].split()[0]))
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.1)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - t0, peak_kib / 1024
+
+
+def run(work: Path, n_scans: int = 12, nx: int = 128, angles: int = 180, overlap: float = 0.4, seed: int = 11,
+        block: tuple[int, int, int] = (64, 64, 64)) -> dict:
+    """Simulate, run overnight (process + stitch) and segment; the measures (module docstring)."""
+    t0 = time.perf_counter()
+    sim = simulate_overlap_nxtomo(work / "raw", n_scans=n_scans, nx=nx, overlap=overlap, max_error_voxels=5,
+                                  seed=seed, n_angles=angles, neurites=3, sample_radius_px=0.44 * nx,
+                                  sample_name="leg")
+    simulate_s = time.perf_counter() - t0
+    out = work / "out"
+    overnight_s, overnight_mib = timed(CLI + ["--quiet", "overnight", str(work / "raw"), "--out", str(out),
+                                              "--local", "--settle-s", "0"])
+    stitched = out / "leg.stitched"
+    report = json.loads((stitched / "stitch.json").read_text())
+    segment_s, segment_mib = timed(CLI + ["--quiet", "segment", str(stitched), "--out", str(stitched),
+                                          "--block-shape", *map(str, block), "--swc", str(stitched / "swc")])
+    account = json.loads((out / "overnight.json").read_text())
+    per_scan = sorted(account.get("durations_s", {}).values())
+    placed = [s["placed"] for s in report["scans"]]
+    corr = np.array([s["correction_m"] for s in report["scans"]])[placed]
+    err = np.array([s.error_m for s in sim.scans])[placed]
+    miss = ((corr - corr.mean(0)) - (err - err.mean(0))) / sim.voxel_m
+    labels = read_volume(find_segmentation(stitched))[0]
+    origin, voxel, shape = (np.asarray(report["output"]["origin_m"]), report["output"]["voxel_m"],
+                            tuple(report["output"]["shape"]))
+    shift = true_frame_shift(sim, report)
+    truth = sim.render_labels(origin + shift, voxel, shape)
+    inside = np.zeros(shape, bool)
+    for box in scan_boxes(report).values():
+        inside[box] = True
+    scores = evaluate(np.where(inside, labels, 0), truth, inside & (truth > 0))
+    seams_all = seam_continuity(labels, truth, report)
+    seams_neurites = seam_continuity(labels, truth, report, objects=sim.neurites)
+    mid = mid_scan_continuity(labels, truth, report, round(nx // 2 * overlap), 8)
+    voxels = int(np.prod(shape))
+    # cost model of the stitch and the segmentation ~ output voxels; the real leg: 12 scans of 2048^3 overlapping
+    # by ``overlap`` along the chain: (12 (1 - overlap) + overlap) 2048^3 output voxels. (Processing a scan is
+    # the chain's own cost model, README: bench_chain.py; at these sizes fixed costs dominate it.)
+    leg_voxels = 2048**3 * (12 * (1 - overlap) + overlap)
+    stitch_s = float(report.get("timing_s", {}).get("total", 0.0))
+    return {"scans": n_scans, "nx": nx, "angles": angles, "stitched_shape": list(shape),
+            "placed": int(sum(placed)), "isolated": [s["name"] for s in report["scans"] if not s["placed"]],
+            "position_error_voxels_max_per_axis": np.abs(miss).max(axis=0).round(3).tolist(),
+            "seconds": {"simulate": round(simulate_s, 1), "overnight (process + stitch)": round(overnight_s, 1),
+                        "segment": round(segment_s, 1), "stitch (stitch.json)": report.get("timing_s"),
+                        "per scan (overnight.json), min / median / max": [per_scan[0], float(np.median(per_scan)),
+                                                                          per_scan[-1]] if per_scan else []},
+            "peak_rss_mib": {"overnight": round(overnight_mib), "segment": round(segment_mib)},
+            "adapted_rand": round(scores.adapted_rand, 3),
+            "seam_all": [sum(c.kept for c in seams_all.crossings), len(seams_all.crossings)],
+            "seam_neurites": [sum(c.kept for c in seams_neurites.crossings), len(seams_neurites.crossings)],
+            "mid_scan_all": [sum(c.kept for c in mid.crossings), len(mid.crossings)],
+            "rates_voxels_per_s": {"stitch": round(voxels / stitch_s) if stitch_s else None,
+                                   "segment (blockwise, SWC)": round(voxels / segment_s)},
+            "leg_hours_2_cores": {"stitch": round(stitch_s / voxels * leg_voxels / 3600, 1),
+                                  "segment": round(segment_s / voxels * leg_voxels / 3600, 1)}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scans", type=int, default=12)
+    ap.add_argument("--nx", type=int, default=128)
+    ap.add_argument("--angles", type=int, default=180)
+    ap.add_argument("--overlap", type=float, default=0.4)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
+    a = ap.parse_args()
+    work = a.keep or Path(tempfile.mkdtemp(prefix="bench_leg_"))
+    try:
+        print(json.dumps(run(work, a.scans, a.nx, a.angles, a.overlap, a.seed), indent=1, default=float))
+    finally:
+        if a.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
