@@ -1201,11 +1201,13 @@ class FinalChain:
                     del done[key]
         jobs = [DenoiseSlab(r0, min(r0 + rows, shape[0]), self._halves_full(), str(image))
                 for r0 in range(0, shape[0], rows) if str(r0) not in done]
+        t0 = time.perf_counter()
         for _, (r0, crc, stats) in self.executor.map(denoise_slab_task, jobs, model,
                                                      memory_bytes=self.layout.task_memory_bytes):
             done[str(r0)] = {"r1": min(r0 + rows, shape[0]), "crc": crc, "stats": stats.as_list()}
             self.work.mark(stage, str(r0), done[str(r0)])
             self.progress(len(done), math.ceil(shape[0] / rows), "denoise")
+        self.timing["denoise"] = round(time.perf_counter() - t0, 3)
         in_order = sorted(done.items(), key=lambda kv: int(kv[0]))
         units = {"s0": [[int(k), v["r1"], v["crc"]] for k, v in in_order],
                  **self.pyramid(image, n_levels, rows, redo=bool(jobs) and self.work.resumed,
