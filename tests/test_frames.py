@@ -206,7 +206,8 @@ def test_cloud_volume_and_navis_put_every_layer_at_the_same_world_place(segmente
     image, seg = nodes[("Multiscales",)], nodes[("Label", "Multiscales")]
     places = {"volume": _world(_centroid(np.asarray(image.data[0]) > 0.9),
                                image.metadata["coordinateTransformations"][0]),
-              "labels": _world(_centroid(np.asarray(seg.data[0]) == CUBE), seg.metadata["coordinateTransformations"][0])}
+              "labels": _world(_centroid(np.asarray(seg.data[0]) == CUBE),
+                               seg.metadata["coordinateTransformations"][0])}
     for layer, select in (("image", lambda a: a > 0.9), ("segmentation", lambda a: a == CUBE)):
         info = json.loads((segmented / "ng" / layer / "info").read_text())
         for mip in range(len(info["scales"])):

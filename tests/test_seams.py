@@ -200,3 +200,28 @@ def test_overnight_segments_each_stitched_sample_when_it_is_newer(column, tmp_pa
     marker = dest / "segmentation.work" / "stale"
     marker.write_text("")
     assert segment_samples(tmp_path, (64, 64, 64)) == ["leg"] and not marker.exists()
+
+
+def test_blockwise_skeletons_are_one_tree_per_object_whatever_the_blocks():
+    """A tube meandering across block faces on every axis, and a short straight one: skeletonized block by
+    block (kimimaro per block, pieces joined at the shared planes), each is one tree whose nodes lie in it
+    and span it, as the whole-array skeleton does."""
+    from xnh_stream.segment.skeleton import skeletonize, skeletonize_blockwise
+
+    lab = np.zeros((200, 60, 60), np.uint32)
+    yy, xx = np.ogrid[:60, :60]
+    for z in range(200):
+        lab[z][(yy - 30 - 10 * np.sin(z / 30)) ** 2 + (xx - 30 - 8 * np.cos(z / 25)) ** 2 <= 25] = 7
+        if z < 150:
+            lab[z][(yy - 10) ** 2 + (xx - 10) ** 2 <= 9] = 9
+    whole = skeletonize(lab, VOXEL, 50)
+    for blocks in ((64, 64, 64), (32, 32, 32), (17, 13, 40)):
+        pieces = skeletonize_blockwise(lab, VOXEL, blocks, 50)
+        assert sorted(pieces) == sorted(whole) == [7, 9]
+        for label, skel in pieces.items():
+            assert skeleton_trees(skel) == (1, 0), (blocks, label)
+            k = np.rint(skel.vertices / (VOXEL * 1e9)).astype(int)  # x y z voxels
+            assert np.all(lab[k[:, 2], k[:, 1], k[:, 0]] == label)
+            span = whole[label].vertices[:, 2]
+            np.testing.assert_allclose([skel.vertices[:, 2].min(), skel.vertices[:, 2].max()], [span.min(), span.max()])
+    assert skeletonize_blockwise(lab, VOXEL, (32, 32, 32), 20000) == {}  # min_voxels over the whole array

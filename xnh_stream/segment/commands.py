@@ -243,9 +243,13 @@ def _segment(a: argparse.Namespace, out: Path, src: Path) -> int:
     dst, labels = write_segmentation(out, labels, voxel, max_label, image=src)
     print(f"segmentation: {dst} ({n_segments} segments, {time.perf_counter() - t0:.1f} s)")
     if a.swc:
-        from .skeleton import skeletonize, write_swc
+        from .skeleton import skeletonize, skeletonize_blockwise, write_swc
 
-        files = write_swc(skeletonize(np.asarray(labels), voxel, a.swc_min_voxels), a.swc,
+        if a.block_shape or a.ray:  # block by block from the label image: never the whole labels in memory
+            skeletons = skeletonize_blockwise(labels, voxel, tuple(spec.block_shape), a.swc_min_voxels)
+        else:
+            skeletons = skeletonize(np.asarray(labels), voxel, a.swc_min_voxels)
+        files = write_swc(skeletons, a.swc,
                           soma_radius_nm=a.swc_soma_radius_nm, axon_radius_nm=a.swc_axon_radius_nm,
                           origin_m=origin, source=str(dst))
         extra["swc"] = {"folder": str(a.swc), "files": len(files), "units": "nm"}

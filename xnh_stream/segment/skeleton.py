@@ -33,6 +33,75 @@ def skeletonize(labels: np.ndarray, voxel_m: float, min_voxels: int = 200, scale
                                 fix_borders=True)
 
 
+def skeletonize_blockwise(labels, voxel_m: float, block_shape: tuple[int, int, int], min_voxels: int = 200,
+                          scale: float = 1.5, const_nm: float = 300.0) -> dict:
+    """:func:`skeletonize` block by block, for labels larger than memory (a zarr or dask array is read one
+    block at a time); each label's pieces are joined into one tree.
+
+    Each block is read with the first plane of its upper neighbours, so two blocks share the plane between
+    them, and skeletonized with kimimaro's ``fix_borders`` (a skeleton crosses a block face at the centre of
+    each piece of its object there, the same point in both blocks). The pieces of a label are merged and
+    their shared vertices made one (osteoid ``consolidate``); the loops a face crossed at several points can
+    leave are cut by the minimum spanning tree of the vertices (edges weighted by length), so a connected
+    object gives one tree. Labels with fewer than ``min_voxels`` voxels in the whole array are left out.
+
+    Parameters
+    ----------
+    labels : array-like
+        ``[z, y, x]`` labels (numpy, zarr or dask; 0 is background).
+    voxel_m : float
+        Voxel size.
+    block_shape : (int, int, int)
+        Blocks (e.g. the segmentation's).
+    min_voxels, scale, const_nm
+        See :func:`skeletonize`.
+
+    Returns
+    -------
+    dict
+        ``{label: Skeleton}``, vertices in nm from the centre of voxel ``[0, 0, 0]`` (as :func:`skeletonize`).
+    """
+    import itertools
+
+    import kimimaro
+    from osteoid import Skeleton
+
+    nm = voxel_m * 1e9
+    shape = tuple(int(n) for n in labels.shape)
+    pieces: dict[int, list] = {}
+    counts: dict[int, int] = {}
+    for start in itertools.product(*[range(0, n, b) for n, b in zip(shape, block_shape)]):
+        core = tuple(slice(a, min(a + b, n)) for a, b, n in zip(start, block_shape, shape))
+        read = tuple(slice(c.start, min(c.stop + 1, n)) for c, n in zip(core, shape))  # the plane shared above
+        block = np.asarray(labels[read])
+        ids, n = np.unique(block[tuple(slice(0, c.stop - c.start) for c in core)], return_counts=True)
+        for i, k in zip(ids.tolist(), n.tolist()):
+            counts[i] = counts.get(i, 0) + k
+        found = kimimaro.skeletonize(np.asfortranarray(block.transpose(2, 1, 0)),
+                                     teasar_params={"scale": scale, "const": const_nm}, anisotropy=(nm, nm, nm),
+                                     dust_threshold=0, progress=False, parallel=1, fix_branching=True,
+                                     fix_borders=True)
+        for label, skel in found.items():
+            skel.vertices = skel.vertices + np.asarray(start[::-1], dtype=np.float64) * nm
+            pieces.setdefault(int(label), []).append(skel)
+    return {label: _spanning_tree(Skeleton.simple_merge(parts).consolidate())
+            for label, parts in sorted(pieces.items()) if counts.get(label, 0) >= min_voxels}
+
+
+def _spanning_tree(skel):
+    """The skeleton with only the edges of the minimum spanning forest of its vertices (lengths as weights)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    edges = np.unique(np.sort(np.asarray(skel.edges, dtype=np.int64).reshape(-1, 2), axis=1), axis=0)
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    n = len(skel.vertices)
+    length = np.linalg.norm(skel.vertices[edges[:, 0]] - skel.vertices[edges[:, 1]], axis=1) + 1e-9
+    tree = minimum_spanning_tree(coo_matrix((length, (edges[:, 0], edges[:, 1])), shape=(n, n))).tocoo()
+    skel.edges = np.column_stack([tree.row, tree.col]).astype(np.uint32)
+    return skel
+
+
 #: SWC node types (Cannon et al. 1998).
 SWC_UNDEFINED, SWC_SOMA, SWC_AXON, SWC_DENDRITE = 0, 1, 2, 3
 
