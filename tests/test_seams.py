@@ -225,3 +225,44 @@ def test_blockwise_skeletons_are_one_tree_per_object_whatever_the_blocks():
             span = whole[label].vertices[:, 2]
             np.testing.assert_allclose([skel.vertices[:, 2].min(), skel.vertices[:, 2].max()], [span.min(), span.max()])
     assert skeletonize_blockwise(lab, VOXEL, (32, 32, 32), 20000) == {}  # min_voxels over the whole array
+
+
+@pytest.mark.slow
+def test_overnight_processes_stitches_and_segments_a_chain_of_raw_scans(tmp_path):
+    """Three raw four-distance scans of a pin in air along z (64 rows, 40 % overlap, stage errors up to 5
+    voxels, three neurites through all of them): ``run_overnight(stitch=True, segment=True)`` processes,
+    stitches and segments them unattended; every place within half a voxel, the labels and one SWC tree per
+    neurite's segment in the stitched frame, seam continuity measured (the shipped network's, not asserted:
+    docs/segmentation.md, *A simulated leg*)."""
+    from osteoid import Skeleton
+
+    from xnh_stream.config import ProcessConfig
+    from xnh_stream.io.omezarr import read_volume
+    from xnh_stream.overnight import run_overnight
+    from xnh_stream.segment.pipeline import find_segmentation
+    from xnh_stream.simulate.overlap import simulate_overlap_nxtomo
+
+    sim = simulate_overlap_nxtomo(tmp_path / "raw", n_scans=3, nx=128, overlap=0.4, max_error_voxels=5, seed=11,
+                                  n_angles=120, neurites=3, sample_radius_px=0.44 * 128, sample_name="leg")
+    r = run_overnight(tmp_path / "raw", tmp_path / "out", ProcessConfig(), settle_s=0, stitch=True, segment=True,
+                      segment_block_shape=(64, 64, 64))
+    assert sorted(r.done) == [s.name for s in sim.scans] and r.segmented == ["leg"]
+    stitched = tmp_path / "out" / "leg.stitched"
+    report = json.loads((stitched / "stitch.json").read_text())
+    corr = np.array([s["correction_m"] for s in report["scans"]])
+    err = np.array([s.error_m for s in sim.scans])
+    miss = ((corr - corr.mean(0)) - (err - err.mean(0))) / sim.voxel_m
+    assert all(s["placed"] for s in report["scans"]) and np.abs(miss).max() < 0.5
+    labels = read_volume(find_segmentation(stitched))[0]
+    shift = (err - corr).mean(axis=0)
+    truth = sim.render_labels(np.asarray(report["output"]["origin_m"]) + shift, report["output"]["voxel_m"],
+                              labels.shape)
+    seams = seam_continuity(labels, truth, report)
+    print(f"\nleg of 3: places within {np.abs(miss).max():.3f} voxel; {sum(c.kept for c in seams.crossings)} of "
+          f"{len(seams.crossings)} crossings keep one id")
+    assert len(seams.crossings) > 10
+    for nid in sim.neurites:
+        ids, counts = np.unique(labels[truth == nid], return_counts=True)
+        path = stitched / "swc" / f"{int(ids[np.argmax(counts)])}.swc"
+        if path.exists():  # the neurite's main segment is large enough for a skeleton
+            assert skeleton_trees(Skeleton.from_swc(path.read_text()))[0] == 1
