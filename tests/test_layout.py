@@ -179,3 +179,19 @@ def test_the_output_names_are_spelled_in_one_module():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in spelled:
                 bad.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not bad, bad
+
+
+def test_no_function_of_the_driving_layers_is_over_sixty_lines():
+    """The chain, the live driver and the Ray wiring read as steps (issue 21): no function or method of
+    xnh_stream/chain, xnh_stream/live or actors/ is longer than 60 lines, docstring included."""
+    import ast
+
+    long = []
+    for folder in ("xnh_stream/chain", "xnh_stream/live", "actors"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 60:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long

@@ -61,7 +61,7 @@ from ..physics.align import ShiftModel, measure_distance_shifts
 from ..physics.denoise import Noise2InverseConfig
 from ..physics.envelope import SampleEnvelope, envelope_from_volume
 from ..physics.fbp import FBPAccumulator
-from ..physics.fsc import edge_resolution, half_bit_threshold, fourier_shell_correlation, resolution_from_fsc
+from ..physics.fsc import edge_resolution, fourier_shell_correlation, half_bit_threshold, resolution_from_fsc
 from ..physics.material import (
     DeltaBetaEstimate,
     MaterialBand,
@@ -82,16 +82,31 @@ from ..state.work import DamagedWork, WorkFolder, crash_point, crc32
 from .angles import AngleTable
 from .axis import MIN_SINOGRAM_ANGLES, axis_rows, axis_sinogram_rows, decide_rotation_axis
 from .calibration import Calibration
-from .denoise import DENOISED_NAME, HALVES_FULL_NAME, DenoiseSlab, create_full_halves, denoise_slab_task, denoise_train_task
+from .denoise import (
+    DENOISED_NAME,
+    HALVES_FULL_NAME,
+    DenoiseSlab,
+    create_full_halves,
+    denoise_slab_task,
+    denoise_train_task,
+)
 from .executor import Executor, SerialExecutor
 from .layout import STEP_UNITS, ChainLayout  # noqa: F401 - ChainLayout exported here as before
 from .phase_methods import phase_method
-from .publish import VolumeStats, check_volume, damaged_units, describe_damage, publish, region_crc_task, stage
+from .publish import (
+    VolumeStats,
+    check_volume,
+    damaged_units,
+    describe_damage,
+    publish,
+    region_crc_task,
+    stage,
+)
 from .report import (
     JOURNAL_NAME,
     REPORT_NAME,
-    Completion,
     VOLUME_NAME,
+    Completion,
     Dose,
     FrameAccount,
     QuarantinedFrame,
@@ -767,21 +782,7 @@ class FinalChain:
                     self.alerts.append(Alert("AlignmentPeakRejected", "warning",
                                              f"distance {k + 1} at {s.theta_deg:.2f} deg: {s.reasons[k]} "
                                              f"(NCC peak {s.peaks[k]:.2f})"))
-        record: dict[str, Any] = {}
-        measured = [s for s in samples if s.shifts_yx is not None]
-        if measured:  # do the distances show one sample? (random or mixed-up frames do not)
-            from ..quality.plausibility import assess_distance_registrations  # noqa: PLC0415
-
-            verdict = assess_distance_registrations(
-                [s.theta_deg for s in measured], [s.peaks for s in measured], [s.ok for s in measured],
-                [s.shifts_yx for s in measured], self.ref, self.shape)
-            record["plausibility"] = {
-                "implausible": verdict.implausible, "angles": verdict.n_angles,
-                "consistent": {f"distance_{k}": round(v, 3) for k, v in verdict.consistent.items()},
-                "median_peak": {f"distance_{k}": round(v, 3) for k, v in verdict.median_peak.items()}}
-            if verdict.implausible:
-                self.alerts.append(Alert("ImplausibleProjections", "critical", verdict.reason))
-                log.error("implausible projections: %s", verdict.reason)
+        record = self._plausibility([s for s in samples if s.shifts_yx is not None])
         thetas = np.array([t for _, t, _ in slots])
         for k, model in enumerate(models):
             if model is None:
@@ -800,6 +801,24 @@ class FinalChain:
                 "shift_px": model(at).round(3).tolist(),
                 "rms_residual_px": float(np.sqrt(np.mean(model.residuals()[inl] ** 2)))}
         return models, record
+
+    def _plausibility(self, measured: list[AlignSample]) -> dict[str, Any]:
+        """Do the distances show one sample (random or mixed-up frames do not)? The alignment record's
+        ``plausibility`` entry, and a critical alert when they do not."""
+        if not measured:
+            return {}
+        from ..quality.plausibility import assess_distance_registrations  # noqa: PLC0415
+
+        verdict = assess_distance_registrations(
+            [s.theta_deg for s in measured], [s.peaks for s in measured], [s.ok for s in measured],
+            [s.shifts_yx for s in measured], self.ref, self.shape)
+        if verdict.implausible:
+            self.alerts.append(Alert("ImplausibleProjections", "critical", verdict.reason))
+            log.error("implausible projections: %s", verdict.reason)
+        return {"plausibility": {
+            "implausible": verdict.implausible, "angles": verdict.n_angles,
+            "consistent": {f"distance_{k}": round(v, 3) for k, v in verdict.consistent.items()},
+            "median_peak": {f"distance_{k}": round(v, 3) for k, v in verdict.median_peak.items()}}}
 
     def material(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
                  models: list[ShiftModel | None]) -> float:
@@ -851,6 +870,12 @@ class FinalChain:
         record.update({k: v for k, v in est.as_dict().items() if k != "value"}, value=est.as_dict()["value"],
                       angles=len(items), sigma_px=round(band.sigma_px, 3), step_px=band.step,
                       window=list(band.window))
+        self._decide_material(est, record)
+        return self.delta_beta
+
+    def _decide_material(self, est: DeltaBetaEstimate, record: dict[str, Any]) -> None:
+        """Use the fit's delta/beta when it is narrow enough and the linear model describes the holograms;
+        ``record["decision"]`` says which and why."""
         if est.value is None:
             record["decision"] = (f"from the composition: the residual has no minimum within "
                                   f"{est.grid[0]:g}-{est.grid[-1]:g}")
@@ -865,7 +890,6 @@ class FinalChain:
             self.delta_beta = float(est.value)
             record["decision"] = "estimated"
         log.info("delta/beta: %s (%s)", f"{self.delta_beta:.4g}", record["decision"])
-        return self.delta_beta
 
     def survey(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration]) -> SurveyJob:
         """One pass over the reference distance for what the envelope and the rotation axis need."""
@@ -1267,11 +1291,7 @@ class FinalChain:
     def _run(self, journal: FrameJournal | None) -> ChainResult:
         t_start = time.perf_counter()
         cfg = self.config
-        for d in self.index.rejected:
-            self._reject_distance_alert(d.name, d.reason)
-        for q in self.index.rejected_files:
-            self.alerts.append(Alert("DistanceFileRejected", "critical", f"{q.source}: {q.reason}"))
-            log.error("file set aside: %s: %s", q.path, q.reason)
+        self._alert_rejected()
         cals = self.calibrate()
         slots = self.pair()
         thetas = np.array([t for _, t, _ in slots])
@@ -1280,22 +1300,14 @@ class FinalChain:
         survey = self.survey(slots, cals)
         axis = self.rotation_axis(slots, cals, survey)
         log.info("centre of rotation %.2f px (%s)", axis.px, axis.method)
-        envelope = self.two_material(self.envelope(slots, survey, axis.px))
-        contrast = None
-        if envelope is not None:
-            contrast = cfg.sample.delta_beta_contrast or delta_beta_of(cfg.sample.stain_formula, cfg.sample.stain_density,
-                                                                self.geometry.energy_kev)
-        setup = PhaseSetup(self.geometry, self.shape, self.delta_beta, cfg, tuple(models), envelope, contrast,
-                           token=self.work.path.as_posix() + ":" + str(id(self)))
+        envelope, contrast, setup = self._phase_setup(slots, survey, axis, models)
         ny, nx = self.shape
         rows = self.layout.rows_per_slab(ny, nx)
         store = ProjectionStore(self.work.path / "projections.zarr", len(slots), self.shape, rows, create=True)
         vol_shape = (ny, nx, nx)
         work_volume = self.work.path / VOLUME_NAME
         position = self.sample_position()
-        origin = None
-        if position is not None and "position_m" in position:  # the first voxel, from the stage position
-            origin = tuple(float(c) - (n - 1) / 2 * self.geometry.voxel_m for c, n in zip(position["position_m"], vol_shape))
+        origin = _first_voxel(position, vol_shape, self.geometry.voxel_m)
         levels = create_volume(work_volume, vol_shape, self.geometry.voxel_m, chunks=(rows, 256, 256), origin_m=origin,
                                reopen=True)
         boxes = self.boxes(vol_shape)
@@ -1313,17 +1325,12 @@ class FinalChain:
         units = {"s0": [[r0, v["r1"], v["crc"]] for r0, v in in_order],
                  **self.pyramid(work_volume, len(levels), rows, redo=bool(computed) and self.work.resumed)}
         stats = sum((VolumeStats.from_list(v["stats"]) for _, v in in_order), VolumeStats())  # one order: one sum
-        problems = check_volume(stats, absmax)
-        if problems:
-            raise InputError(self.out or work_volume, "the reconstructed volume is not plausible: " + "; ".join(problems)
-                             + "; nothing was published (the work folder keeps what was computed)")
+        self._refuse_implausible(stats, absmax, "reconstructed volume", "the work folder keeps what was computed")
         denoise_record = None
         if cfg.denoise.enabled:
             more, dstats, denoise_record = self.denoise(work_volume, vol_shape, len(levels), rows, origin)
-            problems = check_volume(dstats, absmax)
-            if problems:
-                raise InputError(self.out or work_volume, "the denoised volume is not plausible: " + "; ".join(problems)
-                                 + "; nothing was published (set denoise.method: none to publish the plain volume)")
+            self._refuse_implausible(dstats, absmax, "denoised volume",
+                                     "set denoise.method: none to publish the plain volume")
             units.update(more)
         crash_point("volume:checked")
         fsc_section, edge_section = self.resolution(halves_path, boxes)
@@ -1333,24 +1340,60 @@ class FinalChain:
         report.denoise = denoise_record
         report.volume = VolumeRecord(self.work.spec_id, list(vol_shape), units, {
             "min": stats.vmin, "max": stats.vmax, "mean": stats.mean, "std": stats.std, "projection_absmax": absmax})
-        own_journal = journal is None and self.out is not None
-        if own_journal:
-            journal = FrameJournal(self.out / JOURNAL_NAME)
-        if journal is not None:
-            report.frames = self.book(journal)
-            if report.frames.missing_from_volume:
-                vanished = Alert("FramesVanished", "critical", (
-                    f"{report.frames.missing_from_volume} frames received during the scan are no longer in the "
-                    "scan folder: the final volume was made without them"))
-                self.alerts.append(vanished)
-                report.alerts += alert_entries([vanished])  # after the quality monitor's, as the report had it
-            if own_journal:
-                journal.close()
+        self._book_frames(report, journal)
         if self.out is None:
             return ChainResult(report, None, work_volume)
         stage(self.work.path, report)
         publish(self.out, self.work.path, keep_work=self.layout.keep_work)
         return ChainResult(report, self.out, self.out / VOLUME_NAME)
+
+    def _alert_rejected(self) -> None:
+        """Critical alerts for the distances and files the scan index set aside."""
+        for d in self.index.rejected:
+            self._reject_distance_alert(d.name, d.reason)
+        for q in self.index.rejected_files:
+            self.alerts.append(Alert("DistanceFileRejected", "critical", f"{q.source}: {q.reason}"))
+            log.error("file set aside: %s: %s", q.path, q.reason)
+
+    def _phase_setup(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], survey: SurveyJob,
+                     axis: RotationAxis, models: list[ShiftModel | None]
+                     ) -> tuple[SampleEnvelope | None, float | None, PhaseSetup]:
+        """The envelope (two materials, when used), the stain's delta/beta with it, and what every phase task
+        needs."""
+        cfg = self.config
+        envelope = self.two_material(self.envelope(slots, survey, axis.px))
+        contrast = None
+        if envelope is not None:
+            contrast = cfg.sample.delta_beta_contrast or delta_beta_of(cfg.sample.stain_formula,
+                                                                       cfg.sample.stain_density, self.geometry.energy_kev)
+        setup = PhaseSetup(self.geometry, self.shape, self.delta_beta, cfg, tuple(models), envelope, contrast,
+                           token=self.work.path.as_posix() + ":" + str(id(self)))
+        return envelope, contrast, setup
+
+    def _refuse_implausible(self, stats: VolumeStats, absmax: float, what: str, hint: str) -> None:
+        """Raise :class:`InputError` when a volume's statistics are not plausible (:func:`check_volume`)."""
+        problems = check_volume(stats, absmax)
+        if problems:
+            raise InputError(self.out or self.work.path / VOLUME_NAME, f"the {what} is not plausible: "
+                             + "; ".join(problems) + f"; nothing was published ({hint})")
+
+    def _book_frames(self, report: ScanReport, journal: FrameJournal | None) -> None:
+        """The frame account into the report, from the given journal or the output folder's own; an alert
+        for frames received live whose files are gone."""
+        own_journal = journal is None and self.out is not None
+        if own_journal:
+            journal = FrameJournal(self.out / JOURNAL_NAME)  # type: ignore[operator]
+        if journal is None:
+            return
+        report.frames = self.book(journal)
+        if report.frames.missing_from_volume:
+            vanished = Alert("FramesVanished", "critical", (
+                f"{report.frames.missing_from_volume} frames received during the scan are no longer in the "
+                "scan folder: the final volume was made without them"))
+            self.alerts.append(vanished)
+            report.alerts += alert_entries([vanished])  # after the quality monitor's, as the report had it
+        if own_journal:
+            journal.close()
 
     def _resume_end(self) -> ChainResult | None:
         """Where a previous run of this work got to at its end (:mod:`~xnh_stream.chain.publish`): finish a
@@ -1568,6 +1611,15 @@ def journal_key(rec: FrameRecord) -> int | None:
 def _batches(items: Sequence[Any], size: int) -> list[list[Any]]:
     size = max(1, int(size))
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _first_voxel(position: dict[str, Any] | None, shape: tuple[int, int, int],
+                 voxel_m: float) -> tuple[float, ...] | None:
+    """The centre of the volume's first voxel in the stage frame, from the sample's stage position (None
+    when the files do not record it)."""
+    if position is None or "position_m" not in position:
+        return None
+    return tuple(float(c) - (n - 1) / 2 * voxel_m for c, n in zip(position["position_m"], shape))
 
 
 def _create_halves(path: Path, boxes: list[tuple[int, ...]]) -> None:

@@ -309,16 +309,24 @@ def trusted_distances(folder: Path, distances: list[DistanceIndex]
             reasons[d.key] = (f"{_difference(d, trusted[0])} of the {len(trusted)} other "
                               f"distance{'s' if len(trusted) > 1 else ''} ({names})")
     if len(trusted) >= 3:
-        pixels = np.array([d.geometry.effective_pixel_m for d in trusted])
-        for i, d in enumerate(trusted):
-            others = float(np.median(np.delete(pixels, i)))
-            ratio = pixels[i] / others
-            if ratio > MAX_PIXEL_RATIO or ratio < 1 / MAX_PIXEL_RATIO:
-                g = d.geometry
-                reasons[d.key] = (f"implausible geometry: z1 {g.z1_m:.4g} m and z2 {g.z2_m:.4g} m give an effective "
-                                  f"pixel of {pixels[i]:.3g} m against {others:.3g} m for the other distances "
-                                  f"(a factor {max(ratio, 1 / ratio):.1f}); check the units of z1 and z2")
+        reasons.update(_implausible_pixels(trusted))
     return [d for d in distances if d.key not in reasons], reasons
+
+
+def _implausible_pixels(trusted: list[DistanceIndex]) -> dict[float, str]:
+    """Distances whose effective pixel is more than :data:`MAX_PIXEL_RATIO` times from the median of the
+    others' (a z1 or z2 in the wrong unit), and why."""
+    reasons: dict[float, str] = {}
+    pixels = np.array([d.geometry.effective_pixel_m for d in trusted])
+    for i, d in enumerate(trusted):
+        others = float(np.median(np.delete(pixels, i)))
+        ratio = pixels[i] / others
+        if ratio > MAX_PIXEL_RATIO or ratio < 1 / MAX_PIXEL_RATIO:
+            g = d.geometry
+            reasons[d.key] = (f"implausible geometry: z1 {g.z1_m:.4g} m and z2 {g.z2_m:.4g} m give an effective "
+                              f"pixel of {pixels[i]:.3g} m against {others:.3g} m for the other distances "
+                              f"(a factor {max(ratio, 1 / ratio):.1f}); check the units of z1 and z2")
+    return reasons
 
 
 def left_out(reason: str) -> str:
