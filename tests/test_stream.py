@@ -241,7 +241,10 @@ def stream_killing_one(ray_local, small_scan, out, config, kind: str, need_in_fl
             ray_local.kill(getattr(driver, kind)[0], no_restart=False)  # distance 4 is arriving
             killed.append(p.angles_final)
 
-    driver = StreamDriver(ListSource(small_scan), small_scan, out, config,
+    # two frames a poll: the last distance's finals are dispatched a pair at a time, so a progress report finds
+    # tasks in flight (with 25 a poll the few reports after the sixth final could all find none: flaky)
+    source = ListSource(small_scan, per_poll=2 if need_in_flight else 25)
+    driver = StreamDriver(source, small_scan, out, config,
                           StreamOptions(poll_interval_s=0.0, final_pass=False), on_progress=kill_once)
     result = driver.run()
     assert killed, f"no actor of {kind} was killed"
