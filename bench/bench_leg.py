@@ -4,7 +4,7 @@ segmented by ``xnh-stream segment --block-shape --swc``, each command in its own
 peak resident memory per process, the stitched places against the truth, seam continuity of the segmentation
 (``bench_seams.py``'s measures) and a cost model for the real leg (12 scans of 2048^3).
 
-    python bench/bench_leg.py [--scans 12] [--nx 128] [--angles 180] [--overlap 0.4] [--keep DIR]
+    python bench/bench_leg.py [--scans 12] [--nx 128] [--angles 180] [--overlap 0.4] [--voxel-nm 100] [--keep DIR]
 
 A straight chain along ``z`` (the simulator stacks scans along the rotation axis); the paper's leg bends.
 """
@@ -53,12 +53,13 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def run(work: Path, n_scans: int = 12, nx: int = 128, angles: int = 180, overlap: float = 0.4, seed: int = 11,
-        block: tuple[int, int, int] = (64, 64, 64)) -> dict:
+        block: tuple[int, int, int] = (64, 64, 64), voxel_m: float = 100e-9) -> dict:
     """Simulate, run overnight (process + stitch) and segment; the measures (module docstring)."""
     t0 = time.perf_counter()
-    sim = simulate_overlap_nxtomo(work / "raw", n_scans=n_scans, nx=nx, overlap=overlap, max_error_voxels=5,
+    sim = simulate_overlap_nxtomo(work / "raw", n_scans=n_scans, voxel_m=voxel_m, nx=nx, overlap=overlap,
+                                  max_error_voxels=5,
                                   seed=seed, n_angles=angles, neurites=3, sample_radius_px=0.44 * nx,
-                                  sample_name="leg")
+                                  sample_name="leg", neurite_radius_m=4 * voxel_m)
     simulate_s = time.perf_counter() - t0
     out = work / "out"
     overnight_s, overnight_mib = timed(CLI + ["--quiet", "overnight", str(work / "raw"), "--out", str(out),
@@ -91,7 +92,7 @@ def run(work: Path, n_scans: int = 12, nx: int = 128, angles: int = 180, overlap
     # the chain's own cost model, README: bench_chain.py; at these sizes fixed costs dominate it.)
     leg_voxels = 2048**3 * (12 * (1 - overlap) + overlap)
     stitch_s = float(report.get("timing_s", {}).get("total", 0.0))
-    return {"scans": n_scans, "nx": nx, "angles": angles, "stitched_shape": list(shape),
+    return {"scans": n_scans, "nx": nx, "angles": angles, "voxel_nm": voxel_m * 1e9, "stitched_shape": list(shape),
             "placed": int(sum(placed)), "isolated": [s["name"] for s in report["scans"] if not s["placed"]],
             "position_error_voxels_max_per_axis": np.abs(miss).max(axis=0).round(3).tolist(),
             "seconds": {"simulate": round(simulate_s, 1), "overnight (process + stitch)": round(overnight_s, 1),
@@ -116,11 +117,13 @@ def main() -> None:
     ap.add_argument("--angles", type=int, default=180)
     ap.add_argument("--overlap", type=float, default=0.4)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--voxel-nm", type=float, default=100.0, help="voxel size of every scan (default %(default)s)")
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     a = ap.parse_args()
     work = a.keep or Path(tempfile.mkdtemp(prefix="bench_leg_"))
     try:
-        print(json.dumps(run(work, a.scans, a.nx, a.angles, a.overlap, a.seed), indent=1, default=float))
+        print(json.dumps(run(work, a.scans, a.nx, a.angles, a.overlap, a.seed,
+                                voxel_m=a.voxel_nm * 1e-9), indent=1, default=float))
     finally:
         if a.keep is None:
             shutil.rmtree(work, ignore_errors=True)
