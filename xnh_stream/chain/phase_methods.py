@@ -81,12 +81,27 @@ def _ctf_two_material(proc: AngleProcessor, images: Mapping[int, Any], theta_deg
     return proc.ctf(images, theta_deg)
 
 
+def _paganin_multi(proc: AngleProcessor, images: Mapping[int, Any], theta_deg: float) -> Any:
+    """Paganin of every distance present at once, by least squares on the reference grid."""
+    from ..physics.phase import retrieve_phase_paganin_multi  # noqa: PLC0415
+
+    which = sorted(images)
+    stack = proc.xp.stack([proc.aligned(k, images[k], theta_deg) for k in which])
+    dist = [(proc.geometry.distances[k].propagation_distance_m, proc.geometry.distances[k].wavelength_m)
+            for k in which]
+    return retrieve_phase_paganin_multi(stack, dist, proc.geometry.voxel_m, proc.delta_beta, pad=proc.pad,
+                                        xp=proc.xp) * proc.scale
+
+
 PHASE_METHODS: dict[str, PhaseMethod] = {m.name: m for m in (
     PhaseMethod("paganin", _paganin, False, _paganin_label, "single-distance Paganin of the reference distance (fast, blurred)"),
     PhaseMethod("ctf", _ctf, False, _ctf_label, "multi-distance CTF, one material (ctf.refine: Fresnel-refined)"),
     PhaseMethod("ctf-two-material", _ctf_two_material, True, _ctf_label,
                 "multi-distance CTF, the sample's outline against air and its interior (ctf.envelope decides "
                 "where; one material otherwise)"),
+    PhaseMethod("paganin-multi-distance", _paganin_multi, False, lambda two, refined: "paganin-multi-distance",
+                "Paganin of every distance at once, least squares (robust for strong absorption; blurrier than "
+                "the CTF)"),
 )}
 
 def phase_method(name: str) -> PhaseMethod:
