@@ -183,7 +183,8 @@ def test_queue_processes_records_failure_and_resumes(day, tmp_path):
     r2 = run_overnight(day, out, config, metrics=m, settle_s=600)
     assert r2.skipped == ["analysis", "sample2/scan_b", "scan_a", "scan_noise"] and r2.done == []
     assert len(r2.failed) == 2 and r2.flagged == []
-    assert r2.why["scan_noise"] == "report.json exists (flagged: ImplausibleProjections)"
+    # random frames: no sample in common, and no reliable rotation axis either (its estimators far apart)
+    assert r2.why["scan_noise"] == "report.json exists (flagged: ImplausibleProjections, RotationAxisUnreliable)"
     # a crash before scan_a's report was written: only scan_a is redone
     (out / "scan_a" / REPORT_NAME).unlink()
     r3 = run_overnight(day, out, config, metrics=m, settle_s=600)
@@ -238,3 +239,18 @@ def test_overnight_stitches_the_scans_of_one_sample(tmp_path):
         assert multiscale_levels(tmp_path / "out" / s.name / "volume.ome.zarr")[0]["origin_m"] is not None
     again = run_overnight(tmp_path / "day", tmp_path / "out", ProcessConfig.from_mapping({"alignment.angles": 6}), settle_s=600, stitch=True)
     assert again.stitched == {} and sorted(again.skipped) == sorted(r.done)
+
+
+def test_a_critical_axis_alert_flags_a_scan_and_a_warning_does_not(tmp_path):
+    """A scan whose rotation-axis estimators are all unreliable and far apart may be a wrong volume: overnight
+    flags it (the same alert as a warning, estimators close together, does not)."""
+    from xnh_stream.overnight import _flag_note, flagging
+
+    critical = {"name": "RotationAxisUnreliable", "severity": "critical", "message": "25 px apart"}
+    warning = {**critical, "severity": "warning"}
+    noise = {"name": "ImplausibleProjections", "severity": "critical", "message": "not one sample"}
+    assert flagging([warning, {"name": "RotationAxisDisagreement", "severity": "warning"}]) == []
+    assert flagging([critical, warning, noise]) == [critical, noise]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"alerts": [critical, warning]}))
+    assert _flag_note(report) == " (flagged: RotationAxisUnreliable)"

@@ -29,8 +29,9 @@ each scan's tasks limited to its share of the cluster (``max_in_flight``). Rules
   skipped with that reason; one whose stray scan files lie beside scan folders is failed without processing
   (``error.json`` names the files). Every scan ends the pass as
   **done**, **flagged** (processed, but the final pass found that its distances do not show one sample:
-  the critical ``ImplausibleProjections`` alert of :mod:`xnh_stream.quality.plausibility`; its report says
-  why), **failed**, **skipped** (its report exists, or it makes no scan) or **waiting** (not finished), each
+  the critical ``ImplausibleProjections`` alert of :mod:`xnh_stream.quality.plausibility`; or that no
+  rotation-axis estimate is reliable and they lie apart: the critical ``RotationAxisUnreliable``; its report
+  says why), **failed**, **skipped** (its report exists, or it makes no scan) or **waiting** (not finished), each
   with its reason in ``OUTROOT/overnight.json``;
 - **a killed pass resumes inside a scan too**: the final pass keeps its finished units in
   ``OUTROOT/<scan>/work`` and does not redo them;
@@ -76,8 +77,15 @@ log = logging.getLogger(__name__)
 ERROR_NAME = OVERNIGHT_ERROR_NAME
 SUMMARY_NAME = OVERNIGHT_SUMMARY_NAME
 _SUFFIXES = HDF5_SUFFIXES
-#: The alert of the final pass that makes a processed scan ``flagged`` instead of ``done``.
-FLAG_ALERTS = frozenset({"ImplausibleProjections"})
+#: The alerts of the final pass that make a processed scan ``flagged`` instead of ``done``, with the severities
+#: that do: the distances do not show one sample; no reliable rotation axis and the estimators far apart.
+FLAG_ALERTS: dict[str, frozenset[str]] = {"ImplausibleProjections": frozenset({"critical", "warning"}),
+                                          "RotationAxisUnreliable": frozenset({"critical"})}
+
+
+def flagging(alerts: list[Any]) -> list[dict[str, Any]]:
+    """The alert entries of a report that flag its scan (:data:`FLAG_ALERTS`)."""
+    return [a for a in alerts if isinstance(a, dict) and a.get("severity") in FLAG_ALERTS.get(a.get("name"), ())]
 
 
 @dataclass
@@ -365,7 +373,7 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
             dt = time.perf_counter() - t0
             (out / ERROR_NAME).unlink(missing_ok=True)  # a previous failure of this scan is resolved
             report = chain.report.to_dict()
-            flags = [a for a in report.get("alerts", []) if a.get("name") in FLAG_ALERTS]
+            flags = flagging(report.get("alerts", []))
             reason = "; ".join(f"{a['name']}: {a.get('message', '')}" for a in flags)
             with lock:
                 if flags:
@@ -407,7 +415,7 @@ def _flag_note(report: Path) -> str:
         alerts = json.loads(report.read_text()).get("alerts", [])
     except (OSError, ValueError, AttributeError):
         return ""
-    names = sorted({a.get("name") for a in alerts if isinstance(a, dict) and a.get("name") in FLAG_ALERTS})
+    names = sorted({a["name"] for a in flagging(alerts)})
     return f" (flagged: {', '.join(names)})" if names else ""
 
 
