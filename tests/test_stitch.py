@@ -238,6 +238,31 @@ def test_an_inconsistent_link_is_dropped_and_its_residual_reported():
     assert placed.groups == [[0, 1, 2, 3]] and placed.alone == []
 
 
+def test_links_between_scans_that_do_not_overlap_nominally_are_never_used():
+    """A chain of 8 scans along a pin in air (issue 20): every pair two apart is nominally 10 rows apart and
+    registered at a wrong shift of 18-37 voxels with a weight as high as the neighbours'; the solve follows the
+    neighbours. Where such a link would be the one connection of two parts of the chain, the parts stay apart
+    (reported) rather than placed by it."""
+    rng = np.random.default_rng(1)
+    voxel, n = 100e-9, 8
+    truth = rng.uniform(-5, 5, (n, 3)) * voxel
+    truth -= truth.mean(axis=0)
+    links = [Link(i, i + 1, truth[i + 1] - truth[i] + rng.normal(0, 0.02 * voxel, 3), 1.0, nominal_overlap_m=11 * voxel)
+             for i in range(n - 1)]
+    wrong = [Link(i, i + 2, truth[i + 2] - truth[i] + np.array([rng.uniform(18, 37) * voxel, 0, 0]), 1.2,
+                  nominal_overlap_m=-10 * voxel) for i in range(n - 2)]
+    placed = solve_placement(n, links + wrong, tolerance_m=voxel)
+    assert all(lk.used for lk in links) and not any(lk.used for lk in wrong)
+    assert all("nominal places 1000 nm apart" in lk.reason for lk in wrong)
+    assert np.abs(placed.corrections_m - truth).max() < 0.1 * voxel and placed.groups == [list(range(n))]
+    # the same chain without the link 3-4 (no stable peak): the gap link 2-4 would join the halves; they stay two
+    for lk in links + wrong:
+        lk.used, lk.reason = True, ""
+    split = [lk for lk in links if (lk.a, lk.b) != (3, 4)] + wrong
+    placed = solve_placement(n, split, tolerance_m=voxel)
+    assert placed.groups == [[0, 1, 2, 3], [4, 5, 6, 7]] and not any(lk.used for lk in wrong)
+
+
 def test_resumes_after_an_interrupted_run(column, tmp_path):
     outs = [s.out for s in column.scans]
     spec = StitchSpec(str(tmp_path / "run"), [str(o) for o in outs], block_shape=(64, 64, 64))

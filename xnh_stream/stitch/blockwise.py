@@ -35,7 +35,7 @@ from ..io.nxtomo import InputError
 from ..io.omezarr import create_volume
 from ..segment.blockwise import Block, block_grid
 from ..state.work import WorkFolder
-from .register import PairResult, RegisterParams, find_pairs, register_pair
+from .register import PairResult, RegisterParams, find_pairs, nominal_overlap_m, register_pair
 from .scans import FOVS, Scan, blend_weight, fov_distance, load_scan, sample_scan
 from .solve import Link, solve_offsets, solve_placement
 
@@ -263,8 +263,8 @@ class Stitch:
         fine = min(s.voxel_m for s in scans)
         results = self.pair_results()
         biggest = max((r.voxels for r in results if r.ok), default=1)
-        links = [Link(r.a, r.b, np.asarray(r.shift_m), max(r.ncc, 1e-3) * r.voxels / biggest)
-                 for r in results if r.ok]
+        links = [Link(r.a, r.b, np.asarray(r.shift_m), max(r.ncc, 1e-3) * r.voxels / biggest,
+                      nominal_overlap_m=nominal_overlap_m(scans[r.a], scans[r.b])) for r in results if r.ok]
         means = [(r.mean_a, r.mean_b) for r in results if r.ok]
         placement = solve_placement(n, links, spec.tolerance_m or fine)
         offsets = (solve_offsets(n, links, means, placement.groups) if spec.intensity == "offset" else np.zeros(n))

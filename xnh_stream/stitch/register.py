@@ -140,6 +140,12 @@ def link_overlap_m(a: Scan, b: Scan, p: RegisterParams) -> float:
     return (p.min_overlap_voxels + 2 * (p.trim_voxels + FINE_TAPER_VOXELS)) * voxel
 
 
+def nominal_overlap_m(a: Scan, b: Scan) -> float:
+    """The smallest overlap of two scans' nominal boxes over the axes (negative: the gap between them)."""
+    lo, hi = overlap_bounds(a, b)
+    return float(np.min(hi - lo))
+
+
 def find_pairs(scans: list[Scan], params: RegisterParams | None = None
                ) -> tuple[list[tuple[int, int]], list[dict]]:
     """The pairs ``(i, j)``, ``i < j``, to register, and the near pairs that are not, with why.
