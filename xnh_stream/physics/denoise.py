@@ -192,8 +192,11 @@ def _disk(ny: int, nx: int, radius: float) -> np.ndarray:
     return (y - (ny - 1) / 2) ** 2 + (x - (nx - 1) / 2) ** 2 <= radius**2
 
 
-def _training_rows(nz: int, held: tuple[int, int], n_stacks: int, rng: np.random.Generator) -> list[int]:
-    rows = [z for z in range(nz) if not held[0] - 2 <= z < held[1] + 2]  # no context reaches into the band
+def _training_rows(nz: int, held: tuple[int, int], n_stacks: int, rng: np.random.Generator,
+                   reach: int) -> list[int]:
+    """Up to ``n_stacks`` rows to train on, spread at random; none whose context (``reach`` rows either side)
+    touches the held-out band."""
+    rows = [z for z in range(nz) if not held[0] - reach <= z < held[1] + reach]
     if len(rows) <= n_stacks:
         return rows
     return sorted(rng.choice(rows, size=n_stacks, replace=False).tolist())
@@ -229,7 +232,7 @@ def train_noise2inverse(halves: Sequence[Any], disk_radius_px: float,
         raise ValueError(f"denoising needs more rows than its context ({k}); the volume has {nz}")
     held = held_out_rows(nz, cfg.held_out, k)
     n_stacks = max(1, min(nz, cfg.train_voxels // (2 * k * ny * nx)))
-    rows = _training_rows(nz, held, n_stacks, rng)
+    rows = _training_rows(nz, held, n_stacks, rng, k // 2)
     stacks = np.stack([np.stack([_plane_stack(h, z, k, nz) for h in (h0, h1)]) for z in rows])  # [S, 2, k, y, x]
     disk = _disk(ny, nx, disk_radius_px)
     inside = stacks[:, :, k // 2][:, :, disk]
