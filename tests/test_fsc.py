@@ -177,3 +177,16 @@ def test_edge_fit_3d_and_1d_profile():
     assert fit1.sigma_m == pytest.approx(6.0, rel=0.10) and fit1.x0 == pytest.approx(31.7, abs=0.1)
     with pytest.raises(ValueError, match="normal"):
         edge_resolution(vol, 1.0, point=(20, 20, 20), normal=(0, 0, 0))
+
+
+def test_the_tukey_window_is_scipys():
+    """physics/fsc.tukey writes out scipy.signal.windows.tukey (whose import costs 0.5 s a process)."""
+    from scipy.signal.windows import tukey as scipy_tukey
+
+    from xnh_stream.physics.fsc import tukey, tukey_window
+
+    for n in (1, 2, 3, 4, 5, 16, 17, 64, 101, 512):
+        for alpha in (0.0, 0.1, 0.25, 0.5, 0.99, 1.0, 1.5):
+            np.testing.assert_allclose(tukey(n, alpha), scipy_tukey(n, alpha), rtol=0, atol=1e-15,
+                                       err_msg=f"n={n} alpha={alpha}")
+    assert tukey_window(64, 0.5).dtype == np.float32 and not tukey_window(64, 0.5).flags.writeable

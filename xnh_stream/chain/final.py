@@ -1479,8 +1479,10 @@ class FinalChain:
         own = self.monitor is None
         monitor = self.monitor
         if own:
+            t0 = time.perf_counter()
             monitor = QualityMonitor(cfg, str(Path(self.index.folder).resolve()), router=default_router(cfg))
             feed_monitor(monitor, self.index)
+            self.timing["quality monitor"] = round(time.perf_counter() - t0, 3)  # dose, drift, warp from the files
         region = getattr(self, "_region", None)
         if region is not None:  # the final point of the running FSC, on the central region
             monitor.add_fsc(n_angles=len(written), region=region, fraction=1.0, voxel_m=voxel)

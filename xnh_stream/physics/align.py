@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .fsc import tukey
 from .geometry import ScanGeometry
 from .phase import retrieve_phase_paganin
 from .xp import bin_2d, fft_module, fft_workers, ndimage_module
@@ -200,10 +201,8 @@ class RegistrationResult:
 @lru_cache(maxsize=16)
 def _apodisation(shape: tuple[int, int], fraction: float) -> np.ndarray:
     """Separable Tukey window tapering ``fraction`` of each side to zero."""
-    from scipy.signal.windows import tukey  # noqa: PLC0415 - scipy.signal takes 0.5 s to import
-
-    wy = tukey(shape[0], alpha=min(1.0, 2 * fraction))
-    wx = tukey(shape[1], alpha=min(1.0, 2 * fraction))
+    wy = tukey(shape[0], min(1.0, 2 * fraction))
+    wx = tukey(shape[1], min(1.0, 2 * fraction))
     return (wy[:, None] * wx[None, :]).astype(np.float32)
 
 

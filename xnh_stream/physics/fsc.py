@@ -37,12 +37,25 @@ DEFAULT_TUKEY_ALPHA = 0.25
 # --------------------------------------------------------------------------------------------------
 # Fourier shell correlation
 # --------------------------------------------------------------------------------------------------
+def tukey(n: int, alpha: float) -> np.ndarray:
+    """Symmetric Tukey window of ``n`` points (flat top, cosine edges covering ``alpha`` of the length; 1 is
+    Hann), float64: ``scipy.signal.windows.tukey``'s formula, written out because importing ``scipy.signal``
+    costs every process 0.5 s (a third of a small scan's steps; ``tests/test_fsc.py`` compares the two)."""
+    if alpha <= 0 or n <= 1:
+        return np.ones(max(n, 0))
+    a = min(float(alpha), 1.0)
+    k = np.arange(n, dtype=np.float64)
+    width = int(np.floor(a * (n - 1) / 2.0))
+    w = np.ones(n)
+    w[:width + 1] = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * k[:width + 1] / a / (n - 1))))
+    w[n - width - 1:] = 0.5 * (1 + np.cos(np.pi * (-2.0 / a + 1 + 2.0 * k[n - width - 1:] / a / (n - 1))))
+    return w
+
+
 @lru_cache(maxsize=16)
 def tukey_window(n: int, alpha: float) -> np.ndarray:
-    """Tukey window (flat top, cosine edges covering ``alpha`` of the length), cached, read-only float32."""
-    import scipy.signal  # noqa: PLC0415 - 0.5 s to import: only where a window is built (cached)
-
-    w = scipy.signal.windows.tukey(n, alpha).astype(np.float32) if alpha > 0 and n >= 3 else np.ones(n, np.float32)
+    """:func:`tukey`, cached, read-only float32 (flat below 3 points)."""
+    w = tukey(n, alpha).astype(np.float32) if n >= 3 else np.ones(n, np.float32)
     w.flags.writeable = False
     return w
 
