@@ -22,6 +22,9 @@ backproject     FBP of a slab of rows from all projections: even/odd      a slab
                 halves; the slab written into the volume, the halves of
                 the FSC boxes kept
 pyramid         the lower-resolution levels of the OME-Zarr volume         a slab of a level
+denoise         (``denoise.method``) a network trained on the whole       one task, then a slab of rows
+                half-volumes; ``volume.ome.zarr/denoised`` and its
+                levels (:mod:`~xnh_stream.chain.denoise`)
 quality         FSC (half-bit) of the central boxes, edge fit, dose,      a box
                 drift and warping from the return projections
 report          ``report.json``                                           (here)
@@ -1211,7 +1214,7 @@ class FinalChain:
                       name=DENOISED_NAME)
         n2i = Noise2InverseConfig(steps=opt.steps, context=opt.context, width=opt.width, patch=opt.patch,
                                   seed=opt.seed)
-        model = self._cached("denoise model", lambda: self._map(
+        model = self._cached("denoise_model", lambda: self._map(
             "denoise train", denoise_train_task, [self._halves_full()], 0.5 * shape[2] - 1, n2i)[0])
         stage = f"denoised_r{rows}"
         done = self.work.done(stage)
