@@ -81,6 +81,24 @@ def test_the_truth_free_figures_match_the_true_noise_and_error(noisy, trained):
     assert rec["gain"] > 1.15 and rec["loss_last"] < rec["loss_first"]
 
 
+def test_planes_larger_than_the_crop_train_on_windows_of_many_rows(noisy):
+    """With the memory for two whole planes, 32-voxel windows give eight rows to train on (spread along the
+    axis instead of two planes), and the result denoises as well."""
+    h0, h1, full, expected, disk = noisy
+    budget = 2 * 2 * 5 * N * N  # voxels: two stacks of whole planes, both halves
+    whole = train_noise2inverse((h0, h1), 0.45 * N, Noise2InverseConfig(steps=150, train_voxels=budget, crop=N))
+    windows = train_noise2inverse((h0, h1), 0.45 * N, Noise2InverseConfig(steps=150, train_voxels=budget, crop=32,
+                                                                         patch=32))
+    assert (whole.rows_trained, windows.rows_trained) == (2, 8) and windows.record()["rows_trained"] == 8
+    den = denoise_rows(windows, (h0, h1), 0, NZ)
+
+    def rms(v):
+        return float(np.sqrt(np.mean((v[:, disk] - expected[:, disk]) ** 2)))
+
+    print(f"\nwindows of 32: rms error plain {rms(full):.4g}, denoised {rms(den):.4g}")
+    assert rms(den) < 0.75 * rms(full)
+
+
 def test_bad_options_are_refused():
     for bad in ({"denoise.method": "bm3d"}, {"denoise.context": 4}, {"denoise.patch": 30}, {"denoise.steps": 0}):
         with pytest.raises(ConfigError, match="denoise"):

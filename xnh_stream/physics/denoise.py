@@ -55,6 +55,9 @@ class Noise2InverseConfig:
         Adam's, decayed by a cosine to 0 over the steps.
     train_voxels : int
         Most voxels (both halves) held in memory for training; stacks of planes are spread over the volume.
+    crop : int
+        Side of the window read from each training stack of planes larger than it (placed at random inside the
+        field of view), so that large planes give many rows to train on rather than a few whole planes.
     held_out : float
         Fraction of the rows (a central band) never trained on; the figures of merit are measured there.
     seed : int
@@ -68,6 +71,7 @@ class Noise2InverseConfig:
     width: int = 16
     learning_rate: float = 1e-3
     train_voxels: int = 32 * 2**20
+    crop: int = 256
     held_out: float = 0.1
     seed: int = 0
 
@@ -94,6 +98,8 @@ class Noise2InverseModel:
         Training loss (normalised units) every ``steps // 20`` steps.
     rows_held_out : (int, int)
         The band of rows not trained on.
+    rows_trained : int
+        How many stacks of planes (rows) the training patches came from.
     noise_rms : float
         RMS noise of the plain reconstruction on the held-out rows (volume units).
     error_rms : float
@@ -107,6 +113,7 @@ class Noise2InverseModel:
     scale: float
     losses: list[float] = field(default_factory=list)
     rows_held_out: tuple[int, int] = (0, 0)
+    rows_trained: int = 0
     noise_rms: float = math.nan
     error_rms: float = math.nan
 
@@ -124,7 +131,8 @@ class Noise2InverseModel:
                 "width": self.config.width, "patch": self.config.patch, "seed": self.config.seed,
                 "loss_first": _r(self.losses[0]) if self.losses else None,
                 "loss_last": _r(self.losses[-1]) if self.losses else None,
-                "rows_held_out": list(self.rows_held_out), "noise_rms": _r(self.noise_rms),
+                "rows_held_out": list(self.rows_held_out), "rows_trained": self.rows_trained,
+                "noise_rms": _r(self.noise_rms),
                 "error_rms_bound": _r(self.error_rms),
                 "gain": _r(self.noise_rms / self.error_rms) if self.error_rms > 0 else None}
 
@@ -179,12 +187,30 @@ def _mirrored(z: int, context: int, nz: int) -> list[int]:
     return [abs(i) if i < 0 else (2 * (nz - 1) - i if i >= nz else i) for i in range(z - h, z + h + 1)]
 
 
-def _plane_stack(half: Any, z: int, context: int, nz: int) -> np.ndarray:
-    """Planes ``z - context//2 .. z + context//2`` of a (z, y, x) array, mirrored at the volume's ends."""
+def _plane_stack(half: Any, z: int, context: int, nz: int,
+                 window: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
+    """Planes ``z - context//2 .. z + context//2`` of a (z, y, x) array (their ``window``), mirrored at the
+    volume's ends."""
     idx = _mirrored(z, context, nz)
     lo, hi = min(idx), max(idx) + 1
-    block = np.asarray(half[lo:hi], dtype=np.float32)
+    block = np.asarray(half[lo:hi, window[0], window[1]], dtype=np.float32)
     return block[[i - lo for i in idx]]
+
+
+def _windows(n_stacks: int, shape: tuple[int, int], side: tuple[int, int], radius: float,
+             rng: np.random.Generator) -> list[tuple[slice, slice]]:
+    """``n_stacks`` windows of ``side`` in planes of ``shape``, centred at random within the disk of
+    ``radius`` less half the window (the whole plane when the window is the plane)."""
+    (ny, nx), (cy, cx) = shape, side
+    if (cy, cx) == (ny, nx):
+        return [(slice(0, ny), slice(0, nx))] * n_stacks
+    centres = np.argwhere(_disk(ny, nx, max(radius - max(cy, cx) / 2, 1.0)))
+    out = []
+    for _ in range(n_stacks):
+        yc, xc = centres[int(rng.integers(len(centres)))]
+        y0, x0 = int(np.clip(yc - cy // 2, 0, ny - cy)), int(np.clip(xc - cx // 2, 0, nx - cx))
+        out.append((slice(y0, y0 + cy), slice(x0, x0 + cx)))
+    return out
 
 
 def _disk(ny: int, nx: int, radius: float) -> np.ndarray:
@@ -231,16 +257,20 @@ def train_noise2inverse(halves: Sequence[Any], disk_radius_px: float,
     if nz <= k:
         raise ValueError(f"denoising needs more rows than its context ({k}); the volume has {nz}")
     held = held_out_rows(nz, cfg.held_out, k)
-    n_stacks = max(1, min(nz, cfg.train_voxels // (2 * k * ny * nx)))
+    side = (min(ny, max(cfg.crop, cfg.patch)), min(nx, max(cfg.crop, cfg.patch)))
+    n_stacks = max(1, min(nz, cfg.train_voxels // (2 * k * side[0] * side[1])))
     rows = _training_rows(nz, held, n_stacks, rng, k // 2)
-    stacks = np.stack([np.stack([_plane_stack(h, z, k, nz) for h in (h0, h1)]) for z in rows])  # [S, 2, k, y, x]
+    windows = _windows(len(rows), (ny, nx), side, disk_radius_px, rng)
+    stacks = np.stack([np.stack([_plane_stack(h, z, k, nz, w) for h in (h0, h1)])
+                       for z, w in zip(rows, windows)])  # [S, 2, k, y, x]
     disk = _disk(ny, nx, disk_radius_px)
-    inside = stacks[:, :, k // 2][:, :, disk]
+    inside = np.concatenate([stacks[i, :, k // 2][:, disk[w]] for i, w in enumerate(windows)], axis=1)
     offset = float(np.median(inside))
-    scale = float(np.std(inside.mean(axis=1))) or 1.0
+    scale = float(np.std(inside.mean(axis=0))) or 1.0
     stacks = (stacks - offset) / scale
-    p = min(cfg.patch, ny // 4 * 4, nx // 4 * 4)
-    centres = np.argwhere(_disk(ny, nx, max(disk_radius_px - p / 4, 1.0)))
+    p = min(cfg.patch, side[0] // 4 * 4, side[1] // 4 * 4)
+    inner = _disk(ny, nx, max(disk_radius_px - p / 4, 1.0))
+    centres = [np.argwhere(inner[w]) for w in windows]
     net = _make_net(k, cfg.width)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
@@ -259,13 +289,13 @@ def train_noise2inverse(halves: Sequence[Any], disk_radius_px: float,
             running = []
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
-    model = Noise2InverseModel(cfg, buf.getvalue(), offset, scale, losses, held)
+    model = Noise2InverseModel(cfg, buf.getvalue(), offset, scale, losses, held, len(rows))
     if held[1] > held[0]:
         model.noise_rms, model.error_rms = _held_out_figures(model, h0, h1, disk)
     return model
 
 
-def _batch(stacks: np.ndarray, centres: np.ndarray, p: int, n: int,
+def _batch(stacks: np.ndarray, centres: list[np.ndarray], p: int, n: int,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``n`` random patches: input planes of one half, the other half's middle plane as target; random
     direction, quarter turns and flips (the noise of a full-circle FBP has no preferred orientation)."""
@@ -273,7 +303,8 @@ def _batch(stacks: np.ndarray, centres: np.ndarray, p: int, n: int,
     xs, ys = [], []
     for _ in range(n):
         s, a = int(rng.integers(s_count)), int(rng.integers(2))
-        cy, cx = centres[int(rng.integers(len(centres)))]
+        here = centres[s]
+        cy, cx = here[int(rng.integers(len(here)))] if len(here) else (ny // 2, nx // 2)
         y0 = int(np.clip(cy - p // 2, 0, ny - p))
         x0 = int(np.clip(cx - p // 2, 0, nx - p))
         inp = stacks[s, a, :, y0:y0 + p, x0:x0 + p]
