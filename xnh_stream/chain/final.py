@@ -1180,23 +1180,31 @@ class FinalChain:
             arr, _ = open_volume(volume_path, level)
             nz = arr.shape[0]
             jobs = [(str(volume_path), level, r0, min(r0 + rows, nz)) for r0 in range(0, nz, rows)]
-            done = self.work.done(stage)
-            if self.work.resumed and done:
-                keys = sorted(done, key=int)
-                checks = [(str(volume_path / f"s{level}"), int(k), done[k]["r1"]) for k in keys]
-                for key, got in zip(keys, self._map("check pyramid", region_crc_task, checks)):
-                    if got != done[key]["crc"]:
-                        log.warning("level %d rows %s of %s is damaged: making it and the levels above again", level,
-                                    key, volume_path)
-                        self.work.unmark(stage, key)
-                        del done[key]
-                        stale = True
+            done, damaged = self._checked_units(stage, volume_path / f"s{level}", "check pyramid")
+            stale = stale or damaged  # a level made again makes the levels above it again
             for _, (r0, crc) in self.executor.map(pyramid_task, [j for j in jobs if str(j[2]) not in done]):
                 done[str(r0)] = {"r1": min(r0 + rows, nz), "crc": crc}
                 self.work.mark(stage, str(r0), done[str(r0)])
             units[f"s{level}"] = [[int(k), v["r1"], v["crc"]] for k, v in sorted(done.items(), key=lambda kv: int(kv[0]))]
             self.progress(level, n_levels - 1, "pyramid")
         return units
+
+    def _checked_units(self, stage: str, array: Path, step: str) -> tuple[dict[str, Any], bool]:
+        """The units of ``stage`` a previous run finished (``{r0: {"r1", "crc", ...}}``), each checked on a
+        resumed run against the CRC-32 its marker holds for rows ``r0:r1`` of ``array``; a damaged one is
+        unmarked and left out, to be made again. Returns them and whether any was damaged."""
+        done = self.work.done(stage)
+        damaged = False
+        if self.work.resumed and done:
+            keys = sorted(done, key=int)
+            checks = [(str(array), int(k), done[k]["r1"]) for k in keys]
+            for key, got in zip(keys, self._map(step, region_crc_task, checks)):
+                if got != done[key]["crc"]:
+                    log.warning("rows %s-%d of %s are damaged: making them again", key, done[key]["r1"] - 1, array)
+                    self.work.unmark(stage, key)
+                    del done[key]
+                    damaged = True
+        return done, damaged
 
     def _halves_full(self) -> str:
         """Where the slab tasks write both whole half-volumes: only when the final pass denoises."""
@@ -1217,15 +1225,7 @@ class FinalChain:
         model = self._cached("denoise_model", lambda: self._map(
             "denoise train", denoise_train_task, [self._halves_full()], 0.5 * shape[2] - 1, n2i)[0])
         stage = f"denoised_r{rows}"
-        done = self.work.done(stage)
-        if self.work.resumed and done:
-            keys = sorted(done, key=int)
-            checks = [(str(image / "s0"), int(k), done[k]["r1"]) for k in keys]
-            for key, got in zip(keys, self._map("check volume", region_crc_task, checks)):
-                if got != done[key]["crc"]:
-                    log.warning("denoised rows %s-%d are damaged: making them again", key, done[key]["r1"] - 1)
-                    self.work.unmark(stage, key)
-                    del done[key]
+        done, _ = self._checked_units(stage, image / "s0", "check volume")
         jobs = [DenoiseSlab(r0, min(r0 + rows, shape[0]), self._halves_full(), str(image))
                 for r0 in range(0, shape[0], rows) if str(r0) not in done]
         t0 = time.perf_counter()
