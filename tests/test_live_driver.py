@@ -13,9 +13,10 @@ import pytest
 
 from xnh_stream.chain.batch import process_scan
 from xnh_stream.config import ProcessConfig
+from xnh_stream.io.nxtomo import PROJECTION, RETURN
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
 
-from .test_stream import ListSource
+from .test_stream import ListSource, assert_final_is_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = SimulationConfig(nx=64, ny=16, n_angles=24, seed=4, oversample=1)
@@ -41,7 +42,8 @@ np.savez(out / "live.npz", live=r.live_volume, final=r.final.volume, **{"slice_"
 print(json.dumps({"ray": "ray" in sys.modules, "counts": r.counts, "events": [e["event"] for e in r.events],
                   "angles_final": [p.angles_final for p in progress if hasattr(p, "angles_final")],
                   "subscribed": [p["event"] for p in progress if isinstance(p, dict)],
-                  "axis": r.final.report.cor.px, "material": [pages[0]["material"], pages[-1]["material"]]}))
+                  "axis": r.final.report.cor.px, "material": [pages[0]["material"], pages[-1]["material"]],
+                  "from_stream": r.final.report.frames.from_stream}))
 """
 
 
@@ -77,10 +79,14 @@ def test_a_scan_streams_end_to_end_in_process_without_ray(scan, in_process):
     assert c["received"] == n and c["pending"] == 0 and c["processed"] + c["quarantined"] == n
     assert said["events"] == ["scan_complete"] and said["subscribed"] == ["scan_complete"]
     assert said["angles_final"][-1] == SIM.n_angles
-    # the final pass (here on the serial executor) is the batch chain's, to the bit
+    # the final pass (here on the serial executor) is the batch chain's, although it read no projection's
+    # file again: it took every one flat-fielded from the stream's store (chain/frames.py)
     batch = process_scan(folder, None, ProcessConfig.from_mapping(settings))
-    np.testing.assert_array_equal(arrays["final"], batch.volume)
-    assert said["axis"] == batch.report.cor.px
+    assert_final_is_process(arrays["final"], batch.volume)
+    projections = [r for r in ListSource(folder).records if r.image_key == PROJECTION and r.image_key_control != RETURN]
+    assert said["from_stream"] == len(projections) == SIM.n_angles * 4
+    assert batch.report.frames.from_stream == 0
+    assert said["axis"] == pytest.approx(batch.report.cor.px, abs=1e-6)
     # the live page says which delta/beta the live CTF uses and, at the end, the final pass's and why
     first, last = said["material"]
     assert first["delta_beta"] == settings["sample.delta_beta"] and first["source"].startswith("given")

@@ -6,7 +6,8 @@ and pixels, and uses the chain's own pieces:
 * a :class:`~xnh_stream.chain.calibration.Calibration` per distance (darks, flat series) flat-fields the
   projections with the flats known so far; projections that come before any flat wait as records (their
   pixels are read again when the flats are there, so waiting costs no memory);
-* the flat-fielded frame goes to the on-disk :class:`~xnh_stream.state.store.DistanceStore` and is paired
+* the flat-fielded frame goes to the on-disk :class:`~xnh_stream.state.store.DistanceStore`, stamped with
+  its id and flat-field (the final pass reuses it where its own flat-field is the same), and is paired
   by angle in an :class:`~xnh_stream.chain.angles.AngleTable` (the batch chain's rule);
 * the first frame of an angle makes a ``preview`` (single-distance Paganin, fast feedback); the angle's
   ``final`` work (multi-distance CTF) comes when every distance has it;
@@ -326,8 +327,9 @@ class ScanAssembler:
         return work
 
     def _projection(self, d: _Distance, rec: FrameRecord, frame: np.ndarray | None) -> list[AngleWork]:
-        if frame is not None:
-            self.store.put(d.key, rec.rotation_angle_deg, d.calibration.correct(frame, rec.sequence))
+        if frame is not None:  # stamped: the final pass takes it from the store where its flat-field is the same
+            self.store.put(d.key, rec.rotation_angle_deg, d.calibration.correct(frame, rec.sequence),
+                           stamp=d.calibration.stamp(rec.frame_id, rec.sequence))
         ref_key = self._reference_key()
         slot, displaced = self.table.file(d.key, rec.frame_id, rec.rotation_angle_deg, reference=d.key == ref_key)
         if displaced is not None:

@@ -20,16 +20,26 @@ series images are kept after that (``keep_flats`` keeps every flat for the PCA).
 from __future__ import annotations
 
 import logging
+import struct
+import zlib
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..physics.dose import central_mean
-from ..physics.flatfield import FlatInterpolator, PCAFlats
+from ..physics.flatfield import FlatInterpolator, PCAFlats, reflat
 
 log = logging.getLogger(__name__)
+
+
+class FlatState(NamedTuple):
+    """Which flat series make a frame's flat: ``(1 - t) F_a + t F_b``, series numbered by position."""
+
+    a: int
+    b: int
+    t: float
 
 
 @dataclass
@@ -39,6 +49,7 @@ class _Series:
     image: np.ndarray | None = None  # the median, once taken
     count_mean: float = 0.0  # mean of the frames' central means (dose)
     n: int = 0
+    digest: int | None = None  # CRC-32 of the median image, once taken (Calibration.fingerprint)
 
     @property
     def position(self) -> float:
@@ -67,6 +78,8 @@ class Calibration:
         self._interp: FlatInterpolator | None = None
         self._pca: PCAFlats | None = None
         self._dark: np.ndarray | None = None
+        self._dark_digest: int | None = None
+        self._flats_digest: tuple[int, int] | None = None  # (flats taken, CRC-32 of them all): the PCA's
 
     # ------------------------------------------------------------------ feeding
     def add_dark(self, frame: np.ndarray) -> None:
@@ -74,7 +87,7 @@ class Calibration:
         f = np.asarray(frame, dtype=np.float32)
         self._dark_sum = f.astype(np.float64) if self._dark_sum is None else self._dark_sum + f
         self.n_darks += 1
-        self._dark = None
+        self._dark = self._dark_digest = None
         self._interp = self._pca = None
 
     def add_flat(self, frame: np.ndarray, position: float) -> None:
@@ -87,7 +100,7 @@ class Calibration:
             self._series.append(series)
         if series.image is not None:  # a series reduced earlier grows again: take its median anew
             series.frames.insert(0, series.image)  # approximation: its median stands for the earlier flats
-            series.image = None
+            series.image = series.digest = None
         series.positions.append(float(position))
         series.frames.append(f)
         series.count_mean = (series.count_mean * series.n + central_mean(f)) / (series.n + 1)
@@ -100,6 +113,7 @@ class Calibration:
         """Reduce every open flat series to its median (frees its frames); more flats may still come."""
         for s in self._series:
             if s.image is None and s.frames:
+                s.digest = None
                 s.image = np.median(np.stack(s.frames), axis=0).astype(np.float32) if len(s.frames) > 1 \
                     else s.frames[0]
                 s.frames = []
@@ -165,6 +179,10 @@ class Calibration:
             self._interp = FlatInterpolator(positions, images, xp=xp)
         return self._interp
 
+    def _require_flats(self) -> None:
+        if not self.ready:
+            raise ValueError("no flat-field frame yet")
+
     def correct(self, frame: Any, position: float, xp: ModuleType = np) -> Any:
         """Flat-field one frame taken at acquisition position ``position`` (float32, on ``xp``).
 
@@ -173,13 +191,69 @@ class Calibration:
         ValueError
             If no flat is known yet.
         """
-        if not self.ready:
-            raise ValueError("no flat-field frame yet")
+        self._require_flats()
         model = self._model(xp)
         frame = xp.asarray(frame)
         if isinstance(model, PCAFlats):
             return model.correct(frame)
         return model.correct(frame, float(position), xp.asarray(self.dark))
+
+    def fingerprint(self, position: float, state: FlatState | None = None) -> int:
+        """CRC-32 of what flat-fields a frame taken at acquisition position ``position``: the dark, the flat
+        series its flat is interpolated from and their weights (every flat, in order, for the PCA flat-field).
+
+        Two calibrations with one fingerprint at a position flat-field a frame there alike, whatever else
+        they hold: the final pass takes a frame the live stream stored, flat-fielded with the flats known
+        then, where its fingerprint is the final calibration's, or one of its :meth:`states` (:meth:`stamp`).
+        ``state`` is the fingerprint of the flat of another :class:`FlatState` of these series. ValueError
+        before any flat, as :meth:`correct`.
+        """
+        self._require_flats()
+        if self._dark_digest is None:
+            self._dark_digest = _digest(self.dark)
+        h = zlib.crc32(struct.pack("<qI", self.pca_components, self._dark_digest))
+        if self.pca_components > 0:
+            if self._flats_digest is None or self._flats_digest[0] != len(self._all_flats):
+                d = 0
+                for f in self._all_flats:
+                    d = zlib.crc32(struct.pack("<I", _digest(f)), d)
+                self._flats_digest = (len(self._all_flats), d)
+            return zlib.crc32(struct.pack("<qI", *self._flats_digest), h)
+        a, b, t = state if state is not None else self.states(position)[0]
+        self.close_series()
+        ordered = sorted(self._series, key=lambda s: s.position)  # the interpolator's order
+        for s in {ordered[a].position: ordered[a], ordered[b].position: ordered[b]}.values():
+            if s.digest is None:
+                s.digest = _digest(s.image)
+            h = zlib.crc32(struct.pack("<dI", s.position, s.digest), h)
+        return zlib.crc32(struct.pack("<d", t), h)
+
+    def stamp(self, frame_id: str, position: float, state: FlatState | None = None) -> int:
+        """64 bits naming a flat-fielded frame: the CRC-32 of its id, then :meth:`fingerprint` at its position.
+        The live stream's store keeps it with each frame; the final pass compares it with its own."""
+        return (zlib.crc32(frame_id.encode()) << 32) | self.fingerprint(position, state)
+
+    def states(self, position: float) -> list[FlatState]:
+        """The flat of a frame at ``position`` as these series make it, then as the series just before and
+        just after it alone made it (the flats known while the scan ran, when the later or the earlier
+        series had not come yet); only the first for the PCA flat-field. ValueError before any flat, as
+        :meth:`correct`.
+        """
+        self._require_flats()
+        if self.pca_components > 0:
+            return [FlatState(0, 0, 0.0)]
+        model = self._model(np)
+        assert isinstance(model, FlatInterpolator)
+        a, b, t = model.bracket(float(position))
+        return [FlatState(a, b, t)] + ([FlatState(a, a, 0.0), FlatState(b, b, 0.0)] if a != b else [])
+
+    def reflat(self, corrected: Any, position: float, state: FlatState, xp: ModuleType = np) -> Any | None:
+        """A frame at ``position`` flat-fielded with the flat of ``state`` (one of :meth:`states`) as
+        :meth:`correct` would flat-field it (:func:`~xnh_stream.physics.flatfield.reflat`); None when a pixel
+        dead under that flat is alive under this one (read the frame again)."""
+        model = self._model(xp)
+        assert isinstance(model, FlatInterpolator)
+        return reflat(corrected, self.dark, model.combine(*state), model.flat_at(float(position)), xp=xp)
 
     def compact(self) -> Calibration:
         """A copy holding only what flat-fielding needs (dark, series images): small to ship to a worker."""
@@ -196,3 +270,8 @@ class Calibration:
         state = dict(self.__dict__)
         state["_interp"] = state["_pca"] = None  # rebuilt where it is used (maybe on another array module)
         return state
+
+
+def _digest(image: np.ndarray) -> int:
+    """CRC-32 of an image's float32 values."""
+    return zlib.crc32(np.ascontiguousarray(image, dtype=np.float32).view(np.uint8).reshape(-1))

@@ -48,7 +48,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ from .denoise import (
     denoise_train_task,
 )
 from .executor import Executor, SerialExecutor
+from .frames import CorrectedFrames, Outcome
 from .layout import STEP_UNITS, ChainLayout  # noqa: F401 - ChainLayout exported here as before
 from .phase_methods import phase_method
 from .publish import (
@@ -205,25 +206,6 @@ class ChainResult:
 # ----------------------------------------------------------------------------------------------------------
 # Tasks (module-level functions of picklable arguments; run wherever the executor puts them)
 # ----------------------------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    """What a task learnt about frames: those it could not use, with the reason."""
-
-    quarantined: list[tuple[str, str]] = field(default_factory=list)
-
-    def bad(self, rec: FrameRecord, reason: str) -> None:
-        """Note an unusable frame."""
-        self.quarantined.append((rec.frame_id, reason))
-
-
-def _corrected(rec: FrameRecord, calibration: Calibration, outcome: Outcome, xp: Any = np) -> Any | None:
-    frame, problem = read_frame(rec)
-    if frame is None:
-        outcome.bad(rec, problem or "unreadable")
-        return None
-    return calibration.correct(frame, rec.sequence, xp=xp)
-
-
 def calibrate_task(distance: DistanceIndex, pca_components: int) -> tuple[Calibration, Outcome]:
     """Darks and flats of one distance (unusable ones are noted, not used)."""
     cal = Calibration(distance.frame_shape, pca_components)
@@ -257,7 +239,7 @@ class AlignSample:
     outcome: Outcome
 
 
-def align_task(item: tuple[int, float, dict[int, FrameRecord]], calibrations: list[Calibration],
+def align_task(item: tuple[int, float, dict[int, FrameRecord]], corrected: CorrectedFrames,
                geometry: Any, delta_beta: float, config: ProcessConfig, measure: bool) -> AlignSample:
     """Shifts of every distance at one angle (:func:`~xnh_stream.physics.align.measure_distance_shifts`)."""
     slot, theta, frames = item
@@ -265,7 +247,7 @@ def align_task(item: tuple[int, float, dict[int, FrameRecord]], calibrations: li
     outcome = Outcome()
     K = len(geometry.distances)
     ref = geometry.reference
-    imgs = [_corrected(frames[k], calibrations[k], outcome, xp) if k in frames else None for k in range(K)]
+    imgs = [corrected.corrected(frames[k], k, outcome, xp) if k in frames else None for k in range(K)]
     shifts = ok = peaks = None
     reasons: tuple[str, ...] = ()
     if measure and all(im is not None for im in imgs):
@@ -287,20 +269,20 @@ class MaterialSamples:
     outcome: Outcome
 
 
-def material_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], calibrations: list[Calibration],
+def material_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], corrected: CorrectedFrames,
                   geometry: Any, models: tuple[ShiftModel | None, ...], band: MaterialBand, config: ProcessConfig
                   ) -> MaterialSamples:
     """Flat-field and align every distance of a batch of angles (angles missing a distance are skipped) and
     keep the windows of the delta/beta fit."""
     K = len(geometry.distances)
-    proc = AngleProcessor(geometry, tuple(calibrations[geometry.reference].shape), 1.0, config)
+    proc = AngleProcessor(geometry, tuple(corrected.calibrations[geometry.reference].shape), 1.0, config)
     proc.models = list(models) if models else [None] * K
     outcome = Outcome()
     slots, samples, total = [], [], None
     for slot, theta, frames in batch:
         if len(frames) < K:
             continue
-        imgs = [_corrected(frames[k], calibrations[k], outcome) for k in range(K)]
+        imgs = [corrected.corrected(frames[k], k, outcome) for k in range(K)]
         if any(im is None for im in imgs):
             continue
         stack = np.stack([np.asarray(proc.aligned(k, im, theta), dtype=np.float64) for k, im in enumerate(imgs)])
@@ -332,7 +314,7 @@ class SurveyJob:
     row_store: ProjectionStore | None
 
 
-def survey_task(batch: list[tuple[int, float, FrameRecord]], calibration: Calibration, geometry: Any,
+def survey_task(batch: list[tuple[int, float, FrameRecord]], corrected: CorrectedFrames, geometry: Any,
                 delta_beta: float, config: ProcessConfig, job: SurveyJob) -> tuple[list[int], Outcome, list[int]]:
     """One pass over reference-distance frames: binned Paganin projections in binned-voxel units (the
     envelope) and the chosen rows of the flat-fielded frame (the rotation axis); returns the slots written,
@@ -344,7 +326,7 @@ def survey_task(batch: list[tuple[int, float, FrameRecord]], calibration: Calibr
     outcome = Outcome()
     slots, crcs = [], []
     for slot, _, rec in batch:
-        img = _corrected(rec, calibration, outcome, xp)
+        img = corrected.corrected(rec, geometry.reference, outcome, xp)
         if img is None:
             continue
         crc = 0
@@ -400,7 +382,7 @@ class PhaseBatch:
 
 
 def phase_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
-               calibrations: list[Calibration], store: ProjectionStore) -> PhaseBatch:
+               corrected: CorrectedFrames, store: ProjectionStore) -> PhaseBatch:
     """Phase-retrieved projections of a batch of angles, written to the projection store."""
     proc = processor_for(setup)
     outcome = Outcome()
@@ -408,7 +390,7 @@ def phase_task(batch: list[tuple[int, float, dict[int, FrameRecord]]], setup: Ph
     for slot, theta, frames in batch:
         images = {}
         for k, rec in frames.items():
-            img = _corrected(rec, calibrations[k], outcome, proc.xp)
+            img = corrected.corrected(rec, k, outcome, proc.xp)
             if img is not None:
                 images[k] = img
         if not images:
@@ -596,14 +578,19 @@ class FinalChain:
     replace : bool
         Replace the outputs of another run found in ``out`` (``--overwrite``; the live stream, whose
         command checked its output folder); without it they are refused.
+    stream_store : Path, optional
+        The live stream's store of flat-fielded projections: frames it holds flat-fielded as this pass
+        would are taken from it, not read from their files again (:mod:`~xnh_stream.chain.frames`).
     """
 
     def __init__(self, index: ScanIndex, out: str | Path | None, config: ProcessConfig,
                  executor: Executor | None = None, layout: ChainLayout | None = None,
                  progress: Callable[[int, int, str], None] | None = None, monitor: Any = None,
-                 replace: bool = False) -> None:
+                 replace: bool = False, stream_store: str | Path | None = None) -> None:
         self.index, self.config = index, config
         self.replace = replace
+        self.stream_store = stream_store
+        self.frames_from_stream = 0  # projections taken flat-fielded from it (report frames.from_stream)
         self.out = Path(out) if out is not None else None
         self.executor = executor or SerialExecutor()
         self.layout = layout or ChainLayout()
@@ -757,7 +744,15 @@ class FinalChain:
             raise InputError(ref.name, f"needs at least 2 projections, has {len(slots)}", FIELDS["image_key"])
         return [(i, float(table.angle(i)), frames) for i, frames in enumerate(slots)]
 
-    def align(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration]
+    def corrected_frames(self, cals: list[Calibration], slots: list[tuple[int, float, dict[int, FrameRecord]]]
+                         ) -> CorrectedFrames:
+        """Where the tasks take the flat-fielded frames of ``slots``: the live stream's store for those it holds
+        as this pass flat-fields them (``stream_store``), their files for the others."""
+        frames = CorrectedFrames.of(cals, self.stream_store, slots)
+        self.frames_from_stream = len(frames)
+        return frames
+
+    def align(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], frames: CorrectedFrames
               ) -> tuple[list[ShiftModel | None], dict[str, Any]]:
         """Distance shifts on ``align_angles`` angles and their smooth models."""
         cfg = self.config
@@ -766,7 +761,7 @@ class FinalChain:
         measure = cfg.alignment.enabled and self.K > 1
 
         def compute() -> list[AlignSample]:
-            return self._map("align", align_task, [slots[i] for i in subset], self.executor.share(cals),
+            return self._map("align", align_task, [slots[i] for i in subset], self.executor.share(frames),
                              self.geometry, self.delta_beta, cfg, measure)
 
         samples: list[AlignSample] = self._cached("alignment", compute)
@@ -823,7 +818,7 @@ class FinalChain:
             "consistent": {f"distance_{k}": round(v, 3) for k, v in verdict.consistent.items()},
             "median_peak": {f"distance_{k}": round(v, 3) for k, v in verdict.median_peak.items()}}}
 
-    def material(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
+    def material(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], frames: CorrectedFrames,
                  models: list[ShiftModel | None]) -> float:
         """The sample's delta/beta: ``sample.delta_beta`` when given; else, with ``sample.delta_beta_from: data``,
         the fit of the linear CTF to every distance's holograms on ``sample.delta_beta_angles`` angles
@@ -850,7 +845,7 @@ class FinalChain:
 
         def compute() -> DeltaBetaEstimate | None:
             size = max(1, math.ceil(len(items) / max(1, 2 * self.executor.parallelism)))
-            parts = self._map("material", material_task, _batches(items, size), self.executor.share(cals),
+            parts = self._map("material", material_task, _batches(items, size), self.executor.share(frames),
                               self.geometry, tuple(models), band, self.config)
             samples = [w for part in parts for w in part.samples]
             for part in parts:
@@ -858,7 +853,7 @@ class FinalChain:
             if len(samples) < 4:
                 return None
             intensity = sum(part.intensity for part in parts if part.intensity is not None) / len(samples)
-            counts = np.array([c.flat_counts - c.dark_counts for c in cals], dtype=np.float64)
+            counts = np.array([c.flat_counts - c.dark_counts for c in frames.calibrations], dtype=np.float64)
             variance = 1.0 / counts if np.all(np.isfinite(counts) & (counts > 0)) else np.ones(self.K)
             (est,) = self._map("material fit", material_fit_task, [(samples, intensity, variance)], self.geometry,
                                band)
@@ -894,7 +889,7 @@ class FinalChain:
             record["decision"] = "estimated"
         log.info("delta/beta: %s (%s)", f"{self.delta_beta:.4g}", record["decision"])
 
-    def survey(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration]) -> SurveyJob:
+    def survey(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], frames: CorrectedFrames) -> SurveyJob:
         """One pass over the reference distance for what the envelope and the rotation axis need."""
         ny, nx = self.shape
         b = binning_for((ny, nx), ENVELOPE_COLUMNS)
@@ -912,7 +907,7 @@ class FinalChain:
         def compute() -> list[int]:
             items = [(s, t, f[self.ref]) for s, t, f in slots if self.ref in f]
             size = max(self.layout.angle_batch, math.ceil(len(items) / max(1, 4 * self.executor.parallelism)))
-            parts = self._map("survey", survey_task, _batches(items, size), self.executor.share(cals[self.ref]),
+            parts = self._map("survey", survey_task, _batches(items, size), self.executor.share(frames),
                               self.geometry, self.survey_delta_beta, self.config, job)
             for _, o, _ in parts:
                 self._note(o, "survey")
@@ -937,7 +932,7 @@ class FinalChain:
             log.warning("%s: the survey stores differ from what the survey wrote: surveying again", self.work.path)
             self.work.forget("survey")
 
-    def rotation_axis(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], cals: list[Calibration],
+    def rotation_axis(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], frames: CorrectedFrames,
                       job: SurveyJob) -> RotationAxis:
         """The rotation axis: configured, else the consensus of independent estimators
         (:func:`~xnh_stream.physics.cor.estimate_rotation_axis`: 0/180 pairs with the return projections,
@@ -948,8 +943,7 @@ class FinalChain:
 
         def compute() -> tuple[RotationAxis, list[dict[str, str]]]:
             ref = self.index.distances[self.ref]
-            cal = cals[self.ref]
-            projections = [(frames[self.ref], theta) for _, theta, frames in slots if self.ref in frames]
+            projections = [(recs[self.ref], theta) for _, theta, recs in slots if self.ref in recs]
             candidates = [(r, r.rotation_angle_deg) for r in ref.returns] + projections
             pairs = []
             for want in (180.0, 0.0):  # 0/180 pairs give the axis; a return at a projection's angle, its drift
@@ -960,7 +954,7 @@ class FinalChain:
                     if partner is None:
                         continue
                     outcome = Outcome()
-                    a, b = _corrected(rec, cal, outcome), _corrected(partner, cal, outcome)
+                    a, b = frames.corrected(rec, self.ref, outcome), frames.corrected(partner, self.ref, outcome)
                     self._note(outcome, "rotation axis")
                     if a is not None and b is not None:
                         pairs.append((to_numpy(a), to_numpy(b), want or 360.0))
@@ -1032,7 +1026,7 @@ class FinalChain:
         return envelope
 
     def phase(self, slots: list[tuple[int, float, dict[int, FrameRecord]]], setup: PhaseSetup,
-              cals: list[Calibration], store: ProjectionStore, check: bool = False) -> tuple[list[int], float]:
+              frames: CorrectedFrames, store: ProjectionStore, check: bool = False) -> tuple[list[int], float]:
         """Every angle's projection into the projection store; returns the slots written and the largest
         |value| of their projections.
 
@@ -1060,7 +1054,7 @@ class FinalChain:
             for fid, reason in payload["quarantined"]:
                 self._quarantine(fid, reason, "phase")
         if todo:
-            shared = (self.executor.share(setup), self.executor.share(cals), store)
+            shared = (self.executor.share(setup), self.executor.share(frames), store)
             t0 = time.perf_counter()
             for n, (j, out) in enumerate(self.executor.map(phase_task, [b for _, b in todo], *shared,
                                                            memory_bytes=self.layout.task_memory_bytes), 1):
@@ -1297,11 +1291,12 @@ class FinalChain:
         self._alert_rejected()
         cals = self.calibrate()
         slots = self.pair()
+        frames = self.corrected_frames(cals, slots)
         thetas = np.array([t for _, t, _ in slots])
-        models, shift_record = self.align(slots, cals)
-        self.material(slots, cals, models)
-        survey = self.survey(slots, cals)
-        axis = self.rotation_axis(slots, cals, survey)
+        models, shift_record = self.align(slots, frames)
+        self.material(slots, frames, models)
+        survey = self.survey(slots, frames)
+        axis = self.rotation_axis(slots, frames, survey)
         log.info("centre of rotation %.2f px (%s)", axis.px, axis.method)
         envelope, contrast, setup = self._phase_setup(slots, survey, axis, models)
         ny, nx = self.shape
@@ -1320,7 +1315,7 @@ class FinalChain:
             create_full_halves(self.work.path / HALVES_FULL_NAME, vol_shape, rows)
         slabs = self.slabs_done(rows, work_volume, boxes, halves_path)
         n_slabs = math.ceil(ny / rows)
-        written, absmax = self.phase(slots, setup, cals, store, check=self.work.resumed and len(slabs) < n_slabs)
+        written, absmax = self.phase(slots, setup, frames, store, check=self.work.resumed and len(slabs) < n_slabs)
         if not written:
             raise InputError(self.index.folder, "no angle has a usable frame at any distance")
         slabs, computed = self.backproject(written, thetas, axis.px, store, work_volume, boxes, halves_path, slabs)
@@ -1344,6 +1339,7 @@ class FinalChain:
         report.volume = VolumeRecord(self.work.spec_id, list(vol_shape), units, {
             "min": stats.vmin, "max": stats.vmax, "mean": stats.mean, "std": stats.std, "projection_absmax": absmax})
         self._book_frames(report, journal)
+        report.frames.from_stream = self.frames_from_stream
         if self.out is None:
             return ChainResult(report, None, work_volume)
         stage(self.work.path, report)

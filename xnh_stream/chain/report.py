@@ -53,7 +53,9 @@ class FrameAccount:
     ``received == processed + quarantined + pending``; a file that could not be used at all counts as
     one quarantined entry (index None) with the reason, its frames are not invented. ``duplicates`` counts
     repeated arrivals of a frame already received; ``missing_from_volume`` the frames processed during the
-    scan whose file was gone at the final pass (an alert says so).
+    scan whose file was gone at the final pass (an alert says so); ``from_stream`` the projections the final
+    pass took flat-fielded from the live stream's store instead of reading their files again
+    (:mod:`~xnh_stream.chain.frames`).
     """
 
     received: int = 0
@@ -64,6 +66,7 @@ class FrameAccount:
     quarantine: list[QuarantinedFrame] = field(default_factory=list)
     rejected_files: list[dict[str, str]] = field(default_factory=list)
     missing_from_volume: int = 0
+    from_stream: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrameAccount:
@@ -72,7 +75,7 @@ class FrameAccount:
              for e in d.get("quarantine", [])]
         return cls(int(d.get("received", 0)), int(d.get("processed", 0)), int(d.get("quarantined", 0)),
                    int(d.get("pending", 0)), int(d.get("duplicates", 0)), q, list(d.get("rejected_files", [])),
-                   int(d.get("missing_from_volume", 0)))
+                   int(d.get("missing_from_volume", 0)), int(d.get("from_stream", 0)))
 
 
 @dataclass

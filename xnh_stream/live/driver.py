@@ -6,7 +6,8 @@ Data flow (``docs/contracts.md``, "Data flow (live)")::
         --> phase workers (Paganin preview / multi-distance CTF), bounded in flight
         --> reconstruction shards (a slab of rows each, even/odd halves; a preview is replaced by its final)
             and the slice keeper (full-resolution orthogonal slices)
-    scan complete --> the final pass (xnh_stream.chain.final.FinalChain) on the runtime's executor
+    scan complete --> the final pass (xnh_stream.chain.final.FinalChain) on the runtime's executor, taking
+                      the store's flat-fielded frames where its own flat-field is the same (chain/frames.py)
                       --> OUT/volume.ome.zarr, report.json --> "scan_complete" event to the journal and subscribers
 
 Every decision is here: when the scan is complete (the source's rule, :mod:`xnh_stream.live.sources`), which
@@ -743,7 +744,8 @@ class LiveDriver:
         index = ScanIndex.read(self.scan_folder)
         chain = FinalChain(index, self.out, self.config, executor=self.runtime.executor(), layout=self.opt.layout,
                            monitor=self.monitor, progress=self._final_progress,
-                           replace=True)  # the command checked OUT; a resumed stream renews its outputs
+                           replace=True,  # the command checked OUT; a resumed stream renews its outputs
+                           stream_store=self.assembler.store.path if self.assembler is not None else None)
         chain.completion = completion
         if alert is not None:
             chain.alerts.append(alert)

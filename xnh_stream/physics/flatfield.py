@@ -142,24 +142,56 @@ class FlatInterpolator:
         """Detector shape ``(ny, nx)``."""
         return tuple(self.flats.shape[1:])  # type: ignore[return-value]
 
-    def flat_at(self, position: float) -> Any:
-        """Flat image [ny, nx] float32 at ``position`` (linear between series, clamped outside)."""
+    def bracket(self, position: float) -> tuple[int, int, float]:
+        """The series ``(a, b)`` (by position) whose flats make the flat at ``position``, and the weight ``t`` of
+        ``b``: ``(1 - t) F_a + t F_b``; ``a == b`` and ``t == 0`` outside the series (clamped)."""
         if not np.isfinite(position):
             raise ValueError(f"position must be finite, got {position}")
         pos = self.positions
         if position <= pos[0]:
-            return self.flats[0]
+            return 0, 0, 0.0
         if position >= pos[-1]:
-            return self.flats[-1]
+            return len(pos) - 1, len(pos) - 1, 0.0
         j = int(np.searchsorted(pos, position, side="right"))  # pos[j-1] <= position < pos[j]
-        t = (position - pos[j - 1]) / (pos[j] - pos[j - 1])
-        return (self.flats[j - 1] * np.float32(1.0 - t) + self.flats[j] * np.float32(t)).astype(
+        return j - 1, j, float((position - pos[j - 1]) / (pos[j] - pos[j - 1]))
+
+    def flat_at(self, position: float) -> Any:
+        """Flat image [ny, nx] float32 at ``position`` (linear between series, clamped outside)."""
+        return self.combine(*self.bracket(position))
+
+    def combine(self, a: int, b: int, t: float) -> Any:
+        """The flat ``(1 - t) F_a + t F_b`` of series ``a`` and ``b`` (by position), float32."""
+        if a == b:
+            return self.flats[a]
+        return (self.flats[a] * np.float32(1.0 - t) + self.flats[b] * np.float32(t)).astype(
             self.xp.float32, copy=False
         )
 
     def correct(self, frame: Any, position: float, dark: Any) -> Any:
         """Flat-field ``frame`` taken at ``position`` with the interpolated flat."""
         return flat_field(frame, dark, self.flat_at(position), xp=self.xp)
+
+
+def reflat(corrected: Any, dark: Any, flat_used: Any, flat: Any, xp: ModuleType = np) -> Any | None:
+    """A frame flat-fielded with ``flat_used`` (:func:`flat_field`) as it would be with ``flat``, without its
+    raw pixels: ``corrected * (flat_used - dark) / (flat - dark)``, equal to flat-fielding the raw frame with
+    ``flat`` within a few float32 roundings (the live stream's frames, corrected before the last flats came).
+
+    Returns
+    -------
+    array [ny, nx] float32 or None
+        The frame; None where a pixel dead under ``flat_used`` (``flat_used <= dark``: its value is lost)
+        is alive under ``flat``. Pixels dead under ``flat`` are :data:`DEAD_PIXEL_VALUE`, as
+        :func:`flat_field` sets them.
+    """
+    dark32 = xp.asarray(dark, dtype=xp.float32)
+    used = xp.asarray(flat_used, dtype=xp.float32) - dark32
+    den = xp.asarray(flat, dtype=xp.float32) - dark32
+    dead = den <= 0
+    if bool(xp.any((used <= 0) & ~dead)):
+        return None
+    out = xp.asarray(corrected, dtype=xp.float32) * (used / xp.where(dead, xp.float32(1.0), den))
+    return xp.where(dead, xp.float32(DEAD_PIXEL_VALUE), out).astype(xp.float32, copy=False)
 
 
 def _block_mean(xp: ModuleType, a: Any, b: int) -> Any:

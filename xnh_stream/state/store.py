@@ -7,12 +7,16 @@ reaches it. :class:`DistanceStore` keeps them in one zarr group::
     STORE/zarr.json                      attributes: frame shape, dtype, codec, layout version
     STORE/distance_<k>/frames            [capacity, ny, nx], one frame per chunk, grown along axis 0
     STORE/distance_<k>/angles            [capacity] float64 degrees, NaN where a slot is empty
+    STORE/distance_<k>/stamps            [capacity] uint64, what the frame is (its id and flat-field; 0: unsaid)
 
 The ``angles`` array is the presence index: slot ``i`` holds a frame if and only if ``angles[i]`` is
 finite. ``put`` writes the frame chunk first and the angle second, and zarr's local store replaces a chunk
 file atomically (write to a temporary file, then rename), so a crash at any point leaves either a complete
 frame with its angle, or an empty slot that the next ``put`` reuses: never an angle pointing at a torn
-frame. Nothing is held in memory but the angle index (8 bytes per frame).
+frame. Nothing is held in memory but the angle index (8 bytes per frame). A stamp, written with the frame and
+before its angle, names the raw frame and the darks and flats that flat-fielded it
+(:meth:`~xnh_stream.chain.calibration.Calibration.stamp`): the final pass takes the frame from here instead
+of reading its file again only when its own stamp for it is the same.
 
 The store pairs nothing: the chain pairs the angles of the different distances (:meth:`DistanceStore.angles`)
 with its one rule, :class:`~xnh_stream.chain.angles.AngleTable` (:func:`~xnh_stream.chain.angles.match_angles`),
@@ -37,7 +41,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from ..io.nxtomo import frame_problem
 from ..physics.xp import to_numpy
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: stamps
 ATTR = "xnh_distance_store"
 CODECS = ("blosc-lz4", "zstd", "none")
 _GROW_MIN = 64  # slots added at least when an array grows (empty chunks cost nothing on disk)
@@ -84,6 +88,7 @@ class _Distance:
     def __init__(self, group: zarr.Group) -> None:
         self.frames = group["frames"]
         self.angles = group["angles"]
+        self.stamps = group["stamps"]
         values = self.angles[:]
         present = np.flatnonzero(np.isfinite(values))
         self.slot: dict[float, int] = {float(values[i]): int(i) for i in present}
@@ -169,6 +174,8 @@ class DistanceStore:
                          compressors=self._compressors, fill_value=0)
         sub.create_array("angles", shape=(_GROW_MIN,), chunks=(_ANGLE_CHUNK,), dtype=np.float64,
                          compressors=None, fill_value=np.nan)
+        sub.create_array("stamps", shape=(_GROW_MIN,), chunks=(_ANGLE_CHUNK,), dtype=np.uint64,
+                         compressors=None, fill_value=0)
         d = _Distance(sub)
         self._distances[key] = d
         return d
@@ -180,8 +187,9 @@ class DistanceStore:
         if slot >= n:
             arr.resize((max(slot + 1, n + max(n, _GROW_MIN)), *arr.shape[1:]))
 
-    def put(self, distance_key: int, angle_deg: float, frame: Any) -> bool:
-        """Store the frame of a distance at an angle; returns True if the angle was new.
+    def put(self, distance_key: int, angle_deg: float, frame: Any, stamp: int = 0) -> bool:
+        """Store the frame of a distance at an angle, with its ``stamp`` (see the module docstring; 0 when
+        unsaid); returns True if the angle was new.
 
         Idempotent: a second put of the same angle (exact float64 value) overwrites that frame and is
         counted in :attr:`overwrites`.
@@ -211,7 +219,9 @@ class DistanceStore:
                 slot = d.next_slot
                 self._ensure(d.frames, slot)
                 self._ensure(d.angles, slot)
+                self._ensure(d.stamps, slot)
             d.frames[slot] = frame  # frame first ...
+            d.stamps[slot] = np.uint64(stamp)
             if new:
                 d.angles[slot] = angle  # ... then its angle: the slot is present only once both are on disk
                 d.slot[angle] = slot
@@ -240,6 +250,14 @@ class DistanceStore:
         if slot is None:
             raise KeyError(f"distance {distance_key} has no frame at {angle!r} deg in {self.path}")
         return np.asarray(d.frames[slot])
+
+    def stamps(self, distance_key: float) -> dict[float, int]:
+        """Angle (degree) -> stamp of every frame stored for one distance; empty for an unknown distance."""
+        d = self._distances.get(_distance_key(distance_key))
+        if d is None or not d.slot:
+            return {}
+        values = d.stamps[: max(d.slot.values()) + 1]
+        return {angle: int(values[slot]) for angle, slot in d.slot.items()}
 
     def has(self, distance_key: float, angle_deg: float) -> bool:
         """Whether a distance has a frame at exactly that angle."""
