@@ -131,3 +131,20 @@ def test_no_store_or_another_layout_reads_every_frame(scan, tmp_path):
                                                '{"xnh_distance_store": {"version": 1}}}')
     assert FinalChain(ScanIndex.read(folder), None, cfg, stream_store=tmp_path / "old").run() \
         .report.frames.from_stream == 0
+
+
+def test_a_stream_told_not_to_reuse_its_frames_reads_every_file(scan, tmp_path):
+    """``stream.reuse_frames: false``: the streamed scan's final pass reads every file, and its volume is
+    ``process``'s bit for bit (with reuse: tests/test_live_driver.py, within float32 roundings)."""
+    from xnh_stream.live.driver import LiveDriver, StreamOptions
+
+    from .test_stream import ListSource
+
+    folder, cfg = scan
+    config = ProcessConfig.from_mapping({**cfg.to_dict(), "stream": {**cfg.to_dict()["stream"],
+                                                                      "reuse_frames": False}})
+    result = LiveDriver(ListSource(folder), folder, tmp_path / "out", config,
+                        StreamOptions(n_workers=1, n_shards=1, poll_interval_s=0.0)).run()
+    assert (tmp_path / "out" / "store").is_dir()  # the frames were there to take
+    assert result.final.report.frames.from_stream == 0
+    np.testing.assert_array_equal(result.final.volume, FinalChain(ScanIndex.read(folder), None, cfg).run().volume)

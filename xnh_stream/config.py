@@ -378,6 +378,10 @@ class LiveOptions:
     live_result_max_mib : int
         The live volume is gathered from the shards into the stream's result only up to this size, MiB (a
         full-resolution live volume of a real scan stays in the shards; the final pass writes the volume).
+    reuse_frames : bool
+        The final pass of a streamed scan takes the projections the stream flat-fielded from ``OUT/store``
+        instead of reading their files again, where they are what it would compute (``chain/frames.py``;
+        ~3e-6 of the volume's largest value from ``process`` on the same folder); false reads every file.
     """
 
     live_binning: int = 0
@@ -393,6 +397,7 @@ class LiveOptions:
     restart_check_s: float = 1.0
     progress_every_s: float = 0.5
     live_result_max_mib: int = 1024
+    reuse_frames: bool = True
 
     def __post_init__(self) -> None:
         _check("stream", {"live_binning": self.live_binning >= 0, "fsc_bin": self.fsc_bin >= 1,

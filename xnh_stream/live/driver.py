@@ -745,7 +745,7 @@ class LiveDriver:
         chain = FinalChain(index, self.out, self.config, executor=self.runtime.executor(), layout=self.opt.layout,
                            monitor=self.monitor, progress=self._final_progress,
                            replace=True,  # the command checked OUT; a resumed stream renews its outputs
-                           stream_store=self.assembler.store.path if self.assembler is not None else None)
+                           stream_store=self.assembler.store.path if self.config.stream.reuse_frames else None)
         chain.completion = completion
         if alert is not None:
             chain.alerts.append(alert)
