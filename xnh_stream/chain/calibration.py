@@ -170,11 +170,12 @@ class Calibration:
 
     # ------------------------------------------------------------------ use
     def _model(self, xp: ModuleType) -> FlatInterpolator | PCAFlats:
+        """The flat-field model on array module ``xp`` (built again when asked on another one)."""
         if self.pca_components > 0:
-            if self._pca is None:
+            if self._pca is None or self._pca.xp is not xp:
                 self._pca = PCAFlats(np.stack(self._all_flats), self.dark, n_components=self.pca_components, xp=xp)
             return self._pca
-        if self._interp is None:
+        if self._interp is None or self._interp.xp is not xp:
             positions, images = zip(*self.series())
             self._interp = FlatInterpolator(positions, images, xp=xp)
         return self._interp
