@@ -146,7 +146,9 @@ def test_queue_processes_records_failure_and_resumes(day, tmp_path):
     m = PipelineMetrics(process_metrics=False)
     seen = []
     config = ProcessConfig.from_mapping({"alignment.angles": 6})
-    r = run_overnight(day, out, config, metrics=m, settle_s=600, on_scan=lambda *a: seen.append(a[:2]))
+    lines = []
+    r = run_overnight(day, out, config, metrics=m, settle_s=600, on_scan=lambda *a: seen.append(a[:2]),
+                      on_progress=lines.append, progress_every_s=0.0)
     assert r.done == ["sample2/scan_b", "scan_a"]
     assert [f["scan"] for f in r.failed] == ["scan_bad", "scan_garbage"] and "flat" in r.failed[0]["error"]
     assert "no usable frame" in r.failed[1]["error"] and "phantom_1_.nx" in r.failed[1]["error"]
@@ -170,6 +172,10 @@ def test_queue_processes_records_failure_and_resumes(day, tmp_path):
     assert not (out / "scan_bad" / REPORT_NAME).exists()
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert summary["done"] == r.done and summary["queued"] == [] and summary["flagged"] == r.flagged
+    # the progress view: each scan's final-pass step as it goes, then the queue finished
+    assert "overnight [1/5 scans finished, processing] scan_a: phase 1/1 batch; 3 queued" in lines
+    assert lines[-1] == "overnight [5/5 scans finished, finished] -"
+    assert summary["stage"] == "finished" and summary["progress"] == {}
     assert summary["why"] == r.why and {f["scan"] for f in summary["failed"]} == {"scan_bad", "scan_garbage"}
     v = families(m)
     assert v["xnh_overnight_scans_done_total"] == 2 and v["xnh_overnight_scans_failed_total"] == 2

@@ -631,6 +631,7 @@ def cmd_overnight(a: argparse.Namespace) -> int:
     try:
         while True:
             result = run_overnight(a.root, a.out, config, metrics=metrics, settle_s=a.settle_s, on_scan=report,
+                                   on_progress=lambda line: print(line, file=sys.stderr),
                                    concurrent=a.concurrent, executor_for_scan=factory,
                                    process=functools.partial(process_scan, layout=_layout(a)),
                                    stitch=not a.no_stitch, stitch_runner=stitch_runner, segment=a.segment)

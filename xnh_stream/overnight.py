@@ -68,6 +68,7 @@ from .io.nxtomo import InputError
 from .metrics import PipelineMetrics
 from .chain.batch import process_scan
 from .chain.final import ChainResult
+from .chain.layout import plural, step_unit
 from .chain.report import REPORT_NAME
 from .io.names import (OVERNIGHT_ERROR_NAME, OVERNIGHT_SUMMARY_NAME, SEGMENTATION_SUMMARY_NAME, SEGMENTATION_WORK_NAME,
                        STITCH_REPORT_NAME, VOLUME_NAME)
@@ -133,6 +134,28 @@ class OvernightResult:
     durations_s: dict[str, float] = field(default_factory=dict)
     stitched: dict[str, list[str]] = field(default_factory=dict)  # sample -> scans stitched this pass
     segmented: list[str] = field(default_factory=list)  # stitched samples segmented this pass
+
+
+@dataclass
+class QueueView:
+    """What the queue is doing now: its stage (``processing``, ``stitching``, ``segmenting``, ``finished``),
+    the step of every scan being processed, how many of this pass's scans are finished. ``overnight.json``
+    holds it (``stage``, ``progress``) and :meth:`line` is the printed progress view."""
+
+    total: int
+    stage: str = "processing"
+    steps: dict[str, str] = field(default_factory=dict)
+    finished: int = 0
+
+    def step(self, name: str, done: int, total: int, step: str) -> None:
+        """Scan ``name`` is at ``done`` of ``total`` units of final-pass step ``step``."""
+        self.steps[name] = f"{step} {done}/{total} {plural(step_unit(step), total)}"
+
+    def line(self, queued: int) -> str:
+        """One line: ``overnight [4/12 scans finished, processing] scan_05: phase 12/40 batches; 6 queued``."""
+        running = "; ".join(f"{name}: {step}" for name, step in sorted(self.steps.items()))
+        return (f"overnight [{self.finished}/{self.total} scans finished, {self.stage}] {running or '-'}"
+                + (f"; {queued} queued" if queued else ""))
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -268,7 +291,8 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
                   on_scan: Callable[[str, str, float | None], None] | None = None,
                   concurrent: int = 1, executor_for_scan: Callable[[], Any] | None = None,
                   stitch: bool = False, stitch_runner: Callable[..., Any] | None = None,
-                  segment: bool = False, segment_block_shape: tuple[int, int, int] = (64, 128, 128)
+                  segment: bool = False, segment_block_shape: tuple[int, int, int] = (64, 128, 128),
+                  on_progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0
                   ) -> OvernightResult:
     """One pass of the overnight queue over ``root`` into ``out_root``.
 
@@ -301,6 +325,10 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
         Segment every stitched sample that is newer than its segmentation (:func:`segment_samples`).
     segment_block_shape : (int, int, int)
         Its blocks.
+    on_progress : callable, optional
+        ``on_progress(line)`` with the progress view (:meth:`QueueView.line`) at most every
+        ``progress_every_s`` while scans are processed, and at each change of stage; ``overnight.json`` is
+        rewritten as often.
 
     Returns
     -------
@@ -335,15 +363,29 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
     lock = threading.Lock()
     running: set[str] = set()
     queued = [s.name for s in todo]
+    view = QueueView(len(todo))
+    shown = [0.0]  # when the view was last written and shown
 
     def account() -> None:
         with lock:
+            shown[0] = time.monotonic()
             _write_json(summary_path, {"root": str(Path(root).absolute()), "started": started,
                                        "updated": time.time(), **asdict(result), "running": sorted(running),
-                                       "queued": list(queued)})
+                                       "queued": list(queued), "stage": view.stage, "progress": dict(view.steps)})
             if metrics:
                 metrics.overnight_queue_length(len(queued))
                 metrics.overnight_running.set(len(running))
+            line = view.line(len(queued))
+        if on_progress:
+            on_progress(line)
+
+    def stepped(name: str) -> Callable[[int, int, str], None]:
+        def progress(done: int, total: int, step: str) -> None:
+            with lock:
+                view.step(name, done, total, step)
+            if time.monotonic() - shown[0] >= progress_every_s:
+                account()
+        return progress
 
     def one(s: ScanFolder) -> None:
         with lock:
@@ -357,7 +399,7 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
             if s.problem:
                 raise InputError(s.folder, s.problem)
             kwargs = {"executor": executor_for_scan()} if executor_for_scan is not None else {}
-            chain = process(s.folder, out, config, **kwargs)
+            chain = process(s.folder, out, config, progress=stepped(s.name), **kwargs)
         except Exception as exc:  # noqa: BLE001 - recorded, and the queue goes on
             status = "failed"
             dt = time.perf_counter() - t0
@@ -388,6 +430,8 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
         with lock:
             result.durations_s[s.name] = round(dt, 3)
             running.discard(s.name)
+            view.steps.pop(s.name, None)
+            view.finished += 1
         if metrics:
             metrics.overnight_scan(status, dt)
         if on_scan:
@@ -402,9 +446,14 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
         with ThreadPoolExecutor(max_workers=int(concurrent), thread_name_prefix="xnh-overnight") as pool:
             list(pool.map(one, todo))
     if stitch:
+        view.stage = "stitching"
+        account()
         result.stitched = stitch_samples(out_root, [s.name for s in scans if s.finished], stitch_runner)
     if stitch and segment:
+        view.stage = "segmenting"
+        account()
         result.segmented = segment_samples(out_root, segment_block_shape)
+    view.stage = "finished"
     account()
     return result
 
