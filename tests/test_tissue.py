@@ -100,3 +100,35 @@ def test_reconstruction_of_the_new_family_correlates_with_its_truth(tmp_path):
     assert 60 < n < 250  # measured 124
     comp = ndimage.label(vol.labels > 0)[0]
     assert len(np.unique(comp)) >= 2
+
+
+def test_a_data_family_reaches_the_generator_and_the_imaging(monkeypatch):
+    """``voronoi-fine``: its tissue parameters go to the voronoi generator, its imaging to the scan; ``neural-fine``
+    puts its tissue parameters (SimulationConfig fields) into the scan's configuration."""
+    import xnh_stream.simulate.scan as scan_module
+    from xnh_stream.segment.data import DATA_FAMILIES
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_tissue(shape, **kw):
+        seen["tissue"] = kw
+        return "phantom"
+
+    def fake_scan(folder, cfg, phantom=None):
+        seen["cfg"], seen["phantom"] = cfg, phantom
+        raise Stop
+
+    monkeypatch.setattr(tissue, "make_voronoi_tissue", fake_tissue)
+    monkeypatch.setattr(scan_module, "simulate_scan", fake_scan)
+    with pytest.raises(Stop):
+        simulate_labelled(5, family="voronoi-fine")
+    fam = DATA_FAMILIES["voronoi-fine"]
+    assert {k: seen["tissue"][k] for k in fam.tissue} == fam.tissue and seen["tissue"]["seed"] == 5
+    assert seen["cfg"].photons == fam.imaging["photons"] and seen["phantom"] == "phantom"
+    with pytest.raises(Stop):
+        simulate_labelled(5, family="neural-fine", photons=3000.0)  # an explicit override wins
+    assert seen["cfg"].membrane_px == 1.0 and seen["cfg"].calibre_px == 4.0 and seen["cfg"].photons == 3000.0
+    assert seen["phantom"] is None

@@ -127,9 +127,42 @@ def save_labelled(path: str | Path, vol: LabelledVolume) -> Path:
     return path
 
 
-#: Tissue generator families of :func:`simulate_labelled`: ``neural`` (:mod:`~xnh_stream.simulate.phantom`, the
-#: shipped model's training data) and ``voronoi`` (:mod:`~xnh_stream.simulate.tissue`, never trained on).
-FAMILIES = ("neural", "voronoi")
+@dataclass(frozen=True)
+class DataFamily:
+    """A named family of simulated labelled volumes: a tissue generator, its parameters and the imaging.
+
+    Attributes
+    ----------
+    generator : str
+        ``neural`` (:func:`~xnh_stream.simulate.phantom.make_neural_phantom`, its parameters are fields of
+        :class:`~xnh_stream.simulate.scan.SimulationConfig`) or ``voronoi``
+        (:func:`~xnh_stream.simulate.tissue.make_voronoi_tissue`, keyword arguments).
+    tissue : dict
+        The generator's parameters that differ from its defaults.
+    imaging : dict
+        :class:`~xnh_stream.simulate.scan.SimulationConfig` fields that differ from the defaults.
+    """
+
+    generator: str
+    tissue: dict = field(default_factory=dict)
+    imaging: dict = field(default_factory=dict)
+
+
+#: The families of :func:`simulate_labelled` (docs/segmentation.md, "Tissue families"): two generators that
+#: share no code, at the default imaging, and variants held out of every training and choice: ``-lowdose``
+#: (5000 photons per pixel, 1 px detector blur) and ``-fine`` (thinner membranes and neurites or smaller cells
+#: with thinner, fainter membranes; 8000 photons, 0.8 px blur).
+DATA_FAMILIES: dict[str, DataFamily] = {
+    "neural": DataFamily("neural"),
+    "voronoi": DataFamily("voronoi"),
+    "neural-lowdose": DataFamily("neural", imaging={"photons": 5000.0, "detector_blur_px": 1.0}),
+    "voronoi-lowdose": DataFamily("voronoi", imaging={"photons": 5000.0, "detector_blur_px": 1.0}),
+    "neural-fine": DataFamily("neural", {"membrane_px": 1.0, "calibre_px": 4.0},
+                              {"photons": 8000.0, "detector_blur_px": 0.8}),
+    "voronoi-fine": DataFamily("voronoi", {"cell_spacing_px": 14.0, "membrane_px": (0.5, 1.5), "stain": (0.4, 0.8)},
+                               {"photons": 8000.0, "detector_blur_px": 0.8}),
+}
+FAMILIES = tuple(DATA_FAMILIES)
 
 
 def simulate_labelled(seed: int, workdir: str | Path | None = None, family: str = "neural",
@@ -146,27 +179,30 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, family: str 
     workdir : str or Path, optional
         Folder for the scan files (a temporary folder, removed afterwards, if omitted).
     family : str
-        Tissue generator (:data:`FAMILIES`): ``neural`` (default, :func:`~xnh_stream.simulate.phantom.make_neural_phantom`)
-        or ``voronoi`` (:func:`~xnh_stream.simulate.tissue.make_voronoi_tissue`: power-diagram cells, swept
-        neurites and myelinated axons; its labels are made 6-connected components of the reconstructed grid,
-        a cell the grid's edge cuts in two being two objects there).
+        A family of :data:`DATA_FAMILIES`, whose generator is ``neural`` (default,
+        :func:`~xnh_stream.simulate.phantom.make_neural_phantom`) or ``voronoi``
+        (:func:`~xnh_stream.simulate.tissue.make_voronoi_tissue`: power-diagram cells, swept neurites and
+        myelinated axons; its labels are made 6-connected components of the reconstructed grid, a cell the
+        grid's edge cuts in two being two objects there).
     **sim_overrides
-        Fields of :class:`~xnh_stream.simulate.scan.SimulationConfig`.
+        Fields of :class:`~xnh_stream.simulate.scan.SimulationConfig` (over the family's).
     """
     from ..chain.batch import process_scan
     from ..simulate.scan import SimulationConfig, read_truth, simulate_scan, simulation_grid
 
-    if family not in FAMILIES:
+    if family not in DATA_FAMILIES:
         raise ValueError(f"unknown tissue family {family!r} (one of {', '.join(FAMILIES)})")
-    cfg = SimulationConfig(seed=seed, **sim_overrides)  # type: ignore[arg-type]
+    fam = DATA_FAMILIES[family]
+    neural = fam.generator == "neural"
+    cfg = SimulationConfig(seed=seed, **{**fam.imaging, **(fam.tissue if neural else {}), **sim_overrides})  # type: ignore[arg-type]
     phantom = None
-    if family == "voronoi":
+    if not neural:
         from ..simulate.tissue import make_voronoi_tissue
 
         nz, n, _ = simulation_grid(cfg)
         radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else 0.44 * cfg.nx
         phantom = make_voronoi_tissue((nz, n, n), voxel_m=cfg.geometry().voxel_m, energy_kev=cfg.energy_kev,
-                                      seed=seed, sample_radius_px=min(radius, n / 2))
+                                      seed=seed, sample_radius_px=min(radius, n / 2), **fam.tissue)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(workdir) if workdir else Path(tmp)
         simulate_scan(folder / "scan", cfg, phantom)
@@ -176,7 +212,7 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, family: str 
     if raw.shape != truth["labels"].shape:
         raise LabelledVolumeError(folder, f"reconstruction {raw.shape} and truth {truth['labels'].shape} differ")
     labels = truth["labels"].astype(np.uint32)
-    if family == "voronoi":
+    if not neural:
         from skimage.measure import label as connected
 
         labels = connected(labels, background=0, connectivity=1).astype(np.uint32)
