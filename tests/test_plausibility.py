@@ -104,7 +104,8 @@ def scans(tmp_path_factory):
 def _align(folder: Path) -> FinalChain:
     chain = FinalChain(ScanIndex.read(folder), None, ProcessConfig.from_mapping(ALIGN))
     cals = chain.calibrate()
-    chain.align(chain.pair(), cals)
+    slots = chain.pair()
+    chain.align(slots, chain.corrected_frames(cals, slots))
     return chain
 
 

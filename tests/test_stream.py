@@ -78,12 +78,13 @@ def assert_final_is_process(final: np.ndarray, batch: np.ndarray) -> None:
     frames instead of reading the files (xnh_stream/chain/frames.py); with flats at both ends of a scan the
     stream flat-fielded each with the first series alone, and the final pass flat-fields it again with the
     interpolated flat: a few float32 roundings per pixel (~1e-7), which the CTF's inverse filter (1 / alpha at
-    the lowest frequencies) and the FBP sum carry to ~3e-6 of the volume's largest value. A wrong flat, axis
-    or frame moves it by percents; tests/test_corrected_frames.py: bit for bit where no flat came later."""
+    the lowest frequencies) and the FBP sum carry to 3e-6 of the volume's largest value with four distances,
+    2.5e-5 with three (a CTF less well conditioned). A wrong flat (5 % on a frame), axis or frame moves it by
+    percents; tests/test_corrected_frames.py: bit for bit where no flat came later."""
     scale = np.abs(batch).max()
     diff = np.abs(final - batch).max()
     print(f"\nfinal pass from the stream's frames vs process: max |diff| = {diff / scale:.2e} of max |V|")
-    np.testing.assert_allclose(final, batch, rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(final, batch, rtol=0, atol=1e-4 * scale)
 
 
 @pytest.fixture(scope="module")
