@@ -1,11 +1,12 @@
 """Fine-tuning the shipped model on a few labelled blocks of a tissue family it was never trained on (issue 19,
-item 3): three disjoint 48^3 blocks cut from one ``voronoi`` volume (inside its field of view and sample mask
-as far as three fit), fine-tuned on two, the third scored before and after; then the fine-tuned model (with the
-post-processing re-tuned on the two training blocks) on a whole other ``voronoi`` volume and on a ``neural``
-volume, beside the shipped model with its own post-processing and with the post-processing re-tuned on the two
-training blocks.
+item 3): three disjoint 48^3 blocks cut from one volume of such a family (``voronoi-fine`` by default; the
+shipped model's record says which families it was trained on; inside its field of view and sample mask as far
+as three fit), fine-tuned on two, the third scored before and after; then the fine-tuned model (with the
+post-processing re-tuned on the two training blocks) on a whole other volume of that family and on a
+``neural`` volume, beside the shipped model with its own post-processing and with the post-processing
+re-tuned on the two training blocks.
 
-    python bench/bench_finetune.py [--cache /tmp/seg19] [--source voronoi_2000] [--iterations 600] [--out DIR]
+    python bench/bench_finetune.py [--cache /tmp/seg19] [--source voronoi-fine_2500] [--iterations 600] [--out DIR]
 
 Volumes are read from ``--cache`` (``bench/bench_segment.py --cache`` writes them: ``FAMILY_SEED.h5``) or
 simulated and reconstructed there.
@@ -64,8 +65,8 @@ def cut_blocks(vol, out: Path) -> list[Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/seg19"))
-    ap.add_argument("--source", default="voronoi_2000", help="volume the blocks are cut from")
-    ap.add_argument("--others", default="voronoi_3000,neural_2000", help="whole volumes scored after")
+    ap.add_argument("--source", default="voronoi-fine_2500", help="volume the blocks are cut from")
+    ap.add_argument("--others", default="voronoi-fine_3500,neural_2000", help="whole volumes scored after")
     ap.add_argument("--iterations", type=int, default=600)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_finetune"))
     a = ap.parse_args()
