@@ -174,8 +174,9 @@ class FlatInterpolator:
 
 def reflat(corrected: Any, dark: Any, flat_used: Any, flat: Any, xp: ModuleType = np) -> Any | None:
     """A frame flat-fielded with ``flat_used`` (:func:`flat_field`) as it would be with ``flat``, without its
-    raw pixels: ``corrected * (flat_used - dark) / (flat - dark)``, equal to flat-fielding the raw frame with
-    ``flat`` within a few float32 roundings (the live stream's frames, corrected before the last flats came).
+    raw pixels: its counts ``corrected * (flat_used - dark) + dark`` flat-fielded with ``flat``, equal to
+    flat-fielding the raw frame with ``flat`` within a few float32 roundings (the live stream's frames,
+    corrected before the last flats came).
 
     Returns
     -------
@@ -186,12 +187,10 @@ def reflat(corrected: Any, dark: Any, flat_used: Any, flat: Any, xp: ModuleType 
     """
     dark32 = xp.asarray(dark, dtype=xp.float32)
     used = xp.asarray(flat_used, dtype=xp.float32) - dark32
-    den = xp.asarray(flat, dtype=xp.float32) - dark32
-    dead = den <= 0
-    if bool(xp.any((used <= 0) & ~dead)):
+    if bool(xp.any((used <= 0) & (xp.asarray(flat, dtype=xp.float32) > dark32))):
         return None
-    out = xp.asarray(corrected, dtype=xp.float32) * (used / xp.where(dead, xp.float32(1.0), den))
-    return xp.where(dead, xp.float32(DEAD_PIXEL_VALUE), out).astype(xp.float32, copy=False)
+    # the raw counts again, then flat-fielded as any frame is (its dead pixels and checks included)
+    return flat_field(xp.asarray(corrected, dtype=xp.float32) * used + dark32, dark32, flat, xp=xp)
 
 
 def _block_mean(xp: ModuleType, a: Any, b: int) -> Any:
