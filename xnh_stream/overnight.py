@@ -199,7 +199,7 @@ def _settled(files: list[Path], settle_s: float, now: float) -> str:
     return ""
 
 
-def _distance_folder(folder: Path, settle_s: float, now: float) -> Evidence:
+def _distance_folder(folder: Path, settle_s: float, now: float) -> Evidence | None:
     """The evidence of a distance sub-folder in the first input format that has some (EDF, a chunk series)."""
     return next((e for f in SUBFOLDER_FORMATS if (e := f.evidence(folder, settle_s, now)) is not None), None)
 
