@@ -155,6 +155,7 @@ def _publish_views(page: LivePage) -> None:
     info = slice_info((40, 64, 64), (20, 32, 32), 100e-9)
     info["phase"] = {"pixel_m": 200e-9, "binning": 2, "unit": "rad"}
     page.publish({"status": "streaming", "rotation_axis": {"px": 31.75, "columns": 64, "source": "given (fbp.cor)"},
+                  "schedule": {"behind_s": 3.2, "previews_skipped": 7, "finals_coarse": 12},
                   "quality": {"fsc": {"resolution_m": 161e-9, "edge_resolution_m": 610e-9}}},
                  {"xy": 1e-6 * rng.random((64, 64)), "xz": 1e-6 * rng.random((40, 64)),
                   "yz": 1e-6 * rng.random((40, 64)), "phase": -rng.random((20, 32))}, info)
@@ -208,3 +209,7 @@ def test_live_page_draws_scale_bars_and_captions_in_headless_chromium(tmp_path):
     assert re.search(r'rotation axis: <b id="axis_px">31\.750 px</b> of 64 detector columns \(given \(fbp\.cor\)\)',
                      dom)
     assert re.search(r'id="resolution">161 nm', dom) and "edge fit 610 nm" in dom
+    # a stream behind its detector says so, and what it skipped or coarsened to catch up (live/schedule.py)
+    assert re.search(r'live slices <b id="behind">3\.2 s</b> behind the detector', dom)
+    assert re.search(r'<b id="previews_skipped">7</b> previews skipped', dom)
+    assert re.search(r'<b id="finals_coarse">12</b> angles at half resolution', dom)

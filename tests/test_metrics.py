@@ -79,7 +79,7 @@ def test_progress_with_quality_is_exported_as_given():
     assert v[("xnh_warp_scale_ratio", ())] == 0.002
     assert v[("xnh_alerts_firing", (("name", "DoseWarning"), ("severity", "warning")))] == 1
     # no label carries a scan id or any other unbounded value
-    allowed = {"stage", "queue", "kind", "state", "distance", "name", "severity", "le"}
+    allowed = {"stage", "queue", "kind", "state", "distance", "name", "severity", "le", "reason"}
     assert {k for _, labels in v for k, _ in labels} <= allowed
 
 

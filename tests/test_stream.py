@@ -233,7 +233,8 @@ def test_kept_previews_are_the_recomputed_ones(ray_local, small_scan, undisturbe
     recomputed = stream(ListSource(small_scan), small_scan, tmp_path / "r", config, poll_interval_s=0.0,
                         final_pass=False, n_workers=2, n_shards=2)
     angles = sorted(angle for _, angle in store.offered)
-    assert len(angles) == 24 and len(set(angles)) == 24
+    # a preview whose angle's final was queued first (or that came too late) is skipped, not computed
+    assert len(angles) == len(set(angles)) == 24 - sum(recomputed.previews_skipped.values())
     b = recomputed.live_volume
     np.testing.assert_allclose(kept.live_volume, b, atol=1e-5 * np.abs(b).max())
     for name, cut in recomputed.slices.items():

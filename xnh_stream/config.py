@@ -351,7 +351,10 @@ class LiveOptions:
         a projection waits at most ``bp_wait_s`` (checked when the next one comes) or until the volume is
         read (every live refresh).
     bp_wait_s : float
-        Longest wait of a projection in a batch.
+        Longest wait of a projection in a batch. The live page never shows the difference: every live refresh
+        (``quality_every_s``) reads the volume, back-projecting the batch first; each batch streams the
+        shard's whole slab through memory once, so at 2048^2 and 2 frames/s a wait of 5 s instead of 1 s
+        takes the shards' CPU per angle from ~0.12 s to ~0.04 s.
     phase_pad : float
         FFT padding factor (>= 1, mirror values) of the live phase retrieval, CTF and Paganin previews; the
         final pass pads ``ctf.phase_pad`` (2). At 2048^2 the CTF's FFTs take a third of the CPU at 1.25
@@ -366,6 +369,17 @@ class LiveOptions:
     binned_fsc_growth : float
         ... each time the angles seen grew by this factor since its last point (log-spaced points of resolution
         against angles), and at the end of the scan.
+    preview_deadline_s : float
+        A Paganin preview still waiting for a phase worker this long after its frame arrived is skipped (the
+        stream is behind: final CTF work goes first, the page counts the previews skipped;
+        :mod:`xnh_stream.live.schedule`); 0 never skips a preview for its age (one whose angle's final is
+        already queued is always skipped).
+    coarse_after_s : float
+        Final (CTF) work still waiting for a phase worker this long after it was queued runs on its frames binned
+        twice (a quarter of the cost): the stream is behind its detector and catches up instead of falling
+        further behind; the live slices show those angles blurred (the page counts them), the final pass is
+        untouched. Only where the live volume is binned 2x or more (frames over ~1024 columns with
+        ``live_binning`` 0); 0 never coarsens.
     max_in_flight : int
         Phase tasks in flight (backpressure); 0 = two per phase worker. More only adds latency: at 512^2 on 2
         cores, 4 and 8 in flight gave 18.7 and 17.7 frames/s with a landing-to-final p50 of 1.4 and 1.9 s
@@ -388,11 +402,13 @@ class LiveOptions:
     fsc_bin: int = 2
     fsc_region_px: int = 64
     bp_batch: int = 8
-    bp_wait_s: float = 1.0
+    bp_wait_s: float = 5.0
     phase_pad: float = 1.25
     quality_every_s: float = 5.0
     binned_fsc_first: int = 16
     binned_fsc_growth: float = 2.0
+    preview_deadline_s: float = 2.0
+    coarse_after_s: float = 1.0
     max_in_flight: int = 0
     restart_check_s: float = 1.0
     progress_every_s: float = 0.5
@@ -405,6 +421,8 @@ class LiveOptions:
                           "bp_wait_s": self.bp_wait_s >= 0, "phase_pad": self.phase_pad >= 1,
                           "quality_every_s": self.quality_every_s > 0, "binned_fsc_first": self.binned_fsc_first >= 1,
                           "binned_fsc_growth": self.binned_fsc_growth > 1, "max_in_flight": self.max_in_flight >= 0,
+                          "preview_deadline_s": self.preview_deadline_s >= 0,
+                          "coarse_after_s": self.coarse_after_s >= 0,
                           "restart_check_s": self.restart_check_s > 0, "progress_every_s": self.progress_every_s > 0,
                           "live_result_max_mib": self.live_result_max_mib >= 0}, self)
 

@@ -44,9 +44,10 @@ LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 SCAN_DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
 
 #: Stages whose latency the stream reports (``progress["latency_s"]`` keys).
-STAGES = ("phase_preview", "phase_ctf", "backprojection", "landing_to_preview", "landing_to_final")
+STAGES = ("phase_waiting", "phase_preview", "phase_ctf", "backprojection", "landing_to_preview", "landing_to_slices",
+          "landing_to_final")
 #: Queues whose depth the stream reports.
-QUEUES = ("phase_in_flight", "backprojection", "waiting_for_flats")
+QUEUES = ("phase_waiting", "phase_in_flight", "backprojection", "waiting_for_flats")
 
 
 class PipelineMetrics:
@@ -90,12 +91,21 @@ class PipelineMetrics:
                             "(four-distance CTF in the live volume).", ["state"], registry=r)
         # --- stream internals ----------------------------------------------------------------------------
         self.latency = Histogram("xnh_stage_latency_seconds", "Latency of a pipeline stage per work item: "
-                                 "phase_preview / phase_ctf (phase retrieval on a worker), backprojection "
-                                 "(into every shard), landing_to_preview / landing_to_final (frame handed "
-                                 "to the stream to its projection in the live volume).", ["stage"],
+                                 "phase_waiting (queued for a phase worker), phase_preview / phase_ctf (phase "
+                                 "retrieval on a worker), backprojection (into every shard), landing_to_preview"
+                                 " / landing_to_slices / landing_to_final (frame handed to the stream to its "
+                                 "projection in the live slices / the live volume).", ["stage"],
                                  buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue = Gauge("xnh_queue_items", "Work items waiting or in flight, per queue.", ["queue"],
                            registry=r)
+        self.behind = Gauge("xnh_stream_behind_seconds", "How long the oldest final (CTF) work has waited "
+                            "for a phase worker: how far the live slices are behind the detector.", registry=r)
+        self.previews_skipped = Counter("xnh_previews_skipped", "Paganin previews skipped: superseded (their "
+                                        "angle's final was queued) or late (stream.preview_deadline_s).",
+                                        ["reason"], registry=r)
+        self.finals_coarse = Counter("xnh_finals_coarse", "Final (CTF) work computed on frames binned twice "
+                                     "because it waited longer than stream.coarse_after_s (the stream was "
+                                     "behind).", registry=r)
         self.store = Gauge("xnh_store_bytes", "Size on disk of the distance store (flat-fielded frames).",
                            registry=r)
         self.actors = Gauge("xnh_actors", "Ray actors of the stream, per kind.", ["kind"], registry=r)
@@ -167,6 +177,8 @@ class PipelineMetrics:
             self.queue.labels(queue=q).set(0)
         for kind in ("phase_worker", "recon_shard"):
             self.restarts.labels(kind=kind)
+        for reason in ("superseded", "late"):
+            self.previews_skipped.labels(reason=reason)
         self._unmeasured()
 
     # ------------------------------------------------------------------ feeding
@@ -210,6 +222,10 @@ class PipelineMetrics:
             self.angles.labels(state="final").set(progress.angles_final)
             for q, v in progress.queues.items():
                 self.queue.labels(queue=q).set(v)
+            self.behind.set(progress.behind_s)
+            for reason, n in progress.previews_skipped.items():
+                self._advance(self.previews_skipped.labels(reason=reason), f"previews_skipped:{reason}", n)
+            self._advance(self.finals_coarse, "finals_coarse", progress.finals_coarse)
             for stage, samples in progress.latency_s.items():
                 h = self.latency.labels(stage=stage)
                 for s in samples:

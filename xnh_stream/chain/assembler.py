@@ -121,6 +121,10 @@ class AngleWork:
     preview : ndarray or None
         Final work: the preview projection it replaces, filled by :meth:`load` where the preview was kept
         (:attr:`ScanAssembler.previews_store`); None means it is recomputed from its frame.
+    coarse : int
+        Final work: the phase retrieval runs on the frames binned this many times (1: full resolution; 2 when
+        the live stream is behind, :mod:`xnh_stream.live.schedule`) and the projection is brought back to
+        the frames' grid; the preview it replaces is at full resolution as before.
     """
 
     kind: str
@@ -134,6 +138,7 @@ class AngleWork:
     preview_theta_deg: float | None = None
     preview_shift_yx: tuple[float, float] | None = None
     preview: np.ndarray | None = None
+    coarse: int = 1
 
     def preview_key(self) -> tuple[float, float] | None:
         """Where this angle's preview is kept: ``(distance key, angle it was back-projected at)``; None for

@@ -248,7 +248,14 @@ class StreamProgress:
     journal : dict
         The journal's counts (``received``, ``processed``, ``quarantined``, ``pending``, ``duplicates``).
     queues : dict
-        Queue depths (``phase_in_flight``, ``backprojection``, ``waiting_for_flats``).
+        Queue depths (``phase_waiting``, ``phase_in_flight``, ``backprojection``, ``waiting_for_flats``).
+    behind_s : float
+        How long the oldest final (CTF) work has waited for a phase worker (0: the live slices are current).
+    previews_skipped : dict
+        Previews skipped so far (:mod:`xnh_stream.live.schedule`): ``superseded`` (their angle's final was
+        already queued) and ``late`` (waited longer than ``stream.preview_deadline_s``).
+    finals_coarse : int
+        Final (CTF) work sent at half resolution so far (waited longer than ``stream.coarse_after_s``).
     latency_s : dict
         New latency samples per stage since the previous progress.
     restarts : dict
@@ -271,6 +278,9 @@ class StreamProgress:
     quarantined: int = 0
     journal: dict[str, int] = field(default_factory=dict)
     queues: dict[str, int] = field(default_factory=dict)
+    behind_s: float = 0.0
+    previews_skipped: dict[str, int] = field(default_factory=dict)
+    finals_coarse: int = 0
     latency_s: dict[str, list[float]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     actors: dict[str, int] = field(default_factory=dict)

@@ -3,6 +3,7 @@
 Data flow (``docs/contracts.md``, "Data flow (live)")::
 
     source.poll() --> LiveDriver: journal + ScanAssembler (flat-field, DistanceStore on disk)
+        --> LiveQueue (finals first; a preview skipped when its final is queued or it is late)
         --> phase workers (Paganin preview / multi-distance CTF), bounded in flight
         --> reconstruction shards (a slab of rows each, even/odd halves; a preview is replaced by its final)
             and the slice keeper (full-resolution orthogonal slices)
@@ -13,7 +14,8 @@ Data flow (``docs/contracts.md``, "Data flow (live)")::
 Every decision is here: when the scan is complete (the source's rule, :mod:`xnh_stream.live.sources`), which
 distances make it (:mod:`xnh_stream.live.book`), the rotation axis (:mod:`xnh_stream.chain.axis`, the final
 pass's rule), backpressure, replays after a worker's restart, the refresh cadence of the running FSC and the
-live page. Where the workers run is the :class:`~xnh_stream.live.runtime.LiveRuntime`'s: in this process
+live page; which work goes to a worker next is :class:`~xnh_stream.live.schedule.LiveQueue`'s. Where the
+workers run is the :class:`~xnh_stream.live.runtime.LiveRuntime`'s: in this process
 (:class:`~xnh_stream.live.runtime.InProcessRuntime`, the default) or on Ray (``actors.stream``). Work items
 travel without pixels and are loaded from the store just before they are dispatched, so memory stays
 bounded, after a restart too.
@@ -41,6 +43,7 @@ from ..chain.steps import read_frame
 from ..chain.warmup import compile_kernels
 from ..io.nxtomo import DARK, FLAT, PROJECTION, RETURN, one_open_per_file
 from ..io.sources import FrameRecord
+from ..physics.align import HeldShift
 from ..physics.xp import binning_for
 from ..quality.alerts import Alert, CallbackSink, default_router
 from ..quality.monitor import QualityMonitor
@@ -49,6 +52,8 @@ from ..state.store import DistanceStore
 from .book import FrameBook
 from .instruments import Instruments
 from .runtime import InProcessRuntime, LiveRuntime, Pending, ShardSpec, SlicesSpec, ViewsRequest, WorkerSpec
+from .schedule import LiveQueue, Queued
+from .workers import COARSE_BINNING, coarse_possible
 from .sources import FrameSource
 from .views import SlabView, merge_views, slice_info
 
@@ -136,6 +141,16 @@ class _ViewsAsked:
 
 
 @dataclass
+class _Adding:
+    """A projection on its way into the live workers (booked once every one took it)."""
+
+    work: AngleWork
+    refs: list[Pending[int]]  # one per target
+    added_s: float  # when it was sent to them
+    slices: Pending[int] | None  # the slice keeper's, until the driver saw it done (landing_to_slices)
+
+
+@dataclass
 class StreamResult:
     """What :meth:`LiveDriver.run` produced."""
 
@@ -147,6 +162,8 @@ class StreamResult:
     completion: Completion | None = None
     slices: dict[str, np.ndarray] = field(default_factory=dict)  # the full-resolution live slices at the end
     shard_cpu_s: dict[str, float] = field(default_factory=dict)  # live shards' CPU: "add" (back-projection), "views"
+    previews_skipped: dict[str, int] = field(default_factory=dict)  # by reason (xnh_stream.live.schedule)
+    finals_coarse: int = 0  # final work sent at half resolution (the stream was behind)
 
 
 class LiveDriver:
@@ -196,7 +213,8 @@ class LiveDriver:
         if self.known:
             log.info("resuming: the journal already knows %d frames", len(self.known))
         self.in_flight: dict[Pending[ProjectionResult], tuple[AngleWork, list[Any] | None]] = {}
-        self.adding: deque[tuple[AngleWork, list[Pending[int]], float]] = deque()
+        self.queue = LiveQueue(config.stream.preview_deadline_s, config.stream.coarse_after_s)  # for a worker
+        self.adding: deque[_Adding] = deque()
         self.dispatched_at: dict[Pending[ProjectionResult], float] = {}
         self.live_binning = 1
         self.rotation_axis: dict[str, Any] | None = None  # the axis the live volume is built around (live page)
@@ -226,6 +244,7 @@ class LiveDriver:
         self.cor_known = self.config.fbp.cor is not None
         self._prepared = False  # the phase workers were asked to build the CTF filter
         self._asked: _ViewsAsked | None = None  # live views asked for and not yet taken
+        self.queue.restart()
         self.last_final: tuple[float, Pending[ProjectionResult]] | None = None  # the latest CTF projection
         self._binned_fsc_angles = 0  # angles seen at the last binned running FSC
         self._live: set[float] = set()  # distance keys fed to the assembler
@@ -258,6 +277,9 @@ class LiveDriver:
             "given (sample.delta_beta)" if given else
             f"live CTF: from the composition {cfg.sample.formula}; the final pass fits it to the four distances")}
         self.live_binning = cfg.stream.live_binning or binning_for((ny, nx), LIVE_COLUMNS)
+        # coarse finals only where the live volume is binned at least as much (its voxels hardly change)
+        coarse = self.live_binning >= COARSE_BINNING and coarse_possible((ny, nx))
+        self.queue.coarse_after_s = cfg.stream.coarse_after_s if coarse else 0.0
         spec = WorkerSpec((ny, nx), self.delta_beta, cfg, self.live_binning)
         self.workers = [self.runtime.phase_worker(spec) for _ in range(self.opt.n_workers)]
         cor = cfg.fbp.cor if cfg.fbp.cor is not None else (nx - 1) / 2
@@ -285,36 +307,70 @@ class LiveDriver:
             self.runtime.kill(w)
 
     # ------------------------------------------------------------------ work
-    def _dispatch(self, work: AngleWork, targets: list[Any] | None = None) -> None:
-        """Send ``work`` to the next phase worker (waiting for a slot); its result goes to ``targets``
-        (default: every shard and the slice keeper)."""
-        while len(self.in_flight) >= self.opt.max_in_flight:  # backpressure: wait for a slot
-            self._drain(block=True)
+    def _dispatch(self, work: AngleWork, targets: list[Any] | None = None, replay: bool = False) -> None:
+        """Queue ``work`` for a phase worker (:class:`~xnh_stream.live.schedule.LiveQueue`: finals first) and
+        send what the free slots take; its result goes to ``targets`` (default: every shard and the slice
+        keeper). A ``replay`` into a rebuilt worker is never skipped."""
+        models = [None if m is None else HeldShift.of(m, work.theta_deg) for m in self.assembler.shift_models()]
+        self.queue.push(work, targets, time.monotonic(), replay, models)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send queued work while a phase worker has a slot (``max_in_flight``: backpressure)."""
+        while len(self.in_flight) < self.opt.max_in_flight:
+            item = self.queue.pop(time.monotonic())
+            if item is None:
+                return
+            self._send(item)
+
+    def _send(self, item: Queued) -> None:
+        """``item``'s work, its frames loaded from the store, to the next phase worker."""
+        work = item.work
+        if work.kind == "final" and work.index in self.queue.skipped_angles:
+            # its preview was skipped: nothing to replace, and the worker must not compute it
+            work = replace(work, preview_distance=None, preview_theta_deg=None, preview=None)
+        if item.coarse:
+            work = replace(work, coarse=COARSE_BINNING)
         worker = self.workers[self._n_dispatched % len(self.workers)]
         self._n_dispatched += 1
         work.load(self.assembler.store, self.assembler.previews_store)
-        pending = self.runtime.project(worker, work, self.assembler.shift_models())
+        pending = self.runtime.project(worker, work, item.models)
         work.unload()  # the runtime has them now
-        self.in_flight[pending] = (work, targets)
-        self.dispatched_at[pending] = time.monotonic()
+        now = time.monotonic()
+        self.instruments.sample("phase_waiting", now - item.queued_s)
+        self.in_flight[pending] = (work, item.targets)
+        self.dispatched_at[pending] = now
 
     def _drain(self, block: bool) -> None:
-        """Pass the finished projections on to the shards (one at least when ``block``)."""
-        if self.in_flight:
+        """Pass the finished projections on to the shards (one at least when ``block``), refilling the freed
+        slots from the queue, until no result is ready."""
+        while self.in_flight:
             ready, _ = self.runtime.wait(list(self.in_flight), 1 if block else len(self.in_flight),
                                          None if block else 0)
+            if not ready:
+                break
+            block = False
             for pending in ready:  # every shard takes the projection by reference, calls in order
-                work, targets = self.in_flight.pop(pending)
-                if work.kind == "final":
-                    self.last_final = (work.theta_deg, pending)
-                else:
-                    self._keep_preview(work, pending)
-                now = time.monotonic()
-                self.instruments.sample("phase_preview" if work.kind == "preview" else "phase_ctf",
-                                        now - self.dispatched_at.pop(pending, now))
-                self.adding.append((work, [self.runtime.add(t, work, pending)
-                                           for t in (targets or self._live_targets())], now))
+                self._pass_on(pending)
+            self._pump()
+        self._pump()
         self._settle()
+
+    def _pass_on(self, pending: Pending[ProjectionResult]) -> None:
+        """A finished projection to its live workers (by reference)."""
+        work, targets = self.in_flight.pop(pending)
+        if work.kind == "final":
+            self.last_final = (work.theta_deg, pending)
+        else:
+            self._keep_preview(work, pending)
+        now = time.monotonic()
+        self.instruments.sample("phase_preview" if work.kind == "preview" else "phase_ctf",
+                                now - self.dispatched_at.pop(pending, now))
+        to = targets or self._live_targets()
+        refs = [self.runtime.add(t, work, pending) for t in to]
+        slices = (refs[to.index(self.slicer)] if work.kind == "final" and self.slicer is not None
+                  and self.slicer in to else None)
+        self.adding.append(_Adding(work, refs, now, slices))
 
     def _keep_preview(self, work: AngleWork, pending: Pending[ProjectionResult]) -> None:
         """Keep a preview on disk for the final that replaces it (which then need not recompute it)."""
@@ -325,25 +381,44 @@ class LiveDriver:
 
     def _settle(self, all_of_them: bool = False) -> None:
         """Book the work whose back-projection finished (oldest first); wait while too much is queued."""
+        self._seen_in_slices()
         while self.adding:
-            work, refs, t_added = self.adding[0]
+            head = self.adding[0]
             must_wait = all_of_them or len(self.adding) > 2 * self.opt.max_in_flight
-            ready, _ = self.runtime.wait(refs, len(refs), None if must_wait else 0)
-            if len(ready) < len(refs):
+            ready, _ = self.runtime.wait(head.refs, len(head.refs), None if must_wait else 0)
+            if len(ready) < len(head.refs):
                 return
-            self.runtime.get_all(refs)  # raise a shard's error here
+            self.runtime.get_all(head.refs)  # raise a shard's error here
             self.adding.popleft()
             self._n_booked += 1
             now = time.monotonic()
-            self.instruments.sample("backprojection", now - t_added)
+            work = head.work
+            if head.slices is not None:
+                self.instruments.in_slices(work, now)
+            self.instruments.sample("backprojection", now - head.added_s)
             self.instruments.booked(work, now)
             if work.kind == "final" and work.frame_ids:
                 self.book.mark(work.frame_ids, PROCESSED, "phase")
             if self.on_result:
                 self.on_result(work)
 
+    def _seen_in_slices(self) -> None:
+        """Final projections the slice keeper took since the last look (landing_to_slices: the live slices
+        are what the scientist watches; the live volume's shards may take a batch longer)."""
+        waiting = [a for a in self.adding if a.slices is not None]
+        if not waiting:
+            return
+        ready, _ = self.runtime.wait([a.slices for a in waiting], len(waiting), 0)
+        done = {id(p) for p in ready}
+        now = time.monotonic()
+        for a in waiting:
+            if id(a.slices) in done:
+                self.instruments.in_slices(a.work, now)
+                a.slices = None
+
     def _flush(self) -> None:
-        """Every projection in flight back-projected and booked."""
+        """Every projection queued or in flight back-projected and booked."""
+        self._pump()
         while self.in_flight:
             self._drain(block=True)
         self._settle(all_of_them=True)
@@ -353,8 +428,9 @@ class LiveDriver:
         oldest back-projection finishes (its projection is then passed on at once, not after the sleep)."""
         pending: list[Pending[Any]] = list(self.in_flight)
         if self.adding:
-            oldest = self.adding[0][1]
+            oldest = self.adding[0].refs
             pending += self.runtime.wait(oldest, len(oldest), 0)[1]
+            pending += [a.slices for a in self.adding if a.slices is not None]
         if pending:
             self.runtime.wait(pending, 1, timeout_s)
         elif timeout_s > 0:
@@ -382,7 +458,7 @@ class LiveDriver:
             log.warning("a reconstruction actor was restarted; replaying its angles from the store")
             self.instruments.restarts["recon_shard" if worker in self.shards else "slice_keeper"] += 1
             for work in self.assembler.replay():
-                self._dispatch(work, targets=[worker])
+                self._dispatch(work, targets=[worker], replay=True)
 
     # ------------------------------------------------------------------ the rotation axis
     def _follow_axis(self) -> None:
@@ -426,7 +502,7 @@ class LiveDriver:
         self._kill(self._live_targets())
         self._make_targets(cor)
         for work in self.assembler.replay():
-            self._dispatch(work)
+            self._dispatch(work, replay=True)
 
     # ------------------------------------------------------------------ frames
     def _ingest(self, records: list[FrameRecord]) -> None:
@@ -601,6 +677,9 @@ class LiveDriver:
         self.live_page.publish({"status": status, "angles_seen": st["angles_seen"], "angles_final": st["angles_final"],
                                 "distances": [{"z1_m": z, "frames": n} for z, n, _ in st["distances"]],
                                 "rotation_axis": self.rotation_axis, "material": self.material, "quality": quality,
+                                "schedule": {"behind_s": round(self.queue.behind_s(time.monotonic()), 3),
+                                             "previews_skipped": sum(self.queue.skipped.values()),
+                                             "finals_coarse": self.queue.coarse_finals},
                                 **(extra or {})}, images,
                                image_info)
 
@@ -612,8 +691,10 @@ class LiveDriver:
         return StreamProgress(
             distances=[DistanceState(z, n, w) for z, n, w in st["distances"]], angles_seen=st["angles_seen"],
             angles_final=st["angles_final"], quarantined=st["quarantined"], journal=self.journal.counts(),
-            queues={"phase_in_flight": len(self.in_flight), "backprojection": len(self.adding),
-                    "waiting_for_flats": waiting},
+            queues={"phase_waiting": len(self.queue), "phase_in_flight": len(self.in_flight),
+                    "backprojection": len(self.adding), "waiting_for_flats": waiting},
+            behind_s=self.queue.behind_s(time.monotonic()), previews_skipped=dict(self.queue.skipped),
+            finals_coarse=self.queue.coarse_finals,
             latency_s=self.instruments.take_samples(), restarts=dict(self.instruments.restarts),
             actors={"recon_shard": len(self.shards), "phase_worker": len(self.workers),
                     "slice_keeper": int(self.slicer is not None)},
@@ -730,7 +811,8 @@ class LiveDriver:
         counts = self.journal.counts()
         events = self.journal.events()
         self.journal.close()
-        return StreamResult(final, live, counts, events, self.live_binning, completion, self.final_slices, shard_cpu)
+        return StreamResult(final, live, counts, events, self.live_binning, completion, self.final_slices, shard_cpu,
+                            dict(self.queue.skipped), self.queue.coarse_finals)
 
     def _final_pass(self, completion: Completion) -> ChainResult:
         """The final pass on the scan folder, on the runtime's executor, with the stream's journal; then the

@@ -23,6 +23,7 @@ class Instruments:
         self.samples: dict[str, list[float]] = {}
         self.landed_preview: dict[str, float] = {}
         self.landed_final: dict[str, float] = {}
+        self.landed_slices: dict[str, float] = {}
         self.restarts = {"phase_worker": 0, "recon_shard": 0, "slice_keeper": 0}
         self.slow_s, self._slow_at = slow_s, -float("inf")
         self.cluster: dict[str, float] = {}
@@ -36,6 +37,13 @@ class Instruments:
         """A projection's frame landed at ``t`` (monotonic)."""
         self.landed_preview.setdefault(frame_id, t)
         self.landed_final.setdefault(frame_id, t)
+        self.landed_slices.setdefault(frame_id, t)
+
+    def in_slices(self, work: AngleWork, t: float) -> None:
+        """Final ``work`` is in the live slices at ``t``: landing-to-slices latency of its last frame (once)."""
+        t0 = [self.landed_slices.pop(f) for f in work.frame_ids if f in self.landed_slices]
+        if t0:
+            self.sample("landing_to_slices", t - max(t0))
 
     def booked(self, work: AngleWork, t: float) -> None:
         """``work`` is in every shard: landing-to-preview / landing-to-final latency of its frames."""
@@ -47,6 +55,7 @@ class Instruments:
             t0 = [self.landed_final.pop(f) for f in work.frame_ids if f in self.landed_final]
             for f in work.frame_ids:
                 self.landed_preview.pop(f, None)
+                self.landed_slices.pop(f, None)
             if t0:
                 self.sample("landing_to_final", t - max(t0))
 

@@ -21,7 +21,7 @@ PAGE = r"""<!doctype html>
 <h1>{{TITLE}} <span id="status"></span></h1>
 <div id="updated" style="color:#888"></div>
 <div class="grid">
- <div class="card"><h2>Progress per distance</h2><div id="progress"></div><div id="axis"></div><div id="material"></div></div>
+ <div class="card"><h2>Progress per distance</h2><div id="progress"></div><div id="schedule"></div><div id="axis"></div><div id="material"></div></div>
  <div class="card"><h2>Alerts</h2><div id="alerts"></div></div>
  <div class="card"><h2>Resolution (running FSC)</h2><div id="fsc"></div>
    <div class="note" id="fsc_note">FSC: the half-bit resolution of the two half-volumes (even and odd angles),
@@ -93,6 +93,10 @@ function render(s) {
     return `distance ${p.distance}: <b class="frames">${p.frames}</b> frames, ${p.projections} projections, ${p.returns} returns` +
       `<div class="bar"><div style="width:${Math.min(100, 100 * p.frames / expected)}%"></div></div>`;
   }).join("") + `<div>angles in the live volume: <b id="angles">${s.angles_seen ?? "-"}</b>, final (CTF): <b id="angles_final">${s.angles_final ?? "-"}</b></div>`;
+  const sc = s.schedule;
+  $("schedule").innerHTML = sc ? (sc.behind_s > 1 ? `<span class="warning">live slices <b id="behind">${fmt(sc.behind_s, 2)} s</b> behind the detector</span>` : "live slices current") +
+    (sc.previews_skipped ? `; <b id="previews_skipped">${sc.previews_skipped}</b> previews skipped (their angle's CTF came first, or the stream was behind)` : "") +
+    (sc.finals_coarse ? `; <b id="finals_coarse">${sc.finals_coarse}</b> angles at half resolution to catch up` : "") : "";
   const ax = s.rotation_axis;
   $("axis").innerHTML = ax ? `rotation axis: <b id="axis_px">${fmt(ax.px, 5)} px</b>` +
     (ax.columns ? ` of ${ax.columns} detector columns` : "") + ` (${ax.source || ""})` : "";

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,15 +18,25 @@ import numpy as np
 from ..chain.accumulate import ProgressiveVolume
 from ..chain.assembler import AngleWork, ProjectionResult
 from ..chain.steps import AngleProcessor
+from ..physics.align import HeldShift, unbin_2d
 from ..physics.fbp import filter_projection
+from ..physics.geometry import ScanGeometry
 from ..physics.slices import OrthoSlices
-from ..physics.xp import get_array_module, to_numpy
+from ..physics.xp import bin_2d, get_array_module, to_numpy
 from .views import SlabView, slab_views
 
 if TYPE_CHECKING:
     from ..config import ProcessConfig
 
-__all__ = ["PhaseWorker", "ReconShard", "SliceKeeper", "to_host"]
+__all__ = ["COARSE_BINNING", "PhaseWorker", "ReconShard", "SliceKeeper", "coarse_possible", "to_host"]
+
+#: Final work sent coarse (the stream is behind) is computed on its frames binned this many times.
+COARSE_BINNING = 2
+
+
+def coarse_possible(frame_shape: tuple[int, int]) -> bool:
+    """Whether frames of this shape can be worked on binned :data:`COARSE_BINNING` times (8 pixels a side)."""
+    return min(frame_shape) >= 8 * COARSE_BINNING
 
 
 def to_host(a: Any) -> np.ndarray:
@@ -52,36 +63,56 @@ class PhaseWorker:
                  binning: int = 1) -> None:
         self.shape, self.delta_beta, self.binning = tuple(frame_shape), delta_beta, int(binning)
         self.config = config
-        self._proc: AngleProcessor | None = None
+        self._procs: dict[int, tuple[ScanGeometry, AngleProcessor]] = {}  # by the binning it works at
         self._incarnation = uuid.uuid4().hex  # a restarted worker has a new one (counted as a restart)
 
     def incarnation(self) -> str:
         """Changes when the runtime restarts the worker (its tasks are retried there; the stream only counts it)."""
         return self._incarnation
 
-    def _processor(self, geometry: Any) -> AngleProcessor:
-        if self._proc is None or self._proc.geometry != geometry:
-            self._proc = AngleProcessor(geometry, self.shape, self.delta_beta, self.config,
-                                        xp=get_array_module(self.config.compute.backend),
-                                        pad=self.config.stream.phase_pad)
-        return self._proc
+    def _processor(self, geometry: ScanGeometry, b: int = 1) -> AngleProcessor:
+        """The processor of ``geometry`` at binning ``b`` (the frames binned: a detector pixel ``b`` times
+        larger)."""
+        known = self._procs.get(b)
+        if known is None or known[0] != geometry:
+            binned = geometry if b == 1 else ScanGeometry(tuple(replace(d, pixel_m=d.pixel_m * b)
+                                                                 for d in geometry.distances))
+            known = geometry, AngleProcessor(binned, (self.shape[0] // b, self.shape[1] // b), self.delta_beta,
+                                             self.config, xp=get_array_module(self.config.compute.backend),
+                                             pad=self.config.stream.phase_pad)
+            self._procs[b] = known
+        return known[1]
 
-    def prepare(self, geometry: Any) -> None:
-        """Every distance is known: build the CTF and run it once now (:meth:`AngleProcessor.prepare_ctf`),
-        before the first final work comes."""
-        self._processor(geometry).prepare_ctf()
+    def prepare(self, geometry: ScanGeometry) -> None:
+        """Every distance is known: build the CTF, at full resolution and for coarse work, and run each once
+        now (:meth:`AngleProcessor.prepare_ctf`), before the first final work comes."""
+        for b in (1, COARSE_BINNING) if coarse_possible(self.shape) else (1,):
+            self._processor(geometry, b).prepare_ctf()
+
+    def _coarse(self, work: AngleWork, models: list[Any]) -> Any:
+        """Final work on its frames binned :data:`COARSE_BINNING` times, brought back to the frames' grid in
+        the full-resolution voxel units (the live stream is behind: a quarter of the CTF's cost)."""
+        b = COARSE_BINNING
+        proc = self._processor(work.geometry, b)
+        proc.models = [None if m is None else HeldShift(tuple(float(v) / b for v in m(work.theta_deg)))
+                       for m in models]
+        xp = proc.xp
+        out = proc.retrieve({k: bin_2d(xp.asarray(f, dtype=xp.float32), b) for k, f in work.frames.items()},
+                            work.theta_deg)
+        return unbin_2d(out * b, b, self.shape, xp=xp)  # p = -phi / (k voxel): b binned voxels a voxel
 
     def project(self, work: AngleWork, models: list[Any]) -> ProjectionResult:
         """The projection of ``work`` binned for the live volume, and for final work the preview it replaces
         (as kept on disk, or recomputed exactly: same frame, angle and shift); then the same two at full
         resolution (the live slices)."""
         proc = self._processor(work.geometry)
-        proc.models = models if len(models) == len(work.geometry.distances) else [None] * len(work.geometry.distances)
+        models = models if len(models) == len(work.geometry.distances) else [None] * len(work.geometry.distances)
+        proc.models = models
         if work.kind == "preview":
             ((k, frame),) = work.frames.items()
             out, previous = proc.preview(k, frame, work.theta_deg, work.preview_shift_yx), None
         else:
-            out = proc.retrieve(work.frames, work.theta_deg)
+            out = self._coarse(work, models) if work.coarse > 1 else proc.retrieve(work.frames, work.theta_deg)
             k = work.preview_distance
             previous = work.preview
             if previous is None and k is not None:

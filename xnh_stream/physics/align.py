@@ -42,7 +42,9 @@ __all__ = [
     "DistanceShifts",
     "measure_distance_shifts",
     "ShiftModel",
+    "HeldShift",
     "align_to_reference",
+    "unbin_2d",
 ]
 
 log = logging.getLogger(__name__)
@@ -552,6 +554,57 @@ def align_to_reference(
         raise ValueError(f"distance index {k} out of range for {len(geometry.distances)} distances")
     return rescale_shift(image, geometry.scale_to_reference(k), shift_yx, out_shape, order=order, xp=xp,
                          workers=workers)
+
+
+@dataclass(frozen=True)
+class HeldShift:
+    """A shift model's value at one angle, held: what a live work item was queued with (evaluated when it was
+    made, so that when it reaches a worker does not change its projection).
+
+    Attributes
+    ----------
+    value : tuple of float
+        The model's value, e.g. ``(dy, dx)``.
+    """
+
+    value: tuple[float, ...]
+
+    @classmethod
+    def of(cls, model: ShiftModel, angle_deg: float) -> HeldShift:
+        """``model``'s value at ``angle_deg``, held."""
+        return cls(tuple(float(v) for v in model(angle_deg)))
+
+    def __call__(self, angle_deg: float) -> np.ndarray:
+        """The held value (at any angle)."""
+        return np.asarray(self.value)
+
+
+def unbin_2d(image: Any, b: int, out_shape: tuple[int, int], xp: ModuleType = np) -> Any:
+    """An image binned ``b`` times by :func:`~xnh_stream.physics.xp.bin_2d` brought back to the ``out_shape``
+    grid it was binned from, by linear interpolation between the block centres (``scipy.ndimage.zoom(order=1,
+    grid_mode=True)``; the rows and columns ``bin_2d`` dropped take the edge value).
+
+    Parameters
+    ----------
+    image : array [out_shape[0] // b, out_shape[1] // b]
+        The binned image.
+    b : int
+        The binning.
+    out_shape : (int, int)
+        The shape it was binned from.
+    xp : module
+        Array module.
+
+    Returns
+    -------
+    array out_shape float32
+    """
+    ny, nx = (int(v) for v in out_shape)
+    if tuple(image.shape) != (ny // b, nx // b):
+        raise ValueError(f"image of shape {tuple(image.shape)} is not {out_shape} binned {b} times")
+    # block j's centre is fine pixel b j + (b - 1) / 2: the grids' centres differ by half the dropped remainder
+    shift = (-(ny % b) / 2.0, -(nx % b) / 2.0)
+    return rescale_shift(image, float(b), shift, out_shape=(ny, nx), order=1, xp=xp)
 
 
 class ShiftModel:
