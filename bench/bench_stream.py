@@ -11,16 +11,21 @@ Figures printed:
 
 * with ``--paced FPS``: 2048^2 frames landing at FPS frames/s (a frame lands when the detector wrote it, however
   late the stream polls), the latency from an angle's last frame to its CTF projection in the full-resolution
-  live slices and every live shard (``--paced-angles`` per distance; the issue's target is p95 <= 1 s at 2).
+  live slices (what the scientist watches) and in every live shard too (``--paced-angles`` per distance; the
+  issue's target is p95 <= 1 s at 2), the previews skipped and the load average over the run; ``--busy N``
+  repeats it with N CPU-bound processes running beside the stream (another job on the same machine), the
+  quiet and the busy runs taking turns ``--rounds`` times.
 
 Usage: python bench/bench_stream.py [--small] [--long N_ANGLES] [--no-memory | --memory-only]
-       [--paced FPS [--only-paced] [--paced-angles N] [--in-flight N]]
+       [--paced FPS [--only-paced] [--paced-angles N] [--in-flight N] [--busy N] [--rounds R]]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -105,6 +110,33 @@ class SyntheticDetector:
         return Completion("synthetic scan written") if self.pos >= len(self.plan) else None
 
 
+def _spin(stop) -> None:  # pragma: no cover - a neighbour process
+    x = 0.0
+    while not stop.is_set():
+        for i in range(100_000):
+            x += i * 1e-9
+
+
+class Neighbours:
+    """``n`` CPU-bound processes (pure Python arithmetic, no sleep) beside the stream while in the block."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.stop = multiprocessing.Event()
+        self.procs: list[multiprocessing.Process] = []
+
+    def __enter__(self) -> Neighbours:
+        self.procs = [multiprocessing.Process(target=_spin, args=(self.stop,), daemon=True) for _ in range(self.n)]
+        for p in self.procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for p in self.procs:
+            p.join(5)
+
+
 def tree_rss_mib() -> float:
     me = psutil.Process()
     procs = [me] + me.children(recursive=True)
@@ -139,10 +171,14 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
         settings["stream.bp_batch"] = bp_batch
     config = ProcessConfig.from_mapping(settings)
     t0 = time.perf_counter()
-    result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=in_flight,
-                                                               poll_interval_s=0.02, final_pass=False),
-                          on_result=done, on_progress=progress).run()
-    dt = time.perf_counter() - t0
+    load0 = os.getloadavg()[0]
+    try:
+        result = StreamDriver(det, out, out, config, StreamOptions(n_workers=2, n_shards=2, max_in_flight=in_flight,
+                                                                   poll_interval_s=0.02, final_pass=False),
+                              on_result=done, on_progress=progress).run()
+        dt = time.perf_counter() - t0
+    finally:  # a 2048^2 run leaves ~2.7 GB of store: runs must not fill the disk (and its writeback slow the next)
+        shutil.rmtree(out, ignore_errors=True)
     n_frames = len(det.plan)
     lat = np.array(latencies) * 1e3
     cpu = result.shard_cpu_s
@@ -150,6 +186,8 @@ def run(n: int, n_angles: int, samples: list | None = None, live_binning: int = 
             "p95_ms": float(np.percentile(lat, 95)), "counts": result.counts, "binning": result.live_binning,
             "refresh_share": cpu["views"] / max(1e-9, cpu["add"] + cpu["views"]), "shard_cpu": cpu,
             "to_final_ms": np.percentile(np.array(stages.get("landing_to_final", [np.nan])) * 1e3, [50, 95]),
+            "to_slices_ms": np.percentile(np.array(stages.get("landing_to_slices", [np.nan])) * 1e3, [50, 95]),
+            "skipped": result.previews_skipped, "coarse": result.finals_coarse, "load": (load0, os.getloadavg()[0]),
             "stages_ms": {k: float(np.median(v) * 1e3) for k, v in sorted(stages.items()) if v}}
 
 
@@ -187,6 +225,10 @@ def main() -> None:
                     help="also a 2048^2 run with the detector paced at FPS frames/s (latency without backlog)")
     ap.add_argument("--only-paced", action="store_true", help="with --paced: only that run")
     ap.add_argument("--in-flight", type=int, default=4, help="phase tasks in flight in the paced run")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="with --paced: also run it with N CPU-bound processes beside the stream")
+    ap.add_argument("--only-busy", action="store_true", help="with --busy: skip the quiet run")
+    ap.add_argument("--rounds", type=int, default=1, help="with --paced: quiet (and busy) runs, taking turns")
     ap.add_argument("--paced-angles", type=int, default=64,
                     help="angles per distance of the paced run (its first frames include the actors' warm-up)")
     a = ap.parse_args()
@@ -210,14 +252,19 @@ def main() -> None:
               f"live refresh {100 * r['refresh_share']:.1f} % of the shards' CPU (back-projection "
               f"{r['shard_cpu']['add']:.1f} s, views {r['shard_cpu']['views']:.2f} s); journal {r['counts']}")
     if a.paced:  # 2048^2 frames landing at a.paced frames/s: latency without a backlog
-        r = run(2048, a.paced_angles, live_binning=0, rate=a.paced, in_flight=a.in_flight)
-        p50, p95 = r["to_final_ms"]
-        print(f"2048x2048 paced at {a.paced:g} frames/s, {a.in_flight} phase tasks in flight: "
-              f"{r['fps']:.1f} frames/s sustained; landing of an "
-              f"angle's last frame to its CTF projection in the live volume and the full-resolution slices: "
-              f"p50 {p50:.0f} ms, p95 {p95:.0f} ms; landing-to-preview p50 {r['p50_ms']:.0f} ms, "
-              f"p95 {r['p95_ms']:.0f} ms")
-        print("  median per stage (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in r["stages_ms"].items()))
+        for round_ in range(a.rounds):
+            for busy in ([] if a.only_busy else [0]) + ([a.busy] if a.busy else []):
+                with Neighbours(busy):
+                    r = run(2048, a.paced_angles, live_binning=0, rate=a.paced, in_flight=a.in_flight)
+                (s50, s95), (f50, f95) = r["to_slices_ms"], r["to_final_ms"]
+                print(f"2048x2048 paced at {a.paced:g} frames/s, {a.in_flight} phase tasks in flight, "
+                      f"{busy} CPU-bound neighbour(s), round {round_ + 1}, load {r['load'][0]:.1f} -> "
+                      f"{r['load'][1]:.1f}: {r['fps']:.1f} frames/s sustained; an angle's last frame to its CTF "
+                      f"projection in the full-resolution live slices p50 {s50:.0f} ms, p95 {s95:.0f} ms, and in "
+                      f"the live volume's shards too p50 {f50:.0f} ms, p95 {f95:.0f} ms; landing-to-preview "
+                      f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms; previews skipped {r['skipped']}, "
+                      f"finals coarse {r['coarse']}; shards' CPU {r['shard_cpu']['add']:.1f} s")
+                print("  median per stage (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in r["stages_ms"].items()))
     long_angles = a.long or (60 if a.small else 900)
     if not a.no_memory:
         samples: list = []
