@@ -213,7 +213,7 @@ class LiveDriver:
         if self.known:
             log.info("resuming: the journal already knows %d frames", len(self.known))
         self.in_flight: dict[Pending[ProjectionResult], tuple[AngleWork, list[Any] | None]] = {}
-        self.queue = LiveQueue(config.stream.preview_deadline_s, config.stream.coarse_after_s)  # for a worker
+        self.queue = LiveQueue(config.stream.preview_deadline_s)  # for a worker; coarse finals: set in _start
         self.adding: deque[_Adding] = deque()
         self.dispatched_at: dict[Pending[ProjectionResult], float] = {}
         self.live_binning = 1
