@@ -45,8 +45,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +197,11 @@ class ChainResult:
     volume_path: Path
     #: The outputs were already complete (checked against their report): nothing was recomputed.
     already_complete: bool = False
+
+    def keep_temporary(self, folder: Path) -> None:
+        """Remove ``folder`` (the temporary work folder of a run without an output folder, which holds
+        :attr:`volume_path`) when this result is garbage-collected or the interpreter exits."""
+        weakref.finalize(self, shutil.rmtree, folder, True)
 
     @property
     def volume(self) -> np.ndarray:
@@ -602,6 +609,8 @@ class FinalChain:
         self.quarantine: dict[str, QuarantinedFrame] = {}
         self.timing: dict[str, float] = {}
         self._work: WorkFolder | None = None  # opened by run(), under the output folder's lock
+        #: without an output folder: the temporary folder that holds the work (the result removes it)
+        self._temporary: Path | None = None
         geo = index.geometry
         self.geometry = geo
         self.K = len(geo.distances)
@@ -620,7 +629,10 @@ class FinalChain:
     def work(self) -> WorkFolder:
         """The work folder (``OUT/work``, or a temporary folder without ``out``), opened on first use."""
         if self._work is None:
-            base = self.out if self.out is not None else Path(tempfile.mkdtemp(prefix="xnh-final-"))
+            if self.out is not None:
+                base = self.out
+            else:
+                base = self._temporary = Path(tempfile.mkdtemp(prefix="xnh-final-"))
             self._work = WorkFolder(base / WORK_NAME, self._spec())
         return self._work
 
@@ -1280,7 +1292,15 @@ class FinalChain:
             not plausible (nothing is published then).
         """
         if self.out is None:
-            return self._run(journal)
+            try:
+                result = self._run(journal)
+            except BaseException:
+                if self._temporary is not None:
+                    shutil.rmtree(self._temporary, ignore_errors=True)
+                raise
+            if self._temporary is not None:
+                result.keep_temporary(self._temporary)
+            return result
         with OutputLock(self.out, "xnh-stream final pass"):  # re-entrant: the command may hold it already
             finished = self._resume_end()
             return finished if finished is not None else self._run(journal)
