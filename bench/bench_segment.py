@@ -6,7 +6,8 @@ Peers measured in the same run: inference with 1 torch thread vs all cores; frag
 watershed (waterz) vs the distance-transform seeded watershed (scikit-image); agglomeration by waterz vs
 scikit-image's RAG hierarchical merging on the same fragments.
 
-Then, per tissue family (``neural``: the training data's generator; ``voronoi``: a generator never trained
+Then, per tissue family (``segment/data.py`` ``DATA_FAMILIES``: three generators that share no geometry code,
+``neural``, ``voronoi`` and ``shells``, and their variants; the table says which the shipped model was trained
 on), on held-out seeds: adapted Rand error, VOI split / merge, merges of two truth cells of more than 1000
 voxels and time per cubic micrometre of ours (shipped model, default parameters) against two baselines that
 see no truth (Otsu threshold + connected components, a gradient watershed) and the oracle (the threshold +

@@ -135,8 +135,9 @@ class DataFamily:
     ----------
     generator : str
         ``neural`` (:func:`~xnh_stream.simulate.phantom.make_neural_phantom`, its parameters are fields of
-        :class:`~xnh_stream.simulate.scan.SimulationConfig`) or ``voronoi``
-        (:func:`~xnh_stream.simulate.tissue.make_voronoi_tissue`, keyword arguments).
+        :class:`~xnh_stream.simulate.scan.SimulationConfig`), ``voronoi``
+        (:func:`~xnh_stream.simulate.tissue.make_voronoi_tissue`) or ``shells``
+        (:func:`~xnh_stream.simulate.shells.make_shell_tissue`; keyword arguments for these two).
     tissue : dict
         The generator's parameters that differ from its defaults.
     imaging : dict
@@ -161,6 +162,9 @@ DATA_FAMILIES: dict[str, DataFamily] = {
                               {"photons": 8000.0, "detector_blur_px": 0.8}),
     "voronoi-fine": DataFamily("voronoi", {"cell_spacing_px": 14.0, "membrane_px": (0.5, 1.5), "stain": (0.4, 0.8)},
                                {"photons": 8000.0, "detector_blur_px": 0.8}),
+    "shells": DataFamily("shells"),
+    "shells-organelles": DataFamily("shells", {"organelles": 1.5, "membrane_px": (1.0, 3.0)},
+                                    {"photons": 8000.0}),
 }
 FAMILIES = tuple(DATA_FAMILIES)
 
@@ -197,12 +201,14 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, family: str 
     cfg = SimulationConfig(seed=seed, **{**fam.imaging, **(fam.tissue if neural else {}), **sim_overrides})  # type: ignore[arg-type]
     phantom = None
     if not neural:
+        from ..simulate.shells import make_shell_tissue
         from ..simulate.tissue import make_voronoi_tissue
 
+        make = make_voronoi_tissue if fam.generator == "voronoi" else make_shell_tissue
         nz, n, _ = simulation_grid(cfg)
         radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else 0.44 * cfg.nx
-        phantom = make_voronoi_tissue((nz, n, n), voxel_m=cfg.geometry().voxel_m, energy_kev=cfg.energy_kev,
-                                      seed=seed, sample_radius_px=min(radius, n / 2), **fam.tissue)
+        phantom = make((nz, n, n), voxel_m=cfg.geometry().voxel_m, energy_kev=cfg.energy_kev, seed=seed,
+                       sample_radius_px=min(radius, n / 2), **fam.tissue)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(workdir) if workdir else Path(tmp)
         simulate_scan(folder / "scan", cfg, phantom)
