@@ -214,7 +214,7 @@ def make_shell_tissue(
     envelope = np.zeros(labels.shape, bool)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    n_nuclei = int(round(nucleus_fraction * (len(sizes) - 1)))
+    n_nuclei = round(nucleus_fraction * (len(sizes) - 1))
     objects = ndimage.find_objects(labels)
     for cell in np.argsort(sizes)[::-1][:n_nuclei]:
         box = objects[cell - 1]
