@@ -4,6 +4,7 @@ physics, no geometry code shared with the other two generators, and the family r
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 
 import numpy as np
@@ -96,3 +97,42 @@ def test_the_shells_families_reach_their_generator(monkeypatch):
     fam = DATA_FAMILIES["shells-organelles"]
     assert {k: seen["tissue"][k] for k in fam.tissue} == fam.tissue and seen["tissue"]["seed"] == 7
     assert seen["cfg"].photons == fam.imaging["photons"] and seen["phantom"] == "phantom"
+
+
+def test_a_varied_family_draws_its_tissue_and_imaging_per_seed(monkeypatch):
+    """``-varied``: each seed its own membrane thickness, stain, cell size, photons and blur, the same for the same
+    seed; generator keywords go to the generator, the rest to the scan's configuration."""
+    import xnh_stream.simulate.scan as scan_module
+    from xnh_stream.simulate import tissue
+
+    fam = DATA_FAMILIES["voronoi-varied"]
+    drawn = [fam.drawn(s) for s in range(1, 13)]
+    assert fam.drawn(5) == drawn[4]
+    for t, i in drawn:
+        assert set(t) == {"membrane_px", "stain", "cell_spacing_px"} and set(i) == {"photons", "detector_blur_px"}
+        assert t["membrane_px"] in fam.vary["membrane_px"] and i["photons"] in fam.vary["photons"]
+    assert len({t["membrane_px"] for t, _ in drawn}) >= 3 and len({i["photons"] for _, i in drawn}) >= 3
+    t, i = DATA_FAMILIES["neural-varied"].drawn(3)
+    assert set(t) == {"membrane_px", "calibre_px"} and set(i) == {"photons", "detector_blur_px"}
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    @functools.wraps(tissue.make_voronoi_tissue)  # the generator's signature: its keywords are known
+    def fake_tissue(shape, **kw):
+        seen["tissue"] = kw
+        return "phantom"
+
+    def fake_scan(folder, cfg, phantom=None):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(tissue, "make_voronoi_tissue", fake_tissue)
+    monkeypatch.setattr(scan_module, "simulate_scan", fake_scan)
+    with pytest.raises(Stop):
+        simulate_labelled(5, family="voronoi-varied")
+    t, i = drawn[4]
+    assert {k: seen["tissue"][k] for k in t} == t and seen["cfg"].photons == i["photons"]
+    assert seen["cfg"].detector_blur_px == i["detector_blur_px"]

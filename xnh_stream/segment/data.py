@@ -142,17 +142,56 @@ class DataFamily:
         The generator's parameters that differ from its defaults.
     imaging : dict
         :class:`~xnh_stream.simulate.scan.SimulationConfig` fields that differ from the defaults.
+    vary : dict
+        Parameters (tissue or imaging keys) drawn per seed from a list of choices (domain randomisation of the
+        geometry and the imaging: each seed a different tissue); over ``tissue`` and ``imaging``.
     """
 
     generator: str
     tissue: dict = field(default_factory=dict)
     imaging: dict = field(default_factory=dict)
+    vary: dict = field(default_factory=dict)
+
+    def drawn(self, seed: int) -> tuple[dict, dict]:
+        """The tissue and imaging parameters of ``seed``: ``vary``'s choices drawn from the seed, over the fixed ones.
+
+        Returns
+        -------
+        tissue, imaging : dict
+        """
+        import inspect
+
+        rng = np.random.default_rng([seed, 19])
+        tissue, imaging = dict(self.tissue), dict(self.imaging)
+        generator_keys = set(inspect.signature(self.make()).parameters)
+        for key in sorted(self.vary):
+            choices = self.vary[key]
+            (tissue if key in generator_keys else imaging)[key] = choices[int(rng.integers(len(choices)))]
+        return tissue, imaging
+
+    def make(self):
+        """The generator function (``neural``: its parameters are also fields of ``SimulationConfig``)."""
+        if self.generator == "neural":
+            from ..simulate.phantom import make_neural_phantom
+
+            return make_neural_phantom
+        if self.generator == "voronoi":
+            from ..simulate.tissue import make_voronoi_tissue
+
+            return make_voronoi_tissue
+        from ..simulate.shells import make_shell_tissue
+
+        return make_shell_tissue
 
 
-#: The families of :func:`simulate_labelled` (docs/segmentation.md, "Tissue families"): two generators that
-#: share no code, at the default imaging, and variants held out of every training and choice: ``-lowdose``
-#: (5000 photons per pixel, 1 px detector blur) and ``-fine`` (thinner membranes and neurites or smaller cells
-#: with thinner, fainter membranes; 8000 photons, 0.8 px blur).
+#: Imaging drawn per seed by the ``-varied`` families: photons per pixel and detector blur.
+_VARIED_IMAGING = {"photons": (5000.0, 10000.0, 20000.0, 40000.0), "detector_blur_px": (0.25, 0.5, 0.8, 1.0)}
+
+#: The families of :func:`simulate_labelled` (docs/segmentation.md, "Tissue families"): three generators that
+#: share no geometry code, at the default imaging; variants ``-lowdose`` (5000 photons per pixel, 1 px detector
+#: blur) and ``-fine`` (thinner membranes and neurites or smaller cells with thinner, fainter membranes; 8000
+#: photons, 0.8 px blur); ``shells-organelles`` (dense bodies, 1-3 voxel membranes); and ``-varied`` training
+#: families whose membrane thickness, cell size, stain, photons and blur are drawn per seed.
 DATA_FAMILIES: dict[str, DataFamily] = {
     "neural": DataFamily("neural"),
     "voronoi": DataFamily("voronoi"),
@@ -165,6 +204,12 @@ DATA_FAMILIES: dict[str, DataFamily] = {
     "shells": DataFamily("shells"),
     "shells-organelles": DataFamily("shells", {"organelles": 1.5, "membrane_px": (1.0, 3.0)},
                                     {"photons": 8000.0}),
+    "neural-varied": DataFamily("neural", vary={**_VARIED_IMAGING, "membrane_px": (1.0, 1.5, 2.0, 2.5, 3.0, 3.5),
+                                                "calibre_px": (4.0, 5.0, 6.0, 7.0)}),
+    "voronoi-varied": DataFamily("voronoi", vary={**_VARIED_IMAGING,
+                                                  "membrane_px": ((0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.5, 3.0)),
+                                                  "stain": ((0.4, 0.8), (0.5, 1.0), (0.8, 1.0)),
+                                                  "cell_spacing_px": (14.0, 17.0, 20.0, 24.0)}),
 }
 FAMILIES = tuple(DATA_FAMILIES)
 
@@ -198,17 +243,15 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, family: str 
         raise ValueError(f"unknown tissue family {family!r} (one of {', '.join(FAMILIES)})")
     fam = DATA_FAMILIES[family]
     neural = fam.generator == "neural"
-    cfg = SimulationConfig(seed=seed, **{**fam.imaging, **(fam.tissue if neural else {}), **sim_overrides})  # type: ignore[arg-type]
+    tissue, imaging = fam.drawn(seed)
+    cfg = SimulationConfig(seed=seed, **{**imaging, **(tissue if neural else {}), **sim_overrides})  # type: ignore[arg-type]
     phantom = None
     if not neural:
-        from ..simulate.shells import make_shell_tissue
-        from ..simulate.tissue import make_voronoi_tissue
-
-        make = make_voronoi_tissue if fam.generator == "voronoi" else make_shell_tissue
+        make = fam.make()
         nz, n, _ = simulation_grid(cfg)
         radius = cfg.sample_radius_px if cfg.sample_radius_px is not None else 0.44 * cfg.nx
         phantom = make((nz, n, n), voxel_m=cfg.geometry().voxel_m, energy_kev=cfg.energy_kev, seed=seed,
-                       sample_radius_px=min(radius, n / 2), **fam.tissue)
+                       sample_radius_px=min(radius, n / 2), **tissue)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(workdir) if workdir else Path(tmp)
         simulate_scan(folder / "scan", cfg, phantom)
@@ -222,6 +265,6 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, family: str 
         from skimage.measure import label as connected
 
         labels = connected(labels, background=0, connectivity=1).astype(np.uint32)
-    meta = {"seed": seed, "family": family, "simulation": {k: v for k, v in record["config"].items()}}
+    meta = {"seed": seed, "family": family, "tissue": {k: v for k, v in tissue.items()}, "simulation": {k: v for k, v in record["config"].items()}}
     name = f"simulated seed {seed}" if family == "neural" else f"simulated {family} seed {seed}"
     return LabelledVolume(raw, labels, truth["field_of_view"].astype(bool), float(record["voxel_m"]), name, meta)
