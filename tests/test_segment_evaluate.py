@@ -100,3 +100,27 @@ def test_seconds_per_um3():
     assert seconds_per_um3(10.0, 100**3, 50e-9) == pytest.approx(0.08)
     with pytest.raises(ValueError):
         seconds_per_um3(1.0, 0, 100e-9)
+
+
+def test_kept_whole_tells_thin_splits_from_thick_ones():
+    """A tube of radius 2 cut into three equal pieces and a 12-voxel cube cut 60/40: thin 1/3, thick 0.6 (the
+    adapted Rand error would weigh the tube's cut by its few voxels)."""
+    from xnh_stream.segment.evaluate import kept_whole
+
+    truth = np.zeros((20, 20, 60), np.int32)
+    zz, yy = np.mgrid[:20, :20]
+    tube = (zz - 3) ** 2 + (yy - 3) ** 2 <= 4  # clear of the cube
+    truth[tube, :] = 1
+    truth[6:18, 6:18, 20:32] = 2
+    seg = truth.astype(np.int64) * 10
+    seg[tube, 20:40] = 11
+    seg[tube, 40:] = 12
+    seg[6:18, 6:18, 27:32] = 21  # 5 of 12 columns: the cube keeps 7/12
+    k = kept_whole(seg, truth)
+    assert (k.thin_objects, k.thick_objects) == (1, 1)
+    assert k.thin_share == pytest.approx(1 / 3) and k.thick_share == pytest.approx(7 / 12)
+    assert kept_whole(truth, truth).thin_share == kept_whole(truth, truth).thick_share == 1.0
+    # a thicker tube counts as thick once the limit is below its depth; a mask excludes what it leaves out
+    assert kept_whole(seg, truth, depth_voxels=1.0).thin_objects == 0
+    only_cube = kept_whole(seg, truth, mask=truth == 2)
+    assert only_cube.thin_objects == 0 and np.isnan(only_cube.thin_share) and "kept whole" in only_cube.line()
