@@ -324,6 +324,36 @@ def test_shading_darkens_object_interiors_with_depth():
     assert 0 < TrainConfig().shading <= 1
 
 
+def test_thin_weight_weighs_the_links_inside_thin_objects_only():
+    """--thin-weight: the positive links inside a tube of radius 2 weigh that many times more; those inside a
+    large block, the boundaries and everything else keep their class-balanced weight."""
+    from xnh_stream.segment.evaluate import thin_objects
+    from xnh_stream.segment.train import PatchSampler
+    from xnh_stream.segment.unet import UNet3D, UNetConfig
+
+    labels = np.zeros((32, 40, 40), np.uint32)
+    z, y = np.mgrid[:32, :40]
+    labels[(z - 16) ** 2 + (y - 8) ** 2 <= 4, :] = 1  # a tube along x
+    labels[4:28, 16:36, 4:36] = 2  # a block
+    thin = thin_objects(labels)
+    assert thin[labels == 1].all() and not thin[labels != 1].any()
+    vol = LabelledVolume(labels.astype(np.float32), labels, np.ones(labels.shape, bool))
+    net = UNet3D(UNetConfig(num_fmaps=2))
+    norm = {"method": "percentile", "low": 1, "high": 99}
+    seen_thin = 0
+    for seed in range(6):
+        plain = PatchSampler([vol], net, norm, (16, 16, 16), seed=seed, augment=False)
+        heavy = PatchSampler([vol], net, norm, (16, 16, 16), seed=seed, augment=False, thin_weight=4.0)
+        (_, aff, w0), (_, aff1, w1) = plain.sample(), heavy.sample()
+        np.testing.assert_array_equal(aff, aff1)  # the same patch
+        ratio = np.divide(w1, w0, out=np.ones_like(w1), where=w0 > 0)
+        assert set(np.unique(np.round(ratio, 6))) <= {1.0, 4.0}
+        seen_thin += int((ratio > 1).sum())
+        assert not (ratio[aff == 0] > 1).any()  # boundaries never
+    assert seen_thin > 0
+    assert PatchSampler([vol], net, norm, (16, 16, 16)).thin == []  # off by default: nothing computed
+
+
 def test_merge_enclosed_joins_organelles_to_their_cell_only(tmp_path):
     """A nucleus inside a cell (with a nucleolus inside it: a chain), and one cut by the volume's face, join
     their cells; two cells side by side and a small cell between two others stay apart."""

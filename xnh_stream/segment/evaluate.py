@@ -115,6 +115,30 @@ def count_merges(segmentation: np.ndarray, truth: np.ndarray, min_voxels: int = 
     return int((k - 1).sum())
 
 
+#: Objects whose largest distance to their own surface is at most this many voxels are thin (neurites).
+THIN_DEPTH = 3.5
+
+
+def thin_objects(labels: np.ndarray, depth_voxels: float = THIN_DEPTH) -> np.ndarray:
+    """Voxels of the objects (labels > 0) whose largest Euclidean distance to their own surface is at most
+    ``depth_voxels`` (the volume's faces are not surfaces)."""
+    labels = np.asarray(labels)
+    if not labels.any():
+        return np.zeros(labels.shape, bool)
+    from .data import affinities_from_labels
+    from .postprocess import voxel_affinity
+
+    edged = np.pad(labels, 1, mode="edge")
+    inside = voxel_affinity(affinities_from_labels(edged))[1:-1, 1:-1, 1:-1] > 0
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(inside) + 1.0  # a voxel with a boundary face is 1 deep
+    ids = np.arange(1, int(labels.max()) + 1)
+    deepest = np.zeros(len(ids) + 1)
+    deepest[1:] = ndimage.maximum(depth, labels, ids)
+    return (deepest <= depth_voxels)[labels] & (labels > 0)
+
+
 @dataclass
 class KeptWhole:
     """How whole the truth objects stay, thin against thick (:func:`kept_whole`)."""
@@ -132,11 +156,11 @@ class KeptWhole:
 
 
 def kept_whole(segmentation: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
-               depth_voxels: float = 3.5) -> KeptWhole:
+               depth_voxels: float = THIN_DEPTH) -> KeptWhole:
     """Share of each truth object's voxels in its largest segment, voxel-weighted over thin and over thick objects.
 
-    An object is thin when its largest Euclidean distance to its own surface is at most ``depth_voxels`` (a
-    neurite of radius up to about that). Splits of thin neurites along their length and splits of cells show
+    An object is thin as :func:`thin_objects` says (its largest distance to its own surface at most
+    ``depth_voxels``: a neurite of radius up to about that; the volume's faces are not its surface). Splits of thin neurites along their length and splits of cells show
     apart, which the adapted Rand error mixes (and weighs by size, so that thin objects hardly count).
 
     Parameters
@@ -158,6 +182,7 @@ def kept_whole(segmentation: np.ndarray, truth: np.ndarray, mask: np.ndarray | N
     _check_same_shape(segmentation=segmentation, truth=truth, mask=mask)
     inside = np.ones(truth.shape, bool) if mask is None else mask.astype(bool)
     truth = np.asarray(truth)
+    thin = thin_objects(truth, depth_voxels)
     sums = {True: [0, 0.0, 0], False: [0, 0.0, 0]}  # objects, voxels in the largest segment, voxels
     for label, box in enumerate(ndimage.find_objects(truth), start=1):
         if box is None:
@@ -166,9 +191,8 @@ def kept_whole(segmentation: np.ndarray, truth: np.ndarray, mask: np.ndarray | N
         counted = obj & inside[box]
         if not counted.any():
             continue
-        depth = ndimage.distance_transform_edt(np.pad(obj, 1)).max()
         _, k = np.unique(np.asarray(segmentation[box])[counted], return_counts=True)
-        entry = sums[bool(depth <= depth_voxels)]
+        entry = sums[bool(thin[box][obj].any())]
         entry[0] += 1
         entry[1] += float(k.max())
         entry[2] += int(k.sum())

@@ -16,6 +16,7 @@ import torch
 from scipy import ndimage
 
 from .data import LabelledVolume, affinities_from_labels
+from .evaluate import thin_objects
 from .postprocess import voxel_affinity
 from .unet import AffinityModel, UNet3D, UNetConfig, volume_norm
 
@@ -58,6 +59,10 @@ class TrainConfig:
         a monotone grey-level curve, a blur, a smooth contrast field and a smooth offset, so that the network
         learns boundaries rather than one simulator's grey levels and sharpness. 0 disables it (it applies only
         with ``augment``).
+    thin_weight : float
+        Factor on the weight of the links inside thin objects (whose largest distance to their own surface is
+        at most :data:`~.evaluate.THIN_DEPTH` voxels: neurites), after class balancing: a thin neurite has few interior
+        links, and the network cuts it along its length (``evaluate.kept_whole``). 1 disables it.
     """
 
     iterations: int = 2000
@@ -72,6 +77,7 @@ class TrainConfig:
     class_balance: bool = True
     shading: float = 0.5
     randomise: float = 0.0
+    thin_weight: float = 1.0
 
 
 def randomise_look(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -130,7 +136,8 @@ class PatchSampler:
 
     def __init__(self, volumes: Sequence[LabelledVolume], net: UNet3D, norm: dict, output_shape: Sequence[int],
                  seed: int = 0, augment: bool = True, min_mask_fraction: float = 0.5,
-                 class_balance: bool = True, shading: float = 0.0, randomise: float = 0.0) -> None:
+                 class_balance: bool = True, shading: float = 0.0, randomise: float = 0.0,
+                 thin_weight: float = 1.0) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.in_shape = net.valid_input_shape(tuple(output_shape))  # type: ignore[arg-type]
@@ -141,7 +148,8 @@ class PatchSampler:
         self.augment, self.min_mask, self.class_balance = augment, min_mask_fraction, class_balance
         self.shading = shading if augment else 0.0
         self.randomise = randomise if augment else 0.0
-        self.items, self.depth = [], []
+        self.thin_weight = thin_weight
+        self.items, self.depth, self.thin = [], [], []
         for v in volumes:
             if any(s < o for s, o in zip(v.raw.shape, self.out_shape)):
                 raise ValueError(f"{v.source}: volume {v.raw.shape} smaller than the output patch {self.out_shape}")
@@ -154,6 +162,8 @@ class PatchSampler:
                 inside = voxel_affinity(affinities_from_labels(edged))[1:-1, 1:-1, 1:-1] > 0
                 depth = ndimage.distance_transform_edt(inside)
                 self.depth.append(np.pad(depth, pad, mode="reflect").astype(np.float16))  # float16: memory
+            if thin_weight != 1:
+                self.thin.append(thin_objects(v.labels))
         self.weights = np.array([v.mask.sum() for v in volumes], float)
         self.weights /= self.weights.sum()
 
@@ -176,14 +186,15 @@ class PatchSampler:
             ramp = np.minimum(self.depth[k][inbox].astype(np.float32) / np.float32(rng.uniform(*SHADING_DEPTH)), 1)
             x = x - np.float32(rng.uniform(0.0, SHADING_STRENGTH)) * ramp
         lab = labels[box]
+        thin = self.thin[k][box] if self.thin else np.zeros(o, bool)
         if self.augment:
             for ax in range(3):
                 if rng.random() < 0.5:
-                    x, lab, m = (np.flip(a, ax) for a in (x, lab, m))
+                    x, lab, m, thin = (np.flip(a, ax) for a in (x, lab, m, thin))
             same = [ax for ax in range(3) if self.in_shape[ax] == self.in_shape[0]]
             if len(same) == 3:
                 perm = tuple(rng.permutation(3))
-                x, lab, m = (np.transpose(a, perm) for a in (x, lab, m))
+                x, lab, m, thin = (np.transpose(a, perm) for a in (x, lab, m, thin))
             if self.randomise > 0 and rng.random() < self.randomise:
                 x = randomise_look(np.asarray(x, np.float32), rng)
             x = x * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)
@@ -202,6 +213,8 @@ class PatchSampler:
             w[pos] = 0.5 * known.sum() / n_pos
         if n_neg:
             w[neg] = 0.5 * known.sum() / n_neg
+        if self.thin:
+            w[pos & thin[None]] *= self.thin_weight  # a positive link's voxel is inside its thin object
         return (np.ascontiguousarray(x, np.float32)[None], aff, w / max(known.sum(), 1) * known.size)
 
 
@@ -242,7 +255,7 @@ def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net
     model = resume or AffinityModel(UNet3D(net_config or UNetConfig()))
     net = model.net.to(device).train()
     sampler = PatchSampler(volumes, net, model.norm, cfg.output_shape, cfg.seed, cfg.augment, cfg.min_mask_fraction,
-                           cfg.class_balance, cfg.shading, cfg.randomise)
+                           cfg.class_balance, cfg.shading, cfg.randomise, cfg.thin_weight)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     record = dict(model.record) if resume else {}
     curve: list[list[float]] = list(record.get("loss_curve", []))
