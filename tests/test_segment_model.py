@@ -21,8 +21,8 @@ from xnh_stream.segment.unet import SHIPPED_MODEL, AffinityModel
 
 HELD_OUT_SEED = 1000  # training used seeds 1-8, tuning 9-10 (see the model's record)
 #: Bound on the held-out adapted Rand error; the shipped model's measured value is in docs/segmentation.md.
-ARAND_BOUND = 0.3  # measured 0.206 on this seed, the hardest of eight held-out neural seeds (docs/segmentation.md)
-TARGET_SEED, TARGET = 2000, 0.1  # the target, on a second held-out seed (measured 0.065)
+ARAND_BOUND = 0.3  # measured 0.228 on this seed (stage 11), the hardest of eight held-out neural seeds (docs/segmentation.md)
+TARGET_SEED, TARGET = 2000, 0.1  # the target, on a second held-out seed (measured 0.064)
 DICE_BOUND = 0.35  # measured 0.45: nucleoplasm is as light as the resin around the tissue
 
 
