@@ -36,6 +36,7 @@ from skimage.measure import label as connected_components
 
 from .materials import MATERIAL_ORDER, material_indices
 from .phantom import Phantom
+from .pin import check_pin
 
 __all__ = ["make_voronoi_tissue"]
 
@@ -134,20 +135,9 @@ def make_voronoi_tissue(
         ``labels`` 1..N (membranes, myelin, resin and air 0; nuclei carry their cell's label), ``membrane``
         (stained voxels: membranes, myelin, nuclear envelopes), ``mito``, ``nucleus``, ``sample``.
     """
-    nz, ny, nx = (int(n) for n in shape)
-    if len(tuple(shape)) != 3 or min(nz, ny, nx) < 8:
-        raise ValueError(f"shape must be three sizes of at least 8 voxels, got {tuple(shape)}")
-    if not (np.isfinite(voxel_m) and voxel_m > 0):
-        raise ValueError(f"voxel_m must be positive, got {voxel_m}")
-    R = 0.4 * min(ny, nx) if sample_radius_px is None else float(sample_radius_px)
-    if not (np.isfinite(R) and 4 <= R <= min(ny, nx) / 2):
-        raise ValueError(f"sample_radius_px must be in [4, min(ny, nx)/2 = {min(ny, nx) / 2}], got {R}")
-    if not cell_spacing_px >= 4:
-        raise ValueError(f"cell_spacing_px must be >= 4, got {cell_spacing_px}")
-    for name, (lo, hi), low, high in (("tube_radius_px", tube_radius_px, 0.5, R), ("membrane_px", membrane_px, 0, 5),
-                                      ("stain", stain, 0, 1)):
-        if not (low <= lo <= hi <= high):
-            raise ValueError(f"{name} must be a range within [{low}, {high}], got {(lo, hi)}")
+    nz, ny, nx, R = check_pin(shape, voxel_m, sample_radius_px, cell_spacing_px,
+                              {"tube_radius_px": (tube_radius_px, 0.5, None),
+                               "membrane_px": (membrane_px, 0, 5), "stain": (stain, 0, 1)})
     if not (0 <= soma_fraction <= 1 and 0 <= myelin_fraction <= 1):
         raise ValueError("soma_fraction and myelin_fraction must lie in [0, 1]")
     indices = material_indices(energy_kev)
