@@ -265,6 +265,6 @@ def simulate_labelled(seed: int, workdir: str | Path | None = None, family: str 
         from skimage.measure import label as connected
 
         labels = connected(labels, background=0, connectivity=1).astype(np.uint32)
-    meta = {"seed": seed, "family": family, "tissue": {k: v for k, v in tissue.items()}, "simulation": {k: v for k, v in record["config"].items()}}
+    meta = {"seed": seed, "family": family, "tissue": dict(tissue), "simulation": dict(record["config"])}
     name = f"simulated seed {seed}" if family == "neural" else f"simulated {family} seed {seed}"
     return LabelledVolume(raw, labels, truth["field_of_view"].astype(bool), float(record["voxel_m"]), name, meta)

@@ -119,23 +119,30 @@ def count_merges(segmentation: np.ndarray, truth: np.ndarray, min_voxels: int = 
 THIN_DEPTH = 3.5
 
 
-def thin_objects(labels: np.ndarray, depth_voxels: float = THIN_DEPTH) -> np.ndarray:
-    """Voxels of the objects (labels > 0) whose largest Euclidean distance to their own surface is at most
-    ``depth_voxels`` (the volume's faces are not surfaces)."""
-    labels = np.asarray(labels)
-    if not labels.any():
-        return np.zeros(labels.shape, bool)
+def object_depth(labels: np.ndarray) -> np.ndarray:
+    """Per voxel, its Euclidean distance to the nearest voxel of its object that touches another label (0 on
+    those voxels and on label 0); the volume's faces are not boundaries."""
+    from scipy import ndimage
+
     from .data import affinities_from_labels
     from .postprocess import voxel_affinity
 
     edged = np.pad(labels, 1, mode="edge")
     inside = voxel_affinity(affinities_from_labels(edged))[1:-1, 1:-1, 1:-1] > 0
+    return ndimage.distance_transform_edt(inside)
+
+
+def thin_objects(labels: np.ndarray, depth_voxels: float = THIN_DEPTH) -> np.ndarray:
+    """Voxels of the objects (labels > 0) whose largest distance to their own surface is at most ``depth_voxels``
+    (:func:`object_depth` + 1: a voxel with a boundary face is 1 deep; the volume's faces are not surfaces)."""
     from scipy import ndimage
 
-    depth = ndimage.distance_transform_edt(inside) + 1.0  # a voxel with a boundary face is 1 deep
+    labels = np.asarray(labels)
+    if not labels.any():
+        return np.zeros(labels.shape, bool)
     ids = np.arange(1, int(labels.max()) + 1)
     deepest = np.zeros(len(ids) + 1)
-    deepest[1:] = ndimage.maximum(depth, labels, ids)
+    deepest[1:] = ndimage.maximum(object_depth(labels) + 1.0, labels, ids)
     return (deepest <= depth_voxels)[labels] & (labels > 0)
 
 
@@ -160,8 +167,9 @@ def kept_whole(segmentation: np.ndarray, truth: np.ndarray, mask: np.ndarray | N
     """Share of each truth object's voxels in its largest segment, voxel-weighted over thin and over thick objects.
 
     An object is thin as :func:`thin_objects` says (its largest distance to its own surface at most
-    ``depth_voxels``: a neurite of radius up to about that; the volume's faces are not its surface). Splits of thin neurites along their length and splits of cells show
-    apart, which the adapted Rand error mixes (and weighs by size, so that thin objects hardly count).
+    ``depth_voxels``: a neurite of radius up to about that; the volume's faces are not its surface). Splits of
+    thin neurites along their length and splits of cells show apart, which the adapted Rand error mixes (and
+    weighs by size, so that thin objects hardly count).
 
     Parameters
     ----------

@@ -16,8 +16,7 @@ import torch
 from scipy import ndimage
 
 from .data import LabelledVolume, affinities_from_labels
-from .evaluate import thin_objects
-from .postprocess import voxel_affinity
+from .evaluate import object_depth, thin_objects
 from .unet import AffinityModel, UNet3D, UNetConfig, volume_norm
 
 
@@ -61,8 +60,8 @@ class TrainConfig:
         with ``augment``).
     thin_weight : float
         Factor on the weight of the links inside thin objects (whose largest distance to their own surface is
-        at most :data:`~.evaluate.THIN_DEPTH` voxels: neurites), after class balancing: a thin neurite has few interior
-        links, and the network cuts it along its length (``evaluate.kept_whole``). 1 disables it.
+        at most :data:`~.evaluate.THIN_DEPTH` voxels: neurites), after class balancing: a thin neurite has few
+        interior links, and the network cuts it along its length (``evaluate.kept_whole``). 1 disables it.
     """
 
     iterations: int = 2000
@@ -158,9 +157,7 @@ class PatchSampler:
             raw = np.pad((v.raw - c) / s, pad, mode="reflect").astype(np.float32)
             self.items.append((raw, v.labels, v.mask))
             if self.shading > 0:  # depth of each voxel inside its object (0 on boundaries and background)
-                edged = np.pad(v.labels, 1, mode="edge")  # the volume's faces are not boundaries
-                inside = voxel_affinity(affinities_from_labels(edged))[1:-1, 1:-1, 1:-1] > 0
-                depth = ndimage.distance_transform_edt(inside)
+                depth = object_depth(v.labels)  # the volume's faces are not boundaries
                 self.depth.append(np.pad(depth, pad, mode="reflect").astype(np.float16))  # float16: memory
             if thin_weight != 1:
                 self.thin.append(thin_objects(v.labels))
