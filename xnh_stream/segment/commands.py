@@ -58,7 +58,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(iterations=a.iterations, output_shape=tuple(a.output_patch), lr=a.lr, seed=a.seed,
                       checkpoint_every=a.checkpoint_every, threads=a.threads, device=a.device,
                       class_balance=not a.no_class_balance, shading=a.shading, randomise=a.randomise,
-                      thin_weight=a.thin_weight)
+                      thin_weight=a.thin_weight, lsd_weight=a.lsd_weight)
     net_cfg = UNetConfig(num_fmaps=a.fmaps, fmap_inc_factor=a.fmap_inc, convs_per_level=a.convs_per_level)
     resume = AffinityModel.load(a.resume) if a.resume else None
     model = train(train_vols, cfg, net_cfg, out=a.out, resume=resume)  # checkpoints beside --out
@@ -361,6 +361,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     s.add_argument("--thin-weight", type=float, default=1.0,
                    help="factor on the weight of the links inside thin objects (neurites at most 3.5 voxels deep), "
                         "which the network cuts along their length (default %(default)s: off)")
+    s.add_argument("--lsd-weight", type=float, default=0.0,
+                   help="weight of an auxiliary loss on local shape descriptors predicted by a second head "
+                        "(segment/lsd.py; training only, inference reads the affinities; default %(default)s: off)")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
     _add_common(s)
     s.set_defaults(func=cmd_train)

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from .data import LabelledVolume, affinities_from_labels
 from .evaluate import object_depth, thin_objects
+from .lsd import LSD_CHANNELS, flip_descriptors, local_shape_descriptors, transpose_descriptors
 from .unet import AffinityModel, UNet3D, UNetConfig, volume_norm
 
 
@@ -62,6 +63,9 @@ class TrainConfig:
         Factor on the weight of the links inside thin objects (whose largest distance to their own surface is
         at most :data:`~.evaluate.THIN_DEPTH` voxels: neurites), after class balancing: a thin neurite has few
         interior links, and the network cuts it along its length (``evaluate.kept_whole``). 1 disables it.
+    lsd_weight : float
+        Weight of an auxiliary loss: the mean squared error of a second head's local shape descriptors
+        (:mod:`~.lsd`, inside the objects) added to the affinities' loss. 0 disables it (no LSD head).
     """
 
     iterations: int = 2000
@@ -77,6 +81,7 @@ class TrainConfig:
     shading: float = 0.5
     randomise: float = 0.0
     thin_weight: float = 1.0
+    lsd_weight: float = 0.0
 
 
 def randomise_look(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -136,7 +141,7 @@ class PatchSampler:
     def __init__(self, volumes: Sequence[LabelledVolume], net: UNet3D, norm: dict, output_shape: Sequence[int],
                  seed: int = 0, augment: bool = True, min_mask_fraction: float = 0.5,
                  class_balance: bool = True, shading: float = 0.0, randomise: float = 0.0,
-                 thin_weight: float = 1.0) -> None:
+                 thin_weight: float = 1.0, lsd: bool = False) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.in_shape = net.valid_input_shape(tuple(output_shape))  # type: ignore[arg-type]
@@ -148,7 +153,7 @@ class PatchSampler:
         self.shading = shading if augment else 0.0
         self.randomise = randomise if augment else 0.0
         self.thin_weight = thin_weight
-        self.items, self.depth, self.thin = [], [], []
+        self.items, self.depth, self.thin, self.lsd = [], [], [], []
         for v in volumes:
             if any(s < o for s, o in zip(v.raw.shape, self.out_shape)):
                 raise ValueError(f"{v.source}: volume {v.raw.shape} smaller than the output patch {self.out_shape}")
@@ -161,11 +166,14 @@ class PatchSampler:
                 self.depth.append(np.pad(depth, pad, mode="reflect").astype(np.float16))  # float16: memory
             if thin_weight != 1:
                 self.thin.append(thin_objects(v.labels))
+            if lsd:  # the whole volume's descriptors, once (float16: memory); augmented with the patch
+                self.lsd.append(local_shape_descriptors(v.labels).astype(np.float16))
         self.weights = np.array([v.mask.sum() for v in volumes], float)
         self.weights /= self.weights.sum()
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One patch: input ``[1, *in_shape]``, targets and weights ``[C, *out_shape]``."""
+    def sample(self) -> tuple[np.ndarray, ...]:
+        """One patch: input ``[1, *in_shape]``, targets and weights ``[C, *out_shape]``; with ``lsd``, also the
+        local shape descriptors ``[10, *out_shape]`` and their weights ``[1, *out_shape]`` (objects in the mask)."""
         rng, o = self.rng, self.out_shape
         for _ in range(1000):
             k = rng.choice(len(self.items), p=self.weights)
@@ -184,14 +192,17 @@ class PatchSampler:
             x = x - np.float32(rng.uniform(0.0, SHADING_STRENGTH)) * ramp
         lab = labels[box]
         thin = self.thin[k][box] if self.thin else np.zeros(o, bool)
+        lsd = self.lsd[k][(slice(None),) + box].astype(np.float32) if self.lsd else None
         if self.augment:
             for ax in range(3):
                 if rng.random() < 0.5:
                     x, lab, m, thin = (np.flip(a, ax) for a in (x, lab, m, thin))
+                    lsd = None if lsd is None else flip_descriptors(lsd, ax)
             same = [ax for ax in range(3) if self.in_shape[ax] == self.in_shape[0]]
             if len(same) == 3:
                 perm = tuple(rng.permutation(3))
                 x, lab, m, thin = (np.transpose(a, perm) for a in (x, lab, m, thin))
+                lsd = None if lsd is None else transpose_descriptors(lsd, perm)  # type: ignore[arg-type]
             if self.randomise > 0 and rng.random() < self.randomise:
                 x = randomise_look(np.asarray(x, np.float32), rng)
             x = x * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)
@@ -202,8 +213,11 @@ class PatchSampler:
                           for o_ in self.offsets])
         pos = (aff > 0) & (known > 0)
         neg = (aff == 0) & (known > 0)
+        extra: tuple[np.ndarray, ...] = ()
+        if lsd is not None:
+            extra = (np.ascontiguousarray(lsd), ((lab > 0) & (m > 0)).astype(np.float32)[None])
         if not self.class_balance:
-            return np.ascontiguousarray(x, np.float32)[None], aff, known.astype(np.float32)
+            return (np.ascontiguousarray(x, np.float32)[None], aff, known.astype(np.float32)) + extra
         w = np.zeros_like(aff)
         n_pos, n_neg = pos.sum(), neg.sum()
         if n_pos:
@@ -212,7 +226,7 @@ class PatchSampler:
             w[neg] = 0.5 * known.sum() / n_neg
         if self.thin:
             w[pos & thin[None]] *= self.thin_weight  # a positive link's voxel is inside its thin object
-        return (np.ascontiguousarray(x, np.float32)[None], aff, w / max(known.sum(), 1) * known.size)
+        return (np.ascontiguousarray(x, np.float32)[None], aff, w / max(known.sum(), 1) * known.size) + extra
 
 
 def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net_config: UNetConfig | None = None,
@@ -251,8 +265,10 @@ def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net
     torch.manual_seed(cfg.seed)
     model = resume or AffinityModel(UNet3D(net_config or UNetConfig()))
     net = model.net.to(device).train()
+    if cfg.lsd_weight > 0:
+        net.add_lsd_head(LSD_CHANNELS)
     sampler = PatchSampler(volumes, net, model.norm, cfg.output_shape, cfg.seed, cfg.augment, cfg.min_mask_fraction,
-                           cfg.class_balance, cfg.shading, cfg.randomise, cfg.thin_weight)
+                           cfg.class_balance, cfg.shading, cfg.randomise, cfg.thin_weight, lsd=cfg.lsd_weight > 0)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     record = dict(model.record) if resume else {}
     curve: list[list[float]] = list(record.get("loss_curve", []))
@@ -261,11 +277,17 @@ def train(volumes: Sequence[LabelledVolume], cfg: TrainConfig | None = None, net
     t0, window = time.perf_counter(), []
     bar = tqdm(range(cfg.iterations), desc="train", unit="it", disable=not progress)
     for it in bar:
-        x, y, w = sampler.sample()
-        xt, yt, wt = (torch.from_numpy(np.ascontiguousarray(a)).to(device)[None] for a in (x, y, w))
-        pred = net(xt)
+        xt, yt, wt, *aux = (torch.from_numpy(np.ascontiguousarray(a)).to(device)[None] for a in sampler.sample())
+        if aux:
+            pred, lsd_pred = net.forward_with_lsd(xt)
+        else:
+            pred = net(xt)
         loss = (torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), yt, reduction="none")
                 * wt).mean()
+        if aux:  # mean squared error of the descriptors over the objects' voxels
+            lsd_t, lsd_w = aux
+            loss = loss + cfg.lsd_weight * (((lsd_pred - lsd_t) ** 2) * lsd_w).sum() / (
+                lsd_w.sum() * LSD_CHANNELS).clamp(min=1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -37,6 +37,9 @@ class UNetConfig:
         Valid 3x3x3 convolutions (each followed by ReLU) per level and side.
     offsets : list of (int, int, int)
         Affinity neighbourhood; one output channel per offset.
+    lsd_channels : int
+        Channels of a second head that predicts the local shape descriptors (:mod:`~.lsd`) during training
+        (``train --lsd-weight``); 0: none. Inference reads the affinities only.
     """
 
     num_fmaps: int = 12
@@ -44,6 +47,7 @@ class UNetConfig:
     downsample_factors: list = field(default_factory=lambda: [[2, 2, 2]] * 3)
     convs_per_level: int = 2
     offsets: list = field(default_factory=lambda: [list(o) for o in NEAREST_OFFSETS])
+    lsd_channels: int = 0
 
 
 def _conv_block(cin: int, cout: int, n: int) -> nn.Sequential:
@@ -75,8 +79,16 @@ class UNet3D(nn.Module):
                                        for i in range(n)])
         self.up = nn.ModuleList([_conv_block(2 * fm[i], fm[i], cfg.convs_per_level) for i in range(n)])
         self.head = nn.Conv3d(fm[0], len(cfg.offsets), 1)
+        self.lsd_head = nn.Conv3d(fm[0], cfg.lsd_channels, 1) if cfg.lsd_channels else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def add_lsd_head(self, channels: int) -> None:
+        """Give a network trained without it a (new, untrained) local-shape-descriptor head."""
+        if self.lsd_head is None:
+            self.config.lsd_channels = int(channels)
+            self.lsd_head = nn.Conv3d(self.head.in_channels, channels, 1).to(self.head.weight.device)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The top level's feature maps, which the heads read."""
         skips = []
         for conv, pool in zip(self.down, self.pool):
             x = conv(x)
@@ -86,7 +98,18 @@ class UNet3D(nn.Module):
         for i in reversed(range(len(self.up))):
             x = self.upsample[i](x)
             x = self.up[i](torch.cat([_crop_to(skips[i], x.shape), x], dim=1))
-        return torch.sigmoid(self.head(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Affinities in ``[0, 1]``."""
+        return torch.sigmoid(self.head(self.features(x)))
+
+    def forward_with_lsd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Affinities and local shape descriptors (sigmoid), from one pass; needs the LSD head."""
+        if self.lsd_head is None:
+            raise ValueError("this network has no local-shape-descriptor head (UNetConfig.lsd_channels = 0)")
+        f = self.features(x)
+        return torch.sigmoid(self.head(f)), torch.sigmoid(self.lsd_head(f))
 
     # ------------------------------------------------------------------ shapes
     def _axis_output(self, s: int, ax: int) -> int | None:
