@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from xnh_stream.chain.batch import process_scan
-from xnh_stream.chain.final import ChainLayout
+from xnh_stream.chain.final import ChainLayout, FinalChain
 from xnh_stream.chain.report import ScanReport
+from xnh_stream.chain.scan import ScanIndex
 from xnh_stream.config import ProcessConfig
 from xnh_stream.io.omezarr import read_volume
 from xnh_stream.simulate.scan import SimulationConfig, read_truth, simulate_scan
@@ -67,6 +68,14 @@ def test_without_an_output_folder_the_temporary_work_goes_with_the_result(scan, 
     assert temporary.name.startswith("xnh-final-") and temporary.exists()
     np.testing.assert_array_equal(result.volume, expected.volume)
     del result
+    gc.collect()
+    assert not temporary.exists()
+    # a chain whose steps are called one by one (as tests/test_plausibility.py does) removes its own
+    chain = FinalChain(ScanIndex.read(scan), None, config)
+    chain.calibrate()
+    temporary = chain.work.path.parent
+    assert temporary.name.startswith("xnh-final-") and temporary.exists()
+    del chain
     gc.collect()
     assert not temporary.exists()
 

@@ -609,8 +609,10 @@ class FinalChain:
         self.quarantine: dict[str, QuarantinedFrame] = {}
         self.timing: dict[str, float] = {}
         self._work: WorkFolder | None = None  # opened by run(), under the output folder's lock
-        #: without an output folder: the temporary folder that holds the work (the result removes it)
+        #: without an output folder: the temporary folder that holds the work, removed with this chain (steps
+        #: called one by one) or, once :meth:`run` hands it over, with the result
         self._temporary: Path | None = None
+        self._temporary_owner: weakref.finalize | None = None
         geo = index.geometry
         self.geometry = geo
         self.K = len(geo.distances)
@@ -633,6 +635,7 @@ class FinalChain:
                 base = self.out
             else:
                 base = self._temporary = Path(tempfile.mkdtemp(prefix="xnh-final-"))
+                self._temporary_owner = weakref.finalize(self, shutil.rmtree, base, True)
             self._work = WorkFolder(base / WORK_NAME, self._spec())
         return self._work
 
@@ -1295,10 +1298,11 @@ class FinalChain:
             try:
                 result = self._run(journal)
             except BaseException:
-                if self._temporary is not None:
-                    shutil.rmtree(self._temporary, ignore_errors=True)
+                if self._temporary_owner is not None:
+                    self._temporary_owner()  # removes it now
                 raise
-            if self._temporary is not None:
+            if self._temporary_owner is not None:
+                self._temporary_owner.detach()  # the result reads its volume from there: it owns the folder now
                 result.keep_temporary(self._temporary)
             return result
         with OutputLock(self.out, "xnh-stream final pass"):  # re-entrant: the command may hold it already
