@@ -609,9 +609,8 @@ class FinalChain:
         self.quarantine: dict[str, QuarantinedFrame] = {}
         self.timing: dict[str, float] = {}
         self._work: WorkFolder | None = None  # opened by run(), under the output folder's lock
-        #: without an output folder: the temporary folder that holds the work, removed with this chain (steps
-        #: called one by one) or, once :meth:`run` hands it over, with the result
-        self._temporary: Path | None = None
+        #: without an output folder: the removal of the temporary folder that holds the work, with this chain
+        #: (steps called one by one) or, once :meth:`run` hands the folder over, with the result
         self._temporary_owner: weakref.finalize | None = None
         geo = index.geometry
         self.geometry = geo
@@ -634,7 +633,7 @@ class FinalChain:
             if self.out is not None:
                 base = self.out
             else:
-                base = self._temporary = Path(tempfile.mkdtemp(prefix="xnh-final-"))
+                base = Path(tempfile.mkdtemp(prefix="xnh-final-"))
                 self._temporary_owner = weakref.finalize(self, shutil.rmtree, base, True)
             self._work = WorkFolder(base / WORK_NAME, self._spec())
         return self._work
@@ -1303,7 +1302,7 @@ class FinalChain:
                 raise
             if self._temporary_owner is not None:
                 self._temporary_owner.detach()  # the result reads its volume from there: it owns the folder now
-                result.keep_temporary(self._temporary)
+                result.keep_temporary(self.work.path.parent)
             return result
         with OutputLock(self.out, "xnh-stream final pass"):  # re-entrant: the command may hold it already
             finished = self._resume_end()
