@@ -44,16 +44,16 @@ def local_shape_descriptors(labels: np.ndarray, sigma: float = LSD_SIGMA) -> np.
     out = np.zeros((LSD_CHANNELS,) + labels.shape, np.float32)
     reach = int(np.ceil(3 * sigma))
     boxes = ndimage.find_objects(labels.astype(np.int64, copy=False))
+
+    def smooth(a: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(a, sigma, mode="constant", truncate=3.0)
+
     for lab, box in enumerate(boxes, start=1):
         if box is None:
             continue
         grown = tuple(slice(max(s.start - reach, 0), min(s.stop + reach, n)) for s, n in zip(box, labels.shape))
         m = (labels[grown] == lab).astype(np.float64)
         coords = np.meshgrid(*(np.arange(s.stop - s.start, dtype=np.float64) for s in grown), indexing="ij")
-
-        def smooth(a: np.ndarray) -> np.ndarray:
-            return ndimage.gaussian_filter(a, sigma, mode="constant", truncate=3.0)
-
         s0 = smooth(m)
         inside = m > 0
         safe = np.where(inside, s0, 1.0)
