@@ -10,6 +10,7 @@ reconstructions through the chain is measured by ``bench/bench_seams.py`` (docs/
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +89,39 @@ def test_threaded_neurites_run_through_every_scan(column):
     import cc3d
 
     assert cc3d.connected_components(sim.labels == sim.neurites[0]).max() == 1
+
+
+def test_a_bent_chain_moves_each_scan_across_and_keeps_its_truth(tmp_path):
+    """The simulated leg bends (issue 20, item 4): the pin and its neurites follow a parabolic arc, each scan
+    centred on it. What the chain is scored against must be where the scan looked: each scan's own truth
+    (truth.h5, written by the scan simulator from its crop) equals the bent phantom's labels at the scan's true
+    place; neighbours are offset across the axis, the middle one by the arc; each neurite stays one object
+    crossing every scan."""
+    import cc3d
+    import h5py
+
+    from xnh_stream.simulate.overlap import bend_offsets, simulate_overlap_nxtomo
+
+    arc = bend_offsets(101, 20.0, 30.0)
+    assert arc[0].tolist() == arc[-1].tolist() == [0, 0] and arc[50].tolist() == [10, 17]  # 20 (sin, cos 30)
+    assert np.all(np.diff(arc[:51], axis=0) >= 0) and np.all(np.diff(arc[50:], axis=0) <= 0)
+    with pytest.raises(ValueError, match="bend_px"):
+        bend_offsets(10, -1.0)
+    sim = simulate_overlap_nxtomo(tmp_path / "raw", n_scans=4, nx=64, n_angles=6, max_error_voxels=3, seed=2,
+                                  neurites=2, bend_px=12, overlap=0.4, sample_radius_px=0.44 * 64)
+    places = np.array([s.true_origin_m for s in sim.scans]) / VOXEL
+    across = places[:, 1:] - places[0, 1:]  # the arc at each scan's middle row: 0, up, up, 0 (symmetric)
+    assert np.all(across[1] > 0) and np.all(across[2] > 0) and np.all(across[3] == 0)
+    assert np.all(across <= 12) and across[1, 1] > across[1, 0]  # towards 30 degrees from x: more along x
+    for s in sim.scans:
+        with h5py.File(Path(s.out) / "truth.h5") as f:
+            own = f["labels"][()]
+        np.testing.assert_array_equal(own, sim.render_labels(s.true_origin_m, s.voxel_m, s.shape))
+        for nid in sim.neurites:
+            assert (own == nid).sum() > 500, (s.name, nid)
+    for nid in sim.neurites:
+        assert cc3d.connected_components(sim.labels == nid).max() == 1
+    assert json.loads((sim.folder / "overlap.json").read_text())["bend"] == {"bend_px": 12, "angle_deg": 30.0}
 
 
 def _truth_and_oracle(sim, res) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

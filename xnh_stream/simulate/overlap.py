@@ -338,6 +338,37 @@ def thread_neurites(phantom: Phantom, n: int = 1, radius_px: float = 4.0, seed: 
     return tuple(ids)
 
 
+def bend_offsets(nz: int, bend_px: float, angle_deg: float = 30.0) -> np.ndarray:
+    """Whole-voxel sideways offsets ``[nz, (y, x)]`` of a parabolic arc: 0 at both ends, ``bend_px`` voxels at
+    the middle, towards ``angle_deg`` from ``x`` in the ``y x`` plane (non-negative along each axis for angles
+    in [0, 90])."""
+    if not (np.isfinite(bend_px) and bend_px >= 0):
+        raise ValueError(f"bend_px must be >= 0, got {bend_px}")
+    t = np.arange(nz) / max(nz - 1, 1)
+    sag = bend_px * 4 * t * (1 - t)
+    a = np.deg2rad(angle_deg)
+    return np.rint(sag[:, None] * np.array([np.sin(a), np.cos(a)])).astype(int)
+
+
+def bend_phantom(phantom: Phantom, offsets: np.ndarray) -> Phantom:
+    """The phantom with slice ``z`` moved sideways by ``offsets[z]`` (whole voxels, ``y x``, non-negative) on a
+    grid wide enough to hold every slice; air where no slice lands."""
+    nz, ny, nx = phantom.shape
+    offsets = np.asarray(offsets, dtype=int)
+    if offsets.shape != (nz, 2) or offsets.min() < 0:
+        raise ValueError(f"offsets must be non-negative whole voxels of shape ({nz}, 2), got {offsets.shape}")
+    wide = (nz, ny + int(offsets[:, 0].max()), nx + int(offsets[:, 1].max()))
+    fields = {}
+    for name in ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample", "material"):
+        src = getattr(phantom, name)
+        dst = np.zeros(wide, dtype=src.dtype)  # air: delta = beta = 0, label 0, material 0 (MATERIAL_ORDER)
+        for z, (oy, ox) in enumerate(offsets):
+            dst[z, oy : oy + ny, ox : ox + nx] = src[z]
+        fields[name] = dst
+    return Phantom(**fields, voxel_m=phantom.voxel_m, energy_kev=phantom.energy_kev, cell_ids=phantom.cell_ids,
+                   material_names=phantom.material_names)
+
+
 def _phantom_for(scans: list[OverlapScan], voxel_m: float, seed: int, margin_voxels: int = 8):
     lo = np.min([np.asarray(s.true_origin_m) for s in scans], axis=0) - margin_voxels * voxel_m
     hi = np.max([np.asarray(s.true_origin_m) + (np.asarray(s.shape) - 1) * s.voxel_m for s in scans], axis=0) \
@@ -353,7 +384,7 @@ def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, .
                      extent_m: float = 4.8e-6, overlap: float = 0.45, max_error_voxels: float = 20.0,
                      blur_voxels: float = 0.8, noise: float = 0.3, offset: float = 0.5, seed: int = 0,
                      isolated: bool = False, scans: list[OverlapScan] | None = None, neurites: int = 0,
-                     neurite_radius_m: float = 400e-9) -> OverlapSet:
+                     neurite_radius_m: float = 400e-9, phantom: tuple[Phantom, tuple] | None = None) -> OverlapSet:
     """Write overlapping scan outputs (``volume.ome.zarr`` + ``report.json`` each) of one phantom.
 
     Parameters
@@ -374,6 +405,9 @@ def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, .
     neurites : int
         Long neurites of radius ``neurite_radius_m`` threaded along ``z`` through every scan
         (:func:`thread_neurites`); their ids are ``OverlapSet.neurites``.
+    phantom : (Phantom, origin_m), optional
+        The sample to image instead of a tissue cylinder made to cover the scans (e.g. a bent pin in air,
+        :func:`bend_phantom`), with the position of its voxel ``[0, 0, 0]``; at the finest scan voxel.
 
     Returns
     -------
@@ -385,7 +419,12 @@ def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, .
     scans = scans if scans is not None else plan_overlap(n_scans, voxels_m, extent_m, overlap, max_error_voxels,
                                                          seed, isolated)
     fine = min(s.voxel_m for s in scans)
-    phantom, origin = _phantom_for(scans, fine, seed)
+    if phantom is None:
+        phantom, origin = _phantom_for(scans, fine, seed)
+    else:
+        phantom, origin = phantom[0], tuple(float(v) for v in phantom[1])
+        if abs(phantom.voxel_m - fine) > 1e-3 * fine:
+            raise ValueError(f"the phantom's voxel {phantom.voxel_m} m is not the finest scan voxel {fine} m")
     threaded = thread_neurites(phantom, neurites, neurite_radius_m / fine, seed) if neurites else ()
     delta = phantom.delta
     rng = np.random.default_rng(seed + 1)
@@ -418,7 +457,8 @@ def simulate_overlap(out: str | Path, n_scans: int = 4, voxels_m: tuple[float, .
 def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 100e-9, nx: int = 64,
                             overlap: float = 0.5, max_error_voxels: float = 10.0, seed: int = 0,
                             n_angles: int = 120, sample_name: str = "overlap-sample", neurites: int = 0,
-                            neurite_radius_m: float = 400e-9, sample_radius_px: float | None = None) -> OverlapSet:
+                            neurite_radius_m: float = 400e-9, sample_radius_px: float | None = None,
+                            bend_px: float = 0.0, bend_angle_deg: float = 30.0) -> OverlapSet:
     """Write raw four-distance NXtomo scans of one phantom at overlapping places, for an end-to-end run.
 
     Scans are stacked along ``z`` (the rotation axis), each ``nx // 2`` rows high, at the voxel size of the
@@ -431,7 +471,11 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
     neurites of radius ``neurite_radius_m`` are threaded along ``z`` through every scan's field of view
     (:func:`thread_neurites`). ``sample_radius_px`` is the radius of the tissue cylinder in voxels: by default
     wider than the field of view (local tomography); ``0.44 * nx`` puts the sample in air inside it, as the
-    single scans the segmentation network was trained on.
+    single scans the segmentation network was trained on. ``bend_px`` bends the pin sideways along a parabolic
+    arc whose middle lies ``bend_px`` voxels off the line through its ends, towards ``bend_angle_deg`` from
+    ``x`` in the ``y x`` plane (as the paper's leg bends): each ``z`` slice of the straight phantom, neurites
+    included, is moved by the arc's whole-voxel offset at that height, and each scan is centred on the arc at
+    its middle row, so neighbours are offset across the axis as well as along it.
 
     Returns
     -------
@@ -452,14 +496,20 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
     total_z = nz_sim + step * (n_scans - 1)
     radius = n_sim / 2 if sample_radius_px is None else float(sample_radius_px)
     big = make_neural_phantom((total_z, n_sim, n_sim), voxel_m=voxel_m, seed=seed, sample_radius_px=radius)
+    arc = bend_offsets(total_z, bend_px, bend_angle_deg)
+    # within a scan the bent pin drifts off the scan's axis by up to this much: neurites kept inside the view
+    drift = float(np.abs(arc[nz_sim // 2 :] - arc[: total_z - nz_sim // 2]).max()) if total_z > nz_sim // 2 else 0.0
     threaded = thread_neurites(big, neurites, neurite_radius_m / voxel_m, seed,
-                               within_px=min(0.4 * nx, radius - 2)) if neurites else ()
+                               within_px=min(0.4 * nx, radius - 2) - drift) if neurites else ()
+    if bend_px:
+        big = bend_phantom(big, arc)
     # the chain's volume [ny, nx, nx] is the grid's rows margin.., columns x0.. (see ScanModel.write_truth)
     x0 = int(round((n_sim - 1) / 2 - (nx - 1) / 2))
     scans = []
     for k in range(n_scans):
         z = k * step
-        crop = tuple(slice(a, a + n) for a, n in ((z, nz_sim), (0, n_sim), (0, n_sim)))
+        oy, ox = arc[min(z + nz_sim // 2, total_z - 1)]  # the pin's place at the scan's middle row
+        crop = tuple(slice(a, a + n) for a, n in ((z, nz_sim), (oy, n_sim), (ox, n_sim)))
         fields = {name: getattr(big, name)[crop] for name in
                   ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample", "material")}
         ph = Phantom(**fields, voxel_m=voxel_m, energy_kev=big.energy_kev, cell_ids=big.cell_ids,
@@ -467,7 +517,7 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
         cfg = SimulationConfig(**{**asdict(cfg0), "seed": seed + k, "name": f"scan{k:02d}"})
         folder = out / f"scan{k:02d}"
         sim = simulate_scan(folder, cfg, phantom=ph)
-        true_origin = np.array([z + margin, x0, x0], dtype=float) * voxel_m
+        true_origin = np.array([z + margin, x0 + oy, x0 + ox], dtype=float) * voxel_m
         error = rng.uniform(-max_error_voxels, max_error_voxels, 3) * voxel_m
         nominal_origin = true_origin - error
         shape = (ny, nx, nx)
@@ -487,7 +537,8 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
         scans.append(OverlapScan(f"scan{k:02d}", voxel_m, shape, tuple(true_origin.tolist()),
                                  tuple(nominal_origin.tolist()), 0.0, str(folder)))
     record = {"phantom": {"voxel_m": voxel_m, "origin_m": [0.0, 0.0, 0.0], "shape": list(big.delta.shape)},
-              "scans": [asdict(s) for s in scans], "neurites": list(threaded)}
+              "scans": [asdict(s) for s in scans], "neurites": list(threaded),
+              "bend": {"bend_px": bend_px, "angle_deg": bend_angle_deg}}
     (out / TRUTH_NAME).write_text(json.dumps(record, indent=1))
     return OverlapSet(out, scans, big.delta, voxel_m, (0.0, 0.0, 0.0), 0.0, 0.0, labels=big.labels,
                       neurites=threaded)
