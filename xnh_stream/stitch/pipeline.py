@@ -92,13 +92,13 @@ def stitch_report(st: Stitch, timing: dict | None = None) -> dict:
     for (a, b), r in sorted(results.items()):
         state = link_state.get((a, b))
         links.append({"a": st.scans[a].name, "b": st.scans[b].name, "shift_m": r.shift_m, "ncc": round(r.ncc, 4),
-                      "peak_ratio": round(min(r.peak_ratio, 1e6), 3),
+                      "peak_ratio": round(min(r.peak_ratio, 1e6), 3), "ambiguity": round(r.ambiguity, 3),
                       "voxels": r.voxels, "register_voxel_m": r.register_voxel_m, "coarse_voxel_m": r.coarse_voxel_m,
                       "accepted": r.ok, "used": bool(state and state["used"]),
                       "residual_m": None if state is None else state["residual_m"],
                       "reason": r.reason or (state or {}).get("reason", "")})
     for (a, b), why in sorted(thin.items()):  # near pairs never registered: reported, not links
-        links.append({"a": st.scans[a].name, "b": st.scans[b].name, "shift_m": None, "ncc": None, "peak_ratio": None, "voxels": 0,
+        links.append({"a": st.scans[a].name, "b": st.scans[b].name, "shift_m": None, "ncc": None, "peak_ratio": None, "ambiguity": None, "voxels": 0,
                       "accepted": False, "used": False, "residual_m": None, "reason": why})
     return {
         "software": {"name": "xnh-stream", "version": __version__},
