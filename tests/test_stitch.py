@@ -447,11 +447,10 @@ def test_ray_tasks_give_the_same_volume(column, tmp_path, ray_local):
 def test_end_to_end_from_raw_nxtomo_scans(tmp_path):
     """Raw four-distance NXtomo scans of one phantom, stacked along z with nominal places off by up to 10
     voxels, through the chain; the places read from the NXtomo files (as the chain is to write them into
-    report.json) are corrected by the stitch: along z (the rotation axis) to within half a voxel, across it
-    to within 1.5. Measured: 0.1-0.26 voxel along z, 0.87-1.08 across (y) depending on the chain's version;
-    the two reconstructions' rotation axes agree with the truth to 0.03 px and the simulated drift moves the
-    reconstructions by 0.02 px at most, so the lateral part is neither: it is not attributed yet (open in
-    docs/stitching.md, Limits). On outputs simulated directly the placement is within 0.07 voxel."""
+    report.json) are corrected by the stitch to within a third of a voxel on every axis. Measured (7 Dec 2026):
+    this seed 0.06 / 0.18 / 0.07 voxel (z y x); seeds 5-7 at most 0.23; 128 x 64 windows overlapping 35 %
+    (docs/stitching.md, *End to end*) at most 0.15 with tissue wider than the view, 0.04 for a pin in air.
+    Earlier versions of the chain left 0.87-1.08 voxel across the axis here."""
     from xnh_stream.chain.batch import process_scan
     from xnh_stream.simulate.overlap import simulate_overlap_nxtomo
 
@@ -471,5 +470,4 @@ def test_end_to_end_from_raw_nxtomo_scans(tmp_path):
     miss = (corr - corr.mean(axis=0)) - (err - err.mean(axis=0))
     print(f"\nend to end: position errors {np.round(miss / sim.voxel_m, 3).tolist()} voxels, "
           f"links {[(lk['ncc'], lk['reason']) for lk in res.report['links']]}")
-    assert not res.isolated and np.abs(miss[:, 0]).max() < 0.5 * sim.voxel_m
-    assert np.abs(miss).max() < 1.5 * sim.voxel_m
+    assert not res.isolated and np.abs(miss).max() < 0.33 * sim.voxel_m
