@@ -74,6 +74,9 @@ class StitchSpec:
         Registration voxel (default: the coarser voxel of each pair).
     min_ncc : float
         Lowest correlation of an accepted pair.
+    max_ambiguity : float
+        Refuse a pair whose best rival place correlates more than this share of its match (default 1: the
+        ambiguity is reported in ``stitch.json``, not a gate; see :class:`~.register.RegisterParams`).
     tolerance_m : float or None
         Largest residual of a link kept by the global solve (default: the finest input voxel).
     intensity : str
@@ -98,6 +101,7 @@ class StitchSpec:
     max_shift_m: float = 4e-6
     register_voxel_m: float | None = None
     min_ncc: float = 0.5
+    max_ambiguity: float = 1.0
     tolerance_m: float | None = None
     intensity: str = "offset"
     edge_voxels: float = 2.0
@@ -123,7 +127,8 @@ class StitchSpec:
     def register_params(self) -> RegisterParams:
         """The pairwise registration's parameters."""
         return RegisterParams(max_shift_m=self.max_shift_m, register_voxel_m=self.register_voxel_m,
-                              trim_voxels=self.trim_voxels, fov=self.fov, min_ncc=self.min_ncc)
+                              trim_voxels=self.trim_voxels, fov=self.fov, min_ncc=self.min_ncc,
+                              max_ambiguity=self.max_ambiguity)
 
 
 @dataclass
