@@ -4,9 +4,12 @@ segmented by ``xnh-stream segment --block-shape --swc``, each command in its own
 peak resident memory per process, the stitched places against the truth, seam continuity of the segmentation
 (``bench_seams.py``'s measures) and a cost model for the real leg (12 scans of 2048^3).
 
-    python bench/bench_leg.py [--scans 12] [--nx 128] [--angles 180] [--overlap 0.4] [--voxel-nm 100] [--keep DIR]
+    python bench/bench_leg.py [--scans 12] [--nx 128] [--angles 180] [--overlap 0.4] [--voxel-nm 100]
+                              [--bend-px 48] [--keep DIR]
 
-A straight chain along ``z`` (the simulator stacks scans along the rotation axis); the paper's leg bends.
+The pin bends as the paper's leg does: a parabolic arc whose middle lies ``--bend-px`` voxels off the line
+through its ends (``simulate_overlap_nxtomo``'s ``bend_px``), so neighbouring scans are offset across the
+rotation axis as well as along it; ``--bend-px 0`` gives a straight chain along ``z``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from xnh_stream.io.omezarr import read_volume
 from xnh_stream.segment.evaluate import evaluate
 from xnh_stream.segment.pipeline import find_segmentation
 from xnh_stream.segment.seams import scan_boxes, seam_continuity
-from xnh_stream.simulate.overlap import simulate_overlap_nxtomo
+from xnh_stream.simulate.overlap import OverlapSet, simulate_overlap_nxtomo
+from xnh_stream.stitch.scans import fov_distance, load_scan, sample_scan
 
 CLI = [sys.executable, "-m", "actors.cli"]
 
@@ -52,14 +56,39 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return time.perf_counter() - t0, peak_kib / 1024
 
 
+def _corr(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
+    a, b = a[m] - a[m].mean(), b[m] - b[m].mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def region_correlations(sim: OverlapSet, report: dict, stitched: Path) -> list[tuple[str, float, float]]:
+    """Per placed scan: the stitched volume's and the scan's own correlation with the phantom's delta in the
+    scan's region (its field of view less 4 voxels), the scan resampled onto the stitched grid at its solved
+    place (as tests/test_stitch.py measures it on directly simulated outputs)."""
+    vol, voxel = read_volume(stitched / "volume.ome.zarr")
+    vol = np.asarray(vol)
+    origin = np.asarray(report["output"]["origin_m"])
+    truth = sim.render(origin + true_frame_shift(sim, report), voxel, vol.shape, blur_voxels=0.0)
+    found = []
+    for s in report["scans"]:
+        if not s["placed"]:
+            continue
+        scan = load_scan(s["out"])
+        shift = np.asarray(s["correction_m"])
+        region = fov_distance(scan, shift, origin, voxel, vol.shape, "cylinder") > 4 * scan.voxel_m
+        alone = sample_scan(scan, scan.level_for(voxel), shift, origin, voxel, vol.shape)
+        found.append((s["name"], round(_corr(vol, truth, region), 4), round(_corr(alone, truth, region), 4)))
+    return found
+
+
 def run(work: Path, n_scans: int = 12, nx: int = 128, angles: int = 180, overlap: float = 0.4, seed: int = 11,
-        block: tuple[int, int, int] = (64, 64, 64), voxel_m: float = 100e-9) -> dict:
+        block: tuple[int, int, int] = (64, 64, 64), voxel_m: float = 100e-9, bend_px: float = 48.0) -> dict:
     """Simulate, run overnight (process + stitch) and segment; the measures (module docstring)."""
     t0 = time.perf_counter()
     sim = simulate_overlap_nxtomo(work / "raw", n_scans=n_scans, voxel_m=voxel_m, nx=nx, overlap=overlap,
                                   max_error_voxels=5,
                                   seed=seed, n_angles=angles, neurites=3, sample_radius_px=0.44 * nx,
-                                  sample_name="leg", neurite_radius_m=4 * voxel_m)
+                                  sample_name="leg", neurite_radius_m=4 * voxel_m, bend_px=bend_px)
     simulate_s = time.perf_counter() - t0
     out = work / "out"
     overnight_s, overnight_mib = timed(CLI + ["--quiet", "overnight", str(work / "raw"), "--out", str(out),
@@ -87,12 +116,17 @@ def run(work: Path, n_scans: int = 12, nx: int = 128, angles: int = 180, overlap
     seams_neurites = seam_continuity(labels, truth, report, objects=sim.neurites)
     mid = mid_scan_continuity(labels, truth, report, round(nx // 2 * overlap), 8)
     voxels = int(np.prod(shape))
+    regions = region_correlations(sim, report, stitched)
+    gain = [st - one for _, st, one in regions]
     # cost model of the stitch and the segmentation ~ output voxels; the real leg: 12 scans of 2048^3 overlapping
     # by ``overlap`` along the chain: (12 (1 - overlap) + overlap) 2048^3 output voxels. (Processing a scan is
     # the chain's own cost model, README: bench_chain.py; at these sizes fixed costs dominate it.)
     leg_voxels = 2048**3 * (12 * (1 - overlap) + overlap)
     stitch_s = float(report.get("timing_s", {}).get("total", 0.0))
-    return {"scans": n_scans, "nx": nx, "angles": angles, "voxel_nm": voxel_m * 1e9, "stitched_shape": list(shape),
+    places = np.array([s.true_origin_m for s in sim.scans]) / voxel_m
+    return {"scans": n_scans, "nx": nx, "angles": angles, "voxel_nm": voxel_m * 1e9, "bend_px": bend_px,
+            "neighbour_offsets_across_voxels": np.abs(np.diff(places[:, 1:], axis=0)).max(axis=1).tolist(),
+            "stitched_shape": list(shape),
             "placed": int(sum(placed)), "isolated": [s["name"] for s in report["scans"] if not s["placed"]],
             "position_error_voxels_max_per_axis": np.abs(miss).max(axis=0).round(3).tolist(),
             "seconds": {"simulate": round(simulate_s, 1), "overnight (process + stitch)": round(overnight_s, 1),
@@ -100,6 +134,8 @@ def run(work: Path, n_scans: int = 12, nx: int = 128, angles: int = 180, overlap
                         "per scan (overnight.json), min / median / max": [per_scan[0], float(np.median(per_scan)),
                                                                           per_scan[-1]] if per_scan else []},
             "peak_rss_mib": {"overnight": round(overnight_mib), "segment": round(segment_mib)},
+            "correlation_with_phantom_per_scan_region (stitched, alone)": {n: [a, b] for n, a, b in regions},
+            "stitched_minus_alone_min_max": [round(min(gain), 4), round(max(gain), 4)],
             "adapted_rand": round(scores.adapted_rand, 3),
             "seam_all": [sum(c.kept for c in seams_all.crossings), len(seams_all.crossings)],
             "seam_neurites": [sum(c.kept for c in seams_neurites.crossings), len(seams_neurites.crossings)],
@@ -118,12 +154,14 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, default=0.4)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--voxel-nm", type=float, default=100.0, help="voxel size of every scan (default %(default)s)")
+    ap.add_argument("--bend-px", type=float, default=48.0,
+                    help="sideways sagitta of the pin's arc in voxels; 0: straight (default %(default)s)")
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     a = ap.parse_args()
     work = a.keep or Path(tempfile.mkdtemp(prefix="bench_leg_"))
     try:
         print(json.dumps(run(work, a.scans, a.nx, a.angles, a.overlap, a.seed,
-                                voxel_m=a.voxel_nm * 1e-9), indent=1, default=float))
+                                voxel_m=a.voxel_nm * 1e-9, bend_px=a.bend_px), indent=1, default=float))
     finally:
         if a.keep is None:
             shutil.rmtree(work, ignore_errors=True)
