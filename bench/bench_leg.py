@@ -5,7 +5,7 @@ peak resident memory per process, the stitched places against the truth, seam co
 (``bench_seams.py``'s measures) and a cost model for the real leg (12 scans of 2048^3).
 
     python bench/bench_leg.py [--scans 12] [--nx 128] [--angles 180] [--overlap 0.4] [--voxel-nm 100]
-                              [--bend-px 48] [--keep DIR]
+                              [--bend-px 48] [--neurite-radius-nm 400] [--keep DIR]
 
 The pin bends as the paper's leg does: a parabolic arc whose middle lies ``--bend-px`` voxels off the line
 through its ends (``simulate_overlap_nxtomo``'s ``bend_px``), so neighbouring scans are offset across the
@@ -82,13 +82,15 @@ def region_correlations(sim: OverlapSet, report: dict, stitched: Path) -> list[t
 
 
 def run(work: Path, n_scans: int = 12, nx: int = 128, angles: int = 180, overlap: float = 0.4, seed: int = 11,
-        block: tuple[int, int, int] = (64, 64, 64), voxel_m: float = 100e-9, bend_px: float = 48.0) -> dict:
+        block: tuple[int, int, int] = (64, 64, 64), voxel_m: float = 100e-9, bend_px: float = 48.0,
+        neurite_radius_m: float | None = None) -> dict:
     """Simulate, run overnight (process + stitch) and segment; the measures (module docstring)."""
     t0 = time.perf_counter()
     sim = simulate_overlap_nxtomo(work / "raw", n_scans=n_scans, voxel_m=voxel_m, nx=nx, overlap=overlap,
                                   max_error_voxels=5,
                                   seed=seed, n_angles=angles, neurites=3, sample_radius_px=0.44 * nx,
-                                  sample_name="leg", neurite_radius_m=4 * voxel_m, bend_px=bend_px)
+                                  sample_name="leg", bend_px=bend_px,
+                                  neurite_radius_m=4 * voxel_m if neurite_radius_m is None else neurite_radius_m)
     simulate_s = time.perf_counter() - t0
     out = work / "out"
     overnight_s, overnight_mib = timed(CLI + ["--quiet", "overnight", str(work / "raw"), "--out", str(out),
@@ -125,6 +127,7 @@ def run(work: Path, n_scans: int = 12, nx: int = 128, angles: int = 180, overlap
     stitch_s = float(report.get("timing_s", {}).get("total", 0.0))
     places = np.array([s.true_origin_m for s in sim.scans]) / voxel_m
     return {"scans": n_scans, "nx": nx, "angles": angles, "voxel_nm": voxel_m * 1e9, "bend_px": bend_px,
+            "neurite_radius_nm": (4 * voxel_m if neurite_radius_m is None else neurite_radius_m) * 1e9,
             "neighbour_offsets_across_voxels": np.abs(np.diff(places[:, 1:], axis=0)).max(axis=1).tolist(),
             "stitched_shape": list(shape),
             "placed": int(sum(placed)), "isolated": [s["name"] for s in report["scans"] if not s["placed"]],
@@ -156,12 +159,16 @@ def main() -> None:
     ap.add_argument("--voxel-nm", type=float, default=100.0, help="voxel size of every scan (default %(default)s)")
     ap.add_argument("--bend-px", type=float, default=48.0,
                     help="sideways sagitta of the pin's arc in voxels; 0: straight (default %(default)s)")
+    ap.add_argument("--neurite-radius-nm", type=float,
+                    help="radius of the three neurites, their 2-voxel membrane included (default 4 voxels)")
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     a = ap.parse_args()
     work = a.keep or Path(tempfile.mkdtemp(prefix="bench_leg_"))
     try:
         print(json.dumps(run(work, a.scans, a.nx, a.angles, a.overlap, a.seed,
-                                voxel_m=a.voxel_nm * 1e-9, bend_px=a.bend_px), indent=1, default=float))
+                                voxel_m=a.voxel_nm * 1e-9, bend_px=a.bend_px,
+                                neurite_radius_m=None if a.neurite_radius_nm is None else a.neurite_radius_nm * 1e-9),
+                            indent=1, default=float))
     finally:
         if a.keep is None:
             shutil.rmtree(work, ignore_errors=True)

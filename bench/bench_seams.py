@@ -12,7 +12,8 @@ each scan reconstructed by ``process_scan``, the outputs stitched, the stitched 
   neurite in the world frame (the SWC read back, nodes mapped to the phantom through the stitch's frame);
 * adapted Rand error of the stitched segmentation; time per step.
 
-    python bench/bench_seams.py [--scans 4] [--nx 128] [--overlap 0.35] [--neurites 3] [--keep DIR]
+    python bench/bench_seams.py [--scans 4] [--nx 128] [--overlap 0.35] [--neurites 3] [--neurite-radius-nm 400]
+                                [--keep DIR]
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def read_swc_nodes(path: Path) -> np.ndarray:
 
 
 def run(work: Path, n_scans: int = 4, nx: int = 128, overlap: float = 0.35, neurites: int = 3, seed: int = 7,
-        block: tuple[int, int, int] = (64, 64, 64), in_air: bool = True) -> dict:
+        block: tuple[int, int, int] = (64, 64, 64), in_air: bool = True, neurite_radius_m: float = 400e-9) -> dict:
     """Simulate, reconstruct, stitch and segment; returns the measures (see the module docstring)."""
     from actors.cli import main
     from xnh_stream.chain.batch import process_scan
@@ -71,7 +72,7 @@ def run(work: Path, n_scans: int = 4, nx: int = 128, overlap: float = 0.35, neur
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     sim = simulate_overlap_nxtomo(work / "raw", n_scans=n_scans, nx=nx, overlap=overlap, max_error_voxels=5,
-                                  seed=seed, n_angles=180, neurites=neurites,
+                                  seed=seed, n_angles=180, neurites=neurites, neurite_radius_m=neurite_radius_m,
                                   sample_radius_px=0.44 * nx if in_air else None)
     seconds["simulate"] = time.perf_counter() - t0
     outs = []
@@ -132,13 +133,16 @@ def main() -> None:
     ap.add_argument("--nx", type=int, default=128)
     ap.add_argument("--overlap", type=float, default=0.35)
     ap.add_argument("--neurites", type=int, default=3)
+    ap.add_argument("--neurite-radius-nm", type=float, default=400.0,
+                    help="radius of the threaded neurites, their 2-voxel membrane included (default %(default)s)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--wide", action="store_true", help="tissue wider than the field of view (default: in air)")
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     a = ap.parse_args()
     work = a.keep or Path(tempfile.mkdtemp(prefix="bench_seams_"))
     try:
-        out = run(work, a.scans, a.nx, a.overlap, a.neurites, a.seed, in_air=not a.wide)
+        out = run(work, a.scans, a.nx, a.overlap, a.neurites, a.seed, in_air=not a.wide,
+                  neurite_radius_m=a.neurite_radius_nm * 1e-9)
         print(json.dumps(out, indent=1, default=float))
     finally:
         if a.keep is None:
