@@ -261,10 +261,9 @@ def _highpass(img: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> np.ndarr
 
 
 def _local_search(a: Scan, b: Scan, shift: np.ndarray, voxel: float, radius: int, thinnest_m: float,
-                  p: RegisterParams) -> tuple[np.ndarray, float, bool] | None:
+                  p: RegisterParams) -> tuple[np.ndarray, float] | None:
     """The whole-voxel offset within ``radius`` voxels of ``shift`` (a grid of ``voxel`` over the overlap at
-    ``shift``, grown by the radius) where the high-passed scans correlate best: (shift, correlation, whether
-    it lies inside the searched cube, i.e. is a peak of its own and not the slope of one beyond), or None
+    ``shift``, grown by the radius) where the high-passed scans correlate best: (shift, correlation), or None
     where the overlap at ``shift`` is thinner than ``thinnest_m`` or too small to tell."""
     import itertools  # noqa: PLC0415
 
@@ -288,7 +287,7 @@ def _local_search(a: Scan, b: Scan, shift: np.ndarray, voxel: float, radius: int
             best, best_o = c, o
     if best_o is None:
         return None
-    return shift + np.asarray(best_o, float) * voxel, float(best), bool(np.abs(best_o).max() < radius)
+    return shift + np.asarray(best_o, float) * voxel, float(best)
 
 
 def _candidates(xc: np.ndarray, allowed: np.ndarray, n: int, spacing: int = 2) -> list[tuple[int, ...]]:
@@ -369,7 +368,7 @@ def register_pair(a: Scan, b: Scan, ia: int, ib: int, params: RegisterParams | N
     res.peak_ratio = _peak_ratio(masked, peaks[0])
     # --- pyramid: each coarse peak followed down to the registration voxel by local searches (+-2 voxels of
     # each level); the one that correlates best there goes on to the fine step
-    found = [(np.array([(n - 1) - v for n, v in zip(shape, pk)], float) * coarse, -np.inf, True) for pk in peaks]
+    found = [(np.array([(n - 1) - v for n, v in zip(shape, pk)], float) * coarse, -np.inf) for pk in peaks]
     levels = [coarse / 2**j for j in range(1, k + 1)] or [voxel]  # ends at the registration voxel
     for level in levels:
         found = [f for f in (_local_search(a, b, f[0], level, 2, p.min_overlap_voxels * voxel, p) for f in found)
@@ -378,10 +377,10 @@ def register_pair(a: Scan, b: Scan, ia: int, ib: int, params: RegisterParams | N
     if not found:
         res.reason = "overlap at the coarse peaks too thin"
         return res
-    shift, best, _ = found[0]
-    # a rival: a place 5+ voxels away followed down to here (peak or, along a ridge, the edge of its search
+    shift, best = found[0]
+    # a rival: a place 5+ voxels away followed down to here (a peak or, along a ridge, the edge of its search
     # cube); nearer ones are the match's own broad peak or a bump on it (2 voxels off, 0.8 of it, in tissue)
-    others = [c for sh, c, _ in found[1:] if np.abs(sh - shift).max() >= 4.999 * voxel]
+    others = [c for sh, c in found[1:] if np.abs(sh - shift).max() >= 4.999 * voxel]
     res.ambiguity = float(max(max(others, default=0.0), 0.0) / best) if best > 0 else 1.0
     # --- fine: tapered phase correlation, upsampled, on the overlap left by the current shift
     ncc, n_vox = 0.0, 0
