@@ -33,9 +33,11 @@ of view at that shift. The same overlap gives the mean of each scan there (for t
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 from skimage.registration._masked_phase_cross_correlation import cross_correlate_masked
 
@@ -225,8 +227,6 @@ def _pair_images(a: Scan, b: Scan, shift_b: np.ndarray, origin: np.ndarray, voxe
 def _peak_ratio(c: np.ndarray, idx: tuple[int, ...]) -> float:
     """The peak ``c[idx]`` over the next local maximum of ``c`` (``inf`` when there is none, 0 when the peak
     is not positive): a broad peak's own shoulder is not a rival, another peak is."""
-    from scipy import ndimage  # noqa: PLC0415
-
     peak = float(c[idx])
     if not peak > 0:
         return 0.0
@@ -252,8 +252,6 @@ def _highpass(img: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> np.ndarr
     does not leak in), 0 outside ``mask``. A pin's outline against air is one surface along the pin: its
     correlation is a ridge along the pin axis whose highest point wanders with the overlap's size; the
     tissue's texture inside is what pins the match down."""
-    from scipy import ndimage  # noqa: PLC0415
-
     m = mask.astype(np.float32)
     low = ndimage.gaussian_filter(np.where(mask, img, 0).astype(np.float32), sigma)
     weight = ndimage.gaussian_filter(m, sigma)
@@ -265,8 +263,6 @@ def _local_search(a: Scan, b: Scan, shift: np.ndarray, voxel: float, radius: int
     """The whole-voxel offset within ``radius`` voxels of ``shift`` (a grid of ``voxel`` over the overlap at
     ``shift``, grown by the radius) where the high-passed scans correlate best: (shift, correlation), or None
     where the overlap at ``shift`` is thinner than ``thinnest_m`` or too small to tell."""
-    import itertools  # noqa: PLC0415
-
     lo, hi = overlap_bounds(a, b, shift)
     if np.any(hi - lo < thinnest_m):
         return None
