@@ -4,6 +4,7 @@ flagged, every scan attempt accounted with its reason, resume, metrics."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import shutil
 import time
@@ -245,6 +246,35 @@ def test_overnight_stitches_the_scans_of_one_sample(tmp_path):
         assert multiscale_levels(tmp_path / "out" / s.name / "volume.ome.zarr")[0]["origin_m"] is not None
     again = run_overnight(tmp_path / "day", tmp_path / "out", ProcessConfig.from_mapping({"alignment.angles": 6}), settle_s=600, stitch=True)
     assert again.stitched == {} and sorted(again.skipped) == sorted(r.done)
+
+
+def test_a_failed_stitch_is_in_the_account_not_only_in_its_folder(tmp_path):
+    """Two scan outputs of one sample whose stitch fails (here: no pair registers): the failure is written to
+    OUT/<sample>.stitched/error.json and listed with the failed in what the queue returns (overnight.json, the
+    printed summary, exit status 1), not only in the log; a good stitch afterwards takes the record away."""
+    from xnh_stream.errors import InputError
+    from xnh_stream.overnight import stitch_samples
+    from xnh_stream.simulate.overlap import simulate_overlap
+
+    sim = simulate_overlap(tmp_path / "out", n_scans=2, voxels_m=(100e-9,), max_error_voxels=2, seed=5)
+    for sc in sim.scans:  # as the chain leaves them: the sample's name beside its place
+        rep = json.loads((Path(sc.out) / REPORT_NAME).read_text())
+        rep["sample"]["name"] = "leg-2"
+        (Path(sc.out) / REPORT_NAME).write_text(json.dumps(rep))
+
+    def nothing_registers(spec, progress=None):
+        raise InputError(spec.out, "no two scans overlap and register: nothing to stitch")
+
+    failed: list[dict[str, str]] = []
+    names = [sc.name for sc in sim.scans]
+    assert stitch_samples(tmp_path / "out", names, nothing_registers, failed=failed) == {}
+    record = tmp_path / "out" / "leg-2.stitched" / ERROR_NAME
+    assert failed == [{"scan": "leg-2.stitched", "error": failed[0]["error"]}]
+    assert "nothing to stitch" in failed[0]["error"] and str(record) in failed[0]["error"]
+    assert "nothing to stitch" in json.loads(record.read_text())["error"]
+    failed.clear()
+    assert stitch_samples(tmp_path / "out", names, failed=failed) == {"leg-2": sorted(names)}
+    assert failed == [] and not record.exists()
 
 
 def test_a_critical_axis_alert_flags_a_scan_and_a_warning_does_not(tmp_path):

@@ -38,7 +38,8 @@ each scan's tasks limited to its share of the cluster (``max_in_flight``). Rules
 - **scans of one sample are stitched** (``stitch=True``): after the pass, the finished outputs whose reports
   name the same sample (NXtomo ``sample/name``) and carry a stage position are stitched into
   ``OUTROOT/<sample>.stitched/`` (:func:`xnh_stream.stitch.stitch_outputs`), again whenever one of them is
-  newer than the stitched volume; a failure is recorded in that folder's ``error.json``;
+  newer than the stitched volume; a failure is recorded in that folder's ``error.json`` and listed with the
+  failed (``<sample>.stitched``) in ``overnight.json`` and the printed summary (exit status 1);
 - **stitched samples are segmented** (``segment=True``): each stitched volume newer than its segmentation is
   segmented blockwise (``segment STITCHED --block-shape ... --swc STITCHED/swc``: labels, SWC skeletons and
   ``segmentation.json`` in the stitched volume's frame); a killed segmentation resumes from its work folder,
@@ -121,8 +122,9 @@ class ScanFolder:
 class OvernightResult:
     """One pass of the queue: scan names per outcome, with the reasons.
 
-    ``failed`` and ``flagged`` hold ``{"scan": name, "error" | "reason": why}``; ``why`` holds the reason of
-    each skipped and waiting scan.
+    ``failed`` and ``flagged`` hold ``{"scan": name, "error" | "reason": why}`` (a stitch or segmentation of a
+    sample that failed is listed as ``<sample>.stitched``); ``why`` holds the reason of each skipped and waiting
+    scan.
     """
 
     done: list[str] = field(default_factory=list)
@@ -448,11 +450,12 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
     if stitch:
         view.stage = "stitching"
         account()
-        result.stitched = stitch_samples(out_root, [s.name for s in scans if s.finished], stitch_runner)
+        result.stitched = stitch_samples(out_root, [s.name for s in scans if s.finished], stitch_runner,
+                                         failed=result.failed)
     if stitch and segment:
         view.stage = "segmenting"
         account()
-        result.segmented = segment_samples(out_root, segment_block_shape)
+        result.segmented = segment_samples(out_root, segment_block_shape, failed=result.failed)
     view.stage = "finished"
     account()
     return result
@@ -472,10 +475,12 @@ def _flag_note(report: Path) -> str:
 STITCHED_SUFFIX = ".stitched"
 
 
-def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] | None = None) -> dict[str, list[str]]:
+def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] | None = None,
+                   failed: list[dict[str, str]] | None = None) -> dict[str, list[str]]:
     """Stitch the finished outputs of each sample (two or more, with a stage position) into
-    ``out_root/<sample>.stitched``; returns the scans stitched per sample (this call)."""
-    from .chain.report import ScanReport  # noqa: PLC0415
+    ``out_root/<sample>.stitched``; returns the scans stitched per sample (this call). A sample whose stitch
+    fails is recorded in its folder's ``error.json`` and appended to ``failed`` as ``{"scan":
+    "<sample>.stitched", "error": why}``."""
     from .stitch import stitch_outputs  # noqa: PLC0415
 
     groups: dict[str, list[Path]] = {}
@@ -483,9 +488,11 @@ def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] 
         out = out_root / name
         if not (out / REPORT_NAME).exists():
             continue
-        try:
-            sample = ScanReport.load(out).sample
-        except (OSError, ValueError, KeyError) as exc:
+        try:  # only the sample's name and place are needed: read them, not the whole report's schema
+            sample = json.loads((out / REPORT_NAME).read_text()).get("sample") or {}
+            if not isinstance(sample, dict):
+                raise ValueError(f"'sample' is {type(sample).__name__}, not an object")
+        except (OSError, ValueError) as exc:
             log.warning("overnight: %s has an unreadable report (%s): not stitched", name, exc)
             continue
         if sample.get("name") and sample.get("position_m"):
@@ -505,6 +512,8 @@ def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] 
             _write_json(dest / ERROR_NAME, {"sample": sample, "scans": [str(o) for o in outs], "error": str(exc),
                                             "type": type(exc).__name__, "traceback": traceback.format_exc(limit=8)})
             log.error("overnight: stitching sample %s failed: %s (recorded in %s)", sample, exc, dest / ERROR_NAME)
+            if failed is not None:
+                failed.append({"scan": dest.name, "error": f"stitching failed: {exc} (recorded in {dest / ERROR_NAME})"})
             continue
         (dest / ERROR_NAME).unlink(missing_ok=True)
         done[sample] = [o.name for o in outs]
@@ -516,12 +525,14 @@ def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] 
 SEGMENT_SUMMARY, SEGMENT_WORK = SEGMENTATION_SUMMARY_NAME, SEGMENTATION_WORK_NAME
 
 
-def segment_samples(out_root: Path, block_shape: tuple[int, int, int] = (64, 128, 128)) -> list[str]:
+def segment_samples(out_root: Path, block_shape: tuple[int, int, int] = (64, 128, 128),
+                    failed: list[dict[str, str]] | None = None) -> list[str]:
     """Segment every stitched sample under ``out_root`` whose ``stitch.json`` is newer than its
     ``segmentation.json``, blockwise, with SWC skeletons in ``<sample>.stitched/swc`` (the ``segment`` command's
     own run: labels in the stitched volume, summary, skeletons, all in its frame). A work folder older than
     the stitch (of a previous stitched volume) is removed first; a younger one is resumed. Returns the samples
-    segmented; a failure is logged and recorded in the folder's ``error.json``."""
+    segmented; a failure is logged, recorded in the folder's ``error.json`` and appended to ``failed`` (as
+    :func:`stitch_samples` does)."""
     import argparse  # noqa: PLC0415
     import shutil  # noqa: PLC0415
 
@@ -549,6 +560,8 @@ def segment_samples(out_root: Path, block_shape: tuple[int, int, int] = (64, 128
             _write_json(dest / ERROR_NAME, {"segment": str(dest), "error": str(exc), "type": type(exc).__name__,
                                             "traceback": traceback.format_exc(limit=8)})
             log.error("overnight: segmenting %s failed: %s (recorded in %s)", dest, exc, dest / ERROR_NAME)
+            if failed is not None:
+                failed.append({"scan": dest.name, "error": f"segmentation failed: {exc} (recorded in {dest / ERROR_NAME})"})
             continue
         done.append(dest.name[: -len(STITCHED_SUFFIX)])
         log.info("overnight: %s segmented (labels, SWC in %s)", dest, dest / "swc")
