@@ -489,7 +489,8 @@ def stitch_samples(out_root: Path, names: list[str], runner: Callable[..., Any] 
         if not (out / REPORT_NAME).exists():
             continue
         try:  # only the sample's name and place are needed: read them, not the whole report's schema
-            sample = json.loads((out / REPORT_NAME).read_text()).get("sample") or {}
+            report = json.loads((out / REPORT_NAME).read_text())
+            sample = (report.get("sample") if isinstance(report, dict) else None) or {}
             if not isinstance(sample, dict):
                 raise ValueError(f"'sample' is {type(sample).__name__}, not an object")
         except (OSError, ValueError) as exc:
