@@ -21,6 +21,7 @@ run through the chain.
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -358,15 +359,14 @@ def bend_phantom(phantom: Phantom, offsets: np.ndarray) -> Phantom:
     if offsets.shape != (nz, 2) or offsets.min() < 0:
         raise ValueError(f"offsets must be non-negative whole voxels of shape ({nz}, 2), got {offsets.shape}")
     wide = (nz, ny + int(offsets[:, 0].max()), nx + int(offsets[:, 1].max()))
-    fields = {}
-    for name in ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample", "material"):
-        src = getattr(phantom, name)
+
+    def moved(src: np.ndarray) -> np.ndarray:
         dst = np.zeros(wide, dtype=src.dtype)  # air: delta = beta = 0, label 0, material 0 (MATERIAL_ORDER)
         for z, (oy, ox) in enumerate(offsets):
             dst[z, oy : oy + ny, ox : ox + nx] = src[z]
-        fields[name] = dst
-    return Phantom(**fields, voxel_m=phantom.voxel_m, energy_kev=phantom.energy_kev, cell_ids=phantom.cell_ids,
-                   material_names=phantom.material_names)
+        return dst
+
+    return phantom.map_volumes(moved)
 
 
 def _phantom_for(scans: list[OverlapScan], voxel_m: float, seed: int, margin_voxels: int = 8):
@@ -482,7 +482,6 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
     OverlapSet
         ``scans[k].out`` is the scan folder (input of the chain); with the phantom's labels and the neurites' ids.
     """
-    from .phantom import Phantom
     from .scan import SimulationConfig, simulate_scan, simulation_grid
 
     out = Path(out)
@@ -510,10 +509,7 @@ def simulate_overlap_nxtomo(out: str | Path, n_scans: int = 2, voxel_m: float = 
         z = k * step
         oy, ox = arc[min(z + nz_sim // 2, total_z - 1)]  # the pin's place at the scan's middle row
         crop = tuple(slice(a, a + n) for a, n in ((z, nz_sim), (oy, n_sim), (ox, n_sim)))
-        fields = {name: getattr(big, name)[crop] for name in
-                  ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample", "material")}
-        ph = Phantom(**fields, voxel_m=voxel_m, energy_kev=big.energy_kev, cell_ids=big.cell_ids,
-                     material_names=big.material_names)
+        ph = big.map_volumes(operator.itemgetter(crop))
         cfg = SimulationConfig(**{**asdict(cfg0), "seed": seed + k, "name": f"scan{k:02d}"})
         folder = out / f"scan{k:02d}"
         sim = simulate_scan(folder, cfg, phantom=ph)

@@ -37,8 +37,8 @@ is anti-aliased (its resin voxels are scaled by their area fraction inside the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -95,6 +95,15 @@ class Phantom:
     def shape(self) -> tuple[int, int, int]:
         """Volume shape ``(nz, ny, nx)``."""
         return tuple(self.delta.shape)  # type: ignore[return-value]
+
+    def map_volumes(self, fn: Callable[[np.ndarray], np.ndarray]) -> Phantom:
+        """A phantom whose every volume (``delta`` ... ``material``) is ``fn`` of this one's (a crop, a shift
+        onto a wider grid); voxel size, energy, cell ids and material names unchanged."""
+        return replace(self, **{name: fn(getattr(self, name)) for name in VOLUME_FIELDS})
+
+
+#: The per-voxel arrays of a :class:`Phantom`.
+VOLUME_FIELDS = ("delta", "beta", "labels", "membrane", "mito", "nucleus", "sample", "material")
 
 
 # --------------------------------------------------------------------------- helpers
