@@ -33,6 +33,7 @@ from xnh_stream.segment.evaluate import evaluate
 from xnh_stream.segment.pipeline import find_segmentation
 from xnh_stream.segment.seams import scan_boxes, seam_continuity
 from xnh_stream.simulate.overlap import OverlapSet, simulate_overlap_nxtomo
+from xnh_stream.stitch.register import weighted_ncc
 from xnh_stream.stitch.scans import fov_distance, load_scan, sample_scan
 
 CLI = [sys.executable, "-m", "actors.cli"]
@@ -56,11 +57,6 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return time.perf_counter() - t0, peak_kib / 1024
 
 
-def _corr(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
-    a, b = a[m] - a[m].mean(), b[m] - b[m].mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
 def region_correlations(sim: OverlapSet, report: dict, stitched: Path) -> list[tuple[str, float, float]]:
     """Per placed scan: the stitched volume's and the scan's own correlation with the phantom's delta in the
     scan's region (its field of view less 4 voxels), the scan resampled onto the stitched grid at its solved
@@ -77,7 +73,9 @@ def region_correlations(sim: OverlapSet, report: dict, stitched: Path) -> list[t
         shift = np.asarray(s["correction_m"])
         region = fov_distance(scan, shift, origin, voxel, vol.shape, "cylinder") > 4 * scan.voxel_m
         alone = sample_scan(scan, scan.level_for(voxel), shift, origin, voxel, vol.shape)
-        found.append((s["name"], round(_corr(vol, truth, region), 4), round(_corr(alone, truth, region), 4)))
+        ones = np.ones(int(region.sum()), np.float32)
+        found.append((s["name"], round(weighted_ncc(vol[region], truth[region], ones), 4),
+                      round(weighted_ncc(alone[region], truth[region], ones), 4)))
     return found
 
 

@@ -237,7 +237,9 @@ def _peak_ratio(c: np.ndarray, idx: tuple[int, ...]) -> float:
     return float("inf") if not second > 0 else peak / second
 
 
-def _weighted_ncc(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+def weighted_ncc(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    """Pearson correlation of ``x`` and ``y`` with voxel weights ``w`` (a mask as 0/1 gives the correlation
+    inside it); 0 where there is no weight or no variation."""
     sw = float(w.sum())
     if sw <= 0:
         return 0.0
@@ -278,7 +280,7 @@ def _local_search(a: Scan, b: Scan, shift: np.ndarray, voxel: float, radius: int
         w = ma[core] & mb[moved]
         if w.sum() < 512:
             continue
-        c = _weighted_ncc(ha[core], hb[moved], w.astype(np.float32))
+        c = weighted_ncc(ha[core], hb[moved], w.astype(np.float32))
         if c > best:
             best, best_o = c, o
     if best_o is None:
@@ -411,7 +413,7 @@ def register_pair(a: Scan, b: Scan, ia: int, ib: int, params: RegisterParams | N
             break
     (fa, fb), (da, db) = _pair_images(a, b, shift, origin_f, voxel, shape_f, p)
     w = ((da > 0) & (db > 0)).astype(np.float32)
-    ncc = _weighted_ncc(fa, fb, w)
+    ncc = weighted_ncc(fa, fb, w)
     sw = float(w.sum())
     res.shift_m = shift.tolist()
     res.ncc = ncc
