@@ -288,17 +288,17 @@ def _local_search(a: Scan, b: Scan, shift: np.ndarray, voxel: float, radius: int
     return shift + np.asarray(best_o, float) * voxel, float(best)
 
 
-def _candidates(xc: np.ndarray, allowed: np.ndarray, n: int, spacing: int = 2) -> list[tuple[int, ...]]:
-    """Up to ``n`` peaks of ``xc`` within ``allowed``, highest first, each at least ``spacing`` voxels (along some
-    axis) from every higher one: a ridge of high correlation (a pin's outline along its axis) is sampled along
-    its length, not only at its top."""
-    flat = np.where(allowed, xc, -np.inf).ravel()
+def _candidates(masked: np.ndarray, n: int, spacing: int = 2) -> list[tuple[int, ...]]:
+    """Up to ``n`` peaks of ``masked`` (a correlation, ``-inf`` where not allowed), highest first, each at least
+    ``spacing`` voxels (along some axis) from every higher one: a ridge of high correlation (a pin's outline
+    along its axis) is sampled along its length, not only at its top."""
+    flat = masked.ravel()
     order = np.argsort(-flat, kind="stable")
     found: list[np.ndarray] = []
     for k in order:
         if not np.isfinite(flat[k]) or len(found) == n:
             break
-        at = np.array(np.unravel_index(int(k), xc.shape))
+        at = np.array(np.unravel_index(int(k), masked.shape))
         if all(np.abs(at - f).max() >= spacing for f in found):
             found.append(at)
     return [tuple(int(v) for v in f) for f in found]
@@ -359,7 +359,7 @@ def register_pair(a: Scan, b: Scan, ia: int, ib: int, params: RegisterParams | N
         sl[ax] = slice(None)
         allowed &= (np.abs(s) <= m)[tuple(sl)]
     masked = np.where(allowed, xc, -np.inf)
-    peaks = _candidates(xc, allowed, max(p.candidates, 1))
+    peaks = _candidates(masked, max(p.candidates, 1))
     if not peaks:
         res.reason = "no correlation peak within the allowed stage error"
         return res
