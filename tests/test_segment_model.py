@@ -92,7 +92,7 @@ def test_blockwise_equals_single_block(tmp_path, model, heldout, segmented):
     params = SegmentParams.for_model(model)
     common = dict(model=None, threshold=params.threshold, fragment_threshold=params.fragment_threshold,
                   seed_distance=params.seed_distance, fragment_method=params.fragment_method,
-                  enclosed=params.enclosed, device="cpu")
+                  enclosed=params.enclosed, device="cpu", scales=params.scales)
     one = run_blockwise(BlockwiseSpec(str(tmp_path / "one"), str(raw), heldout.raw.shape, 16, **common))
     assert len(one.blocks) == 1
     assert np.allclose(zarr.open_array(str(tmp_path / "one" / "affinities.zarr"))[...], segmented.affinities,

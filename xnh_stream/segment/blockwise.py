@@ -125,6 +125,9 @@ class BlockwiseSpec:
         Input normalisation (offset, scale); computed once by :func:`prepare` if None.
     mask : str
         Sample mask method (:data:`~.mask.MASK_METHODS`): ``auto`` (default), ``threshold`` or ``none``.
+    scales : tuple of int
+        Scales the network sees the volume at (:func:`~.predict.predict_affinities`; ``(1, 2)``: also
+        upsampled 2x, their affinities averaged).
     """
 
     work: str
@@ -141,6 +144,7 @@ class BlockwiseSpec:
     device: str = "auto"
     norm: tuple[float, float] | None = None
     mask: str = "auto"
+    scales: tuple[int, ...] = (1,)
 
 
 def open_raw(path: str | Path):
@@ -247,7 +251,7 @@ class BlockwiseSegmentation:
 
         b = self.blocks[index]
         affs = predict_affinities(self.model, self.raw, (b.start, b.stop), self.spec.norm, self.spec.tile,
-                                  self.spec.device)
+                                  self.spec.device, scales=tuple(self.spec.scales))
         self._array("affinities.zarr")[(slice(None),) + b.slices()] = affs
         self._mark("predict", index)
 

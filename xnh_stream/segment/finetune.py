@@ -151,7 +151,8 @@ def score_blocks(model: AffinityModel, blocks: Sequence[LabelledVolume], params,
 
     scores = []
     for b in blocks:
-        affs = predict_affinities(model, b.raw, norm=volume_norm(b.raw, b.meta, model.norm), device=device)
+        affs = predict_affinities(model, b.raw, norm=volume_norm(b.raw, b.meta, model.norm), device=device,
+                                  scales=params.scales)
         labels, _ = segment_from_affinities(affs, params, sample_mask(b.raw, params.mask))
         scores.append(evaluate(labels, b.labels, b.mask).as_dict() | {"source": b.source})
     return scores

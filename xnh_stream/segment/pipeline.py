@@ -19,7 +19,7 @@ from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area,
                           segments_of_fragments)
 from ..io.names import (LABEL_NAME, SEGMENTATION_NAME, SEGMENTATION_SUMMARY_NAME, STANDALONE_NAME,  # noqa: F401
                          VOLUME_NAME)
-from .predict import predict_affinities
+from .predict import SCALES, predict_affinities
 from .unet import AffinityModel, volume_norm
 
 
@@ -33,6 +33,8 @@ class SegmentParams:
     ``mask``: the sample mask (:mod:`~.mask`), voxels outside the sample labelled 0: ``auto`` (default; the
     sample's support where one is found, as the chain's envelope finds it), ``threshold`` (Otsu on the whole
     volume) or ``none`` (every voxel segmented).
+    ``scales``: the scales the network sees the volume at, their affinities averaged
+    (:func:`~.predict.predict_affinities`): ``(1,)`` as it is, ``(1, 2)`` also upsampled 2x.
     """
 
     threshold: float = 0.5
@@ -41,10 +43,14 @@ class SegmentParams:
     fragment_method: str = "affinity"
     enclosed: float = 0.0
     mask: str = "auto"
+    scales: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
         if self.mask not in MASK_METHODS:
             raise ValueError(f"unknown mask method {self.mask!r} (one of {', '.join(MASK_METHODS)})")
+        self.scales = tuple(int(k) for k in self.scales)
+        if not self.scales or any(k not in SCALES for k in self.scales) or len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"scales must be distinct values among {SCALES}, got {self.scales}")
 
     @classmethod
     def for_model(cls, model: AffinityModel, **overrides: object) -> SegmentParams:
@@ -52,7 +58,7 @@ class SegmentParams:
         base = dict(model.record.get("postprocess", {}))
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**{k: base[k] for k in ("threshold", "fragment_threshold", "seed_distance", "fragment_method",
-                                           "enclosed", "mask") if k in base})
+                                           "enclosed", "mask", "scales") if k in base})
 
 
 @dataclass
@@ -76,7 +82,7 @@ def segment_volume(raw: np.ndarray, model: AffinityModel | None = None, params: 
     model = model or AffinityModel.load()
     params = params or SegmentParams.for_model(model)
     t0 = time.perf_counter()
-    affs = predict_affinities(model, raw, tile=tile, device=device)
+    affs = predict_affinities(model, raw, tile=tile, device=device, scales=params.scales)
     t1 = time.perf_counter()
     mask = sample_mask(raw, params.mask)
     t2 = time.perf_counter()
@@ -251,34 +257,46 @@ def tune_postprocess(model: AffinityModel, volumes: list,
                      thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                      fragment_thresholds: tuple[float, ...] = (0.5, 0.7), seed_distance: int = 2,
                      device: str = "auto", methods: tuple[str, ...] = ("affinity", "distance"),
-                     enclosed: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8), mask: str = "auto"
-                     ) -> tuple[SegmentParams, list[dict]]:
+                     enclosed: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8), mask: str = "auto",
+                     scales: tuple[tuple[int, ...], ...] = ((1,), (1, 2))) -> tuple[SegmentParams, list[dict]]:
     """Pick the post-processing parameters with the lowest mean adapted Rand error on labelled ``volumes``
     (each segmented with the sample mask ``mask``).
 
-    Returns the best parameters and one row per (method, fragment threshold, threshold, enclosed share) with
-    the mean scores.
+    Returns the best parameters and one row per (scales, method, fragment threshold, threshold, enclosed share)
+    with the mean scores. ``scales``: the sets of scales tried (:attr:`SegmentParams.scales`).
     """
-    from .evaluate import evaluate
-
-    rows: dict[tuple[str, float, float], list] = {}
+    rows: dict[tuple, list] = {}
     for vol in volumes:
-        affs = predict_affinities(model, vol.raw, norm=volume_norm(vol.raw, vol.meta, model.norm), device=device)
+        norm = volume_norm(vol.raw, vol.meta, model.norm)
+        by_scale = {k: predict_affinities(model, vol.raw, norm=norm, device=device, scales=(k,))
+                    for k in sorted({k for ks in scales for k in ks})}
         sample = sample_mask(vol.raw, mask)
         flooded, inside = sample.full(grown=True), sample.full()
-        for method in methods:
-            for ft in fragment_thresholds if method == "distance" else (0.5,):
-                frag = fragments_watershed(affs, ft, seed_distance, method=method, mask=flooded)
-                contacts = contact_statistics(affs, frag, (False, False, False))
-                for t, seg in zip(sorted(thresholds), agglomerate(affs, frag, thresholds)):
-                    for e in enclosed:
-                        merged = merge_enclosed_segments(affs, frag, seg, e, contacts, flooded)
-                        if inside is not None:
-                            merged = np.where(inside, merged, 0)
-                        rows.setdefault((method, ft, t, e), []).append(evaluate(merged, vol.labels, vol.mask))
-    table = [{"fragment_method": m, "fragment_threshold": ft, "threshold": t, "enclosed": e,
+        for ks in scales:
+            affs = by_scale[ks[0]] if len(ks) == 1 else sum(by_scale[k] for k in ks) / np.float32(len(ks))
+            _tune_one(affs, vol, ks, methods, fragment_thresholds, seed_distance, thresholds, enclosed, flooded,
+                      inside, rows)
+    table = [{"scales": list(ks), "fragment_method": m, "fragment_threshold": ft, "threshold": t, "enclosed": e,
               **{k: float(np.mean([s.as_dict()[k] for s in scores])) for k in
-                 ("voi_split", "voi_merge", "adapted_rand")}} for (m, ft, t, e), scores in sorted(rows.items())]
+                 ("voi_split", "voi_merge", "adapted_rand")}} for (ks, m, ft, t, e), scores in sorted(rows.items())]
     best = min(table, key=lambda r: r["adapted_rand"])
     return SegmentParams(best["threshold"], best["fragment_threshold"], seed_distance, best["fragment_method"],
-                         best["enclosed"], mask), table
+                         best["enclosed"], mask, tuple(best["scales"])), table
+
+
+def _tune_one(affs: np.ndarray, vol, ks: tuple[int, ...], methods: tuple[str, ...],
+              fragment_thresholds: tuple[float, ...], seed_distance: int, thresholds: tuple[float, ...],
+              enclosed: tuple[float, ...], flooded: np.ndarray | None, inside: np.ndarray | None, rows: dict) -> None:
+    """One volume's scores of every post-processing setting on the affinities of the scales ``ks`` (into ``rows``)."""
+    from .evaluate import evaluate
+
+    for method in methods:
+        for ft in fragment_thresholds if method == "distance" else (0.5,):
+            frag = fragments_watershed(affs, ft, seed_distance, method=method, mask=flooded)
+            contacts = contact_statistics(affs, frag, (False, False, False))
+            for t, seg in zip(sorted(thresholds), agglomerate(affs, frag, thresholds)):
+                for e in enclosed:
+                    merged = merge_enclosed_segments(affs, frag, seg, e, contacts, flooded)
+                    if inside is not None:
+                        merged = np.where(inside, merged, 0)
+                    rows.setdefault((ks, method, ft, t, e), []).append(evaluate(merged, vol.labels, vol.mask))
