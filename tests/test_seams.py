@@ -279,9 +279,10 @@ def test_overnight_processes_stitches_and_segments_a_chain_of_raw_scans(tmp_path
     sim = simulate_overlap_nxtomo(tmp_path / "raw", n_scans=3, nx=128, overlap=0.4, max_error_voxels=5, seed=11,
                                   n_angles=120, neurites=3, sample_radius_px=0.44 * 128, sample_name="leg")
     r = run_overnight(tmp_path / "raw", tmp_path / "out", ProcessConfig(), settle_s=0, stitch=True, segment=True,
-                      segment_block_shape=(64, 64, 64))
+                      segment_block_shape=(64, 64, 64), segment_scales=(1,))  # one scale: 8x less inference
     assert sorted(r.done) == [s.name for s in sim.scans] and r.segmented == ["leg"]
     stitched = tmp_path / "out" / "leg.stitched"
+    assert json.loads((stitched / "segmentation.json").read_text())["params"]["scales"] == [1]
     report = json.loads((stitched / "stitch.json").read_text())
     corr = np.array([s["correction_m"] for s in report["scans"]])
     err = np.array([s.error_m for s in sim.scans])

@@ -146,8 +146,11 @@ def test_commands_segment_evaluate_and_errors(tmp_path, heldout, capsys):
     assert scores["adapted_rand"] == pytest.approx(ref.adapted_rand) and "VOI split" in capsys.readouterr().out
     assert list((out / "swc").glob("*.swc"))
     # Blockwise: the labels go from the work folder to the OME-Zarr chunk by chunk, pyramid included.
-    assert main(["segment", str(out), "--out", str(tmp_path / "bw"), "--device", "cpu",
+    assert json.loads((out / "segmentation.json").read_text())["params"]["scales"] == [1, 2]  # the model's
+    # (one scale here, the blockwise run's plumbing is the subject: eight times less inference)
+    assert main(["segment", str(out), "--out", str(tmp_path / "bw"), "--device", "cpu", "--scales", "1",
                  "--block-shape", "16", "40", "40", "--context", "8", "--precomputed", str(tmp_path / "ng")]) == 0
+    assert json.loads((tmp_path / "bw" / "segmentation.json").read_text())["params"]["scales"] == [1]
     work = zarr.open_array(str(tmp_path / "bw" / "segmentation.work" / "segmentation.zarr"), mode="r")[...]
     for level, expected in enumerate(pyramid(work.astype(np.uint32), labels=True)):
         got, _ = read_volume(tmp_path / "bw" / "segmentation.ome.zarr", level)

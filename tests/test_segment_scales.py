@@ -76,3 +76,15 @@ def test_scales_are_checked_and_taken_from_the_model():
     model = AffinityModel.load()
     assert SegmentParams.for_model(model).scales == tuple(model.record["postprocess"]["scales"])
     assert SegmentParams.for_model(model, scales=[1]).scales == (1,)
+
+
+def test_scales_on_the_command_line():
+    from xnh_stream.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["segment", "OUT", "--out", "OUT", "--scales", "1"]).scales == [1]
+    assert p.parse_args(["segment", "OUT", "--out", "OUT"]).scales is None  # the model's
+    a = p.parse_args(["overnight", "ROOT", "--out", "OUTROOT", "--segment", "--segment-scales", "1", "2"])
+    assert a.segment and a.segment_scales == [1, 2]
+    with pytest.raises(SystemExit):
+        p.parse_args(["segment", "OUT", "--out", "OUT", "--scales", "3"])

@@ -294,6 +294,7 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
                   concurrent: int = 1, executor_for_scan: Callable[[], Any] | None = None,
                   stitch: bool = False, stitch_runner: Callable[..., Any] | None = None,
                   segment: bool = False, segment_block_shape: tuple[int, int, int] = (64, 128, 128),
+                  segment_scales: tuple[int, ...] | None = None,
                   on_progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0
                   ) -> OvernightResult:
     """One pass of the overnight queue over ``root`` into ``out_root``.
@@ -327,6 +328,8 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
         Segment every stitched sample that is newer than its segmentation (:func:`segment_samples`).
     segment_block_shape : (int, int, int)
         Its blocks.
+    segment_scales : tuple of int, optional
+        The network's scales (``segment --scales``; None: the model's).
     on_progress : callable, optional
         ``on_progress(line)`` with the progress view (:meth:`QueueView.line`) at most every
         ``progress_every_s`` while scans are processed, and at each change of stage; ``overnight.json`` is
@@ -455,7 +458,8 @@ def run_overnight(root: str | Path, out_root: str | Path, config: ProcessConfig 
     if stitch and segment:
         view.stage = "segmenting"
         account()
-        result.segmented = segment_samples(out_root, segment_block_shape, failed=result.failed)
+        result.segmented = segment_samples(out_root, segment_block_shape, failed=result.failed,
+                                           scales=segment_scales)
     view.stage = "finished"
     account()
     return result
@@ -527,13 +531,13 @@ SEGMENT_SUMMARY, SEGMENT_WORK = SEGMENTATION_SUMMARY_NAME, SEGMENTATION_WORK_NAM
 
 
 def segment_samples(out_root: Path, block_shape: tuple[int, int, int] = (64, 128, 128),
-                    failed: list[dict[str, str]] | None = None) -> list[str]:
+                    failed: list[dict[str, str]] | None = None, scales: tuple[int, ...] | None = None) -> list[str]:
     """Segment every stitched sample under ``out_root`` whose ``stitch.json`` is newer than its
     ``segmentation.json``, blockwise, with SWC skeletons in ``<sample>.stitched/swc`` (the ``segment`` command's
     own run: labels in the stitched volume, summary, skeletons, all in its frame). A work folder older than
     the stitch (of a previous stitched volume) is removed first; a younger one is resumed. Returns the samples
     segmented; a failure is logged, recorded in the folder's ``error.json`` and appended to ``failed`` (as
-    :func:`stitch_samples` does)."""
+    :func:`stitch_samples` does). ``scales``: the network's (``segment --scales``; None: the model's)."""
     import argparse  # noqa: PLC0415
     import shutil  # noqa: PLC0415
 
@@ -554,7 +558,7 @@ def segment_samples(out_root: Path, block_shape: tuple[int, int, int] = (64, 128
             shutil.rmtree(work)  # made for an older stitched volume
         shutil.rmtree(dest / "swc", ignore_errors=True)
         a = parser.parse_args(["segment", str(dest), "--out", str(dest), "--block-shape", *map(str, block_shape),
-                               "--swc", str(dest / "swc")])
+                               "--swc", str(dest / "swc")] + (["--scales", *map(str, scales)] if scales else []))
         try:
             a.func(a)
         except Exception as exc:  # noqa: BLE001 - recorded; the other samples go on
