@@ -2,7 +2,8 @@
 fragments (watershed) and agglomeration (waterz), set beside the paper's ~0.1 s per cubic micrometre
 (Kuan et al. 2020, CNN segmentation of XNH volumes; its segmented volume has 50 nm voxels, 8000 voxels/um^3).
 
-Peers measured in the same run: inference with 1 torch thread vs all cores; fragments by the affinity-graph
+Peers measured in the same run: inference with 1 torch thread vs all cores, at the model's scales and at scale 1
+alone (``SegmentParams.scales``); fragments by the affinity-graph
 watershed (waterz) vs the distance-transform seeded watershed (scikit-image); agglomeration by waterz vs
 scikit-image's RAG hierarchical merging on the same fragments.
 
@@ -172,9 +173,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     predict_affinities(model, raw[:24, :24, :24], device=a.device)  # warm-up
-    affs, t_inf1 = timed(predict_affinities, model, raw, device=a.device)
+    affs, t_inf1 = timed(predict_affinities, model, raw, device=a.device, scales=params.scales)
     torch.set_num_threads(ncpu)
-    _, t_inf = timed(predict_affinities, model, raw, device=a.device)
+    _, t_inf = timed(predict_affinities, model, raw, device=a.device, scales=params.scales)
+    _, t_inf_one = timed(predict_affinities, model, raw, device=a.device, scales=(1,))
     frag, t_ws = timed(fragments_watershed, affs, params.fragment_threshold, params.seed_distance,
                        method=params.fragment_method)
     other = "distance" if params.fragment_method == "affinity" else "affinity"
@@ -187,7 +189,9 @@ def main() -> None:
     print(f"\nvolume {raw.shape} = {n} voxels, {len(np.unique(frag))} fragments, {len(np.unique(seg))} segments; "
           f"{ncpu} cores, device {a.device}")
     print(f"{'stage':<34}{'s':>8}{'voxels/s':>12}{'s/um^3 @50nm':>15}")
-    rows = [(f"inference, 1 thread", t_inf1), (f"inference, {ncpu} threads", t_inf),
+    sc = "+".join(map(str, params.scales))
+    rows = [(f"inference (scales {sc}), 1 thread", t_inf1), (f"inference (scales {sc}), {ncpu} threads", t_inf),
+            (f"inference (scale 1 alone), {ncpu} thr.", t_inf_one),
             (f"fragments ({params.fragment_method}, ours)", t_ws), (f"fragments ({other}, peer)", t_ws_peer),
             ("agglomeration (waterz, ours)", t_ag), (f"enclosed merge ({params.enclosed}, ours)", t_enc),
             ("agglomeration (skimage RAG, peer)", t_ag_peer)]
