@@ -19,7 +19,7 @@ from .postprocess import (agglomerate, apply_lut, contact_statistics, face_area,
                           segments_of_fragments)
 from ..io.names import (LABEL_NAME, SEGMENTATION_NAME, SEGMENTATION_SUMMARY_NAME, STANDALONE_NAME,  # noqa: F401
                          VOLUME_NAME)
-from .predict import SCALES, predict_affinities
+from .predict import check_scales, predict_affinities
 from .unet import AffinityModel, volume_norm
 
 
@@ -48,9 +48,7 @@ class SegmentParams:
     def __post_init__(self) -> None:
         if self.mask not in MASK_METHODS:
             raise ValueError(f"unknown mask method {self.mask!r} (one of {', '.join(MASK_METHODS)})")
-        self.scales = tuple(int(k) for k in self.scales)
-        if not self.scales or any(k not in SCALES for k in self.scales) or len(set(self.scales)) != len(self.scales):
-            raise ValueError(f"scales must be distinct values among {SCALES}, got {self.scales}")
+        self.scales = check_scales(self.scales)
 
     @classmethod
     def for_model(cls, model: AffinityModel, **overrides: object) -> SegmentParams:

@@ -23,6 +23,14 @@ SCALES = (1, 2)
 SCALE2_SIGMA = 0.6
 
 
+def check_scales(scales: Sequence[int]) -> tuple[int, ...]:
+    """``scales`` as a tuple of distinct values of :data:`SCALES`; ValueError otherwise."""
+    out = tuple(int(k) for k in scales)
+    if not out or any(k not in SCALES for k in out) or len(set(out)) != len(out):
+        raise ValueError(f"scales must be distinct values among {SCALES}, got {tuple(scales)}")
+    return out
+
+
 def reflect_indices(start: int, stop: int, n: int) -> np.ndarray:
     """Indices ``start..stop-1`` folded into ``[0, n)`` by mirror reflection (numpy ``reflect`` mode)."""
     i = np.arange(start, stop)
@@ -83,8 +91,7 @@ def predict_affinities(model: AffinityModel, raw, region: tuple[Sequence[int], S
         8x the time of scale 1; it cuts thin neurites and cells behind thick membranes less
         (docs/segmentation.md, *Two scales*).
     """
-    if not scales or any(k not in SCALES for k in scales) or len(set(scales)) != len(scales):
-        raise ValueError(f"scales must be distinct values among {SCALES}, got {tuple(scales)}")
+    scales = check_scales(scales)
     start, stop = (list(region[0]), list(region[1])) if region else ([0, 0, 0], list(raw.shape))
     if norm is None:
         norm = normalise(np.asarray(raw), model.norm)
@@ -138,39 +145,10 @@ def _predict_grid(model: AffinityModel, raw, start: list[int], stop: list[int], 
     return out
 
 
-def upsample2(box: np.ndarray, lo_pad: Sequence[bool], hi_pad: Sequence[bool]) -> np.ndarray:
-    """Linear 2x upsampling on the half-voxel grid: fine voxel ``2k`` is ``0.75 x[k] + 0.25 x[k-1]``, ``2k+1`` is
-    ``0.75 x[k] + 0.25 x[k+1]`` (each fine voxel at the centre of its half of the coarse voxel).
-
-    Parameters
-    ----------
-    box : ndarray [z, y, x]
-        Coarse voxels, with one extra voxel on each side of an axis where ``lo_pad`` / ``hi_pad`` say so (the
-        neighbour the interpolation reads); where not, the edge voxel is its own neighbour (the volume's border).
-    lo_pad, hi_pad : sequence of bool
-        Per axis: whether ``box`` carries the extra voxel below / above.
-
-    Returns
-    -------
-    ndarray of float32
-        Twice the shape of ``box`` less its extra voxels along each axis.
-    """
-    x = np.asarray(box, dtype=np.float32)
-    for ax in range(3):
-        x = np.moveaxis(x, ax, 0)
-        core = x[int(lo_pad[ax]): x.shape[0] - int(hi_pad[ax])]
-        below = x[: core.shape[0]] if lo_pad[ax] else np.concatenate([core[:1], core[:-1]])
-        above = x[x.shape[0] - core.shape[0]:] if hi_pad[ax] else np.concatenate([core[1:], core[-1:]])
-        fine = np.empty((2 * core.shape[0],) + core.shape[1:], np.float32)
-        fine[0::2] = 0.75 * core + 0.25 * below
-        fine[1::2] = 0.75 * core + 0.25 * above
-        x = np.moveaxis(fine, 0, ax)
-    return x
-
-
 class Upsampled:
     """A lazy 2x view of a volume: smoothed by a Gaussian of ``sigma`` voxels (what lies near its Nyquist
-    frequency, noise mostly, would otherwise look like texture two voxels wide), then :func:`upsample2`.
+    frequency, noise mostly, would otherwise look like texture two voxels wide), then zoomed 2x linearly on the
+    half-voxel grid (``scipy.ndimage.zoom``, ``grid_mode``).
     Slicing it reads only the voxels it needs plus the filter's reach, so a region of the view equals the same
     region of the whole volume's view (blockwise = whole volume).
 
@@ -200,10 +178,13 @@ class Upsampled:
         box = np.asarray(self.raw[tuple(slice(a, b) for a, b in zip(first, last))], dtype=np.float32)
         if self.sigma > 0:
             box = ndimage.gaussian_filter(box, self.sigma, mode="nearest", radius=self.radius)
-        lo_pad = [a > 0 for a in lo]
-        hi_pad = [b < n for b, n in zip(hi, self.raw.shape)]
-        box = box[tuple(slice(a - p - f, b + q - f) for a, b, p, q, f in zip(lo, hi, lo_pad, hi_pad, first))]
-        return upsample2(box, lo_pad, hi_pad)[tuple(sub)]
+        # scipy's linear zoom on the half-voxel grid (each fine voxel at the centre of its half of a coarse one),
+        # edge values continued: beyond the volume as ``nearest``, inside it from the voxel read beside the region
+        box = box[tuple(slice(max(a - 1, 0) - f, min(b + 1, n) - f)
+                        for a, b, n, f in zip(lo, hi, self.raw.shape, first))]
+        fine = ndimage.zoom(box, 2, order=1, grid_mode=True, mode="nearest")
+        return fine[tuple(slice(2 * (a - max(a - 1, 0)) + s.start, 2 * (a - max(a - 1, 0)) + s.stop)
+                          for a, s in zip(lo, sub))]
 
 
 def downsample_affinities(fine: np.ndarray) -> np.ndarray:
