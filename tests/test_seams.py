@@ -224,16 +224,16 @@ def test_overnight_segments_each_stitched_sample_when_it_is_newer(column, tmp_pa
     _, res = column
     dest = tmp_path / "leg.stitched"
     shutil.copytree(res.out, dest, ignore=shutil.ignore_patterns("labels", "segmentation*", "swc", "stitch.work"))
-    assert segment_samples(tmp_path, (64, 64, 64)) == ["leg"]
+    assert segment_samples(tmp_path, (64, 64, 64), scales=(1,)) == ["leg"]
     info = json.loads((dest / "segmentation.json").read_text())
     assert info["segments"] > 10 and info["block_shape"] == [64, 64, 64] and info["swc"]["files"] > 0
     assert find_segmentation(dest).exists() and any((dest / "swc").glob("*.swc"))
-    assert segment_samples(tmp_path, (64, 64, 64)) == []  # up to date
+    assert segment_samples(tmp_path, (64, 64, 64), scales=(1,)) == []  # up to date
     later = (dest / "segmentation.json").stat().st_mtime + 10
     os.utime(dest / "stitch.json", (later, later))  # stitched again after it
     marker = dest / "segmentation.work" / "stale"
     marker.write_text("")
-    assert segment_samples(tmp_path, (64, 64, 64)) == ["leg"] and not marker.exists()
+    assert segment_samples(tmp_path, (64, 64, 64), scales=(1,)) == ["leg"] and not marker.exists()
 
 
 def test_blockwise_skeletons_are_one_tree_per_object_whatever_the_blocks():
