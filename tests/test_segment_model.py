@@ -86,10 +86,13 @@ def test_heldout_target_on_a_second_volume(model, tmp_path):
     assert s.adapted_rand <= TARGET
 
 
-def test_blockwise_equals_single_block(tmp_path, model, heldout, segmented):
+def test_blockwise_equals_single_block(tmp_path, model, heldout):
+    """At one scale (eight times less inference): the blocks' two-scale prediction equals the whole volume's by
+    tests/test_segment_scales.py, and what follows prediction does not depend on the scales."""
     raw = tmp_path / "raw.zarr"
     zarr.open_array(str(raw), mode="w", shape=heldout.raw.shape, dtype="float32")[...] = heldout.raw
-    params = SegmentParams.for_model(model)
+    params = SegmentParams.for_model(model, scales=[1])
+    segmented = segment_volume(heldout.raw, model, params, device="cpu")
     common = dict(model=None, threshold=params.threshold, fragment_threshold=params.fragment_threshold,
                   seed_distance=params.seed_distance, fragment_method=params.fragment_method,
                   enclosed=params.enclosed, device="cpu", scales=params.scales)
