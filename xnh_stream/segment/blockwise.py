@@ -251,7 +251,7 @@ class BlockwiseSegmentation:
 
         b = self.blocks[index]
         affs = predict_affinities(self.model, self.raw, (b.start, b.stop), self.spec.norm, self.spec.tile,
-                                  self.spec.device, scales=tuple(self.spec.scales))
+                                  self.spec.device, scales=self.spec.scales)
         self._array("affinities.zarr")[(slice(None),) + b.slices()] = affs
         self._mark("predict", index)
 
